@@ -1,0 +1,25 @@
+"""Online training-data influence estimators behind one API.
+
+Convention for every estimator: per-sample loss l_i from ``loss_fn(outputs, targets) -> [n]`` (a token-level
+LM loss is the mean over the sample's counted tokens), reference loss L_ref = mean over the reference batch,
+score_i = lr * <grad l_i, grad L_ref>; positive means one SGD step on sample i lowers the reference loss.
+Only parameters with ``requires_grad=True`` count.
+
+    r = influence.ghost(model, loss_fn, train=(x, y), ref=(xv, yv), lr=0.1)
+    r.scores, r.per_layer            # [n_train], {module name: [n_train]}
+"""
+
+from .errors import (BatchSizeError, InfluenceError, InPlaceModificationError, LossShapeError, NonFiniteLossError,
+                     SharedParameterError, TrainModeBatchNormError, UnsupportedLayerError)
+from .exact import exact
+from .ghost import ghost
+from .lai import lai
+from .losses import cross_entropy, mse
+from .result import InfluenceResult
+from .tracin import tracin
+
+__all__ = [
+    "exact", "ghost", "lai", "tracin", "InfluenceResult", "cross_entropy", "mse",
+    "InfluenceError", "UnsupportedLayerError", "TrainModeBatchNormError", "SharedParameterError",
+    "LossShapeError", "BatchSizeError", "NonFiniteLossError", "InPlaceModificationError",
+]

@@ -1,0 +1,129 @@
+"""Exact influence from per-sample parameter gradients (``torch.func``: vmap of grad of functional_call)."""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, grad, vmap
+from torch.utils._pytree import tree_map
+
+from .batch import Batch, LossFn, call_model, check_batch, output_tensor, take
+from .capture import check_batchnorm
+from .losses import per_sample_losses
+from .result import InfluenceResult
+
+DEFAULT_CHUNK = 64
+
+
+def _module_of(param_name: str) -> str:
+    return param_name.rpartition(".")[0]
+
+
+def _functional_output(model: nn.Module, state: dict[str, Tensor], x: Any) -> Tensor:
+    if isinstance(x, dict):
+        out = functional_call(model, state, args=(), kwargs=x)
+    elif isinstance(x, (tuple, list)):
+        out = functional_call(model, state, tuple(x))
+    else:
+        out = functional_call(model, state, (x,))
+    return output_tensor(out)
+
+
+class _Functional:
+    """The model as a function of a subset of its trainable parameters (others and buffers held fixed)."""
+
+    def __init__(self, model: nn.Module, loss_fn: LossFn, names: Iterable[str] | None,
+                 state: dict[str, Tensor] | None) -> None:
+        self.model, self.loss_fn = model, loss_fn
+        values = dict(model.named_parameters())
+        values.update(dict(model.named_buffers()))
+        if state is not None:
+            missing = [k for k in values if k not in state]
+            if missing:
+                raise KeyError(f"checkpoint lacks entries for {missing[:5]}{'...' if len(missing) > 5 else ''}")
+            values = {k: state[k].to(values[k].device, values[k].dtype) for k in values}
+        trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+        wanted = trainable if names is None else [n for n in trainable if n in set(names)]
+        if not wanted:
+            raise ValueError("no trainable parameter selected")
+        self.names = wanted
+        self.params = {n: values[n].detach() for n in wanted}
+        self.fixed = {n: v.detach() for n, v in values.items() if n not in self.params}
+
+    def losses(self, params: dict[str, Tensor], x: Any, y: Any) -> Tensor:
+        return self.loss_fn(_functional_output(self.model, {**self.fixed, **params}, x), y)
+
+    def sample_loss(self, params: dict[str, Tensor], x: Any, y: Any) -> Tensor:
+        xb = tree_map(lambda t: t.unsqueeze(0) if isinstance(t, Tensor) else t, x)
+        yb = tree_map(lambda t: t.unsqueeze(0) if isinstance(t, Tensor) else t, y)
+        return self.losses(params, xb, yb)[0]
+
+    def check(self, batch: Batch, n: int, where: str) -> Tensor:
+        with torch.no_grad():
+            return per_sample_losses(self.loss_fn, _functional_output(self.model, {**self.fixed, **self.params},
+                                                                        batch[0]), batch[1], n, where)
+
+    def mean_gradient(self, batch: Batch, n: int, chunk: int) -> dict[str, Tensor]:
+        """Gradient of the mean loss over ``batch``, accumulated over chunks."""
+        total = {k: torch.zeros_like(v) for k, v in self.params.items()}
+        for i in range(0, n, chunk):
+            part = take(batch, slice(i, i + chunk))
+            g = grad(lambda p: self.losses(p, *part).sum())(self.params)
+            for k in total:
+                total[k] += g[k]
+        return {k: v / n for k, v in total.items()}
+
+    def per_sample(self, batch: Batch) -> dict[str, Tensor]:
+        """Per-sample gradients {name: [n, *shape]}."""
+        return vmap(grad(self.sample_loss), in_dims=(None, 0, 0))(self.params, *batch)
+
+
+def _group(per_param: dict[str, Tensor]) -> dict[str, Tensor]:
+    out: dict[str, Tensor] = {}
+    for name, v in per_param.items():
+        m = _module_of(name)
+        out[m] = out[m] + v if m in out else v
+    return out
+
+
+def exact(model: nn.Module, loss_fn: LossFn, train: Batch, ref: Batch, lr: float, *, pairwise: bool = False,
+          params: Iterable[str] | None = None, state: dict[str, Tensor] | None = None,
+          chunk_size: int = DEFAULT_CHUNK) -> InfluenceResult:
+    """Exact first-order influence lr * <grad l_i, grad L_ref> from per-sample gradients.
+
+    ``params``: restrict to these parameter names (default: all with requires_grad). ``state``: evaluate at
+    these parameter/buffer values (a state dict) instead of the model's own. Training samples are processed
+    in chunks of ``chunk_size`` (memory ~ chunk_size x number of parameters). ``per_layer`` is keyed by the
+    owning module's name.
+    """
+    check_batchnorm(model)
+    n_t, n_v = check_batch(train, "train"), check_batch(ref, "ref")
+    fn = _Functional(model, loss_fn, params, state)
+    fn.check(ref, n_v, "ref")
+    if pairwise:
+        ref_ps = {}
+        for i in range(0, n_v, chunk_size):
+            for k, v in fn.per_sample(take(ref, slice(i, i + chunk_size))).items():
+                ref_ps.setdefault(k, []).append(v.flatten(1))
+        ref_flat = {k: torch.cat(v) for k, v in ref_ps.items()}
+    else:
+        ref_grad = fn.mean_gradient(ref, n_v, chunk_size)
+    per_param: dict[str, list[Tensor]] = {k: [] for k in fn.names}
+    losses = []
+    for i in range(0, n_t, chunk_size):
+        part = take(train, slice(i, i + chunk_size))
+        losses.append(fn.check(part, min(chunk_size, n_t - i), "train"))
+        g = fn.per_sample(part)
+        for k in fn.names:
+            gk = g[k].flatten(1)
+            per_param[k].append(gk @ ref_flat[k].T if pairwise else gk @ ref_grad[k].flatten())
+    joined = {k: lr * torch.cat(v) for k, v in per_param.items()}
+    per_layer = _group(joined)
+    if pairwise:
+        per_layer_pw = per_layer
+        per_layer = {k: v.mean(1) for k, v in per_layer_pw.items()}
+        total_pw = sum(per_layer_pw.values())
+        return InfluenceResult("exact", lr, total_pw.mean(1), per_layer, total_pw, per_layer_pw, torch.cat(losses))
+    return InfluenceResult("exact", lr, sum(per_layer.values()), per_layer, train_losses=torch.cat(losses))

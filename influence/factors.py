@@ -1,0 +1,229 @@
+"""Per-sample gradients as sums of outer products, and their inner products without materialising them.
+
+Every supported parameter block has per-sample gradient  G_i = sum_s sum_t L_{i,s,t} (x) R_{i,s,t}
+(one [p, q] matrix for each of G independent groups): s runs over segments (calls of a module, or the
+modules sharing one parameter), t over tokens/positions. A factor is either
+
+* ``Dense``: a tensor [n, T, G, p], or
+* ``Index``: one-hot rows given by integer ids [n, T] into a space of ``size`` (``-1`` = contributes nothing,
+  used for ``padding_idx``); an embedding's weight gradient has an ``Index`` left factor.
+
+Two ways to get train-reference inner products, chosen per block by estimated cost:
+
+* Gram form: <G_i, G_v> = sum_{s,s'} sum_{t,t'} (L_{i,s,t} . L_{v,s',t'}) (R_{i,s,t} . R_{v,s',t'})
+  -> [n_i, n_v]; memory n_i * n_v * T^2.
+* Contracted form: with M = mean_v G_v (the reference-gradient block, [G, p, q]),
+  <G_i, M> = sum_{s,t} L_{i,s,t}^T M R_{i,s,t} -> [n_i]; cost (n_i + n_v) * T * p * q, never a per-sample
+  gradient. The reference is aggregated per sample (mean_v of L_v (x) R_v), never as
+  (sum_v L_v) (x) (sum_v R_v).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+
+
+@dataclass
+class Dense:
+    x: Tensor  # [n, T, G, p]
+
+    @property
+    def n(self) -> int:
+        return self.x.shape[0]
+
+    @property
+    def tokens(self) -> int:
+        return self.x.shape[1]
+
+    @property
+    def groups(self) -> int:
+        return self.x.shape[2]
+
+    @property
+    def dim(self) -> int:
+        return self.x.shape[3]
+
+    def rows(self, index: slice) -> "Dense":
+        return Dense(self.x[index])
+
+    def flatten_tokens(self) -> "Dense":
+        """Aligned pairing: all tokens of a sample concatenated into one vector, [n, 1, G, T*p]."""
+        n, t, g, p = self.x.shape
+        return Dense(self.x.permute(0, 2, 1, 3).reshape(n, 1, g, t * p))
+
+    def expand_tokens(self, t: int) -> "Dense":
+        return Dense(self.x.expand(-1, t, -1, -1))
+
+
+@dataclass
+class Index:
+    ids: Tensor  # [n, T] int64, -1 = no contribution
+    size: int
+
+    @property
+    def n(self) -> int:
+        return self.ids.shape[0]
+
+    @property
+    def tokens(self) -> int:
+        return self.ids.shape[1]
+
+    groups = 1
+
+    @property
+    def dim(self) -> int:
+        return self.size
+
+    def rows(self, index: slice) -> "Index":
+        return Index(self.ids[index], self.size)
+
+    def flatten_tokens(self) -> "Index":
+        """Aligned pairing: the concatenated one-hots of all tokens (ids offset by t * size). Keeps T entries;
+        pair it with a partner factor expanded over those entries (``Dense.expand_tokens``)."""
+        t = self.ids.shape[1]
+        offset = torch.arange(t, device=self.ids.device) * self.size
+        return Index(torch.where(self.ids >= 0, self.ids + offset, self.ids), self.size * t)
+
+
+Factor = Dense | Index
+
+
+def gram(a: Factor, b: Factor) -> Tensor:
+    """Token-pair inner products [n_a, n_b, T_a, T_b, G]."""
+    if isinstance(a, Dense) and isinstance(b, Dense):
+        return torch.einsum("itgp,vsgp->ivtsg", a.x, b.x)
+    if isinstance(a, Index) and isinstance(b, Index):
+        eq = (a.ids[:, None, :, None] == b.ids[None, :, None, :]) & (a.ids >= 0)[:, None, :, None]
+        return eq.unsqueeze(-1)
+    if isinstance(a, Dense):
+        return gram(b, a).permute(1, 0, 3, 2, 4)
+    vals = b.x[:, :, 0, :]  # [n_b, T_b, size]
+    picked = vals[:, :, a.ids.clamp(min=0)]  # [n_b, T_b, n_a, T_a]
+    picked = picked * (a.ids >= 0).to(picked.dtype)
+    return picked.permute(2, 0, 3, 1).unsqueeze(-1)
+
+
+@dataclass
+class Segment:
+    """One sum over tokens: sum_t L_t (x) R_t."""
+
+    left: Factor
+    right: Factor
+
+    def rows(self, index: slice) -> "Segment":
+        return Segment(self.left.rows(index), self.right.rows(index))
+
+    @property
+    def n(self) -> int:
+        return self.left.n
+
+
+def _oriented(seg: Segment) -> tuple[Factor, Factor, bool]:
+    """(index-or-dense, dense, swapped): put an Index factor on the left."""
+    if isinstance(seg.right, Index):
+        if isinstance(seg.left, Index):
+            raise NotImplementedError("a segment with two one-hot factors")
+        return seg.right, seg.left, True
+    return seg.left, seg.right, False
+
+
+def segment_gram(a: Segment, b: Segment) -> Tensor:
+    """[n_a, n_b]: sum over token pairs and groups of (L.L')(R.R')."""
+    left = gram(a.left, b.left)
+    right = gram(a.right, b.right)
+    return (left.to(right.dtype) * right if left.dtype == torch.bool else left * right.to(left.dtype)).sum((2, 3, 4))
+
+
+def segment_matrix(seg: Segment, weights: Tensor | None = None) -> Tensor:
+    """sum_i w_i sum_t L_{i,t} (x) R_{i,t} as [G, p, q] (L oriented so that an Index factor is on the left).
+    ``weights`` [n] defaults to ones."""
+    left, right, _ = _oriented(seg)
+    r = right.x if weights is None else right.x * weights.view(-1, 1, 1, 1).to(right.x.dtype)
+    if isinstance(left, Dense):
+        return torch.einsum("itgp,itgq->gpq", left.x, r)
+    q = r.shape[-1]
+    out = r.new_zeros(left.size, q)
+    keep = left.ids >= 0
+    out.index_add_(0, left.ids[keep], r[:, :, 0, :][keep])
+    return out.unsqueeze(0)
+
+
+def segment_contract(seg: Segment, m: Tensor) -> Tensor:
+    """[n]: sum_t L_t^T M R_t for every sample, M [G, p, q] from ``segment_matrix``."""
+    left, right, _ = _oriented(seg)
+    if isinstance(left, Dense):
+        return torch.einsum("itgp,gpq,itgq->i", left.x, m, right.x)
+    rows = m[0][left.ids.clamp(min=0)]  # [n, T, q]
+    rows = rows * (left.ids >= 0).unsqueeze(-1).to(rows.dtype)
+    return (rows * right.x[:, :, 0, :]).sum((1, 2))
+
+
+def segment_per_sample(seg: Segment) -> Tensor:
+    """Materialised per-sample gradient blocks [n, G, p, q]."""
+    left, right, _ = _oriented(seg)
+    if isinstance(left, Dense):
+        return torch.einsum("itgp,itgq->igpq", left.x, right.x)
+    n, t = left.ids.shape
+    q = right.dim
+    out = right.x.new_zeros(n, left.size, q)
+    keep = (left.ids >= 0).unsqueeze(-1).expand(n, t, q)
+    idx = left.ids.clamp(min=0).unsqueeze(-1).expand(n, t, q)
+    out.scatter_add_(1, idx, right.x[:, :, 0, :] * keep.to(right.x.dtype))
+    return out.unsqueeze(1)
+
+
+@dataclass
+class Block:
+    """A group of parameters whose per-sample gradient is one sum of outer products over ``segments``.
+
+    ``unpack`` maps the [G, p, q] matrix of ``segment_matrix`` (summed over segments) to gradients shaped
+    like ``params``; it is None where no parameter gradient is needed (LAI)."""
+
+    name: str
+    segments: list[Segment]
+    params: list[nn.Parameter] = field(default_factory=list)
+    unpack: Callable[[Tensor], list[Tensor]] | None = None
+
+    def rows(self, index: slice) -> "Block":
+        return Block(self.name, [s.rows(index) for s in self.segments], self.params, self.unpack)
+
+    @property
+    def n(self) -> int:
+        return self.segments[0].n
+
+    def gram(self, other: "Block") -> Tensor:
+        """Pairwise inner products [n_self, n_other]."""
+        return sum(segment_gram(a, b) for a in self.segments for b in other.segments)
+
+    def matrix(self, weights: Tensor | None = None) -> Tensor:
+        """sum_i w_i G_i, [G, p, q]."""
+        return sum(segment_matrix(s, weights) for s in self.segments)
+
+    def contract(self, m: Tensor) -> Tensor:
+        """<G_i, M> for every sample, [n]."""
+        return sum(segment_contract(s, m) for s in self.segments)
+
+    def per_sample(self) -> Tensor:
+        """Materialised per-sample gradients [n, G*p*q]."""
+        return sum(segment_per_sample(s) for s in self.segments).flatten(1)
+
+    def gram_cost(self, n_i: int, n_v: int) -> float:
+        tok = sum(s.left.tokens for s in self.segments)
+        width = sum(s.left.groups * (s.left.dim + s.right.dim) for s in self.segments) / len(self.segments)
+        return float(n_i) * n_v * tok * tok * width
+
+    def contract_cost(self, n_i: int, n_v: int) -> float:
+        cost = 0.0
+        for s in self.segments:
+            left, right, _ = _oriented(s)
+            p = 1 if isinstance(left, Index) else left.dim
+            cost += s.left.tokens * left.groups * p * right.dim
+        return float(n_i + n_v) * cost
+
+    def materialize_cost(self, n_i: int, n_v: int) -> float:
+        size = sum(_oriented(s)[0].groups * _oriented(s)[0].dim * _oriented(s)[1].dim for s in self.segments[:1])
+        return self.contract_cost(n_i, n_v) + float(n_i) * n_v * size

@@ -1,0 +1,86 @@
+"""Train-reference inner products of factorised blocks, choosing the cheaper form per block.
+
+Modes: ``"gram"`` (token-pair Gram products, never forming a gradient), ``"materialize"`` (for scores:
+contract each training sample with the mean reference gradient of the block; for pairwise output:
+materialise per-sample gradient blocks), ``"auto"`` (whichever the cost model says is cheaper, per block).
+"""
+
+from __future__ import annotations
+
+from typing import Hashable
+
+import torch
+from torch import Tensor
+
+from .factors import Block
+
+MODES = ("auto", "gram", "materialize")
+DEFAULT_BUDGET = 1 << 30  # bytes for one Gram chunk
+
+
+def choose_mode(block: Block, n_train: int, n_ref: int, pairwise: bool, mode: str) -> str:
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if mode != "auto":
+        return mode
+    other = block.materialize_cost(n_train, n_ref) if pairwise else block.contract_cost(n_train, n_ref)
+    return "gram" if block.gram_cost(n_train, n_ref) <= other else "materialize"
+
+
+def chunked_gram(train: Block, ref: Block, budget: int) -> Tensor:
+    """[n_train, n_ref] Gram products, over row chunks sized so one chunk's token-pair tensor fits ``budget``."""
+    tok_t = sum(s.left.tokens for s in train.segments)
+    tok_v = sum(s.left.tokens for s in ref.segments)
+    groups = max(s.left.groups for s in train.segments)
+    item = train.segments[0].right.x.element_size() if hasattr(train.segments[0].right, "x") else 8
+    per_row = max(1, ref.n * tok_t * tok_v * groups * item * 3)
+    rows = max(1, budget // per_row)
+    return torch.cat([train.rows(slice(i, i + rows)).gram(ref) for i in range(0, train.n, rows)])
+
+
+class ReferenceSide:
+    """Reference-batch statistics computed once and reused for every chunk of training samples."""
+
+    def __init__(self, blocks: dict[Hashable, Block], n_train: int, pairwise: bool, mode: str = "auto",
+                 budget: int = DEFAULT_BUDGET) -> None:
+        self.pairwise, self.budget = pairwise, budget
+        self.n_ref = next(iter(blocks.values())).n if blocks else 0
+        self.modes: dict[Hashable, str] = {}
+        self.stats: dict[Hashable, Block | Tensor] = {}
+        self.names: dict[Hashable, str] = {}
+        for key, block in blocks.items():
+            m = choose_mode(block, n_train, self.n_ref, pairwise, mode)
+            self.modes[key], self.names[key] = m, block.name
+            if m == "gram":
+                self.stats[key] = block
+            elif pairwise:
+                self.stats[key] = block.per_sample()
+            else:
+                self.stats[key] = block.matrix() / self.n_ref
+
+    def score(self, blocks: dict[Hashable, Block], n: int, like: Tensor) -> dict[Hashable, Tensor]:
+        """Per block: [n] mean over the reference (or [n, n_ref] when pairwise) of <G_i, G_v>."""
+        out = {}
+        for key, m in self.modes.items():
+            block = blocks.get(key)
+            shape = (n, self.n_ref) if self.pairwise else (n,)
+            if block is None:
+                out[key] = like.new_zeros(shape)
+            elif m == "gram":
+                p = chunked_gram(block, self.stats[key], self.budget)
+                out[key] = p if self.pairwise else p.mean(1)
+            elif self.pairwise:
+                out[key] = block.per_sample() @ self.stats[key].T
+            else:
+                out[key] = block.contract(self.stats[key])
+        for key in blocks.keys() - self.modes.keys():
+            out[key] = like.new_zeros((n, self.n_ref) if self.pairwise else (n,))
+            self.names[key] = blocks[key].name
+        return out
+
+    def by_name(self, scores: dict[Hashable, Tensor]) -> dict[str, Tensor]:
+        named: dict[str, Tensor] = {}
+        for key, s in scores.items():
+            name = self.names[key]
+            named[name] = named[name] + s if name in named else s
+        return named

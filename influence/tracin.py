@@ -1,0 +1,60 @@
+"""TracIn: influence summed over training checkpoints, sum_k lr_k <grad l(w_k, z_i), grad L_ref(w_k)>."""
+
+from __future__ import annotations
+
+import os
+from typing import Iterable, Union
+
+import torch
+from torch import Tensor, nn
+
+from .batch import Batch, LossFn, model_device
+from .capture import capture_forward, plan
+from .batch import check_batch
+from .exact import DEFAULT_CHUNK, exact
+from .lai import last_layer
+from .result import InfluenceResult
+
+Checkpoint = tuple[Union[dict[str, Tensor], str, os.PathLike], float]
+
+
+def load_checkpoint(source: dict[str, Tensor] | str | os.PathLike, device: torch.device) -> dict[str, Tensor]:
+    """A state dict, or one read from disk with ``torch.load(weights_only=True)`` (no pickled code runs)."""
+    if isinstance(source, dict):
+        return source
+    return torch.load(source, map_location=device, weights_only=True)
+
+
+def last_layer_params(model: nn.Module, loss_fn: LossFn, ref: Batch) -> list[str]:
+    """Parameter names of the output layer (the last trainable layer to run, which must produce the output)."""
+    pl = plan(model, fallback="exact")
+    cap = capture_forward(model, loss_fn, ref, pl.modules, check_batch(ref, "ref"), "ref")
+    name = last_layer(cap, pl.modules)
+    return [n for n, p in model.named_parameters() if p.requires_grad and n.rpartition(".")[0] == name]
+
+
+def tracin(model: nn.Module, loss_fn: LossFn, train: Batch, ref: Batch, checkpoints: Iterable[Checkpoint], *,
+           last_layer: bool = False, pairwise: bool = False, chunk_size: int = DEFAULT_CHUNK) -> InfluenceResult:
+    """TracIn over ``checkpoints`` = [(state_dict or path, lr), ...]; ``last_layer=True`` restricts every
+    checkpoint's gradients to the output layer (the cheap variant). ``lr`` of the result is the sum of lrs."""
+    checkpoints = list(checkpoints)
+    if not checkpoints:
+        raise ValueError("tracin needs at least one (state_dict, lr) checkpoint")
+    names = last_layer_params(model, loss_fn, ref) if last_layer else None
+    device = model_device(model)
+    total: InfluenceResult | None = None
+    for source, lr in checkpoints:
+        r = exact(model, loss_fn, train, ref, lr, pairwise=pairwise, params=names,
+                  state=load_checkpoint(source, device), chunk_size=chunk_size)
+        if total is None:
+            total = r
+            continue
+        total.scores = total.scores + r.scores
+        total.per_layer = {k: total.per_layer[k] + r.per_layer[k] for k in total.per_layer}
+        if pairwise:
+            total.pairwise = total.pairwise + r.pairwise
+            total.per_layer_pairwise = {k: total.per_layer_pairwise[k] + r.per_layer_pairwise[k]
+                                        for k in total.per_layer_pairwise}
+    total.estimator = "tracin-last" if last_layer else "tracin"
+    total.lr = float(sum(lr for _, lr in checkpoints))
+    return total

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Idempotent set-up: a virtual environment in .venv with torch 2.13.0 (CPU build, installed first so the
+# package's own torch requirement is already met) and this package with its test and Hugging Face extras.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+    "$PY" -m venv .venv
+fi
+stamp=.venv/.lai-installed
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+    .venv/bin/python -m pip install -q --upgrade pip
+    .venv/bin/python -m pip install -q "torch==2.13.0"
+    .venv/bin/python -m pip install -q -e ".[test,hf]"
+    touch "$stamp"
+fi
