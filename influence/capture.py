@@ -91,6 +91,7 @@ class Call:
     inp: Tensor
     out: Tensor | None
     versions: tuple[int, int]
+    out_ptr: int = 0  # storage address of the layer output, to recognise it as the model output
 
 
 @dataclass
@@ -129,7 +130,7 @@ class Recorder:
             if name not in self.calls:
                 self.order.append(name)
             out = output if self.keep_output else None
-            self.calls[name].append(Call(x.detach(), out, (x._version, output._version)))
+            self.calls[name].append(Call(x.detach(), out, (x._version, output._version), output.data_ptr()))
             return replaced
         return hook
 
@@ -180,7 +181,7 @@ def capture_backward(model: nn.Module, loss_fn: LossFn, batch: tuple[Any, Any], 
         grads[name].append(torch.zeros_like(o) if gr is None else gr)
     g = next(got_iter, None) if f.requires_grad else None
     g = torch.zeros_like(f) if g is None else g
-    calls = {k: [Call(c.inp, None, c.versions) for c in v] for k, v in rec.calls.items()}
+    calls = {k: [Call(c.inp, None, c.versions, c.out_ptr) for c in v] for k, v in rec.calls.items()}
     return Capture(calls, rec.order, f.detach(), g, losses.detach(), dict(grads))
 
 

@@ -16,6 +16,7 @@ LayerNorm/RMSNorm parameters have no LAI term: their gradient is not an outer pr
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from .batch import Batch, LossFn, check_batch, take
@@ -41,14 +42,13 @@ def last_layer(cap: Capture, modules: dict[str, nn.Module]) -> str:
     """The trainable layer that ran last; it must produce the model output (so its b is g)."""
     name = cap.order[-1]
     module = modules[name]
-    call = cap.calls[name][-1]
-    if not isinstance(module, (nn.Linear, *OUTER_TYPES)) or not isinstance(module, nn.Linear):
+    if not isinstance(module, nn.Linear):
         raise InfluenceError(f"{name}: the last trainable layer is a {type(module).__name__}; last-layer LAI needs a "
                              "Linear output layer whose output is the model output")
-    out_numel = call.inp.numel() // module.in_features * module.out_features
-    if out_numel != cap.f.numel():
-        raise InfluenceError(f"{name}: the last trainable layer's output ({out_numel} values) is not the model output "
-                             f"({cap.f.numel()} values); last-layer LAI would not be exact")
+    if cap.calls[name][-1].out_ptr != cap.f.data_ptr():
+        raise InfluenceError(f"{name}: the last trainable layer's output is not the model output (the model "
+                             "transforms it further), so its output gradient is not g; last-layer LAI would not "
+                             "be exact")
     return name
 
 
@@ -107,8 +107,6 @@ def lai(model: nn.Module, loss_fn: LossFn, train: Batch, ref: Batch, lr: float, 
         chunks.append(side.score(lai_blocks(cap, modules, token_pairing), c, cap.losses))
         losses.append(cap.losses)
         outputs = cap.f if c == n_t else None
-    import torch
-
     result = finish(f"lai[{layers},{token_pairing}]", lr, side, chunks, pairwise, torch.cat(losses))
     result.train_outputs = outputs
     return result
