@@ -1,0 +1,214 @@
+import json
+import pickle
+import sys
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from validation.realworld import (load_cifar10, load_cifar100, load_cifar_n, load_hf_lm, load_hf_text,
+                                  read_local_text, torch_load_numpy)
+
+N_PER_BATCH = 3
+
+
+def _write_batch(path, data, labels, label_key=b"labels"):
+    with open(path, "wb") as f:
+        pickle.dump({b"batch_label": b"fake", label_key: list(map(int, labels)), b"data": data}, f)
+
+
+@pytest.fixture
+def fake_cifar10(tmp_path):
+    rng = np.random.default_rng(0)
+    d = tmp_path / "cifar-10-batches-py"
+    d.mkdir()
+    batches = {}
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        data = rng.integers(0, 256, (N_PER_BATCH, 3072), dtype=np.uint8)
+        labels = rng.integers(0, 10, N_PER_BATCH)
+        _write_batch(d / name, data, labels)
+        batches[name] = (data, labels)
+    with open(d / "batches.meta", "wb") as f:
+        pickle.dump({b"label_names": [f"c{i}".encode() for i in range(10)]}, f)
+    return tmp_path, batches
+
+
+def test_cifar10_values(fake_cifar10):
+    root, batches = fake_cifar10
+    ds = load_cifar10(root)
+    assert ds.x_train.shape == (5 * N_PER_BATCH, 3, 32, 32) and ds.x_train.dtype == torch.float32
+    assert ds.x_test.shape == (N_PER_BATCH, 3, 32, 32) and ds.y_train.dtype == torch.int64
+    data = np.concatenate([batches[f"data_batch_{i}"][0] for i in range(1, 6)])
+    labels = np.concatenate([batches[f"data_batch_{i}"][1] for i in range(1, 6)])
+    np.testing.assert_array_equal(ds.y_train.numpy(), labels)
+    np.testing.assert_array_equal(ds.y_test.numpy(), batches["test_batch"][1])
+    # float = uint8 / 255 with the official layout: 1024 red, then green, then blue values, row-major
+    np.testing.assert_allclose(ds.x_train.numpy(), data.reshape(-1, 3, 32, 32) / 255.0, rtol=0, atol=1e-7)
+    assert ds.x_train[1, 2, 0, 5] == pytest.approx(data[1, 2048 + 5] / 255.0)
+    raw = load_cifar10(root / "cifar-10-batches-py", raw=True)  # the batch directory itself also works
+    assert raw.x_test.dtype == torch.uint8
+    np.testing.assert_array_equal(raw.x_test.numpy().reshape(N_PER_BATCH, -1), batches["test_batch"][0])
+    assert ds.meta["label_names"] == [f"c{i}" for i in range(10)]
+
+
+def test_cifar10_missing_and_download_without_torchvision(tmp_path, monkeypatch):
+    with pytest.raises(FileNotFoundError, match="download"):
+        load_cifar10(tmp_path)
+    monkeypatch.setitem(sys.modules, "torchvision", None)  # as if not installed
+    with pytest.raises(ImportError, match="torchvision"):
+        load_cifar10(tmp_path, download=True)
+
+
+def test_cifar100_values(tmp_path):
+    rng = np.random.default_rng(1)
+    d = tmp_path / "cifar-100-python"
+    d.mkdir()
+    written = {}
+    for name in ("train", "test"):
+        data = rng.integers(0, 256, (4, 3072), dtype=np.uint8)
+        fine, coarse = rng.integers(0, 100, 4), rng.integers(0, 20, 4)
+        with open(d / name, "wb") as f:
+            pickle.dump({b"data": data, b"fine_labels": fine.tolist(), b"coarse_labels": coarse.tolist()}, f)
+        written[name] = (data, fine, coarse)
+    ds = load_cifar100(tmp_path)
+    np.testing.assert_array_equal(ds.y_train.numpy(), written["train"][1])
+    np.testing.assert_array_equal(load_cifar100(tmp_path, coarse=True).y_test.numpy(), written["test"][2])
+    np.testing.assert_allclose(ds.x_test.numpy().reshape(4, -1), written["test"][0] / 255.0, atol=1e-7)
+    assert ds.meta["num_classes"] == 100
+
+
+def _cifar10n_dict(n=50, seed=0):
+    rng = np.random.default_rng(seed)
+    clean = rng.integers(0, 10, n)
+    d = {"clean_label": clean}
+    for k in ("aggre_label", "worse_label", "random_label1", "random_label2", "random_label3"):
+        d[k] = np.where(rng.random(n) < 0.3, rng.integers(0, 10, n), clean)
+    return d
+
+
+def test_cifar10n(tmp_path):
+    d = _cifar10n_dict()
+    path = tmp_path / "CIFAR-10_human.pt"
+    torch.save(d, path)
+    r = load_cifar_n(path, clean_labels=torch.from_numpy(d["clean_label"]))
+    np.testing.assert_array_equal(r.y_noisy.numpy(), d["worse_label"])
+    np.testing.assert_array_equal(r.y_clean.numpy(), d["clean_label"])
+    np.testing.assert_array_equal(r.is_noisy.numpy(), d["worse_label"] != d["clean_label"])
+    assert r.kind == "cifar10n/worse_label" and r.num_classes == 10
+    assert r.rate == pytest.approx(np.mean(d["worse_label"] != d["clean_label"]))
+    np.testing.assert_array_equal(load_cifar_n(path, "random_label2").y_noisy.numpy(), d["random_label2"])
+    json.dumps(r.to_dict())
+
+
+def test_cifar10n_mismatch_errors(tmp_path):
+    d = _cifar10n_dict()
+    path = tmp_path / "CIFAR-10_human.pt"
+    torch.save(d, path)
+    with pytest.raises(ValueError, match="50 labels but the CIFAR train set has 49"):
+        load_cifar_n(path, clean_labels=d["clean_label"][:49])
+    wrong = d["clean_label"].copy()
+    wrong[:3] = (wrong[:3] + 1) % 10
+    with pytest.raises(ValueError, match="at 3 of 50"):
+        load_cifar_n(path, clean_labels=wrong)
+    with pytest.raises(KeyError, match="available"):
+        load_cifar_n(path, "nope")
+    torch.save({**d, "worse_label": d["worse_label"][:10]}, path)
+    with pytest.raises(ValueError, match="has 10 labels"):
+        load_cifar_n(path)
+
+
+def test_cifar100n(tmp_path):
+    rng = np.random.default_rng(2)
+    clean, coarse = rng.integers(0, 100, 40), rng.integers(0, 20, 40)
+    d = {"clean_label": clean, "noisy_label": (clean + (rng.random(40) < 0.4)) % 100,
+         "clean_coarse_label": coarse, "noisy_coarse_label": (coarse + (rng.random(40) < 0.4)) % 20}
+    path = tmp_path / "CIFAR-100_noisy_label.pt"
+    torch.save(d, path)
+    r = load_cifar_n(path, clean_labels=clean)
+    np.testing.assert_array_equal(r.y_noisy.numpy(), d["noisy_label"])
+    assert r.num_classes == 100 and r.kind == "cifar100n/noisy_label"
+    rc = load_cifar_n(path, "noisy_coarse_label")
+    np.testing.assert_array_equal(rc.y_clean.numpy(), coarse)
+    assert rc.num_classes == 20
+
+
+def test_torch_load_numpy_legacy_names_and_refuses_code(tmp_path, monkeypatch):
+    # files written with numpy 1.x name the reconstructor numpy.core.multiarray._reconstruct
+    path = tmp_path / "legacy.pt"
+    rec = np._core.multiarray._reconstruct if hasattr(np, "_core") else np.core.multiarray._reconstruct
+    monkeypatch.setattr(rec, "__module__", "numpy.core.multiarray")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.save({"clean_label": np.arange(4)}, path)
+    monkeypatch.undo()
+    assert "numpy.core.multiarray._reconstruct" in torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    np.testing.assert_array_equal(torch_load_numpy(path)["clean_label"], np.arange(4))
+
+    evil = tmp_path / "evil.pt"
+    torch.save({"clean_label": np.arange(3), "x": _Evil()}, evil)
+    with pytest.raises(pickle.UnpicklingError):
+        torch_load_numpy(evil)
+
+
+class _Evil:
+    def __reduce__(self):
+        return (print, ("should not run",))
+
+
+# ------------------------------------------------------------------------------------------------- text
+
+DOCS = ["The first document, with enough text to make several sequences.",
+        "Second one: naïve café — bytes beyond ASCII.",
+        "Third document is here to be split off for validation, perhaps.",
+        "A fourth and final document closes the tiny corpus."]
+
+
+@pytest.fixture
+def jsonl(tmp_path):
+    p = tmp_path / "tiny.jsonl"
+    p.write_text("\n".join(json.dumps({"text": t, "id": i}) for i, t in enumerate(DOCS)) + "\n", encoding="utf-8")
+    return p
+
+
+def test_local_text_readers(tmp_path, jsonl):
+    assert load_hf_text(jsonl) == DOCS
+    assert load_hf_text(jsonl, max_docs=2) == DOCS[:2]
+    j = tmp_path / "list.json"
+    j.write_text(json.dumps([{"body": t} for t in DOCS]), encoding="utf-8")
+    assert read_local_text(j, text_field="body") == DOCS
+    t = tmp_path / "tiny.txt"
+    t.write_text("line one\nline two\n\npara two\n", encoding="utf-8")
+    assert read_local_text(t) == ["line one", "line two", "", "para two"]
+    assert read_local_text(t, sample_by="paragraph") == ["line one\nline two", "para two"]
+    assert read_local_text(t, sample_by="document") == ["line one\nline two\n\npara two\n"]
+    with pytest.raises(FileNotFoundError):
+        load_hf_text(tmp_path / "missing.jsonl", use_datasets=False)
+
+
+def test_local_text_without_datasets(jsonl, monkeypatch):
+    monkeypatch.setitem(sys.modules, "datasets", None)
+    assert load_hf_text(jsonl) == DOCS
+    with pytest.raises(ImportError, match="datasets"):
+        load_hf_text(jsonl, use_datasets=True)
+
+
+def test_hf_lm_sequences(jsonl):
+    d = load_hf_lm(jsonl, seq_len=8, seed=0, val_fraction=0.25)
+    assert len(d.docs_train) == 3 and len(d.docs_test) == 1
+    assert {t for _, t in d.docs_train}.isdisjoint(t for _, t in d.docs_test)
+    assert d.x_train.shape[1] == 8 and d.x_train.dtype == torch.int64
+    assert torch.equal(d.x_train[:, 1:], d.y_train[:, :-1])
+    first = d.docs_train[int(d.doc_train[0])][1].encode()
+    assert bytes(d.x_train[0].tolist()) == first[:8] and bytes(d.y_train[0].tolist()) == first[1:9]
+    v = load_hf_lm(jsonl, seq_len=8, val_split="train")  # separate split (here the same file)
+    assert len(v.docs_test) == 4 and v.meta["val_split"] == "train"
+
+
+def test_hf_datasets_path(jsonl, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
+    pytest.importorskip("datasets")
+    got = load_hf_text(jsonl, use_datasets=True, cache_dir=str(tmp_path / "hf_cache"))
+    assert got == DOCS
+    assert load_hf_text(jsonl, use_datasets=True, max_docs=3, cache_dir=str(tmp_path / "hf_cache")) == DOCS[:3]
