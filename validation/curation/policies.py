@@ -1,0 +1,73 @@
+"""Selection policies: plain functions from scores to a boolean keep mask.
+
+Every function takes scores ``[n]`` (higher = more useful) and returns a bool mask ``[n]``; none of them
+looks at the model. ``keep_count`` turns a keep fraction into a sample count.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+
+def keep_count(n: int, fraction: float) -> int:
+    """round(fraction * n), at least 1 for a non-empty batch and a positive fraction; fraction in (0, 1]."""
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"keep fraction must be in (0, 1], got {fraction}")
+    return min(n, max(1, int(math.floor(fraction * n + 0.5)))) if n else 0
+
+
+def keep_threshold(scores: Tensor, threshold: float = 0.0) -> Tensor:
+    """Keep samples with score >= threshold (the reference rule with threshold 0: keep what does not hurt)."""
+    return scores >= threshold
+
+
+def keep_top_k(scores: Tensor, k: int) -> Tensor:
+    """Keep the k highest scores (ties broken by the lower index, so the choice is deterministic)."""
+    n = scores.shape[0]
+    if not 0 <= k <= n:
+        raise ValueError(f"k must be in 0..{n}, got {k}")
+    order = torch.sort(scores, descending=True, stable=True).indices
+    mask = torch.zeros(n, dtype=torch.bool, device=scores.device)
+    mask[order[:k]] = True
+    return mask
+
+
+def keep_bottom_k(values: Tensor, k: int) -> Tensor:
+    """Keep the k smallest values (small-loss selection with ``values`` = per-sample losses)."""
+    return keep_top_k(-values, k)
+
+
+def keep_random(n: int, k: int, generator: torch.Generator | None = None) -> Tensor:
+    """Keep k of n samples chosen uniformly at random (``generator`` seeds it; same seed = same choice)."""
+    if not 0 <= k <= n:
+        raise ValueError(f"k must be in 0..{n}, got {k}")
+    mask = torch.zeros(n, dtype=torch.bool)
+    mask[torch.randperm(n, generator=generator)[:k]] = True
+    return mask
+
+
+def greats_select(scores: Tensor, pairwise: Tensor, k: int, lr: float) -> Tensor:
+    """Greedy second-order selection (GREATS).
+
+    ``scores`` [n]: lr * <g_j, g_ref>; ``pairwise`` [n, n]: lr * <g_i, g_j> between the batch's own samples
+    (the train-train pairwise form of the same estimator). Start from the scores; pick the argmax; subtract
+    lr^2 <g_pick, g_j> = lr * pairwise[pick, j] from every remaining score; repeat k times. Ties go to the
+    lower index. ``lr`` is the learning rate the scores were computed with.
+    """
+    n = scores.shape[0]
+    if pairwise.shape != (n, n):
+        raise ValueError(f"pairwise must be [{n}, {n}], got {tuple(pairwise.shape)}")
+    if not 0 <= k <= n:
+        raise ValueError(f"k must be in 0..{n}, got {k}")
+    current = scores.clone()
+    mask = torch.zeros(n, dtype=torch.bool, device=scores.device)
+    for _ in range(k):
+        masked = current.masked_fill(mask, -math.inf)
+        pick = int(torch.argmax(masked))  # first maximal index
+        mask[pick] = True
+        current = current - lr * pairwise[pick]
+    return mask
+

@@ -1,0 +1,247 @@
+"""What each method scores a batch with, and which part of that scoring pass its update reuses.
+
+``score_batch`` returns a :class:`Scored`: per-sample values (influence scores, losses or gradient norms),
+the per-sample losses, and ``gradient(weights)`` = [(param, sum_i w_i grad l_i)] for the update. Reuse:
+
+* ``lai`` / ``lai-last``: ONE forward pass with autograd on the batch, with hooks recording every layer's
+  input. The LAI scores come from those recorded activations and g = dl/df of the same logits
+  (``influence.lai.lai_blocks`` + ``influence.scoring.ReferenceSide``, as ``influence.lai`` computes them);
+  the update is one backward of sum_i w_i l_i through that same graph (no second forward).
+* ``ghost`` (and ``gradnorm``): one forward and one truncated backward (``influence.capture.capture_backward``,
+  which never writes ``.grad``); the update is sum_i w_i a_i (x) b_i assembled from the recorded factors, as
+  ``InfluenceResult.weighted_gradient`` does: no second backward.
+* ``loss`` / ``random`` / ``none``: one forward with autograd; the update backpropagates that graph.
+* ``exact`` (= ``tracin``: online TracIn at the current checkpoint is Exact): ``influence.exact`` scores with
+  per-sample gradients from torch.func; nothing is reused, the update is a second forward and backward on
+  the kept samples only.
+
+The reference side of LAI/Ghost/Exact is one extra pass over the reference batch (forward only for LAI,
+forward + truncated backward for Ghost); ``ref=None`` scores against the batch itself and reuses the batch's
+own recorded factors instead.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from torch import Tensor, nn
+
+import influence
+from influence.batch import Batch, LossFn, call_model, check_batch, output_tensor, take
+from influence.capture import Capture, Recorder, capture_backward, capture_forward, ghost_blocks, plan
+from influence.factors import Block
+from influence.lai import lai_blocks, last_layer
+from influence.layers import OUTER_TYPES
+from influence.losses import output_gradient, per_sample_losses
+from influence.scoring import ReferenceSide
+
+from .errors import EmptyReferenceError
+
+ESTIMATORS = ("lai", "lai-last", "ghost", "exact", "tracin")
+SIGNALS = (*ESTIMATORS, "loss", "gradnorm", "random", "none")
+
+Gradient = list[tuple[nn.Parameter, Tensor]]
+
+
+@dataclass
+class Scored:
+    """One scoring pass over a batch of n samples.
+
+    ``values`` [n]: the signal (lr * <grad l_i, grad L_ref> for estimators, l_i for ``loss``,
+    ||grad l_i|| for ``gradnorm``; None for ``random``/``none``). ``losses`` [n] detached.
+    ``gradient(w)``: [(param, sum_i w_i grad l_i)] for the update (single use for graph-based signals).
+    ``pairwise()``: [n, n] lr * <grad l_i, grad l_j> between the batch's samples from the same estimator.
+    ``reused``: what the update reuses from the scoring pass, in words.
+    """
+
+    signal: str
+    values: Tensor | None
+    losses: Tensor
+    gradient: Callable[[Tensor], Gradient]
+    pairwise: Callable[[], Tensor] | None = None
+    reused: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def trainable_params(model: nn.Module) -> list[nn.Parameter]:
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def _graph_gradient(model: nn.Module, losses: Tensor) -> Callable[[Tensor], Gradient]:
+    """sum_i w_i grad l_i by one backward through the graph the scoring forward built (usable once)."""
+    params = trainable_params(model)
+    state = {"used": False}
+
+    def gradient(weights: Tensor) -> Gradient:
+        if state["used"]:
+            raise RuntimeError("the scoring pass's graph was already used for an update; score the batch again")
+        state["used"] = True
+        objective = (weights.to(losses.dtype) * losses).sum()
+        grads = torch.autograd.grad(objective, params, allow_unused=True)
+        return [(p, g) for p, g in zip(params, grads) if g is not None]
+    return gradient
+
+
+def _subset_gradient(model: nn.Module, loss_fn: LossFn, batch: Batch) -> Callable[[Tensor], Gradient]:
+    """sum_i w_i grad l_i by a fresh forward and backward over the samples with w_i != 0 only."""
+    params = trainable_params(model)
+
+    def gradient(weights: Tensor) -> Gradient:
+        idx = weights.nonzero().flatten()
+        if len(idx) == 0:
+            return [(p, torch.zeros_like(p)) for p in params]
+        sub = take(batch, idx.to(weights.device))
+        with torch.enable_grad():
+            f = output_tensor(call_model(model, sub[0]))
+            losses = per_sample_losses(loss_fn, f, sub[1], len(idx), "train")
+            objective = (weights[idx].to(losses.dtype) * losses).sum()
+            grads = torch.autograd.grad(objective, params, allow_unused=True)
+        return [(p, g) for p, g in zip(params, grads) if g is not None]
+    return gradient
+
+
+def _factor_gradient(blocks: dict[Any, Block]) -> Callable[[Tensor], Gradient]:
+    """sum_i w_i grad l_i from recorded Ghost factors (what ``InfluenceResult.weighted_gradient`` computes)."""
+    def gradient(weights: Tensor) -> Gradient:
+        out: Gradient = []
+        for block in blocks.values():
+            out += list(zip(block.params, block.unpack(block.matrix(weights))))
+        return out
+    return gradient
+
+
+def _self_pairwise(blocks: dict[Any, Block], n: int, lr: float, like: Tensor, mode: str) -> Tensor:
+    """[n, n] lr * <G_i, G_j> over the given factor blocks."""
+    if not blocks:
+        return like.new_zeros(n, n)
+    side = ReferenceSide(blocks, n, True, mode)
+    return lr * sum(side.score(blocks, n, like).values())
+
+
+def _reference_size(ref: Batch | None) -> int | None:
+    if ref is None:
+        return None
+    n_v = check_batch(ref, "ref")
+    if n_v == 0:
+        raise EmptyReferenceError("the reference batch is empty; pass at least one reference sample, or "
+                                  "ref=None to score against the batch itself")
+    return n_v
+
+
+def _graph_forward(model: nn.Module, loss_fn: LossFn, batch: Batch, n: int,
+                   modules: dict[str, nn.Module] | None = None) -> tuple[Tensor, Tensor, Recorder | None]:
+    """Forward with autograd; records layer inputs when ``modules`` is given. Returns (f, losses, recorder)."""
+    x, y = batch
+    with torch.enable_grad():
+        if modules is None:
+            f = output_tensor(call_model(model, x))
+            rec = None
+        else:
+            with Recorder(modules, n, keep_output=False) as rec:
+                f = output_tensor(call_model(model, x))
+            rec.check_versions()
+        losses = per_sample_losses(loss_fn, f, y, n, "train")
+    return f, losses, rec
+
+
+def _score_lai(model, loss_fn, batch, ref, lr, n, layers, mode) -> Scored:
+    pl = plan(model)
+    f, losses, rec = _graph_forward(model, loss_fn, batch, n, pl.modules)
+    _, g = output_gradient(loss_fn, f.detach(), batch[1], "train")
+    cap = Capture(dict(rec.calls), rec.order, f.detach(), g, losses.detach())
+    modules = {k: m for k, m in pl.modules.items() if isinstance(m, OUTER_TYPES)}
+    if layers == "last":
+        name = last_layer(cap, pl.modules)
+        modules = {name: modules[name]}
+    blocks = lai_blocks(cap, modules, "all_pairs")
+    n_v = _reference_size(ref)
+    if ref is None:
+        ref_blocks = blocks
+    else:
+        ref_cap = capture_forward(model, loss_fn, ref, pl.modules, n_v, "ref")
+        ref_blocks = lai_blocks(ref_cap, modules, "all_pairs")
+    side = ReferenceSide(ref_blocks, n, False, mode)
+    like = cap.losses
+    values = lr * sum(side.score(blocks, n, like).values()) if blocks else like.new_zeros(n)
+    return Scored("lai" if layers == "all" else "lai-last", values, losses.detach(), _graph_gradient(model, losses),
+                  lambda: _self_pairwise(blocks, n, lr, like, mode),
+                  "the scoring forward pass (activations and logits): the update backpropagates its graph")
+
+
+def _ghost_capture(model, loss_fn, batch, n):
+    pl = plan(model)
+    cap = capture_backward(model, loss_fn, batch, pl.modules, n, "train")
+    return pl, cap, ghost_blocks(cap, pl)
+
+
+def _score_ghost(model, loss_fn, batch, ref, lr, n, mode) -> Scored:
+    pl, cap, blocks = _ghost_capture(model, loss_fn, batch, n)
+    n_v = _reference_size(ref)
+    if ref is None:
+        ref_blocks = blocks
+    else:
+        ref_cap = capture_backward(model, loss_fn, ref, pl.modules, n_v, "ref")
+        ref_blocks = ghost_blocks(ref_cap, pl)
+    side = ReferenceSide(ref_blocks, n, False, mode)
+    values = lr * sum(side.score(blocks, n, cap.losses).values())
+    return Scored("ghost", values, cap.losses, _factor_gradient(blocks),
+                  lambda: _self_pairwise(blocks, n, lr, cap.losses, mode),
+                  "the scoring backward pass: the update is sum_i w_i a_i (x) b_i from its recorded factors")
+
+
+def _score_gradnorm(model, loss_fn, batch, n, lr, mode) -> Scored:
+    _, cap, blocks = _ghost_capture(model, loss_fn, batch, n)
+    sq = _self_pairwise(blocks, n, 1.0, cap.losses, mode).diagonal()
+    return Scored("gradnorm", sq.clamp(min=0).sqrt(), cap.losses, _factor_gradient(blocks),
+                  lambda: _self_pairwise(blocks, n, lr, cap.losses, mode),
+                  "the backward pass that gave the gradient norms (Ghost factors)")
+
+
+def _score_exact(model, loss_fn, batch, ref, lr, n, name) -> Scored:
+    _reference_size(ref)
+    r = influence.exact(model, loss_fn, batch, batch if ref is None else ref, lr)
+    return Scored(name, r.scores, r.train_losses, _subset_gradient(model, loss_fn, batch),
+                  lambda: influence.exact(model, loss_fn, batch, batch, lr, pairwise=True).pairwise,
+                  "nothing: the update is a second forward and backward on the kept samples")
+
+
+def score_batch(model: nn.Module, loss_fn: LossFn, batch: Batch, ref: Batch | None, signal: str, lr: float,
+                mode: str = "auto") -> Scored:
+    """Score ``batch`` ([n] samples) against ``ref`` (None: the batch itself) with ``signal``; see module doc.
+
+    ``model`` must be the plain module (unwrap DDP first). Raises ``influence.UnsupportedLayerError`` (and the
+    other ``influence`` errors) when the estimator cannot score the model, ``EmptyReferenceError`` for an empty
+    reference batch.
+    """
+    if signal not in SIGNALS:
+        raise ValueError(f"unknown signal {signal!r}; choose from {SIGNALS}")
+    n = check_batch(batch, "train")
+    if signal in ("lai", "lai-last"):
+        return _score_lai(model, loss_fn, batch, ref, lr, n, "all" if signal == "lai" else "last", mode)
+    if signal == "ghost":
+        return _score_ghost(model, loss_fn, batch, ref, lr, n, mode)
+    if signal == "gradnorm":
+        return _score_gradnorm(model, loss_fn, batch, n, lr, mode)
+    if signal in ("exact", "tracin"):
+        return _score_exact(model, loss_fn, batch, ref, lr, n, signal)
+    _, losses, _ = _graph_forward(model, loss_fn, batch, n)
+    values = losses.detach() if signal == "loss" else None
+    return Scored(signal, values, losses.detach(), _graph_gradient(model, losses), None,
+                  "the forward pass: the update backpropagates its graph")
+
+
+def global_pairwise(model: nn.Module, loss_fn: LossFn, batch: Batch, signal: str, lr: float) -> Tensor:
+    """[n, n] lr * <grad l_i, grad l_j> over ``batch`` from the public estimator of ``signal`` (train = ref =
+    batch, ``pairwise=True``); used when the batch was scored in shards (DDP)."""
+    if signal in ("lai", "lai-last"):
+        r = influence.lai(model, loss_fn, batch, batch, lr, layers="all" if signal == "lai" else "last",
+                          pairwise=True)
+    elif signal in ("ghost", "gradnorm"):
+        r = influence.ghost(model, loss_fn, batch, batch, lr, pairwise=True)
+    elif signal in ("exact", "tracin"):
+        r = influence.exact(model, loss_fn, batch, batch, lr, pairwise=True)
+    else:
+        raise ValueError(f"signal {signal!r} has no pairwise form; GREATS needs an influence estimator")
+    return r.pairwise
