@@ -4,6 +4,8 @@ For each supported layer, from its input a and output gradient b = dl/ds:
 
 * ``nn.Linear``: dW = sum_t b_t (x) a_t, db = sum_t b_t  -> one block with a augmented by a 1 (the bias),
   so the pair term is sum_{t,t'} (a_t.a_t' + 1)(b_t.b_t').
+* ``transformers``' ``Conv1D`` (GPT-2, GPT): a linear layer with weight stored (in, out), y = x @ W + b, so
+  dW = sum_t a_t (x) b_t: the same factors with a on the left (augmented by the bias 1 there).
 * ``nn.Conv1d``/``nn.Conv2d``: the same on the unfolded input, one group per conv group. Padding
   (numbers, ``'same'``, ``'valid'``, any ``padding_mode``), stride and dilation are applied by explicit padding
   followed by ``F.unfold``; Conv1d is Conv2d with a height-1 kernel.
@@ -11,12 +13,13 @@ For each supported layer, from its input a and output gradient b = dl/ds:
 * ``nn.LayerNorm``/``nn.RMSNorm``: elementwise affine, dw = sum_t xhat_t * b_t, db = sum_t b_t; materialised
   per sample (they are vectors of the normalised size). These have no LAI term (no outer product with b).
 
-LAI's activation for a layer is a (with the bias 1) for Linear, the ids for Embedding, and the flattened
-input map (not the unfolded patches) for convolutions, so it does not depend on the kernel geometry.
+LAI's activation for a layer is a (with the bias 1) for Linear and Conv1D, the ids for Embedding, and the
+flattened input map (not the unfolded patches) for convolutions, so it does not depend on the kernel geometry.
 """
 
 from __future__ import annotations
 
+import abc
 import math
 from dataclasses import dataclass
 from typing import Callable
@@ -28,10 +31,24 @@ from torch.nn import functional as F
 from .errors import UnsupportedLayerError
 from .factors import Block, Dense, Factor, Index, Segment
 
+
+class HFConv1D(abc.ABC):
+    """Matches ``transformers.pytorch_utils.Conv1D`` (and subclasses) in ``isinstance`` checks without importing
+    transformers: a linear layer with ``weight`` [nx, nf] = (in, out), ``bias`` [nf], y = x @ W + b."""
+
+    MODULE = "transformers.pytorch_utils"
+
+    @classmethod
+    def __subclasshook__(cls, klass: type) -> bool:
+        if cls is not HFConv1D:
+            return NotImplemented
+        return any(k.__name__ == "Conv1D" and k.__module__ == cls.MODULE for k in klass.__mro__)
+
+
 CONV_TYPES = (nn.Conv1d, nn.Conv2d)
 NORM_TYPES = (nn.LayerNorm, nn.RMSNorm) if hasattr(nn, "RMSNorm") else (nn.LayerNorm,)
-SUPPORTED_TYPES = (nn.Linear, nn.Embedding, *CONV_TYPES, *NORM_TYPES)
-OUTER_TYPES = (nn.Linear, nn.Embedding, *CONV_TYPES)
+SUPPORTED_TYPES = (nn.Linear, HFConv1D, nn.Embedding, *CONV_TYPES, *NORM_TYPES)
+OUTER_TYPES = (nn.Linear, HFConv1D, nn.Embedding, *CONV_TYPES)
 
 
 def trainable(p: nn.Parameter | None) -> bool:
@@ -104,20 +121,29 @@ def _reshaper(params: tuple[nn.Parameter, ...], split: Callable[[Tensor], list[T
 
 
 def _weight_bias_pieces(weight: nn.Parameter, bias: nn.Parameter | None, left: Dense, right: Dense,
-                        shared: set[int]) -> list[GhostPiece]:
-    """Pieces for dW = sum L (x) R and db = sum L, merged into one augmented block unless either is shared."""
+                        shared: set[int], bias_side: str = "right") -> list[GhostPiece]:
+    """Pieces for dW = sum L (x) R and db = sum (the factor on the other side from ``bias_side``), merged into
+    one block augmented by a 1 on ``bias_side`` unless either parameter is shared. ``bias_side="right"``:
+    the bias is an extra column of W (nn.Linear, conv); ``"left"``: an extra row (Conv1D, W stored (in, out))."""
     w_on, b_on = trainable(weight), trainable(bias)
+    on_right = bias_side == "right"
+    ones = Dense(_ones(right.x if on_right else left.x))
     pieces = []
     if w_on and b_on and id(weight) not in shared and id(bias) not in shared:
-        aug = Dense(torch.cat([right.x, _ones(right.x)], -1))
-        split = lambda m: [m[..., :-1], m[..., -1]]  # noqa: E731
-        pieces.append(GhostPiece((weight, bias), Segment(left, aug), _reshaper((weight, bias), split)))
+        if on_right:
+            seg = Segment(left, Dense(torch.cat([right.x, ones.x], -1)))
+            split = lambda m: [m[..., :-1], m[..., -1]]  # noqa: E731
+        else:
+            seg = Segment(Dense(torch.cat([left.x, ones.x], -1)), right)
+            split = lambda m: [m[..., :-1, :], m[..., -1, :]]  # noqa: E731
+        pieces.append(GhostPiece((weight, bias), seg, _reshaper((weight, bias), split)))
         return pieces
     if w_on:
         pieces.append(GhostPiece((weight,), Segment(left, right), _reshaper((weight,), lambda m: [m])))
     if b_on:
-        pieces.append(GhostPiece((bias,), Segment(left, Dense(_ones(right.x))),
-                                 _reshaper((bias,), lambda m: [m[..., 0]])))
+        seg, split = (Segment(left, ones), lambda m: [m[..., 0]]) if on_right else \
+            (Segment(ones, right), lambda m: [m[..., 0, :]])
+        pieces.append(GhostPiece((bias,), seg, _reshaper((bias,), split)))
     return pieces
 
 
@@ -128,6 +154,10 @@ def ghost_pieces(module: nn.Module, inp: Tensor, grad_out: Tensor, shared: set[i
         a = _tokens(inp, module.in_features)
         b = _tokens(grad_out, module.out_features)
         return _weight_bias_pieces(module.weight, module.bias, Dense(b), Dense(a), shared)
+    if isinstance(module, HFConv1D):
+        a = _tokens(inp, module.weight.shape[0])
+        b = _tokens(grad_out, module.weight.shape[1])
+        return _weight_bias_pieces(module.weight, module.bias, Dense(a), Dense(b), shared, bias_side="left")
     if isinstance(module, CONV_TYPES):
         g = module.groups
         patches = unfold_conv_input(module, inp)  # [n, P, C_in*K]
@@ -181,6 +211,8 @@ def lai_activation(module: nn.Module, inp: Tensor) -> Factor | None:
     n = inp.shape[0]
     if isinstance(module, nn.Linear):
         a = _tokens(inp, module.in_features)
+    elif isinstance(module, HFConv1D):
+        a = _tokens(inp, module.weight.shape[0])
     elif isinstance(module, CONV_TYPES):
         a = inp.reshape(n, 1, 1, -1)
     elif isinstance(module, nn.Embedding):
