@@ -1,0 +1,213 @@
+"""What the theory needs of one batch: g, every layer's Jacobian J^l, and its Ghost and LAI factors.
+
+For a layer l every per-sample parameter gradient is a sum over "tokens" tau (positions of the layer output)
+and groups G of outer products x_{tau,g} (x) b_{tau,g}, with b_{tau,g} = J_{tau,g}^T g the output gradient
+(J_{tau,g} = d f / d s_{tau,g}, [F, q]). The Ghost pair term is therefore
+
+    Ghost_l(i, v) = sum_g sum_{tau, tau'} K_{g,tau,tau'}(i, v) g_i^T J_{i,tau,g} J_{v,tau',g}^T g_v,
+    K_{g,tau,tau'}(i, v) = x_{i,tau,g} . x_{v,tau',g}                                  (*)
+
+with, per layer type (``x`` is the Ghost left factor):
+
+* ``nn.Linear``: tau = the input's leading token positions, G = 1, x = [a, 1] (1 only with a trainable bias);
+* ``nn.Conv1d/2d``: tau = output positions p, g = conv group, x = [unfolded patch of group g, 1];
+* ``nn.Embedding``: tau = token positions, x = onehot(id) (K = [id == id'], padding_idx contributes nothing);
+* ``nn.LayerNorm/RMSNorm``: tau = token positions, g = normalised coordinate k (q = 1), x = [xhat_{tau,k}, 1].
+
+(*) equals g_i^T Theta_l(i, v) g_v with Theta_l = Phi_i Phi_v^T the layer's empirical NTK, Phi_i = d f_i / d theta_l.
+
+LAI's term for the same layer (exactly as ``influence.lai`` with ``token_pairing``):
+
+* kind ``"token"`` (Linear/Embedding whose token count equals f's, with pairing ``"all_pairs"``, or T = 1 for
+  2-D outputs under either pairing): LAI_l(i, v) = sum_{t,t'} A_{t,t'}(i, v) (g_{i,t} . g_{v,t'}), A = K (the same activation Gram);
+* kind ``"flat"`` (convolutions always; Linear/Embedding whose tokens do not match f's, or pairing
+  ``"aligned"``): LAI_l(i, v) = (abar_i . abar_v) (g_i . g_v), abar = the flattened LAI activation
+  (the input map with one bias 1 for convs; every token's [a, 1] concatenated for Linear; for embeddings
+  abar_i . abar_v = number of positions with equal ids);
+* kind ``"norm"`` (LayerNorm/RMSNorm): no LAI term.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from influence.batch import Batch, LossFn, check_batch
+from influence.capture import capture_forward, plan
+from influence.factors import Dense, Index
+from influence.layers import lai_activation, trainable, unfold_conv_input
+
+from .jacobians import jacobians
+
+CONV_TYPES = (nn.Conv1d, nn.Conv2d)
+NORM_TYPES = (nn.LayerNorm, nn.RMSNorm) if hasattr(nn, "RMSNorm") else (nn.LayerNorm,)
+KNOWN_TYPES = (nn.Linear, nn.Embedding, *CONV_TYPES, *NORM_TYPES)
+PAIRINGS = ("all_pairs", "aligned")
+
+
+@dataclass
+class LayerTerm:
+    """One layer on one batch.
+
+    ``jac``: [n, F, G, tau, q]; ``left``: Ghost left factor, Dense [n, tau, G, p] or Index [n, tau];
+    ``kind``: ``"token"``, ``"flat"`` or ``"norm"``; ``lai``: for ``"flat"`` the flattened LAI activation
+    (Dense [n, 1, 1, m] or a flattened Index), else None (``"token"`` uses ``left``).
+    """
+
+    name: str
+    module: nn.Module
+    kind: str
+    jac: Tensor
+    left: Dense | Index
+    lai: Dense | Index | None
+
+    def output_grads(self, g: Tensor) -> Tensor:
+        """b_{tau,g} = J_{tau,g}^T g: [n, G, tau, q]."""
+        return torch.einsum("nf,nfgtq->ngtq", g, self.jac)
+
+    def token_norms(self) -> Tensor:
+        """||x_{i,t}|| for every token of a G = 1 factor: [n, tau]."""
+        if isinstance(self.left, Index):
+            return (self.left.ids >= 0).to(self.jac.dtype)
+        return self.left.x[:, :, 0, :].norm(dim=-1)
+
+    def param_map_norms(self) -> Tensor:
+        """||d s / d theta_l||_2 per sample: max over groups of the spectral norm of the [tau, p] factor matrix
+        (for one-hot factors sqrt of the largest id multiplicity). [n]."""
+        if isinstance(self.left, Index):
+            ids = self.left.ids
+            counts = (ids[:, :, None] == ids[:, None, :]) & (ids >= 0)[:, :, None]
+            return counts.sum(2).amax(1).to(self.jac.dtype).sqrt()
+        x = self.left.x.permute(0, 2, 1, 3)  # [n, G, tau, p]
+        return torch.linalg.matrix_norm(x, ord=2).amax(1)
+
+    def lai_norms(self) -> Tensor:
+        """||abar_i|| of the flattened LAI activation: [n]."""
+        if isinstance(self.lai, Index):
+            return (self.lai.ids >= 0).sum(1).to(self.jac.dtype).sqrt()
+        return self.lai.x.reshape(self.lai.x.shape[0], -1).norm(dim=-1)
+
+    def param_jacobian(self) -> Tensor:
+        """Phi_i = d f_i / d theta_l as [n, F, G*q*p] (for one-hot factors [n, F, q*V])."""
+        n, f = self.jac.shape[:2]
+        if isinstance(self.left, Index):
+            ids = self.left.ids
+            onehot = torch.zeros(*ids.shape, self.left.size, dtype=self.jac.dtype, device=ids.device)
+            onehot.scatter_(2, ids.clamp(min=0).unsqueeze(-1), (ids >= 0).unsqueeze(-1).to(self.jac.dtype))
+            return torch.einsum("nftq,ntv->nfqv", self.jac[:, :, 0], onehot).reshape(n, f, -1)
+        return torch.einsum("nfgtq,ntgp->nfgqp", self.jac, self.left.x).reshape(n, f, -1)
+
+
+@dataclass
+class Side:
+    """One batch: ``g`` [n, F] flattened loss-to-output gradients, ``tokens`` = T of f ([n, T, C] outputs; 1
+    otherwise), ``terms`` per layer (in execution order)."""
+
+    g: Tensor
+    tokens: int
+    terms: dict[str, LayerTerm]
+    inputs: Any
+
+    @property
+    def n(self) -> int:
+        return self.g.shape[0]
+
+    @property
+    def classes(self) -> int:
+        return self.g.shape[1] // self.tokens
+
+
+def layer_modules(model: nn.Module) -> dict[str, nn.Module]:
+    """The trainable layers the estimators score; raises for layers or sharing the theory does not cover."""
+    pl = plan(model)
+    if pl.shared:
+        raise NotImplementedError("theory: parameters shared between modules (tied weights) make one Ghost block "
+                                  "span several layers; the per-layer decomposition needs untied layers")
+    unknown = {n: type(m).__name__ for n, m in pl.modules.items() if not isinstance(m, KNOWN_TYPES)}
+    if unknown:
+        raise NotImplementedError(f"theory: no per-layer structure for {unknown}; supported: "
+                                  f"{', '.join(t.__name__ for t in KNOWN_TYPES)}")
+    return pl.modules
+
+
+def _norm_xhat(module: nn.Module, x: Tensor) -> Tensor:
+    """The normalised input of LayerNorm/RMSNorm (as the module computes it), same shape as x."""
+    dims = tuple(range(-len(module.normalized_shape), 0))
+    if isinstance(module, nn.LayerNorm):
+        return (x - x.mean(dims, keepdim=True)) * torch.rsqrt(x.var(dims, unbiased=False, keepdim=True) + module.eps)
+    eps = module.eps if module.eps is not None else torch.finfo(x.dtype).eps
+    return x * torch.rsqrt(x.pow(2).mean(dims, keepdim=True) + eps)
+
+
+def _with_bias(x: Tensor | None, like: Tensor, w_on: bool, b_on: bool) -> Tensor:
+    parts = [x] if w_on else []
+    if b_on:
+        parts.append(torch.ones(*like.shape[:-1], 1, dtype=like.dtype, device=like.device))
+    return torch.cat(parts, -1)
+
+
+def _padding_ids(module: nn.Embedding, ids: Tensor) -> Tensor:
+    if module.padding_idx is None:
+        return ids
+    return torch.where(ids == module.padding_idx, torch.full_like(ids, -1), ids)
+
+
+def layer_term(name: str, module: nn.Module, inp: Tensor, jac: Tensor, f_tokens: int,
+               token_pairing: str) -> LayerTerm:
+    """Build one layer's ``LayerTerm`` from its input [n, ...] and Jacobian [n, F, *s_shape]."""
+    n, f = jac.shape[:2]
+    w_on = trainable(module.weight)
+    b_on = trainable(getattr(module, "bias", None))
+    if isinstance(module, nn.Linear):
+        a = inp.reshape(n, -1, module.in_features)
+        x = _with_bias(a, a, w_on, b_on).unsqueeze(2)  # [n, T, 1, p]
+        t = a.shape[1]
+        left: Dense | Index = Dense(x)
+        j = jac.reshape(n, f, 1, t, module.out_features)
+    elif isinstance(module, nn.Embedding):
+        ids = _padding_ids(module, inp.reshape(n, -1))
+        t = ids.shape[1]
+        left = Index(ids, module.num_embeddings)
+        j = jac.reshape(n, f, 1, t, module.embedding_dim)
+    elif isinstance(module, CONV_TYPES):
+        groups = module.groups
+        patches = unfold_conv_input(module, inp)  # [n, P, C_in * K]
+        p = patches.shape[1]
+        x = patches.reshape(n, p, groups, -1)
+        left = Dense(_with_bias(x, x, w_on, b_on))
+        q = module.out_channels // groups
+        j = jac.reshape(n, f, groups, q, p).transpose(3, 4)
+    else:
+        d = math.prod(module.normalized_shape)
+        xhat = _norm_xhat(module, inp).reshape(n, -1, d, 1)  # [n, T, d, 1]
+        left = Dense(_with_bias(xhat, xhat, w_on, b_on))
+        j = jac.reshape(n, f, -1, d).transpose(2, 3).unsqueeze(-1)  # [n, F, d, T, 1]
+        return LayerTerm(name, module, "norm", j, left, None)
+    aligned_tokens = token_pairing == "all_pairs" or f_tokens == 1  # with one token both pairings coincide
+    if isinstance(module, CONV_TYPES) or not aligned_tokens or left.tokens != f_tokens:
+        act = lai_activation(module, inp)
+        return LayerTerm(name, module, "flat", j, left, act.flatten_tokens())
+    return LayerTerm(name, module, "token", j, left, None)
+
+
+def build_side(model: nn.Module, loss_fn: LossFn, batch: Batch, token_pairing: str = "all_pairs",
+               where: str = "train", chunk_size: int | None = None) -> Side:
+    """Forward capture (layer inputs, f, g) plus per-sample Jacobians of every scored layer for one batch."""
+    if token_pairing not in PAIRINGS:
+        raise ValueError(f"token_pairing must be one of {PAIRINGS}, got {token_pairing!r}")
+    n = check_batch(batch, where)
+    modules = layer_modules(model)
+    cap = capture_forward(model, loss_fn, batch, modules, n, where)
+    reused = [name for name, calls in cap.calls.items() if len(calls) > 1]
+    if reused:
+        raise NotImplementedError(f"theory: modules {reused} run more than once per forward pass")
+    jac = jacobians(model, batch[0], {name: modules[name] for name in cap.order}, chunk_size)
+    tokens = cap.f.shape[1] if cap.f.dim() == 3 else 1
+    g = cap.g.reshape(n, -1)
+    terms = {name: layer_term(name, modules[name], cap.calls[name][0].inp, jac[name], tokens, token_pairing)
+             for name in cap.order}
+    return Side(g, tokens, terms, batch[0])
