@@ -1,0 +1,112 @@
+"""`python -m validation run` end to end on the tiny profile: outputs, summary keys, resume, reproducibility."""
+
+import contextlib
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from validation.__main__ import main as dispatch
+from validation.cli import apply_override, build_parser, make_config, run_main
+from validation.profiles import get_profile
+from validation.results import RunDir, read_csv
+
+ARGS = ["--profile", "tiny", "--model", "mlp", "--no-progress", "--set", "cost.repeats=1",
+        "--set", "mlp.cost_widths=[8]"]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    results = tmp_path_factory.mktemp("results")
+    return results, _run(results)
+
+
+def _run(results: Path, extra=()) -> Path:
+    """Run the command, check its status, return the last line printed (the run folder)."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        status = run_main([*ARGS, "--results-dir", str(results), *extra])
+    assert status == 0
+    lines = out.getvalue().strip().splitlines()
+    return Path(lines[-1])
+
+
+def test_run_folder_holds_report_summary_tables_and_provenance(run):
+    results, folder = run
+    assert folder.parent == results and folder.name.startswith("tiny-")
+    for name in ("config.json", "provenance.json", "summary.json", "report.md", "fidelity.csv", "auroc.csv",
+                 "scores.csv", "cost.csv", "training.csv"):
+        assert (folder / name).exists(), name
+    s = json.loads((folder / "summary.json").read_text())
+    for key in ("bound_violations", "spearman_vs_exact", "noisy_auroc", "cost_ratio_to_train_step"):
+        assert key in s
+    assert set(s["spearman_vs_exact"]["mlp"]) >= {"lai", "lai_last", "ghost", "tracin", "loss", "counterfactual"}
+    assert s["spearman_vs_exact"]["mlp"]["ghost"] == pytest.approx(1.0)
+    assert 0.0 <= s["noisy_auroc"]["mlp"]["lai"] <= 1.0
+    assert s["cost_ratio_to_train_step"]["mlp"]["train_step"] == pytest.approx(1.0)
+    if s["bound_violations"] is not None:  # once the theory package exports its functions
+        assert s["bound_violations"] == 0 and (folder / "bound.csv").exists()
+    prov = json.loads((folder / "provenance.json").read_text())["invocations"][0]
+    assert prov["packages"]["torch"] and "commit" in prov["git"]
+    config = json.loads((folder / "config.json").read_text())
+    assert config["profile"] == "tiny" and config["cost"]["repeats"] == 1 and config["models"]["mlp"]["cost_widths"] == [8]
+    report = (folder / "report.md").read_text()
+    assert "## Checks" in report and "Spearman vs Exact" in report
+    steps = get_profile("tiny")["models"]["mlp"]["score_points"]
+    assert len({r["step"] for r in read_csv(folder / "fidelity.csv")}) == steps
+
+
+def test_rerun_resumes_without_recomputing_and_reproduces(run):
+    results, folder = run
+    rd = RunDir(folder)
+    before = (folder / "scores.csv").read_text()
+    unit = rd.unit_path("fidelity", "mlp", "step6", seed=0)
+    first = unit.read_text()
+    mtimes = {p: p.stat().st_mtime_ns for p in (folder / "units").rglob("*.json")}
+    unit.unlink()  # as if interrupted before the last step was written
+    assert _run(results) == folder
+    assert unit.read_text() == first  # recomputed from the checkpoint, same numbers
+    assert (folder / "scores.csv").read_text() == before
+    for p, t in mtimes.items():
+        if p != unit:
+            assert p.stat().st_mtime_ns == t, f"{p} was rewritten"
+    assert len(json.loads((folder / "provenance.json").read_text())["invocations"]) == 2
+
+
+def test_resume_by_folder_uses_its_config(run):
+    _, folder = run
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert run_main(["--resume", str(folder), "--suite", "fidelity", "--model", "mlp", "--no-progress"]) == 0
+    assert out.getvalue().strip().splitlines()[-1] == str(folder)
+
+
+def test_overrides_and_parser():
+    config = make_config(build_parser().parse_args(["--profile", "tiny", "--seeds", "3", "4", "--set", "*.steps=7"]))
+    assert config["seeds"] == [3, 4] and all(m["steps"] == 7 for m in config["models"].values())
+    apply_override(config, "mlp.noise={\"kind\": \"symmetric\", \"rate\": 0.4}")
+    assert config["models"]["mlp"]["noise"]["rate"] == 0.4
+    with pytest.raises(SystemExit):
+        apply_override(config, "mlp.nonsense=1")
+    with pytest.raises(SystemExit):
+        run_main(["--suite", "nonsense"])
+
+
+def test_dispatch_reports_unknown_and_missing_commands(capsys, monkeypatch):
+    assert dispatch(["nonsense"]) == 2
+    import validation.__main__ as entry
+
+    monkeypatch.setitem(entry.COMMANDS, "ghostcmd", ("validation.no_such_module", "main"))
+    assert dispatch(["ghostcmd"]) == 2
+    assert "not available" in capsys.readouterr().err
+    assert dispatch(["--help"]) == 0
+
+
+def test_module_entry_point_runs():
+    out = subprocess.run([sys.executable, "-m", "validation", "--help"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "run" in out.stdout and "bench" in out.stdout
+    help_text = build_parser().format_help()
+    assert "--suite" in help_text and "--resume" in help_text and "--device" in help_text

@@ -1,0 +1,146 @@
+"""Run profiles: model, data, noise, training and scoring settings of each validation run.
+
+``quick``: every suite on small settings (one seed, a few hundred SGD steps, scored batches of 64), a few
+minutes on 2 CPU cores. ``full``: paper scale (widths of the paper's models, many seeds, more steps).
+``tiny``: the settings the tests use (seconds).
+
+A profile is a plain dict, so it serialises into the run's ``config.json`` unchanged:
+
+    {"seeds": [...], "cost": {...}, "models": {name: ModelSettings as dict}}
+
+Every number a run uses is in its config, so a config reproduces the run.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass
+from typing import Any
+
+MODELS = ("mlp", "cnn1d", "cnn2d", "transformer")
+SUITES = ("bound", "fidelity", "cost")
+
+
+@dataclass
+class ModelSettings:
+    """Settings of one model's training run and scoring.
+
+    dataset: name for ``validation.data.get_dataset``; data_kw: its keyword arguments.
+    model_kw: keyword arguments of ``validation.models.build_model``.
+    noise: ``{"kind": "symmetric" | "class_dependent" | "documents", "rate": float, ...}`` (documents: also
+    ``"mode"``, see ``validation.noise.corrupt_documents``).
+    lr: SGD learning rate (also the lr of every score). batch_size: training minibatch.
+    steps: SGD steps of the training run; score_points: number of scored steps, evenly spaced, ending at
+    ``steps`` (step 0 = initialisation is not scored).
+    n_score: size of the scored batch (a fixed, seeded set of training samples tracked across steps);
+    n_ref: size of the clean reference batch (from the test split).
+    topk_fraction: k of the top-k overlap as a fraction of n_score.
+    cost_widths: widths the cost suite sweeps (the ``width_key`` of model_kw; tuple-valued keys get (w, w)).
+    """
+
+    dataset: str
+    data_kw: dict[str, Any]
+    model_kw: dict[str, Any]
+    width_key: str
+    noise: dict[str, Any]
+    lr: float
+    batch_size: int
+    steps: int
+    score_points: int
+    n_score: int
+    n_ref: int
+    topk_fraction: float = 0.1
+    cost_widths: tuple[int, ...] = ()
+
+    def score_steps(self) -> list[int]:
+        """Scored steps: ``score_points`` evenly spaced steps in (0, steps], last = steps."""
+        if self.score_points < 1 or self.steps < 1:
+            return []
+        pts = sorted({max(1, round(self.steps * (k + 1) / self.score_points)) for k in range(self.score_points)})
+        return pts
+
+
+def _quick() -> dict[str, Any]:
+    models = {
+        "mlp": ModelSettings("mnist1d", {"n_train": 4000, "n_test": 1000}, {"hidden": (128, 128)}, "hidden",
+                             {"kind": "symmetric", "rate": 0.2}, lr=0.1, batch_size=64, steps=300,
+                             score_points=4, n_score=64, n_ref=128, cost_widths=(64, 128)),
+        "cnn1d": ModelSettings("mnist1d", {"n_train": 4000, "n_test": 1000}, {"channels": 16}, "channels",
+                               {"kind": "class_dependent", "rate": 0.3}, lr=0.1, batch_size=64, steps=300,
+                               score_points=4, n_score=64, n_ref=128, cost_widths=(8, 16)),
+        "cnn2d": ModelSettings("digits", {"n_test": 360}, {"channels": 8}, "channels",
+                               {"kind": "symmetric", "rate": 0.2}, lr=0.1, batch_size=64, steps=300,
+                               score_points=4, n_score=64, n_ref=128, cost_widths=(8, 16)),
+        "transformer": ModelSettings("pydoc", {"seq_len": 32, "val_fraction": 0.1},
+                                     {"d_model": 32, "n_layers": 2, "n_heads": 4, "max_len": 32}, "d_model",
+                                     {"kind": "documents", "rate": 0.2, "mode": "shuffle_chars"}, lr=0.5,
+                                     batch_size=32, steps=200, score_points=4, n_score=32, n_ref=32,
+                                     cost_widths=(16, 32)),
+    }
+    return {"seeds": [0], "cost": {"batch_sizes": [16, 64], "repeats": 3, "warmup": 1},
+            "models": {k: asdict(v) for k, v in models.items()}}
+
+
+def _full() -> dict[str, Any]:
+    p = _quick()
+    p["seeds"] = list(range(5))
+    p["cost"] = {"batch_sizes": [32, 64, 128, 256], "repeats": 7, "warmup": 2}
+    m = p["models"]
+    m["mlp"].update(model_kw={"hidden": (512, 512)}, steps=3000, score_points=10, n_score=256, n_ref=512,
+                    cost_widths=(128, 256, 512, 1024))
+    m["cnn1d"].update(model_kw={"channels": 32}, steps=3000, score_points=10, n_score=256, n_ref=512,
+                      cost_widths=(16, 32, 64, 128))
+    m["cnn2d"].update(model_kw={"channels": 16}, steps=2000, score_points=10, n_score=256, n_ref=360,
+                      cost_widths=(8, 16, 32, 64))
+    m["transformer"].update(data_kw={"seq_len": 64, "val_fraction": 0.1},
+                            model_kw={"d_model": 64, "n_layers": 2, "n_heads": 4, "max_len": 64},
+                            steps=3000, score_points=10, n_score=128, n_ref=128, cost_widths=(32, 64, 128, 256))
+    return p
+
+
+def _tiny() -> dict[str, Any]:
+    p = _quick()
+    p["cost"] = {"batch_sizes": [8], "repeats": 1, "warmup": 0}
+    m = p["models"]
+    for name in MODELS:
+        m[name].update(steps=6, score_points=2, n_score=12, n_ref=10, batch_size=16)
+    m["mlp"].update(data_kw={"n_train": 400, "n_test": 100}, model_kw={"hidden": (16, 16)}, cost_widths=(16,))
+    m["cnn1d"].update(data_kw={"n_train": 400, "n_test": 100}, model_kw={"channels": 4}, cost_widths=(4,))
+    m["cnn2d"].update(model_kw={"channels": 4}, cost_widths=(4,))
+    m["transformer"].update(data_kw={"seq_len": 8, "val_fraction": 0.1},
+                            model_kw={"d_model": 8, "n_layers": 1, "n_heads": 2, "max_len": 8},
+                            n_score=8, n_ref=6, cost_widths=(8,))
+    return p
+
+
+PROFILES = {"quick": _quick, "full": _full, "tiny": _tiny}
+
+
+def get_profile(name: str) -> dict[str, Any]:
+    """A fresh copy of profile ``name`` (``quick``, ``full`` or ``tiny``)."""
+    if name not in PROFILES:
+        raise ValueError(f"unknown profile {name!r}; choose from {sorted(PROFILES)}")
+    return copy.deepcopy(PROFILES[name]())
+
+
+def model_settings(profile: dict[str, Any], model: str) -> ModelSettings:
+    """The ``ModelSettings`` of ``model`` in a profile dict (e.g. one read back from ``config.json``)."""
+    d = dict(profile["models"][model])
+    d["cost_widths"] = tuple(d.get("cost_widths", ()))
+    return ModelSettings(**d)
+
+
+def with_width(model_kw: dict[str, Any], width_key: str, width: int) -> dict[str, Any]:
+    """``model_kw`` with its width set: tuple-valued keys (MLP ``hidden``) keep their depth, all at ``width``."""
+    kw = dict(model_kw)
+    old = kw.get(width_key)
+    kw[width_key] = tuple(width for _ in old) if isinstance(old, (tuple, list)) else width
+    return kw
+
+
+def field_names() -> list[str]:
+    """Names of the ``ModelSettings`` fields (for overrides from the command line)."""
+    return [f.name for f in ModelSettings.__dataclass_fields__.values()]  # type: ignore[attr-defined]
+
+
+__all__ = ["MODELS", "SUITES", "ModelSettings", "PROFILES", "get_profile", "model_settings", "with_width"]

@@ -1,0 +1,134 @@
+"""Bound suite: the theory's bounds on the Ghost - LAI error, checked on every sample of the scored batch.
+
+At one scored step (float64 model and batches, a :class:`StepContext`):
+
+* Ghost, LAI (all layers) and Exact scores; ``error = ghost - lai``;
+* ``theory.decomposition`` (the error split by layer) — its layers must sum to the error;
+* ``theory.data_bound`` and ``theory.apriori_bound`` (the latter may raise ``NotImplementedError`` for
+  architectures where only the data bound is valid, e.g. attention/LayerNorm: recorded as not available);
+* a violation is ``|error_i| > bound_i + tol`` with ``tol = rel_tol * max(max_i |ghost_i|, max_i |lai_i|)``
+  (``rel_tol = 1e-9``: float64 rounding of sums over ~1e3-1e6 terms stays far below it, a real violation
+  does not); the count must be zero;
+* tightness ``|error_i| / bound_i`` (1 = the bound is attained; 0 when both vanish);
+* each layer's share of the error ``|E_l,i| / sum_l |E_l,i|``;
+* ``theory.kendall_lower_bound(ghost, data_bound)`` next to the actual Kendall tau-b of LAI vs Ghost, and (when
+  theory provides it) ``theory.guaranteed_filter_accuracy(ghost, data_bound)`` next to the measured share of
+  samples where the filter ``keep = score >= 0`` decides the same on LAI as on Ghost.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+from types import ModuleType
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .context import StepContext
+from .metrics import kendall
+
+REL_TOL = 1e-9
+THEORY_FUNCTIONS = ("decomposition", "data_bound", "apriori_bound", "kendall_lower_bound")
+
+
+class TheoryUnavailable(RuntimeError):
+    """The ``theory`` package does not (yet) provide what the bound suite needs."""
+
+
+def load_theory() -> ModuleType:
+    """The ``theory`` package, checked to export the functions the suite calls."""
+    try:
+        th = importlib.import_module("theory")
+    except ImportError as exc:  # pragma: no cover - the package ships with the repo
+        raise TheoryUnavailable(f"cannot import theory: {exc}") from exc
+    missing = [f for f in THEORY_FUNCTIONS if not callable(getattr(th, f, None))]
+    if missing:
+        raise TheoryUnavailable(f"theory does not export {missing}")
+    return th
+
+
+def _f(t: Tensor) -> list[float]:
+    return t.detach().double().cpu().tolist()
+
+
+def _rel(a: Tensor, b: Tensor, scale: float) -> float:
+    diff = float((a - b).abs().max()) if a.numel() else 0.0
+    return diff / scale if scale > 0 else diff
+
+
+def bound_step(ctx: StepContext, theory: ModuleType | None = None, rel_tol: float = REL_TOL
+               ) -> dict[str, list[dict[str, Any]]]:
+    """Rows of the ``bound``, ``bound_layers`` and ``bound_steps`` tables for one scored step."""
+    th = theory if theory is not None else load_theory()
+    args = (ctx.model, ctx.loss_fn, ctx.train, ctx.ref, ctx.lr)
+    ghost = ctx.scores("ghost").detach().double().cpu()
+    lai = ctx.scores("lai").detach().double().cpu()
+    exact = ctx.scores("exact").detach().double().cpu()
+    decomp = ctx.theory_value((id(th), "decomposition"), lambda: th.decomposition(*args))
+    decomp = {str(k): torch.as_tensor(v).detach().double().cpu().reshape(-1) for k, v in decomp.items()}
+    data_b = torch.as_tensor(ctx.theory_value((id(th), "data_bound"), lambda: th.data_bound(*args))).double().cpu()
+    try:
+        apriori = ctx.theory_value((id(th), "apriori_bound"), lambda: th.apriori_bound(*args))
+        apriori = torch.as_tensor(apriori).detach().double().cpu().reshape(-1)
+    except NotImplementedError:
+        apriori = None
+
+    n = ctx.n
+    error = ghost - lai
+    abs_err = error.abs()
+    scale = max(float(ghost.abs().max()), float(lai.abs().max())) if n else 0.0
+    tol = rel_tol * scale
+    layer_sum = sum(decomp.values(), torch.zeros(n, dtype=torch.float64))
+    abs_layers = torch.stack([v.abs() for v in decomp.values()]) if decomp else torch.zeros(0, n, dtype=torch.float64)
+    layer_total = abs_layers.sum(0)
+
+    def tight(bound: Tensor) -> Tensor:
+        t = abs_err / bound
+        return torch.where((abs_err == 0) & (bound == 0), torch.zeros_like(t), t)
+
+    viol_d = abs_err > data_b + tol
+    t_d = tight(data_b)
+    viol_a = abs_err > apriori + tol if apriori is not None else None
+    t_a = tight(apriori) if apriori is not None else None
+
+    key = {"model": ctx.model_name, "seed": ctx.seed, "step": ctx.step}
+    ids = ctx.ids.cpu().tolist()
+    noisy = [int(v) for v in ctx.is_noisy.cpu().tolist()]
+    rows = []
+    for j in range(n):
+        rows.append({**key, "sample": ids[j], "is_noisy": noisy[j], "ghost": float(ghost[j]), "lai": float(lai[j]),
+                     "exact": float(exact[j]), "error": float(error[j]), "abs_error": float(abs_err[j]),
+                     "decomposition_sum": float(layer_sum[j]), "data_bound": float(data_b[j]),
+                     "apriori_bound": None if apriori is None else float(apriori[j]),
+                     "tightness_data": float(t_d[j]), "tightness_apriori": None if t_a is None else float(t_a[j]),
+                     "violation_data": int(viol_d[j]), "violation_apriori": None if viol_a is None else int(viol_a[j])})
+    layer_rows = []
+    for name, e in decomp.items():
+        share = torch.where(layer_total > 0, e.abs() / layer_total.clamp_min(1e-300), torch.zeros_like(e))
+        layer_rows.extend({**key, "sample": ids[j], "layer": name, "error": float(e[j]), "share": float(share[j])}
+                          for j in range(n))
+
+    k_lb = th.kendall_lower_bound(ghost, data_b)
+    k_lb = float(k_lb) if k_lb is not None else math.nan
+    k_act = kendall(lai, ghost)
+    filt_g = filt_a = None
+    if callable(getattr(th, "guaranteed_filter_accuracy", None)):
+        filt_g = float(th.guaranteed_filter_accuracy(ghost, data_b))
+        filt_a = float(((ghost >= 0) == (lai >= 0)).double().mean())
+    step_row = {**key, "n": n, "violations_data": int(viol_d.sum()),
+                "violations_apriori": int(viol_a.sum()) if viol_a is not None else 0,
+                "apriori_available": int(apriori is not None), "tolerance": tol,
+                "median_tightness_data": float(t_d.median()) if n else math.nan,
+                "median_tightness_apriori": float(t_a.median()) if t_a is not None and n else None,
+                "ghost_vs_exact_rel_err": _rel(ghost, exact, max(float(exact.abs().max()), 1e-300) if n else 0.0),
+                "decomposition_rel_err": _rel(layer_sum, error, scale),
+                "kendall_lai_ghost": k_act, "kendall_lower_bound": k_lb,
+                "kendall_bound_holds": None if math.isnan(k_lb) or math.isnan(k_act) else int(k_act >= k_lb - 1e-12),
+                "filter_guaranteed": filt_g, "filter_agreement": filt_a,
+                "filter_bound_holds": None if filt_g is None else int(filt_a >= filt_g)}
+    return {"bound": rows, "bound_layers": layer_rows, "bound_steps": [step_row]}
+
+
+__all__ = ["bound_step", "load_theory", "TheoryUnavailable", "REL_TOL"]

@@ -1,0 +1,100 @@
+"""One scored step: the model at that step (float64 copy), the scored and reference batches, and a memo of
+every estimator's result, so the bound and fidelity suites computing the same estimator share one call."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Hashable
+
+import torch
+from torch import Tensor, nn
+
+import influence
+from influence import InfluenceResult
+from influence.batch import Batch, LossFn
+
+from .counterfactual import one_step_counterfactual
+
+#: Estimators scored by the fidelity suite on every model; SEQUENCE_ONLY are added for token-sequence outputs.
+ESTIMATORS = ("exact", "ghost", "lai", "lai_last", "tracin", "tracin_last", "loss", "counterfactual")
+SEQUENCE_ONLY = ("lai_aligned", "lai_last_aligned")
+
+
+@dataclass
+class StepContext:
+    """model: float64 eval-mode copy at ``step``; train: the scored batch (float64 inputs); ids: its training-set
+    indices [n]; is_noisy: bool [n]; checkpoints: [(state_dict, lr)] of the scored steps <= step (TracIn)."""
+
+    model_name: str
+    seed: int
+    step: int
+    model: nn.Module
+    loss_fn: LossFn
+    train: Batch
+    ref: Batch
+    lr: float
+    ids: Tensor
+    is_noisy: Tensor
+    checkpoints: list[tuple[dict[str, Tensor], float]] = field(default_factory=list)
+    _memo: dict[Hashable, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def n(self) -> int:
+        return len(self.ids)
+
+    @property
+    def is_sequence(self) -> bool:
+        """Whether the model's output has a token dimension ([n, T, C])."""
+        if "_seq" not in self._memo:
+            with torch.no_grad():
+                self._memo["_seq"] = self.model(self.ref[0][:1]).dim() == 3
+        return self._memo["_seq"]
+
+    def estimators(self) -> list[str]:
+        """The estimators the fidelity suite scores at this step."""
+        names = list(ESTIMATORS)
+        if self.is_sequence:
+            names[names.index("lai_last") + 1:names.index("lai_last") + 1] = list(SEQUENCE_ONLY)
+        return names
+
+    def _calls(self) -> dict[str, Callable[[], Any]]:
+        m, f, tr, rf, lr = self.model, self.loss_fn, self.train, self.ref, self.lr
+        return {
+            "exact": lambda: influence.exact(m, f, tr, rf, lr),
+            "ghost": lambda: influence.ghost(m, f, tr, rf, lr),
+            "lai": lambda: influence.lai(m, f, tr, rf, lr, layers="all"),
+            "lai_last": lambda: influence.lai(m, f, tr, rf, lr, layers="last"),
+            "lai_aligned": lambda: influence.lai(m, f, tr, rf, lr, layers="all", token_pairing="aligned"),
+            "lai_last_aligned": lambda: influence.lai(m, f, tr, rf, lr, layers="last", token_pairing="aligned"),
+            "tracin": lambda: influence.tracin(m, f, tr, rf, self.checkpoints),
+            "tracin_last": lambda: influence.tracin(m, f, tr, rf, self.checkpoints, last_layer=True),
+        }
+
+    def result(self, name: str) -> InfluenceResult:
+        """The influence result of estimator ``name`` (computed once per step)."""
+        if name not in self._memo:
+            calls = self._calls()
+            if name not in calls:
+                raise KeyError(f"{name!r} is not an influence estimator; choose from {sorted(calls)}")
+            self._memo[name] = calls[name]()
+        return self._memo[name]
+
+    def scores(self, name: str) -> Tensor:
+        """Scores [n] of ``name``: an influence estimator, ``loss`` (= -loss_i, the loss-only baseline) or
+        ``counterfactual`` (the actual one-step effect, see counterfactual.py)."""
+        if name == "loss":
+            return -self.result("exact").train_losses
+        if name == "counterfactual":
+            if name not in self._memo:
+                self._memo[name] = one_step_counterfactual(self.model, self.loss_fn, self.train, self.ref, self.lr)
+            return self._memo[name]
+        return self.result(name).scores
+
+    def theory_value(self, key: Hashable, fn: Callable[[], Any]) -> Any:
+        """Memoised call of a theory function under ``key`` (shared between suites)."""
+        if key not in self._memo:
+            self._memo[key] = fn()
+        return self._memo[key]
+
+
+__all__ = ["StepContext", "ESTIMATORS", "SEQUENCE_ONLY"]

@@ -1,0 +1,56 @@
+"""Cost suite: wall time and peak memory of each estimator next to a plain training step, over widths and batch sizes.
+
+A thin sweep over ``validation.cost.estimator_costs`` (which measures every estimator and the baselines —
+forward, forward+backward, SGD training step — side by side in this process, on the same model and batches).
+One unit per (model, width, batch): the model at that width (seeded initialisation, float32), the first
+``batch`` training samples of the task (noisy labels included) and the task's reference batch. Adds
+``peak_ratio_to_train_step`` = peak bytes / the training step's peak bytes.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import torch
+
+from ..models import build_model
+from ..profiles import with_width
+from ..training import Task
+
+ESTIMATORS = ("exact", "ghost", "lai", "lai_last", "tracin_last")
+
+
+def cost_point(task: Task, width: int, batch: int, repeats: int = 3, warmup: int = 1,
+               estimators: Iterable[str] = ESTIMATORS) -> list[dict[str, Any]]:
+    """Rows of the ``cost`` table for ``task``'s architecture at ``width`` on a train batch of ``batch``."""
+    from .. import cost as vcost  # the perf engineer's module, imported when the suite runs
+
+    s = task.settings
+    if batch > len(task.x_train):
+        raise ValueError(f"batch {batch} > {len(task.x_train)} training samples")
+    device = task.x_train.device
+    torch.manual_seed(task.seed)
+    model = build_model(task.name, **with_width(s.model_kw, s.width_key, width)).eval().to(device)
+    train = (task.x_train[:batch], task.y_train[:batch])
+    extra = {}
+    if task.x_train.dim() == 2 and not task.x_train.is_floating_point():  # token ids: also the aligned pairing
+        import influence
+
+        extra["lai_aligned"] = lambda: influence.lai(model, task.loss_fn, train, task.ref, task.lr,
+                                                     token_pairing="aligned").scores
+    names = [*estimators, *extra]
+    rows = vcost.estimator_costs(model, task.loss_fn, train, task.ref, task.lr, estimators=names,
+                                 repeats=repeats, warmup=warmup, extra=extra)
+    step_peak = next(r["peak_bytes"] for r in rows if r["estimator"] == "train_step")
+    n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    out = []
+    for r in rows:
+        out.append({"model": task.name, "seed": task.seed, "width": width, "batch": batch, "n_ref": len(task.ref[1]),
+                    "n_params": n_params, **{k: r.get(k) for k in ("estimator", "median_s", "peak_mb",
+                                                                   "ratio_to_forward", "ratio_to_forward_backward",
+                                                                   "ratio_to_train_step", "times_s")},
+                    "peak_ratio_to_train_step": r["peak_bytes"] / step_peak if step_peak else None})
+    return out
+
+
+__all__ = ["cost_point", "ESTIMATORS"]

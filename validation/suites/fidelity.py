@@ -1,0 +1,46 @@
+"""Fidelity suite: how well each estimator ranks the scored batch like Exact and like the true counterfactual,
+and how well it detects the injected noisy samples.
+
+At one scored step (a :class:`StepContext`), for every estimator e (see ``StepContext.estimators``) and target
+t in {exact, counterfactual}, e != t: Spearman, Kendall tau-b, top-k and bottom-k overlap (k = ceil(
+topk_fraction * n)) and sign agreement of e's scores against t's. For every score (targets included): the
+AUROC of detecting the noisy samples with -score (``metrics.noisy_auroc``). The per-sample scores are kept
+(table ``scores``) for trajectory and scatter figures.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .context import StepContext
+from .metrics import kendall, noisy_auroc, sign_agreement, spearman, topk_overlap, topk_size
+
+TARGETS = ("exact", "counterfactual")
+
+
+def fidelity_step(ctx: StepContext, topk_fraction: float = 0.1) -> dict[str, list[dict[str, Any]]]:
+    """Rows of the ``fidelity``, ``auroc`` and ``scores`` tables for one scored step."""
+    names = ctx.estimators()
+    scores = {e: ctx.scores(e).detach().double().cpu() for e in names}
+    key = {"model": ctx.model_name, "seed": ctx.seed, "step": ctx.step}
+    n, k = ctx.n, topk_size(ctx.n, topk_fraction)
+    fid = []
+    for target in TARGETS:
+        for e in names:
+            if e == target:
+                continue
+            a, b = scores[e], scores[target]
+            fid.append({**key, "estimator": e, "target": target, "n": n, "k": k, "spearman": spearman(a, b),
+                        "kendall": kendall(a, b), "topk_overlap": topk_overlap(a, b, k),
+                        "bottomk_overlap": topk_overlap(a, b, k, largest=False), "sign_agreement": sign_agreement(a, b)})
+    noisy = ctx.is_noisy.cpu()
+    auroc = [{**key, "estimator": e, "auroc": noisy_auroc(noisy, scores[e]), "n": n, "n_noisy": int(noisy.sum())}
+             for e in names]
+    ids = ctx.ids.cpu().tolist()
+    flags = [int(v) for v in noisy.tolist()]
+    per_sample = [{**key, "sample": i, "is_noisy": f, "estimator": e, "score": float(s)}
+                  for e in names for i, f, s in zip(ids, flags, scores[e].tolist())]
+    return {"fidelity": fid, "auroc": auroc, "scores": per_sample}
+
+
+__all__ = ["fidelity_step", "TARGETS"]
