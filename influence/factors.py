@@ -138,13 +138,52 @@ def segment_gram(a: Segment, b: Segment) -> Tensor:
     return (left.to(right.dtype) * right if left.dtype == torch.bool else left * right.to(left.dtype)).sum((2, 3, 4))
 
 
+def _rows(x: Tensor, g: int) -> Tensor:
+    """Group ``g`` of a dense factor [n, T, G, d] as rows [n*T, d] (a strided view whenever the layout allows,
+    which BLAS reads without a copy)."""
+    n, t, _, d = x.shape
+    return x[:, :, g, :].reshape(n * t, d)
+
+
+def _dense_matrix(left: Tensor, right: Tensor, weights: Tensor | None) -> Tensor:
+    """sum_i w_i sum_t L_{i,t} (x) R_{i,t} per group, [G, p, q]: one GEMM per group over the n*T rows, the
+    weights applied to the narrower factor."""
+    n, t, groups, p = left.shape
+    q = right.shape[-1]
+    out = torch.empty(groups, p, q, dtype=torch.promote_types(left.dtype, right.dtype), device=left.device)
+    w = None if weights is None else weights.to(out.dtype).view(n, 1, 1).expand(n, t, 1).reshape(n * t, 1)
+    for g in range(groups):
+        a, b = _rows(left, g), _rows(right, g)
+        if w is not None:
+            a, b = (a * w, b) if p <= q else (a, b * w)
+        torch.mm(a.T, b, out=out[g])
+    return out
+
+
+def _dense_contract(left: Tensor, m: Tensor, right: Tensor) -> Tensor:
+    """[n]: sum_{t,g} L_{i,t,g}^T M_g R_{i,t,g}. One GEMM per group maps the wider factor through M (so the
+    product has the narrower width), then a fused multiply-and-sum with the other factor; no per-sample loop
+    and no copy of a factor whose layout already allows row views."""
+    n, t, groups, p = left.shape
+    q = right.shape[-1]
+    if p > q:  # the GEMM output takes the narrower width
+        left, right, m, p, q = right, left, m.transpose(1, 2), q, p
+    # now p <= q: U = R M^T has width p, multiplied by L
+    out = None
+    for g in range(groups):
+        u = (_rows(right, g) @ m[g].T).view(n, t, p).mul_(left[:, :, g, :])
+        s = u.sum((1, 2))
+        out = s if out is None else out + s
+    return out
+
+
 def segment_matrix(seg: Segment, weights: Tensor | None = None) -> Tensor:
     """sum_i w_i sum_t L_{i,t} (x) R_{i,t} as [G, p, q] (L oriented so that an Index factor is on the left).
     ``weights`` [n] defaults to ones."""
     left, right, _ = _oriented(seg)
-    r = right.x if weights is None else right.x * weights.view(-1, 1, 1, 1).to(right.x.dtype)
     if isinstance(left, Dense):
-        return torch.einsum("itgp,itgq->gpq", left.x, r)
+        return _dense_matrix(left.x, right.x, weights)
+    r = right.x if weights is None else right.x * weights.view(-1, 1, 1, 1).to(right.x.dtype)
     q = r.shape[-1]
     out = r.new_zeros(left.size, q)
     keep = left.ids >= 0
@@ -156,10 +195,10 @@ def segment_contract(seg: Segment, m: Tensor) -> Tensor:
     """[n]: sum_t L_t^T M R_t for every sample, M [G, p, q] from ``segment_matrix``."""
     left, right, _ = _oriented(seg)
     if isinstance(left, Dense):
-        return torch.einsum("itgp,gpq,itgq->i", left.x, m, right.x)
+        return _dense_contract(left.x, m, right.x)
     rows = m[0][left.ids.clamp(min=0)]  # [n, T, q]
-    rows = rows * (left.ids >= 0).unsqueeze(-1).to(rows.dtype)
-    return (rows * right.x[:, :, 0, :]).sum((1, 2))
+    rows = rows.mul_((left.ids >= 0).unsqueeze(-1).to(rows.dtype)).mul_(right.x[:, :, 0, :])
+    return rows.sum((1, 2))
 
 
 def segment_per_sample(seg: Segment) -> Tensor:
