@@ -2,6 +2,7 @@
 one process on the same global batches, for every method (float64)."""
 
 import os
+import signal
 import subprocess
 import sys
 
@@ -15,8 +16,16 @@ def test_two_process_ddp_equals_one_process(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "validation.curation.ddp_check", "--out", str(out)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    # own session, so a hang kills torchrun and both workers (and nothing else)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        _, err = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    assert proc.returncode == 0, err[-4000:]
     got = torch.load(out, weights_only=True)
     assert set(got) == set(DEFAULT_METHODS)
     for spec in DEFAULT_METHODS:

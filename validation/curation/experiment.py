@@ -1,0 +1,221 @@
+"""The curated-training comparison: every (task, method, seed) unit trained, logged and summarised.
+
+Run folder ``<results>/curate/<task>-<config id>/`` (the id hashes the task settings and the options that
+change results, so rerunning the same command resumes the same folder):
+
+    config.json, provenance.json             the settings; one provenance entry per invocation
+    units/curate/<task>/seed<s>/<method>.json one finished unit (summary + per-epoch test curve); present =
+                                             never recomputed
+    steps/<method>/seed<s>.csv               per step: epoch, step, n, kept, loss, kept_loss, kept_fraction,
+                                             noisy_kept, noisy_dropped, score_s, update_s, fallback
+    pretrain/seed<s>.pt                      the shared pre-trained weights (fine-tuning tasks)
+    table.csv, table.md                      per method: final metric mean and std over seeds (sample std,
+                                             ddof=1), kept fraction, noise recall/precision of the drops,
+                                             time per step relative to vanilla
+
+Batch order depends only on the seed, so every method sees the same batches. Rate-based methods (random,
+small-loss, large-grad, top-k, GREATS) keep the fraction the matched threshold method (default: lai) kept
+over its whole run at the same seed, unless a keep fraction is given.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from ..results import (RunDir, atomic_torch_save, atomic_write_csv, atomic_write_text, config_id, provenance,
+                       read_json)
+from .methods import Method, get_method
+from .reference import ReferencePolicy
+from .step import Curator
+from .tasks import Prepared, TaskSpec, evaluate, prepare
+
+STEP_COLUMNS = ["epoch", "step", "n", "kept", "loss", "kept_loss", "kept_fraction", "noisy_kept", "noisy_dropped", "score_s",
+                "update_s", "fallback"]
+TABLE_COLUMNS = ["method", "metric", "mean", "std", "n_seeds", "values", "kept_fraction", "noise_recall",
+                 "drop_precision", "step_s", "time_vs_vanilla", "fallbacks"]
+SUITE = "curate"
+
+
+def run_config(spec: TaskSpec, keep_fraction: float | None, match: str, on_empty: str) -> dict[str, Any]:
+    return {"profile": spec.name, "task": spec.to_dict(), "keep_fraction": keep_fraction, "match": match,
+            "on_empty": on_empty}
+
+
+def _batches(n: int, batch_size: int, epoch: int, seed: int) -> list[Tensor]:
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+    return [perm[i:i + batch_size] for i in range(0, n - batch_size + 1, batch_size)]
+
+
+
+def _optimizer(spec: TaskSpec, model: torch.nn.Module) -> torch.optim.Optimizer:
+    return torch.optim.SGD(model.parameters(), lr=spec.lr, momentum=spec.momentum)
+
+
+def pretrained_state(run: RunDir, prep: Prepared, seed: int) -> dict[str, Tensor] | None:
+    """Clean pre-training shared by all methods of a fine-tuning task (cached in the run folder)."""
+    if prep.pretrain is None:
+        return None
+    path = run.root / "pretrain" / f"seed{seed}.pt"
+    if path.exists():
+        return torch.load(path, map_location="cpu", weights_only=True)
+    model = prep.make_model()
+    opt = _optimizer(prep.spec, model)
+    x, y = prep.pretrain
+    for epoch in range(prep.spec.pretrain_epochs):
+        for idx in _batches(len(y), prep.spec.batch_size, epoch, seed + 7919):
+            opt.zero_grad()
+            prep.loss_fn(model(x[idx]), y[idx]).mean().backward()
+            opt.step()
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    atomic_torch_save(path, state)
+    return state
+
+
+def train_unit(prep: Prepared, method: Method, seed: int, on_empty: str, init: dict[str, Tensor] | None = None,
+               progress: bool = True) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Train one (task, method, seed) unit. Returns (summary, per-step rows)."""
+    spec = prep.spec
+    model = prep.make_model()
+    if init is not None:
+        model.load_state_dict(init)
+    opt = _optimizer(spec, model)
+    pool_n = len(prep.ref_pool[1])
+    ref = ReferencePolicy(spec.reference, prep.ref_pool if spec.reference != "batch" else None,
+                          min(spec.ref_size, pool_n) if spec.reference != "batch" else None, seed=seed)
+    curator = Curator(prep.loss_fn, method, reference=ref, warmup_steps=spec.warmup_steps, on_empty=on_empty,
+                      seed=seed)
+    x, y = prep.train
+    rows, curve = [], []
+    start = time.perf_counter()
+    total = spec.epochs * len(_batches(len(y), spec.batch_size, 0, seed))
+    bar = tqdm(total=total, desc=f"{spec.name} {method.name} seed{seed}", leave=False, disable=not progress)
+    step = 0
+    for epoch in range(spec.epochs):
+        for idx in _batches(len(y), spec.batch_size, epoch, seed):
+            opt.zero_grad(set_to_none=True)
+            info = curator.step(model, opt, (x[idx], y[idx]), is_noisy=prep.is_noisy[idx])
+            rows.append({"epoch": epoch, "step": step, **info.row()})
+            step += 1
+            bar.update()
+        curve.append(evaluate(model, prep.test, prep.metric))
+    bar.close()
+    curated = rows[spec.warmup_steps:] or rows
+    noisy_seen = sum(r["noisy_kept"] + r["noisy_dropped"] for r in curated)
+    dropped = sum(r["n"] - r["kept"] for r in curated)
+    noisy_dropped = sum(r["noisy_dropped"] for r in curated)
+    summary = {
+        "task": spec.name, "method": method.name, "signal": method.signal, "policy": method.policy,
+        "threshold": method.threshold, "keep_fraction": method.keep_fraction, "seed": seed, "metric": prep.metric,
+        "final": curve[-1], "curve": curve, "steps": step,
+        "kept_fraction": sum(r["kept_fraction"] for r in curated) / len(curated),
+        "noise_recall": noisy_dropped / noisy_seen if noisy_seen else None,
+        "drop_precision": noisy_dropped / dropped if dropped else None,
+        "noisy_dropped": noisy_dropped, "noisy_seen": noisy_seen,
+        "fallbacks": sum(1 for r in rows if r["fallback"]),
+        "score_s_median": statistics.median(r["score_s"] for r in curated),
+        "update_s_median": statistics.median(r["update_s"] for r in curated),
+        "step_s_median": statistics.median(r["score_s"] + r["update_s"] for r in curated),
+        "wall_s": time.perf_counter() - start, "noise": prep.noise, "torch_threads": torch.get_num_threads(),
+    }
+    return summary, rows
+
+
+def _match_fraction(run: RunDir, task: str, seed: int, match: str) -> float:
+    path = run.unit_path(SUITE, task, match, seed)
+    if not path.exists():
+        raise RuntimeError(f"rate-matched methods need the {match!r} unit of seed {seed} first (not found at "
+                           f"{path}); list {match!r} before them in --methods or pass --keep-fraction")
+    return float(read_json(path)["kept_fraction"])
+
+
+def run_comparison(spec: TaskSpec, methods: list[str], seeds: list[int], results: str | Path = "results",
+                   keep_fraction: float | None = None, match: str = "lai", on_empty: str = "best",
+                   progress: bool = True, log=print) -> tuple[RunDir, list[dict[str, Any]]]:
+    """Run (or resume) every unit; returns the run folder and the table rows (also written there)."""
+    config = run_config(spec, keep_fraction, match, on_empty)
+    run = RunDir(Path(results) / SUITE / f"{spec.name}-{config_id(config)}")
+    run.init(config)
+    run.add_provenance(provenance())
+    rate_methods = [m for m in methods if get_method(m).needs_fraction]
+    if rate_methods and keep_fraction is None and match not in methods:
+        methods = [match, *methods]
+    order = sorted(methods, key=lambda m: get_method(m).needs_fraction)  # matched method first
+    for seed in seeds:
+        prep = None
+        for name in order:
+            if run.has_unit(SUITE, spec.name, name, seed):
+                log(f"skip {spec.name} {name} seed{seed} (done)")
+                continue
+            prep = prep or prepare(spec, seed)
+            m = get_method(name)
+            if m.needs_fraction:
+                m = m.with_fraction(keep_fraction if keep_fraction is not None
+                                    else _match_fraction(run, spec.name, seed, match))
+            summary, rows = train_unit(prep, m, seed, on_empty, pretrained_state(run, prep, seed), progress)
+            atomic_write_csv(run.root / "steps" / name / f"seed{seed}.csv", rows, STEP_COLUMNS)
+            run.write_unit(SUITE, spec.name, name, summary, seed)
+            log(f"{spec.name} {name} seed{seed}: {summary['metric']} {summary['final']:.4f} "
+                f"kept {summary['kept_fraction']:.3f} ({summary['wall_s']:.1f} s)")
+    table = summarize(run, spec.name, methods, seeds)
+    atomic_write_csv(run.root / "table.csv", table, TABLE_COLUMNS)
+    atomic_write_text(run.root / "table.md", format_table(table))
+    return run, table
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    mean = sum(values) / len(values)
+    std = statistics.stdev(values) if len(values) > 1 else float("nan")
+    return mean, std
+
+
+def summarize(run: RunDir, task: str, methods: list[str], seeds: list[int]) -> list[dict[str, Any]]:
+    """One row per method over the given seeds (from the units on disk)."""
+    units = {(m, s): read_json(run.unit_path(SUITE, task, m, s)) for m in methods for s in seeds
+             if run.has_unit(SUITE, task, m, s)}
+    vanilla = {s: units[("vanilla", s)]["step_s_median"] for s in seeds if ("vanilla", s) in units}
+    table = []
+    for m in methods:
+        us = [units[(m, s)] for s in seeds if (m, s) in units]
+        if not us:
+            continue
+        mean, std = _mean_std([u["final"] for u in us])
+        avg = lambda k: (sum(u[k] for u in us if u[k] is not None) / max(1, sum(u[k] is not None for u in us)))  # noqa
+        rel = [u["step_s_median"] / vanilla[u["seed"]] for u in us if u["seed"] in vanilla]
+        table.append({"method": m, "metric": us[0]["metric"], "mean": mean, "std": std, "n_seeds": len(us),
+                      "values": [u["final"] for u in us], "kept_fraction": avg("kept_fraction"),
+                      "noise_recall": avg("noise_recall"), "drop_precision": avg("drop_precision"),
+                      "step_s": avg("step_s_median"), "time_vs_vanilla": sum(rel) / len(rel) if rel else None,
+                      "fallbacks": sum(u["fallbacks"] for u in us)})
+    return table
+
+
+def _fmt(v: Any, digits: int = 3) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    return f"{v:.{digits}f}" if isinstance(v, float) else str(v)
+
+
+def format_table(table: list[dict[str, Any]]) -> str:
+    """Markdown table of the comparison."""
+    if not table:
+        return "(no finished units)\n"
+    metric = table[0]["metric"]
+    pct = metric == "accuracy"
+    head = (f"| method | test {metric} (mean ± std) | seeds | kept | noise dropped (recall) | drops that were noisy "
+            "| step ms | time vs vanilla |")
+    lines = [head, "|" + "---|" * 8]
+    for r in table:
+        scale = 100 if pct else 1
+        val = f"{r['mean'] * scale:.2f} ± {_fmt(r['std'] * scale if not math.isnan(r['std']) else None, 2)}"
+        lines.append(f"| {r['method']} | {val}{' %' if pct else ''} | {r['n_seeds']} | {_fmt(r['kept_fraction'])} | "
+                     f"{_fmt(r['noise_recall'])} | {_fmt(r['drop_precision'])} | {_fmt(r['step_s'] * 1e3, 2)} | "
+                     f"{_fmt(r['time_vs_vanilla'], 2)}x |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,177 @@
+"""Curated-training tasks on the offline data of ``validation.data`` with noise from ``validation.noise``.
+
+Classification (``<data>[-<model>]-noisy<pct>[-classdep]``): MNIST-1D (MLP by default, ``-cnn`` for the 1-D
+CNN) and the 8x8 digits (2-D CNN), with 20 % or 40 % symmetric or class-dependent (pair-flip) label noise.
+A clean held-out validation split of the training set is the reference pool; the test split (clean labels)
+gives the final accuracy.
+
+Language modelling on CPython's pydoc topics (byte level, small causal transformer), split by document:
+
+* ``lm-pretrain``: 30 % of the training documents corrupted (word order shuffled by default), mixed in;
+* ``lm-finetune``: the documents are split in two halves; the model is pretrained on the clean first half,
+  then fine-tuned with curation on the second half with 30 % corrupted documents.
+
+Reference pool and test documents are clean held-out documents; final metric: test perplexity.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+import torch
+from torch import Tensor, nn
+
+import influence
+from influence.batch import Batch
+
+from .. import data as vdata
+from .. import noise as vnoise
+from ..models import build_model
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """Everything that defines a task's data, model and optimisation (JSON-ready via ``asdict``)."""
+
+    name: str
+    kind: str  # "classification" | "lm-pretrain" | "lm-finetune"
+    dataset: str
+    model: str
+    model_kw: dict[str, Any] = field(default_factory=dict)
+    noise: str = "symmetric"  # "symmetric" | "class_dependent" | "documents"
+    rate: float = 0.4
+    epochs: int = 30
+    batch_size: int = 64
+    lr: float = 0.01
+    momentum: float = 0.9
+    val_size: int = 200  # clean held-out samples (classification) forming the reference pool
+    val_docs: float = 0.1  # fraction of training documents held out as the reference pool (LM)
+    ref_size: int = 200  # reference batch per step (capped at the pool size)
+    reference: str = "fixed"
+    warmup_steps: int = 0
+    seq_len: int = 64
+    pretrain_epochs: int = 0
+    doc_mode: str = "shuffle"  # corruption of noisy documents (validation.noise.DOC_MODES)
+    max_train: int | None = None  # use only the first max_train training samples (quick runs, tests)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Prepared:
+    """A task's tensors for one seed. ``train``/``ref_pool``/``test``: (x, y); ``is_noisy`` bool [n_train];
+    ``pretrain``: (x, y) clean pre-training data (fine-tuning tasks only); ``metric``: "accuracy" or
+    "perplexity"."""
+
+    spec: TaskSpec
+    train: Batch
+    is_noisy: Tensor
+    ref_pool: Batch
+    test: Batch
+    metric: str
+    make_model: Callable[[], nn.Module]
+    pretrain: Batch | None = None
+    noise: dict[str, Any] = field(default_factory=dict)
+    loss_fn: Callable = influence.cross_entropy
+
+
+def _classification_tasks() -> dict[str, TaskSpec]:
+    out = {}
+    variants = [("mnist1d", "mnist1d", "mlp", {"d_in": 40, "hidden": (256, 256)}, 200, 30),
+                ("mnist1d-cnn", "mnist1d", "cnn1d", {"length": 40, "channels": 16}, 200, 30),
+                ("digits", "digits", "cnn2d", {"channels": 16}, 150, 30)]
+    for prefix, dataset, model, kw, val, epochs in variants:
+        for pct in (20, 40):
+            for suffix, kind in (("", "symmetric"), ("-classdep", "class_dependent")):
+                name = f"{prefix}-noisy{pct}{suffix}"
+                out[name] = TaskSpec(name, "classification", dataset, model, kw, kind, pct / 100, epochs=epochs,
+                                     val_size=val)
+    return out
+
+
+TASKS: dict[str, TaskSpec] = {
+    **_classification_tasks(),
+    "lm-pretrain": TaskSpec("lm-pretrain", "lm-pretrain", "pydoc", "transformer",
+                            {"vocab_size": vdata.VOCAB_SIZE, "d_model": 64, "n_layers": 2, "n_heads": 4,
+                             "max_len": 64}, "documents", 0.3, epochs=2, batch_size=32, lr=0.3, momentum=0.9,
+                            ref_size=16),
+    "lm-finetune": TaskSpec("lm-finetune", "lm-finetune", "pydoc", "transformer",
+                            {"vocab_size": vdata.VOCAB_SIZE, "d_model": 64, "n_layers": 2, "n_heads": 4,
+                             "max_len": 64}, "documents", 0.3, epochs=2, batch_size=32, lr=0.1, momentum=0.9,
+                            ref_size=16, pretrain_epochs=2),
+}
+
+
+def get_task(name: str) -> TaskSpec:
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}; choose from {sorted(TASKS)}")
+    return TASKS[name]
+
+
+def _model_factory(spec: TaskSpec, seed: int) -> Callable[[], nn.Module]:
+    def make() -> nn.Module:
+        torch.manual_seed(seed)
+        return build_model(spec.model, **spec.model_kw)
+    return make
+
+
+def _prepare_classification(spec: TaskSpec, seed: int) -> Prepared:
+    d = vdata.get_dataset(spec.dataset, seed=0)  # the data set's own split is fixed; seeds vary the rest
+    n = len(d.y_train)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    val, tr = perm[:spec.val_size].sort().values, perm[spec.val_size:].sort().values
+    k = int(d.meta.get("num_classes", int(d.y_train.max()) + 1))
+    noisy_fn = vnoise.symmetric_label_noise if spec.noise == "symmetric" else vnoise.class_dependent_label_noise
+    rec = noisy_fn(d.y_train[tr], spec.rate, k, seed=seed)
+    return Prepared(spec, (d.x_train[tr], rec.y_noisy), rec.is_noisy, (d.x_train[val], d.y_train[val]),
+                    (d.x_test, d.y_test), "accuracy", _model_factory(spec, seed),
+                    noise={"kind": rec.kind, "rate": spec.rate, "noise_rate": rec.noise_rate, "seed": seed})
+
+
+def _tokens(docs: list[tuple[str, str]], seq_len: int) -> tuple[Batch, Tensor]:
+    x, y, doc = vdata.tokenize_documents(docs, seq_len)
+    return (x, y), doc
+
+
+def _prepare_lm(spec: TaskSpec, seed: int) -> Prepared:
+    docs = vdata.pydoc_documents()
+    train_docs, test_docs = vdata.split_documents(docs, 0.1, seed=0)
+    pretrain = None
+    if spec.kind == "lm-finetune":  # first half of the training documents (seeded) for clean pre-training
+        rest, first = vdata.split_documents(train_docs, 0.5, seed=seed)
+        pretrain = _tokens(first, spec.seq_len)[0]
+        train_docs = rest
+    pool_train, pool_ref = vdata.split_documents(train_docs, spec.val_docs, seed=seed + 1)
+    rec = vnoise.corrupt_documents(pool_train, spec.rate, seed=seed, mode=spec.doc_mode)
+    train, doc = _tokens(rec.texts, spec.seq_len)
+    return Prepared(spec, train, rec.is_noisy[doc], _tokens(pool_ref, spec.seq_len)[0],
+                    _tokens(test_docs, spec.seq_len)[0], "perplexity", _model_factory(spec, seed), pretrain,
+                    noise={**rec.to_dict(), "noisy_sequences": int(rec.is_noisy[doc].sum()), "sequences": len(doc)})
+
+
+def prepare(spec: TaskSpec, seed: int) -> Prepared:
+    """Data, noise and model factory of ``spec`` for ``seed`` (noise, splits and init all depend on it)."""
+    prep = _prepare_classification(spec, seed) if spec.kind == "classification" else _prepare_lm(spec, seed)
+    if spec.max_train is not None:
+        keep = slice(0, spec.max_train)
+        prep.train = (prep.train[0][keep], prep.train[1][keep])
+        prep.is_noisy = prep.is_noisy[keep]
+    return prep
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: Batch, metric: str, batch_size: int = 512) -> float:
+    """Test accuracy (fraction, argmax) or perplexity (exp of the mean per-token cross-entropy)."""
+    x, y = data
+    correct, total_loss, tokens = 0, 0.0, 0
+    for i in range(0, len(y), batch_size):
+        f = model(x[i:i + batch_size])
+        t = y[i:i + batch_size]
+        if metric == "accuracy":
+            correct += int((f.argmax(-1) == t).sum())
+        else:
+            total_loss += float(torch.nn.functional.cross_entropy(f.flatten(0, -2), t.flatten(), reduction="sum"))
+            tokens += t.numel()
+    return correct / len(y) if metric == "accuracy" else float(torch.exp(torch.tensor(total_loss / tokens)))
