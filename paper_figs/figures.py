@@ -1,0 +1,195 @@
+"""The figure list: what each figure reads, how to produce what it reads, and drawing it into a folder.
+
+Each :class:`FigureSpec` turns a :class:`Sources` (a validation run folder and a curated-training results
+folder) into a :class:`PlotData` via its ``load`` function, then into a figure via its module's ``draw``.
+A missing input raises :class:`MissingResults` carrying the command that produces it.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from . import fig1_dynamics, fig2_fidelity, fig3_bound, fig4_scatter, fig5_cost, fig6_curation
+from .curation_results import load_curation
+from .plotdata import MissingResults, PlotData, save_figure
+from .style import MODEL_WIDTH_KEY, WIDTH_UNITS
+from .tables import Table, read_table
+
+
+@dataclass
+class Sources:
+    """Where the results are. ``run``: a validation run folder (or None); ``curate``: the folder holding the
+    curated-training run folders (``<results>/curate``, or None); ``profile``: the run's profile name."""
+
+    run: Path | None
+    curate: Path | None = None
+
+    @property
+    def config(self) -> dict[str, Any]:
+        import json
+
+        if self.run is None or not (self.run / "config.json").is_file():
+            return {}
+        with open(self.run / "config.json", encoding="utf-8") as f:
+            return json.load(f)
+
+    def run_command(self, suite: str) -> str:
+        """The command that adds ``suite``'s results to this run folder (or makes a quick run)."""
+        if self.run is not None and (self.run / "config.json").is_file():
+            return f"python -m validation run --resume {shlex.quote(str(self.run))} --suite {suite}"
+        return f"python -m validation run --profile quick --suite {suite}"
+
+    def table(self, name: str, suite: str) -> Table:
+        """``<run>/<name>.csv``, or MissingResults naming the command that writes it."""
+        if self.run is None:
+            raise MissingResults("no validation run folder (with summary.json) found",
+                                 "python -m validation run --profile quick")
+        t = read_table(self.run / f"{name}.csv")
+        if t is None:
+            raise MissingResults(f"{self.run / (name + '.csv')} is missing or empty", self.run_command(suite))
+        return t
+
+
+#: Curated-training commands behind figure 6: ``--run quick`` and ``--run full`` execute these (with
+#: ``--results <results root>`` appended). quick: two noise levels of MNIST-1D, 2 seeds, 4 epochs, a few
+#: methods (minutes on 2 CPU cores); full: the tasks' own epochs, 5 seeds, every main method, all families.
+CURATION_COMMANDS: dict[str, list[list[str]]] = {
+    "quick": [["--task", task, "--seeds", "2", "--epochs", "4", "--methods", "vanilla,lai,ghost,random,small-loss",
+               "--no-progress"] for task in ("mnist1d-noisy20", "mnist1d-noisy40")],
+    "full": [["--task", task, "--seeds", "5", "--methods",
+              "vanilla,lai,lai-last,ghost,greats,random,small-loss,large-grad", "--no-progress"]
+             for task in ("mnist1d-noisy20", "mnist1d-noisy40", "mnist1d-noisy20-classdep",
+                          "mnist1d-noisy40-classdep", "digits-noisy20", "digits-noisy40", "lm-finetune")],
+}
+
+
+def curation_command(profile: str = "quick") -> str:
+    return "; ".join("python -m validation curate " + " ".join(shlex.quote(a) for a in args)
+                     for args in CURATION_COMMANDS[profile])
+
+
+def _load1(src: Sources) -> PlotData:
+    return fig1_dynamics.data(src.table("scores", "fidelity"))
+
+
+def _load2(src: Sources) -> PlotData:
+    return fig2_fidelity.data(src.table("fidelity", "fidelity"))
+
+
+def _load3(src: Sources) -> PlotData:
+    bound = src.table("bound", "bound")
+    try:
+        layers = src.table("bound_layers", "bound")
+    except MissingResults:
+        layers = None
+    return fig3_bound.data(bound, layers)
+
+
+def _load4(src: Sources) -> PlotData:
+    return fig4_scatter.data(src.table("scores", "fidelity"))
+
+
+def _load5(src: Sources) -> PlotData:
+    models = src.config.get("models", {})
+    units = {m: WIDTH_UNITS.get(s.get("width_key", MODEL_WIDTH_KEY.get(m, "")), s.get("width_key", "width"))
+             for m, s in models.items() if isinstance(s, dict)}
+    return fig5_cost.data(src.table("cost", "cost"), width_units=units)
+
+
+def _load6(src: Sources) -> PlotData:
+    cmd = curation_command("quick")
+    if src.curate is None or not src.curate.is_dir():
+        raise MissingResults(f"no curated-training results folder ({src.curate or 'results/curate'})", cmd)
+    res = load_curation(src.curate)
+    for note in res.notes:
+        print(f"[fig6] {note}", file=sys.stderr)
+    if not len(res.final):
+        raise MissingResults(f"no finished curated-training units under {src.curate}", cmd)
+    pd = fig6_curation.data(res.final, res.curves)
+    pd.meta["folders"] = [str(f) for f in res.folders]
+    pd.meta["ignored"] = [str(f) for f in res.ignored]
+    return pd
+
+
+@dataclass(frozen=True)
+class FigureSpec:
+    number: int
+    name: str
+    what: str
+    inputs: str
+    load: Callable[[Sources], PlotData]
+    draw: Callable[[PlotData], Any]
+    validation: bool = True  # produced from a validation run folder (needed for exit status 0)
+
+    @property
+    def stem(self) -> str:
+        return f"fig{self.number}_{self.name}"
+
+
+FIGURES: list[FigureSpec] = [
+    FigureSpec(1, fig1_dynamics.NAME, "influence is dynamic (score trajectories, early vs late rank)",
+               "scores.csv", _load1, fig1_dynamics.draw),
+    FigureSpec(2, fig2_fidelity.NAME, "ranking fidelity over training vs Exact and counterfactual",
+               "fidelity.csv", _load2, fig2_fidelity.draw),
+    FigureSpec(3, fig3_bound.NAME, "|Ghost - LAI| vs the data-dependent and a-priori bounds; per-layer share",
+               "bound.csv, bound_layers.csv", _load3, fig3_bound.draw),
+    FigureSpec(4, fig4_scatter.NAME, "LAI vs Ghost scores at a few steps, noisy samples marked",
+               "scores.csv", _load4, fig4_scatter.draw),
+    FigureSpec(5, fig5_cost.NAME, "time and peak memory relative to a training step over batch and width",
+               "cost.csv, config.json", _load5, fig5_cost.draw),
+    FigureSpec(6, fig6_curation.NAME, "curated training: test metric per method and noise level; curves",
+               "curate/<task>-<id>/units/curate/**.json", _load6, fig6_curation.draw, validation=False),
+]
+
+
+@dataclass
+class Outcome:
+    spec: FigureSpec
+    status: str  # "drawn" | "skipped" | "failed"
+    reason: str = ""
+    command: str | None = None
+    paths: list[Path] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def render(spec: FigureSpec, src: Sources, out_dir: Path, formats: Sequence[str] = ("png", "pdf"),
+           dpi: float | None = None) -> Outcome:
+    """Load, draw and write one figure; never raises (a failure is reported in the outcome)."""
+    try:
+        pd = spec.load(src)
+    except MissingResults as exc:
+        return Outcome(spec, "skipped", str(exc), exc.command)
+    except Exception as exc:  # a malformed results file: report it and go on with the other figures
+        return Outcome(spec, "failed", f"reading the results: {type(exc).__name__}: {exc}",
+                       notes=traceback.format_exc().splitlines()[-6:])
+    try:
+        fig = spec.draw(pd)
+        paths = save_figure(fig, pd, out_dir, spec.stem, formats, dpi)
+    except Exception as exc:
+        return Outcome(spec, "failed", f"drawing: {type(exc).__name__}: {exc}",
+                       notes=traceback.format_exc().splitlines()[-6:])
+    notes = []
+    if pd.meta.get("dropped"):
+        notes.append(f"left out of the log axes (zero error or bound): {pd.meta['dropped']}")
+    if pd.meta.get("ignored"):
+        notes.append(f"older curation folders not used: {pd.meta['ignored']}")
+    return Outcome(spec, "drawn", _describe(spec, pd), paths=paths, notes=notes)
+
+
+def _describe(spec: FigureSpec, pd: PlotData) -> str:
+    m = pd.meta
+    if spec.number == 1:
+        return f"{m['model']} seed {m['seed']}, {m['estimator']} scores, steps {m['early']}..{m['late']}"
+    if spec.number == 6:
+        return f"families {list(m['families'])}, methods {m['methods']}"
+    if "models" in m:
+        return f"models {m['models']}"
+    return ""
+
+
+__all__ = ["FIGURES", "FigureSpec", "Sources", "Outcome", "render", "CURATION_COMMANDS", "curation_command"]

@@ -1,0 +1,168 @@
+"""One look for every paper figure: sizes, fonts, a colour-blind-safe palette, names and units.
+
+Widths follow a two-column paper: ``SINGLE`` = 3.4 in (one column), ``DOUBLE`` = 7.0 in (page width).
+Fonts are ``FONT_PT`` = 8 pt (ticks and legends ``SMALL_PT`` = 7 pt), so text stays legible printed at
+column width. Colours are the Okabe–Ito palette (distinguishable with the common colour-vision
+deficiencies); every estimator, model and curation method keeps the same colour and marker in every figure.
+
+Figures are built as ``matplotlib.figure.Figure`` objects (no pyplot state, Agg canvas), inside
+``rc_context(RC)``; :func:`new_figure` does both.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Iterator
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: figures are only ever written to files
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+SINGLE = 3.4  # in, one column
+DOUBLE = 7.0  # in, two columns
+FONT_PT = 8.0
+SMALL_PT = 7.0
+
+RC: dict[str, Any] = {
+    "font.size": FONT_PT,
+    "axes.titlesize": FONT_PT,
+    "axes.labelsize": FONT_PT,
+    "xtick.labelsize": SMALL_PT,
+    "ytick.labelsize": SMALL_PT,
+    "legend.fontsize": SMALL_PT,
+    "legend.title_fontsize": SMALL_PT,
+    "figure.titlesize": FONT_PT,
+    "font.family": "sans-serif",
+    "font.sans-serif": ["DejaVu Sans", "Arial", "Helvetica"],
+    "axes.linewidth": 0.6,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "xtick.major.width": 0.6,
+    "ytick.major.width": 0.6,
+    "xtick.major.size": 2.5,
+    "ytick.major.size": 2.5,
+    "xtick.minor.size": 1.5,
+    "ytick.minor.size": 1.5,
+    "lines.linewidth": 1.2,
+    "lines.markersize": 3.5,
+    "legend.frameon": False,
+    "legend.handlelength": 1.6,
+    "legend.borderaxespad": 0.3,
+    "axes.grid": False,
+    "savefig.dpi": 300,
+    "savefig.bbox": None,  # constrained layout already fits the figure; the width stays exactly as set
+    "pdf.fonttype": 42,  # TrueType in PDFs (editable, accepted by publishers)
+    "ps.fonttype": 42,
+}
+
+# Okabe & Ito (2008), "Color Universal Design"
+OKABE_ITO = {
+    "black": "#000000", "orange": "#E69F00", "sky": "#56B4E9", "green": "#009E73",
+    "yellow": "#F0E442", "blue": "#0072B2", "vermillion": "#D55E00", "purple": "#CC79A7",
+}
+GREY = "#8C8C8C"
+CYCLE = [OKABE_ITO[k] for k in ("blue", "vermillion", "green", "orange", "purple", "sky", "black", "yellow")]
+MARKERS = ["o", "s", "^", "D", "v", "P", "X", "<", ">"]
+
+NOISY_COLOR = OKABE_ITO["vermillion"]
+CLEAN_COLOR = OKABE_ITO["blue"]
+NOISY_MARKER = "x"
+CLEAN_MARKER = "o"
+
+ESTIMATORS: dict[str, tuple[str, str, str]] = {
+    # name: (label, colour, marker)
+    "lai": ("LAI (all layers)", OKABE_ITO["blue"], "o"),
+    "lai_last": ("LAI (last layer)", OKABE_ITO["sky"], "s"),
+    "lai_aligned": ("LAI (aligned tokens)", OKABE_ITO["purple"], "v"),
+    "lai_last_aligned": ("LAI last (aligned)", OKABE_ITO["yellow"], "<"),
+    "ghost": ("Ghost", OKABE_ITO["vermillion"], "^"),
+    "exact": ("Exact", OKABE_ITO["black"], "D"),
+    "tracin": ("TracIn", OKABE_ITO["green"], "P"),
+    "tracin_last": ("TracIn (last layer)", OKABE_ITO["orange"], "X"),
+    "loss": ("Loss only", GREY, ">"),
+    "counterfactual": ("Counterfactual", OKABE_ITO["purple"], "*"),
+    "forward": ("Forward pass", GREY, "."),
+    "forward_backward": ("Forward+backward", GREY, "1"),
+    "train_step": ("Training step", GREY, "|"),
+}
+
+MODELS: dict[str, tuple[str, str, str]] = {
+    "mlp": ("MLP", OKABE_ITO["blue"], "o"),
+    "cnn1d": ("CNN-1D", OKABE_ITO["green"], "s"),
+    "cnn2d": ("CNN-2D", OKABE_ITO["orange"], "^"),
+    "transformer": ("Transformer", OKABE_ITO["purple"], "D"),
+}
+
+#: What a model's "width" counts (the profile's ``width_key``), for axis labels.
+WIDTH_UNITS = {"hidden": "hidden units", "channels": "channels", "d_model": "d_model"}
+MODEL_WIDTH_KEY = {"mlp": "hidden", "cnn1d": "channels", "cnn2d": "channels", "transformer": "d_model"}
+
+
+def _lookup(table: dict[str, tuple[str, str, str]], name: str, index: int) -> tuple[str, str, str]:
+    if name in table:
+        return table[name]
+    return (name, CYCLE[index % len(CYCLE)], MARKERS[index % len(MARKERS)])
+
+
+def estimator_style(name: str, index: int = 0) -> tuple[str, str, str]:
+    """(label, colour, marker) of an estimator; unknown names get the ``index``-th palette entry."""
+    return _lookup(ESTIMATORS, name, index)
+
+
+def model_style(name: str, index: int = 0) -> tuple[str, str, str]:
+    """(label, colour, marker) of a reference model."""
+    return _lookup(MODELS, name, index)
+
+
+METHODS: dict[str, tuple[str, str, str]] = {
+    # curated-training methods (validation.curation.methods): label, colour, marker
+    "vanilla": ("Vanilla (no curation)", OKABE_ITO["black"], "o"),
+    "lai": ("LAI", OKABE_ITO["blue"], "s"),
+    "lai-last": ("LAI (last layer)", OKABE_ITO["sky"], "v"),
+    "ghost": ("Ghost", OKABE_ITO["vermillion"], "^"),
+    "exact": ("Exact", GREY, "D"),
+    "tracin": ("TracIn", OKABE_ITO["green"], "P"),
+    "lai-topk": ("LAI top-k", OKABE_ITO["blue"], "<"),
+    "ghost-topk": ("Ghost top-k", OKABE_ITO["vermillion"], ">"),
+    "lai-greats": ("LAI-GREATS", OKABE_ITO["purple"], "X"),
+    "greats": ("GREATS", OKABE_ITO["purple"], "*"),
+    "random": ("Random drop", OKABE_ITO["orange"], "d"),
+    "small-loss": ("Small loss", OKABE_ITO["yellow"], "h"),
+    "large-grad": ("Large gradient", OKABE_ITO["green"], "p"),
+}
+
+
+def method_style(name: str, index: int = 0) -> tuple[str, str, str]:
+    """(label, colour, marker) of a curation method; unknown names get the ``index``-th palette entry."""
+    return _lookup(METHODS, name, index)
+
+
+def plain_log_ticks(axis: Any) -> None:
+    """Tick labels of a log axis as plain numbers (0.5, 1, 10, 100) instead of 5 x 10^-1."""
+    from matplotlib.ticker import LogFormatter
+
+    axis.set_major_formatter(LogFormatter())
+    axis.set_minor_formatter(LogFormatter(labelOnlyBase=False))
+
+
+@contextlib.contextmanager
+def style() -> Iterator[None]:
+    """rcParams of the paper style for the duration of the block (building and saving a figure)."""
+    with matplotlib.rc_context(RC):
+        yield
+
+
+def new_figure(width: float = SINGLE, height: float | None = None) -> Figure:
+    """An empty figure ``width`` x ``height`` inches (height: 0.75 * width by default) on an Agg canvas,
+    with the paper rcParams applied to everything created while :func:`style` is active."""
+    fig = Figure(figsize=(width, height if height is not None else 0.75 * width), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+__all__ = ["SINGLE", "DOUBLE", "FONT_PT", "SMALL_PT", "RC", "OKABE_ITO", "CYCLE", "MARKERS", "GREY",
+           "NOISY_COLOR", "CLEAN_COLOR", "NOISY_MARKER", "CLEAN_MARKER", "ESTIMATORS", "MODELS", "WIDTH_UNITS",
+           "MODEL_WIDTH_KEY", "METHODS", "estimator_style", "model_style", "method_style", "plain_log_ticks", "style", "new_figure"]

@@ -1,0 +1,449 @@
+"""paper_figs: every figure drawn from small result files written in the validation/curation formats, and
+checked against those files (plotted coordinates, series, labels), plus the command line."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from matplotlib.colors import to_hex
+from scipy.stats import rankdata, spearmanr
+
+from paper_figs import fig1_dynamics, fig2_fidelity, fig3_bound, fig4_scatter, fig5_cost, fig6_curation
+from paper_figs.cli import main, newest_run
+from paper_figs.curation_results import family_of, load_curation
+from paper_figs.style import CLEAN_COLOR, DOUBLE, NOISY_COLOR, SMALL_PT
+from paper_figs.tables import Table
+from validation.results import TABLES, atomic_write_csv, atomic_write_json
+
+MODELS = ("mlp", "cnn1d", "transformer")
+STEPS = (10, 20, 30, 40, 50)
+SAMPLES = (3, 7, 11, 19, 23, 42)
+NOISY = {7, 23}
+
+
+# ------------------------------------------------------------------------------------- result files
+
+def _scores_rows(rng: np.random.Generator) -> list[dict]:
+    rows = []
+    for model in MODELS:
+        for seed in (0, 1):
+            for step in STEPS:
+                for est in ("exact", "ghost", "lai", "lai_last"):
+                    for s in SAMPLES:
+                        rows.append({"model": model, "seed": seed, "step": step, "sample": s, "is_noisy": int(s in NOISY),
+                                     "estimator": est, "score": float(rng.normal()) * 10.0 ** -(step / 20)})
+    return rows
+
+
+def _fidelity_rows(rng: np.random.Generator) -> list[dict]:
+    rows = []
+    for model in MODELS:
+        for seed in (0, 1, 2):
+            for step in STEPS:
+                for target in ("exact", "counterfactual"):
+                    for est in ("exact", "ghost", "lai", "lai_last", "tracin", "loss"):
+                        if est == target:
+                            continue
+                        rows.append({"model": model, "seed": seed, "step": step, "estimator": est, "target": target,
+                                     "n": 6, "k": 1, "spearman": float(rng.uniform(-0.2, 1.0)),
+                                     "kendall": float(rng.uniform(-0.2, 1.0)), "topk_overlap": 1.0,
+                                     "bottomk_overlap": 0.0, "sign_agreement": 0.5})
+    return rows
+
+
+def _bound_rows(rng: np.random.Generator) -> tuple[list[dict], list[dict]]:
+    rows, layers = [], []
+    for model in MODELS:
+        for step in STEPS[:2]:
+            for j, s in enumerate(SAMPLES):
+                bound = float(rng.uniform(0.1, 2.0)) * 10.0 ** -j
+                err = 0.0 if (model == "mlp" and j == 0) else bound * float(rng.uniform(0.01, 1.0))
+                apriori = None if model == "transformer" else bound * 10
+                rows.append({"model": model, "seed": 0, "step": step, "sample": s, "is_noisy": int(s in NOISY),
+                             "ghost": 1.0, "lai": 1.0 - err, "exact": 1.0, "error": err, "abs_error": err,
+                             "decomposition_sum": err, "data_bound": bound, "apriori_bound": apriori,
+                             "tightness_data": err / bound, "tightness_apriori": None if apriori is None else err / apriori,
+                             "violation_data": 0, "violation_apriori": None if apriori is None else 0})
+                names = ["0", "2"] if model == "mlp" else ["conv1", "blocks.0.attn.qkv", "blocks.0.mlp.fc1"]
+                w = rng.uniform(0.1, 1.0, len(names))
+                for name, share in zip(names, w / w.sum()):
+                    layers.append({"model": model, "seed": 0, "step": step, "sample": s, "layer": name,
+                                   "error": float(share) * err, "share": float(share)})
+    return rows, layers
+
+
+def _cost_rows(rng: np.random.Generator) -> list[dict]:
+    rows = []
+    widths = {"mlp": (16, 32), "cnn1d": (4, 8), "transformer": (8, 16)}
+    for model in MODELS:
+        for w in widths[model]:
+            for b in (8, 16, 32):
+                for est in ("forward", "forward_backward", "train_step", "exact", "ghost", "lai", "lai_last",
+                            "tracin_last"):
+                    r = 1.0 if est == "train_step" else float(rng.uniform(0.05, 30.0))
+                    rows.append({"model": model, "seed": 0, "width": w, "batch": b, "n_ref": 10, "n_params": 100,
+                                 "estimator": est, "median_s": r * 0.01, "peak_mb": r, "ratio_to_forward": r,
+                                 "ratio_to_forward_backward": r, "ratio_to_train_step": r,
+                                 "peak_ratio_to_train_step": float(rng.uniform(0.5, 20.0)), "times_s": [r * 0.01]})
+    return rows
+
+
+def write_run(folder: Path, seed: int = 0, skip: tuple[str, ...] = ()) -> dict[str, list[dict]]:
+    """A validation run folder with every table (except ``skip``), in the validation writer's format."""
+    rng = np.random.default_rng(seed)
+    bound, layers = _bound_rows(rng)
+    tables = {"scores": _scores_rows(rng), "fidelity": _fidelity_rows(rng), "bound": bound,
+              "bound_layers": layers, "cost": _cost_rows(rng)}
+    for name, rows in tables.items():
+        if name not in skip:
+            atomic_write_csv(folder / f"{name}.csv", rows, TABLES[name][1])
+    atomic_write_json(folder / "config.json", {"profile": "quick", "models": {
+        "mlp": {"width_key": "hidden"}, "cnn1d": {"width_key": "channels"}, "transformer": {"width_key": "d_model"}}})
+    atomic_write_json(folder / "summary.json", {"checks": []})
+    return tables
+
+
+CURATION_METHODS = ("vanilla", "lai", "random")
+
+
+def write_curation(root: Path, task: str, rate: float, finals: dict[tuple[str, int], float], epochs: int = 3,
+                   cid: str = "abc") -> Path:
+    """A curation run folder (validation/curation/experiment.py layout) with units for ``finals``."""
+    folder = root / "curate" / f"{task}-{cid}"
+    atomic_write_json(folder / "config.json", {"profile": task, "task": {
+        "name": task, "dataset": "mnist1d", "model": "mlp", "noise": "symmetric", "rate": rate, "epochs": epochs}})
+    for (method, seed), final in finals.items():
+        curve = [final * (e + 1) / epochs for e in range(epochs)]
+        atomic_write_json(folder / "units" / "curate" / task / f"seed{seed}" / f"{method}.json", {
+            "task": task, "method": method, "seed": seed, "metric": "accuracy", "final": final, "curve": curve,
+            "kept_fraction": 0.8, "noise_recall": 0.5, "drop_precision": 0.4, "noise": {"kind": "symmetric", "rate": rate}})
+    return folder
+
+
+def _finals(rate: float) -> dict[tuple[str, int], float]:
+    return {(m, s): 0.9 - rate - 0.05 * k + 0.01 * s for k, m in enumerate(CURATION_METHODS) for s in range(3)}
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> tuple[Path, dict[str, list[dict]]]:
+    folder = tmp_path_factory.mktemp("results") / "quick-0123456789"
+    return folder, write_run(folder)
+
+
+def table(run, name: str) -> Table:
+    return Table.read(run[0] / f"{name}.csv")
+
+
+def all_text_sizes(fig) -> list[float]:
+    return [t.get_fontsize() for t in fig.findobj(lambda a: hasattr(a, "get_fontsize") and hasattr(a, "get_text"))
+            if t.get_text().strip()]
+
+
+def check_style(fig) -> None:
+    w, _ = fig.get_size_inches()
+    assert w in (DOUBLE, 3.4)
+    assert min(all_text_sizes(fig)) >= SMALL_PT
+
+
+# ---------------------------------------------------------------------------------------------- tables
+
+def test_table_types_and_text_columns(tmp_path):
+    p = tmp_path / "t.csv"
+    p.write_text("model,layer,step,score,note,empty\nmlp,0,10,1.5,a,\nmlp,2,20,nan,b,\n")
+    t = Table.read(p)
+    assert t.values("layer") == ["0", "2"]  # names stay strings
+    assert t.values("step") == [10, 20] and all(isinstance(v, int) for v in t.values("step"))
+    assert t.values("score")[0] == 1.5 and math.isnan(t.values("score")[1])
+    assert t.values("empty") == [None, None]
+    assert len(t.where(step=[10, 30])) == 1 and t.unique("model") == ["mlp"]
+    with pytest.raises(KeyError, match="missing_col"):
+        t.require("missing_col")
+
+
+# ------------------------------------------------------------------------------------------- figure 1
+
+def test_fig1_trajectories_and_ranks(run):
+    scores = table(run, "scores")
+    pd = fig1_dynamics.data(scores)
+    assert (pd.meta["model"], pd.meta["estimator"], pd.meta["seed"]) == ("mlp", "exact", 0)
+    fig = fig1_dynamics.draw(pd)
+    ax_t, ax_r = fig.axes[:2]
+    src = [r for r in run[1]["scores"] if (r["model"], r["seed"], r["estimator"]) == ("mlp", 0, "exact")]
+    sample_lines = {ln.get_gid(): ln for ln in ax_t.lines if (ln.get_gid() or "").startswith("sample:")}
+    assert len(sample_lines) == len(SAMPLES)
+    for s in SAMPLES:
+        ln = sample_lines[f"sample:{s}"]
+        expect = sorted((r["step"], r["score"]) for r in src if r["sample"] == s)
+        np.testing.assert_array_equal(ln.get_xdata(), [e[0] for e in expect])
+        np.testing.assert_allclose(ln.get_ydata(), [e[1] for e in expect], rtol=0, atol=0)
+        assert to_hex(ln.get_color()) == to_hex(NOISY_COLOR if s in NOISY else CLEAN_COLOR)
+    # ranks: 1 = largest score, computed independently from the file
+    def rank_at(step):
+        rows = sorted((r for r in src if r["step"] == step), key=lambda r: r["sample"])
+        return dict(zip([r["sample"] for r in rows], rankdata([-r["score"] for r in rows])))
+    early, late = rank_at(STEPS[0]), rank_at(STEPS[-1])
+    pts = np.concatenate([c.get_offsets() for c in ax_r.collections])
+    expect = sorted((early[s], late[s]) for s in SAMPLES)
+    assert sorted(map(tuple, pts.tolist())) == expect
+    noisy_pts = [c for c in ax_r.collections if c.get_label() == "noisy label"][0].get_offsets()
+    assert sorted(map(tuple, noisy_pts.tolist())) == sorted((early[s], late[s]) for s in NOISY)
+    rho = spearmanr([early[s] for s in SAMPLES], [late[s] for s in SAMPLES]).statistic
+    assert ax_r.get_title(loc="right") == f"Spearman ρ = {rho:.2f}"
+    assert "nats" in ax_t.get_ylabel() and "step" in ax_t.get_xlabel()
+    assert f"step {STEPS[0]}" in ax_r.get_xlabel() and f"step {STEPS[-1]}" in ax_r.get_ylabel()
+    assert {t.get_text() for t in ax_r.get_legend().get_texts()} >= {"clean label", "noisy label"}
+    check_style(fig)
+
+
+def test_fig1_choices_and_missing(run):
+    pd = fig1_dynamics.data(table(run, "scores"), model="transformer", estimator="lai", seed=1)
+    assert {r["model"] for r in pd.rows} == {"transformer"} and {r["seed"] for r in pd.rows} == {1}
+    with pytest.raises(LookupError, match="no model 'cnn2d'"):
+        fig1_dynamics.data(table(run, "scores"), model="cnn2d")
+    one_step = table(run, "scores").where(step=STEPS[0])
+    with pytest.raises(LookupError, match="2 or more"):
+        fig1_dynamics.data(one_step)
+
+
+# ------------------------------------------------------------------------------------------- figure 2
+
+def test_fig2_means_bands_and_labels(run):
+    fig = fig2_fidelity.figure(table(run, "fidelity"))
+    rows = run[1]["fidelity"]
+    axes = np.array(fig.axes).reshape(2, len(MODELS))
+    for i, target in enumerate(("exact", "counterfactual")):
+        for j, model in enumerate(MODELS):
+            ax = axes[i, j]
+            lines = {ln.get_gid(): ln for ln in ax.lines if (ln.get_gid() or "").startswith("mean:")}
+            assert set(lines) == {f"mean:{e}" for e in ("lai", "lai_last", "ghost", "tracin")}
+            for est in ("lai", "tracin"):
+                vals = np.array([[r["spearman"] for r in rows if (r["model"], r["target"], r["estimator"], r["step"])
+                                  == (model, target, est, s)] for s in STEPS])
+                np.testing.assert_array_equal(lines[f"mean:{est}"].get_xdata(), STEPS)
+                np.testing.assert_allclose(lines[f"mean:{est}"].get_ydata(), vals.mean(1), rtol=1e-12)
+                band = [c for c in ax.collections if c.get_gid() == f"band:{est}"][0]
+                ys = band.get_paths()[0].vertices[:, 1]
+                sd = vals.std(1, ddof=1)
+                assert np.isclose(ys.max(), (vals.mean(1) + sd).max()) and np.isclose(ys.min(), (vals.mean(1) - sd).min())
+            if i == 0:
+                assert ax.get_title() == {"mlp": "MLP", "cnn1d": "CNN-1D", "transformer": "Transformer"}[model]
+    assert axes[0, 0].get_ylabel() == "Spearman ρ vs\nExact" and "counterfactual" in axes[1, 0].get_ylabel()
+    assert axes[1, 0].get_xlabel() == "training step (SGD steps)"
+    legend = fig.legends[0]
+    assert [t.get_text() for t in legend.get_texts()] == ["LAI (all layers)", "LAI (last layer)", "Ghost", "TracIn"]
+    assert "3 seed" in legend.get_title().get_text()
+    check_style(fig)
+
+
+# ------------------------------------------------------------------------------------------- figure 3
+
+def test_fig3_points_identity_and_layer_shares(run):
+    pd = fig3_bound.data(table(run, "bound"), table(run, "bound_layers"))
+    fig = fig3_bound.draw(pd)
+    ax_d, ax_a, ax_l = fig.axes[:3]
+    bound = run[1]["bound"]
+    for ax, col in ((ax_d, "data_bound"), (ax_a, "apriori_bound")):
+        assert ax.get_xscale() == "log" and ax.get_yscale() == "log"
+        assert "(nats)" in ax.get_xlabel() and "|Ghost − LAI|" in ax.get_ylabel()
+        ident = [ln for ln in ax.lines if ln.get_label() == "|error| = bound"][0]
+        np.testing.assert_array_equal(ident.get_xdata(), ident.get_ydata())
+        for model in MODELS:
+            expect = sorted((r[col], r["abs_error"]) for r in bound
+                            if r["model"] == model and r[col] is not None and r["abs_error"] > 0)
+            coll = [c for c in ax.collections if c.get_gid() == f"points:{model}"]
+            if not expect:
+                assert not coll  # transformer: no a-priori bound
+                continue
+            assert sorted(map(tuple, coll[0].get_offsets().tolist())) == expect
+    assert pd.meta["dropped"] == {"data": 2, "apriori": 2}  # the mlp's zero-error samples (2 steps)
+    # per-layer panel: bar heights are the mean shares, stacked in recorded order
+    layers = run[1]["bound_layers"]
+    for model in MODELS:
+        bars = [p for p in ax_l.patches if (p.get_gid() or "").startswith(f"layer:{model}:")]
+        names = list(dict.fromkeys(r["layer"] for r in layers if r["model"] == model))
+        assert [b.get_gid().split(":", 2)[2] for b in bars] == names
+        means = [np.mean([r["share"] for r in layers if r["model"] == model and r["layer"] == n]) for n in names]
+        np.testing.assert_allclose([b.get_height() for b in bars], means, rtol=1e-12)
+        np.testing.assert_allclose([b.get_y() for b in bars], np.concatenate([[0], np.cumsum(means)[:-1]]), atol=1e-12)
+    assert [t.get_text() for t in ax_l.get_xticklabels()] == ["MLP", "CNN-1D", "Transformer"]
+    check_style(fig)
+
+
+def test_fig3_without_layers_or_apriori(run):
+    bound = table(run, "bound").where(model="transformer")
+    fig = fig3_bound.figure(bound)
+    assert len([a for a in fig.axes if a.get_xscale() == "log"]) == 2
+    assert "not available" in " ".join(t.get_text() for t in fig.axes[1].texts)
+    zero = Table([{**r, "abs_error": 0.0} for r in bound.rows], bound.columns)
+    with pytest.raises(LookupError, match="positive error"):
+        fig3_bound.data(zero)
+
+
+# ------------------------------------------------------------------------------------------- figure 4
+
+def test_fig4_pairs_steps_and_markers(run):
+    fig = fig4_scatter.figure(table(run, "scores"))
+    assert fig4_scatter.pick_steps(STEPS, 3) == [10, 30, 50]
+    axes = np.array(fig.axes).reshape(len(MODELS), 3)
+    src = run[1]["scores"]
+    for i, model in enumerate(MODELS):
+        for j, step in enumerate((10, 30, 50)):
+            ax = axes[i, j]
+            get = lambda est, s: [r["score"] for r in src if (r["model"], r["seed"], r["step"], r["estimator"],
+                                                              r["sample"]) == (model, 0, step, est, s)][0]  # noqa: E731
+            by_label = {c.get_label(): c.get_offsets() for c in ax.collections}
+            for label, group in (("clean label", set(SAMPLES) - NOISY), ("noisy label", NOISY)):
+                expect = sorted((get("ghost", s), get("lai", s)) for s in group)
+                assert sorted(map(tuple, by_label[label].tolist())) == expect
+            assert ax.get_title(loc="right").endswith(f"step {step}")
+            rho = spearmanr([get("ghost", s) for s in SAMPLES], [get("lai", s) for s in SAMPLES]).statistic
+            assert ax.texts[0].get_text() == f"ρ = {rho:.2f}"
+    assert axes[-1, 0].get_xlabel() == "Ghost score (nats)" and axes[0, 0].get_ylabel() == "LAI (all layers) score (nats)"
+    check_style(fig)
+
+
+# ------------------------------------------------------------------------------------------- figure 5
+
+def test_fig5_sweeps(run):
+    pd = fig5_cost.data(table(run, "cost"), width_units={"mlp": "hidden units"})
+    fig = fig5_cost.draw(pd)
+    axes = np.array(fig.axes).reshape(len(MODELS), 4)
+    src = run[1]["cost"]
+    for i, model in enumerate(MODELS):
+        widths = sorted({r["width"] for r in src if r["model"] == model})
+        for j, (value, sweep) in enumerate(fig5_cost.PANELS):
+            ax = axes[i, j]
+            column = "ratio_to_train_step" if value == "time_ratio" else "peak_ratio_to_train_step"
+            fixed = ("width", widths[-1]) if sweep == "batch" else ("batch", 32)
+            for est in ("lai", "exact", "forward"):
+                ln = [ln for ln in ax.lines if ln.get_gid() == f"{value}:{sweep}:{est}"][0]
+                rows = sorted((r for r in src if r["model"] == model and r["estimator"] == est
+                               and r[fixed[0]] == fixed[1]), key=lambda r: r[sweep])
+                np.testing.assert_array_equal(ln.get_xdata(), [r[sweep] for r in rows])
+                np.testing.assert_allclose(ln.get_ydata(), [r[column] for r in rows], rtol=1e-12)
+            assert not [ln for ln in ax.lines if "train_step" in (ln.get_gid() or "")]  # the baseline is the line at 1
+            assert [ln.get_ydata()[0] for ln in ax.lines if ln.get_label() == "training step"] == [1.0]
+            assert ax.get_yscale() == "log"
+            assert ax.get_xlabel() == ("batch size (samples)" if sweep == "batch"
+                                       else f"width ({ {'mlp': 'hidden units', 'cnn1d': 'channels', 'transformer': 'd_model'}[model]})")
+    assert "time / training step" in axes[0, 0].get_ylabel() and "peak memory" in axes[0, 2].get_ylabel()
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert {"LAI (all layers)", "Ghost", "Exact", "training step"} <= set(labels)
+    check_style(fig)
+
+
+# ------------------------------------------------------------------------------------------- figure 6
+
+def test_fig6_from_curation_units(tmp_path):
+    write_curation(tmp_path, "mnist1d-noisy20", 0.2, _finals(0.2))
+    write_curation(tmp_path, "mnist1d-noisy40", 0.4, _finals(0.4))
+    old = write_curation(tmp_path, "mnist1d-noisy40", 0.4, {("vanilla", 0): 0.01}, cid="old")
+    t_old = (old / "units").stat().st_mtime - 1000
+    for p in old.rglob("*.json"):
+        os.utime(p, (t_old, t_old))
+    res = load_curation(tmp_path)
+    assert old in res.ignored and len(res.folders) == 2
+    assert family_of("mnist1d-noisy40-classdep") == "mnist1d-classdep"
+    pd = fig6_curation.data(res.final, res.curves)
+    fig = fig6_curation.draw(pd)
+    ax_f, ax_c = fig.axes[:2]
+    for k, method in enumerate(CURATION_METHODS):
+        cont = [c for c in ax_f.containers if c.lines[0].get_gid() == f"final:{method}"][0]
+        line = cont.lines[0]
+        means = [100 * np.mean([_finals(r)[(method, s)] for s in range(3)]) for r in (0.2, 0.4)]
+        stds = [100 * np.std([_finals(r)[(method, s)] for s in range(3)], ddof=1) for r in (0.2, 0.4)]
+        np.testing.assert_allclose(line.get_ydata(), means, rtol=1e-12)
+        np.testing.assert_allclose(np.round(line.get_xdata()), [20, 40], atol=3)  # dodged around the level
+        seg = cont.lines[2][0].get_segments()
+        np.testing.assert_allclose([s[1, 1] - s[0, 1] for s in seg], 2 * np.array(stds), rtol=1e-9)
+        curve = [ln for ln in ax_c.lines if ln.get_gid() == f"curve:{method}"][0]
+        np.testing.assert_array_equal(curve.get_xdata(), [1, 2, 3])
+        fin = np.array([_finals(0.4)[(method, s)] for s in range(3)])
+        np.testing.assert_allclose(curve.get_ydata(), [100 * np.mean(fin * e / 3) for e in (1, 2, 3)], rtol=1e-12)
+    assert ax_f.get_ylabel() == "test accuracy (%)" and "noise level (%" in ax_f.get_xlabel()
+    assert ax_c.get_xlabel() == "epoch" and ax_c.get_title(loc="right") == "40 % noise"
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["Vanilla (no curation)", "LAI", "Random drop"]
+    check_style(fig)
+
+
+# ---------------------------------------------------------------------------------------- command line
+
+def test_cli_draws_every_figure_with_its_data(tmp_path, capsys):
+    folder = tmp_path / "results" / "quick-aaaaaaaaaa"
+    write_run(folder)
+    write_curation(tmp_path / "results", "mnist1d-noisy20", 0.2, _finals(0.2))
+    older = tmp_path / "results" / "quick-bbbbbbbbbb"
+    write_run(older, seed=1)
+    os.utime(older / "summary.json", (1, 1))
+    assert newest_run(tmp_path / "results") == folder
+    assert main(["--results", str(tmp_path / "results"), "--formats", "png", "--dpi", "30"]) == 0
+    out = capsys.readouterr().out
+    figs = folder / "figures"
+    for stem in ("fig1_dynamics", "fig2_fidelity", "fig3_bound", "fig4_scatter", "fig5_cost", "fig6_curation"):
+        assert (figs / f"{stem}.png").stat().st_size > 0 and f"drawn   {stem}" in out
+        assert (figs / f"{stem}.csv").is_file()
+    assert not [p for p in figs.iterdir() if p.name.startswith(".")]  # no temporary files left
+    assert "6 of 6 figures drawn" in out
+    # the CSV is the plotted data: fig2's mean column equals the means drawn from the same results
+    csv = Table.read(figs / "fig2_fidelity.csv")
+    pd = fig2_fidelity.data(table((folder,), "fidelity"))
+    assert csv.columns == fig2_fidelity.COLUMNS and len(csv) == len(pd.rows)
+    np.testing.assert_allclose(csv.array("mean"), [r["mean"] for r in pd.rows], rtol=0, atol=0)
+
+
+def test_cli_reports_missing_results(tmp_path, capsys):
+    folder = tmp_path / "quick-cccccccccc"
+    write_run(folder, skip=("bound", "bound_layers"))
+    code = main(["--results", str(folder), "--formats", "png", "--dpi", "30", "--only", "1", "3", "6"])
+    out = capsys.readouterr().out
+    assert code == 1
+    assert "drawn   fig1_dynamics" in out and "skipped fig3_bound" in out and "skipped fig6_curation" in out
+    assert f"python -m validation run --resume {folder} --suite bound" in out
+    assert "python -m validation curate --task mnist1d-noisy20" in out
+    assert (folder / "figures" / "fig1_dynamics.png").is_file() and not (folder / "figures" / "fig3_bound.png").exists()
+    # only the curated-training figure missing: still exit status 0
+    write_run(folder)
+    assert main(["--results", str(folder), "--formats", "png", "--dpi", "30", "--only", "3", "6"]) == 0
+    assert main(["--results", str(tmp_path / "empty")]) == 1
+    assert "python -m validation run --profile quick" in capsys.readouterr().out
+
+
+def test_pdf_output(run, tmp_path):
+    from paper_figs.plotdata import save_figure
+
+    pd = fig1_dynamics.data(table(run, "scores"))
+    paths = save_figure(fig1_dynamics.draw(pd), pd, tmp_path, "f", ("pdf",))
+    assert [p.name for p in paths] == ["f.pdf", "f.csv"] and paths[0].read_bytes().startswith(b"%PDF")
+    assert json.dumps(pd.meta)  # the choices behind a figure are plain data
+
+
+def test_cli_run_produces_results_first(tmp_path, monkeypatch, capsys):
+    """``--run quick`` calls the validation run (its last stdout line is the run folder) and the curation
+    commands with the same results root, then draws from the folder the run printed."""
+    from paper_figs import cli
+    from paper_figs.figures import CURATION_COMMANDS
+
+    root = tmp_path / "res"
+    calls = []
+
+    def fake_run(cmd):
+        calls.append(cmd[1:])
+        if cmd[2:4] == ["validation", "run"]:
+            folder = root / "quick-dddddddddd"
+            write_run(folder)
+            return 0, f"progress\n{folder}\n"
+        return 3, ""  # a failing curation command is reported, not fatal
+
+    monkeypatch.setattr(cli, "_run", fake_run)
+    code = main(["--results", str(root), "--run", "quick", "--formats", "png", "--dpi", "30", "--only", "1", "6"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert calls[0] == ["-m", "validation", "run", "--profile", "quick", "--results-dir", str(root)]
+    assert [c[3:] for c in calls[1:]] == [[*a, "--results", str(root)] for a in CURATION_COMMANDS["quick"]]
+    assert (root / "quick-dddddddddd" / "figures" / "fig1_dynamics.png").is_file()
+    assert "exited with status 3" in out and "skipped fig6_curation" in out
