@@ -46,12 +46,12 @@ def ghost_pair(tr: LayerTerm, rf: LayerTerm, g_tr: Tensor, g_rf: Tensor) -> Tens
 
 def lai_flat_gram(tr: LayerTerm, rf: LayerTerm) -> Tensor:
     """abar_i . abar_v of LAI's flattened activation: [n_i, n_v]."""
-    return gram(tr.lai, rf.lai).to(tr.jac.dtype).sum((2, 3, 4))
+    return gram(tr.lai, rf.lai).to(tr.dtype).sum((2, 3, 4))
 
 
 def token_pair_error(tr: LayerTerm, rf: LayerTerm, s_tr: Side, s_rf: Side) -> Tensor:
     """<A^{iv}, B^{iv} - G^{iv}>_F = sum_{t,t'} A_{t,t'} g_i^T (J_{i,t} J_{v,t'}^T - E_{t,t'}) g_v: [n_i, n_v]."""
-    a = gram(tr.left, rf.left)[..., 0].to(tr.jac.dtype)  # [n_i, n_v, T, T']
+    a = gram(tr.left, rf.left)[..., 0].to(tr.dtype)  # [n_i, n_v, T, T']
     b_tr, b_rf = tr.output_grads(s_tr.g)[:, 0], rf.output_grads(s_rf.g)[:, 0]  # [n, T, q]
     bb = torch.einsum("itq,vsq->ivts", b_tr, b_rf)
     g_tr = s_tr.g.reshape(s_tr.n, s_tr.tokens, -1)
@@ -84,8 +84,8 @@ def pairwise_terms(s_tr: Side, s_rf: Side, fn: Callable[[LayerTerm, LayerTerm, S
 
 def _rows(term: LayerTerm, start: int, size: int) -> LayerTerm:
     sl = slice(start, start + size)
-    return LayerTerm(term.name, term.module, term.kind, term.jac[sl], term.left.rows(sl),
-                     None if term.lai is None else term.lai.rows(sl))
+    return LayerTerm(term.name, term.module, term.kind, None if term.jac is None else term.jac[sl],
+                     term.left.rows(sl), None if term.lai is None else term.lai.rows(sl), term.dtype)
 
 
 def _side_rows(side: Side, start: int, size: int) -> Side:

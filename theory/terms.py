@@ -53,7 +53,7 @@ PAIRINGS = ("all_pairs", "aligned")
 class LayerTerm:
     """One layer on one batch.
 
-    ``jac``: [n, F, G, tau, q]; ``left``: Ghost left factor, Dense [n, tau, G, p] or Index [n, tau];
+    ``jac``: [n, F, G, tau, q] (None when built without Jacobians); ``left``: Ghost left factor, Dense [n, tau, G, p] or Index [n, tau];
     ``kind``: ``"token"``, ``"flat"`` or ``"norm"``; ``lai``: for ``"flat"`` the flattened LAI activation
     (Dense [n, 1, 1, m] or a flattened Index), else None (``"token"`` uses ``left``).
     """
@@ -61,9 +61,10 @@ class LayerTerm:
     name: str
     module: nn.Module
     kind: str
-    jac: Tensor
+    jac: Tensor | None
     left: Dense | Index
     lai: Dense | Index | None
+    dtype: torch.dtype
 
     def output_grads(self, g: Tensor) -> Tensor:
         """b_{tau,g} = J_{tau,g}^T g: [n, G, tau, q]."""
@@ -72,7 +73,7 @@ class LayerTerm:
     def token_norms(self) -> Tensor:
         """||x_{i,t}|| for every token of a G = 1 factor: [n, tau]."""
         if isinstance(self.left, Index):
-            return (self.left.ids >= 0).to(self.jac.dtype)
+            return (self.left.ids >= 0).to(self.dtype)
         return self.left.x[:, :, 0, :].norm(dim=-1)
 
     def param_map_norms(self) -> Tensor:
@@ -81,14 +82,14 @@ class LayerTerm:
         if isinstance(self.left, Index):
             ids = self.left.ids
             counts = (ids[:, :, None] == ids[:, None, :]) & (ids >= 0)[:, :, None]
-            return counts.sum(2).amax(1).to(self.jac.dtype).sqrt()
+            return counts.sum(2).amax(1).to(self.dtype).sqrt()
         x = self.left.x.permute(0, 2, 1, 3)  # [n, G, tau, p]
         return torch.linalg.matrix_norm(x, ord=2).amax(1)
 
     def lai_norms(self) -> Tensor:
         """||abar_i|| of the flattened LAI activation: [n]."""
         if isinstance(self.lai, Index):
-            return (self.lai.ids >= 0).sum(1).to(self.jac.dtype).sqrt()
+            return (self.lai.ids >= 0).sum(1).to(self.dtype).sqrt()
         return self.lai.x.reshape(self.lai.x.shape[0], -1).norm(dim=-1)
 
     def param_jacobian(self) -> Tensor:
@@ -96,8 +97,8 @@ class LayerTerm:
         n, f = self.jac.shape[:2]
         if isinstance(self.left, Index):
             ids = self.left.ids
-            onehot = torch.zeros(*ids.shape, self.left.size, dtype=self.jac.dtype, device=ids.device)
-            onehot.scatter_(2, ids.clamp(min=0).unsqueeze(-1), (ids >= 0).unsqueeze(-1).to(self.jac.dtype))
+            onehot = torch.zeros(*ids.shape, self.left.size, dtype=self.dtype, device=ids.device)
+            onehot.scatter_(2, ids.clamp(min=0).unsqueeze(-1), (ids >= 0).unsqueeze(-1).to(self.dtype))
             return torch.einsum("nftq,ntv->nfqv", self.jac[:, :, 0], onehot).reshape(n, f, -1)
         return torch.einsum("nfgtq,ntgp->nfgqp", self.jac, self.left.x).reshape(n, f, -1)
 
@@ -156,10 +157,12 @@ def _padding_ids(module: nn.Embedding, ids: Tensor) -> Tensor:
     return torch.where(ids == module.padding_idx, torch.full_like(ids, -1), ids)
 
 
-def layer_term(name: str, module: nn.Module, inp: Tensor, jac: Tensor, f_tokens: int,
-               token_pairing: str) -> LayerTerm:
-    """Build one layer's ``LayerTerm`` from its input [n, ...] and Jacobian [n, F, *s_shape]."""
-    n, f = jac.shape[:2]
+def layer_term(name: str, module: nn.Module, inp: Tensor, jac: Tensor | None, f_tokens: int,
+               token_pairing: str, dtype: torch.dtype) -> LayerTerm:
+    """Build one layer's ``LayerTerm`` from its input [n, ...] and Jacobian [n, F, *s_shape] (or None)."""
+    n = inp.shape[0]
+    f = jac.shape[1] if jac is not None else 0
+    shape = (lambda *s: jac.reshape(*s)) if jac is not None else (lambda *s: None)
     w_on = trainable(module.weight)
     b_on = trainable(getattr(module, "bias", None))
     if isinstance(module, nn.Linear):
@@ -167,12 +170,12 @@ def layer_term(name: str, module: nn.Module, inp: Tensor, jac: Tensor, f_tokens:
         x = _with_bias(a, a, w_on, b_on).unsqueeze(2)  # [n, T, 1, p]
         t = a.shape[1]
         left: Dense | Index = Dense(x)
-        j = jac.reshape(n, f, 1, t, module.out_features)
+        j = shape(n, f, 1, t, module.out_features)
     elif isinstance(module, nn.Embedding):
         ids = _padding_ids(module, inp.reshape(n, -1))
         t = ids.shape[1]
         left = Index(ids, module.num_embeddings)
-        j = jac.reshape(n, f, 1, t, module.embedding_dim)
+        j = shape(n, f, 1, t, module.embedding_dim)
     elif isinstance(module, CONV_TYPES):
         groups = module.groups
         patches = unfold_conv_input(module, inp)  # [n, P, C_in * K]
@@ -180,23 +183,24 @@ def layer_term(name: str, module: nn.Module, inp: Tensor, jac: Tensor, f_tokens:
         x = patches.reshape(n, p, groups, -1)
         left = Dense(_with_bias(x, x, w_on, b_on))
         q = module.out_channels // groups
-        j = jac.reshape(n, f, groups, q, p).transpose(3, 4)
+        j = None if jac is None else jac.reshape(n, f, groups, q, p).transpose(3, 4)
     else:
         d = math.prod(module.normalized_shape)
         xhat = _norm_xhat(module, inp).reshape(n, -1, d, 1)  # [n, T, d, 1]
         left = Dense(_with_bias(xhat, xhat, w_on, b_on))
-        j = jac.reshape(n, f, -1, d).transpose(2, 3).unsqueeze(-1)  # [n, F, d, T, 1]
-        return LayerTerm(name, module, "norm", j, left, None)
+        j = None if jac is None else jac.reshape(n, f, -1, d).transpose(2, 3).unsqueeze(-1)  # [n, F, d, T, 1]
+        return LayerTerm(name, module, "norm", j, left, None, dtype)
     aligned_tokens = token_pairing == "all_pairs" or f_tokens == 1  # with one token both pairings coincide
     if isinstance(module, CONV_TYPES) or not aligned_tokens or left.tokens != f_tokens:
         act = lai_activation(module, inp)
-        return LayerTerm(name, module, "flat", j, left, act.flatten_tokens())
-    return LayerTerm(name, module, "token", j, left, None)
+        return LayerTerm(name, module, "flat", j, left, act.flatten_tokens(), dtype)
+    return LayerTerm(name, module, "token", j, left, None, dtype)
 
 
 def build_side(model: nn.Module, loss_fn: LossFn, batch: Batch, token_pairing: str = "all_pairs",
-               where: str = "train", chunk_size: int | None = None) -> Side:
-    """Forward capture (layer inputs, f, g) plus per-sample Jacobians of every scored layer for one batch."""
+               where: str = "train", chunk_size: int | None = None, with_jacobians: bool = True) -> Side:
+    """Forward capture (layer inputs, f, g) plus, with ``with_jacobians``, per-sample Jacobians of every scored
+    layer for one batch (``torch.func``; the only part that differentiates through the network)."""
     if token_pairing not in PAIRINGS:
         raise ValueError(f"token_pairing must be one of {PAIRINGS}, got {token_pairing!r}")
     n = check_batch(batch, where)
@@ -205,9 +209,10 @@ def build_side(model: nn.Module, loss_fn: LossFn, batch: Batch, token_pairing: s
     reused = [name for name, calls in cap.calls.items() if len(calls) > 1]
     if reused:
         raise NotImplementedError(f"theory: modules {reused} run more than once per forward pass")
-    jac = jacobians(model, batch[0], {name: modules[name] for name in cap.order}, chunk_size)
+    jac = jacobians(model, batch[0], {name: modules[name] for name in cap.order}, chunk_size) \
+        if with_jacobians else {}
     tokens = cap.f.shape[1] if cap.f.dim() == 3 else 1
     g = cap.g.reshape(n, -1)
-    terms = {name: layer_term(name, modules[name], cap.calls[name][0].inp, jac[name], tokens, token_pairing)
-             for name in cap.order}
+    terms = {name: layer_term(name, modules[name], cap.calls[name][0].inp, jac.get(name), tokens, token_pairing,
+                              g.dtype) for name in cap.order}
     return Side(g, tokens, terms, batch[0])
