@@ -16,6 +16,8 @@ LayerNorm/RMSNorm parameters have no LAI term: their gradient is not an outer pr
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
+
 import torch
 from torch import nn
 
@@ -77,6 +79,26 @@ def lai_blocks(cap: Capture, modules: dict[str, nn.Module], token_pairing: str) 
     return blocks
 
 
+class LazyBlocks(Mapping):
+    """``lai_blocks`` as a mapping that builds a layer's block when it is read and does not keep it, so scoring
+    (``ReferenceSide``) holds one layer's activation factors at a time instead of all of them."""
+
+    def __init__(self, cap: Capture, modules: dict[str, nn.Module], token_pairing: str) -> None:
+        self.cap, self.modules, self.token_pairing = cap, modules, token_pairing
+        self.names = [name for name in cap.order if name in modules]
+
+    def __getitem__(self, name: str) -> Block:
+        if name not in self.modules:
+            raise KeyError(name)
+        return lai_blocks(self.cap, {name: self.modules[name]}, self.token_pairing)[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+
 def lai(model: nn.Module, loss_fn: LossFn, train: Batch, ref: Batch, lr: float, *, layers: str = "all",
         token_pairing: str = "all_pairs", pairwise: bool = False, mode: str = "auto", chunk_size: int | None = None,
         memory_budget: int = DEFAULT_BUDGET) -> InfluenceResult:
@@ -97,14 +119,14 @@ def lai(model: nn.Module, loss_fn: LossFn, train: Batch, ref: Batch, lr: float, 
     if layers == "last":
         name = last_layer(ref_cap, pl.modules)
         modules = {name: modules[name]}
-    side = ReferenceSide(lai_blocks(ref_cap, modules, token_pairing), n_t, pairwise, mode, memory_budget)
+    side = ReferenceSide(LazyBlocks(ref_cap, modules, token_pairing), n_t, pairwise, mode, memory_budget)
     del ref_cap
     chunk = chunk_size or n_t
     chunks, losses, outputs = [], [], None
     for i in range(0, n_t, chunk):
         c = min(chunk, n_t - i)
         cap = capture_forward(model, loss_fn, take(train, slice(i, i + c)), pl.modules, c, "train")
-        chunks.append(side.score(lai_blocks(cap, modules, token_pairing), c, cap.losses))
+        chunks.append(side.score(LazyBlocks(cap, modules, token_pairing), c, cap.losses))
         losses.append(cap.losses)
         outputs = cap.f if c == n_t else None
     result = finish(f"lai[{layers},{token_pairing}]", lr, side, chunks, pairwise, torch.cat(losses))
