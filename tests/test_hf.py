@@ -277,3 +277,34 @@ def test_gpt2_layers_are_all_covered(f64):
     assert len(convs) == 4 * model.config.n_layer
     la = influence.lai(model, loss_fn, train, ref, lr=0.1)
     assert convs <= set(la.per_layer) and torch.isfinite(la.scores).all()
+
+
+# ------------------------------------------------------------------------ examples
+
+
+def _example(name: str):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "examples" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"examples_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_timing_example_runs():
+    times = _example("hf_timing").main(["--repeats", "1", "--batch", "4", "--ref", "3", "--seq-len", "8"])
+    assert set(times) == {"training step", "exact", "ghost", "lai (all layers)", "lai (last layer)",
+                          "tracin (1 checkpoint)"}
+    assert all(t > 0 for t in times.values())
+
+
+def test_curated_finetune_example_runs():
+    res = _example("hf_curated_finetune").main(["--steps", "3", "--warmup", "1", "--batch", "6", "--ref", "4",
+                                                 "--max-len", "24", "--n-embd", "16"])
+    assert set(res) == {"vanilla", "lai"}
+    assert res["vanilla"]["kept_noisy"] == res["vanilla"]["kept_clean"] == 1.0
+    for r in res.values():
+        assert 0.0 <= r["kept_noisy"] <= 1.0 and 0.0 <= r["kept_clean"] <= 1.0
+        assert torch.isfinite(torch.tensor(r["heldout_loss"]))
