@@ -183,7 +183,8 @@ def test_tracin_accepts_state_dict_of_bert(f64):
 # ------------------------------------------------------------------------ masks and losses
 
 
-@pytest.mark.parametrize("family,padding", [c for c in CASES if c != ("bert", "left")])
+@pytest.mark.parametrize("family,padding", [("gpt2", "left"), ("gpt2", "left_pos"), ("gpt_neo", "right"),
+                                            ("bert", "right")])
 def test_masked_tokens_contribute_nothing(f64, family, padding):
     """Rewriting the ids under the attention mask changes no loss and no score of any estimator. (Not BERT
     with left padding: its pooler reads position 0, a pad token there.)"""
@@ -300,6 +301,7 @@ def test_timing_example_runs():
     assert all(t > 0 for t in times.values())
 
 
+@pytest.mark.slow
 def test_curated_finetune_example_runs():
     res = _example("hf_curated_finetune").main(["--steps", "3", "--warmup", "1", "--batch", "6", "--ref", "4",
                                                  "--max-len", "24", "--n-embd", "16"])
