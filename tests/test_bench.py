@@ -80,3 +80,12 @@ def test_atomic_write_replaces(tmp_path):
     bench.atomic_write(p, "1")
     bench.atomic_write(p, "2")
     assert p.read_text() == "2" and os.listdir(tmp_path) == ["x.json"]
+
+
+def test_check_targets_by_cpu_clock_reads_cpu_ratios():
+    rows = [{"estimator": "lai", "ratio_to_forward": 9.0, "cpu_ratio_to_forward": 1.2, "peak_ratio_to_ghost": None}]
+    got = bench.check_targets("cnn", {"costs": {"rows": rows}}, clock="cpu")
+    assert got[0]["met"] is True and got[0]["clock"] == "cpu"
+    assert bench.check_targets("cnn", {"costs": {"rows": rows}})[0]["met"] is False
+    with pytest.raises(ValueError):
+        bench.check_targets("cnn", {}, clock="sundial")

@@ -79,3 +79,21 @@ def test_measure_many_interleaves_and_rows_from_handles_missing_baselines():
     rows = rows_from(got)
     assert all(r["ratio_to_forward"] is None and r["peak_ratio_to_ghost"] is None for r in rows)
     assert got["a"].peak_bytes == 0
+
+
+def test_memory_kept_by_an_earlier_measured_call_is_not_counted_again():
+    from validation.cost import peak_bytes
+    keep = []
+    assert peak_bytes(lambda: keep.append(torch.ones(25_000_000)), settle=False) >= 90 * MB  # 100 MB kept alive
+    assert peak_bytes(lambda: torch.ones(1000).sum()) < 1 * MB
+
+
+def test_cpu_ratios_come_from_cpu_medians():
+    model, train, ref = _small()
+    rows = estimator_costs(model, influence.cross_entropy, train, ref, 0.1, estimators=("lai",), repeats=2,
+                           memory=False)
+    by = {r["estimator"]: r for r in rows}
+    for r in rows:
+        assert r["cpu_median_s"] > 0 and len(r["cpu_times_s"]) == 2
+        assert r["cpu_ratio_to_forward"] == pytest.approx(r["cpu_median_s"] / by["forward"]["cpu_median_s"])
+        assert r["peak_mb"] == 0  # memory=False

@@ -52,6 +52,7 @@ CURATED_LAI_OVER_STEP = 1.2
 CURATED_GHOST_OVER_STEP = 1.6
 SCALING_EXPONENT = 1.15
 BIG_BATCH = 4096
+CLOCKS = ("wall", "cpu")
 
 
 @dataclass
@@ -170,8 +171,8 @@ def _curation_steps(w: Workload, train: Batch, ref: Batch) -> tuple[dict[str, Ca
 
 def _estimator_fn(w: Workload, name: str, train: Batch, ref: Batch, chunk: int | None) -> Callable[[], Any]:
     m, ce, lr = w.model, w.loss_fn, w.lr
-    if name == "exact":
-        return lambda: influence.exact(m, ce, train, ref, lr, chunk_size=chunk or 64).scores
+    if name == "exact":  # exact and tracin keep their own default chunk (per-sample gradients of 64 samples)
+        return lambda: influence.exact(m, ce, train, ref, lr).scores
     if name == "ghost":
         return lambda: influence.ghost(m, ce, train, ref, lr, chunk_size=chunk).scores
     if name == "lai":
@@ -179,8 +180,7 @@ def _estimator_fn(w: Workload, name: str, train: Batch, ref: Batch, chunk: int |
     if name == "lai_last":
         return lambda: influence.lai(m, ce, train, ref, lr, layers="last", chunk_size=chunk).scores
     if name == "tracin_last":
-        return lambda: influence.tracin(m, ce, train, ref, [(m.state_dict(), lr)], last_layer=True,
-                                        chunk_size=chunk or 64).scores
+        return lambda: influence.tracin(m, ce, train, ref, [(m.state_dict(), lr)], last_layer=True).scores
     raise ValueError(f"unknown estimator {name!r}")
 
 
@@ -190,7 +190,7 @@ def costs_section(w: Workload, repeats: int, estimators: tuple[str, ...], curate
     extra, how = _curation_steps(w, train, ref) if curated else ({}, None)
     rows = estimator_costs(w.model, w.loss_fn, train, ref, w.lr, (*estimators, *extra), repeats=repeats,
                            extra=extra)
-    return {"n_train": w.n_train, "n_ref": w.n_ref, "rows": rows, "curated_step": how}
+    return {"n_train": w.n_train, "n_ref": w.n_ref, "rows": rows, "curated_step": how, "loadavg_after": _loadavg()}
 
 
 def scaling_section(w: Workload, sizes: tuple[int, ...], repeats: int,
@@ -199,13 +199,16 @@ def scaling_section(w: Workload, sizes: tuple[int, ...], repeats: int,
     gen = torch.Generator().manual_seed(2)
     ref = w.make(w.n_ref, gen)
     times: dict[str, list[float]] = {e: [] for e in estimators}
+    cpu: dict[str, list[float]] = {e: [] for e in estimators}
     for n in sizes:
         train = w.make(n, gen)
         got = measure_many({e: _estimator_fn(w, e, train, ref, None) for e in estimators}, repeats, 1, memory=False)
         for e in estimators:
             times[e].append(got[e].median_s)
-    exponents = {e: fit_exponent(sizes, t) for e, t in times.items()}
-    return {"sizes": list(sizes), "n_ref": w.n_ref, "median_s": times, "exponent": exponents}
+            cpu[e].append(got[e].cpu_median_s)
+    return {"sizes": list(sizes), "n_ref": w.n_ref, "median_s": times, "cpu_median_s": cpu,
+            "exponent": {e: fit_exponent(sizes, t) for e, t in times.items()},
+            "cpu_exponent": {e: fit_exponent(sizes, t) for e, t in cpu.items()}}
 
 
 def fit_exponent(sizes: tuple[int, ...] | list[int], times: list[float]) -> float:
@@ -216,12 +219,38 @@ def fit_exponent(sizes: tuple[int, ...] | list[int], times: list[float]) -> floa
 
 
 def big_section(w: Workload, n: int, estimators: tuple[str, ...]) -> dict[str, Any]:
-    """Every estimator on an n-sample train batch, in chunks of ``w.big_chunk`` (one timed call, with memory)."""
+    """Every estimator on an n-sample train batch (one timed call, then the memory calls): Ghost and LAI in
+    chunks of ``w.big_chunk`` training samples, Exact and TracIn in their default chunks of 64."""
     gen = torch.Generator().manual_seed(3)
     train, ref = w.make(n, gen), w.make(w.n_ref, gen)
     got = measure_many({e: _estimator_fn(w, e, train, ref, w.big_chunk) for e in estimators}, 1, 0, memory=True)
     return {"n_train": n, "n_ref": w.n_ref, "chunk_size": w.big_chunk,
-            "rows": [{"estimator": e, "median_s": m.median_s, "peak_mb": m.peak_bytes / MB} for e, m in got.items()]}
+            "rows": [{"estimator": e, "median_s": m.median_s, "cpu_median_s": m.cpu_median_s,
+                      "peak_mb": m.peak_bytes / MB} for e, m in got.items()]}
+
+
+def profile_section(w: Workload, estimators: tuple[str, ...], out: Path, rows: int = 15) -> dict[str, Any]:
+    """One call of each estimator under ``torch.profiler``; the top ops by self CPU time go to
+    ``profile_<workload>_<estimator>.txt`` and their names and shares into the report."""
+    from torch.profiler import ProfilerActivity, profile
+
+    gen = torch.Generator().manual_seed(1)
+    train, ref = w.make(w.n_train, gen), w.make(w.n_ref, gen)
+    summary = {}
+    for e in estimators:
+        fn = _estimator_fn(w, e, train, ref, None)
+        fn()
+        with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+            fn()
+        avgs = prof.key_averages(group_by_input_shape=True)
+        atomic_write(out / f"profile_{w.name}_{e}.txt",
+                     avgs.table(sort_by="self_cpu_time_total", row_limit=rows, max_name_column_width=40,
+                                max_shapes_column_width=80))
+        total = sum(a.self_cpu_time_total for a in avgs) or 1.0
+        top = sorted(avgs, key=lambda a: a.self_cpu_time_total, reverse=True)[:rows]
+        summary[e] = [{"op": a.key, "shapes": str(a.input_shapes)[:120], "share": a.self_cpu_time_total / total}
+                      for a in top]
+    return summary
 
 
 # -------------------------------------------------------------------------------------------------- targets
@@ -230,35 +259,40 @@ def _row(rows: list[dict[str, Any]], name: str) -> dict[str, Any] | None:
     return next((r for r in rows if r["estimator"] == name), None)
 
 
-def check_targets(workload: str, section: dict[str, Any]) -> list[dict[str, Any]]:
-    """The issue's targets for one workload: [{"target", "value", "bound", "met"}] (value None = not measured)."""
+def check_targets(workload: str, section: dict[str, Any], clock: str = "wall") -> list[dict[str, Any]]:
+    """The issue's targets for one workload: [{"target", "value", "bound", "met", "clock"}] (value None = not
+    measured). ``clock``: ``"wall"`` (wall-clock medians) or ``"cpu"`` (process CPU time medians)."""
+    if clock not in CLOCKS:
+        raise ValueError(f"clock must be one of {CLOCKS}, got {clock!r}")
+    pre = "" if clock == "wall" else "cpu_"
     out = []
 
-    def add(target: str, value: float | None, bound: float, upper: bool = True) -> None:
+    def add(target: str, value: float | None, bound: float, upper: bool = True, by: str | None = clock) -> None:
         met = None if value is None else (value <= bound if upper else value >= bound)
-        out.append({"target": target, "value": value, "bound": bound, "upper": upper, "met": met})
+        out.append({"target": target, "value": value, "bound": bound, "upper": upper, "met": met, "clock": by})
 
     rows = section.get("costs", {}).get("rows", [])
     lai, ghost, exact = _row(rows, "lai"), _row(rows, "ghost"), _row(rows, "exact")
     if lai:
-        add("lai time / forward(train+ref)", lai["ratio_to_forward"], LAI_OVER_FORWARD)
-        add("lai peak / ghost peak", lai["peak_ratio_to_ghost"], LAI_PEAK_OVER_GHOST)
+        add("lai time / forward(train+ref)", lai[f"{pre}ratio_to_forward"], LAI_OVER_FORWARD)
+        add("lai peak / ghost peak", lai["peak_ratio_to_ghost"], LAI_PEAK_OVER_GHOST, by=None)
     if ghost:
-        add("ghost time / forward+backward(train+ref)", ghost["ratio_to_forward_backward"],
+        add("ghost time / forward+backward(train+ref)", ghost[f"{pre}ratio_to_forward_backward"],
             GHOST_OVER_FORWARD_BACKWARD)
     if ghost and exact and workload in GHOST_OVER_EXACT:
-        add("exact time / ghost time", exact["median_s"] / ghost["median_s"], GHOST_OVER_EXACT[workload], upper=False)
+        add("exact time / ghost time", exact[f"{pre}median_s"] / ghost[f"{pre}median_s"], GHOST_OVER_EXACT[workload],
+            upper=False)
     for key, bound in (("curated_lai", CURATED_LAI_OVER_STEP), ("curated_ghost", CURATED_GHOST_OVER_STEP)):
         r = _row(rows, key)
         if r:
-            add(f"{key} step / vanilla step", r["ratio_to_train_step"], bound)
-    for est, k in section.get("scaling", {}).get("exponent", {}).items():
+            add(f"{key} step / vanilla step", r[f"{pre}ratio_to_train_step"], bound)
+    for est, k in section.get("scaling", {}).get(f"{pre}exponent", {}).items():
         add(f"{est} scaling exponent in n_train", k, SCALING_EXPONENT)
     big = section.get("big")
     if big:
         for r in big["rows"]:
-            add(f"{r['estimator']} scores n={big['n_train']} (peak MB)", r["peak_mb"],
-                _total_memory_mb(), upper=True)
+            add(f"{r['estimator']} scores n={big['n_train']} (peak MB <= machine memory)", r["peak_mb"],
+                _total_memory_mb(), by=None)
     return out
 
 
@@ -271,11 +305,20 @@ def _total_memory_mb() -> float:
         return math.inf
 
 
+def _loadavg() -> list[float] | None:
+    """1/5/15-minute load averages: on a shared machine, other processes slow every row (ratios stay fairer
+    because the timed calls are interleaved)."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except (OSError, AttributeError):
+        return None
+
+
 def environment() -> dict[str, Any]:
     env = {"python": sys.version.split()[0], "torch": torch.__version__, "numpy": np.__version__,
            "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "machine": platform.machine(),
            "platform": platform.platform(), "processor": platform.processor() or None,
-           "memory_gb": round(_total_memory_mb() / 1024, 1), "device": "cpu"}
+           "memory_gb": round(_total_memory_mb() / 1024, 1), "device": "cpu", "loadavg": _loadavg()}
     try:
         from importlib.metadata import version
         env["lai"] = version("lai")
@@ -292,38 +335,49 @@ def _fmt(x: float | None, spec: str = ".2f") -> str:
 
 def render(report: dict[str, Any]) -> str:
     env = report["environment"]
+    clock = report["args"].get("clock", "wall")
+    pre = "" if clock == "wall" else "cpu_"
     lines = [f"lai bench  {report['started']}  torch {env['torch']}  numpy {env['numpy']}  python {env['python']}",
              f"machine: {env['platform']} ({env['machine']}), {env['cpu_count']} CPUs, {env['memory_gb']} GB, "
-             f"threads {env['threads']}, device {env['device']}, repeats {report['args']['repeats']}"]
+             f"threads {env['threads']}, device {env['device']}, repeats {report['args']['repeats']}, "
+             f"load average at start {env.get('loadavg')}"]
     for name, sec in report["workloads"].items():
         costs = sec.get("costs")
         lines.append("")
         lines.append(f"== {name}: {sec['meta'].get('model', '')}")
         if costs:
             lines.append(f"   train {costs['n_train']} / ref {costs['n_ref']}"
-                         + (f"; curated steps: {costs['curated_step']}" if costs.get("curated_step") else ""))
-            lines.append(f"   {'estimator':<17}{'median ms':>11}{'peak MB':>10}{'x forward':>11}{'x fwd+bwd':>11}"
-                         f"{'x train step':>14}{'peak/ghost':>12}")
+                         + (f"; curated steps: {costs['curated_step']}" if costs.get("curated_step") else "")
+                         + f"; load average after {costs.get('loadavg_after')}")
+            lines.append(f"   ratios by {clock} time")
+            lines.append(f"   {'estimator':<17}{'wall ms':>10}{'cpu ms':>10}{'peak MB':>10}{'x forward':>11}"
+                         f"{'x fwd+bwd':>11}{'x train step':>14}{'peak/ghost':>12}")
             for r in costs["rows"]:
-                lines.append(f"   {r['estimator']:<17}{r['median_s'] * 1e3:>11.2f}{r['peak_mb']:>10.1f}"
-                             f"{_fmt(r['ratio_to_forward']):>11}{_fmt(r['ratio_to_forward_backward']):>11}"
-                             f"{_fmt(r['ratio_to_train_step']):>14}{_fmt(r['peak_ratio_to_ghost']):>12}")
+                lines.append(f"   {r['estimator']:<17}{r['median_s'] * 1e3:>10.2f}{r.get('cpu_median_s', 0) * 1e3:>10.2f}"
+                             f"{r['peak_mb']:>10.1f}{_fmt(r[pre + 'ratio_to_forward']):>11}"
+                             f"{_fmt(r[pre + 'ratio_to_forward_backward']):>11}"
+                             f"{_fmt(r[pre + 'ratio_to_train_step']):>14}{_fmt(r['peak_ratio_to_ghost']):>12}")
         sc = sec.get("scaling")
         if sc:
             lines.append(f"   scaling in n_train (ref {sc['n_ref']}): sizes {sc['sizes']}")
-            for e, ts in sc["median_s"].items():
-                lines.append(f"   {e:<17} exponent {sc['exponent'][e]:.3f}   ms: "
+            for e, ts in sc[pre + "median_s"].items():
+                lines.append(f"   {e:<17} exponent {sc[pre + 'exponent'][e]:.3f}   {clock} ms: "
                              + " ".join(f"{t * 1e3:.1f}" for t in ts))
+        for e, top in sec.get("profile", {}).items():
+            lines.append(f"   profile {e} (share of self CPU time): "
+                         + ", ".join(f"{t['op']} {t['share']:.0%}" for t in top[:6]))
         big = sec.get("big")
         if big:
             lines.append(f"   n_train {big['n_train']} (chunks of {big['chunk_size']}), ref {big['n_ref']}:")
             for r in big["rows"]:
-                lines.append(f"   {r['estimator']:<17}{r['median_s']:>9.2f} s{r['peak_mb']:>10.1f} MB")
+                lines.append(f"   {r['estimator']:<17}{r['median_s']:>9.2f} s wall{r.get('cpu_median_s', 0):>9.2f} s cpu"
+                             f"{r['peak_mb']:>10.1f} MB")
         lines.append("   targets:")
         for t in sec.get("targets", []):
             mark = {True: "MET", False: "MISSED", None: "n/a"}[t["met"]]
             op = "<=" if t["upper"] else ">="
-            lines.append(f"   [{mark:>6}] {t['target']}: {_fmt(t['value'], '.3f')} {op} {_fmt(t['bound'], '.3g')}")
+            lines.append(f"   [{mark:>6}] {t['target']}: {_fmt(t['value'], '.3f')} {op} {_fmt(t['bound'], '.3g')}"
+                         + (f"  ({t['clock']})" if t.get("clock") else ""))
     return "\n".join(lines) + "\n"
 
 
@@ -359,9 +413,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--scaling-estimators", default="ghost,lai,exact", help="estimators timed for the scaling fit")
     p.add_argument("--big", action="store_true", help=f"score a {BIG_BATCH}-sample batch with every estimator")
     p.add_argument("--big-n", type=int, default=BIG_BATCH, help=argparse.SUPPRESS)
+    p.add_argument("--profile", action="store_true",
+                   help="also profile ghost and lai once per workload (tables saved next to bench.json)")
     p.add_argument("--no-curated", action="store_true", help="skip the curated training steps")
     p.add_argument("--tiny", action="store_true", help="tiny models and batches (seconds; for tests)")
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch.set_num_threads (default: torch's choice; use 1 on a machine shared with other jobs)")
+    p.add_argument("--clock", default="wall", choices=CLOCKS,
+                   help="time the ratios and targets use: wall (default) or process CPU time (robust on a shared "
+                        "machine with --threads 1)")
     p.add_argument("--out", default=None, help="results folder (default results/bench/<timestamp>)")
     p.add_argument("--resume", action="store_true", help="keep finished sections of an existing --out/bench.json")
     p.add_argument("--seed", type=int, default=0)
@@ -405,6 +465,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             sizes = w.sizes if args.sizes == "default" else tuple(int(s) for s in _split(args.sizes))
             todo.append(("scaling", lambda s=sizes: scaling_section(w, s, max(3, args.repeats // 2),
                                                                      scaling_estimators)))
+        if args.profile:
+            todo.append(("profile", lambda: profile_section(w, ("ghost", "lai"), out)))
         if args.big:
             n_big = min(args.big_n, 64) if args.tiny else args.big_n
             todo.append(("big", lambda n=n_big: big_section(w, n, estimators)))
@@ -413,9 +475,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 continue
             print(f"[bench] {name}: {key} ...", file=sys.stderr, flush=True)
             sec[key] = run()
-            sec["targets"] = check_targets(name, sec)
+            sec["targets"] = check_targets(name, sec, args.clock)
             save(report, out)
-        sec["targets"] = check_targets(name, sec)
+        sec["targets"] = check_targets(name, sec, args.clock)
         save(report, out)
     text = render(report)
     print(text, end="")

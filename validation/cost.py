@@ -6,8 +6,9 @@ calls) and then measures the peak extra memory of one more call:
 * CUDA: ``torch.cuda.max_memory_allocated()`` after ``reset_peak_memory_stats()``, minus the memory allocated
   before the call;
 * CPU: the allocation events of ``torch.profiler`` (``profile_memory=True``). Every event carries the running
-  total of bytes allocated since profiling started, so the peak extra memory is the largest running total
-  (0 if the call only frees). This is measured from the allocator, not estimated, but it sees tensor storage
+  total of bytes the profiler has seen allocated, so the peak extra memory is the largest running total minus
+  the total just before the call's first event (0 if the call only frees). The measured call is the second
+  of two profiled calls (``cpu_peak_bytes``). This is measured from the allocator, not estimated, but it sees tensor storage
   only (not Python objects or the allocator's caches), and the profiler slows the call, so the memory call is
   never one of the timed ones.
 
@@ -21,7 +22,7 @@ import copy
 import gc
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 import torch
@@ -37,12 +38,16 @@ ESTIMATORS = ("forward", "train_step", "exact", "ghost", "lai", "lai_last", "tra
 
 @dataclass
 class Measurement:
-    """Median wall time (s) over ``times_s`` and peak extra memory (bytes) of one call."""
+    """Median wall time (s) over ``times_s`` and peak extra memory (bytes) of one call; ``cpu_times_s`` are the
+    process CPU times of the same calls (``time.process_time``: all threads, so with several threads it also
+    counts their spin-waiting; with one thread it is robust to other processes sharing the machine)."""
 
     name: str
     median_s: float
     times_s: list[float]
     peak_bytes: int
+    cpu_median_s: float = 0.0
+    cpu_times_s: list[float] = field(default_factory=list)
 
 
 def _on_cuda() -> bool:
@@ -62,19 +67,33 @@ def _walk(nodes: Iterable[Any]) -> Iterable[Any]:
         stack.extend(node.children)
 
 
-def cpu_peak_bytes(fn: Callable[[], Any]) -> int:
-    """Peak bytes of CPU tensor storage allocated by one call of ``fn`` beyond what was allocated before it."""
+def cpu_peak_bytes(fn: Callable[[], Any], settle: bool = True) -> int:
+    """Peak bytes of CPU tensor storage allocated by one call of ``fn`` beyond what was allocated before it.
+
+    The profiler reports no event for freeing a block allocated while it was off, so state that a call
+    replaces (a training step's ``.grad`` tensors) would look like pure growth; with ``settle`` a first
+    profiled call (not measured) puts that state under the profiler's eyes and the second call is measured.
+    The running total continues across profiling sessions, so the baseline is the total just before the
+    measured call's first event."""
     from torch.profiler import ProfilerActivity, profile
 
+    if settle:
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True):
+            out = fn()
+            del out
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         out = fn()
         del out
-    peak = 0
+    events = []
     for node in _walk(prof.profiler.kineto_results.experimental_event_tree()):
         fields = node.extra_fields
         if type(fields).__name__ == "_ExtraFields_Allocation" and fields.device.type == "cpu":
-            peak = max(peak, int(fields.total_allocated))
-    return peak
+            events.append((node.start_time_ns, int(fields.alloc_size), int(fields.total_allocated)))
+    if not events:
+        return 0
+    events.sort(key=lambda e: e[0])
+    baseline = events[0][2] - events[0][1]
+    return max(0, max(total for _, _, total in events) - baseline)
 
 
 def cuda_peak_bytes(fn: Callable[[], Any]) -> int:
@@ -88,10 +107,22 @@ def cuda_peak_bytes(fn: Callable[[], Any]) -> int:
     return max(0, torch.cuda.max_memory_allocated() - before)
 
 
-def peak_bytes(fn: Callable[[], Any]) -> int:
-    """Peak extra memory of one call of ``fn`` on the device in use (see the module docstring)."""
+def peak_bytes(fn: Callable[[], Any], settle: bool = True) -> int:
+    """Peak extra memory of one call of ``fn`` on the device in use (see the module docstring); on the CPU
+    ``settle`` adds one unmeasured call first (see ``cpu_peak_bytes``)."""
     gc.collect()
-    return cuda_peak_bytes(fn) if _on_cuda() else cpu_peak_bytes(fn)
+    return cuda_peak_bytes(fn) if _on_cuda() else cpu_peak_bytes(fn, settle)
+
+
+def _timed(fn: Callable[[], Any]) -> tuple[float, float]:
+    """(wall seconds, process CPU seconds) of one call."""
+    _sync()
+    c0, t0 = time.process_time(), time.perf_counter()
+    out = fn()
+    _sync()
+    t, c = time.perf_counter() - t0, time.process_time() - c0
+    del out
+    return t, c
 
 
 def measure(fn: Callable[[], Any], name: str, repeats: int = 5, warmup: int = 1, memory: bool = True) -> Measurement:
@@ -101,16 +132,13 @@ def measure(fn: Callable[[], Any], name: str, repeats: int = 5, warmup: int = 1,
         raise ValueError(f"repeats must be >= 1, got {repeats}")
     for _ in range(warmup):
         fn()
-    times = []
+    times, cpu = [], []
     for _ in range(repeats):
-        _sync()
-        t0 = time.perf_counter()
-        out = fn()
-        _sync()
-        times.append(time.perf_counter() - t0)
-        del out
+        t, c = _timed(fn)
+        times.append(t)
+        cpu.append(c)
     peak = peak_bytes(fn) if memory else 0
-    return Measurement(name, statistics.median(times), times, peak)
+    return Measurement(name, statistics.median(times), times, peak, statistics.median(cpu), cpu)
 
 
 def measure_many(fns: dict[str, Callable[[], Any]], repeats: int = 5, warmup: int = 1,
@@ -123,16 +151,14 @@ def measure_many(fns: dict[str, Callable[[], Any]], repeats: int = 5, warmup: in
         for _ in range(warmup):
             fn()
     times: dict[str, list[float]] = {name: [] for name in fns}
+    cpu: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
-            _sync()
-            t0 = time.perf_counter()
-            out = fn()
-            _sync()
-            times[name].append(time.perf_counter() - t0)
-            del out
-    return {name: Measurement(name, statistics.median(times[name]), times[name],
-                              peak_bytes(fn) if memory else 0) for name, fn in fns.items()}
+            t, c = _timed(fn)
+            times[name].append(t)
+            cpu[name].append(c)
+    return {name: Measurement(name, statistics.median(times[name]), times[name], peak_bytes(fn) if memory else 0,
+                              statistics.median(cpu[name]), cpu[name]) for name, fn in fns.items()}
 
 
 def _sgd_step(model: nn.Module, loss_fn: LossFn, batch: Batch, lr: float) -> Callable[[], None]:
@@ -185,9 +211,12 @@ def rows_from(measurements: dict[str, Measurement]) -> list[dict[str, Any]]:
     rows = []
     for name, m in measurements.items():
         row: dict[str, Any] = {"estimator": name, "median_s": m.median_s, "times_s": list(m.times_s),
+                               "cpu_median_s": m.cpu_median_s, "cpu_times_s": list(m.cpu_times_s),
                                "peak_mb": m.peak_bytes / MB, "peak_bytes": m.peak_bytes}
         for b in BASELINES:
             row[f"ratio_to_{b}"] = m.median_s / base[b].median_s if b in base else None
+            row[f"cpu_ratio_to_{b}"] = (m.cpu_median_s / base[b].cpu_median_s
+                                        if b in base and base[b].cpu_median_s > 0 else None)
         row["ratio_time_to_train_step"] = row["ratio_to_train_step"]  # the name used in the issue's contract
         row["peak_ratio_to_ghost"] = (m.peak_bytes / ghost_peak) if ghost_peak else None
         rows.append(row)
@@ -202,7 +231,8 @@ def estimator_costs(model: nn.Module, loss_fn: LossFn, train: Batch, ref: Batch,
 
     Rows: ``{"estimator", "median_s", "times_s", "peak_mb", "peak_bytes", "ratio_to_forward",
     "ratio_to_forward_backward", "ratio_to_train_step", "ratio_time_to_train_step" (same as
-    ratio_to_train_step), "peak_ratio_to_ghost"}``. Baselines: ``forward`` = one forward over train+ref without
+    ratio_to_train_step), "peak_ratio_to_ghost", "cpu_median_s", "cpu_times_s", "cpu_ratio_to_<baseline>"}``
+    (wall-clock ratios; the ``cpu_`` ones use process CPU time, see ``Measurement``). Baselines: ``forward`` = one forward over train+ref without
     grad; ``forward_backward`` = forward + backward of the mean loss over train+ref; ``train_step`` = forward,
     backward and an SGD step on the train batch, on a copy of ``model``. The baselines are always measured
     (the ratios need them) and listed first. Timed calls are interleaved across the rows (``measure_many``).
