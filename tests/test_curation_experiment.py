@@ -11,7 +11,7 @@ from validation.results import read_csv, read_json
 
 def _run(tmp_path, capsys, methods, task="digits-noisy40", extra=()):
     argv = ["--task", task, "--seeds", "1", "--epochs", "1", "--max-train", "256", "--methods", methods,
-            "--results", str(tmp_path), "--no-progress", *extra]
+            "--results", str(tmp_path), "--no-progress", "--timing-steps", "2", *extra]
     assert cli.main(argv) == 0
     return capsys.readouterr().out
 
@@ -36,6 +36,9 @@ def test_comparison_writes_units_steps_and_table_and_resumes(tmp_path, capsys):
     table = read_csv(run / "table.csv")
     assert list(table[0]) == TABLE_COLUMNS and [r["method"] for r in table] == ["vanilla", "lai", "small-loss"]
     assert float(table[0]["time_vs_vanilla"]) == pytest.approx(1.0)
+    timing = read_csv(run / "timing.csv")
+    assert [r["method"] for r in timing] == ["vanilla", "lai", "small-loss"]
+    assert float(timing[0]["time_vs_vanilla"]) == pytest.approx(1.0) and all(float(r["step_ms"]) > 0 for r in timing)
     before = {p: p.stat().st_mtime_ns for p in (run / "units").rglob("*.json")}
     out = _run(tmp_path, capsys, "vanilla,lai,small-loss")
     assert out.count("(done)") == 3

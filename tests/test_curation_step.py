@@ -184,10 +184,9 @@ def test_keep_nothing_raises_or_falls_back(f64):
     assert all(p.grad is None for p in model.parameters())
     info = curation_step(model, CE, None, batch, ref, never, lr=LR, on_empty="keep_all")
     assert info.fallback == "keep_all" and info.kept.all()
-    expected = _kept_mean_grads(_copy := _mlp(), batch, torch.ones(len(batch[1]), dtype=torch.bool))
-    for (n, p) in model.named_parameters():
+    expected = _kept_mean_grads(_mlp(), batch, torch.ones(len(batch[1]), dtype=torch.bool))
+    for n, p in model.named_parameters():
         assert torch.allclose(p.grad, expected[n], rtol=1e-10), n
-    del _copy
 
 
 def test_empty_reference_and_unscorable_models(f64):

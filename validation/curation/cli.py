@@ -16,6 +16,7 @@ import sys
 import torch
 
 from .experiment import format_table, run_comparison
+from .timing import format_timing
 from .methods import METHODS
 from .reference import KINDS
 from .step import ON_EMPTY
@@ -33,7 +34,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--epochs", type=int, help="override the task's epochs")
     ap.add_argument("--batch-size", type=int, help="override the task's batch size")
     ap.add_argument("--lr", type=float, help="override the task's learning rate")
-    ap.add_argument("--max-train", type=int, help="use only the first N training samples (quick runs)")
+    ap.add_argument("--max-train", type=int, help="train on a seeded random subset of N training samples (quick runs)")
     ap.add_argument("--reference", choices=KINDS, help="reference policy (default: the task's, 'fixed')")
     ap.add_argument("--ref-size", type=int, help="reference batch size")
     ap.add_argument("--warmup", type=int, help="steps of plain training before curation starts")
@@ -46,6 +47,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads (default 1: these small models gain nothing from intra-op threads, and "
                          "step times stay comparable on a shared machine)")
+    ap.add_argument("--timing-steps", type=int, default=30,
+                    help="steps of the interleaved per-step timing after the runs (0: skip)")
     ap.add_argument("--no-progress", action="store_true")
     ap.add_argument("--list", action="store_true", help="list tasks and methods, then exit")
     return ap
@@ -70,10 +73,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"unknown methods {unknown}; choose from {', '.join(METHODS)}", file=sys.stderr)
         return 2
     seeds = list(range(args.seed_start, args.seed_start + args.seeds))
-    run, table = run_comparison(spec, methods, seeds, args.results, args.keep_fraction, args.match, args.on_empty,
-                                progress=not args.no_progress)
+    run, table, timing = run_comparison(spec, methods, seeds, args.results, args.keep_fraction, args.match,
+                                        args.on_empty, progress=not args.no_progress, timing_steps=args.timing_steps)
     print(f"\n{spec.name}: {len(seeds)} seeds, {spec.epochs} epochs, run folder {run.root}")
     print(format_table(table))
+    if timing:
+        print(f"time per training step, interleaved over {args.timing_steps} steps (torch threads "
+              f"{torch.get_num_threads()}):")
+        print(format_timing(timing))
     return 0
 
 

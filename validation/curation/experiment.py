@@ -11,7 +11,9 @@ change results, so rerunning the same command resumes the same folder):
     pretrain/seed<s>.pt                      the shared pre-trained weights (fine-tuning tasks)
     table.csv, table.md                      per method: final metric mean and std over seeds (sample std,
                                              ddof=1), kept fraction, noise recall/precision of the drops,
-                                             time per step relative to vanilla
+                                             median step time (from the training runs) relative to vanilla
+    timing.csv, timing.md                    interleaved per-step timing of the methods (``timing``), the
+                                             trustworthy time ratio on a machine shared with other jobs
 
 Batch order depends only on the seed, so every method sees the same batches. Rate-based methods (random,
 small-loss, large-grad, top-k, GREATS) keep the fraction the matched threshold method (default: lai) kept
@@ -36,9 +38,10 @@ from .methods import Method, get_method
 from .reference import ReferencePolicy
 from .step import Curator
 from .tasks import Prepared, TaskSpec, evaluate, prepare
+from .timing import TIMING_COLUMNS, format_timing, time_methods
 
-STEP_COLUMNS = ["epoch", "step", "n", "kept", "loss", "kept_loss", "kept_fraction", "noisy_kept", "noisy_dropped", "score_s",
-                "update_s", "fallback"]
+STEP_COLUMNS = ["epoch", "step", "n", "kept", "loss", "kept_loss", "kept_fraction", "noisy_kept", "noisy_dropped",
+                "score_s", "update_s", "fallback"]
 TABLE_COLUMNS = ["method", "metric", "mean", "std", "n_seeds", "values", "kept_fraction", "noise_recall",
                  "drop_precision", "step_s", "time_vs_vanilla", "fallbacks"]
 SUITE = "curate"
@@ -138,8 +141,10 @@ def _match_fraction(run: RunDir, task: str, seed: int, match: str) -> float:
 
 def run_comparison(spec: TaskSpec, methods: list[str], seeds: list[int], results: str | Path = "results",
                    keep_fraction: float | None = None, match: str = "lai", on_empty: str = "best",
-                   progress: bool = True, log=print) -> tuple[RunDir, list[dict[str, Any]]]:
-    """Run (or resume) every unit; returns the run folder and the table rows (also written there)."""
+                   progress: bool = True, log=print, timing_steps: int = 0
+                   ) -> tuple[RunDir, list[dict[str, Any]], list[dict[str, Any]]]:
+    """Run (or resume) every unit, then (``timing_steps`` > 0) the interleaved timing. Returns the run folder,
+    the table rows and the timing rows (both also written there)."""
     config = run_config(spec, keep_fraction, match, on_empty)
     run = RunDir(Path(results) / SUITE / f"{spec.name}-{config_id(config)}")
     run.init(config)
@@ -167,7 +172,14 @@ def run_comparison(spec: TaskSpec, methods: list[str], seeds: list[int], results
     table = summarize(run, spec.name, methods, seeds)
     atomic_write_csv(run.root / "table.csv", table, TABLE_COLUMNS)
     atomic_write_text(run.root / "table.md", format_table(table))
-    return run, table
+    timing: list[dict[str, Any]] = []
+    if timing_steps > 0:
+        matched = [r["kept_fraction"] for r in table if r["method"] == match]
+        timing = time_methods(prepare(spec, seeds[0]), methods, seeds[0], timing_steps,
+                              keep_fraction=keep_fraction or (matched[0] if matched else 0.5))
+        atomic_write_csv(run.root / "timing.csv", timing, TIMING_COLUMNS)
+        atomic_write_text(run.root / "timing.md", format_timing(timing))
+    return run, table, timing
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -187,7 +199,9 @@ def summarize(run: RunDir, task: str, methods: list[str], seeds: list[int]) -> l
         if not us:
             continue
         mean, std = _mean_std([u["final"] for u in us])
-        avg = lambda k: (sum(u[k] for u in us if u[k] is not None) / max(1, sum(u[k] is not None for u in us)))  # noqa
+        def avg(key: str) -> float | None:
+            vals = [u[key] for u in us if u[key] is not None]
+            return sum(vals) / len(vals) if vals else None
         rel = [u["step_s_median"] / vanilla[u["seed"]] for u in us if u["seed"] in vanilla]
         table.append({"method": m, "metric": us[0]["metric"], "mean": mean, "std": std, "n_seeds": len(us),
                       "values": [u["final"] for u in us], "kept_fraction": avg("kept_fraction"),
@@ -210,7 +224,7 @@ def format_table(table: list[dict[str, Any]]) -> str:
     metric = table[0]["metric"]
     pct = metric == "accuracy"
     head = (f"| method | test {metric} (mean ± std) | seeds | kept | noise dropped (recall) | drops that were noisy "
-            "| step ms | time vs vanilla |")
+            "| step ms (runs) | vs vanilla (runs) |")
     lines = [head, "|" + "---|" * 8]
     for r in table:
         scale = 100 if pct else 1

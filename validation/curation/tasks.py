@@ -53,7 +53,7 @@ class TaskSpec:
     seq_len: int = 64
     pretrain_epochs: int = 0
     doc_mode: str = "shuffle"  # corruption of noisy documents (validation.noise.DOC_MODES)
-    max_train: int | None = None  # use only the first max_train training samples (quick runs, tests)
+    max_train: int | None = None  # a seeded random subset of max_train training samples (quick runs, tests)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -154,8 +154,9 @@ def _prepare_lm(spec: TaskSpec, seed: int) -> Prepared:
 def prepare(spec: TaskSpec, seed: int) -> Prepared:
     """Data, noise and model factory of ``spec`` for ``seed`` (noise, splits and init all depend on it)."""
     prep = _prepare_classification(spec, seed) if spec.kind == "classification" else _prepare_lm(spec, seed)
-    if spec.max_train is not None:
-        keep = slice(0, spec.max_train)
+    if spec.max_train is not None and spec.max_train < len(prep.is_noisy):
+        keep = torch.randperm(len(prep.is_noisy), generator=torch.Generator().manual_seed(seed))[:spec.max_train]
+        keep = keep.sort().values
         prep.train = (prep.train[0][keep], prep.train[1][keep])
         prep.is_noisy = prep.is_noisy[keep]
     return prep
