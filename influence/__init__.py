@@ -11,6 +11,7 @@ Only parameters with ``requires_grad=True`` count.
 
 from .errors import (BatchSizeError, InfluenceError, InPlaceModificationError, LossShapeError, NonFiniteLossError,
                      SharedParameterError, TrainModeBatchNormError, UnsupportedLayerError)
+from . import hf  # transformers is imported only inside its functions
 from .exact import exact
 from .ghost import ghost
 from .lai import lai
@@ -19,7 +20,7 @@ from .result import InfluenceResult
 from .tracin import tracin
 
 __all__ = [
-    "exact", "ghost", "lai", "tracin", "InfluenceResult", "cross_entropy", "mse",
+    "hf", "exact", "ghost", "lai", "tracin", "InfluenceResult", "cross_entropy", "mse",
     "InfluenceError", "UnsupportedLayerError", "TrainModeBatchNormError", "SharedParameterError",
     "LossShapeError", "BatchSizeError", "NonFiniteLossError", "InPlaceModificationError",
 ]

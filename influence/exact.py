@@ -40,6 +40,8 @@ class _Functional:
         values = dict(model.named_parameters())
         values.update(dict(model.named_buffers()))
         if state is not None:
+            persistent = model.state_dict().keys()  # non-persistent buffers are never in a checkpoint
+            state = {**{k: v for k, v in values.items() if k not in persistent}, **state}
             missing = [k for k in values if k not in state]
             if missing:
                 raise KeyError(f"checkpoint lacks entries for {missing[:5]}{'...' if len(missing) > 5 else ''}")

@@ -172,9 +172,6 @@ def test_tracin_on_hf_models(f64):
     assert rel_err(last.scores, influence.lai(model, loss_fn, train, ref, lr=0.1, layers="last").scores) < TOL
 
 
-@pytest.mark.xfail(strict=True, raises=KeyError,
-                   reason="influence.exact(state=...) requires every buffer in the checkpoint, but BERT's position_ids "
-                          "and token_type_ids buffers are non-persistent, so model.state_dict() lacks them")
 def test_tracin_accepts_state_dict_of_bert(f64):
     model, loss_fn, train, ref = make_case("bert", "right")
     influence.tracin(model, loss_fn, train, ref, [(model.state_dict(), 0.1)])
@@ -310,3 +307,13 @@ def test_curated_finetune_example_runs():
     for r in res.values():
         assert 0.0 <= r["kept_noisy"] <= 1.0 and 0.0 <= r["kept_clean"] <= 1.0
         assert torch.isfinite(torch.tensor(r["heldout_loss"]))
+
+
+@pytest.mark.parametrize("family", ["gpt2", "gpt_neo"])
+def test_tracin_last_layer_on_tied_head_is_gradient_of_shared_matrix(f64, family):
+    model, loss_fn, train, ref = make_case(family, "right")
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    tr = influence.tracin(model, loss_fn, train, ref, [(state, 0.1)], last_layer=True)
+    shared = [n for n, p in model.named_parameters() if p is model.lm_head.weight]
+    ex = influence.exact(model, loss_fn, train, ref, lr=0.1, params=shared)
+    assert torch.allclose(tr.scores, ex.scores, rtol=1e-10, atol=0)
