@@ -93,9 +93,6 @@ def draw(pd: PlotData) -> Figure:
         ax_t.set_ylabel(f"{est_label} influence\n(ref.-loss decrease, nats)")
         ax_t.set_yscale("symlog", linthresh=_linthresh(t.array("score")))
         ax_t.set_title(f"{model_label}, seed {m['seed']}: {m['n']} tracked samples", loc="right")
-        handles, labels = ax_t.get_legend_handles_labels()
-        uniq = dict(zip(labels, handles))
-        ax_t.legend([uniq[k] for k in sorted(uniq)], sorted(uniq), loc="best")
         panel_label(ax_t, 0)
         # (b) rank early vs late
         early, late = t.where(step=m["early"]), t.where(step=m["late"])
@@ -120,8 +117,12 @@ def draw(pd: PlotData) -> Figure:
         ax_r.set_aspect("equal", adjustable="box")
         ax_r.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax_r.yaxis.set_major_locator(MaxNLocator(integer=True))
-        ax_r.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))
         panel_label(ax_r, 1)
+        handles: dict[str, Any] = {}
+        for ax in (ax_r, ax_t):  # markers of (b) stand for both panels' colours
+            for h, lab in zip(*ax.get_legend_handles_labels()):
+                handles.setdefault(lab, h)
+        fig.legend(list(handles.values()), list(handles), loc="outside upper center", ncol=len(handles))
     return fig
 
 

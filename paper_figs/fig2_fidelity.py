@@ -14,6 +14,7 @@ from typing import Any, Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import MultipleLocator
 
 from .plotdata import MissingResults, PlotData, mean_std, panel_label
 from .style import DOUBLE, GREY, estimator_style, model_style, new_figure, style
@@ -65,7 +66,7 @@ def draw(pd: PlotData) -> Figure:
         fig = new_figure(DOUBLE, 1.45 * len(targets) + 0.5)
         axes = np.atleast_2d(fig.subplots(len(targets), len(models), sharey=True, squeeze=False))
         lows = t.array("lo")
-        y_low = min(-0.05, float(np.nanmin(lows)) - 0.05) if np.isfinite(lows).any() else -0.05
+        y_low = min(-0.05, float(np.nanmin(lows)) - 0.08) if np.isfinite(lows).any() else -0.05
         for i, target in enumerate(targets):
             for j, model in enumerate(models):
                 ax = axes[i, j]
@@ -80,6 +81,7 @@ def draw(pd: PlotData) -> Figure:
                     ax.plot(x, sub.array("mean"), color=colour, marker=marker, ms=3, label=label, gid=f"mean:{est}")
                 ax.axhline(0.0, color=GREY, lw=0.5, ls=":", zorder=0)
                 ax.set_ylim(y_low, 1.05)
+                ax.yaxis.set_major_locator(MultipleLocator(0.5))
                 if i == 0:
                     ax.set_title(model_style(model)[0])
                 if i == len(targets) - 1:

@@ -140,12 +140,29 @@ def method_style(name: str, index: int = 0) -> tuple[str, str, str]:
     return _lookup(METHODS, name, index)
 
 
-def plain_log_ticks(axis: Any) -> None:
-    """Tick labels of a log axis as plain numbers (0.5, 1, 10, 100) instead of 5 x 10^-1."""
-    from matplotlib.ticker import LogFormatter
+def plain_log_ticks(axis: Any, max_decades: float = 1.6) -> None:
+    """Tick labels of a log axis as plain numbers (0.2, 1, 5, 10) instead of 2 x 10^-1; when the view spans
+    fewer than ``max_decades`` decades the 2x and 5x ticks between decades are labelled too."""
+    import math
 
-    axis.set_major_formatter(LogFormatter())
-    axis.set_minor_formatter(LogFormatter(labelOnlyBase=False))
+    from matplotlib.ticker import Formatter
+
+    class Plain(Formatter):
+        def __init__(self, minor: bool) -> None:
+            self.minor = minor
+
+        def __call__(self, x: float, pos: int | None = None) -> str:
+            if x <= 0:
+                return ""
+            lead = round(x / 10 ** math.floor(math.log10(x) + 1e-9), 6)
+            if self.minor:
+                lo, hi = sorted(self.axis.get_view_interval())
+                if lo <= 0 or math.log10(hi / lo) > max_decades or lead not in (2.0, 5.0):
+                    return ""
+            return f"{x:g}"
+
+    axis.set_major_formatter(Plain(False))
+    axis.set_minor_formatter(Plain(True))
 
 
 @contextlib.contextmanager
