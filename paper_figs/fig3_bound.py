@@ -74,7 +74,7 @@ def draw(pd: PlotData) -> Figure:
     with style():
         fig = new_figure(DOUBLE, 2.45)
         axes = fig.subplots(1, 3 if has_layers else 2,
-                            gridspec_kw={"width_ratios": [1, 1, 1.15] if has_layers else [1, 1]})
+                            gridspec_kw={"width_ratios": [1, 1, 1.3] if has_layers else [1, 1]})
         pts = t.where(lambda r: r["panel"] in BOUNDS)
         both = np.concatenate([pts.array("bound"), pts.array("abs_error")])
         lo, hi = float(both.min()) / 2, float(both.max()) * 2
@@ -90,8 +90,9 @@ def draw(pd: PlotData) -> Figure:
                     label, colour, marker = model_style(model, k)
                     ax.scatter(m.array("bound"), m.array("abs_error"), s=6, color=colour, marker=marker,
                                alpha=0.6, linewidths=0, label=label, gid=f"points:{model}")
-                frac = float(np.mean(sub.array("abs_error") / sub.array("bound")))
-                ax.set_title(f"mean |error|/bound = {frac:.2g}", loc="right", fontsize=SMALL_PT)
+                frac = float(np.median(sub.array("abs_error") / sub.array("bound")))
+                ax.text(0.03, 0.97, f"median |error| / bound\n= {frac:.2g}", transform=ax.transAxes, ha="left",
+                        va="top", fontsize=SMALL_PT)
             else:
                 ax.text(0.5, 0.5, "not available for\nthese architectures", transform=ax.transAxes,
                         ha="center", va="center", color=GREY)
@@ -101,8 +102,12 @@ def draw(pd: PlotData) -> Figure:
             ax.set_xlabel(f"{title} (nats)")
             ax.set_ylabel("measured |Ghost − LAI| (nats)")
             panel_label(ax, i)
-            if i == 0:
-                ax.legend(loc="upper left", markerscale=2, handletextpad=0.2)
+        handles: dict[str, Any] = {}
+        for ax in axes[:2]:
+            for h, lab in zip(*ax.get_legend_handles_labels()):
+                handles.setdefault(lab, h)
+        fig.legend(list(handles.values()), list(handles), loc="outside upper center", ncol=len(handles),
+                   markerscale=2)
         if has_layers:
             _draw_layers(axes[2], t.where(panel="layers"))
             panel_label(axes[2], 2)
@@ -119,13 +124,13 @@ def _draw_layers(ax: Any, t: Table) -> None:
         n_layers = int(m.rows[0]["n_layers"])
         for r in sorted(m.rows, key=lambda r: r["layer_index"]):
             depth = r["layer_index"] / max(n_layers - 1, 1)
-            ax.bar(j, r["share"], bottom=bottom, width=0.7, color=cmap(depth), edgecolor="white", linewidth=0.4,
+            ax.bar(j, r["share"], bottom=bottom, width=0.8, color=cmap(depth), edgecolor="white", linewidth=0.4,
                    gid=f"layer:{model}:{r['layer']}")
             if r["share"] >= 0.12:
                 ax.text(j, bottom + r["share"] / 2, _short(str(r["layer"])), ha="center", va="center",
                         fontsize=SMALL_PT, color="white" if depth < 0.6 else "black")
             bottom += r["share"]
-    ax.set_xticks(range(len(models)), [model_style(m)[0] for m in models], rotation=20)
+    ax.set_xticks(range(len(models)), [model_style(m)[0] for m in models])
     ax.set_ylim(0, 1.0)
     ax.set_ylabel("share of |Ghost − LAI|\n(mean over samples)")
     sm = ScalarMappable(norm=Normalize(0, 1), cmap=cmap)
@@ -134,7 +139,7 @@ def _draw_layers(ax: Any, t: Table) -> None:
     cb.set_label("layer position")
 
 
-def _short(name: str, limit: int = 10) -> str:
+def _short(name: str, limit: int = 8) -> str:
     """A layer name short enough to print inside a bar (the last dotted components that fit)."""
     parts = name.split(".")
     out = parts[-1]

@@ -18,7 +18,7 @@ from typing import Any, Sequence
 from matplotlib.figure import Figure
 
 from .plotdata import MissingResults, PlotData, mean_std, panel_label
-from .style import DOUBLE, method_style, model_style, new_figure, style
+from .style import DATASETS, DOUBLE, METHOD_DASHED, method_style, model_style, new_figure, style
 from .tables import Table
 
 NAME = "curation"
@@ -86,10 +86,11 @@ def data(final: Table, curves: Table | None = None, methods: Sequence[str] | Non
 
 
 def family_title(family: str, info: dict[str, Any]) -> str:
-    """E.g. ``mnist1d, MLP: symmetric label noise``."""
+    """E.g. ``MNIST-1D, MLP: symmetric label noise``."""
     model = model_style(info["model"])[0] if info.get("model") else ""
     noise = NOISE_LABELS.get(info.get("noise") or "", info.get("noise") or "")
-    head = ", ".join(x for x in (info.get("dataset") or family, model) if x)
+    data_name = DATASETS.get(info.get("dataset") or "", info.get("dataset") or family)
+    head = ", ".join(x for x in (data_name, model) if x)
     return f"{head}: {noise}" if noise else head
 
 
@@ -112,7 +113,8 @@ def draw(pd: PlotData) -> Figure:
                     continue
                 label, colour, marker = method_style(method, k)
                 ax.errorbar(m.array("x_plot"), m.array("mean"), yerr=m.array("std"), color=colour, marker=marker,
-                            ms=3.5, lw=0.9, capsize=2, elinewidth=0.8, label=label, gid=f"final:{method}")
+                            ms=3.5, lw=0.9, capsize=2, elinewidth=0.8, label=label, gid=f"final:{method}",
+                            ls="--" if method in METHOD_DASHED else "-")
             levels = info["levels"]
             ax.set_xticks(levels, [f"{v:g}" for v in levels])
             span = (max(levels) - min(levels)) or 10.0
@@ -133,7 +135,7 @@ def draw(pd: PlotData) -> Figure:
                     ax.fill_between(x, m.array("lo"), m.array("hi"), color=colour, alpha=0.15, lw=0,
                                     gid=f"band:{method}")
                     ax.plot(x, m.array("mean"), color=colour, marker=marker, ms=3, lw=1.0, label=label,
-                            gid=f"curve:{method}")
+                            gid=f"curve:{method}", ls="--" if method in METHOD_DASHED else "-")
                 if len(ct):
                     ax.set_title(f"{ct.rows[0]['noise_pct']:g} % noise", loc="right")
                     epochs = sorted(set(ct.values("x")))

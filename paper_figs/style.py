@@ -130,9 +130,12 @@ METHODS: dict[str, tuple[str, str, str]] = {
     "lai-greats": ("LAI-GREATS", OKABE_ITO["purple"], "X"),
     "greats": ("GREATS", OKABE_ITO["purple"], "*"),
     "random": ("Random drop", OKABE_ITO["orange"], "d"),
-    "small-loss": ("Small loss", OKABE_ITO["yellow"], "h"),
+    "small-loss": ("Small loss", OKABE_ITO["purple"], "h"),
     "large-grad": ("Large gradient", OKABE_ITO["green"], "p"),
 }
+#: Baselines (and top-k variants) are dashed so that methods sharing a colour stay apart.
+METHOD_DASHED = frozenset({"random", "small-loss", "large-grad", "lai-topk", "ghost-topk", "greats"})
+DATASETS = {"mnist1d": "MNIST-1D", "digits": "digits 8×8", "pydoc": "pydoc text"}
 
 
 def method_style(name: str, index: int = 0) -> tuple[str, str, str]:
@@ -182,4 +185,4 @@ def new_figure(width: float = SINGLE, height: float | None = None) -> Figure:
 
 __all__ = ["SINGLE", "DOUBLE", "FONT_PT", "SMALL_PT", "RC", "OKABE_ITO", "CYCLE", "MARKERS", "GREY",
            "NOISY_COLOR", "CLEAN_COLOR", "NOISY_MARKER", "CLEAN_MARKER", "ESTIMATORS", "MODELS", "WIDTH_UNITS",
-           "MODEL_WIDTH_KEY", "METHODS", "estimator_style", "model_style", "method_style", "plain_log_ticks", "style", "new_figure"]
+           "MODEL_WIDTH_KEY", "METHODS", "METHOD_DASHED", "DATASETS", "estimator_style", "model_style", "method_style", "plain_log_ticks", "style", "new_figure"]

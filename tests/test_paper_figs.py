@@ -28,9 +28,9 @@ NOISY = {7, 23}
 
 # ------------------------------------------------------------------------------------- result files
 
-def _scores_rows(rng: np.random.Generator) -> list[dict]:
+def _scores_rows(rng: np.random.Generator, models: tuple[str, ...] = MODELS) -> list[dict]:
     rows = []
-    for model in MODELS:
+    for model in models:
         for seed in (0, 1):
             for step in STEPS:
                 for est in ("exact", "ghost", "lai", "lai_last"):
@@ -40,9 +40,9 @@ def _scores_rows(rng: np.random.Generator) -> list[dict]:
     return rows
 
 
-def _fidelity_rows(rng: np.random.Generator) -> list[dict]:
+def _fidelity_rows(rng: np.random.Generator, models: tuple[str, ...] = MODELS) -> list[dict]:
     rows = []
-    for model in MODELS:
+    for model in models:
         for seed in (0, 1, 2):
             for step in STEPS:
                 for target in ("exact", "counterfactual"):
@@ -56,9 +56,9 @@ def _fidelity_rows(rng: np.random.Generator) -> list[dict]:
     return rows
 
 
-def _bound_rows(rng: np.random.Generator) -> tuple[list[dict], list[dict]]:
+def _bound_rows(rng: np.random.Generator, models: tuple[str, ...] = MODELS) -> tuple[list[dict], list[dict]]:
     rows, layers = [], []
-    for model in MODELS:
+    for model in models:
         for step in STEPS[:2]:
             for j, s in enumerate(SAMPLES):
                 bound = float(rng.uniform(0.1, 2.0)) * 10.0 ** -j
@@ -77,10 +77,10 @@ def _bound_rows(rng: np.random.Generator) -> tuple[list[dict], list[dict]]:
     return rows, layers
 
 
-def _cost_rows(rng: np.random.Generator) -> list[dict]:
+def _cost_rows(rng: np.random.Generator, models: tuple[str, ...] = MODELS) -> list[dict]:
     rows = []
     widths = {"mlp": (16, 32), "cnn1d": (4, 8), "transformer": (8, 16)}
-    for model in MODELS:
+    for model in models:
         for w in widths[model]:
             for b in (8, 16, 32):
                 for est in ("forward", "forward_backward", "train_step", "exact", "ghost", "lai", "lai_last",
@@ -93,12 +93,13 @@ def _cost_rows(rng: np.random.Generator) -> list[dict]:
     return rows
 
 
-def write_run(folder: Path, seed: int = 0, skip: tuple[str, ...] = ()) -> dict[str, list[dict]]:
+def write_run(folder: Path, seed: int = 0, skip: tuple[str, ...] = (),
+              models: tuple[str, ...] = MODELS) -> dict[str, list[dict]]:
     """A validation run folder with every table (except ``skip``), in the validation writer's format."""
     rng = np.random.default_rng(seed)
-    bound, layers = _bound_rows(rng)
-    tables = {"scores": _scores_rows(rng), "fidelity": _fidelity_rows(rng), "bound": bound,
-              "bound_layers": layers, "cost": _cost_rows(rng)}
+    bound, layers = _bound_rows(rng, models)
+    tables = {"scores": _scores_rows(rng, models), "fidelity": _fidelity_rows(rng, models), "bound": bound,
+              "bound_layers": layers, "cost": _cost_rows(rng, models)}
     for name, rows in tables.items():
         if name not in skip:
             atomic_write_csv(folder / f"{name}.csv", rows, TABLES[name][1])
@@ -260,6 +261,8 @@ def test_fig3_points_identity_and_layer_shares(run):
                 assert not coll  # transformer: no a-priori bound
                 continue
             assert sorted(map(tuple, coll[0].get_offsets().tolist())) == expect
+        kept = [(r[col], r["abs_error"]) for r in bound if r[col] is not None and r["abs_error"] > 0]
+        assert ax.texts[0].get_text().endswith(f"= {np.median([e / b for b, e in kept]):.2g}")
     assert pd.meta["dropped"] == {"data": 2, "apriori": 2}  # the mlp's zero-error samples (2 steps)
     # per-layer panel: bar heights are the mean shares, stacked in recorded order
     layers = run[1]["bound_layers"]
@@ -375,10 +378,10 @@ def test_fig6_from_curation_units(tmp_path):
 
 def test_cli_draws_every_figure_with_its_data(tmp_path, capsys):
     folder = tmp_path / "results" / "quick-aaaaaaaaaa"
-    write_run(folder)
+    write_run(folder, models=("mlp",))  # one model keeps the layouts small; the figure tests cover several
     write_curation(tmp_path / "results", "mnist1d-noisy20", 0.2, _finals(0.2))
     older = tmp_path / "results" / "quick-bbbbbbbbbb"
-    write_run(older, seed=1)
+    write_run(older, seed=1, models=("mlp",))
     os.utime(older / "summary.json", (1, 1))
     assert newest_run(tmp_path / "results") == folder
     assert main(["--results", str(tmp_path / "results"), "--formats", "png", "--dpi", "30"]) == 0
@@ -398,7 +401,7 @@ def test_cli_draws_every_figure_with_its_data(tmp_path, capsys):
 
 def test_cli_reports_missing_results(tmp_path, capsys):
     folder = tmp_path / "quick-cccccccccc"
-    write_run(folder, skip=("bound", "bound_layers"))
+    write_run(folder, skip=("bound", "bound_layers"), models=("mlp",))
     code = main(["--results", str(folder), "--formats", "png", "--dpi", "30", "--only", "1", "3", "6"])
     out = capsys.readouterr().out
     assert code == 1
@@ -407,7 +410,7 @@ def test_cli_reports_missing_results(tmp_path, capsys):
     assert "python -m validation curate --task mnist1d-noisy20" in out
     assert (folder / "figures" / "fig1_dynamics.png").is_file() and not (folder / "figures" / "fig3_bound.png").exists()
     # only the curated-training figure missing: still exit status 0
-    write_run(folder)
+    write_run(folder, models=("mlp",))
     assert main(["--results", str(folder), "--formats", "png", "--dpi", "30", "--only", "3", "6"]) == 0
     assert main(["--results", str(tmp_path / "empty")]) == 1
     assert "python -m validation run --profile quick" in capsys.readouterr().out
@@ -435,7 +438,7 @@ def test_cli_run_produces_results_first(tmp_path, monkeypatch, capsys):
         calls.append(cmd[1:])
         if cmd[2:4] == ["validation", "run"]:
             folder = root / "quick-dddddddddd"
-            write_run(folder)
+            write_run(folder, models=("mlp",))
             return 0, f"progress\n{folder}\n"
         return 3, ""  # a failing curation command is reported, not fatal
 
