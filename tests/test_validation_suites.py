@@ -10,6 +10,7 @@ import influence
 from validation.profiles import get_profile, model_settings
 from validation.suites import StepContext, bound_step, cost_point, fidelity_step
 from validation.suites.bound import TheoryUnavailable, load_theory
+from validation.suites.runner import bound_context
 from validation.training import build_task, cast_batch, scoring_copy, train
 
 
@@ -124,15 +125,29 @@ def _real_theory():
         pytest.skip(f"theory not available yet: {exc}")
 
 
-@pytest.mark.parametrize("ctx_name", ["mlp_ctx", "lm_ctx"])
-def test_bound_step_with_the_theory_package(ctx_name, request):
-    th = _real_theory()
-    ctx = request.getfixturevalue(ctx_name)
-    step = bound_step(ctx, th)["bound_steps"][0]
+def test_bound_step_with_the_theory_package(mlp_ctx):
+    step = bound_step(mlp_ctx, _real_theory())["bound_steps"][0]
+    assert step["data_available"] == 1 and step["apriori_available"] == 1
     assert step["violations_data"] == 0 and step["violations_apriori"] == 0
     assert step["decomposition_rel_err"] < 1e-8 and step["ghost_vs_exact_rel_err"] < 1e-8
-    assert step["kendall_bound_holds"] == 1
-    assert step["apriori_available"] == (0 if ctx_name == "lm_ctx" else 1)
+    assert step["kendall_bound_holds"] == 1 and step["filter_bound_holds"] == 1
+    assert 0 < step["median_tightness_data"] <= 1 and step["median_tightness_apriori"] <= step["median_tightness_data"]
+
+
+def test_bound_step_on_the_transformer_sub_batch(lm_ctx):
+    """The transformer's bound context (profile's bound_n_score/n_ref/seq_len); the data bound is skipped as in the
+    quick profile (theory.data_bound's Jacobians are costly at a 256-byte vocabulary), the a-priori bound is n/a."""
+    s = model_settings(get_profile("tiny"), "transformer")
+    s.bound_n_score, s.bound_n_ref, s.bound_seq_len = 3, 2, 4
+    sub = bound_context(lm_ctx, s)
+    assert sub.train[0].shape == (3, 4) and sub.ref[1].shape == (2, 4) and sub.ids.tolist() == lm_ctx.ids[:3].tolist()
+    out = bound_step(sub, _real_theory(), data_bound=False)
+    step = out["bound_steps"][0]
+    assert step["data_available"] == 0 and step["apriori_available"] == 0 and step["n"] == 3
+    assert step["violations_data"] == 0 and step["decomposition_rel_err"] < 1e-8
+    assert all(r["data_bound"] is None and r["violation_data"] is None for r in out["bound"])
+    ghost = influence.ghost(sub.model, sub.loss_fn, sub.train, sub.ref, sub.lr).scores
+    assert torch.allclose(torch.tensor([r["ghost"] for r in out["bound"]], dtype=torch.float64), ghost)
 
 
 def test_cost_point_rows():

@@ -36,6 +36,10 @@ class ModelSettings:
     n_ref: size of the clean reference batch (from the test split).
     topk_fraction: k of the top-k overlap as a fraction of n_score.
     cost_widths: widths the cost suite sweeps (the ``width_key`` of model_kw; tuple-valued keys get (w, w)).
+    bound_n_score, bound_n_ref, bound_seq_len: when set, the bound suite scores only the first bound_n_score
+    samples of the scored batch against the first bound_n_ref reference samples, sequences cut to their first
+    bound_seq_len tokens (theory's per-sample Jacobians grow with n * T * (T * vocab) * width).
+    bound_data_bound: compute theory.data_bound (False: recorded as not available).
     """
 
     dataset: str
@@ -51,6 +55,10 @@ class ModelSettings:
     n_ref: int
     topk_fraction: float = 0.1
     cost_widths: tuple[int, ...] = ()
+    bound_n_score: int | None = None
+    bound_n_ref: int | None = None
+    bound_seq_len: int | None = None
+    bound_data_bound: bool = True
 
     def score_steps(self) -> list[int]:
         """Scored steps: ``score_points`` evenly spaced steps in (0, steps], last = steps."""
@@ -67,15 +75,18 @@ def _quick() -> dict[str, Any]:
                              score_points=4, n_score=64, n_ref=128, cost_widths=(64, 128)),
         "cnn1d": ModelSettings("mnist1d", {"n_train": 4000, "n_test": 1000}, {"channels": 16}, "channels",
                                {"kind": "class_dependent", "rate": 0.3}, lr=0.1, batch_size=64, steps=300,
-                               score_points=4, n_score=64, n_ref=128, cost_widths=(8, 16)),
+                               score_points=4, n_score=64, n_ref=128, cost_widths=(8, 16), bound_n_score=32,
+                               bound_n_ref=32),
         "cnn2d": ModelSettings("digits", {"n_test": 360}, {"channels": 8}, "channels",
                                {"kind": "symmetric", "rate": 0.2}, lr=0.1, batch_size=64, steps=300,
-                               score_points=4, n_score=64, n_ref=128, cost_widths=(8, 16)),
+                               score_points=4, n_score=64, n_ref=128, cost_widths=(8, 16), bound_n_score=32,
+                               bound_n_ref=32),
         "transformer": ModelSettings("pydoc", {"seq_len": 32, "val_fraction": 0.1},
                                      {"d_model": 32, "n_layers": 2, "n_heads": 4, "max_len": 32}, "d_model",
                                      {"kind": "documents", "rate": 0.2, "mode": "shuffle_chars"}, lr=0.5,
                                      batch_size=32, steps=200, score_points=4, n_score=32, n_ref=32,
-                                     cost_widths=(16, 32)),
+                                     cost_widths=(16, 32), bound_n_score=8, bound_n_ref=8, bound_seq_len=8,
+                                     bound_data_bound=False),
     }
     return {"seeds": [0], "cost": {"batch_sizes": [16, 64], "repeats": 3, "warmup": 1},
             "models": {k: asdict(v) for k, v in models.items()}}
@@ -89,9 +100,9 @@ def _full() -> dict[str, Any]:
     m["mlp"].update(model_kw={"hidden": (512, 512)}, steps=3000, score_points=10, n_score=256, n_ref=512,
                     cost_widths=(128, 256, 512, 1024))
     m["cnn1d"].update(model_kw={"channels": 32}, steps=3000, score_points=10, n_score=256, n_ref=512,
-                      cost_widths=(16, 32, 64, 128))
+                      cost_widths=(16, 32, 64, 128), bound_n_score=64, bound_n_ref=64)
     m["cnn2d"].update(model_kw={"channels": 16}, steps=2000, score_points=10, n_score=256, n_ref=360,
-                      cost_widths=(8, 16, 32, 64))
+                      cost_widths=(8, 16, 32, 64), bound_n_score=64, bound_n_ref=64)
     m["transformer"].update(data_kw={"seq_len": 64, "val_fraction": 0.1},
                             model_kw={"d_model": 64, "n_layers": 2, "n_heads": 4, "max_len": 64},
                             steps=3000, score_points=10, n_score=128, n_ref=128, cost_widths=(32, 64, 128, 256))

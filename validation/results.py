@@ -27,8 +27,8 @@ bound the theory does not provide for the architecture):
 * ``bound_layers.csv`` — per sample, per layer: model, seed, step, sample, layer, error (that layer's term
   of theory.decomposition), share (= |error_l| / sum_l |error_l|; 0 when the sample's error vanishes).
 * ``bound_steps.csv`` — per scored step: model, seed, step, n, violations_data, violations_apriori,
-  apriori_available, tolerance, median_tightness_data, median_tightness_apriori, ghost_vs_exact_rel_err,
-  decomposition_rel_err, kendall_lai_ghost, kendall_lower_bound, kendall_bound_holds, filter_guaranteed
+  data_available, apriori_available, tolerance, median_tightness_data, median_tightness_apriori,
+  ghost_vs_exact_rel_err, decomposition_rel_err, kendall_lai_ghost, kendall_lower_bound, kendall_bound_holds, filter_guaranteed
   (theory's guaranteed share of samples where keep = score >= 0 agrees between LAI and Ghost), filter_agreement
   (the measured share), filter_bound_holds.
 * ``fidelity.csv`` — per step, estimator and target: model, seed, step, estimator, target
@@ -76,7 +76,7 @@ TABLES: dict[str, tuple[tuple[str, ...], list[str]]] = {
                         "tightness_apriori", "violation_data", "violation_apriori"]),
     "bound_layers": (("bound",), ["model", "seed", "step", "sample", "layer", "error", "share"]),
     "bound_steps": (("bound",), ["model", "seed", "step", "n", "violations_data", "violations_apriori",
-                              "apriori_available", "tolerance", "median_tightness_data",
+                                  "data_available", "apriori_available", "tolerance", "median_tightness_data",
                               "median_tightness_apriori", "ghost_vs_exact_rel_err", "decomposition_rel_err",
                               "kendall_lai_ghost", "kendall_lower_bound", "kendall_bound_holds",
                               "filter_guaranteed", "filter_agreement", "filter_bound_holds"]),

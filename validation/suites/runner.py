@@ -44,6 +44,25 @@ def _training_row(task: Task, step: int, model: torch.nn.Module) -> dict[str, An
             "scored_loss_clean": mean(probe_loss[~noisy]), "scored_loss_noisy": mean(probe_loss[noisy])}
 
 
+def bound_context(ctx: StepContext, settings: ModelSettings) -> StepContext:
+    """``ctx`` itself, or (when the settings ask for it) a context on the first ``bound_n_score`` scored samples,
+    the first ``bound_n_ref`` reference samples and the first ``bound_seq_len`` tokens of every sequence."""
+    k, r, t = settings.bound_n_score, settings.bound_n_ref, settings.bound_seq_len
+    if k is None and r is None and t is None:
+        return ctx
+
+    def cut(batch, n):
+        x, y = batch[0][:n], batch[1][:n]
+        if t is not None and x.dim() == 2 and not x.is_floating_point():
+            x, y = x[:, :t], y[:, :t]
+        return x, y
+
+    k = ctx.n if k is None else min(k, ctx.n)
+    return StepContext(ctx.model_name, ctx.seed, ctx.step, ctx.model, ctx.loss_fn, cut(ctx.train, k),
+                       cut(ctx.ref, r if r is not None else len(ctx.ref[1])), ctx.lr, ctx.ids[:k],
+                       ctx.is_noisy[:k], ctx.checkpoints)
+
+
 def run_training_suites(rd: RunDir, name: str, settings: ModelSettings, seed: int, suites: Iterable[str],
                         device: str = "cpu", progress: bool = True, theory: Any = None,
                         task: Task | None = None) -> dict[str, int]:
@@ -81,7 +100,10 @@ def run_training_suites(rd: RunDir, name: str, settings: ModelSettings, seed: in
                           ckpts)
         training_row = _training_row(task, step, model)
         for suite in todo[step]:
-            tables = bound_step(ctx, theory) if suite == "bound" else fidelity_step(ctx, settings.topk_fraction)
+            if suite == "bound":
+                tables = bound_step(bound_context(ctx, settings), theory, data_bound=settings.bound_data_bound)
+            else:
+                tables = fidelity_step(ctx, settings.topk_fraction)
             tables["training"] = [training_row]
             rd.write_unit(suite, name, f"step{step}", {"suite": suite, "model": name, "seed": seed, "step": step,
                                                        "noise": _noise_summary(task), "tables": tables}, seed)
