@@ -57,6 +57,10 @@ def _run(cmd: list[str]) -> tuple[int, str]:
     return proc.returncode, proc.stdout
 
 
+def _status(code: int) -> str:
+    return f"status {code}" if code >= 0 else f"signal {-code} (killed; out of memory?)"
+
+
 def produce(profile: str, root: Path, extra: Sequence[str] = (), curation: bool = True) -> tuple[Path | None, list[str]]:
     """Run the validation suites (``python -m validation run --profile <profile>``) and the curated-training
     commands of ``CURATION_COMMANDS[profile]`` into ``root``. Returns (run folder, problems)."""
@@ -66,12 +70,12 @@ def produce(profile: str, root: Path, extra: Sequence[str] = (), curation: bool 
     lines = [ln.strip() for ln in out.splitlines() if ln.strip()]
     run = Path(lines[-1]) if lines and Path(lines[-1]).is_dir() else None
     if code != 0 or run is None:
-        problems.append(f"`python -m validation run --profile {profile}` exited with status {code}")
+        problems.append(f"`python -m validation run --profile {profile}` exited with {_status(code)}")
     if curation:
         for args in CURATION_COMMANDS[profile]:
             code, _ = _run([sys.executable, "-m", "validation", "curate", *args, "--results", str(root)])
             if code != 0:
-                problems.append(f"`python -m validation curate {' '.join(args)}` exited with status {code}")
+                problems.append(f"`python -m validation curate {' '.join(args)}` exited with {_status(code)}")
     return run, problems
 
 

@@ -1,6 +1,6 @@
 """Figure 3 — the bound: measured |Ghost − LAI| against the data-dependent bound (a) and the a-priori bound
 (b), one point per scored sample and step, log axes with the identity line (every point must lie on or
-below it); (c) each layer's mean share of the error, per model.
+below it); (c) each layer's mean share of the error, per model (one horizontal stacked bar each).
 
 Inputs: ``bound.csv`` (bound suite: model, seed, step, sample, is_noisy, abs_error, data_bound,
 apriori_bound — empty where the theory gives no a-priori bound for the architecture) and, for (c),
@@ -11,6 +11,8 @@ Plotted data (CSV), one row per drawn mark, ``panel`` says which:
   or bound cannot sit on log axes and are left out; ``meta["dropped"]`` counts them);
 * ``layers``: model, layer, layer_index (execution order as recorded), n_layers, share (mean over samples,
   steps and seeds of |E_l| / sum_l |E_l|), share_std, n (rows averaged).
+
+Models of bound.csv without a value in a panel (e.g. no a-priori bound for attention) are named in it.
 """
 
 from __future__ import annotations
@@ -73,8 +75,8 @@ def draw(pd: PlotData) -> Figure:
     has_layers = bool(len(t.where(panel="layers")))
     with style():
         fig = new_figure(DOUBLE, 2.45)
-        axes = fig.subplots(1, 3 if has_layers else 2,
-                            gridspec_kw={"width_ratios": [1, 1, 1.3] if has_layers else [1, 1]})
+        ratios = [1, 1, 1.5] if has_layers else [1, 1]
+        axes = fig.subplots(1, len(ratios), gridspec_kw={"width_ratios": ratios})
         pts = t.where(lambda r: r["panel"] in BOUNDS)
         both = np.concatenate([pts.array("bound"), pts.array("abs_error")])
         lo, hi = float(both.min()) / 2, float(both.max()) * 2
@@ -96,6 +98,10 @@ def draw(pd: PlotData) -> Figure:
             else:
                 ax.text(0.5, 0.5, "not available for\nthese architectures", transform=ax.transAxes,
                         ha="center", va="center", color=GREY)
+            missing = [model_style(mo)[0] for mo in pd.meta["models"] if mo not in sub.unique("model")]
+            if missing and len(sub):
+                ax.text(0.03, 0.78, "no bound recorded:\n" + ", ".join(missing), transform=ax.transAxes,
+                        ha="left", va="top", fontsize=SMALL_PT, color=GREY)
             ax.set_xlim(lo, hi)
             ax.set_ylim(lo, hi)
             ax.set_aspect("equal", adjustable="box")
@@ -109,45 +115,48 @@ def draw(pd: PlotData) -> Figure:
         fig.legend(list(handles.values()), list(handles), loc="outside upper center", ncol=len(handles),
                    markerscale=2)
         if has_layers:
-            _draw_layers(axes[2], t.where(panel="layers"))
+            _draw_layers(axes[2], t.where(panel="layers"), width_in=0.62 * DOUBLE * ratios[2] / sum(ratios))
             panel_label(axes[2], 2)
     return fig
 
 
-def _draw_layers(ax: Any, t: Table) -> None:
-    """Stacked bar per model: each layer's mean share, first layer at the bottom, coloured by depth."""
+def _draw_layers(ax: Any, t: Table, width_in: float) -> None:
+    """One horizontal stacked bar per model (top to bottom): each layer's mean share, first layer on the left,
+    coloured by depth; a segment is labelled with its layer name when the name fits inside it
+    (``width_in``: approximate width of the axes in inches)."""
     cmap = colormaps[LAYER_CMAP]
     models = t.unique("model")
+    char_in = SMALL_PT / 72 * 0.6  # average glyph width of the sans-serif font
     for j, model in enumerate(models):
         m = t.where(model=model)
-        bottom = 0.0
+        left = 0.0
         n_layers = int(m.rows[0]["n_layers"])
         for r in sorted(m.rows, key=lambda r: r["layer_index"]):
             depth = r["layer_index"] / max(n_layers - 1, 1)
-            ax.bar(j, r["share"], bottom=bottom, width=0.8, color=cmap(depth), edgecolor="white", linewidth=0.4,
-                   gid=f"layer:{model}:{r['layer']}")
-            if r["share"] >= 0.12:
-                ax.text(j, bottom + r["share"] / 2, _short(str(r["layer"])), ha="center", va="center",
-                        fontsize=SMALL_PT, color="white" if depth < 0.6 else "black")
-            bottom += r["share"]
-    ax.set_xticks(range(len(models)), [model_style(m)[0] for m in models])
-    ax.set_ylim(0, 1.0)
-    ax.set_ylabel("share of |Ghost − LAI|\n(mean over samples)")
+            ax.barh(j, r["share"], left=left, height=0.75, color=cmap(depth), edgecolor="white", linewidth=0.4,
+                    gid=f"layer:{model}:{r['layer']}")
+            name = short_layer_name(str(r["layer"]))
+            if (len(name) + 1) * char_in < r["share"] * width_in:
+                ax.text(left + r["share"] / 2, j, name, ha="center", va="center", fontsize=SMALL_PT,
+                        color="white" if depth < 0.6 else "black")
+            left += r["share"]
+    ax.set_yticks(range(len(models)), [model_style(m)[0] for m in models])
+    ax.set_ylim(len(models) - 0.5, -0.5)  # first model on top
+    ax.set_xlim(0, 1.0)
+    ax.set_xlabel("share of |Ghost − LAI| (mean over samples)")
     sm = ScalarMappable(norm=Normalize(0, 1), cmap=cmap)
-    cb = ax.figure.colorbar(sm, ax=ax, ticks=[0, 1], fraction=0.08, pad=0.02)
+    cb = ax.figure.colorbar(sm, ax=ax, ticks=[0, 1], fraction=0.06, pad=0.02)
     cb.ax.set_yticklabels(["first", "last"])
     cb.set_label("layer position")
 
 
-def _short(name: str, limit: int = 8) -> str:
-    """A layer name short enough to print inside a bar (the last dotted components that fit)."""
+CONTAINERS = frozenset({"blocks", "layers", "layer", "h", "model", "transformer", "encoder", "decoder", "net"})
+
+
+def short_layer_name(name: str) -> str:
+    """A layer's module name without a leading container (``blocks.0.attn.qkv`` -> ``0.attn.qkv``)."""
     parts = name.split(".")
-    out = parts[-1]
-    for p in reversed(parts[:-1]):
-        if len(p) + 1 + len(out) > limit:
-            break
-        out = f"{p}.{out}"
-    return out
+    return ".".join(parts[1:]) if len(parts) >= 3 and parts[0] in CONTAINERS else name
 
 
 def figure(bound: Table, layers: Table | None = None) -> Figure:

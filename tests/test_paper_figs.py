@@ -271,9 +271,12 @@ def test_fig3_points_identity_and_layer_shares(run):
         names = list(dict.fromkeys(r["layer"] for r in layers if r["model"] == model))
         assert [b.get_gid().split(":", 2)[2] for b in bars] == names
         means = [np.mean([r["share"] for r in layers if r["model"] == model and r["layer"] == n]) for n in names]
-        np.testing.assert_allclose([b.get_height() for b in bars], means, rtol=1e-12)
-        np.testing.assert_allclose([b.get_y() for b in bars], np.concatenate([[0], np.cumsum(means)[:-1]]), atol=1e-12)
-    assert [t.get_text() for t in ax_l.get_xticklabels()] == ["MLP", "CNN-1D", "Transformer"]
+        np.testing.assert_allclose([b.get_width() for b in bars], means, rtol=1e-12)
+        np.testing.assert_allclose([b.get_x() for b in bars], np.concatenate([[0], np.cumsum(means)[:-1]]), atol=1e-12)
+    assert [t.get_text() for t in ax_l.get_yticklabels()] == ["MLP", "CNN-1D", "Transformer"]
+    assert "share of |Ghost − LAI|" in ax_l.get_xlabel()
+    assert "no bound recorded:\nTransformer" in [t.get_text() for t in ax_a.texts]  # no a-priori bound
+    assert fig3_bound.short_layer_name("blocks.0.attn.qkv") == "0.attn.qkv"
     check_style(fig)
 
 
