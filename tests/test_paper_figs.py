@@ -394,6 +394,9 @@ def test_cli_draws_every_figure_with_its_data(tmp_path, capsys):
         assert (figs / f"{stem}.png").stat().st_size > 0 and f"drawn   {stem}" in out
         assert (figs / f"{stem}.csv").is_file()
     assert not [p for p in figs.iterdir() if p.name.startswith(".")]  # no temporary files left
+    mask = os.umask(0)
+    os.umask(mask)
+    assert {p.stat().st_mode & 0o777 for p in figs.iterdir()} == {0o666 & ~mask}
     assert "6 of 6 figures drawn" in out
     # the CSV is the plotted data: fig2's mean column equals the means drawn from the same results
     csv = Table.read(figs / "fig2_fidelity.csv")
