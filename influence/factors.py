@@ -4,9 +4,16 @@ Every supported parameter block has per-sample gradient  G_i = sum_s sum_t L_{i,
 (one [p, q] matrix for each of G independent groups): s runs over segments (calls of a module, or the
 modules sharing one parameter), t over tokens/positions. A factor is either
 
-* ``Dense``: a tensor [n, T, G, p], or
+* ``Dense``: a tensor [n, T, G, p], optionally followed by a column of ones that is not stored (``ones=True``:
+  the factor is [data, 1], how a bias joins its weight's block);
 * ``Index``: one-hot rows given by integer ids [n, T] into a space of ``size`` (``-1`` = contributes nothing,
-  used for ``padding_idx``); an embedding's weight gradient has an ``Index`` left factor.
+  used for ``padding_idx``); an embedding's weight gradient has an ``Index`` left factor; or
+* ``Patches``: the unfolded input of a convolution, kept as the (padded) input map; its reference matrix is
+  the convolution's weight gradient and its contraction one convolution, so the patches are only unfolded
+  when a Gram or per-sample product needs them.
+
+``.x`` of any dense-like factor is its full tensor [n, T, G, dim] (materialised on demand); the contractions
+below avoid it where they can.
 
 Two ways to get train-reference inner products, chosen per block by estimated cost:
 
@@ -25,38 +32,120 @@ from typing import Callable
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 
 @dataclass
 class Dense:
-    x: Tensor  # [n, T, G, p]
+    """A factor [n, T, G, p] (``data``); with ``ones`` it stands for [data, 1] along the last axis."""
+
+    data: Tensor  # [n, T, G, p]
+    ones: bool = False
+
+    @property
+    def x(self) -> Tensor:
+        """The full factor [n, T, G, dim] (a copy when ``ones``)."""
+        if not self.ones:
+            return self.data
+        return torch.cat([self.data, self.data.new_ones(*self.data.shape[:-1], 1)], -1)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.data.dtype
 
     @property
     def n(self) -> int:
-        return self.x.shape[0]
+        return self.data.shape[0]
 
     @property
     def tokens(self) -> int:
-        return self.x.shape[1]
+        return self.data.shape[1]
 
     @property
     def groups(self) -> int:
-        return self.x.shape[2]
+        return self.data.shape[2]
 
     @property
     def dim(self) -> int:
-        return self.x.shape[3]
+        return self.data.shape[3] + int(self.ones)
 
     def rows(self, index: slice) -> "Dense":
-        return Dense(self.x[index])
+        return Dense(self.data[index], self.ones)
+
+    def with_ones(self) -> "Dense":
+        """[data, 1]: the factor augmented by a column of ones (a bias), without copying."""
+        if self.ones:
+            raise ValueError("factor already carries a ones column")
+        return Dense(self.data, True)
 
     def flatten_tokens(self) -> "Dense":
         """Aligned pairing: all tokens of a sample concatenated into one vector, [n, 1, G, T*p]."""
-        n, t, g, p = self.x.shape
-        return Dense(self.x.permute(0, 2, 1, 3).reshape(n, 1, g, t * p))
+        x = self.x
+        n, t, g, p = x.shape
+        return Dense(x.permute(0, 2, 1, 3).reshape(n, 1, g, t * p))
 
     def expand_tokens(self, t: int) -> "Dense":
-        return Dense(self.x.expand(-1, t, -1, -1))
+        return Dense(self.data.expand(-1, t, -1, -1), self.ones)
+
+
+@dataclass
+class Patches:
+    """Patches of a convolution's input as a factor [n, T = H_out * W_out, G, C_in / G * kh * kw (+1 with
+    ``ones``)], kept as the explicitly padded input map ``inp`` [n, C_in, H, W] (a Conv1d is a Conv2d with
+    H = 1 and kh = 1): ``F.unfold`` order, so the last axis matches the flattened weight [C_out, C_in / G, kh, kw].
+    """
+
+    inp: Tensor
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    dilation: tuple[int, int]
+    n_groups: int
+    ones: bool = False
+
+    @property
+    def out_size(self) -> tuple[int, int]:
+        h, w = self.inp.shape[2:]
+        return tuple((size - d * (k - 1) - 1) // s + 1
+                     for size, k, s, d in zip((h, w), self.kernel, self.stride, self.dilation))
+
+    @property
+    def x(self) -> Tensor:
+        n = self.inp.shape[0]
+        cols = F.unfold(self.inp, self.kernel, dilation=self.dilation, stride=self.stride)  # [n, C*K, P]
+        x = cols.transpose(1, 2).reshape(n, cols.shape[2], self.n_groups, -1)
+        return torch.cat([x, x.new_ones(*x.shape[:-1], 1)], -1) if self.ones else x
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.inp.dtype
+
+    @property
+    def n(self) -> int:
+        return self.inp.shape[0]
+
+    @property
+    def tokens(self) -> int:
+        h, w = self.out_size
+        return h * w
+
+    @property
+    def groups(self) -> int:
+        return self.n_groups
+
+    @property
+    def dim(self) -> int:
+        return self.inp.shape[1] // self.n_groups * self.kernel[0] * self.kernel[1] + int(self.ones)
+
+    def rows(self, index: slice) -> "Patches":
+        return Patches(self.inp[index], self.kernel, self.stride, self.dilation, self.n_groups, self.ones)
+
+    def with_ones(self) -> "Patches":
+        if self.ones:
+            raise ValueError("factor already carries a ones column")
+        return Patches(self.inp, self.kernel, self.stride, self.dilation, self.n_groups, True)
+
+    def dense(self) -> Dense:
+        return Dense(self.x)
 
 
 @dataclass
@@ -89,11 +178,24 @@ class Index:
         return Index(torch.where(self.ids >= 0, self.ids + offset, self.ids), self.size * t)
 
 
-Factor = Dense | Index
+Factor = Dense | Index | Patches
+
+
+def ones_factor(like: Dense | Patches) -> Dense:
+    """A factor of ones [n, T, G, 1] shaped like ``like`` (a bias on its own)."""
+    dtype = like.dtype
+    device = like.data.device if isinstance(like, Dense) else like.inp.device
+    return Dense(torch.ones(like.n, like.tokens, like.groups, 1, dtype=dtype, device=device))
+
+
+def _dense_like(f: Factor) -> Factor:
+    """``Patches`` unfolded into a ``Dense`` factor; other factors unchanged."""
+    return f.dense() if isinstance(f, Patches) else f
 
 
 def gram(a: Factor, b: Factor) -> Tensor:
     """Token-pair inner products [n_a, n_b, T_a, T_b, G]."""
+    a, b = _dense_like(a), _dense_like(b)
     if isinstance(a, Dense) and isinstance(b, Dense):
         return torch.einsum("itgp,vsgp->ivtsg", a.x, b.x)
     if isinstance(a, Index) and isinstance(b, Index):
@@ -145,45 +247,97 @@ def _rows(x: Tensor, g: int) -> Tensor:
     return x[:, :, g, :].reshape(n * t, d)
 
 
-def _dense_matrix(left: Tensor, right: Tensor, weights: Tensor | None) -> Tensor:
-    """sum_i w_i sum_t L_{i,t} (x) R_{i,t} per group, [G, p, q]: one GEMM per group over the n*T rows, the
-    weights applied to the narrower factor."""
-    n, t, groups, p = left.shape
-    q = right.shape[-1]
-    out = torch.empty(groups, p, q, dtype=torch.promote_types(left.dtype, right.dtype), device=left.device)
+def _dense_matrix(left: Dense, right: Dense, weights: Tensor | None) -> Tensor:
+    """sum_i w_i sum_t L_{i,t} (x) R_{i,t} per group, [G, p, q]: one GEMM per group over the n*T rows (the
+    weights applied to the narrower factor); a ones column becomes the (weighted) column sums of the other."""
+    lm, rm, lo, ro = left.data, right.data, left.ones, right.ones
+    n, t, groups, p = lm.shape
+    q = rm.shape[-1]
+    out = torch.empty(groups, p + lo, q + ro, dtype=torch.promote_types(lm.dtype, rm.dtype), device=lm.device)
     w = None if weights is None else weights.to(out.dtype).view(n, 1, 1).expand(n, t, 1).reshape(n * t, 1)
     for g in range(groups):
-        a, b = _rows(left, g), _rows(right, g)
+        a, b = _rows(lm, g), _rows(rm, g)
         if w is not None:
             a, b = (a * w, b) if p <= q else (a, b * w)
-        torch.mm(a.T, b, out=out[g])
+        if not (lo or ro):
+            torch.mm(a.T, b, out=out[g])
+            continue
+        out[g, :p, :q] = a.T @ b
+        if ro:
+            out[g, :p, q] = _rows(lm, g).sum(0) if w is None else _rows(lm, g).T @ w[:, 0]
+        if lo:
+            out[g, p, :q] = _rows(rm, g).sum(0) if w is None else _rows(rm, g).T @ w[:, 0]
+        if lo and ro:
+            out[g, p, q] = n * t if w is None else w.sum()
     return out
 
 
-def _dense_contract(left: Tensor, m: Tensor, right: Tensor) -> Tensor:
+def _dense_contract(left: Dense, m: Tensor, right: Dense) -> Tensor:
     """[n]: sum_{t,g} L_{i,t,g}^T M_g R_{i,t,g}. One GEMM per group maps the wider factor through M (so the
-    product has the narrower width), then a fused multiply-and-sum with the other factor; no per-sample loop
-    and no copy of a factor whose layout already allows row views."""
-    n, t, groups, p = left.shape
-    q = right.shape[-1]
+    product has the narrower width), then a fused multiply-and-sum with the other factor; no per-sample loop,
+    no copy of a factor whose layout already allows row views, and ones columns enter as rows/columns of M."""
+    lm, rm, lo, ro = left.data, right.data, left.ones, right.ones
+    n, t, groups, p = lm.shape
+    q = rm.shape[-1]
     if p > q:  # the GEMM output takes the narrower width
-        left, right, m, p, q = right, left, m.transpose(1, 2), q, p
-    # now p <= q: U = R M^T has width p, multiplied by L
+        lm, rm, lo, ro, p, q, m = rm, lm, ro, lo, q, p, m.transpose(1, 2)
     out = None
     for g in range(groups):
-        u = (_rows(right, g) @ m[g].T).view(n, t, p).mul_(left[:, :, g, :])
-        s = u.sum((1, 2))
+        mg = m[g]  # [p + lo, q + ro]
+        v = _rows(rm, g) @ mg[:, :q].T  # [n*T, p + lo]
+        if ro:
+            v += mg[:, q]
+        if lo:
+            s = (v[:, :p].reshape(n, t, p) * lm[:, :, g, :]).sum((1, 2)) + v[:, p].reshape(n, t).sum(1)
+        else:
+            s = v.view(n, t, p).mul_(lm[:, :, g, :]).sum((1, 2))
         out = s if out is None else out + s
     return out
+
+
+def _conv_grad_map(left: Tensor, patches: Patches) -> Tensor:
+    """A convolution's left factor (its output gradient) [n, T, G, p] as the map [n, G*p, H_out, W_out]."""
+    n, _, g, p = left.shape
+    return left.permute(0, 2, 3, 1).reshape(n, g * p, *patches.out_size)
+
+
+def _conv_matrix(left: Tensor, patches: Patches, weights: Tensor | None) -> Tensor:
+    """sum_i w_i sum_t b_{i,t} (x) patch_{i,t} [G, p, q]: the convolution's weight (and bias) gradient of the
+    output-gradient map, computed by the convolution backward kernel instead of unfolding."""
+    grad = _conv_grad_map(left, patches)
+    if weights is not None:
+        grad = grad * weights.view(-1, 1, 1, 1).to(grad.dtype)
+    g, c_out, c_in = patches.n_groups, grad.shape[1], patches.inp.shape[1]
+    w = torch.nn.grad.conv2d_weight(patches.inp, (c_out, c_in // g, *patches.kernel), grad, stride=patches.stride,
+                                    padding=0, dilation=patches.dilation, groups=g)
+    m = w.reshape(g, c_out // g, -1)
+    if patches.ones:
+        m = torch.cat([m, grad.sum((0, 2, 3)).view(g, c_out // g, 1)], -1)
+    return m
+
+
+def _conv_contract(left: Tensor, m: Tensor, patches: Patches) -> Tensor:
+    """[n]: sum_t b_{i,t}^T M patch_{i,t} as one convolution of the input with M (and M's bias column as the
+    bias), multiplied by the output-gradient map and summed per sample."""
+    grad = _conv_grad_map(left, patches)
+    g, p, q = m.shape
+    q0 = q - int(patches.ones)
+    weight = m[..., :q0].reshape(g * p, patches.inp.shape[1] // g, *patches.kernel)
+    bias = m[..., q0].reshape(g * p) if patches.ones else None
+    y = F.conv2d(patches.inp, weight, bias, stride=patches.stride, padding=0, dilation=patches.dilation, groups=g)
+    return y.mul_(grad).sum((1, 2, 3))
 
 
 def segment_matrix(seg: Segment, weights: Tensor | None = None) -> Tensor:
     """sum_i w_i sum_t L_{i,t} (x) R_{i,t} as [G, p, q] (L oriented so that an Index factor is on the left).
     ``weights`` [n] defaults to ones."""
     left, right, _ = _oriented(seg)
+    if isinstance(right, Patches) and isinstance(left, Dense) and not left.ones:
+        return _conv_matrix(left.data, right, weights)
+    left, right = _dense_like(left), _dense_like(right)
     if isinstance(left, Dense):
-        return _dense_matrix(left.x, right.x, weights)
-    r = right.x if weights is None else right.x * weights.view(-1, 1, 1, 1).to(right.x.dtype)
+        return _dense_matrix(left, right, weights)
+    r = right.x if weights is None else right.x * weights.view(-1, 1, 1, 1).to(right.dtype)
     q = r.shape[-1]
     out = r.new_zeros(left.size, q)
     keep = left.ids >= 0
@@ -194,8 +348,11 @@ def segment_matrix(seg: Segment, weights: Tensor | None = None) -> Tensor:
 def segment_contract(seg: Segment, m: Tensor) -> Tensor:
     """[n]: sum_t L_t^T M R_t for every sample, M [G, p, q] from ``segment_matrix``."""
     left, right, _ = _oriented(seg)
+    if isinstance(right, Patches) and isinstance(left, Dense) and not left.ones:
+        return _conv_contract(left.data, m, right)
+    left, right = _dense_like(left), _dense_like(right)
     if isinstance(left, Dense):
-        return _dense_contract(left.x, m, right.x)
+        return _dense_contract(left, m, right)
     rows = m[0][left.ids.clamp(min=0)]  # [n, T, q]
     rows = rows.mul_((left.ids >= 0).unsqueeze(-1).to(rows.dtype)).mul_(right.x[:, :, 0, :])
     return rows.sum((1, 2))
@@ -204,6 +361,7 @@ def segment_contract(seg: Segment, m: Tensor) -> Tensor:
 def segment_per_sample(seg: Segment) -> Tensor:
     """Materialised per-sample gradient blocks [n, G, p, q]."""
     left, right, _ = _oriented(seg)
+    left, right = _dense_like(left), _dense_like(right)
     if isinstance(left, Dense):
         return torch.einsum("itgp,itgq->igpq", left.x, right.x)
     n, t = left.ids.shape

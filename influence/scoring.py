@@ -32,7 +32,7 @@ def chunked_gram(train: Block, ref: Block, budget: int) -> Tensor:
     tok_t = sum(s.left.tokens for s in train.segments)
     tok_v = sum(s.left.tokens for s in ref.segments)
     groups = max(s.left.groups for s in train.segments)
-    item = train.segments[0].right.x.element_size() if hasattr(train.segments[0].right, "x") else 8
+    item = getattr(train.segments[0].right, "dtype", torch.float64).itemsize
     per_row = max(1, ref.n * tok_t * tok_v * groups * item * 3)
     rows = max(1, budget // per_row)
     return torch.cat([train.rows(slice(i, i + rows)).gram(ref) for i in range(0, train.n, rows)])

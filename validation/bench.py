@@ -223,7 +223,8 @@ def big_section(w: Workload, n: int, estimators: tuple[str, ...]) -> dict[str, A
     chunks of ``w.big_chunk`` training samples, Exact and TracIn in their default chunks of 64."""
     gen = torch.Generator().manual_seed(3)
     train, ref = w.make(n, gen), w.make(w.n_ref, gen)
-    got = measure_many({e: _estimator_fn(w, e, train, ref, w.big_chunk) for e in estimators}, 1, 0, memory=True)
+    got = measure_many({e: _estimator_fn(w, e, train, ref, w.big_chunk) for e in estimators}, 1, 0, memory=True,
+                       settle=False)
     return {"n_train": n, "n_ref": w.n_ref, "chunk_size": w.big_chunk,
             "rows": [{"estimator": e, "median_s": m.median_s, "cpu_median_s": m.cpu_median_s,
                       "peak_mb": m.peak_bytes / MB} for e, m in got.items()]}

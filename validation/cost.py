@@ -142,9 +142,11 @@ def measure(fn: Callable[[], Any], name: str, repeats: int = 5, warmup: int = 1,
 
 
 def measure_many(fns: dict[str, Callable[[], Any]], repeats: int = 5, warmup: int = 1,
-                 memory: bool = True) -> dict[str, Measurement]:
+                 memory: bool = True, settle: bool = True) -> dict[str, Measurement]:
     """``measure`` for several callables with their timed calls interleaved (round robin), so that a slow
-    spell of a shared machine hits every callable alike and ratios between them stay meaningful."""
+    spell of a shared machine hits every callable alike and ratios between them stay meaningful.
+    ``settle=False`` skips the unmeasured profiled call before the memory call (for callables that keep no
+    state between calls)."""
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
     for fn in fns.values():
@@ -157,7 +159,8 @@ def measure_many(fns: dict[str, Callable[[], Any]], repeats: int = 5, warmup: in
             t, c = _timed(fn)
             times[name].append(t)
             cpu[name].append(c)
-    return {name: Measurement(name, statistics.median(times[name]), times[name], peak_bytes(fn) if memory else 0,
+    return {name: Measurement(name, statistics.median(times[name]), times[name],
+                              peak_bytes(fn, settle) if memory else 0,
                               statistics.median(cpu[name]), cpu[name]) for name, fn in fns.items()}
 
 
