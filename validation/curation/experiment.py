@@ -53,7 +53,9 @@ def run_config(spec: TaskSpec, keep_fraction: float | None, match: str, on_empty
 
 
 def _batches(n: int, batch_size: int, epoch: int, seed: int) -> list[Tensor]:
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+    # A stream of its own: seeding with small numbers would replay the noise injection's permutation (seed 0,
+    # epoch 0 gave the same randperm, so the first batches were all noisy).
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(1_000_003 * (seed + 1) + epoch))
     return [perm[i:i + batch_size] for i in range(0, n - batch_size + 1, batch_size)]
 
 
