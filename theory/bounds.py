@@ -42,6 +42,7 @@ from influence.batch import Batch, LossFn
 from influence.losses import cross_entropy
 
 from .decomposition import lai_flat_gram, pairwise_terms
+from .jacobians import single_thread
 from .lipschitz import JacobianBounds, jacobian_norm_bounds
 from .terms import LayerTerm, Side, build_side, layer_modules
 
@@ -65,8 +66,9 @@ def token_epsilons(tr: LayerTerm, rf: LayerTerm, s_tr: Side, s_rf: Side) -> Tens
     x = _token_blocks(tr, s_tr, -1.0)
     y = _token_blocks(rf, s_rf, 1.0)
     if x.shape[-2] > x.shape[-1]:
-        x = torch.linalg.qr(x, mode="r")[1]  # X = Q_X R_X, rows of R_X replace the F rows of X
-        y = torch.linalg.qr(y, mode="r")[1]
+        with single_thread():
+            x = torch.linalg.qr(x, mode="r")[1]  # X = Q_X R_X, rows of R_X replace the F rows of X
+            y = torch.linalg.qr(y, mode="r")[1]
     rows = [spectral_norm(torch.einsum("tfr,vser->vtsfe", x[i], y)) for i in range(x.shape[0])]
     return torch.stack(rows)
 
@@ -75,7 +77,8 @@ def spectral_norm(m: Tensor) -> Tensor:
     """||m||_2 over the last two dims, as sqrt(lambda_max(m m^T)) of the smaller Gram (symmetric eigensolver,
     faster than an SVD on CPU; relative rounding of order machine epsilon)."""
     gram = m @ m.transpose(-1, -2) if m.shape[-2] <= m.shape[-1] else m.transpose(-1, -2) @ m
-    return torch.linalg.eigvalsh(gram)[..., -1].clamp(min=0).sqrt()
+    with single_thread():
+        return torch.linalg.eigvalsh(gram)[..., -1].clamp(min=0).sqrt()
 
 
 def data_pair_bound(tr: LayerTerm, rf: LayerTerm, s_tr: Side, s_rf: Side) -> Tensor:

@@ -40,6 +40,18 @@ def perturbed(modules: dict[str, nn.Module], deltas: dict[str, Tensor]) -> Itera
             h.remove()
 
 
+@contextmanager
+def single_thread() -> Iterator[None]:
+    """Run batched small-matrix LAPACK calls on one thread: they gain nothing from intra-op threads, and on a
+    busy CPU the threaded path of batched eigen/SVD solvers was measured to be hundreds of times slower."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
 def output_shapes(model: nn.Module, inputs: Any, modules: dict[str, nn.Module]) -> dict[str, torch.Size]:
     """Output shape of every module for a batch of one (the first sample); raises if a module runs twice."""
     shapes: dict[str, torch.Size] = {}

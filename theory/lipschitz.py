@@ -47,7 +47,7 @@ from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from influence.batch import call_model, output_tensor
 
-from .jacobians import perturbed
+from .jacobians import perturbed, single_thread
 
 aten = torch.ops.aten
 
@@ -90,7 +90,8 @@ def _spectral(m: Tensor) -> float:
     """Largest singular value (max over leading batch dims)."""
     if m.dim() < 2:
         return float(m.abs().max()) if m.numel() else 0.0
-    return float(torch.linalg.matrix_norm(m.detach(), ord=2).max())
+    with single_thread():
+        return float(torch.linalg.matrix_norm(m.detach(), ord=2).max())
 
 
 def _numel(v: Any) -> int:
@@ -106,9 +107,11 @@ def conv_operator_bound(weight: Tensor, groups: int) -> float:
     c_out = weight.shape[0]
     w = weight.detach().reshape(groups, c_out // groups, weight.shape[1], -1)  # [G, q, c_in/G, K]
     taps = w.permute(3, 0, 1, 2)  # [K, G, q, c_in/G]
-    tap_sum = float(torch.linalg.matrix_norm(taps, ord=2).amax(1).sum())
     k = w.shape[-1]
-    unfolded = math.sqrt(k) * float(torch.linalg.matrix_norm(w.reshape(groups, c_out // groups, -1), ord=2).max())
+    with single_thread():
+        tap_sum = float(torch.linalg.matrix_norm(taps, ord=2).amax(1).sum())
+        unfolded = math.sqrt(k) * float(torch.linalg.matrix_norm(w.reshape(groups, c_out // groups, -1),
+                                                                  ord=2).max())
     return min(tap_sum, unfolded)
 
 
@@ -145,9 +148,9 @@ class _NoRule(Exception):
 
 
 def local_bounds(node: Node, values: dict[Node, Any], variable: set[Node],
-                 used: set[Node] | None = None) -> list[tuple[Node, float]]:
-    """(variable argument, bound on ||d node / d argument||_2) for one call_function node. ``used``: nodes
-    that reach the output (by default every node)."""
+                 reach: dict[Node, float] | None = None) -> list[tuple[Node, float]]:
+    """(variable argument, bound on ||d node / d argument||_2) for one call_function node. ``reach``: the
+    output-sensitivity bounds found so far (a node with bound 0 does not reach the output); default: all do."""
     target = node.target
     var_args = [a for a in node.args if isinstance(a, Node) and a in variable]
     if target is operator.getitem:
@@ -226,7 +229,7 @@ def local_bounds(node: Node, values: dict[Node, Any], variable: set[Node],
         x, _, w, b = node.args[:4]
         if any(isinstance(p, Node) and p in variable for p in (w, b)):
             raise _NoRule(node, "LayerNorm with activation-dependent affine parameters")
-        bad = [u for u in node.users if (used is None or u in used)
+        bad = [u for u in node.users if (reach is None or reach.get(u, 0.0) > 0)
                and (u.target is not operator.getitem or u.args[1] != 0)]
         if bad:
             raise _NoRule(node, "use of LayerNorm's mean/rstd outputs")
@@ -291,7 +294,7 @@ def jacobian_norm_bounds(model: nn.Module, inputs: Any, modules: dict[str, nn.Mo
         if node.op != "call_function" or node not in variable or bound.get(node, 0.0) == 0.0:
             continue
         try:
-            pairs = local_bounds(node, values, variable, {u for u, v in bound.items() if v > 0})
+            pairs = local_bounds(node, values, variable, bound)
         except _NoRule as e:
             layers = sorted(upstream.get(e.node, set()))
             raise NotImplementedError(
