@@ -146,7 +146,8 @@ def test_jacobian_norm_bounds_dominate_measured_norms(f64):
                      (ex.cnn(dim=2, size=9, stride=2, dilation=2, groups=2, activation="leaky_relu"),
                       torch.randn(4, 1, 9, 9)),
                      (ex.residual_ln_mlp(), torch.randn(4, 5))]:
-        mods = {n: m for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.LayerNorm))}
+        types = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.LayerNorm)
+        mods = {n: m for n, m in model.named_modules() if isinstance(m, types)}
         bounds = theory.jacobian_norm_bounds(model, x, mods)
         jac = theory.jacobians(model, x, mods)
         for name, j in jac.items():

@@ -10,12 +10,16 @@ Data-dependent beta_l (the theorem), from per-sample Jacobians computed with ``t
       eps_{t,t'}(i, v) = ||J_{i,t} J_{v,t'}^T - E_{t,t'}||_2,
   which for one token is  ||a_i|| ||a_v|| ||g_i|| ||g_v|| ||J_i J_v^T - I||_2  (a includes the bias 1);
   Cauchy-Schwarz on each (t, t') term of the identity. Exact zero for the output layer (J = I).
-* flattened layers (convolutions; token layers LAI flattens): beta_l = ||g_i|| ||g_v|| ||Theta_l(i,v) - (abar_i.abar_v) I||_2
-  with Theta_l(i, v) = Phi_i Phi_v^T the layer NTK (Phi = d f / d theta_l from J and the unfolded input).
-* LayerNorm/RMSNorm (no LAI term): beta_l = ||g_i|| ||g_v|| ||Theta_l(i, v)||_2 (<= ||g|| ||g'|| ||J|| ||J'|| ||S|| ||S'||).
+* flattened layers (convolutions; token layers LAI flattens):
+  beta_l = ||g_i|| ||g_v|| ||Theta_l(i,v) - (abar_i.abar_v) I||_2 with Theta_l(i, v) = Phi_i Phi_v^T the layer NTK
+  (Phi = d f / d theta_l from J and the unfolded input). No J-form with a separate activation factor exists here
+  because Ghost pairs unfolded patches while LAI pairs the flattened input map.
+* LayerNorm/RMSNorm (no LAI term): beta_l = ||g_i|| ||g_v|| ||Theta_l(i, v)||_2
+  (<= ||g|| ||g'|| ||J|| ||J'|| ||S|| ||S'||).
 
 Valid for every architecture ``theory.decomposition`` covers (attention, LayerNorm, residuals included) and any
-loss; g is the measured loss-to-output gradient.
+loss; g is the measured loss-to-output gradient. LayerNorm/RMSNorm parameters have no LAI term, so their whole
+Ghost term is error and is bounded on its own.
 
 A-priori beta_l replaces every Jacobian by a bound Jhat_l >= ||J^l||_2 from ``theory.lipschitz`` (weights'
 spectral norms and activation Lipschitz constants through the network graph; residual additions sum) and uses

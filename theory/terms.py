@@ -19,7 +19,8 @@ with, per layer type (``x`` is the Ghost left factor):
 LAI's term for the same layer (exactly as ``influence.lai`` with ``token_pairing``):
 
 * kind ``"token"`` (Linear/Embedding whose token count equals f's, with pairing ``"all_pairs"``, or T = 1 for
-  2-D outputs under either pairing): LAI_l(i, v) = sum_{t,t'} A_{t,t'}(i, v) (g_{i,t} . g_{v,t'}), A = K (the same activation Gram);
+  2-D outputs under either pairing): LAI_l(i, v) = sum_{t,t'} A_{t,t'}(i, v) (g_{i,t} . g_{v,t'}),
+  A = K (the same activation Gram);
 * kind ``"flat"`` (convolutions always; Linear/Embedding whose tokens do not match f's, or pairing
   ``"aligned"``): LAI_l(i, v) = (abar_i . abar_v) (g_i . g_v), abar = the flattened LAI activation
   (the input map with one bias 1 for convs; every token's [a, 1] concatenated for Linear; for embeddings
@@ -53,7 +54,8 @@ PAIRINGS = ("all_pairs", "aligned")
 class LayerTerm:
     """One layer on one batch.
 
-    ``jac``: [n, F, G, tau, q] (None when built without Jacobians); ``left``: Ghost left factor, Dense [n, tau, G, p] or Index [n, tau];
+    ``jac``: [n, F, G, tau, q] (None when built without Jacobians); ``left``: Ghost left factor, Dense
+    [n, tau, G, p] or Index [n, tau];
     ``kind``: ``"token"``, ``"flat"`` or ``"norm"``; ``lai``: for ``"flat"`` the flattened LAI activation
     (Dense [n, 1, 1, m] or a flattened Index), else None (``"token"`` uses ``left``).
     """
@@ -162,7 +164,10 @@ def layer_term(name: str, module: nn.Module, inp: Tensor, jac: Tensor | None, f_
     """Build one layer's ``LayerTerm`` from its input [n, ...] and Jacobian [n, F, *s_shape] (or None)."""
     n = inp.shape[0]
     f = jac.shape[1] if jac is not None else 0
-    shape = (lambda *s: jac.reshape(*s)) if jac is not None else (lambda *s: None)
+
+    def shape(*dims: int) -> Tensor | None:
+        return None if jac is None else jac.reshape(*dims)
+
     w_on = trainable(module.weight)
     b_on = trainable(getattr(module, "bias", None))
     if isinstance(module, nn.Linear):
@@ -183,12 +188,12 @@ def layer_term(name: str, module: nn.Module, inp: Tensor, jac: Tensor | None, f_
         x = patches.reshape(n, p, groups, -1)
         left = Dense(_with_bias(x, x, w_on, b_on))
         q = module.out_channels // groups
-        j = None if jac is None else jac.reshape(n, f, groups, q, p).transpose(3, 4)
+        j = None if jac is None else shape(n, f, groups, q, p).transpose(3, 4)
     else:
         d = math.prod(module.normalized_shape)
         xhat = _norm_xhat(module, inp).reshape(n, -1, d, 1)  # [n, T, d, 1]
         left = Dense(_with_bias(xhat, xhat, w_on, b_on))
-        j = None if jac is None else jac.reshape(n, f, -1, d).transpose(2, 3).unsqueeze(-1)  # [n, F, d, T, 1]
+        j = None if jac is None else shape(n, f, -1, d).transpose(2, 3).unsqueeze(-1)  # [n, F, d, T, 1]
         return LayerTerm(name, module, "norm", j, left, None, dtype)
     aligned_tokens = token_pairing == "all_pairs" or f_tokens == 1  # with one token both pairings coincide
     if isinstance(module, CONV_TYPES) or not aligned_tokens or left.tokens != f_tokens:
