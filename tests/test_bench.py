@@ -80,6 +80,7 @@ def test_atomic_write_replaces(tmp_path):
     bench.atomic_write(p, "1")
     bench.atomic_write(p, "2")
     assert p.read_text() == "2" and os.listdir(tmp_path) == ["x.json"]
+    assert p.stat().st_mode & 0o777 == 0o644
 
 
 def test_check_targets_by_cpu_clock_reads_cpu_ratios():
