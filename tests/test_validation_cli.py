@@ -8,11 +8,21 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from validation.__main__ import main as dispatch
 from validation.cli import apply_override, build_parser, make_config, run_main
 from validation.profiles import get_profile
 from validation.results import RunDir, read_csv
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """These tiny models run fastest on one thread (and do not spin when the CI cores are shared)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
 
 ARGS = ["--profile", "tiny", "--model", "mlp", "--no-progress", "--set", "cost.repeats=1",
         "--set", "mlp.cost_widths=[8]"]
@@ -52,7 +62,8 @@ def test_run_folder_holds_report_summary_tables_and_provenance(run):
     prov = json.loads((folder / "provenance.json").read_text())["invocations"][0]
     assert prov["packages"]["torch"] and "commit" in prov["git"]
     config = json.loads((folder / "config.json").read_text())
-    assert config["profile"] == "tiny" and config["cost"]["repeats"] == 1 and config["models"]["mlp"]["cost_widths"] == [8]
+    assert config["profile"] == "tiny" and config["cost"]["repeats"] == 1
+    assert config["models"]["mlp"]["cost_widths"] == [8]
     report = (folder / "report.md").read_text()
     assert "## Checks" in report and "Spearman vs Exact" in report
     steps = get_profile("tiny")["models"]["mlp"]["score_points"]

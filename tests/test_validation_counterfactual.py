@@ -12,6 +12,15 @@ from validation.suites.counterfactual import one_step_counterfactual, per_sample
 from conftest import rel_err
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """These tiny models run fastest on one thread (and do not spin when the CI cores are shared)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 def _by_hand(model, loss_fn, train, ref, lr):
     """n * (L_ref(w_{B-i}) - L_ref(w_B)) with each step taken on a copy of the model by autograd."""
     n = len(train[1])

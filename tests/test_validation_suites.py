@@ -10,8 +10,18 @@ import influence
 from validation.profiles import get_profile, model_settings
 from validation.suites import StepContext, bound_step, cost_point, fidelity_step
 from validation.suites.bound import TheoryUnavailable, load_theory
+from validation.suites.fidelity import TARGETS
 from validation.suites.runner import bound_context
 from validation.training import build_task, cast_batch, scoring_copy, train
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """These tiny models run fastest on one thread (and do not spin when the CI cores are shared)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
 
 
 def _ctx(name: str, steps: int = 4) -> StepContext:
@@ -62,7 +72,9 @@ def test_fidelity_rows(mlp_ctx):
     names = mlp_ctx.estimators()
     assert "lai_aligned" not in names and {"exact", "ghost", "lai", "lai_last", "counterfactual", "loss"} <= set(names)
     fid = {(r["estimator"], r["target"]): r for r in out["fidelity"]}
-    assert len(fid) == 2 * (len(names) - 1)
+    assert len(fid) == len(TARGETS) * (len(names) - 1)
+    # the small-lr counterfactual is in the first-order regime: it ranks like Exact
+    assert fid[("exact", "counterfactual_small_lr")]["spearman"] > 0.9
     # Ghost equals Exact in float64: identical rankings and signs
     g = fid[("ghost", "exact")]
     assert g["spearman"] == pytest.approx(1.0) and g["topk_overlap"] == 1.0 and g["sign_agreement"] == 1.0
@@ -95,7 +107,8 @@ def test_bound_step_counts_violations_exactly(mlp_ctx):
     ok = bound_step(mlp_ctx, _fake_theory(1.0, apriori=True))  # bound == |error|: attained, no violation
     step = ok["bound_steps"][0]
     assert step["violations_data"] == 0 and step["violations_apriori"] == 0 and step["apriori_available"] == 1
-    assert step["median_tightness_data"] == pytest.approx(1.0) and step["median_tightness_apriori"] == pytest.approx(0.5)
+    assert step["median_tightness_data"] == pytest.approx(1.0)
+    assert step["median_tightness_apriori"] == pytest.approx(0.5)
     assert step["ghost_vs_exact_rel_err"] < 1e-10 and step["decomposition_rel_err"] < 1e-10
     assert step["kendall_bound_holds"] == 1
     errors = torch.tensor([r["error"] for r in ok["bound"]], dtype=torch.float64)

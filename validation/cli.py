@@ -52,6 +52,9 @@ def apply_override(config: dict[str, Any], assignment: str) -> None:
     if parts == ["seeds"]:
         config["seeds"] = value if isinstance(value, list) else [value]
         return
+    if parts == ["threads"]:
+        config["threads"] = value
+        return
     if len(parts) != 2:
         raise SystemExit(f"--set key must be seeds, cost.<field>, <model>.<field> or *.<field>; got {key!r}")
     head, name = parts
@@ -85,7 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="recompute the selected suites and models (delete their finished units first)")
     p.add_argument("--strict", action="store_true", help="exit with status 1 if a theory check fails")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: the profile's, 1 for quick; does not change the run folder)")
     return p
 
 
@@ -101,23 +105,33 @@ def make_config(args: argparse.Namespace) -> dict[str, Any]:
 
 def run_main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m validation run``. Returns the exit status."""
-    from .report import write_report
-    from .suites.runner import run_suites
-
     args = build_parser().parse_args(argv)
     suites = _expand(args.suite, SUITES, "suite")
     models = _expand(args.model, MODELS, "model")
-    if args.threads:
-        torch.set_num_threads(args.threads)
     if args.resume:
         rd = RunDir(args.resume)
         config = rd.read_config()
     else:
         config = make_config(args)
         rd = RunDir(default_run_dir(args.results_dir, config))
-        rd.init(config)
     if str(config.get("device", "cpu")).startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit(f"device {config['device']!r} requested but CUDA is not available")
+    if not args.resume:
+        rd.init(config)
+    threads = args.threads or config.get("threads")
+    old_threads = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(int(threads))
+    try:
+        return _run(args, rd, config, suites, models)
+    finally:
+        torch.set_num_threads(old_threads)
+
+
+def _run(args: argparse.Namespace, rd: RunDir, config: dict[str, Any], suites: list[str], models: list[str]) -> int:
+    from .report import write_report
+    from .suites.runner import run_suites
+
     if args.fresh:
         for suite in suites:
             for m in models:

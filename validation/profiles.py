@@ -6,7 +6,11 @@ minutes on 2 CPU cores. ``full``: paper scale (widths of the paper's models, man
 
 A profile is a plain dict, so it serialises into the run's ``config.json`` unchanged:
 
-    {"seeds": [...], "cost": {...}, "models": {name: ModelSettings as dict}}
+    {"seeds": [...], "threads": int | None, "cost": {...}, "models": {name: ModelSettings as dict}}
+
+``threads``: torch CPU threads (``torch.set_num_threads``); the quick profile uses 1, which is as fast for
+these small models and does not collapse when the cores are shared (several multi-threaded processes on two
+cores spend most of their time spinning); None keeps torch's default.
 
 Every number a run uses is in its config, so a config reproduces the run.
 """
@@ -71,30 +75,31 @@ class ModelSettings:
 def _quick() -> dict[str, Any]:
     models = {
         "mlp": ModelSettings("mnist1d", {"n_train": 4000, "n_test": 1000}, {"hidden": (128, 128)}, "hidden",
-                             {"kind": "symmetric", "rate": 0.2}, lr=0.1, batch_size=64, steps=300,
+                             {"kind": "symmetric", "rate": 0.2}, lr=0.1, batch_size=64, steps=2000,
                              score_points=4, n_score=64, n_ref=128, cost_widths=(64, 128)),
         "cnn1d": ModelSettings("mnist1d", {"n_train": 4000, "n_test": 1000}, {"channels": 16}, "channels",
-                               {"kind": "class_dependent", "rate": 0.3}, lr=0.1, batch_size=64, steps=300,
+                               {"kind": "class_dependent", "rate": 0.3}, lr=0.3, batch_size=64, steps=2000,
                                score_points=4, n_score=64, n_ref=128, cost_widths=(8, 16), bound_n_score=32,
                                bound_n_ref=32),
         "cnn2d": ModelSettings("digits", {"n_test": 360}, {"channels": 8}, "channels",
-                               {"kind": "symmetric", "rate": 0.2}, lr=0.1, batch_size=64, steps=300,
+                               {"kind": "symmetric", "rate": 0.2}, lr=0.1, batch_size=64, steps=600,
                                score_points=4, n_score=64, n_ref=128, cost_widths=(8, 16), bound_n_score=32,
                                bound_n_ref=32),
         "transformer": ModelSettings("pydoc", {"seq_len": 32, "val_fraction": 0.1},
                                      {"d_model": 32, "n_layers": 2, "n_heads": 4, "max_len": 32}, "d_model",
                                      {"kind": "documents", "rate": 0.2, "mode": "shuffle_chars"}, lr=0.5,
-                                     batch_size=32, steps=200, score_points=4, n_score=32, n_ref=32,
+                                     batch_size=32, steps=600, score_points=4, n_score=32, n_ref=32,
                                      cost_widths=(16, 32), bound_n_score=8, bound_n_ref=8, bound_seq_len=8,
                                      bound_data_bound=False),
     }
-    return {"seeds": [0], "cost": {"batch_sizes": [16, 64], "repeats": 3, "warmup": 1},
+    return {"seeds": [0], "threads": 1, "cost": {"batch_sizes": [16, 64], "repeats": 3, "warmup": 1},
             "models": {k: asdict(v) for k, v in models.items()}}
 
 
 def _full() -> dict[str, Any]:
     p = _quick()
     p["seeds"] = list(range(5))
+    p["threads"] = None
     p["cost"] = {"batch_sizes": [32, 64, 128, 256], "repeats": 7, "warmup": 2}
     m = p["models"]
     m["mlp"].update(model_kw={"hidden": (512, 512)}, steps=3000, score_points=10, n_score=256, n_ref=512,

@@ -4,7 +4,8 @@
 
 * ``bound_violations`` (int): samples whose |Ghost - LAI| exceeds the data or a-priori bound (+ tolerance);
   null when the bound suite has not run;
-* ``spearman_vs_exact`` / ``spearman_vs_counterfactual``: {model: {estimator: median Spearman}};
+* ``spearman_vs_exact`` / ``spearman_vs_counterfactual`` / ``spearman_vs_counterfactual_small_lr``:
+  {model: {estimator: median Spearman}};
 * ``kendall_vs_exact``, ``topk_overlap_vs_exact``, ``sign_agreement_vs_exact``: the same for those metrics;
 * ``noisy_auroc``: {model: {estimator: median AUROC}} (noisy = positive, -score the detector);
   ``noisy_auroc_final``: the same at the last scored step only;
@@ -125,6 +126,7 @@ def summarize(rd: RunDir) -> dict[str, Any]:
         "bound_violations": violations,
         "spearman_vs_exact": _group_median(fid, "spearman", target="exact"),
         "spearman_vs_counterfactual": _group_median(fid, "spearman", target="counterfactual"),
+        "spearman_vs_counterfactual_small_lr": _group_median(fid, "spearman", target="counterfactual_small_lr"),
         "kendall_vs_exact": _group_median(fid, "kendall", target="exact"),
         "topk_overlap_vs_exact": _group_median(fid, "topk_overlap", target="exact"),
         "sign_agreement_vs_exact": _group_median(fid, "sign_agreement", target="exact"),
@@ -215,9 +217,13 @@ def render(s: dict[str, Any], config: dict[str, Any]) -> str:
                                                   for m, b in s["bound"].items()}, digits=3)
     lines += ["## Fidelity", "", "Medians over scored steps and seeds. Estimators: exact, ghost, lai (all layers), "
               "lai_last, lai_aligned/lai_last_aligned (transformer, aligned token pairing), tracin, tracin_last, "
-              "loss (= -loss, loss-only baseline), counterfactual (actual one-step effect).", ""]
+              "loss (= -loss, loss-only baseline), counterfactual (actual one-step effect at the training lr), "
+              "counterfactual_small_lr (the same for a step at lr / 10, rescaled). Where the step at the training lr "
+              "overshoots along sharp directions, the actual effect departs from every first-order score.", ""]
     lines += _table("Spearman vs Exact", s["spearman_vs_exact"])
-    lines += _table("Spearman vs one-step counterfactual", s["spearman_vs_counterfactual"])
+    lines += _table("Spearman vs one-step counterfactual (training lr)", s["spearman_vs_counterfactual"])
+    lines += _table("Spearman vs one-step counterfactual at lr / 10 (first-order regime)",
+                    s["spearman_vs_counterfactual_small_lr"])
     lines += _table("Noisy-sample AUROC (noisy = positive, -score detects)", s["noisy_auroc"])
     lines += _table("Noisy-sample AUROC at the last scored step", s["noisy_auroc_final"])
     if s["cost_ratio_to_train_step"]:

@@ -28,11 +28,12 @@ bound the theory does not provide for the architecture):
   of theory.decomposition), share (= |error_l| / sum_l |error_l|; 0 when the sample's error vanishes).
 * ``bound_steps.csv`` — per scored step: model, seed, step, n, violations_data, violations_apriori,
   data_available, apriori_available, tolerance, median_tightness_data, median_tightness_apriori,
-  ghost_vs_exact_rel_err, decomposition_rel_err, kendall_lai_ghost, kendall_lower_bound, kendall_bound_holds, filter_guaranteed
-  (theory's guaranteed share of samples where keep = score >= 0 agrees between LAI and Ghost), filter_agreement
-  (the measured share), filter_bound_holds.
+  ghost_vs_exact_rel_err, decomposition_rel_err, kendall_lai_ghost, kendall_lower_bound, kendall_bound_holds,
+  filter_guaranteed (theory's guaranteed share of samples where keep = score >= 0 agrees between LAI and
+  Ghost), filter_agreement (the measured share), filter_bound_holds.
 * ``fidelity.csv`` — per step, estimator and target: model, seed, step, estimator, target
-  (exact | counterfactual), n, k, spearman, kendall, topk_overlap, bottomk_overlap, sign_agreement.
+  (exact | counterfactual | counterfactual_small_lr), n, k, spearman, kendall, topk_overlap, bottomk_overlap,
+  sign_agreement.
 * ``auroc.csv`` — per step and estimator: model, seed, step, estimator, auroc, n, n_noisy.
 * ``scores.csv`` — per step, sample and estimator: model, seed, step, sample, is_noisy, estimator, score.
   The samples are the same fixed scored batch at every step (trajectories of tracked samples).
@@ -46,8 +47,9 @@ bound the theory does not provide for the architecture):
 Estimator names: exact, ghost, lai (all layers), lai_last (last layer only), lai_aligned / lai_last_aligned
 (transformer, ``token_pairing="aligned"``), tracin (sum over the checkpoints of the scored steps up to the
 current one), tracin_last (the same, output layer only), loss (the loss-only baseline: score = -loss_i),
-counterfactual (the actual one-step effect, see suites/fidelity.py). Sign convention everywhere: positive =
-the sample helps (lowers the reference loss).
+counterfactual (the actual one-step effect at the training lr, see suites/counterfactual.py),
+counterfactual_small_lr (the same at lr / 10, rescaled by 10; tends to exact as the step shrinks). Sign
+convention everywhere: positive = the sample helps (lowers the reference loss).
 """
 
 from __future__ import annotations

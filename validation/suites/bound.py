@@ -11,9 +11,10 @@ At one scored step (float64 model and batches, a :class:`StepContext`):
   does not); the count must be zero;
 * tightness ``|error_i| / bound_i`` (1 = the bound is attained; 0 when both vanish);
 * each layer's share of the error ``|E_l,i| / sum_l |E_l,i|``;
-* ``theory.kendall_lower_bound(ghost, bound)`` (the data bound, else the a-priori one) next to the actual Kendall tau-b of LAI vs Ghost, and (when
-  theory provides it) ``theory.guaranteed_filter_accuracy(ghost, data_bound)`` next to the measured share of
-  samples where the filter ``keep = score >= 0`` decides the same on LAI as on Ghost.
+* ``theory.kendall_lower_bound(ghost, bound)`` (bound = the data bound, else the a-priori one) next to the
+  actual Kendall tau-b of LAI vs Ghost, and (when theory provides it) ``theory.guaranteed_filter_accuracy(
+  ghost, bound)`` next to the measured share of samples where the filter ``keep = score >= 0`` decides the
+  same on LAI as on Ghost.
 """
 
 from __future__ import annotations

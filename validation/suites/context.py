@@ -16,7 +16,12 @@ from influence.batch import Batch, LossFn
 from .counterfactual import one_step_counterfactual
 
 #: Estimators scored by the fidelity suite on every model; SEQUENCE_ONLY are added for token-sequence outputs.
-ESTIMATORS = ("exact", "ghost", "lai", "lai_last", "tracin", "tracin_last", "loss", "counterfactual")
+ESTIMATORS = ("exact", "ghost", "lai", "lai_last", "tracin", "tracin_last", "loss", "counterfactual",
+              "counterfactual_small_lr")
+#: lr factor of ``counterfactual_small_lr``: the counterfactual of a step at lr * SMALL_LR_FACTOR, divided by the
+#: factor (same scale as the scores). It tends to Exact as the factor -> 0, so comparing both targets separates
+#: the estimators' error from the curvature of the actual step at the training lr.
+SMALL_LR_FACTOR = 0.1
 SEQUENCE_ONLY = ("lai_aligned", "lai_last_aligned")
 
 
@@ -81,12 +86,15 @@ class StepContext:
 
     def scores(self, name: str) -> Tensor:
         """Scores [n] of ``name``: an influence estimator, ``loss`` (= -loss_i, the loss-only baseline) or
-        ``counterfactual`` (the actual one-step effect, see counterfactual.py)."""
+        ``counterfactual`` (the actual one-step effect, see counterfactual.py) or ``counterfactual_small_lr``
+        (the same for a step at lr * SMALL_LR_FACTOR, divided by the factor)."""
         if name == "loss":
             return -self.result("exact").train_losses
-        if name == "counterfactual":
+        if name in ("counterfactual", "counterfactual_small_lr"):
             if name not in self._memo:
-                self._memo[name] = one_step_counterfactual(self.model, self.loss_fn, self.train, self.ref, self.lr)
+                f = 1.0 if name == "counterfactual" else SMALL_LR_FACTOR
+                cf = one_step_counterfactual(self.model, self.loss_fn, self.train, self.ref, self.lr * f)
+                self._memo[name] = cf / f
             return self._memo[name]
         return self.result(name).scores
 

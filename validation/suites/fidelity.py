@@ -2,8 +2,8 @@
 and how well it detects the injected noisy samples.
 
 At one scored step (a :class:`StepContext`), for every estimator e (see ``StepContext.estimators``) and target
-t in {exact, counterfactual}, e != t: Spearman, Kendall tau-b, top-k and bottom-k overlap (k = ceil(
-topk_fraction * n)) and sign agreement of e's scores against t's. For every score (targets included): the
+t in {exact, counterfactual, counterfactual_small_lr}, e != t: Spearman, Kendall tau-b, top-k and bottom-k
+overlap (k = ceil(topk_fraction * n)) and sign agreement of e's scores against t's. For every score (targets included): the
 AUROC of detecting the noisy samples with -score (``metrics.noisy_auroc``). The per-sample scores are kept
 (table ``scores``) for trajectory and scatter figures.
 """
@@ -15,7 +15,7 @@ from typing import Any
 from .context import StepContext
 from .metrics import kendall, noisy_auroc, sign_agreement, spearman, topk_overlap, topk_size
 
-TARGETS = ("exact", "counterfactual")
+TARGETS = ("exact", "counterfactual", "counterfactual_small_lr")
 
 
 def fidelity_step(ctx: StepContext, topk_fraction: float = 0.1) -> dict[str, list[dict[str, Any]]]:
@@ -32,7 +32,8 @@ def fidelity_step(ctx: StepContext, topk_fraction: float = 0.1) -> dict[str, lis
             a, b = scores[e], scores[target]
             fid.append({**key, "estimator": e, "target": target, "n": n, "k": k, "spearman": spearman(a, b),
                         "kendall": kendall(a, b), "topk_overlap": topk_overlap(a, b, k),
-                        "bottomk_overlap": topk_overlap(a, b, k, largest=False), "sign_agreement": sign_agreement(a, b)})
+                        "bottomk_overlap": topk_overlap(a, b, k, largest=False),
+                        "sign_agreement": sign_agreement(a, b)})
     noisy = ctx.is_noisy.cpu()
     auroc = [{**key, "estimator": e, "auroc": noisy_auroc(noisy, scores[e]), "n": n, "n_noisy": int(noisy.sum())}
              for e in names]
