@@ -1,8 +1,13 @@
 """Run profiles: model, data, noise, training and scoring settings of each validation run.
 
-``quick``: every suite on small settings (one seed, a few hundred SGD steps, scored batches of 64), a few
-minutes on 2 CPU cores. ``full``: paper scale (widths of the paper's models, many seeds, more steps).
-``tiny``: the settings the tests use (seconds).
+``quick``: every suite on small settings (one seed, 600-2,000 SGD steps, 4 scored steps, scored batches of
+64 samples / 32 sequences, 2 widths x 2 batch sizes for the cost sweep): about 2-3 minutes on 2 CPU cores.
+``full``: paper scale (the reference models' widths, 5 seeds, 2,000-3,000 steps, 10 scored steps, scored
+batches of 128-256, 4 widths x 4 batch sizes): hours. ``tiny``: the settings the tests use (seconds).
+
+The bound suite on the transformer uses a sub-batch (8 x 8 sequences of 8 tokens) and skips
+``theory.data_bound`` in both quick and full: its per-sample Jacobians through a 256-byte vocabulary take
+minutes per (train, ref) pair; the a-priori bound does not cover attention (recorded as n/a).
 
 A profile is a plain dict, so it serialises into the run's ``config.json`` unchanged:
 
