@@ -6,8 +6,9 @@
 batches of 128-256, 4 widths x 4 batch sizes): hours. ``tiny``: the settings the tests use (seconds).
 
 The bound suite on the transformer uses a sub-batch (8 x 8 sequences of 8 tokens) and skips
-``theory.data_bound`` in both quick and full: its per-sample Jacobians through a 256-byte vocabulary take
-minutes per (train, ref) pair; the a-priori bound does not cover attention (recorded as n/a).
+``theory.data_bound`` in both quick and full: through a 256-byte vocabulary it takes ~15-20 s per (train,
+ref) pair of 8-token sequences at d_model 32 on one core (20 min for the 64 pairs of one quick step); the
+a-priori bound does not cover attention (recorded as n/a).
 
 A profile is a plain dict, so it serialises into the run's ``config.json`` unchanged:
 
