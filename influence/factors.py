@@ -419,7 +419,10 @@ class Block:
             left, right, _ = _oriented(s)
             p = 1 if isinstance(left, Index) else left.dim
             cost += s.left.tokens * left.groups * p * right.dim
-        return float(n_i + n_v) * cost
+        # the reference matrix M [G, p, q] is built and read whole: it dominates for one-hot factors over a
+        # flattened (aligned) token space, whose p is T * vocabulary
+        left, right, _ = _oriented(self.segments[0])
+        return float(n_i + n_v) * cost + float(left.groups) * left.dim * right.dim
 
     def materialize_cost(self, n_i: int, n_v: int) -> float:
         size = sum(_oriented(s)[0].groups * _oriented(s)[0].dim * _oriented(s)[1].dim for s in self.segments[:1])
