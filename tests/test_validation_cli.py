@@ -16,13 +16,7 @@ from validation.profiles import get_profile
 from validation.results import RunDir, read_csv
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tiny models run fastest on one thread (and do not spin when the CI cores are shared)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 ARGS = ["--profile", "tiny", "--model", "mlp", "--no-progress", "--set", "cost.repeats=1",
         "--set", "mlp.cost_widths=[8]"]

@@ -12,13 +12,7 @@ from validation.suites.counterfactual import one_step_counterfactual, per_sample
 from conftest import rel_err
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tiny models run fastest on one thread (and do not spin when the CI cores are shared)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _by_hand(model, loss_fn, train, ref, lr):

@@ -11,13 +11,7 @@ from validation.results import (TABLES, RunDir, atomic_write_csv, atomic_write_j
 from validation.suites.metrics import kendall, noisy_auroc, sign_agreement, spearman, topk_overlap, topk_size
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tiny models run fastest on one thread (and do not spin when the CI cores are shared)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_json_is_strict_and_round_trips(tmp_path):

@@ -15,13 +15,7 @@ from validation.suites.runner import bound_context
 from validation.training import build_task, cast_batch, scoring_copy, train
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tiny models run fastest on one thread (and do not spin when the CI cores are shared)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _ctx(name: str, steps: int = 4) -> StepContext:

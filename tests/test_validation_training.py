@@ -7,13 +7,7 @@ from validation.profiles import get_profile, model_settings, with_width
 from validation.training import BatchSchedule, build_task, stratified_probe, train
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tiny models run fastest on one thread (and do not spin when the CI cores are shared)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_schedule_is_a_seeded_permutation_per_epoch():
