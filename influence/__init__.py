@@ -12,6 +12,7 @@ Only parameters with ``requires_grad=True`` count.
 from .errors import (BatchSizeError, InfluenceError, InPlaceModificationError, LossShapeError, NonFiniteLossError,
                      SharedParameterError, TrainModeBatchNormError, UnsupportedLayerError)
 from . import hf  # transformers is imported only inside its functions
+from .dataset import DatasetScores, score_dataset
 from .exact import exact
 from .ghost import ghost
 from .lai import lai
@@ -20,7 +21,7 @@ from .result import InfluenceResult
 from .tracin import tracin
 
 __all__ = [
-    "hf", "exact", "ghost", "lai", "tracin", "InfluenceResult", "cross_entropy", "mse",
+    "hf", "score_dataset", "DatasetScores", "exact", "ghost", "lai", "tracin", "InfluenceResult", "cross_entropy", "mse",
     "InfluenceError", "UnsupportedLayerError", "TrainModeBatchNormError", "SharedParameterError",
     "LossShapeError", "BatchSizeError", "NonFiniteLossError", "InPlaceModificationError",
 ]

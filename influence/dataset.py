@@ -1,0 +1,304 @@
+"""Score a whole data set against a reference set: streamed in batches, resumable, sharded across processes.
+
+    scorer = functools.partial(influence.ghost, model, loss_fn, ref=ref_batch, lr=0.1)   # or a session's .score
+    ds = influence.score_dataset(scorer, train_set, batch_size=256, out="scores/ghost")
+    ds.scores            # Tensor [N]: score of sample ds.indices[k] (indices are positions in the data set)
+    ds.proponents(10)    # the 10 samples whose SGD step lowers the reference loss most (largest scores)
+    ds.opponents(10)     # the 10 that raise it most (smallest scores)
+
+``data`` is an ``(inputs, targets)`` pair of tensors (or pytrees of tensors) too big for one batch, a map-style
+``torch.utils.data.Dataset`` whose items are ``(input, target)``, or a ``DataLoader``. A loader that shuffles is
+re-read in order (same data set, batch size and ``collate_fn``) so that every score keeps its sample index.
+
+Memory: one batch of ``batch_size`` samples is scored at a time; what is kept is [N] scores (and [N] per layer
+with ``per_layer=True``) on the CPU. With ``out``, every scored batch is written to its own file (atomically)
+next to a manifest; a rerun with the same ``out`` and the same settings skips the batches already on disk, so a
+killed run resumes where it stopped. Under ``torch.distributed`` (or with ``shard=(rank, world)``) batch k is
+scored by rank k mod world and the scores are gathered to every rank in sample order, equal to one process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, IterableDataset
+
+from .batch import Batch, check_batch, take
+from .errors import InfluenceError
+from .result import InfluenceResult
+
+Scorer = Callable[[Batch], InfluenceResult]
+MANIFEST = "manifest.json"
+
+
+class ResumeMismatchError(InfluenceError):
+    """The output folder holds scores computed with other settings; refuse to mix them."""
+
+
+@dataclass
+class DatasetScores:
+    """Scores of a data set. ``indices`` [N] int64 (positions in the data set, ascending), ``scores`` [N] in the
+    estimator's units (lr * <grad l_i, grad L_ref>), ``per_layer``: module name -> [N] (when asked for)."""
+
+    indices: Tensor
+    scores: Tensor
+    per_layer: dict[str, Tensor] | None
+    estimator: str
+    lr: float
+
+    def proponents(self, k: int) -> Tensor:
+        """Data-set indices of the k largest scores (the samples that help the reference set most), best first."""
+        return self.indices[self.scores.topk(min(k, len(self.scores))).indices]
+
+    def opponents(self, k: int) -> Tensor:
+        """Data-set indices of the k smallest scores (the samples that hurt the reference set most), worst first."""
+        return self.indices[(-self.scores).topk(min(k, len(self.scores))).indices]
+
+    def save(self, path: str | os.PathLike) -> None:
+        """One file readable by :meth:`load` (``torch.load(weights_only=True)``), written atomically."""
+        atomic_save(self._state(), Path(path))
+
+    def _state(self) -> dict[str, Any]:
+        return {"indices": self.indices, "scores": self.scores, "per_layer": self.per_layer,
+                "estimator": self.estimator, "lr": self.lr}
+
+    @staticmethod
+    def load(path: str | os.PathLike) -> "DatasetScores":
+        return DatasetScores(**torch.load(path, weights_only=True))
+
+
+def atomic_save(obj: Any, path: Path) -> None:
+    """``torch.save`` through a temporary file in the same folder, fsync, then ``os.replace`` (a reader never sees
+    a partial file); the file gets the usual permissions (0666 minus the umask)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(obj, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+# ------------------------------------------------------------------ reading the data in order with indices
+
+
+def _tensor_batches(data: Batch, batch_size: int) -> tuple[int, Callable[[int], Batch]]:
+    n = check_batch(data, "data")
+    return n, lambda start: take(data, slice(start, start + batch_size))
+
+
+def _loader_batches(dataset: Dataset, batch_size: int, collate_fn: Callable | None,
+                    num_workers: int) -> tuple[int, Callable[[int], Batch]]:
+    n = len(dataset)  # type: ignore[arg-type]
+    kwargs = {"collate_fn": collate_fn} if collate_fn is not None else {}
+
+    def get(start: int) -> Batch:
+        idx = list(range(start, min(start + batch_size, n)))
+        loader = DataLoader(torch.utils.data.Subset(dataset, idx), batch_size=len(idx), shuffle=False,
+                            num_workers=num_workers, **kwargs)
+        return next(iter(loader))
+    return n, get
+
+
+def _source(data: Any, batch_size: int | None, num_workers: int) -> tuple[int, int, Callable[[int], Batch]]:
+    """(N, batch size, batch_at(start)) for the supported kinds of ``data``."""
+    if isinstance(data, DataLoader):
+        if isinstance(data.dataset, IterableDataset):
+            raise InfluenceError("score_dataset needs a map-style data set (with __len__ and indexing) so that "
+                                 "every score keeps its sample index; got an IterableDataset")
+        bs = batch_size or data.batch_size
+        if bs is None:
+            raise InfluenceError("the DataLoader has batch_size=None; pass batch_size=")
+        n, get = _loader_batches(data.dataset, bs, data.collate_fn, num_workers)
+        return n, bs, get
+    if isinstance(data, Dataset):
+        if isinstance(data, IterableDataset):
+            raise InfluenceError("score_dataset needs a map-style data set (with __len__ and indexing)")
+        bs = batch_size or 64
+        n, get = _loader_batches(data, bs, None, num_workers)
+        return n, bs, get
+    if isinstance(data, (tuple, list)) and len(data) == 2:
+        bs = batch_size or 64
+        n, get = _tensor_batches(data, bs)
+        return n, bs, get
+    raise InfluenceError(f"data must be an (inputs, targets) pair, a map-style Dataset or a DataLoader; "
+                         f"got {type(data).__name__}")
+
+
+# ------------------------------------------------------------------ resumable storage
+
+
+class _Store:
+    """Scored batches as ``part-<start>.pt`` files under ``root`` with a manifest of the settings."""
+
+    def __init__(self, root: Path, manifest: dict[str, Any]) -> None:
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+        path = root / MANIFEST
+        if path.exists():
+            try:
+                old = json.loads(path.read_text())
+            except json.JSONDecodeError:
+                old = None
+            if old is not None and old != manifest:
+                diff = {k: (old.get(k), manifest.get(k)) for k in set(old) | set(manifest)
+                        if old.get(k) != manifest.get(k)}
+                raise ResumeMismatchError(f"{root} holds scores computed with other settings {diff} (stored, now); "
+                                          "use another folder or delete it")
+            if old is not None:
+                return
+        tmp = root / f".{MANIFEST}.tmp"
+        tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True))
+        os.replace(tmp, path)
+
+    def part(self, start: int) -> Path:
+        return self.root / f"part-{start:012d}.pt"
+
+    def read(self, start: int) -> dict[str, Any] | None:
+        """A stored batch, or None when absent or unreadable (it is then scored again)."""
+        p = self.part(start)
+        if not p.exists():
+            return None
+        try:
+            return torch.load(p, weights_only=True)
+        except Exception:  # a truncated or corrupt file: recompute it
+            return None
+
+
+def _shard() -> tuple[int, int]:
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _progress(total: int, enabled: bool, desc: str) -> Any:
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # the light core has no tqdm: no bar
+        enabled = False
+    if not enabled:
+        class _Null:
+            def update(self, k: int) -> None: ...
+            def close(self) -> None: ...
+        return _Null()
+    return tqdm(total=total, desc=desc, unit="sample", leave=True)
+
+
+def _entry(r: InfluenceResult, start: int, per_layer: bool) -> dict[str, Any]:
+    n = r.scores.shape[0]
+    return {"indices": torch.arange(start, start + n), "scores": r.scores.detach().cpu(),
+            "per_layer": {k: v.detach().cpu() for k, v in r.per_layer.items()} if per_layer else None,
+            "estimator": r.estimator, "lr": float(r.lr)}
+
+
+def _gather(entries: list[dict[str, Any]], world: int) -> list[dict[str, Any]]:
+    if world == 1:
+        return entries
+    import torch.distributed as dist
+    everything: list[Any] = [None] * world
+    dist.all_gather_object(everything, entries)
+    return [e for part in everything for e in part]
+
+
+def score_dataset(scorer: Scorer, data: Any, *, batch_size: int | None = None, per_layer: bool = False,
+                  out: str | os.PathLike | None = None, fingerprint: str | None = None, progress: bool = True,
+                  shard: tuple[int, int] | None = None, num_workers: int = 0) -> DatasetScores:
+    """Score every sample of ``data`` with ``scorer(batch) -> InfluenceResult``, ``batch_size`` samples at a time.
+
+    ``out``: folder for resumable results (one file per batch, a manifest, and ``scores.pt`` at the end);
+    ``fingerprint``: any string that identifies the model state and reference set (a session supplies one),
+    stored in the manifest so that a resume with a different one is refused (``ResumeMismatchError``).
+    ``shard=(rank, world)``: score only batches k with k % world == rank and gather (default: from
+    ``torch.distributed`` when initialised). Returns scores in ascending sample order.
+    """
+    if batch_size is not None and (not isinstance(batch_size, int) or batch_size <= 0):
+        raise InfluenceError(f"batch_size must be a positive integer, got {batch_size!r}")
+    n, bs, batch_at = _source(data, batch_size, num_workers)
+    if n == 0:
+        raise InfluenceError("data holds no sample")
+    rank, world = shard if shard is not None else _shard()
+    starts = list(range(0, n, bs))
+    mine = [s for k, s in enumerate(starts) if k % world == rank]
+    store = None
+    if out is not None:
+        manifest = {"n": n, "batch_size": bs, "per_layer": per_layer, "fingerprint": fingerprint,
+                    "scorer": getattr(scorer, "describe", lambda: _describe(scorer))()}
+        store = _Store(Path(out), manifest)
+    bar = _progress(sum(min(bs, n - s) for s in mine), progress and rank == 0, "scoring")
+    entries = []
+    try:
+        for start in mine:
+            entry = store.read(start) if store is not None else None
+            if entry is None:
+                entry = _entry(scorer(batch_at(start)), start, per_layer)
+                if store is not None:
+                    atomic_save(entry, store.part(start))
+            entries.append(entry)
+            bar.update(len(entry["scores"]))
+    finally:
+        bar.close()
+    entries = sorted(_gather(entries, world), key=lambda e: int(e["indices"][0]))
+    result = DatasetScores(torch.cat([e["indices"] for e in entries]), torch.cat([e["scores"] for e in entries]),
+                           {k: torch.cat([e["per_layer"][k] for e in entries]) for k in entries[0]["per_layer"]}
+                           if per_layer else None, entries[0]["estimator"], entries[0]["lr"])
+    if store is not None and rank == 0:
+        result.save(store.root / "scores.pt")
+    return result
+
+
+def fingerprint(*things: Any) -> str:
+    """sha256 of every tensor in ``things`` (modules: their parameters and buffers; pytrees of tensors), in order:
+    pass ``fingerprint(model, ref_batch)`` to :func:`score_dataset` so a resume against changed weights or another
+    reference set is refused."""
+    import hashlib
+
+    from torch.utils._pytree import tree_flatten
+    h = hashlib.sha256()
+    for thing in things:
+        tensors = [t for _, t in sorted(thing.state_dict().items())] if isinstance(thing, torch.nn.Module) \
+            else [t for t in tree_flatten(thing)[0] if isinstance(t, Tensor)]
+        for t in tensors:
+            t = t.detach().cpu().contiguous()
+            h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def _describe(scorer: Any) -> str:
+    """A stable text for the manifest: the function name and its bound keyword options (tensors by shape)."""
+    func = getattr(scorer, "func", scorer)
+    kw = getattr(scorer, "keywords", {}) or {}
+
+    def show(v: Any) -> str:
+        if isinstance(v, Tensor):
+            return f"Tensor{tuple(v.shape)}"
+        if isinstance(v, (int, float, str, bool, type(None))):
+            return repr(v)
+        return type(v).__name__
+    opts = ",".join(f"{k}={show(v)}" for k, v in sorted(kw.items()))
+    return f"{getattr(func, '__qualname__', type(func).__name__)}({opts})"
+
+
+def iter_batches(data: Any, batch_size: int | None = None) -> Iterator[tuple[Tensor, Batch]]:
+    """(sample indices [b], batch) over ``data`` in index order, as :func:`score_dataset` reads it."""
+    n, bs, batch_at = _source(data, batch_size, 0)
+    for start in range(0, n, bs):
+        batch = batch_at(start)
+        yield torch.arange(start, min(start + bs, n)), batch
