@@ -33,6 +33,7 @@ from typing import Any, Sequence
 
 import torch
 from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
 
 from .batch import LossFn
 from .losses import cross_entropy
@@ -144,6 +145,52 @@ def _expand_padding_mask(model: nn.Module, args: tuple, kwargs: dict) -> tuple[t
     return args, {**kwargs, "attention_mask": additive_padding_mask(mask, dtype)}
 
 
+LOWER_FLOATS = (torch.float32, torch.float16, torch.bfloat16)
+
+
+class KeepFloat64(TorchFunctionMode):
+    """Inside this mode a float64 tensor is never cast down: ``x.to(torch.float32)``, ``x.float()``,
+    ``x.half()``, ``x.bfloat16()`` return x in float64 and a lower-precision ``dtype=`` argument of a function
+    taking a float64 tensor (``softmax(x, dtype=torch.float32)``) becomes float64. Casts of other tensors
+    (integer position ids to float, float32 to float64) are untouched.
+
+    ``transformers`` upcasts to float32 in places (GPT-Neo's attention scores, Llama-style RMSNorm and rotary
+    embeddings, eager softmax), which for a float64 model is a downcast: activations and gradients then carry
+    float32 rounding (~1e-7 relative), and two estimators that batch differently disagree at that level."""
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        kwargs = kwargs or {}
+        first = args[0] if args else None
+        if isinstance(first, Tensor) and first.dtype == torch.float64:
+            if func in (Tensor.float, Tensor.half, Tensor.bfloat16):
+                return first
+            if func in (Tensor.to, Tensor.type):
+                args = (first, *(torch.float64 if isinstance(a, torch.dtype) and a in LOWER_FLOATS else
+                                 a.device if isinstance(a, Tensor) and a.dtype in LOWER_FLOATS else a
+                                 for a in args[1:]))
+        if kwargs.get("dtype") in LOWER_FLOATS and any(isinstance(a, Tensor) and a.dtype == torch.float64
+                                                       for a in args):
+            kwargs = {**kwargs, "dtype": torch.float64}
+        return func(*args, **kwargs)
+
+
+def _is_float64(model: nn.Module) -> bool:
+    return any(p.dtype == torch.float64 for p in model.parameters() if p.is_floating_point())
+
+
+def _enter_float64(model: nn.Module, args: tuple, kwargs: dict) -> None:
+    mode = KeepFloat64() if _is_float64(model) else None
+    if mode is not None:
+        mode.__enter__()
+    model.__dict__.setdefault("_influence_modes", []).append(mode)
+
+
+def _exit_float64(model: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+    mode = model.__dict__.get("_influence_modes", [None]).pop() if model.__dict__.get("_influence_modes") else None
+    if mode is not None:
+        mode.__exit__(None, None, None)
+
+
 def prepare(model: nn.Module, dtype: torch.dtype | None = None) -> nn.Module:
     """Make a ``transformers`` model ready for every estimator: eager attention (``torch.func`` compatible),
     no KV cache, eval mode (dropout off), optionally cast to ``dtype``. Returns the same model.
@@ -160,6 +207,10 @@ def prepare(model: nn.Module, dtype: torch.dtype | None = None) -> nn.Module:
         model.config.use_cache = False
     if dtype is not None:
         model.to(dtype)
+    if not getattr(model, "_influence_float64_hook", False):
+        model.register_forward_pre_hook(_enter_float64, with_kwargs=True)
+        model.register_forward_hook(_exit_float64, with_kwargs=True, always_call=True)
+        model._influence_float64_hook = True
     if is_bidirectional(model) and not getattr(model, "_influence_mask_hook", False):
         model.register_forward_pre_hook(_expand_padding_mask, with_kwargs=True)
         model._influence_mask_hook = True
