@@ -11,13 +11,14 @@ import csv
 import io
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
+
+from influence.atomic import atomic_path, atomic_write_text
 
 from .style import RC, style
 from .tables import Table
@@ -66,30 +67,9 @@ def _cell(v: Any) -> Any:
 
 
 def _atomic_write(path: Path, write: Any) -> None:
-    """Call ``write(tmp_path)`` then move the temporary file onto ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    def write(tmp: str) -> None:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-    _atomic_write(Path(path), write)
+    """Call ``write(tmp_path)`` then move the temporary file onto ``path`` (``influence.atomic``)."""
+    with atomic_path(path) as tmp:
+        write(str(tmp))
 
 
 def save_figure(fig: Figure, data: PlotData, out_dir: str | os.PathLike, stem: str,

@@ -2,11 +2,14 @@
 
 import json
 import math
+import os
+import subprocess
 
 import pytest
 import torch
 
-from validation.results import (TABLES, RunDir, atomic_write_csv, atomic_write_json, config_id, default_run_dir,
+from validation.results import (PACKAGE_ROOT, TABLES, ResumeMismatchError, RunDir, atomic_write_csv,
+                                atomic_write_json, code_revision, config_id, default_run_dir, git_revision,
                                 jsonable, provenance, read_csv, read_json)
 from validation.suites.metrics import kendall, noisy_auroc, sign_agreement, spearman, topk_overlap, topk_size
 
@@ -80,6 +83,87 @@ def test_provenance_records_versions_and_git():
     assert p["argv"] == ["x"] and torch.__version__.startswith(p["packages"]["torch"].split("+")[0])
     assert set(p["git"]) == {"commit", "dirty"}
     assert jsonable(p) == p
+
+
+def test_atomic_files_get_the_usual_permissions(tmp_path):
+    mask = os.umask(0o022)
+    try:
+        atomic_write_json(tmp_path / "a.json", {"x": 1})
+        assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o644
+        os.umask(0o007)
+        atomic_write_csv(tmp_path / "b.csv", [{"a": 1}], ["a"])
+        assert (tmp_path / "b.csv").stat().st_mode & 0o777 == 0o660
+    finally:
+        os.umask(mask)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "b.csv"]  # no temporary files left
+
+
+def _run_with_units(tmp_path, **extra):
+    rd = RunDir(tmp_path / "run")
+    rd.init({"profile": "tiny", "code": "git:abc", "threads": 1, **extra})
+    rd.write_unit("fidelity", "mlp", "step1", {"tables": {"auroc": [{"model": "mlp", "step": 1}]}}, seed=0)
+    return rd
+
+
+@pytest.mark.parametrize("content", ["{\"tables\": {", "{}", "[1, 2]", ""])
+def test_corrupt_or_empty_units_are_moved_aside_and_recomputed(tmp_path, content):
+    rd = _run_with_units(tmp_path)
+    path = rd.unit_path("fidelity", "mlp", "step2", seed=0)
+    path.write_text(content)
+    with pytest.warns(RuntimeWarning, match="computed again"):
+        assert not rd.has_unit("fidelity", "mlp", "step2", seed=0)
+    assert not path.exists() and path.with_name("step2.json.corrupt").exists()
+    assert [u["tables"]["auroc"][0]["step"] for u in rd.iter_units("fidelity")] == [1]  # the report still works
+    rd.write_unit("fidelity", "mlp", "step2", {"tables": {}}, seed=0)  # recomputed
+    assert rd.has_unit("fidelity", "mlp", "step2", seed=0)
+    with pytest.raises(ValueError, match="empty unit"):
+        rd.write_unit("fidelity", "mlp", "step3", {}, seed=0)
+
+
+def test_corrupt_unit_met_while_assembling_tables_warns_and_is_left_for_the_rerun(tmp_path):
+    rd = _run_with_units(tmp_path)
+    rd.unit_path("fidelity", "mlp", "step9", seed=0).write_text("{not json")
+    with pytest.warns(RuntimeWarning, match="step9.json"):
+        assert rd.write_tables() == {"auroc": 1}
+
+
+def test_units_are_stamped_and_other_revisions_or_threads_refused(tmp_path):
+    rd = _run_with_units(tmp_path)
+    unit = read_json(rd.unit_path("fidelity", "mlp", "step1", seed=0))
+    assert unit["_run"] == {"code": "git:abc", "threads": 1}
+    other = dict(unit, _run={"code": "git:def", "threads": 1})
+    atomic_write_json(rd.unit_path("fidelity", "mlp", "step2", seed=0), other)
+    with pytest.raises(ResumeMismatchError, match="refusing to mix"):
+        rd.has_unit("fidelity", "mlp", "step2", seed=0)
+    rd.check_resumable("git:abc", 1)
+    with pytest.raises(ResumeMismatchError, match="code"):
+        rd.check_resumable("git:def", 1)
+    with pytest.raises(ResumeMismatchError, match="--threads 1"):
+        rd.check_resumable("git:abc", 2)
+
+
+def test_code_revision_and_threads_key_the_run_folder():
+    base = {"profile": "quick", "seeds": [0]}
+    ids = {default_run_dir("r", {**base, "code": c, "threads": t}).name for c in ("git:a", "git:b") for t in (1, 2)}
+    assert len(ids) == 4
+
+
+def test_provenance_is_this_packages_revision_not_the_working_directorys(tmp_path, monkeypatch):
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    (tmp_path / "f").write_text("x")
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@t"}
+    subprocess.run(["git", "-C", str(tmp_path), "add", "f"], check=True, env=env)
+    subprocess.run(["git", "-C", str(tmp_path), "commit", "-qm", "x"], check=True, env=env)
+    other = subprocess.run(["git", "-C", str(tmp_path), "rev-parse", "HEAD"], capture_output=True, text=True,
+                           check=True).stdout.strip()
+    monkeypatch.chdir(tmp_path)
+    p = provenance(["x"])
+    assert p["git"]["commit"] != other and p["git"] == git_revision(PACKAGE_ROOT)
+    assert p["lai"]["revision"] == code_revision()
+    # a folder inside a repository but not its top level (an installed copy in a venv) has no git revision
+    (tmp_path / "site").mkdir()
+    assert git_revision(tmp_path / "site") == {"commit": None, "dirty": None}
 
 
 # ------------------------------------------------------------------------------------------------ metrics

@@ -9,13 +9,14 @@ from __future__ import annotations
 import functools
 import os
 import random
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
+
+from influence.atomic import atomic_path
 
 VOCAB_SIZE = 256  # byte-level vocabulary: token = UTF-8 byte value
 
@@ -56,16 +57,9 @@ def _cache_dir(cache_dir: str | os.PathLike | None) -> Path | None:
 
 
 def _atomic_save_npz(path: Path, **arrays: np.ndarray) -> None:
-    """Write ``arrays`` to ``path`` via a temporary file in the same directory and ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write ``arrays`` to ``path`` atomically (``influence.atomic``)."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **arrays)
 
 
 @functools.lru_cache(maxsize=1)

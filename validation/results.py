@@ -3,19 +3,25 @@
 Layout of a run folder ``<results>/<profile>-<config id>/`` (the id is a hash of the configuration, so the
 same command finds the same folder and resumes it):
 
-    config.json        the exact configuration: profile name and settings, seeds, device (see profiles.py)
-    provenance.json    package versions, python, platform, git revision (and whether the tree was dirty),
-                       command line, start time; one entry per invocation that worked on the folder
+    config.json        the exact configuration: profile name and settings, seeds, device, torch threads and
+                       the code revision (``code``, see code_revision()); all of it is hashed into the id, so
+                       other code or another thread count gets another folder, and ``--resume`` of a folder
+                       under other code or threads is refused (ResumeMismatchError)
+    provenance.json    package versions, python, platform, this package's revision (git commit of its own
+                       source tree and whether it was dirty, or the installed version, and a hash of its
+                       source files), command line, start time; one entry per invocation on the folder
     units/<suite>/<model>/seed<seed>/step<step>.json   (bound, fidelity)
     units/cost/<model>/w<width>_b<batch>.json          (cost)
-                       one finished unit of work each, written atomically; a unit present is never recomputed
+                       one finished unit of work each, written atomically and stamped with the code revision
+                       and threads; a unit present is never recomputed; a corrupt or empty one is moved
+                       aside (``.corrupt``) with a warning and computed again
     checkpoints/<model>/seed<seed>/step<step>.pt      float32 weights at each scored step (resume, TracIn)
     bound.csv, bound_layers.csv, bound_steps.csv, fidelity.csv, auroc.csv, scores.csv, cost.csv
                        tables assembled from the units (rewritten atomically after every invocation)
     summary.json, report.md   headline numbers and checks (see report.py)
 
-Every file is written to a temporary file in the same folder and moved into place with ``os.replace``, so an
-interrupted run leaves either the old or the new file, never half of one.
+Every file is written by ``influence.atomic`` (temporary file in the same folder, fsync, mode 0666 minus the
+umask, ``os.replace``), so an interrupted run leaves either the old or the new file, never half of one.
 
 CSV columns (one header row; floats written with full precision; empty = not available, e.g. an a-priori
 bound the theory does not provide for the architecture):
@@ -55,21 +61,24 @@ convention everywhere: positive = the sample helps (lowers the reference loss).
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
-import io
 import json
-import math
 import os
 import platform
 import subprocess
 import sys
-import tempfile
 import time
+import warnings
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
 import torch
+
+from influence._version import __version__
+from influence.atomic import (atomic_path, atomic_torch_save, atomic_write_csv, atomic_write_json,
+                              atomic_write_text, jsonable)
 
 TABLES: dict[str, tuple[tuple[str, ...], list[str]]] = {
     # table name -> (suites whose units hold its rows, columns)
@@ -96,45 +105,7 @@ PACKAGES = ("torch", "numpy", "scipy", "scikit-learn", "mnist1d", "tqdm", "sympy
 
 
 # ------------------------------------------------------------------------------------------ atomic I/O
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def jsonable(obj: Any) -> Any:
-    """Tensors, tuples and numpy scalars as plain JSON values; NaN and infinities as None (strict JSON)."""
-    if isinstance(obj, torch.Tensor):
-        return jsonable(obj.tolist())
-    if isinstance(obj, dict):
-        return {str(k): jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [jsonable(v) for v in obj]
-    if hasattr(obj, "item") and not isinstance(obj, (str, bytes)):
-        obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` (UTF-8) to ``path`` atomically."""
-    _atomic_write_bytes(Path(path), text.encode("utf-8"))
-
-
-def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
-    """Write ``obj`` as indented strict JSON (NaN -> null) atomically."""
-    atomic_write_text(path, json.dumps(jsonable(obj), indent=2, sort_keys=False, allow_nan=False) + "\n")
+# (one helper for the whole package: influence/atomic.py; re-exported here for the results code)
 
 
 def read_json(path: str | os.PathLike) -> Any:
@@ -142,43 +113,10 @@ def read_json(path: str | os.PathLike) -> Any:
         return json.load(f)
 
 
-def _cell(v: Any) -> Any:
-    if v is None:
-        return ""
-    if isinstance(v, bool):
-        return int(v)
-    if isinstance(v, float):
-        return repr(v) if math.isfinite(v) else ("nan" if math.isnan(v) else ("inf" if v > 0 else "-inf"))
-    if isinstance(v, (list, dict)):
-        return json.dumps(v)
-    return v
-
-
-def atomic_write_csv(path: str | os.PathLike, rows: Iterable[dict[str, Any]], columns: Sequence[str]) -> int:
-    """Write ``rows`` (dicts; missing keys empty, extra keys ignored) under a header ``columns``, atomically.
-    Returns the number of rows."""
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(columns)
-    n = 0
-    for row in rows:
-        w.writerow([_cell(row.get(c)) for c in columns])
-        n += 1
-    atomic_write_text(path, buf.getvalue())
-    return n
-
-
 def read_csv(path: str | os.PathLike) -> list[dict[str, str]]:
     """Rows of a CSV written by :func:`atomic_write_csv` (all values as strings)."""
     with open(path, encoding="utf-8", newline="") as f:
         return list(csv.DictReader(f))
-
-
-def atomic_torch_save(path: str | os.PathLike, obj: Any) -> None:
-    """``torch.save`` to a temporary file, then ``os.replace``."""
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    _atomic_write_bytes(Path(path), buf.getvalue())
 
 
 # ----------------------------------------------------------------------------------------- provenance
@@ -189,17 +127,50 @@ def config_id(config: dict[str, Any]) -> str:
     return hashlib.sha256(canon.encode("utf-8")).hexdigest()[:10]
 
 
-def git_revision(cwd: str | os.PathLike | None = None) -> dict[str, Any]:
-    """{"commit": sha or None, "dirty": bool or None} of the repository holding this package."""
-    cwd = Path(cwd) if cwd is not None else Path(__file__).resolve().parent.parent
+PACKAGE_ROOT = Path(__file__).resolve().parent.parent  # the folder holding influence/, theory/, validation/
+SOURCE_PACKAGES = ("influence", "theory", "validation", "paper_figs")
+
+
+@functools.lru_cache(maxsize=None)
+def source_hash(root: Path = PACKAGE_ROOT) -> str:
+    """SHA-256 (first 12 hex digits) of every ``.py`` file of the four packages under ``root`` (paths and
+    contents): identifies the code that ran, whether or not it is a git checkout."""
+    h = hashlib.sha256()
+    for pkg in SOURCE_PACKAGES:
+        for p in sorted((root / pkg).rglob("*.py")):
+            h.update(str(p.relative_to(root)).encode() + b"\0" + p.read_bytes() + b"\0")
+    return h.hexdigest()[:12]
+
+
+def _git(root: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=10,
+                          check=True).stdout.strip()
+
+
+def git_revision(root: str | os.PathLike | None = None) -> dict[str, Any]:
+    """{"commit": sha or None, "dirty": bool or None} of this package's own source tree: only when the folder
+    holding the packages is the top level of a git checkout (an installed copy inside some other repository,
+    e.g. a virtual environment in a project folder, is not that repository's code)."""
+    root = Path(root) if root is not None else PACKAGE_ROOT
     try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True,
-                             timeout=10, check=True).stdout.strip()
-        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
-                                capture_output=True, text=True, timeout=10, check=True).stdout
-        return {"commit": sha, "dirty": bool(status.strip())}
+        if Path(_git(root, "rev-parse", "--show-toplevel")).resolve() != root.resolve():
+            return {"commit": None, "dirty": None}
+        sha = _git(root, "rev-parse", "HEAD")
+        status = _git(root, "status", "--porcelain", "--", *SOURCE_PACKAGES)
+        return {"commit": sha, "dirty": bool(status)}
     except (OSError, subprocess.SubprocessError):
         return {"commit": None, "dirty": None}
+
+
+@functools.lru_cache(maxsize=None)
+def code_revision() -> str:
+    """The code revision results are keyed by: ``git:<commit>`` for a clean checkout,
+    ``git:<commit>+<source hash>`` for one with local changes, ``<version>+<source hash>`` for an installed
+    copy. Part of every run folder's configuration (so of its id)."""
+    git = git_revision()
+    if git["commit"]:
+        return f"git:{git['commit'][:12]}" + (f"+{source_hash()}" if git["dirty"] else "")
+    return f"{__version__}+{source_hash()}"
 
 
 def package_versions(names: Iterable[str] = PACKAGES) -> dict[str, str | None]:
@@ -213,7 +184,7 @@ def package_versions(names: Iterable[str] = PACKAGES) -> dict[str, str | None]:
 
 
 def provenance(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """Versions, platform, git revision, command line and time of this invocation."""
+    """Versions, platform, this package's revision, command line and time of this invocation."""
     return {
         "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "argv": list(sys.argv if argv is None else argv),
@@ -223,17 +194,29 @@ def provenance(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "packages": package_versions(),
+        "lai": {"version": __version__, "revision": code_revision(), "source_hash": source_hash(),
+                "root": str(PACKAGE_ROOT)},
         "git": git_revision(),
     }
 
 
 # ---------------------------------------------------------------------------------------------- folders
 
+class ResumeMismatchError(ValueError):
+    """A run folder holds results computed under another configuration, code revision or thread count."""
+
+
 class RunDir:
-    """A run folder: config, units of finished work, checkpoints and the assembled tables."""
+    """A run folder: config, units of finished work, checkpoints and the assembled tables.
+
+    When the configuration holds ``code`` (see :func:`code_revision`) and ``threads``, every unit written is
+    stamped with them (``"_run"``) and a unit stamped otherwise is refused (:class:`ResumeMismatchError`)
+    instead of being mixed with this run's. A unit file that is not valid JSON, not an object or empty is moved
+    aside to ``<name>.corrupt`` with a warning and counts as not finished, so it is computed again."""
 
     def __init__(self, root: str | os.PathLike) -> None:
         self.root = Path(root)
+        self._stamp: dict[str, Any] | None = None
 
     # config / provenance
     @property
@@ -250,11 +233,29 @@ class RunDir:
         if self.config_path.exists():
             old = self.read_config()
             if config_id(old) != config_id(config):
-                raise ValueError(f"{self.root} holds a different configuration (config id {config_id(old)} "
-                                 f"!= {config_id(config)}); pass another results folder or --resume it")
+                diff = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))
+                raise ResumeMismatchError(
+                    f"{self.root} holds a different configuration (config id {config_id(old)} != "
+                    f"{config_id(config)}; differing keys {diff}); pass another results folder or --resume it")
             return
         self.root.mkdir(parents=True, exist_ok=True)
         atomic_write_json(self.config_path, config)
+
+    def check_resumable(self, code: str, threads: int) -> None:
+        """Refuse to continue this folder under another code revision or torch thread count."""
+        config = self.read_config()
+        for key, now, hint in (("code", code, "commit or revert the changes, or start a new run folder"),
+                               ("threads", threads, f"pass --threads {config.get('threads')}")):
+            if config.get(key) != now:
+                raise ResumeMismatchError(f"{self.root} was computed with {key} {config.get(key)!r}, this "
+                                          f"invocation has {now!r}: units of both would be mixed ({hint})")
+
+    def stamp(self) -> dict[str, Any] | None:
+        """{"code", "threads"} of this run (from its config), or None when the config records neither."""
+        if self._stamp is None and self.config_path.exists():
+            config = self.read_config()
+            self._stamp = {k: config[k] for k in ("code", "threads") if k in config}
+        return self._stamp or None
 
     def add_provenance(self, entry: dict[str, Any]) -> None:
         """Append one invocation's provenance to provenance.json (the first entry is the run's start)."""
@@ -268,23 +269,58 @@ class RunDir:
         base = self.root / "units" / suite / model
         return (base / f"seed{seed}" if seed is not None else base) / f"{key}.json"
 
+    def _load_unit(self, path: Path) -> dict[str, Any] | None:
+        """The unit at ``path``; None when absent, or corrupt/empty (then moved aside with a warning);
+        ResumeMismatchError when it was computed under another code revision or thread count."""
+        if not path.exists():
+            return None
+        try:
+            unit = read_json(path)
+            problem = None if isinstance(unit, dict) and unit else "empty" if unit == {} else "not an object"
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            unit, problem = None, f"unreadable ({type(exc).__name__}: {exc})"
+        if problem is not None:
+            aside = path.with_name(path.name + ".corrupt")
+            os.replace(path, aside)
+            warnings.warn(f"unit file {path} is {problem}; moved to {aside.name}, it will be computed again",
+                          RuntimeWarning, stacklevel=3)
+            return None
+        stamp, own = unit.get("_run"), self.stamp()
+        if own and stamp is not None and stamp != own:
+            raise ResumeMismatchError(f"{path} was computed under {stamp}, this run folder is {own}; "
+                                      "refusing to mix them (delete the file or use another run folder)")
+        return unit
+
+    def read_unit(self, suite: str, model: str, key: str, seed: int | None = None) -> dict[str, Any] | None:
+        """The finished unit, or None (absent, or corrupt and moved aside)."""
+        return self._load_unit(self.unit_path(suite, model, key, seed))
+
     def has_unit(self, suite: str, model: str, key: str, seed: int | None = None) -> bool:
-        return self.unit_path(suite, model, key, seed).exists()
+        """Whether the unit is finished (a corrupt or empty file is not: it is moved aside and recomputed)."""
+        return self.read_unit(suite, model, key, seed) is not None
 
     def write_unit(self, suite: str, model: str, key: str, data: dict[str, Any], seed: int | None = None) -> None:
-        atomic_write_json(self.unit_path(suite, model, key, seed), data)
+        """Write a finished unit atomically, stamped with this run's code revision and threads (if recorded)."""
+        if not data:
+            raise ValueError(f"refusing to write an empty unit {suite}/{model}/{key}")
+        stamp = self.stamp()
+        atomic_write_json(self.unit_path(suite, model, key, seed), {**data, "_run": stamp} if stamp else data)
 
     def iter_units(self, suite: str) -> Iterator[dict[str, Any]]:
-        """Every finished unit of ``suite``, in a stable (sorted path) order."""
+        """Every finished unit of ``suite``, in a stable (sorted path) order; corrupt files are moved aside
+        with a warning (rerun the command to compute them again), temporary files are skipped."""
         base = self.root / "units" / suite
         if base.exists():
             for p in sorted(base.rglob("*.json")):
-                yield read_json(p)
+                if not p.name.startswith("."):
+                    unit = self._load_unit(p)
+                    if unit is not None:
+                        yield unit
 
     def remove_units(self, suite: str, model: str) -> int:
         """Delete the units of (suite, model) (``--fresh``); returns how many."""
         base = self.root / "units" / suite / model
-        paths = sorted(base.rglob("*.json")) if base.exists() else []
+        paths = sorted(base.rglob("*.json*")) if base.exists() else []
         for p in paths:
             p.unlink()
         return len(paths)
@@ -333,6 +369,6 @@ def default_run_dir(results: str | os.PathLike, config: dict[str, Any]) -> Path:
     return Path(results) / f"{config.get('profile', 'custom')}-{config_id(config)}"
 
 
-__all__ = ["TABLES", "RunDir", "atomic_write_json", "atomic_write_csv", "atomic_write_text", "atomic_torch_save",
+__all__ = ["TABLES", "RunDir", "ResumeMismatchError", "code_revision", "source_hash", "atomic_path", "atomic_write_json", "atomic_write_csv", "atomic_write_text", "atomic_torch_save",
            "read_json", "read_csv", "config_id", "provenance", "git_revision", "package_versions",
            "default_run_dir", "jsonable"]

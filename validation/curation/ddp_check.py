@@ -19,6 +19,7 @@ import torch.distributed as dist
 from torch import nn
 
 import influence
+from influence.atomic import atomic_torch_save
 from influence.batch import Batch, take, to_device
 
 from .methods import get_method
@@ -86,9 +87,7 @@ def main(argv: list[str] | None = None) -> None:
                   for b in batches]
         out[spec] = run_curated(ddp, shards, to_device(ref, device), spec, args.seed)
     if rank == 0:
-        tmp = f"{args.out}.tmp{os.getpid()}"
-        torch.save(out, tmp)
-        os.replace(tmp, args.out)
+        atomic_torch_save(args.out, out)
     dist.barrier()
     dist.destroy_process_group()
 
