@@ -9,19 +9,23 @@ Only parameters with ``requires_grad=True`` count.
     r.scores, r.per_layer            # [n_train], {module name: [n_train]}
 """
 
+from ._version import __version__
 from .errors import (BatchSizeError, InfluenceError, InPlaceModificationError, LossShapeError, NonFiniteLossError,
-                     SharedParameterError, TrainModeBatchNormError, UnsupportedLayerError)
+                     RoutedToExactWarning, SharedParameterError, StochasticModuleError, TrainModeBatchNormError,
+                     UndefinedGradientError, UnsupportedLayerError, VerificationError)
 from . import hf  # transformers is imported only inside its functions
 from .dataset import DatasetScores, score_dataset
 from .exact import exact
 from .ghost import ghost
 from .lai import lai
+from .layers import LayerRule, register_layer
 from .losses import cross_entropy, mse
 from .result import InfluenceResult
 from .tracin import tracin
 
 __all__ = [
-    "hf", "score_dataset", "DatasetScores", "exact", "ghost", "lai", "tracin", "InfluenceResult", "cross_entropy", "mse",
+    "__version__", "hf", "score_dataset", "DatasetScores", "exact", "ghost", "lai", "tracin", "InfluenceResult", "cross_entropy", "mse",
     "InfluenceError", "UnsupportedLayerError", "TrainModeBatchNormError", "SharedParameterError",
-    "LossShapeError", "BatchSizeError", "NonFiniteLossError", "InPlaceModificationError",
+    "LossShapeError", "BatchSizeError", "NonFiniteLossError", "InPlaceModificationError", "StochasticModuleError",
+    "UndefinedGradientError", "VerificationError", "RoutedToExactWarning", "LayerRule", "register_layer",
 ]
