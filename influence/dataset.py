@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
+from .atomic import atomic_torch_save, atomic_write_json
 from .batch import Batch, check_batch, take
 from .errors import InfluenceError
 from .result import InfluenceResult
@@ -64,7 +64,7 @@ class DatasetScores:
 
     def save(self, path: str | os.PathLike) -> None:
         """One file readable by :meth:`load` (``torch.load(weights_only=True)``), written atomically."""
-        atomic_save(self._state(), Path(path))
+        atomic_torch_save(path, self._state())
 
     def _state(self) -> dict[str, Any]:
         return {"indices": self.indices, "scores": self.scores, "per_layer": self.per_layer,
@@ -73,26 +73,6 @@ class DatasetScores:
     @staticmethod
     def load(path: str | os.PathLike) -> "DatasetScores":
         return DatasetScores(**torch.load(path, weights_only=True))
-
-
-def atomic_save(obj: Any, path: Path) -> None:
-    """``torch.save`` through a temporary file in the same folder, fsync, then ``os.replace`` (a reader never sees
-    a partial file); the file gets the usual permissions (0666 minus the umask)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 # ------------------------------------------------------------------ reading the data in order with indices
@@ -163,9 +143,7 @@ class _Store:
                                           "use another folder or delete it")
             if old is not None:
                 return
-        tmp = root / f".{MANIFEST}.tmp"
-        tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True))
-        os.replace(tmp, path)
+        atomic_write_json(path, manifest)
 
     def part(self, start: int) -> Path:
         return self.root / f"part-{start:012d}.pt"
@@ -249,7 +227,7 @@ def score_dataset(scorer: Scorer, data: Any, *, batch_size: int | None = None, p
             if entry is None:
                 entry = _entry(scorer(batch_at(start)), start, per_layer)
                 if store is not None:
-                    atomic_save(entry, store.part(start))
+                    atomic_torch_save(store.part(start), entry)
             entries.append(entry)
             bar.update(len(entry["scores"]))
     finally:
