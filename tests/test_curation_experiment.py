@@ -17,9 +17,9 @@ def _run(tmp_path, capsys, methods, task="digits-noisy40", extra=()):
 
 
 def test_comparison_writes_units_steps_and_table_and_resumes(tmp_path, capsys):
-    out = _run(tmp_path, capsys, "vanilla,lai,small-loss")
+    out = _run(tmp_path, capsys, "vanilla,lai,random")
     (run,) = (tmp_path / SUITE).iterdir()
-    for m in ("vanilla", "lai", "small-loss"):
+    for m in ("vanilla", "lai", "random"):
         assert f"| {m} |" in out
         unit = read_json(run / "units" / SUITE / "digits-noisy40" / "seed0" / f"{m}.json")
         rows = read_csv(run / "steps" / m / "seed0.csv")
@@ -31,16 +31,16 @@ def test_comparison_writes_units_steps_and_table_and_resumes(tmp_path, capsys):
             assert float(r["score_s"]) > 0 and float(r["update_s"]) > 0
         assert unit["noisy_seen"] == sum(int(r["noisy_kept"]) + int(r["noisy_dropped"]) for r in rows)
     lai = read_json(run / "units" / SUITE / "digits-noisy40" / "seed0" / "lai.json")
-    small = read_json(run / "units" / SUITE / "digits-noisy40" / "seed0" / "small-loss.json")
-    assert small["keep_fraction"] == pytest.approx(lai["kept_fraction"])  # dropped at the same rate
+    rand = read_json(run / "units" / SUITE / "digits-noisy40" / "seed0" / "random.json")
+    assert rand["keep_fraction"] == pytest.approx(lai["kept_fraction"])  # dropped at the same rate
     table = read_csv(run / "table.csv")
-    assert list(table[0]) == TABLE_COLUMNS and [r["method"] for r in table] == ["vanilla", "lai", "small-loss"]
+    assert list(table[0]) == TABLE_COLUMNS and [r["method"] for r in table] == ["vanilla", "lai", "random"]
     assert float(table[0]["time_vs_vanilla"]) == pytest.approx(1.0)
     timing = read_csv(run / "timing.csv")
-    assert [r["method"] for r in timing] == ["vanilla", "lai", "small-loss"]
+    assert [r["method"] for r in timing] == ["vanilla", "lai", "random"]
     assert float(timing[0]["time_vs_vanilla"]) == pytest.approx(1.0) and all(float(r["step_ms"]) > 0 for r in timing)
     before = {p: p.stat().st_mtime_ns for p in (run / "units").rglob("*.json")}
-    out = _run(tmp_path, capsys, "vanilla,lai,small-loss")
+    out = _run(tmp_path, capsys, "vanilla,lai,random")
     assert out.count("(done)") == 3
     assert {p: p.stat().st_mtime_ns for p in (run / "units").rglob("*.json")} == before
     assert len(list((run / "provenance.json").read_text().split('"argv"'))) == 3  # two invocations

@@ -18,11 +18,12 @@ import torch
 from .experiment import format_table, run_comparison
 from .timing import format_timing
 from .methods import METHODS
+from .protocols import CHOICES, apply_protocol, expand
 from .reference import KINDS
 from .step import ON_EMPTY
 from .tasks import TASKS, get_task
 
-DEFAULT_METHODS = "vanilla,lai,ghost,small-loss,random"
+DEFAULT_METHODS = "vanilla,lai,ghost,small-loss,loss-threshold,random,oracle"
 
 
 def parser() -> argparse.ArgumentParser:
@@ -35,9 +36,13 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--batch-size", type=int, help="override the task's batch size")
     ap.add_argument("--lr", type=float, help="override the task's learning rate")
     ap.add_argument("--max-train", type=int, help="train on a seeded random subset of N training samples (quick runs)")
-    ap.add_argument("--reference", choices=KINDS, help="reference policy (default: the task's, 'fixed')")
+    ap.add_argument("--protocol", choices=CHOICES, default="ours",
+                    help="scoring protocol: ours (from step 0, fixed reference), original (warm-up of a third of "
+                         "the epochs, fresh reference subset each step), both (one run folder each)")
+    ap.add_argument("--reference", choices=KINDS, help="reference policy (overrides the protocol's)")
     ap.add_argument("--ref-size", type=int, help="reference batch size")
-    ap.add_argument("--warmup", type=int, help="steps of plain training before curation starts")
+    ap.add_argument("--warmup", type=int, help="steps of plain training before curation starts (added to the "
+                                                "protocol's warm-up epochs)")
     ap.add_argument("--keep-fraction", type=float,
                     help="keep fraction of rate-based methods (default: match the --match method's kept fraction)")
     ap.add_argument("--match", default="lai", help="threshold method whose kept fraction rate-based methods match")
@@ -62,21 +67,29 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.threads:
         torch.set_num_threads(args.threads)
-    spec = get_task(args.task)
+    base = get_task(args.task)
     overrides = {k: v for k, v in {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
                                    "reference": args.reference, "ref_size": args.ref_size,
                                    "warmup_steps": args.warmup, "max_train": args.max_train}.items() if v is not None}
-    spec = dataclasses.replace(spec, **overrides)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         print(f"unknown methods {unknown}; choose from {', '.join(METHODS)}", file=sys.stderr)
         return 2
     seeds = list(range(args.seed_start, args.seed_start + args.seeds))
-    run, table, timing = run_comparison(spec, methods, seeds, args.results, args.keep_fraction, args.match,
-                                        args.on_empty, progress=not args.no_progress, timing_steps=args.timing_steps)
-    print(f"\n{spec.name}: {len(seeds)} seeds, {spec.epochs} epochs, run folder {run.root}")
-    print(format_table(table))
+    # the protocol sets reference, ref_size and warm-up from the task's (overridden) settings; explicit
+    # --reference/--ref-size/--warmup then override the protocol's
+    late = ("reference", "ref_size", "warmup_steps")
+    timing: list = []
+    for k, protocol in enumerate(expand(args.protocol)):
+        spec = dataclasses.replace(base, **{k: v for k, v in overrides.items() if k not in late})
+        spec = dataclasses.replace(apply_protocol(spec, protocol), **{k: v for k, v in overrides.items() if k in late})
+        run, table, t = run_comparison(spec, methods, seeds, args.results, args.keep_fraction, args.match,
+                                       args.on_empty, progress=not args.no_progress,
+                                       timing_steps=args.timing_steps if k == 0 else 0)
+        timing = timing or t
+        print(f"\n{spec.name} ({protocol} protocol): {len(seeds)} seeds, {spec.epochs} epochs, run folder {run.root}")
+        print(format_table(table))
     if timing:
         print(f"time per training step, interleaved over {args.timing_steps} steps (torch threads "
               f"{torch.get_num_threads()}):")

@@ -1,11 +1,12 @@
 """The curated-training comparison: every (task, method, seed) unit trained, logged and summarised.
 
-Run folder ``<results>/curate/<task>-<config id>/`` (the id hashes the task settings and the options that
-change results, so rerunning the same command resumes the same folder):
+Run folder ``<results>/curate/<task>-<protocol>-<config id>/`` (the id hashes the task settings, protocol
+included, the options that change results and the torch thread count, so rerunning the same command resumes
+the same folder; every unit records the code revision it ran under):
 
     config.json, provenance.json             the settings; one provenance entry per invocation
-    units/curate/<task>/seed<s>/<method>.json one finished unit (summary + per-epoch test curve); present =
-                                             never recomputed
+    units/curate/<task>/seed<s>/<method>.json one finished unit (summary + per-epoch test curve); a readable
+                                             one is never recomputed, a corrupt or empty one is
     steps/<method>/seed<s>.csv               per step: epoch, step, n, kept, loss, kept_loss, kept_fraction,
                                              noisy_kept, noisy_dropped, score_s, update_s, fallback
     pretrain/seed<s>.pt                      the shared pre-trained weights (fine-tuning tasks)
@@ -15,9 +16,11 @@ change results, so rerunning the same command resumes the same folder):
     timing.csv, timing.md                    interleaved per-step timing of the methods (``timing``), the
                                              trustworthy time ratio on a machine shared with other jobs
 
-Batch order depends only on the seed, so every method sees the same batches. Rate-based methods (random,
-small-loss, large-grad, top-k, GREATS) keep the fraction the matched threshold method (default: lai) kept
-over its whole run at the same seed, unless a keep fraction is given.
+Batch order depends only on the seed, so every method sees the same batches. Rate-matched methods (random,
+small-loss-fixed, large-grad, top-k, GREATS; ``Method.rate_matched``) keep the fraction the matched threshold
+method (default: lai) kept over its curated steps at the same seed, unless a keep fraction is given;
+small-loss follows its own ramped schedule (tau = the task's noise rate), loss-threshold, oracle and the
+threshold methods keep what their rule keeps. Every random choice has its own stream (``seeds``).
 """
 
 from __future__ import annotations
@@ -32,9 +35,10 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ..results import (RunDir, atomic_torch_save, atomic_write_csv, atomic_write_text, config_id, provenance,
-                       read_json)
-from .methods import Method, get_method
+from ..results import (RunDir, atomic_torch_save, atomic_write_csv, atomic_write_text, config_id, git_revision,
+                       provenance, read_json)
+from .methods import Method, get_method, ramped_drop_rate
+from .seeds import generator, stream
 from .reference import ReferencePolicy
 from .step import Curator
 from .tasks import Prepared, TaskSpec, evaluate, prepare
@@ -45,17 +49,20 @@ STEP_COLUMNS = ["epoch", "step", "n", "kept", "loss", "kept_loss", "kept_fractio
 TABLE_COLUMNS = ["method", "metric", "mean", "std", "n_seeds", "values", "kept_fraction", "noise_recall",
                  "drop_precision", "step_s", "time_vs_vanilla", "fallbacks"]
 SUITE = "curate"
+_REVISION = git_revision()  # code revision recorded in every unit (a resumed run shows if units differ)
 
 
 def run_config(spec: TaskSpec, keep_fraction: float | None, match: str, on_empty: str) -> dict[str, Any]:
+    """Everything that changes a unit's result (hashed into the run folder's id): task settings (protocol
+    included), rate matching, the empty-selection fallback and the torch thread count."""
     return {"profile": spec.name, "task": spec.to_dict(), "keep_fraction": keep_fraction, "match": match,
-            "on_empty": on_empty}
+            "on_empty": on_empty, "threads": torch.get_num_threads()}
 
 
-def _batches(n: int, batch_size: int, epoch: int, seed: int) -> list[Tensor]:
-    # A stream of its own: seeding with small numbers would replay the noise injection's permutation (seed 0,
-    # epoch 0 gave the same randperm, so the first batches were all noisy).
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(1_000_003 * (seed + 1) + epoch))
+def _batches(n: int, batch_size: int, epoch: int, seed: int, purpose: str = "batches") -> list[Tensor]:
+    # A stream of its own (``seeds``): seeding with small numbers would replay the noise injection's
+    # permutation (seed 0, epoch 0 gave the same randperm, so the first batches were all noisy).
+    perm = torch.randperm(n, generator=generator(seed, purpose, epoch))
     return [perm[i:i + batch_size] for i in range(0, n - batch_size + 1, batch_size)]
 
 
@@ -75,7 +82,7 @@ def pretrained_state(run: RunDir, prep: Prepared, seed: int) -> dict[str, Tensor
     opt = _optimizer(prep.spec, model)
     x, y = prep.pretrain
     for epoch in range(prep.spec.pretrain_epochs):
-        for idx in _batches(len(y), prep.spec.batch_size, epoch, seed + 7919):
+        for idx in _batches(len(y), prep.spec.batch_size, epoch, seed, "pretrain"):
             opt.zero_grad()
             prep.loss_fn(model(x[idx]), y[idx]).mean().backward()
             opt.step()
@@ -94,16 +101,21 @@ def train_unit(prep: Prepared, method: Method, seed: int, on_empty: str, init: d
     opt = _optimizer(spec, model)
     pool_n = len(prep.ref_pool[1])
     ref = ReferencePolicy(spec.reference, prep.ref_pool if spec.reference != "batch" else None,
-                          min(spec.ref_size, pool_n) if spec.reference != "batch" else None, seed=seed)
-    curator = Curator(prep.loss_fn, method, reference=ref, warmup_steps=spec.warmup_steps, on_empty=on_empty,
-                      seed=seed)
+                          min(spec.ref_size, pool_n) if spec.reference != "batch" else None,
+                          seed=stream(seed, "reference"))
     x, y = prep.train
+    per_epoch = len(_batches(len(y), spec.batch_size, 0, seed))
+    warmup = warmup_steps(spec, per_epoch)
+    curator = Curator(prep.loss_fn, method, reference=ref, warmup_steps=warmup, on_empty=on_empty,
+                      seed=stream(seed, "select"))
     rows, curve = [], []
-    start = time.perf_counter()
-    total = spec.epochs * len(_batches(len(y), spec.batch_size, 0, seed))
+    start, cpu0 = time.perf_counter(), time.process_time()
+    total = spec.epochs * per_epoch
     bar = tqdm(total=total, desc=f"{spec.name} {method.name} seed{seed}", leave=False, disable=not progress)
     step = 0
     for epoch in range(spec.epochs):
+        if method.ramp:  # co-teaching schedule: drop min(tau * epoch / T_k, tau), tau = the task's noise rate
+            curator.method = method.with_fraction(1.0 - ramped_drop_rate(epoch, spec.rate, spec.ramp_epochs))
         for idx in _batches(len(y), spec.batch_size, epoch, seed):
             opt.zero_grad(set_to_none=True)
             info = curator.step(model, opt, (x[idx], y[idx]), is_noisy=prep.is_noisy[idx])
@@ -112,13 +124,16 @@ def train_unit(prep: Prepared, method: Method, seed: int, on_empty: str, init: d
             bar.update()
         curve.append(evaluate(model, prep.test, prep.metric))
     bar.close()
-    curated = rows[spec.warmup_steps:] or rows
+    curated = rows[warmup:] or rows
     noisy_seen = sum(r["noisy_kept"] + r["noisy_dropped"] for r in curated)
     dropped = sum(r["n"] - r["kept"] for r in curated)
     noisy_dropped = sum(r["noisy_dropped"] for r in curated)
     summary = {
         "task": spec.name, "method": method.name, "signal": method.signal, "policy": method.policy,
-        "threshold": method.threshold, "keep_fraction": method.keep_fraction, "seed": seed, "metric": prep.metric,
+        "threshold": method.threshold, "keep_fraction": method.keep_fraction, "ramp": method.ramp,
+        "drop_rate_tau": spec.rate if method.ramp else None, "ramp_epochs": spec.ramp_epochs if method.ramp else None,
+        "protocol": spec.protocol, "warmup_steps": warmup, "reference": spec.reference, "ref_size": spec.ref_size,
+        "seed": seed, "metric": prep.metric,
         "final": curve[-1], "curve": curve, "steps": step,
         "kept_fraction": sum(r["kept_fraction"] for r in curated) / len(curated),
         "noise_recall": noisy_dropped / noisy_seen if noisy_seen else None,
@@ -128,9 +143,30 @@ def train_unit(prep: Prepared, method: Method, seed: int, on_empty: str, init: d
         "score_s_median": statistics.median(r["score_s"] for r in curated),
         "update_s_median": statistics.median(r["update_s"] for r in curated),
         "step_s_median": statistics.median(r["score_s"] + r["update_s"] for r in curated),
-        "wall_s": time.perf_counter() - start, "noise": prep.noise, "torch_threads": torch.get_num_threads(),
+        "wall_s": time.perf_counter() - start, "cpu_s": time.process_time() - cpu0, "noise": prep.noise,
+        "torch_threads": torch.get_num_threads(), "code": _REVISION,
     }
     return summary, rows
+
+
+def warmup_steps(spec: TaskSpec, steps_per_epoch: int) -> int:
+    """Steps of plain training before curation: ``warmup_steps`` + ``warmup_epochs`` whole or part epochs."""
+    return spec.warmup_steps + int(round(spec.warmup_epochs * steps_per_epoch))
+
+
+UNIT_KEYS = ("method", "seed", "final", "curve", "kept_fraction")
+
+
+def unit_problem(path: Path) -> str | None:
+    """Why the unit file at ``path`` cannot be used (unreadable, not an object, a key missing), or None."""
+    try:
+        unit = read_json(path)
+    except (OSError, ValueError) as exc:
+        return f"unreadable unit file {path} ({type(exc).__name__}: {exc})"
+    if not isinstance(unit, dict):
+        return f"unit file {path} holds a {type(unit).__name__}, not an object"
+    missing = [k for k in UNIT_KEYS if k not in unit]
+    return f"unit file {path} lacks {missing}" if missing else None
 
 
 def _match_fraction(run: RunDir, task: str, seed: int, match: str) -> float:
@@ -148,22 +184,25 @@ def run_comparison(spec: TaskSpec, methods: list[str], seeds: list[int], results
     """Run (or resume) every unit, then (``timing_steps`` > 0) the interleaved timing. Returns the run folder,
     the table rows and the timing rows (both also written there)."""
     config = run_config(spec, keep_fraction, match, on_empty)
-    run = RunDir(Path(results) / SUITE / f"{spec.name}-{config_id(config)}")
+    run = RunDir(Path(results) / SUITE / f"{spec.name}-{spec.protocol}-{config_id(config)}")
     run.init(config)
     run.add_provenance(provenance())
-    rate_methods = [m for m in methods if get_method(m).needs_fraction]
+    rate_methods = [m for m in methods if get_method(m).rate_matched]
     if rate_methods and keep_fraction is None and match not in methods:
         methods = [match, *methods]
-    order = sorted(methods, key=lambda m: get_method(m).needs_fraction)  # matched method first
+    order = sorted(methods, key=lambda m: get_method(m).rate_matched)  # matched method first
     for seed in seeds:
         prep = None
         for name in order:
             if run.has_unit(SUITE, spec.name, name, seed):
-                log(f"skip {spec.name} {name} seed{seed} (done)")
-                continue
+                problem = unit_problem(run.unit_path(SUITE, spec.name, name, seed))
+                if problem is None:
+                    log(f"skip {spec.name} {name} seed{seed} (done)")
+                    continue
+                log(f"recompute {spec.name} {name} seed{seed}: {problem}")
             prep = prep or prepare(spec, seed)
             m = get_method(name)
-            if m.needs_fraction:
+            if m.rate_matched:
                 m = m.with_fraction(keep_fraction if keep_fraction is not None
                                     else _match_fraction(run, spec.name, seed, match))
             summary, rows = train_unit(prep, m, seed, on_empty, pretrained_state(run, prep, seed), progress)
@@ -193,7 +232,7 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 def summarize(run: RunDir, task: str, methods: list[str], seeds: list[int]) -> list[dict[str, Any]]:
     """One row per method over the given seeds (from the units on disk)."""
     units = {(m, s): read_json(run.unit_path(SUITE, task, m, s)) for m in methods for s in seeds
-             if run.has_unit(SUITE, task, m, s)}
+             if run.has_unit(SUITE, task, m, s) and unit_problem(run.unit_path(SUITE, task, m, s)) is None}
     vanilla = {s: units[("vanilla", s)]["step_s_median"] for s in seeds if ("vanilla", s) in units}
     table = []
     for m in methods:

@@ -27,7 +27,8 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
-from influence.batch import Batch, LossFn, check_batch
+from influence.batch import Batch, LossFn, call_model, check_batch, output_tensor
+from influence.losses import per_sample_losses
 
 from .distributed import Shards, gather_batch, gather_rows, sum_gradients, unwrap
 from .errors import CurationError, EmptySelectionError
@@ -77,12 +78,33 @@ def _sync(model: nn.Module) -> None:
 
 
 def choose(method: Method, values: Tensor | None, n: int, lr: float, pairwise: Callable[[], Tensor] | None,
-           generator: torch.Generator | None, on_empty: str) -> tuple[Tensor, str | None]:
-    """Keep mask [n] of ``method`` on the (global) values, and the fallback used (None if none)."""
+           generator: torch.Generator | None, on_empty: str, *, is_noisy: Tensor | None = None,
+           ref_loss: float | None = None) -> tuple[Tensor, str | None]:
+    """Keep mask [n] of ``method`` on the (global) values, and the fallback used (None if none).
+
+    ``is_noisy`` bool [n]: the injected-noise mask (``oracle`` only); ``ref_loss``: the mean reference loss
+    (``loss-threshold`` only)."""
     p = method.policy
     k = keep_count(n, method.keep_fraction) if method.needs_fraction else n
     if p == "all":
         return torch.ones(n, dtype=torch.bool), None
+    if p in ("oracle", "loss_threshold"):
+        if p == "oracle":
+            if is_noisy is None:
+                raise CurationError(f"{method.name}: the oracle needs the injected-noise mask (is_noisy=...)")
+            mask = ~is_noisy.to(values.device).bool()
+        else:
+            if ref_loss is None:
+                raise CurationError(f"{method.name}: the loss threshold needs the reference loss")
+            mask = values <= ref_loss
+        if mask.any():
+            return mask, None
+        if on_empty == "error":
+            raise EmptySelectionError(f"{method.name}: no sample of the batch passed the filter; pass "
+                                      "on_empty='keep_all' or 'best' for a fallback")
+        if on_empty == "keep_all":
+            return torch.ones(n, dtype=torch.bool, device=values.device), "keep_all"
+        return keep_top_k(-values, 1), "best"  # the smallest loss
     if p == "random":
         return keep_random(n, k, generator), None
     if p == "bottom_k":
@@ -104,6 +126,13 @@ def choose(method: Method, values: Tensor | None, n: int, lr: float, pairwise: C
     if on_empty == "keep_all":
         return torch.ones(n, dtype=torch.bool, device=values.device), "keep_all"
     return keep_top_k(values, 1), "best"
+
+
+@torch.no_grad()
+def _mean_loss(model: nn.Module, loss_fn: LossFn, batch: Batch) -> float:
+    """Mean per-sample loss of ``batch`` (no graph)."""
+    n = check_batch(batch, "ref")
+    return float(per_sample_losses(loss_fn, output_tensor(call_model(model, batch[0])), batch[1], n, "ref").mean())
 
 
 def _add_to_grad(grads: list[tuple[nn.Parameter, Tensor]]) -> None:
@@ -162,7 +191,16 @@ def curation_step(model: nn.Module, loss_fn: LossFn, optimizer: torch.optim.Opti
     else:
         pairwise = scored.pairwise
     n_global = losses.shape[0]
-    mask, fallback = choose(m, values, n_global, lr, pairwise, generator, on_empty)
+    noisy = None
+    if is_noisy is not None:
+        noisy = is_noisy.to(losses.device).bool()
+        if sh is not None:
+            noisy = gather_rows(noisy.to(torch.int64), sh)[0].bool()
+    ref_loss = None
+    if m.policy == "loss_threshold":  # mean reference loss (the batch's own when there is no reference batch)
+        ref_loss = float(losses.mean()) if ref is None else _mean_loss(net, loss_fn, ref)
+    mask, fallback = choose(m, values, n_global, lr, pairwise, generator, on_empty, is_noisy=noisy,
+                            ref_loss=ref_loss)
     mask = mask.to(losses.device)
     kept = mask[offset:offset + n]
     _sync(net)
@@ -184,10 +222,8 @@ def curation_step(model: nn.Module, loss_fn: LossFn, optimizer: torch.optim.Opti
     t2 = time.perf_counter()
 
     noisy_kept = noisy_dropped = None
-    if is_noisy is not None:
-        noisy = is_noisy.to(mask.device).bool()
-        if sh is not None:
-            noisy = gather_rows(noisy.to(torch.int64), sh)[0].bool()
+    if noisy is not None:
+        noisy = noisy.to(mask.device)
         noisy_kept, noisy_dropped = int((noisy & mask).sum()), int((noisy & ~mask).sum())
     return StepInfo(m.name, kept, mask, scored.values, float(losses.mean()), float(losses[mask].mean()),
                     n_kept / n_global, noisy_kept, noisy_dropped, t1 - t0, t2 - t1, fallback, scored.reused,

@@ -28,6 +28,7 @@ from influence.batch import Batch
 from .. import data as vdata
 from .. import noise as vnoise
 from ..models import build_model
+from .seeds import generator, stream
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,9 @@ class TaskSpec:
     pretrain_epochs: int = 0
     doc_mode: str = "shuffle"  # corruption of noisy documents (validation.noise.DOC_MODES)
     max_train: int | None = None  # a seeded random subset of max_train training samples (quick runs, tests)
+    warmup_epochs: float = 0.0  # plain training before curation, in epochs (added to warmup_steps)
+    protocol: str = "ours"  # name of the scoring protocol (see ``protocols``); recorded, grouped by in tables
+    ramp_epochs: int = 10  # small-loss: epochs over which the drop rate ramps from 0 to tau (co-teaching T_k)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -112,7 +116,7 @@ def get_task(name: str) -> TaskSpec:
 
 def _model_factory(spec: TaskSpec, seed: int) -> Callable[[], nn.Module]:
     def make() -> nn.Module:
-        torch.manual_seed(seed)
+        torch.manual_seed(stream(seed, "init"))
         return build_model(spec.model, **spec.model_kw)
     return make
 
@@ -120,11 +124,11 @@ def _model_factory(spec: TaskSpec, seed: int) -> Callable[[], nn.Module]:
 def _prepare_classification(spec: TaskSpec, seed: int) -> Prepared:
     d = vdata.get_dataset(spec.dataset, seed=0)  # the data set's own split is fixed; seeds vary the rest
     n = len(d.y_train)
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    perm = torch.randperm(n, generator=generator(seed, "split"))
     val, tr = perm[:spec.val_size].sort().values, perm[spec.val_size:].sort().values
     k = int(d.meta.get("num_classes", int(d.y_train.max()) + 1))
     noisy_fn = vnoise.symmetric_label_noise if spec.noise == "symmetric" else vnoise.class_dependent_label_noise
-    rec = noisy_fn(d.y_train[tr], spec.rate, k, seed=seed)
+    rec = noisy_fn(d.y_train[tr], spec.rate, k, seed=stream(seed, "noise"))
     return Prepared(spec, (d.x_train[tr], rec.y_noisy), rec.is_noisy, (d.x_train[val], d.y_train[val]),
                     (d.x_test, d.y_test), "accuracy", _model_factory(spec, seed),
                     noise={"kind": rec.kind, "rate": spec.rate, "noise_rate": rec.noise_rate, "seed": seed})
@@ -140,11 +144,11 @@ def _prepare_lm(spec: TaskSpec, seed: int) -> Prepared:
     train_docs, test_docs = vdata.split_documents(docs, 0.1, seed=0)
     pretrain = None
     if spec.kind == "lm-finetune":  # first half of the training documents (seeded) for clean pre-training
-        rest, first = vdata.split_documents(train_docs, 0.5, seed=seed)
+        rest, first = vdata.split_documents(train_docs, 0.5, seed=stream(seed, "pretrain-half"))
         pretrain = _tokens(first, spec.seq_len)[0]
         train_docs = rest
-    pool_train, pool_ref = vdata.split_documents(train_docs, spec.val_docs, seed=seed + 1)
-    rec = vnoise.corrupt_documents(pool_train, spec.rate, seed=seed, mode=spec.doc_mode)
+    pool_train, pool_ref = vdata.split_documents(train_docs, spec.val_docs, seed=stream(seed, "split"))
+    rec = vnoise.corrupt_documents(pool_train, spec.rate, seed=stream(seed, "noise"), mode=spec.doc_mode)
     train, doc = _tokens(rec.texts, spec.seq_len)
     return Prepared(spec, train, rec.is_noisy[doc], _tokens(pool_ref, spec.seq_len)[0],
                     _tokens(test_docs, spec.seq_len)[0], "perplexity", _model_factory(spec, seed), pretrain,
@@ -155,11 +159,25 @@ def prepare(spec: TaskSpec, seed: int) -> Prepared:
     """Data, noise and model factory of ``spec`` for ``seed`` (noise, splits and init all depend on it)."""
     prep = _prepare_classification(spec, seed) if spec.kind == "classification" else _prepare_lm(spec, seed)
     if spec.max_train is not None and spec.max_train < len(prep.is_noisy):
-        keep = torch.randperm(len(prep.is_noisy), generator=torch.Generator().manual_seed(seed))[:spec.max_train]
-        keep = keep.sort().values
+        keep = stratified_subset(prep.is_noisy, spec.max_train, generator(seed, "subset"))
         prep.train = (prep.train[0][keep], prep.train[1][keep])
         prep.is_noisy = prep.is_noisy[keep]
+        prep.noise = {**prep.noise, "subset": spec.max_train, "subset_noise_rate": float(prep.is_noisy.float().mean())}
     return prep
+
+
+def stratified_subset(is_noisy: Tensor, size: int, gen: torch.Generator) -> Tensor:
+    """Sorted indices [size] of a random subset with the same share of noisy samples as ``is_noisy`` (bool [n]):
+    round(size * noisy share) noisy and the rest clean, each drawn uniformly with ``gen`` (a stream of its own,
+    never the noise injection's)."""
+    n = len(is_noisy)
+    if not 0 < size <= n:
+        raise ValueError(f"subset size must be in 1..{n}, got {size}")
+    noisy, clean = is_noisy.nonzero().flatten(), (~is_noisy).nonzero().flatten()
+    k = min(len(noisy), max(size - len(clean), int(round(size * len(noisy) / n))))
+    pick_noisy = noisy[torch.randperm(len(noisy), generator=gen)[:k]]
+    pick_clean = clean[torch.randperm(len(clean), generator=gen)[:size - k]]
+    return torch.cat([pick_noisy, pick_clean]).sort().values
 
 
 @torch.no_grad()

@@ -48,7 +48,7 @@ def time_methods(prep: Prepared, methods: list[str], seed: int = 0, steps: int =
             name = names[(s + j) % len(names)]
             model, opt, cur = runs[name]
             opt.zero_grad(set_to_none=True)
-            info = cur.step(model, opt, (x[idx], y[idx]))
+            info = cur.step(model, opt, (x[idx], y[idx]), is_noisy=prep.is_noisy[idx])
             if s >= warmup:
                 times[name].append((info.score_s, info.update_s))
     base = statistics.median(a + b for a, b in times["vanilla"])
