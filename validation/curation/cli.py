@@ -3,6 +3,7 @@
     python -m validation curate --task mnist1d-noisy40 --seeds 3
     python -m validation curate --task digits-noisy20-classdep --methods vanilla,lai,ghost,greats --epochs 10
     python -m validation curate --list
+    python -m validation curate --profile paper          # the paper's curation runs (validation.profiles)
 
 Units already finished in the run folder are skipped, so an interrupted command resumes when rerun.
 """
@@ -18,7 +19,9 @@ import torch
 from .experiment import format_table, run_comparison
 from .timing import format_timing
 from .methods import METHODS
+from ..profiles import CURATION_PROFILES
 from .protocols import CHOICES, apply_protocol, expand
+from .runner import run_profile
 from .reference import KINDS
 from .step import ON_EMPTY
 from .tasks import TASKS, get_task
@@ -29,7 +32,10 @@ DEFAULT_METHODS = "vanilla,lai,ghost,small-loss,loss-threshold,random,oracle"
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m validation curate", description=__doc__.splitlines()[0])
     ap.add_argument("--task", default="mnist1d-noisy40", help="task name (see --list)")
-    ap.add_argument("--seeds", type=int, default=3, help="number of seeds (0..N-1)")
+    ap.add_argument("--profile", choices=sorted(CURATION_PROFILES),
+                    help="run a curation profile (tasks, seeds, methods and protocols of "
+                         "validation.profiles.CURATION_PROFILES) seed by seed; --seeds/--epochs override it")
+    ap.add_argument("--seeds", type=int, default=None, help="number of seeds (0..N-1; default 3)")
     ap.add_argument("--seed-start", type=int, default=0)
     ap.add_argument("--methods", default=DEFAULT_METHODS, help=f"comma-separated, from {', '.join(METHODS)}")
     ap.add_argument("--epochs", type=int, help="override the task's epochs")
@@ -67,6 +73,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.profile:
+        run_profile(args.profile, args.results, seeds=args.seeds, seed_start=args.seed_start,
+                    progress=not args.no_progress, overrides={"epochs": args.epochs} if args.epochs else None)
+        return 0
     base = get_task(args.task)
     overrides = {k: v for k, v in {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
                                    "reference": args.reference, "ref_size": args.ref_size,
@@ -76,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         print(f"unknown methods {unknown}; choose from {', '.join(METHODS)}", file=sys.stderr)
         return 2
-    seeds = list(range(args.seed_start, args.seed_start + args.seeds))
+    seeds = list(range(args.seed_start, args.seed_start + (3 if args.seeds is None else args.seeds)))
     # the protocol sets reference, ref_size and warm-up from the task's (overridden) settings; explicit
     # --reference/--ref-size/--warmup then override the protocol's
     late = ("reference", "ref_size", "warmup_steps")
