@@ -1,14 +1,15 @@
-"""``python -m paper_figs``: every paper figure from stored results.
+"""``lai figures`` (also ``python -m paper_figs``): every paper figure from stored results, in seconds.
 
-    python -m paper_figs                         # newest run folder under results/ (+ results/curate)
-    python -m paper_figs --results results/quick-1a2b3c4d5e
-    python -m paper_figs --run quick             # first run the quick validation and curated training
-    python -m paper_figs --only 2 3 --formats png
+    lai figures                                  # newest run folder under results/ (+ results/curate)
+    lai figures --results results/quick-1a2b3c4d5e
+    lai figures --run quick                      # first run the quick validation and curated training
+    lai figures --only 2,3 --formats png
 
 Figures go to ``<run folder>/figures/figN_<name>.png|.pdf|.csv`` (the CSV is the exact data plotted), each
-written atomically. A figure whose results are missing is skipped with the command that produces them; the
-others are still drawn. Exit status 0 when every validation figure (1-5) was drawn, 1 otherwise (figure 6,
-curated training, is reported but not required).
+written atomically. A figure whose results are missing is skipped with the command that produces them (run
+as printed, it writes where this command looks); the others are still drawn. Exit status 0 when every
+validation figure (1-5) was drawn, 1 otherwise (figure 6, curated training, is reported but not required),
+2 on a usage error.
 
 The newest run folder is the most recently modified ``<results>/<name>/`` holding a ``summary.json``.
 """
@@ -21,6 +22,8 @@ import subprocess
 import sys
 from pathlib import Path
 from typing import Sequence
+
+from validation.options import add_output_control, info, make_parser, progress_enabled, split_list
 
 from .figures import CURATION_COMMANDS, FIGURES, Outcome, Sources, render
 
@@ -48,12 +51,15 @@ def resolve(results: str | None, curate: str | None, root_default: str = "result
     return root, Sources(run, cur)
 
 
-def _run(cmd: list[str]) -> tuple[int, str]:
-    """Run ``cmd`` with stderr passed through; returns (status, stdout)."""
-    print(f"$ {' '.join(shlex.quote(c) for c in cmd)}", file=sys.stderr, flush=True)
+def _run(cmd: list[str], quiet: bool = False) -> tuple[int, str]:
+    """Run ``cmd`` (its stderr, progress and warnings, passed through); returns (status, stdout), which is also
+    echoed on stdout unless ``quiet``."""
+    if not quiet:
+        print(f"$ {' '.join(shlex.quote(c) for c in cmd)}", flush=True)
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
-    if proc.stdout:
-        sys.stderr.write(proc.stdout)
+    if proc.stdout and not quiet:
+        sys.stdout.write(proc.stdout)
+        sys.stdout.flush()
     return proc.returncode, proc.stdout
 
 
@@ -61,21 +67,22 @@ def _status(code: int) -> str:
     return f"status {code}" if code >= 0 else f"signal {-code} (killed; out of memory?)"
 
 
-def produce(profile: str, root: Path, extra: Sequence[str] = (), curation: bool = True) -> tuple[Path | None, list[str]]:
-    """Run the validation suites (``python -m validation run --profile <profile>``) and the curated-training
-    commands of ``CURATION_COMMANDS[profile]`` into ``root``. Returns (run folder, problems)."""
+def produce(profile: str, root: Path, extra: Sequence[str] = (), curation: bool = True,
+            quiet: bool = False) -> tuple[Path | None, list[str]]:
+    """Run the validation suites (``lai run --profile <profile> --out <root>``) and the curated-training
+    commands of ``CURATION_COMMANDS[profile]`` (``--out <root>``) into ``root``. Returns (run folder, problems)."""
     problems = []
-    code, out = _run([sys.executable, "-m", "validation", "run", "--profile", profile, "--results-dir", str(root),
-                      *extra])
+    lai = [sys.executable, "-m", "validation"]
+    code, out = _run([*lai, "run", "--profile", profile, "--out", str(root), *extra], quiet)
     lines = [ln.strip() for ln in out.splitlines() if ln.strip()]
     run = Path(lines[-1]) if lines and Path(lines[-1]).is_dir() else None
     if code != 0 or run is None:
-        problems.append(f"`python -m validation run --profile {profile}` exited with {_status(code)}")
+        problems.append(f"`lai run --profile {profile}` exited with {_status(code)}")
     if curation:
         for args in CURATION_COMMANDS[profile]:
-            code, _ = _run([sys.executable, "-m", "validation", "curate", *args, "--results", str(root)])
+            code, _ = _run([*lai, "curate", *args, "--out", str(root)], quiet)
             if code != 0:
-                problems.append(f"`python -m validation curate {' '.join(args)}` exited with {_status(code)}")
+                problems.append(f"`lai curate {' '.join(args)}` exited with {_status(code)}")
     return run, problems
 
 
@@ -94,49 +101,59 @@ def report(outcomes: list[Outcome], out_dir: Path | None) -> str:
     return "\n".join(lines)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m paper_figs", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--results", default=None, metavar="DIR",
-                   help="a run folder, or a results root whose newest run folder is used (default: results/)")
+def build_parser(prog: str = "lai figures") -> argparse.ArgumentParser:
+    p = make_parser(prog, __doc__)
+    p.add_argument("--results", default="results", metavar="DIR",
+                   help="a run folder, or a results root whose newest run folder is used")
     p.add_argument("--curate", default=None, metavar="DIR",
                    help="curated-training results (default: <results root>/curate)")
     p.add_argument("--out", default=None, metavar="DIR", help="output folder (default: <run folder>/figures)")
     p.add_argument("--run", choices=sorted(CURATION_COMMANDS), default=None,
-                   help="first produce the results: `python -m validation run --profile X` and the curated "
-                        "training commands of that profile")
+                   help="first produce the results: `lai run --profile X` and the curated training commands of "
+                        "that profile, into the results root")
     p.add_argument("--no-curate", action="store_true", help="with --run: skip the curated-training commands")
     p.add_argument("--run-arg", action="append", default=[], metavar="ARG",
-                   help="extra argument for `python -m validation run` (repeatable), e.g. --run-arg=--no-progress")
-    p.add_argument("--only", nargs="+", type=int, default=None, metavar="N", help="figure numbers to draw")
-    p.add_argument("--formats", default="png,pdf", help="image formats (default png,pdf)")
-    p.add_argument("--dpi", type=float, default=None, help="PNG resolution (default 300)")
+                   help="extra argument for `lai run` (repeatable), e.g. --run-arg=--threads=2")
+    p.add_argument("--only", default=None, metavar="LIST", help="comma-separated figure numbers, e.g. 2,3")
+    p.add_argument("--formats", default="png,pdf", help="comma-separated image formats")
+    p.add_argument("--dpi", type=float, default=300.0, help="PNG resolution")
+    add_output_control(p)
     return p
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: Sequence[str] | None = None, prog: str = "lai figures") -> int:
+    p = build_parser(prog)
+    args = p.parse_args(argv)
+    numbers = sorted({s.number for s in FIGURES})
+    try:
+        only = None if args.only is None else [int(x) for x in split_list(args.only, tuple(map(str, numbers)),
+                                                                          "figure")]
+    except Exception as exc:
+        p.error(str(exc))
     root, src = resolve(args.results, args.curate)
     problems: list[str] = []
     if args.run:
-        run, problems = produce(args.run, root, args.run_arg, curation=not args.no_curate)
+        extra = list(args.run_arg) + ([] if progress_enabled(args) else ["--no-progress"])
+        run, problems = produce(args.run, root, extra, curation=not args.no_curate, quiet=args.quiet)
         if run is not None:
             src = Sources(run, src.curate)
     out_dir = Path(args.out) if args.out else ((src.run or root) / "figures")
-    print(f"validation results: {src.run or 'none found under ' + str(root)}", file=sys.stderr)
-    print(f"curated-training results: {src.curate}", file=sys.stderr)
-    formats = [f.strip() for f in args.formats.split(",") if f.strip()]
-    specs = [s for s in FIGURES if args.only is None or s.number in args.only]
+    info(args, f"validation results: {src.run or 'none found under ' + str(root)}")
+    info(args, f"curated-training results: {src.curate}")
+    formats = split_list(args.formats)
+    specs = [s for s in FIGURES if only is None or s.number in only]
     outcomes = [render(s, src, out_dir, formats, args.dpi) for s in specs]
     print(report(outcomes, out_dir))
-    for p in problems:
-        print(f"problem while producing results: {p}")
+    for problem in problems:
+        print(f"problem while producing results: {problem}")
     required = [o for o in outcomes if o.spec.validation]
-    ok = all(o.status == "drawn" for o in required)
+    run_failed = any(problem.startswith("`lai run") for problem in problems)  # curation failures: reported only
+    ok = all(o.status == "drawn" for o in required) and not run_failed
     drawn = sum(o.status == "drawn" for o in outcomes)
     print(f"{drawn} of {len(outcomes)} figures drawn; "
-          + ("all validation figures drawn" if ok else "some validation figures are missing (exit status 1)"))
+          + ("all validation figures drawn" if ok else "some validation figures are missing or their runs "
+             "failed (exit status 1)"))
     return 0 if ok else 1
 
 
-__all__ = ["main", "newest_run", "resolve", "produce", "is_run_folder"]
+__all__ = ["main", "build_parser", "newest_run", "resolve", "produce", "is_run_folder"]

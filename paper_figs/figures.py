@@ -41,14 +41,14 @@ class Sources:
     def run_command(self, suite: str) -> str:
         """The command that adds ``suite``'s results to this run folder (or makes a quick run)."""
         if self.run is not None and (self.run / "config.json").is_file():
-            return f"python -m validation run --resume {shlex.quote(str(self.run))} --suite {suite}"
-        return f"python -m validation run --profile quick --suite {suite}"
+            return f"lai run --resume {shlex.quote(str(self.run))} --suite {suite}"
+        return f"lai run --profile quick --suite {suite}"
 
     def table(self, name: str, suite: str) -> Table:
         """``<run>/<name>.csv``, or MissingResults naming the command that writes it."""
         if self.run is None:
             raise MissingResults("no validation run folder (with summary.json) found",
-                                 "python -m validation run --profile quick")
+                                 "lai run --profile quick")
         t = read_table(self.run / f"{name}.csv")
         if t is None:
             raise MissingResults(f"{self.run / (name + '.csv')} is missing or empty", self.run_command(suite))
@@ -56,21 +56,28 @@ class Sources:
 
 
 #: Curated-training commands behind figure 6: ``--run quick`` and ``--run full`` execute these (with
-#: ``--results <results root>`` appended). quick: two noise levels of MNIST-1D, 2 seeds, 4 epochs, a few
+#: ``--out <results root>`` appended). quick: two noise levels of MNIST-1D, 2 seeds, 4 epochs, a few
 #: methods (minutes on 2 CPU cores); full: the tasks' own epochs, 5 seeds, every main method, all families.
 CURATION_COMMANDS: dict[str, list[list[str]]] = {
-    "quick": [["--task", task, "--seeds", "2", "--epochs", "4", "--methods", "vanilla,lai,ghost,random,small-loss",
+    "quick": [["--task", task, "--seeds", "0-1", "--epochs", "4", "--methods", "vanilla,lai,ghost,random,small-loss",
                "--no-progress"] for task in ("mnist1d-noisy20", "mnist1d-noisy40")],
-    "full": [["--task", task, "--seeds", "5", "--methods",
+    "full": [["--task", task, "--seeds", "0-4", "--methods",
               "vanilla,lai,lai-last,ghost,greats,random,small-loss,large-grad", "--no-progress"]
              for task in ("mnist1d-noisy20", "mnist1d-noisy40", "mnist1d-noisy20-classdep",
                           "mnist1d-noisy40-classdep", "digits-noisy20", "digits-noisy40", "lm-finetune")],
 }
 
 
-def curation_command(profile: str = "quick") -> str:
-    return "; ".join("python -m validation curate " + " ".join(shlex.quote(a) for a in args)
-                     for args in CURATION_COMMANDS[profile])
+def curation_command(profile: str = "quick", curate_dir: Path | None = None) -> str:
+    """The curated-training commands of ``profile``, writing where figure 6 looks (``curate_dir``, which
+    ``lai curate --out ROOT`` fills as ``ROOT/curate``)."""
+    root = curate_dir.parent if curate_dir is not None and curate_dir.name == "curate" else None
+    out = ["--out", str(root)] if root is not None else []
+    cmd = "; ".join("lai curate " + " ".join(shlex.quote(a) for a in [*args, *out])
+                    for args in CURATION_COMMANDS[profile])
+    if curate_dir is not None and root is None:
+        cmd += f" --out ROOT (then draw with --curate ROOT/curate; {curate_dir} is not named curate)"
+    return cmd
 
 
 def _load1(src: Sources) -> PlotData:
@@ -102,7 +109,7 @@ def _load5(src: Sources) -> PlotData:
 
 
 def _load6(src: Sources) -> PlotData:
-    cmd = curation_command("quick")
+    cmd = curation_command("quick", src.curate)
     if src.curate is None or not src.curate.is_dir():
         raise MissingResults(f"no curated-training results folder ({src.curate or 'results/curate'})", cmd)
     res = load_curation(src.curate)

@@ -408,18 +408,18 @@ def test_cli_draws_every_figure_with_its_data(tmp_path, capsys):
 def test_cli_reports_missing_results(tmp_path, capsys):
     folder = tmp_path / "quick-cccccccccc"
     write_run(folder, skip=("bound", "bound_layers"), models=("mlp",))
-    code = main(["--results", str(folder), "--formats", "png", "--dpi", "30", "--only", "1", "3", "6"])
+    code = main(["--results", str(folder), "--formats", "png", "--dpi", "30", "--only", "1,3,6"])
     out = capsys.readouterr().out
     assert code == 1
     assert "drawn   fig1_dynamics" in out and "skipped fig3_bound" in out and "skipped fig6_curation" in out
-    assert f"python -m validation run --resume {folder} --suite bound" in out
-    assert "python -m validation curate --task mnist1d-noisy20" in out
+    assert f"lai run --resume {folder} --suite bound" in out
+    assert "lai curate --task mnist1d-noisy20" in out
     assert (folder / "figures" / "fig1_dynamics.png").is_file() and not (folder / "figures" / "fig3_bound.png").exists()
     # only the curated-training figure missing: still exit status 0
     write_run(folder, models=("mlp",))
-    assert main(["--results", str(folder), "--formats", "png", "--dpi", "30", "--only", "3", "6"]) == 0
+    assert main(["--results", str(folder), "--formats", "png", "--dpi", "30", "--only", "3,6"]) == 0
     assert main(["--results", str(tmp_path / "empty")]) == 1
-    assert "python -m validation run --profile quick" in capsys.readouterr().out
+    assert "lai run --profile quick" in capsys.readouterr().out
 
 
 def test_pdf_output(run, tmp_path):
@@ -440,7 +440,7 @@ def test_cli_run_produces_results_first(tmp_path, monkeypatch, capsys):
     root = tmp_path / "res"
     calls = []
 
-    def fake_run(cmd):
+    def fake_run(cmd, quiet=False):
         calls.append(cmd[1:])
         if cmd[2:4] == ["validation", "run"]:
             folder = root / "quick-dddddddddd"
@@ -449,10 +449,10 @@ def test_cli_run_produces_results_first(tmp_path, monkeypatch, capsys):
         return 3, ""  # a failing curation command is reported, not fatal
 
     monkeypatch.setattr(cli, "_run", fake_run)
-    code = main(["--results", str(root), "--run", "quick", "--formats", "png", "--dpi", "30", "--only", "1", "6"])
+    code = main(["--results", str(root), "--run", "quick", "--formats", "png", "--dpi", "30", "--only", "1,6"])
     out = capsys.readouterr().out
     assert code == 0
-    assert calls[0] == ["-m", "validation", "run", "--profile", "quick", "--results-dir", str(root)]
-    assert [c[3:] for c in calls[1:]] == [[*a, "--results", str(root)] for a in CURATION_COMMANDS["quick"]]
+    assert calls[0] == ["-m", "validation", "run", "--profile", "quick", "--out", str(root)]
+    assert [c[3:] for c in calls[1:]] == [[*a, "--out", str(root)] for a in CURATION_COMMANDS["quick"]]
     assert (root / "quick-dddddddddd" / "figures" / "fig1_dynamics.png").is_file()
     assert "exited with status 3" in out and "skipped fig6_curation" in out

@@ -1,4 +1,5 @@
-"""`python -m validation run` end to end on the tiny profile: outputs, summary keys, resume, reproducibility."""
+"""`lai run` end to end on the tiny profile (outputs, summary keys, resume, reproducibility) and the `lai` command's
+shared options, help texts and exit statuses."""
 
 import contextlib
 import io
@@ -10,8 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from validation.__main__ import main as dispatch
+from validation.command import COMMANDS, main as dispatch
 from validation.cli import apply_override, build_parser, make_config, run_main
+from validation.options import parse_seeds, split_list
 from validation.profiles import get_profile
 from validation.results import RunDir, read_csv
 
@@ -32,7 +34,7 @@ def _run(results: Path, extra=()) -> Path:
     """Run the command, check its status, return the last line printed (the run folder)."""
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        status = run_main([*ARGS, "--results-dir", str(results), *extra])
+        status = run_main([*ARGS, "--out", str(results), *extra])
     assert status == 0
     lines = out.getvalue().strip().splitlines()
     return Path(lines[-1])
@@ -89,29 +91,88 @@ def test_resume_by_folder_uses_its_config(run):
     assert out.getvalue().strip().splitlines()[-1] == str(folder)
 
 
+def test_resume_refuses_other_threads_or_code(run, capsys, monkeypatch):
+    _, folder = run
+    assert run_main(["--resume", str(folder), "--threads", "2", "--no-progress"]) == 2
+    assert "--threads 1" in capsys.readouterr().err
+    import validation.cli as cli
+
+    monkeypatch.setattr(cli, "code_revision", lambda: "git:other")
+    assert run_main(["--resume", str(folder), "--no-progress"]) == 2
+    assert "units of both would be mixed" in capsys.readouterr().err
+
+
+def test_failed_theory_check_exits_1(tmp_path, monkeypatch):
+    import validation.cli as cli
+
+    monkeypatch.setattr(cli, "failed_theory_checks", lambda summary: ["bound holds"])
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        status = run_main([*ARGS, "--suite", "fidelity", "--out", str(tmp_path)])
+    assert status == 1 and "FAILED theory checks: bound holds" in out.getvalue()
+
+
 def test_overrides_and_parser():
-    config = make_config(build_parser().parse_args(["--profile", "tiny", "--seeds", "3", "4", "--set", "*.steps=7"]))
+    config = make_config(build_parser().parse_args(["--profile", "tiny", "--seeds", "3-4", "--set", "*.steps=7"]))
     assert config["seeds"] == [3, 4] and all(m["steps"] == 7 for m in config["models"].values())
+    assert config["threads"] == 1 and config["code"]
     apply_override(config, "mlp.noise={\"kind\": \"symmetric\", \"rate\": 0.4}")
     assert config["models"]["mlp"]["noise"]["rate"] == 0.4
-    with pytest.raises(SystemExit):
+    with pytest.raises(Exception, match="unknown setting"):
         apply_override(config, "mlp.nonsense=1")
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as exc:
         run_main(["--suite", "nonsense"])
+    assert exc.value.code == 2
 
 
-def test_dispatch_reports_unknown_and_missing_commands(capsys, monkeypatch):
+def test_one_seed_and_list_syntax():
+    assert parse_seeds("0") == [0] and parse_seeds("0-2,5") == [0, 1, 2, 5] and parse_seeds("3,1,3") == [3, 1]
+    for bad in ("a", "2-1", "-1", "1,,x"):
+        with pytest.raises(Exception, match="bad seed list"):
+            parse_seeds(bad)
+    assert split_list("b, a,b", ("a", "b", "c")) == ["b", "a"] and split_list("all", ("a", "b")) == ["a", "b"]
+    with pytest.raises(Exception, match="choose from a, b, all"):
+        split_list("z", ("a", "b"))
+
+
+def test_dispatch_statuses(capsys, monkeypatch):
     assert dispatch(["nonsense"]) == 2
-    import validation.__main__ as entry
+    assert "unknown command" in capsys.readouterr().err
+    monkeypatch.setitem(COMMANDS, "ghostcmd", ("validation.no_such_module", "x"))
+    with pytest.raises(ModuleNotFoundError):  # a missing module of this package is a bug, not a usage error
+        dispatch(["ghostcmd"])
+    monkeypatch.setitem(COMMANDS, "extra", ("no_such_optional_dependency", "x"))
+    assert dispatch(["extra"]) == 2 and "lai[validation]" in capsys.readouterr().err
+    assert dispatch(["--help"]) == 0 and dispatch([]) == 2
+    assert dispatch(["--version"]) == 0
 
-    monkeypatch.setitem(entry.COMMANDS, "ghostcmd", ("validation.no_such_module", "main"))
-    assert dispatch(["ghostcmd"]) == 2
-    assert "not available" in capsys.readouterr().err
-    assert dispatch(["--help"]) == 0
+
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+def test_every_command_has_the_shared_vocabulary_and_its_own_name(name, capsys):
+    with pytest.raises(SystemExit) as exc:
+        dispatch([name, "--help"])
+    assert exc.value.code == 0
+    text = capsys.readouterr().out
+    assert text.startswith(f"usage: lai {name}") and "--quiet" in text and "--no-progress" in text
+    assert "(default: " in text
+    if name != "figures":
+        assert "--threads N" in text and "(default: 1)" in text
+    with pytest.raises(SystemExit) as exc:
+        dispatch([name, "--no-such-option"])
+    assert exc.value.code == 2
 
 
 def test_module_entry_point_runs():
     out = subprocess.run([sys.executable, "-m", "validation", "--help"], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0 and "run" in out.stdout and "bench" in out.stdout
+    assert out.returncode == 0 and "run" in out.stdout and "bench" in out.stdout and not out.stderr
     help_text = build_parser().format_help()
     assert "--suite" in help_text and "--resume" in help_text and "--device" in help_text
+
+
+def test_curation_hint_writes_where_figures_look(tmp_path):
+    from paper_figs.cli import resolve
+    from paper_figs.figures import curation_command
+
+    root, src = resolve(str(tmp_path / "res"), None)
+    cmd = curation_command("quick", src.curate)
+    assert src.curate == root / "curate" and f"--out {root}" in cmd and cmd.startswith("lai curate ")

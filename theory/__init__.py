@@ -6,8 +6,9 @@
     theory.kendall_lower_bound(ghost_scores, bounds)       # guaranteed Kendall tau(LAI, Ghost)
     theory.guaranteed_filter_accuracy(ghost_scores, bounds)
 
-Batches and ``loss_fn`` as in ``influence``. ``python -m theory.tightness`` prints how tight the bounds are,
-``python -m theory.symbolic`` runs the sympy check and prints the statements as LaTeX.
+Batches and ``loss_fn`` as in ``influence``. ``python -m theory.symbolic`` runs the sympy check and prints the
+statements as LaTeX; ``lai tightness`` (validation/tightness.py) measures how tight the bounds are on trained
+models. This package imports nothing from ``validation``.
 """
 
 from .analysis import Analysis, analyse

@@ -1,7 +1,9 @@
-"""How tight are the bounds? Median ratio bound / |Ghost - LAI| for an MLP, a CNN and a transformer.
+"""``lai tightness``: how tight are the bounds? Median ratio bound / |Ghost - LAI| for an MLP, a CNN and a
+transformer (about a minute on 2 cores at the defaults).
 
-    python -m theory.tightness            # prints one row per model
-    python -m theory.tightness --steps 0  # at initialisation
+    lai tightness                    # one row per model
+    lai tightness --steps 0          # at initialisation
+    lai tightness --seeds 0-2 --models mlp
 
 Each model is trained briefly (float32, Adam) on an offline data set, then copied to float64 and scored on a
 training batch against a held-out reference batch: the measured error Ghost_i - LAI_i (from the exact
@@ -31,10 +33,11 @@ from scipy.stats import kendalltau
 from torch import Tensor, nn
 
 import influence
-from validation.models import CNN2d, MLP, CausalTransformer
+from theory.analysis import analyse
+from theory.ranking import filter_agreement, guaranteed_filter_accuracy, kendall_lower_bound
 
-from .analysis import analyse
-from .ranking import filter_agreement, guaranteed_filter_accuracy, kendall_lower_bound
+from .models import CNN2d, MLP, CausalTransformer
+from .options import add_common, make_parser, split_list, torch_threads
 
 ALPHABET = "abcdefghijklmnopqrstuvwxyz .,\n()"  # 32 symbols; every other character maps to the space
 
@@ -57,7 +60,7 @@ def alphabet_tokens(text: str) -> Tensor:
 
 
 def _text_pairs(docs: list[tuple[str, str]], seq_len: int) -> tuple[Tensor, Tensor]:
-    from validation.data import lm_pairs
+    from .data import lm_pairs
 
     xs, ys = zip(*(lm_pairs(alphabet_tokens(text), seq_len) for _, text in docs))
     return torch.cat(xs), torch.cat(ys)
@@ -65,7 +68,7 @@ def _text_pairs(docs: list[tuple[str, str]], seq_len: int) -> tuple[Tensor, Tens
 
 def setups(seed: int, n: int, n_seq: int, seq_len: int) -> list[Setup]:
     """The three reference models with their data (float32; cast to float64 before scoring)."""
-    from validation.data import load_digits, load_mnist1d, pydoc_documents, split_documents
+    from .data import load_digits, load_mnist1d, pydoc_documents, split_documents
 
     torch.manual_seed(seed)
     m1 = load_mnist1d(n_train=2000, n_test=500, seed=seed)
@@ -159,32 +162,49 @@ def format_row(r: dict[str, Any]) -> str:
             f"{f(r['kendall_lb_apriori'])})  filter {f(r['filter'])} (lb {f(r['filter_lb_data'])})")
 
 
-def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+MODELS = ("mlp", "cnn2d", "transformer")
+
+
+def build_parser(prog: str = "lai tightness") -> argparse.ArgumentParser:
+    p = make_parser(prog, __doc__)
     p.add_argument("--steps", type=int, default=200, help="Adam steps before measuring (0: at initialisation)")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--n", type=int, default=32, help="train and reference samples for the MLP and CNN")
     p.add_argument("--n-seq", type=int, default=8, help="train and reference sequences for the transformer")
-    p.add_argument("--seq-len", type=int, default=8)
-    p.add_argument("--models", default="mlp,cnn2d,transformer")
+    p.add_argument("--seq-len", type=int, default=8, help="tokens per transformer sequence")
+    p.add_argument("--models", default=",".join(MODELS), help="comma-separated, from " + ", ".join(MODELS))
+    add_common(p, seeds=("0", "seeds (one row per model and seed)"), device=False)
+    return p
+
+
+def main(argv: list[str] | None = None, prog: str = "lai tightness") -> int:
+    """Print one row per (model, seed); exit status 1 if a bound is violated anywhere."""
+    p = build_parser(prog)
     args = p.parse_args(argv)
-    torch.manual_seed(args.seed)
-    np.random.seed(args.seed)
-    wanted = args.models.split(",")
-    rows = []
-    print(f"median over training samples of bound / |Ghost - LAI| (steps={args.steps}, seed={args.seed}, float64)")
-    for s in setups(args.seed, args.n, args.n_seq, args.seq_len):
-        if s.name not in wanted:
-            continue
-        r = measure(s, args.steps, args.seed)
-        rows.append(r)
-        print(format_row(r), flush=True)
-        if r["apriori_note"]:
-            print(f"{'':<12} a-priori bound n/a: {r['apriori_note']}")
-        if r["data_violations"] or r["apriori_violations"]:
-            print(f"{'':<12} VIOLATIONS: data {r['data_violations']}, apriori {r['apriori_violations']}")
-    return rows
+    try:
+        wanted = split_list(args.models, MODELS, "model")
+    except argparse.ArgumentTypeError as exc:
+        p.error(str(exc))
+    violated = False
+    with torch_threads(args.threads):
+        for seed in args.seeds:
+            torch.manual_seed(seed)
+            np.random.seed(seed)
+            print(f"median over training samples of bound / |Ghost - LAI| (steps={args.steps}, seed={seed}, "
+                  "float64)", flush=True)
+            for s in setups(seed, args.n, args.n_seq, args.seq_len):
+                if s.name not in wanted:
+                    continue
+                r = measure(s, args.steps, seed)
+                print(format_row(r), flush=True)
+                if r["apriori_note"]:
+                    print(f"{'':<12} a-priori bound n/a: {r['apriori_note']}")
+                if r["data_violations"] or r["apriori_violations"]:
+                    violated = True
+                    print(f"{'':<12} VIOLATIONS: data {r['data_violations']}, apriori {r['apriori_violations']}")
+    return 1 if violated else 0
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    sys.exit(main())

@@ -1,4 +1,4 @@
-"""Tiny networks and batches the theory is checked on (tests, examples). All models come in eval mode.
+"""Tiny networks and batches the theory is checked on (tests). All models come in eval mode.
 
 ``mlp`` and ``cnn`` are ``nn.Sequential`` stacks of supported layers and elementwise activations;
 ``residual_ln_mlp`` adds a pre-LayerNorm residual block (a-priori bound through LayerNorm and a residual);
@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from validation.models import CausalTransformer
+from .models import CausalTransformer
 
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU, "sigmoid": nn.Sigmoid,
                "leaky_relu": lambda: nn.LeakyReLU(0.2)}
