@@ -13,6 +13,10 @@ from ._version import __version__
 from .errors import (BatchSizeError, InfluenceError, InPlaceModificationError, LossShapeError, NonFiniteLossError,
                      RoutedToExactWarning, SharedParameterError, StochasticModuleError, TrainModeBatchNormError,
                      UndefinedGradientError, UnsupportedLayerError, VerificationError)
+from .errors import (EmptyBatchError, InvalidArgumentError, ModelOutputError, NonFiniteInputError,
+                     NoTrainableParameterError, TargetShapeError, UnknownParameterError)
+from .batch import select_output
+from .exact import VmapFallbackWarning
 from . import hf  # transformers is imported only inside its functions
 from .dataset import DatasetScores, score_dataset
 from .exact import exact
@@ -28,4 +32,6 @@ __all__ = [
     "InfluenceError", "UnsupportedLayerError", "TrainModeBatchNormError", "SharedParameterError",
     "LossShapeError", "BatchSizeError", "NonFiniteLossError", "InPlaceModificationError", "StochasticModuleError",
     "UndefinedGradientError", "VerificationError", "RoutedToExactWarning", "LayerRule", "register_layer",
+    "EmptyBatchError", "InvalidArgumentError", "ModelOutputError", "NonFiniteInputError", "NoTrainableParameterError",
+    "TargetShapeError", "UnknownParameterError", "VmapFallbackWarning", "select_output",
 ]

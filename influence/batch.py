@@ -1,44 +1,27 @@
 """Batches as (inputs, targets) where inputs are a tensor, a tuple/list of tensors or a dict of tensors.
 
 Every leaf carries the sample dimension first. Models are called as ``model(x)``, ``model(*x)`` or
-``model(**x)`` accordingly; the tensor the loss sees is the output itself, its ``.logits`` attribute, or the
-first element of a tuple output.
+``model(**x)`` accordingly. The tensor the loss sees (:func:`output_tensor`) is the output itself, its
+``.logits`` attribute, or the only tensor of a tuple/list output; a tuple holding several tensors is
+ambiguous and refused (``ModelOutputError``) unless the model says which one with :func:`select_output`.
+Batch validation lives in ``influence.checks`` (``check_batch`` is re-exported here).
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Union
 
 import torch
 from torch import Tensor, nn
 from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
 
-from .errors import BatchSizeError
+from .checks import batch_size, check_batch  # noqa: F401  (re-exported)
+from .errors import ModelOutputError
 
 Batch = tuple[Any, Any]
 LossFn = Callable[[Tensor, Any], Tensor]
-
-
-def batch_size(tree: Any, what: str = "batch") -> int:
-    """Number of samples of a pytree of tensors (all leaves must agree on dim 0)."""
-    leaves = [x for x in tree_flatten(tree)[0] if isinstance(x, Tensor)]
-    if not leaves:
-        raise BatchSizeError(f"{what} holds no tensor")
-    sizes = {int(x.shape[0]) if x.dim() else -1 for x in leaves}
-    if len(sizes) != 1 or -1 in sizes:
-        raise BatchSizeError(f"{what}: tensors disagree on the sample dimension (sizes {sorted(sizes)})")
-    return sizes.pop()
-
-
-def check_batch(batch: Batch, name: str) -> int:
-    """Validate an (inputs, targets) pair and return its number of samples."""
-    if not isinstance(batch, (tuple, list)) or len(batch) != 2:
-        raise BatchSizeError(f"{name} must be a pair (inputs, targets); got {type(batch).__name__}")
-    n_x = batch_size(batch[0], f"{name} inputs")
-    n_y = batch_size(batch[1], f"{name} targets")
-    if n_x != n_y:
-        raise BatchSizeError(f"{name}: {n_x} inputs but {n_y} targets")
-    return n_x
+Selector = Union[int, str, Callable[[Any], Tensor]]
+SELECTOR_ATTR = "_influence_output"
 
 
 def take(tree: Any, index: slice | Tensor) -> Any:
@@ -58,24 +41,69 @@ def to_device(tree: Any, device: torch.device) -> Any:
     return tree_map(lambda x: x.to(device) if isinstance(x, Tensor) else x, tree)
 
 
+def select_output(model: nn.Module, which: Selector | None) -> nn.Module:
+    """Say which part of ``model``'s output the loss takes, for every estimator: an index into a tuple/list
+    output (``1`` for a model returning ``(aux, logits)``), a key or attribute name (``"logits"``), or a
+    function of the output returning the tensor; None restores the default rule. Returns the same model."""
+    if which is not None and not (callable(which) or isinstance(which, (int, str))) or isinstance(which, bool):
+        raise TypeError(f"select_output takes an int, a str, a callable or None; got {type(which).__name__}")
+    model.__dict__[SELECTOR_ATTR] = which
+    return model
+
+
+def _select(out: Any, which: Selector) -> Any:
+    if callable(which):
+        return which(out)
+    if isinstance(which, str):
+        if isinstance(out, dict) or hasattr(out, "keys"):
+            return out[which]
+        return getattr(out, which)
+    return out[which]
+
+
 def call_model(model: nn.Module, x: Any) -> Any:
+    """``model(x)``, ``model(*x)`` or ``model(**x)``; the selected part when :func:`select_output` was used."""
     if isinstance(x, dict):
-        return model(**x)
-    if isinstance(x, (tuple, list)):
-        return model(*x)
-    return model(x)
+        out = model(**x)
+    elif isinstance(x, (tuple, list)):
+        out = model(*x)
+    else:
+        out = model(x)
+    return selected_output(model, out)
+
+
+def selected_output(model: nn.Module, out: Any) -> Any:
+    """``out`` itself, or the part of it named by :func:`select_output` (checked to be a tensor)."""
+    which = model.__dict__.get(SELECTOR_ATTR)
+    if which is None:
+        return out
+    try:
+        got = _select(out, which)
+    except (IndexError, KeyError, AttributeError, TypeError) as e:
+        raise ModelOutputError(f"select_output({which!r}) does not apply to a model output of type "
+                               f"{type(out).__name__}: {e}") from None
+    if not isinstance(got, Tensor):
+        raise ModelOutputError(f"select_output({which!r}) gave a {type(got).__name__}, not a tensor")
+    return got
 
 
 def output_tensor(out: Any) -> Tensor:
-    """The tensor ``f`` the loss is taken of: the output, its ``.logits``, or a tuple's first element."""
+    """The tensor ``f`` the loss is taken of: the output, its ``.logits``, or the only tensor of a tuple/list."""
     if isinstance(out, Tensor):
         return out
     logits = getattr(out, "logits", None)
     if isinstance(logits, Tensor):
         return logits
-    if isinstance(out, (tuple, list)) and out and isinstance(out[0], Tensor):
-        return out[0]
-    raise TypeError(f"cannot find the output tensor in a model output of type {type(out).__name__}")
+    if isinstance(out, (tuple, list)):
+        tensors = [i for i, o in enumerate(out) if isinstance(o, Tensor)]
+        if len(tensors) == 1 and tensors[0] == 0:
+            return out[0]
+        if len(tensors) > 1:
+            raise ModelOutputError(
+                f"the model returned a {type(out).__name__} of {len(out)} elements holding tensors at positions "
+                f"{tensors}; which one does the loss take? Say so with influence.select_output(model, i).")
+    raise ModelOutputError(f"cannot find the output tensor in a model output of type {type(out).__name__} (no "
+                           ".logits, not a tensor); name it with influence.select_output(model, which)")
 
 
 def model_device(model: nn.Module) -> torch.device:

@@ -31,3 +31,33 @@ class NonFiniteLossError(InfluenceError):
 
 class InPlaceModificationError(InfluenceError):
     """A captured layer input or output was modified in place before its gradient was read."""
+
+
+class EmptyBatchError(BatchSizeError):
+    """A training or reference batch holds no sample."""
+
+
+class InvalidArgumentError(InfluenceError):
+    """An argument has a value no estimator can use (``lr`` not a finite real number, ``chunk_size`` <= 0, ...)."""
+
+
+class NonFiniteInputError(InfluenceError):
+    """An input or target holds NaN or infinite values (scores would be NaN, or silently dominated by them)."""
+
+
+class NoTrainableParameterError(InfluenceError):
+    """No parameter has ``requires_grad=True`` (or none of those selected): there is nothing to score."""
+
+
+class UnknownParameterError(InfluenceError):
+    """``exact(params=...)`` names a parameter the model does not have, or one that is frozen."""
+
+
+class ModelOutputError(InfluenceError):
+    """The tensor the loss takes cannot be found in the model output, or the output is ambiguous (a tuple of
+    several tensors): name it with ``influence.select_output(model, which)``."""
+
+
+class TargetShapeError(InfluenceError):
+    """Outputs and targets of a loss do not have matching shapes (a broadcast would pair every sample with every
+    target)."""

@@ -1,7 +1,13 @@
-"""Exact influence from per-sample parameter gradients (``torch.func``: vmap of grad of functional_call)."""
+"""Exact influence from per-sample parameter gradients (``torch.func``: vmap of grad of functional_call).
+
+Where ``vmap`` cannot run the model (``nn.GRU``/``nn.LSTM``/``nn.RNN``, data-dependent Python control flow,
+``.item()`` calls, ...) the per-sample gradients come from a loop of one autograd backward per sample instead,
+with one ``VmapFallbackWarning`` per call: the same numbers (each sample alone, as a batch of one), slower.
+"""
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Iterable
 
 import torch
@@ -9,10 +15,16 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 from torch.utils._pytree import tree_map
 
-from .batch import Batch, LossFn, call_model, check_batch, output_tensor, take
+from .batch import Batch, LossFn, batch_size, output_tensor, selected_output, take
 from .capture import check_batchnorm
+from .checks import check_arguments, check_chunk_size, trainable_names
+from .errors import InfluenceError
 from .losses import per_sample_losses
 from .result import InfluenceResult
+
+
+class VmapFallbackWarning(UserWarning):
+    """``torch.func.vmap`` could not run the model; Exact used a per-sample autograd loop (same numbers)."""
 
 DEFAULT_CHUNK = 64
 
@@ -28,7 +40,7 @@ def _functional_output(model: nn.Module, state: dict[str, Tensor], x: Any) -> Te
         out = functional_call(model, state, tuple(x))
     else:
         out = functional_call(model, state, (x,))
-    return output_tensor(out)
+    return output_tensor(selected_output(model, out))
 
 
 class _Functional:
@@ -46,11 +58,9 @@ class _Functional:
             if missing:
                 raise KeyError(f"checkpoint lacks entries for {missing[:5]}{'...' if len(missing) > 5 else ''}")
             values = {k: state[k].to(values[k].device, values[k].dtype) for k in values}
-        trainable = [n for n, p in model.named_parameters() if p.requires_grad]
-        wanted = trainable if names is None else [n for n in trainable if n in set(names)]
-        if not wanted:
-            raise ValueError("no trainable parameter selected")
+        wanted = trainable_names(model, names)
         self.names = wanted
+        self.use_vmap = True
         self.params = {n: values[n].detach() for n in wanted}
         self.fixed = {n: v.detach() for n, v in values.items() if n not in self.params}
 
@@ -78,8 +88,33 @@ class _Functional:
         return {k: v / n for k, v in total.items()}
 
     def per_sample(self, batch: Batch) -> dict[str, Tensor]:
-        """Per-sample gradients {name: [n, *shape]}."""
-        return vmap(grad(self.sample_loss), in_dims=(None, 0, 0))(self.params, *batch)
+        """Per-sample gradients {name: [n, *shape]}: vmap, or the autograd loop where vmap fails."""
+        if self.use_vmap:
+            try:
+                return vmap(grad(self.sample_loss), in_dims=(None, 0, 0))(self.params, *batch)
+            except InfluenceError:
+                raise
+            except Exception as e:  # vmap cannot run this model: fall back, say so once per call
+                self.use_vmap = False
+                first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+                warnings.warn(f"influence.exact: torch.func.vmap cannot run {type(self.model).__name__} "
+                              f"({type(e).__name__}: {first}); using one autograd backward per sample instead "
+                              "(same numbers, slower)", VmapFallbackWarning, stacklevel=3)
+        return self.per_sample_loop(batch)
+
+    def per_sample_loop(self, batch: Batch) -> dict[str, Tensor]:
+        """Per-sample gradients {name: [n, *shape]} from one autograd backward of each sample alone."""
+        n = batch_size(batch[0])
+        rows: dict[str, list[Tensor]] = {k: [] for k in self.names}
+        for i in range(n):
+            xi, yi = take(batch, slice(i, i + 1))
+            with torch.enable_grad():
+                leaves = {k: v.detach().requires_grad_(True) for k, v in self.params.items()}
+                loss = self.losses(leaves, xi, yi)[0]
+                got = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
+            for k, g in zip(leaves, got):
+                rows[k].append(torch.zeros_like(leaves[k]) if g is None else g.detach())
+        return {k: torch.stack(v) for k, v in rows.items()}
 
 
 def _group(per_param: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -100,8 +135,9 @@ def exact(model: nn.Module, loss_fn: LossFn, train: Batch, ref: Batch, lr: float
     in chunks of ``chunk_size`` (memory ~ chunk_size x number of parameters). ``per_layer`` is keyed by the
     owning module's name.
     """
+    n_t, n_v, lr = check_arguments(model, train, ref, lr)
+    chunk_size = check_chunk_size(chunk_size, optional=False)
     check_batchnorm(model)
-    n_t, n_v = check_batch(train, "train"), check_batch(ref, "ref")
     fn = _Functional(model, loss_fn, params, state)
     fn.check(ref, n_v, "ref")
     if pairwise:

@@ -14,12 +14,29 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from .batch import LossFn
-from .errors import LossShapeError, NonFiniteLossError
+from .errors import LossShapeError, NonFiniteLossError, TargetShapeError
+
+
+def _soft(logits: Tensor, targets: Tensor) -> bool:
+    """Probability (soft) targets: floating, with the shape of the logits."""
+    return targets.is_floating_point() and targets.shape == logits.shape
 
 
 def cross_entropy(logits: Tensor, targets: Tensor, ignore_index: int = -100) -> Tensor:
     """Per-sample cross-entropy. logits [n, C] with targets [n], or [n, T, C] with [n, T] (mean over the
-    sample's tokens whose target is not ``ignore_index``; a sample with no counted token has loss 0)."""
+    sample's tokens whose target is not ``ignore_index``; a sample with no counted token has loss 0).
+    Soft targets (class probabilities, floating, the shape of the logits) give -sum_c p_c log softmax(z)_c per
+    position (every token counts)."""
+    if logits.dim() not in (2, 3):
+        raise TargetShapeError(f"cross_entropy takes logits [n, C] or [n, T, C]; got {tuple(logits.shape)}")
+    if _soft(logits, targets):
+        tok = -(targets * logits.log_softmax(-1)).sum(-1)
+        return tok if logits.dim() == 2 else tok.mean(1)
+    if targets.is_floating_point() or targets.shape != logits.shape[:-1]:
+        raise TargetShapeError(
+            f"cross_entropy: logits {tuple(logits.shape)} need integer class targets {tuple(logits.shape[:-1])} or "
+            f"probabilities {tuple(logits.shape)}; got {'floating' if targets.is_floating_point() else 'integer'} "
+            f"targets {tuple(targets.shape)}")
     if logits.dim() == 2:
         return F.cross_entropy(logits, targets, reduction="none", ignore_index=ignore_index)
     n, t, c = logits.shape
@@ -29,9 +46,22 @@ def cross_entropy(logits: Tensor, targets: Tensor, ignore_index: int = -100) -> 
     return tok.sum(1) / counted
 
 
+def _trailing_ones(shape: tuple[int, ...], like: tuple[int, ...]) -> bool:
+    return shape[:len(like)] == like and all(s == 1 for s in shape[len(like):])
+
+
 def mse(outputs: Tensor, targets: Tensor) -> Tensor:
-    """Per-sample squared error, summed over output dimensions, halved: 0.5 * ||f - y||^2."""
-    return 0.5 * (outputs - targets).pow(2).flatten(1).sum(1)
+    """Per-sample squared error, summed over output dimensions, halved: 0.5 * ||f - y||^2.
+
+    ``outputs`` and ``targets`` must have the same shape up to trailing size-1 dimensions ([n, 1] against [n]
+    pairs f_i with y_i); anything else raises ``TargetShapeError`` (a broadcast of [n, 1] against [n] would pair
+    every output with every target)."""
+    o, t = tuple(outputs.shape), tuple(targets.shape)
+    if o != t and not (_trailing_ones(o, t) or _trailing_ones(t, o)):
+        raise TargetShapeError(f"mse: outputs {o} and targets {t} differ in shape (beyond trailing size-1 "
+                               "dimensions); reshape one of them")
+    n = outputs.shape[0] if outputs.dim() else 1
+    return 0.5 * (outputs.reshape(n, -1) - targets.reshape(n, -1)).pow(2).sum(1)
 
 
 def per_sample_losses(loss_fn: LossFn, f: Tensor, targets: Any, n: int, where: str) -> Tensor:
@@ -52,11 +82,13 @@ def per_sample_losses(loss_fn: LossFn, f: Tensor, targets: Any, n: int, where: s
 def output_gradient(loss_fn: LossFn, f: Tensor, targets: Any, where: str = "train") -> tuple[Tensor, Tensor]:
     """g = d l_i / d f_i for every sample, from the outputs alone (no backward through the network).
 
-    Returns (losses [n], g with the shape of f). Cross-entropy from this module uses the closed form
-    (softmax - onehot, divided by the number of counted tokens); any other loss uses autograd on f only.
+    Returns (losses [n], g with the shape of f). Cross-entropy from this module with integer targets uses the
+    closed form (softmax - onehot, divided by the number of counted tokens); any other loss (soft targets
+    included) uses autograd on f only.
     """
     n = f.shape[0]
-    if loss_fn is cross_entropy and f.dim() in (2, 3):
+    if loss_fn is cross_entropy and f.dim() in (2, 3) and isinstance(targets, Tensor) and \
+            not targets.is_floating_point() and targets.shape == f.shape[:-1]:
         with torch.no_grad():
             losses = per_sample_losses(loss_fn, f, targets, n, where)
             g = f.softmax(-1)

@@ -21,19 +21,37 @@ def mlp(*extra):
     return nn.Sequential(nn.Linear(4, 5), *extra, nn.Linear(5, 3)).eval()
 
 
+class Gate(nn.Module):
+    """A layer no rule knows: x * sin(w)."""
+
+    def __init__(self, d=5):
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(d))
+
+    def forward(self, x):
+        return x * self.w.sin()
+
+
 def test_unsupported_layer_is_named_and_fallback_is_exact(f64):
-    model = mlp(nn.BatchNorm1d(5)).eval()
+    torch.manual_seed(1)
+    model = mlp(Gate()).eval()
     train, ref = data()
-    with pytest.raises(influence.UnsupportedLayerError, match=r"1 \(BatchNorm1d\).*fallback='exact'"):
-        influence.ghost(model, CE, train, ref, lr=0.1)
-    with pytest.raises(influence.UnsupportedLayerError, match="BatchNorm1d"):
-        influence.lai(model, CE, train, ref, lr=0.1)
-    gh = influence.ghost(model, CE, train, ref, lr=0.1, fallback="exact")
+    with pytest.raises(influence.UnsupportedLayerError, match=r"1 \(Gate\).*fallback='auto'"):
+        influence.ghost(model, CE, train, ref, lr=0.1, fallback="error")
+    with pytest.raises(influence.UnsupportedLayerError, match="Gate"):
+        influence.lai(model, CE, train, ref, lr=0.1, fallback="error")
     ex = influence.exact(model, CE, train, ref, lr=0.1)
+    with pytest.warns(influence.RoutedToExactWarning, match=r"1\.w\b.*no layer rule for Gate"):
+        auto = influence.ghost(model, CE, train, ref, lr=0.1)
+    assert auto.routed_to_exact == ["1.w"] and rel_err(auto.scores, ex.scores) < 1e-10
+    gh = influence.ghost(model, CE, train, ref, lr=0.1, fallback="exact")
     assert rel_err(gh.scores, ex.scores) < 1e-10
     assert set(gh.per_layer) == {"0", "1", "2"}
     ghp = influence.ghost(model, CE, train, ref, lr=0.1, fallback="exact", pairwise=True)
     assert rel_err(ghp.pairwise, influence.exact(model, CE, train, ref, lr=0.1, pairwise=True).pairwise) < 1e-10
+    with pytest.warns(influence.RoutedToExactWarning, match="skipped by LAI"):
+        la = influence.lai(model, CE, train, ref, lr=0.1)
+    assert la.skipped == ["1.w"] and set(la.per_layer) == {"0", "2"}
 
 
 @pytest.mark.parametrize("est", ESTIMATORS)
@@ -61,15 +79,29 @@ def test_mismatched_batch_sizes(est):
 
 
 @pytest.mark.parametrize("est", ESTIMATORS)
-def test_non_finite_loss(est):
+def test_non_finite_input(est):
     (x, y), ref = data()
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        x2 = x.clone()
+        x2[2, 0] = bad
+        with pytest.raises(influence.NonFiniteInputError, match=r"train inputs holds NaN or infinite.*\[2\]"):
+            est(mlp(), CE, (x2, y), ref, lr=0.1)
+
+
+@pytest.mark.parametrize("est", ESTIMATORS)
+def test_non_finite_loss(est):
+    """Finite inputs whose hidden activations overflow for sample 2 (float32)."""
+    (x, y), ref = data()
+    model = mlp()
+    with torch.no_grad():
+        model[0].weight.fill_(1.0)
     x = x.clone()
-    x[2, 0] = float("nan")
+    x[2] = 3e38
     with pytest.raises(influence.NonFiniteLossError, match=r"train samples \[2\]"):
-        est(mlp(), CE, (x, y), ref, lr=0.1)
+        est(model, CE, (x, y), ref, lr=0.1)
 
 
-def test_shared_parameter_outside_supported_layers():
+def test_shared_parameter_outside_supported_layers(f64):
     class Odd(nn.Module):
         def __init__(self):
             super().__init__()
@@ -82,9 +114,13 @@ def test_shared_parameter_outside_supported_layers():
             return self.head(self.norm(self.a(x)))
 
     train, ref = data()
+    model = Odd().eval()
     with pytest.raises(influence.SharedParameterError, match=r"\['a', 'norm'\]"):
-        influence.ghost(Odd().eval(), CE, train, ref, lr=0.1)
-    influence.exact(Odd().eval(), CE, train, ref, lr=0.1)  # exact handles it
+        influence.ghost(model, CE, train, ref, lr=0.1, fallback="error")
+    ex = influence.exact(model, CE, train, ref, lr=0.1)  # exact handles it
+    with pytest.warns(influence.RoutedToExactWarning, match=r"a\.bias.*\['a', 'norm'\]"):
+        gh = influence.ghost(model, CE, train, ref, lr=0.1)
+    assert gh.routed_to_exact == ["a.bias"] and rel_err(gh.scores, ex.scores) < 1e-10
 
 
 def test_in_place_modification_is_detected():

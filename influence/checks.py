@@ -1,0 +1,129 @@
+"""Validation of the arguments every estimator takes, in one place: batches, ``lr``, ``chunk_size`` and the
+parameters to score. Each failure raises a named error (``influence.errors``) saying what is wrong.
+
+* A batch is a pair ``(inputs, targets)`` of pytrees of tensors sharing the sample dimension 0, with at least
+  one sample and no NaN or infinite value in a floating-point leaf (an additive attention mask must use a
+  finite value such as ``torch.finfo(dtype).min``, not ``-inf``).
+* ``lr`` is one finite real number (a Python or NumPy scalar, or a tensor with one element).
+* ``chunk_size`` is a positive integer (or None where the estimator allows it: all at once).
+* At least one parameter is trainable (``requires_grad=True``); names passed to ``exact(params=...)`` must be
+  trainable parameters of the model.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any, Iterable
+
+import torch
+from torch import Tensor, nn
+from torch.utils._pytree import tree_flatten_with_path, keystr
+
+from .errors import (BatchSizeError, EmptyBatchError, InvalidArgumentError, NonFiniteInputError,
+                     NoTrainableParameterError, UnknownParameterError)
+
+
+def batch_size(tree: Any, what: str = "batch") -> int:
+    """Number of samples of a pytree of tensors (all leaves must agree on dim 0)."""
+    leaves = [x for x in torch.utils._pytree.tree_flatten(tree)[0] if isinstance(x, Tensor)]
+    if not leaves:
+        raise BatchSizeError(f"{what} holds no tensor")
+    sizes = {int(x.shape[0]) if x.dim() else -1 for x in leaves}
+    if len(sizes) != 1 or -1 in sizes:
+        raise BatchSizeError(f"{what}: tensors disagree on the sample dimension (sizes {sorted(sizes)})")
+    return sizes.pop()
+
+
+def check_finite(tree: Any, what: str) -> None:
+    """Raise ``NonFiniteInputError`` naming the leaf and the samples when a floating leaf holds NaN or inf."""
+    for path, x in tree_flatten_with_path(tree)[0]:
+        if not isinstance(x, Tensor) or not (x.is_floating_point() or x.is_complex()):
+            continue
+        bad = ~torch.isfinite(x.detach())
+        if bad.any():
+            rows = bad.reshape(x.shape[0], -1).any(1).nonzero().flatten()[:10].tolist()
+            leaf = f" {keystr(path)}" if path else ""
+            raise NonFiniteInputError(
+                f"{what}{leaf} holds NaN or infinite values (samples {rows}); scores would be NaN or dominated by "
+                "them. Use finite values (e.g. torch.finfo(dtype).min for an additive attention mask).")
+
+
+def check_batch(batch: Any, name: str) -> int:
+    """Validate an (inputs, targets) pair and return its number of samples (at least 1)."""
+    if not isinstance(batch, (tuple, list)) or len(batch) != 2:
+        raise BatchSizeError(f"{name} must be a pair (inputs, targets); got {type(batch).__name__}")
+    n_x = batch_size(batch[0], f"{name} inputs")
+    n_y = batch_size(batch[1], f"{name} targets")
+    if n_x != n_y:
+        raise BatchSizeError(f"{name}: {n_x} inputs but {n_y} targets")
+    if n_x == 0:
+        raise EmptyBatchError(f"the {name} batch holds no sample; pass at least one")
+    check_finite(batch[0], f"{name} inputs")
+    check_finite(batch[1], f"{name} targets")
+    return n_x
+
+
+def check_lr(lr: Any) -> float:
+    """``lr`` as a float; raises ``InvalidArgumentError`` unless it is one finite real number."""
+    value: Any = lr
+    if isinstance(lr, Tensor):
+        if lr.numel() != 1 or lr.is_complex():
+            raise InvalidArgumentError(f"lr must be one real number; got a tensor of shape {tuple(lr.shape)}")
+        value = lr.item()
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise InvalidArgumentError(f"lr must be one real number; got {type(lr).__name__} {lr!r:.60}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise InvalidArgumentError(f"lr must be finite; got {value}")
+    return value
+
+
+def check_chunk_size(chunk_size: Any, optional: bool = True) -> int | None:
+    """A positive integer number of samples per chunk (None allowed when ``optional``)."""
+    if chunk_size is None and optional:
+        return None
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, numbers.Integral) or chunk_size <= 0:
+        raise InvalidArgumentError(f"chunk_size must be a positive integer{' or None' if optional else ''}; "
+                                   f"got {chunk_size!r:.60}")
+    return int(chunk_size)
+
+
+def trainable_names(model: nn.Module, params: Iterable[str] | None = None) -> list[str]:
+    """Names of the trainable parameters to score (all of them, or the selected ``params`` in model order).
+
+    Raises ``NoTrainableParameterError`` when there is none and ``UnknownParameterError`` for a selected name
+    that is not a trainable parameter of ``model``."""
+    named = dict(model.named_parameters())
+    trainable = [n for n, p in named.items() if p.requires_grad]
+    if not trainable:
+        raise NoTrainableParameterError(
+            f"{type(model).__name__} has no trainable parameter (every requires_grad is False): nothing to score")
+    if params is None:
+        return trainable
+    if isinstance(params, str):
+        raise InvalidArgumentError(f"params must be a collection of parameter names, not the string {params!r}")
+    wanted = list(params)
+    unknown = [n for n in wanted if n not in named]
+    if unknown:
+        close = [n for n in trainable if any(u.rpartition(".")[2] == n.rpartition(".")[2] for u in unknown)][:5]
+        raise UnknownParameterError(f"the model has no parameter named {unknown[:5]}"
+                                    + (f"; did you mean {close}?" if close else ""))
+    frozen = [n for n in wanted if not named[n].requires_grad]
+    if frozen:
+        raise UnknownParameterError(f"parameters {frozen[:5]} are frozen (requires_grad=False) and cannot be scored")
+    chosen = set(wanted)
+    selected = [n for n in trainable if n in chosen]
+    if not selected:
+        raise NoTrainableParameterError("params selects no parameter")
+    return selected
+
+
+def check_arguments(model: nn.Module, train: Any, ref: Any, lr: Any, chunk_size: Any = None,
+                    chunk_optional: bool = True) -> tuple[int, int, float]:
+    """Every estimator's argument check: (n_train, n_ref, lr as float)."""
+    n_t, n_v = check_batch(train, "train"), check_batch(ref, "ref")
+    lr = check_lr(lr)
+    check_chunk_size(chunk_size, chunk_optional)
+    trainable_names(model)
+    return n_t, n_v, lr
