@@ -97,8 +97,8 @@ def test_loss_threshold_keeps_losses_at_most_the_mean_reference_loss():
 
 
 def _curate(tmp_path, capsys, methods, extra=()):
-    argv = ["--task", "digits-noisy40", "--seeds", "1", "--epochs", "3", "--max-train", "320", "--methods", methods,
-            "--results", str(tmp_path), "--no-progress", "--timing-steps", "0", *extra]
+    argv = ["--task", "digits-noisy40", "--seeds", "0", "--epochs", "3", "--max-train", "320", "--methods", methods,
+            "--out", str(tmp_path), "--no-progress", "--timing-steps", "0", *extra]
     assert cli.main(argv) == 0
     return capsys.readouterr().out
 

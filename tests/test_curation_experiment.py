@@ -10,8 +10,8 @@ from validation.results import read_csv, read_json
 
 
 def _run(tmp_path, capsys, methods, task="digits-noisy40", extra=()):
-    argv = ["--task", task, "--seeds", "1", "--epochs", "1", "--max-train", "256", "--methods", methods,
-            "--results", str(tmp_path), "--no-progress", "--timing-steps", "2", *extra]
+    argv = ["--task", task, "--seeds", "0", "--epochs", "1", "--max-train", "256", "--methods", methods,
+            "--out", str(tmp_path), "--no-progress", "--timing-steps", "2", *extra]
     assert cli.main(argv) == 0
     return capsys.readouterr().out
 

@@ -1,10 +1,12 @@
-"""``python -m validation curate``: curated-training comparison on one task, printed as a table.
+"""``lai curate``: curated-training comparison on one task, printed as a table of final test accuracy per
+method (mean, std over seeds, kept fraction, noise recall, time per step against vanilla training).
 
-    python -m validation curate --task mnist1d-noisy40 --seeds 3
-    python -m validation curate --task digits-noisy20-classdep --methods vanilla,lai,ghost,greats --epochs 10
-    python -m validation curate --list
-    python -m validation curate --profile paper          # the paper's curation runs (validation.profiles)
+    lai curate --task mnist1d-noisy40 --seeds 0-2        # a few minutes on 2 cores
+    lai curate --task digits-noisy20-classdep --methods vanilla,lai,ghost,greats --epochs 10
+    lai curate --list
+    lai curate --profile paper                           # the paper's curation runs (validation.profiles)
 
+Run folders: ``<out>/curate/<task>-<protocol>-<config id>/`` (``lai figures`` reads ``<results>/curate``).
 Units already finished in the run folder are skipped, so an interrupted command resumes when rerun.
 """
 
@@ -16,6 +18,7 @@ import sys
 
 import torch
 
+from ..options import add_common, make_parser, progress_enabled, split_list, torch_threads
 from .experiment import format_table, run_comparison
 from .timing import format_timing
 from .methods import METHODS
@@ -29,14 +32,12 @@ from .tasks import TASKS, get_task
 DEFAULT_METHODS = "vanilla,lai,ghost,small-loss,loss-threshold,random,oracle"
 
 
-def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m validation curate", description=__doc__.splitlines()[0])
+def parser(prog: str = "lai curate") -> argparse.ArgumentParser:
+    ap = make_parser(prog, __doc__)
     ap.add_argument("--task", default="mnist1d-noisy40", help="task name (see --list)")
     ap.add_argument("--profile", choices=sorted(CURATION_PROFILES),
                     help="run a curation profile (tasks, seeds, methods and protocols of "
                          "validation.profiles.CURATION_PROFILES) seed by seed; --seeds/--epochs override it")
-    ap.add_argument("--seeds", type=int, default=None, help="number of seeds (0..N-1; default 3)")
-    ap.add_argument("--seed-start", type=int, default=0)
     ap.add_argument("--methods", default=DEFAULT_METHODS, help=f"comma-separated, from {', '.join(METHODS)}")
     ap.add_argument("--epochs", type=int, help="override the task's epochs")
     ap.add_argument("--batch-size", type=int, help="override the task's batch size")
@@ -54,39 +55,43 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--match", default="lai", help="threshold method whose kept fraction rate-based methods match")
     ap.add_argument("--on-empty", choices=ON_EMPTY, default="best",
                     help="when the threshold keeps no sample: error, train on the whole batch, or on the best one")
-    ap.add_argument("--results", default="results", help="results root (the run folder is <results>/curate/...)")
-    ap.add_argument("--threads", type=int, default=1,
-                    help="torch threads (default 1: these small models gain nothing from intra-op threads, and "
-                         "step times stay comparable on a shared machine)")
     ap.add_argument("--timing-steps", type=int, default=30,
                     help="steps of the interleaved per-step timing after the runs (0: skip)")
-    ap.add_argument("--no-progress", action="store_true")
+    add_common(ap, out=("results", "results root: run folders go to <out>/curate/"),
+               seeds=(None, "seeds (default: 0-2, or the profile's with --profile)"), device=False)
     ap.add_argument("--list", action="store_true", help="list tasks and methods, then exit")
     return ap
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(sys.argv[1:] if argv is None else argv)
+def main(argv: list[str] | None = None, prog: str = "lai curate") -> int:
+    p = parser(prog)
+    args = p.parse_args(sys.argv[1:] if argv is None else argv)
     if args.list:
         print("tasks:", ", ".join(sorted(TASKS)))
         print("methods:", ", ".join(METHODS))
         return 0
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    try:
+        methods = split_list(args.methods, tuple(METHODS), "method")
+    except argparse.ArgumentTypeError as exc:
+        p.error(str(exc))
+    if args.task not in TASKS and not args.profile:
+        p.error(f"unknown task {args.task!r}; choose from {', '.join(sorted(TASKS))}")
+    with torch_threads(args.threads):
+        return _curate(args, methods)
+
+
+def _curate(args: argparse.Namespace, methods: list[str]) -> int:
+    progress = progress_enabled(args)
+    log = (lambda _: None) if args.quiet else print
     if args.profile:
-        run_profile(args.profile, args.results, seeds=args.seeds, seed_start=args.seed_start,
-                    progress=not args.no_progress, overrides={"epochs": args.epochs} if args.epochs else None)
+        run_profile(args.profile, args.out, seeds=args.seeds, progress=progress, log=log,
+                    overrides={"epochs": args.epochs} if args.epochs else None)
         return 0
     base = get_task(args.task)
     overrides = {k: v for k, v in {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
                                    "reference": args.reference, "ref_size": args.ref_size,
                                    "warmup_steps": args.warmup, "max_train": args.max_train}.items() if v is not None}
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown:
-        print(f"unknown methods {unknown}; choose from {', '.join(METHODS)}", file=sys.stderr)
-        return 2
-    seeds = list(range(args.seed_start, args.seed_start + (3 if args.seeds is None else args.seeds)))
+    seeds = [0, 1, 2] if args.seeds is None else args.seeds
     # the protocol sets reference, ref_size and warm-up from the task's (overridden) settings; explicit
     # --reference/--ref-size/--warmup then override the protocol's
     late = ("reference", "ref_size", "warmup_steps")
@@ -94,8 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     for k, protocol in enumerate(expand(args.protocol)):
         spec = dataclasses.replace(base, **{k: v for k, v in overrides.items() if k not in late})
         spec = dataclasses.replace(apply_protocol(spec, protocol), **{k: v for k, v in overrides.items() if k in late})
-        run, table, t = run_comparison(spec, methods, seeds, args.results, args.keep_fraction, args.match,
-                                       args.on_empty, progress=not args.no_progress,
+        run, table, t = run_comparison(spec, methods, seeds, args.out, args.keep_fraction, args.match,
+                                       args.on_empty, progress=progress, log=log,
                                        timing_steps=args.timing_steps if k == 0 else 0)
         timing = timing or t
         print(f"\n{spec.name} ({protocol} protocol): {len(seeds)} seeds, {spec.epochs} epochs, run folder {run.root}")
@@ -108,4 +113,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(prog="python -m validation.curation.cli"))

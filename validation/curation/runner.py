@@ -1,7 +1,7 @@
 """Run a curated-training profile (``validation.profiles.CURATION_PROFILES``) seed by seed.
 
-    python -m validation curate --profile paper --results results          # resumable; rerun to continue
-    python -m validation curate --profile quick --seeds 2                  # fewer seeds than the profile's
+    lai curate --profile paper --out results          # resumable; rerun to continue
+    lai curate --profile quick --seeds 0-1            # other seeds than the profile's
 
 Order: for each seed, for each task, for each protocol, every method of that protocol; so an interrupted run
 holds complete seeds of every task rather than all seeds of the first task. Each (task, protocol) has its
@@ -38,23 +38,23 @@ def profile_specs(profile: dict[str, Any], overrides: dict[str, Any] | None = No
     return out
 
 
-def run_profile(name: str, results: str | Path = "results", seeds: int | None = None, seed_start: int = 0,
+def run_profile(name: str, results: str | Path = "results", seeds: list[int] | None = None,
                 progress: bool = False, log: Callable[[str], None] = print,
                 overrides: dict[str, Any] | None = None) -> list[RunDir]:
     """Run (or resume) curation profile ``name`` into ``<results>/curate``; returns the run folders."""
     profile = get_curation_profile(name)
     if profile.get("threads"):
         torch.set_num_threads(profile["threads"])
-    n = profile["seeds"] if seeds is None else seeds
+    seeds = list(range(profile["seeds"])) if seeds is None else list(seeds)
     specs = profile_specs(profile, overrides)
     runs: dict[str, RunDir] = {}
     start = time.perf_counter()
-    for seed in range(seed_start, seed_start + n):
+    for seed in seeds:
         for spec, methods in specs:
             run, _, _ = run_comparison(spec, methods, [seed], results, progress=progress, log=log)
             runs[str(run.root)] = run
         log(f"[profile {name}] seed {seed} done for every task and protocol "
             f"({time.perf_counter() - start:.0f} s, {time.process_time():.0f} s CPU so far)")
     for spec, methods in specs:  # tables over all seeds of each folder
-        run, _, _ = run_comparison(spec, methods, list(range(seed_start, seed_start + n)), results, log=lambda _: None)
+        run, _, _ = run_comparison(spec, methods, seeds, results, log=lambda _: None)
     return list(runs.values())
