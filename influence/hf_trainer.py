@@ -5,6 +5,8 @@
                              reference=ref_inputs, loss_fn=influence.hf.causal_lm_loss(), estimator="lai")
     trainer.train()
     trainer.curation_log        # per optimizer step: step, scored, kept (this process), kept_global, lr, score_dtype
+                                # (and "ids", "dropped": the scored and the dropped samples' ids when index_key
+                                # names a batch entry that holds them)
 
 What one optimizer step does (``gradient_accumulation_steps`` = A micro-batches, on W processes):
 
@@ -20,7 +22,8 @@ What one optimizer step does (``gradient_accumulation_steps`` = A micro-batches,
 3. A step whose policy keeps nothing contributes a zero gradient (the optimizer still steps, with zero gradient).
 
 Inputs are the Trainer's dict batches; ``label_key`` (default ``"labels"``) is popped from them to form the
-``(inputs, targets)`` pair the estimators take, and the model is called without labels (the loss is ``loss_fn``'s
+``(inputs, targets)`` pair the estimators take (``index_key``, if given, names an entry holding sample ids that
+is removed too and logged for the dropped samples), and the model is called without labels (the loss is ``loss_fn``'s
 per-sample loss, not the model's batch-mean loss). ``reference``: a dict batch like the training batches, or a
 callable returning one per step (for a fresh reference subset each step).
 
@@ -84,9 +87,10 @@ class CuratedTrainer(transformers.Trainer):
 
     def __init__(self, *args: Any, reference: dict[str, Tensor] | Callable[[], dict[str, Tensor]],
                  loss_fn: LossFn, estimator: str = "lai", policy: Policy = keep_nonnegative,
-                 label_key: str = "labels", **kwargs: Any) -> None:
+                 label_key: str = "labels", index_key: str | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.reference, self.loss_fn, self.policy, self.label_key = reference, loss_fn, policy, label_key
+        self.index_key = index_key
         self.estimator_name, self._score_fn = estimator, _estimator(estimator)
         self.loss_is_scaled_for_ga = True  # compute_loss already normalises over the whole accumulation window
         self.curation_log: list[dict[str, Any]] = []
@@ -99,7 +103,7 @@ class CuratedTrainer(transformers.Trainer):
     def _split(self, inputs: dict[str, Any]) -> Batch:
         if self.label_key not in inputs:
             raise KeyError(f"the training batch has no {self.label_key!r} entry (targets for loss_fn)")
-        x = {k: v for k, v in inputs.items() if k != self.label_key}
+        x = {k: v for k, v in inputs.items() if k not in (self.label_key, self.index_key)}
         return x, inputs[self.label_key]
 
     def _reference_batch(self) -> Batch:
@@ -159,7 +163,7 @@ class CuratedTrainer(transformers.Trainer):
         model = self.accelerator.unwrap_model(self.model)
         lr = self._current_lr()
         ref = self._reference_batch()
-        masks, scored, dtypes = [], 0, set()
+        masks, scored, dtypes, ids, dropped = [], 0, set(), [], []
         for inputs in batch_samples:
             batch = self._split(self._prepare_inputs(dict(inputs)))
             scores = self._scores(model, batch, ref, lr)
@@ -169,6 +173,9 @@ class CuratedTrainer(transformers.Trainer):
             masks.append(mask)
             scored += len(scores)
             dtypes.add(str(scores.dtype).removeprefix("torch."))
+            if self.index_key is not None:
+                ids += inputs[self.index_key].tolist()
+                dropped += inputs[self.index_key][~mask.cpu()].tolist()
         kept = torch.tensor(float(sum(int(m.sum()) for m in masks)), device=self.args.device)
         world = self._world()
         if world > 1:
@@ -179,7 +186,8 @@ class CuratedTrainer(transformers.Trainer):
         self._scale = world / total if total > 0 else 0.0
         self.curation_log.append({"step": self.state.global_step, "scored": scored, "kept_global": int(total),
                                   "kept": int(sum(int(m.sum()) for m in masks)), "lr": lr,
-                                  "score_dtype": ",".join(sorted(dtypes))})
+                                  "score_dtype": ",".join(sorted(dtypes)),
+                                  **({"ids": ids, "dropped": dropped} if self.index_key is not None else {})})
         return batch_samples, num_items
 
     def compute_loss(self, model: nn.Module, inputs: dict[str, Any], return_outputs: bool = False,

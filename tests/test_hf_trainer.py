@@ -137,3 +137,17 @@ def test_two_process_ddp_equals_one_process(tmp_path):
     assert [r["kept_global"] for r in got["log"]] == [r["kept"] for r in t.curation_log]
     for name, p in one.named_parameters():
         torch.testing.assert_close(got["params"][name], p.detach(), rtol=1e-9, atol=1e-11, msg=name)
+
+
+def test_trainer_example_runs(monkeypatch):
+    import importlib.util
+    import pathlib
+    path = pathlib.Path(__file__).parent.parent / "examples" / "hf_trainer_curation.py"
+    spec = importlib.util.spec_from_file_location("hf_trainer_curation", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        r = mod.main(["--steps", "4", "--batch", "8", "--max-len", "24"])
+    assert all(torch.isfinite(torch.tensor(v)) for v in r.values())
+    assert 0 <= r["dropped_noisy"] <= 1 and 0 <= r["dropped_clean"] <= 1
