@@ -21,7 +21,7 @@ from .style import DOUBLE, GREY, estimator_style, model_style, new_figure, style
 from .tables import Table
 
 NAME = "fidelity"
-ESTIMATORS = ("lai", "lai_last", "ghost", "tracin")
+ESTIMATORS = ("lai", "lai-last", "ghost", "tracin")
 TARGETS = ("exact", "counterfactual")
 MODEL_ORDER = ("mlp", "cnn1d", "cnn2d", "transformer")
 COLUMNS = ["model", "target", "estimator", "step", "mean", "std", "lo", "hi", "n_seeds"]

@@ -2,7 +2,7 @@
 samples marked. One row per model, one column per chosen step (default: first, middle and last scored step).
 
 Input: ``scores.csv`` (fidelity suite): model, seed, step, sample, is_noisy, estimator, score — the rows of
-estimators ``ghost`` and ``lai`` (``x_estimator``/``y_estimator`` choose others, e.g. lai_last).
+estimators ``ghost`` and ``lai`` (``x_estimator``/``y_estimator`` choose others, e.g. lai-last).
 
 Plotted data (CSV): model, seed, step, column (panel column index), sample, is_noisy, x (Ghost score, nats),
 y (LAI score, nats).

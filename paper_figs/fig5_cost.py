@@ -26,7 +26,7 @@ from .style import (DOUBLE, GREY, MODEL_WIDTH_KEY, WIDTH_UNITS, estimator_style,
 from .tables import Table
 
 NAME = "cost"
-ESTIMATORS = ("forward", "lai", "lai_last", "lai_aligned", "ghost", "tracin_last", "exact")
+ESTIMATORS = ("forward", "lai", "lai-last", "lai-aligned", "ghost", "tracin-last", "exact")
 COLUMNS = ["model", "sweep", "x", "width", "batch", "estimator", "time_ratio", "memory_ratio", "median_s",
            "peak_mb"]
 PANELS = (("time_ratio", "batch"), ("time_ratio", "width"), ("memory_ratio", "batch"), ("memory_ratio", "width"))

@@ -75,13 +75,13 @@ CLEAN_MARKER = "o"
 ESTIMATORS: dict[str, tuple[str, str, str]] = {
     # name: (label, colour, marker)
     "lai": ("LAI (all layers)", OKABE_ITO["blue"], "o"),
-    "lai_last": ("LAI (last layer)", OKABE_ITO["sky"], "s"),
-    "lai_aligned": ("LAI (aligned tokens)", OKABE_ITO["purple"], "v"),
-    "lai_last_aligned": ("LAI last (aligned)", OKABE_ITO["yellow"], "<"),
+    "lai-last": ("LAI (last layer)", OKABE_ITO["sky"], "s"),
+    "lai-aligned": ("LAI (aligned tokens)", OKABE_ITO["purple"], "v"),
+    "lai-last-aligned": ("LAI last (aligned)", OKABE_ITO["yellow"], "<"),
     "ghost": ("Ghost", OKABE_ITO["vermillion"], "^"),
     "exact": ("Exact", OKABE_ITO["black"], "D"),
     "tracin": ("TracIn", OKABE_ITO["green"], "P"),
-    "tracin_last": ("TracIn (last layer)", OKABE_ITO["orange"], "X"),
+    "tracin-last": ("TracIn (last layer)", OKABE_ITO["orange"], "X"),
     "loss": ("Loss only", GREY, ">"),
     "counterfactual": ("Counterfactual", OKABE_ITO["purple"], "*"),
     "forward": ("Forward pass", GREY, "."),

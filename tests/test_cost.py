@@ -48,10 +48,10 @@ def test_estimator_costs_rows_and_ratios_from_the_same_rows():
     model, train, ref = _small()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     rows = estimator_costs(model, influence.cross_entropy, train, ref, 0.1,
-                           estimators=("forward", "train_step", "ghost", "lai", "lai_last", "exact", "tracin_last"),
+                           estimators=("forward", "train_step", "ghost", "lai", "lai-last", "exact", "tracin-last"),
                            repeats=2)
     by = {r["estimator"]: r for r in rows}
-    assert {"forward", "forward_backward", "train_step", "ghost", "lai", "lai_last", "exact", "tracin_last"} <= set(by)
+    assert {"forward", "forward_backward", "train_step", "ghost", "lai", "lai-last", "exact", "tracin-last"} <= set(by)
     for r in rows:
         assert r["median_s"] > 0 and r["peak_mb"] >= 0
         assert r["ratio_to_forward"] == pytest.approx(r["median_s"] / by["forward"]["median_s"], rel=1e-12)

@@ -33,7 +33,7 @@ def _scores_rows(rng: np.random.Generator, models: tuple[str, ...] = MODELS) -> 
     for model in models:
         for seed in (0, 1):
             for step in STEPS:
-                for est in ("exact", "ghost", "lai", "lai_last"):
+                for est in ("exact", "ghost", "lai", "lai-last"):
                     for s in SAMPLES:
                         rows.append({"model": model, "seed": seed, "step": step, "sample": s, "is_noisy": int(s in NOISY),
                                      "estimator": est, "score": float(rng.normal()) * 10.0 ** -(step / 20)})
@@ -46,7 +46,7 @@ def _fidelity_rows(rng: np.random.Generator, models: tuple[str, ...] = MODELS) -
         for seed in (0, 1, 2):
             for step in STEPS:
                 for target in ("exact", "counterfactual"):
-                    for est in ("exact", "ghost", "lai", "lai_last", "tracin", "loss"):
+                    for est in ("exact", "ghost", "lai", "lai-last", "tracin", "loss"):
                         if est == target:
                             continue
                         rows.append({"model": model, "seed": seed, "step": step, "estimator": est, "target": target,
@@ -83,8 +83,8 @@ def _cost_rows(rng: np.random.Generator, models: tuple[str, ...] = MODELS) -> li
     for model in models:
         for w in widths[model]:
             for b in (8, 16, 32):
-                for est in ("forward", "forward_backward", "train_step", "exact", "ghost", "lai", "lai_last",
-                            "tracin_last"):
+                for est in ("forward", "forward_backward", "train_step", "exact", "ghost", "lai", "lai-last",
+                            "tracin-last"):
                     r = 1.0 if est == "train_step" else float(rng.uniform(0.05, 30.0))
                     rows.append({"model": model, "seed": 0, "width": w, "batch": b, "n_ref": 10, "n_params": 100,
                                  "estimator": est, "median_s": r * 0.01, "peak_mb": r, "ratio_to_forward": r,
@@ -221,7 +221,7 @@ def test_fig2_means_bands_and_labels(run):
         for j, model in enumerate(MODELS):
             ax = axes[i, j]
             lines = {ln.get_gid(): ln for ln in ax.lines if (ln.get_gid() or "").startswith("mean:")}
-            assert set(lines) == {f"mean:{e}" for e in ("lai", "lai_last", "ghost", "tracin")}
+            assert set(lines) == {f"mean:{e}" for e in ("lai", "lai-last", "ghost", "tracin")}
             for est in ("lai", "tracin"):
                 vals = np.array([[r["spearman"] for r in rows if (r["model"], r["target"], r["estimator"], r["step"])
                                   == (model, target, est, s)] for s in STEPS])

@@ -49,7 +49,7 @@ def test_run_folder_holds_report_summary_tables_and_provenance(run):
     s = json.loads((folder / "summary.json").read_text())
     for key in ("bound_violations", "spearman_vs_exact", "noisy_auroc", "cost_ratio_to_train_step"):
         assert key in s
-    assert set(s["spearman_vs_exact"]["mlp"]) >= {"lai", "lai_last", "ghost", "tracin", "loss", "counterfactual"}
+    assert set(s["spearman_vs_exact"]["mlp"]) >= {"lai", "lai-last", "ghost", "tracin", "loss", "counterfactual"}
     assert s["spearman_vs_exact"]["mlp"]["ghost"] == pytest.approx(1.0)
     assert 0.0 <= s["noisy_auroc"]["mlp"]["lai"] <= 1.0
     assert s["cost_ratio_to_train_step"]["mlp"]["train_step"] == pytest.approx(1.0)
@@ -176,3 +176,25 @@ def test_curation_hint_writes_where_figures_look(tmp_path):
     root, src = resolve(str(tmp_path / "res"), None)
     cmd = curation_command("quick", src.curate)
     assert src.curate == root / "curate" and f"--out {root}" in cmd and cmd.startswith("lai curate ")
+
+
+def test_estimator_registry_one_spelling_and_the_same_numbers_as_influence(f64):
+    import influence
+    from validation import estimators as registry
+    from validation.models import MLP
+
+    torch.manual_seed(0)
+    model = MLP(6, (5,), 3).double().eval()
+    x, y = torch.randn(7, 6), torch.randint(0, 3, (7,))
+    train, ref = (x[:4], y[:4]), (x[4:], y[4:])
+    direct = {"lai-last": influence.lai(model, influence.cross_entropy, train, ref, 0.1, layers="last"),
+              "tracin-last": influence.tracin(model, influence.cross_entropy, train, ref, [(model.state_dict(), 0.1)],
+                                              last_layer=True),
+              "ghost": influence.ghost(model, influence.cross_entropy, train, ref, 0.1)}
+    for name, r in direct.items():
+        got = registry.score(name, model, influence.cross_entropy, train, ref, 0.1).scores
+        assert torch.allclose(got, r.scores, rtol=1e-12, atol=0)
+    assert all(n == n.lower() and "_" not in n for n in registry.ESTIMATORS)
+    with pytest.raises(KeyError, match="spelled 'lai-last'"):
+        registry.get("lai_last")
+    assert "lai-aligned" not in registry.names(sequence=False)

@@ -64,7 +64,7 @@ def _fake_theory(scale: float, apriori: bool):
 def test_fidelity_rows(mlp_ctx):
     out = fidelity_step(mlp_ctx, topk_fraction=0.25)
     names = mlp_ctx.estimators()
-    assert "lai_aligned" not in names and {"exact", "ghost", "lai", "lai_last", "counterfactual", "loss"} <= set(names)
+    assert "lai-aligned" not in names and {"exact", "ghost", "lai", "lai-last", "counterfactual", "loss"} <= set(names)
     fid = {(r["estimator"], r["target"]): r for r in out["fidelity"]}
     assert len(fid) == len(TARGETS) * (len(names) - 1)
     # the small-lr counterfactual is in the first-order regime: it ranks like Exact
@@ -86,7 +86,7 @@ def test_fidelity_rows(mlp_ctx):
 def test_fidelity_on_a_language_model_scores_both_pairings(lm_ctx):
     out = fidelity_step(lm_ctx)
     est = {r["estimator"] for r in out["auroc"]}
-    assert {"lai_aligned", "lai_last_aligned", "lai", "lai_last"} <= est
+    assert {"lai-aligned", "lai-last-aligned", "lai", "lai-last"} <= est
     last = {(r["estimator"], r["target"]): r["spearman"] for r in out["fidelity"]}
     assert last[("ghost", "exact")] == pytest.approx(1.0)
 

@@ -28,12 +28,13 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import nn
 
-import influence
 from influence.batch import Batch, LossFn, call_model, concat, output_tensor
+
+from .estimators import ESTIMATORS
 
 MB = float(1 << 20)
 BASELINES = ("forward", "forward_backward", "train_step")
-ESTIMATORS = ("forward", "train_step", "exact", "ghost", "lai", "lai_last", "tracin_last")
+DEFAULT = ("forward", "train_step", "exact", "ghost", "lai", "lai-last", "tracin-last")  # baselines + estimators
 
 
 @dataclass
@@ -195,14 +196,9 @@ def estimator_fns(model: nn.Module, loss_fn: LossFn, train: Batch, ref: Batch, l
         "forward": forward,
         "forward_backward": forward_backward,
         "train_step": _sgd_step(stepped, loss_fn, train, lr),
-        "exact": lambda: influence.exact(model, loss_fn, train, ref, lr).scores,
-        "ghost": lambda: influence.ghost(model, loss_fn, train, ref, lr).scores,
-        "lai": lambda: influence.lai(model, loss_fn, train, ref, lr).scores,
-        "lai_last": lambda: influence.lai(model, loss_fn, train, ref, lr, layers="last").scores,
-        "tracin_last": lambda: influence.tracin(model, loss_fn, train, ref, [(model.state_dict(), lr)],
-                                                last_layer=True).scores,
-        "tracin": lambda: influence.tracin(model, loss_fn, train, ref, [(model.state_dict(), lr)]).scores,
     }
+    for name, est in ESTIMATORS.items():  # every estimator of validation.estimators; TracIn at the current weights
+        fns[name] = lambda est=est: est(model, loss_fn, train, ref, lr).scores
     fns.update(extra or {})
     return fns
 
@@ -227,7 +223,7 @@ def rows_from(measurements: dict[str, Measurement]) -> list[dict[str, Any]]:
 
 
 def estimator_costs(model: nn.Module, loss_fn: LossFn, train: Batch, ref: Batch, lr: float,
-                    estimators: Iterable[str] = ESTIMATORS, repeats: int = 5, warmup: int = 1,
+                    estimators: Iterable[str] = DEFAULT, repeats: int = 5, warmup: int = 1,
                     memory: bool = True, extra: dict[str, Callable[[], Any]] | None = None,
                     measurements: dict[str, Measurement] | None = None) -> list[dict[str, Any]]:
     """Time and peak memory of each estimator and baseline on one model and batch, in one process.

@@ -216,7 +216,7 @@ def render(s: dict[str, Any], config: dict[str, Any]) -> str:
         lines += _table("Bound suite (float64)", {m: {k: v for k, v in b.items() if k != "layer_share"}
                                                   for m, b in s["bound"].items()}, digits=3)
     lines += ["## Fidelity", "", "Medians over scored steps and seeds. Estimators: exact, ghost, lai (all layers), "
-              "lai_last, lai_aligned/lai_last_aligned (transformer, aligned token pairing), tracin, tracin_last, "
+              "lai-last, lai-aligned/lai-last-aligned (transformer, aligned token pairing), tracin, tracin-last, "
               "loss (= -loss, loss-only baseline), counterfactual (actual one-step effect at the training lr), "
               "counterfactual_small_lr (the same for a step at lr / 10, rescaled). Where the step at the training lr "
               "overshoots along sharp directions, the actual effect departs from every first-order score.", ""]

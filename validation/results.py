@@ -50,9 +50,9 @@ bound the theory does not provide for the architecture):
   estimator, median_s, peak_mb, ratio_to_forward, ratio_to_forward_backward, ratio_to_train_step,
   peak_ratio_to_train_step, times_s (JSON list).
 
-Estimator names: exact, ghost, lai (all layers), lai_last (last layer only), lai_aligned / lai_last_aligned
+Estimator names: exact, ghost, lai (all layers), lai-last (last layer only), lai-aligned / lai-last-aligned
 (transformer, ``token_pairing="aligned"``), tracin (sum over the checkpoints of the scored steps up to the
-current one), tracin_last (the same, output layer only), loss (the loss-only baseline: score = -loss_i),
+current one), tracin-last (the same, output layer only), loss (the loss-only baseline: score = -loss_i),
 counterfactual (the actual one-step effect at the training lr, see suites/counterfactual.py),
 counterfactual_small_lr (the same at lr / 10, rescaled by 10; tends to exact as the step shrinks). Sign
 convention everywhere: positive = the sample helps (lowers the reference loss).
@@ -98,6 +98,9 @@ TABLES: dict[str, tuple[tuple[str, ...], list[str]]] = {
     "cost": (("cost",), ["model", "seed", "width", "batch", "n_ref", "n_params", "estimator", "median_s", "peak_mb",
                       "ratio_to_forward", "ratio_to_forward_backward", "ratio_to_train_step",
                       "peak_ratio_to_train_step", "times_s"]),
+    "layer_terms": (("fidelity",), ["model", "seed", "step", "layer", "layer_index", "n_layers", "has_lai_term",
+                                    "is_last", "term_spearman", "scale_ratio", "error_share", "ghost_share",
+                                    "rho_alone", "rho_fixed", "fit_weight"]),
     "training": (("bound", "fidelity"), ["model", "seed", "step", "ref_loss", "ref_accuracy", "scored_loss_clean",
                                          "scored_loss_noisy"]),
 }

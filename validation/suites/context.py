@@ -13,16 +13,18 @@ import influence
 from influence import InfluenceResult
 from influence.batch import Batch, LossFn
 
+from .. import estimators as registry
+from ..estimators import names as estimator_names
 from .counterfactual import one_step_counterfactual
 
 #: Estimators scored by the fidelity suite on every model; SEQUENCE_ONLY are added for token-sequence outputs.
-ESTIMATORS = ("exact", "ghost", "lai", "lai_last", "tracin", "tracin_last", "loss", "counterfactual",
+ESTIMATORS = ("exact", "ghost", "lai", "lai-last", "tracin", "tracin-last", "loss", "counterfactual",
               "counterfactual_small_lr")
 #: lr factor of ``counterfactual_small_lr``: the counterfactual of a step at lr * SMALL_LR_FACTOR, divided by the
 #: factor (same scale as the scores). It tends to Exact as the factor -> 0, so comparing both targets separates
 #: the estimators' error from the curvature of the actual step at the training lr.
 SMALL_LR_FACTOR = 0.1
-SEQUENCE_ONLY = ("lai_aligned", "lai_last_aligned")
+SEQUENCE_ONLY = tuple(n for n in estimator_names() if registry.get(n).sequence_only)
 
 
 @dataclass
@@ -59,29 +61,14 @@ class StepContext:
         """The estimators the fidelity suite scores at this step."""
         names = list(ESTIMATORS)
         if self.is_sequence:
-            names[names.index("lai_last") + 1:names.index("lai_last") + 1] = list(SEQUENCE_ONLY)
+            names[names.index("lai-last") + 1:names.index("lai-last") + 1] = list(SEQUENCE_ONLY)
         return names
 
-    def _calls(self) -> dict[str, Callable[[], Any]]:
-        m, f, tr, rf, lr = self.model, self.loss_fn, self.train, self.ref, self.lr
-        return {
-            "exact": lambda: influence.exact(m, f, tr, rf, lr),
-            "ghost": lambda: influence.ghost(m, f, tr, rf, lr),
-            "lai": lambda: influence.lai(m, f, tr, rf, lr, layers="all"),
-            "lai_last": lambda: influence.lai(m, f, tr, rf, lr, layers="last"),
-            "lai_aligned": lambda: influence.lai(m, f, tr, rf, lr, layers="all", token_pairing="aligned"),
-            "lai_last_aligned": lambda: influence.lai(m, f, tr, rf, lr, layers="last", token_pairing="aligned"),
-            "tracin": lambda: influence.tracin(m, f, tr, rf, self.checkpoints),
-            "tracin_last": lambda: influence.tracin(m, f, tr, rf, self.checkpoints, last_layer=True),
-        }
-
     def result(self, name: str) -> InfluenceResult:
-        """The influence result of estimator ``name`` (computed once per step)."""
+        """The influence result of estimator ``name`` (``validation.estimators``; computed once per step)."""
         if name not in self._memo:
-            calls = self._calls()
-            if name not in calls:
-                raise KeyError(f"{name!r} is not an influence estimator; choose from {sorted(calls)}")
-            self._memo[name] = calls[name]()
+            est = registry.get(name)
+            self._memo[name] = est(self.model, self.loss_fn, self.train, self.ref, self.lr, self.checkpoints)
         return self._memo[name]
 
     def scores(self, name: str) -> Tensor:

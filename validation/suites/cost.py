@@ -17,7 +17,7 @@ from ..models import build_model
 from ..profiles import with_width
 from ..training import Task
 
-ESTIMATORS = ("exact", "ghost", "lai", "lai_last", "tracin_last")
+ESTIMATORS = ("exact", "ghost", "lai", "lai-last", "tracin-last")  # names of validation.estimators
 
 
 def cost_point(task: Task, width: int, batch: int, repeats: int = 3, warmup: int = 1,
@@ -32,15 +32,11 @@ def cost_point(task: Task, width: int, batch: int, repeats: int = 3, warmup: int
     torch.manual_seed(task.seed)
     model = build_model(task.name, **with_width(s.model_kw, s.width_key, width)).eval().to(device)
     train = (task.x_train[:batch], task.y_train[:batch])
-    extra = {}
+    names = list(estimators)
     if task.x_train.dim() == 2 and not task.x_train.is_floating_point():  # token ids: also the aligned pairing
-        import influence
-
-        extra["lai_aligned"] = lambda: influence.lai(model, task.loss_fn, train, task.ref, task.lr,
-                                                     token_pairing="aligned").scores
-    names = [*estimators, *extra]
+        names.append("lai-aligned")
     rows = vcost.estimator_costs(model, task.loss_fn, train, task.ref, task.lr, estimators=names,
-                                 repeats=repeats, warmup=warmup, extra=extra)
+                                 repeats=repeats, warmup=warmup)
     step_peak = next(r["peak_bytes"] for r in rows if r["estimator"] == "train_step")
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     out = []
