@@ -50,6 +50,9 @@ class ModelSettings:
     samples of the scored batch against the first bound_n_ref reference samples, sequences cut to their first
     bound_seq_len tokens (theory's per-sample Jacobians grow with n * T * (T * vocab) * width).
     bound_data_bound: compute theory.data_bound (False: recorded as not available).
+    fit_probe, fit_ref_chunks: the ``lai-fit`` variant (validation/lai_variants.py) fits its layer weights at
+    every scored step on ``fit_probe`` training samples outside the scored batch, scored against the reference
+    batch split into ``fit_ref_chunks`` chunks (0 = the variant is not scored).
     """
 
     dataset: str
@@ -69,6 +72,8 @@ class ModelSettings:
     bound_n_ref: int | None = None
     bound_seq_len: int | None = None
     bound_data_bound: bool = True
+    fit_probe: int = 16
+    fit_ref_chunks: int = 8
 
     def score_steps(self) -> list[int]:
         """Scored steps: ``score_points`` evenly spaced steps in (0, steps], last = steps."""
@@ -96,7 +101,7 @@ def _quick() -> dict[str, Any]:
                                      {"kind": "documents", "rate": 0.2, "mode": "shuffle_chars"}, lr=0.5,
                                      batch_size=32, steps=600, score_points=4, n_score=32, n_ref=32,
                                      cost_widths=(16, 32), bound_n_score=8, bound_n_ref=8, bound_seq_len=8,
-                                     bound_data_bound=False),
+                                     bound_data_bound=False, fit_probe=8, fit_ref_chunks=4),
     }
     return {"seeds": [0], "threads": 1, "cost": {"batch_sizes": [16, 64], "repeats": 3, "warmup": 1},
             "models": {k: asdict(v) for k, v in models.items()}}

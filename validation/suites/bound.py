@@ -70,6 +70,7 @@ def bound_step(ctx: StepContext, theory: ModuleType | None = None, rel_tol: floa
     ``data_bound=False`` skips ``theory.data_bound`` (recorded as not available), for settings where its
     per-sample Jacobians are too costly (the byte-level transformer in the quick profile)."""
     th = theory if theory is not None else load_theory()
+    ctx.theory_value((id(th), "_object"), lambda: th)  # keeps th alive with the memo: its id stays unique there
     args = (ctx.model, ctx.loss_fn, ctx.train, ctx.ref, ctx.lr)
     ghost = ctx.scores("ghost").detach().double().cpu()
     lai = ctx.scores("lai").detach().double().cpu()

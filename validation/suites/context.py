@@ -13,13 +13,14 @@ import influence
 from influence import InfluenceResult
 from influence.batch import Batch, LossFn
 
+from ..lai_variants import fit_layer_weights, weighted_lai
 from .. import estimators as registry
 from ..estimators import names as estimator_names
 from .counterfactual import one_step_counterfactual
 
 #: Estimators scored by the fidelity suite on every model; SEQUENCE_ONLY are added for token-sequence outputs.
-ESTIMATORS = ("exact", "ghost", "lai", "lai-last", "tracin", "tracin-last", "loss", "counterfactual",
-              "counterfactual_small_lr")
+ESTIMATORS = ("exact", "ghost", "lai", "lai-last", "lai-fit", "tracin", "tracin-last", "loss",
+              "counterfactual", "counterfactual_small_lr")
 #: lr factor of ``counterfactual_small_lr``: the counterfactual of a step at lr * SMALL_LR_FACTOR, divided by the
 #: factor (same scale as the scores). It tends to Exact as the factor -> 0, so comparing both targets separates
 #: the estimators' error from the curvature of the actual step at the training lr.
@@ -43,6 +44,8 @@ class StepContext:
     ids: Tensor
     is_noisy: Tensor
     checkpoints: list[tuple[dict[str, Tensor], float]] = field(default_factory=list)
+    fit_probe: Batch | None = None
+    fit_ref_chunks: int = 8
     _memo: dict[Hashable, Any] = field(default_factory=dict, repr=False)
 
     @property
@@ -60,6 +63,8 @@ class StepContext:
     def estimators(self) -> list[str]:
         """The estimators the fidelity suite scores at this step."""
         names = list(ESTIMATORS)
+        if self.fit_probe is None:
+            names.remove("lai-fit")
         if self.is_sequence:
             names[names.index("lai-last") + 1:names.index("lai-last") + 1] = list(SEQUENCE_ONLY)
         return names
@@ -77,6 +82,8 @@ class StepContext:
         (the same for a step at lr * SMALL_LR_FACTOR, divided by the factor)."""
         if name == "loss":
             return -self.result("exact").train_losses
+        if name == "lai-fit":
+            return weighted_lai(self.result("lai"), self.fit_weights())
         if name in ("counterfactual", "counterfactual_small_lr"):
             if name not in self._memo:
                 f = 1.0 if name == "counterfactual" else SMALL_LR_FACTOR
@@ -84,6 +91,15 @@ class StepContext:
                 self._memo[name] = cf / f
             return self._memo[name]
         return self.result(name).scores
+
+    def fit_weights(self) -> dict[str, float]:
+        """{layer: w_l} of the ``lai-fit`` variant at this step (fitted once on ``fit_probe``)."""
+        if self.fit_probe is None:
+            raise ValueError("lai-fit needs a fit_probe batch")
+        if "_fit_weights" not in self._memo:
+            self._memo["_fit_weights"] = fit_layer_weights(self.model, self.loss_fn, self.fit_probe, self.ref,
+                                                           self.lr, ref_chunks=self.fit_ref_chunks)
+        return self._memo["_fit_weights"]
 
     def theory_value(self, key: Hashable, fn: Callable[[], Any]) -> Any:
         """Memoised call of a theory function under ``key`` (shared between suites)."""

@@ -5,13 +5,15 @@ At one scored step (a :class:`StepContext`), for every estimator e (see ``StepCo
 t in {exact, counterfactual, counterfactual_small_lr}, e != t: Spearman, Kendall tau-b, top-k and bottom-k
 overlap (k = ceil(topk_fraction * n)) and sign agreement of e's scores against t's. For every score (targets included): the
 AUROC of detecting the noisy samples with -score (``metrics.noisy_auroc``). The per-sample scores are kept
-(table ``scores``) for trajectory and scatter figures.
+(table ``scores``) for trajectory and scatter figures. Per layer (table ``layer_terms``): how LAI's term of
+that layer compares with Ghost's (``lai_variants.layer_diagnostics``) and the ``lai-fit`` weight when scored.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from ..lai_variants import last_layer_name, layer_diagnostics
 from .context import StepContext
 from .metrics import kendall, noisy_auroc, sign_agreement, spearman, topk_overlap, topk_size
 
@@ -41,7 +43,12 @@ def fidelity_step(ctx: StepContext, topk_fraction: float = 0.1) -> dict[str, lis
     flags = [int(v) for v in noisy.tolist()]
     per_sample = [{**key, "sample": i, "is_noisy": f, "estimator": e, "score": float(s)}
                   for e in names for i, f, s in zip(ids, flags, scores[e].tolist())]
-    return {"fidelity": fid, "auroc": auroc, "scores": per_sample}
+    last = last_layer_name(ctx.result("lai-last"))
+    weights = ctx.fit_weights() if "lai-fit" in names else {}
+    layers = [{**key, **r, "fit_weight": weights.get(r["layer"], 1.0 if r["has_lai_term"] else 0.0)
+               if weights else None}
+              for r in layer_diagnostics(ctx.result("ghost"), ctx.result("lai"), last)]
+    return {"fidelity": fid, "auroc": auroc, "scores": per_sample, "layer_terms": layers}
 
 
 __all__ = ["fidelity_step", "TARGETS"]

@@ -98,6 +98,9 @@ def run_training_suites(rd: RunDir, name: str, settings: ModelSettings, seed: in
         ctx = StepContext(name, seed, step, m64, task.loss_fn, cast_batch(task.scored_batch(), torch.float64),
                           cast_batch(task.ref, torch.float64), settings.lr, task.probe, task.is_noisy[task.probe],
                           ckpts)
+        if settings.fit_probe > 0 and settings.fit_ref_chunks > 0:
+            ctx.fit_probe = cast_batch(fit_probe_batch(task, step, settings.fit_probe), torch.float64)
+            ctx.fit_ref_chunks = settings.fit_ref_chunks
         training_row = _training_row(task, step, model)
         for suite in todo[step]:
             if suite == "bound":
@@ -113,6 +116,17 @@ def run_training_suites(rd: RunDir, name: str, settings: ModelSettings, seed: in
     train(task, hook, stops, start_step=start, state=state, progress=progress,
           desc=f"{name} seed {seed} ({'+'.join(suites)})")
     return written
+
+
+def fit_probe_batch(task: Task, step: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``size`` training samples outside the scored batch, drawn afresh for every (seed, step) from their own
+    seeded stream (the probe on which ``lai-fit`` fits its layer weights; noisy labels included)."""
+    outside = torch.ones(len(task.x_train), dtype=torch.bool)
+    outside[task.probe.cpu()] = False
+    pool = outside.nonzero().squeeze(1)
+    gen = torch.Generator().manual_seed(7_919 * (task.seed + 1) + step)
+    idx = pool[torch.randperm(len(pool), generator=gen)[:size]].to(task.x_train.device)
+    return task.x_train[idx], task.y_train[idx]
 
 
 def _noise_summary(task: Task) -> dict[str, Any]:
