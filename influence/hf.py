@@ -137,12 +137,26 @@ def additive_padding_mask(attention_mask: Tensor, dtype: torch.dtype) -> Tensor:
     return torch.where(keep, torch.zeros((), dtype=dtype), torch.finfo(dtype).min)
 
 
-def _expand_padding_mask(model: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
-    mask = kwargs.get("attention_mask")
-    if not isinstance(mask, Tensor) or mask.dim() != 2:
-        return None
-    dtype = next(model.parameters()).dtype
-    return args, {**kwargs, "attention_mask": additive_padding_mask(mask, dtype)}
+class PaddingMaskHook:
+    """Forward pre-hook passing the 2D padding mask ``kwargs[key]`` [n, S] as the additive 4D mask [n, 1, 1, S]
+    (:func:`additive_padding_mask` in the dtype of the module's parameters); other masks pass unchanged."""
+
+    def __init__(self, key: str = "attention_mask") -> None:
+        self.key = key
+
+    def __call__(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+        mask = kwargs.get(self.key)
+        if not isinstance(mask, Tensor) or mask.dim() != 2:
+            return None
+        dtype = next(module.parameters()).dtype
+        return args, {**kwargs, self.key: additive_padding_mask(mask, dtype)}
+
+
+def _add_mask_hook(module: nn.Module, key: str) -> None:
+    flag = f"_influence_mask_hook_{key}"
+    if not module.__dict__.get(flag, False):
+        module.register_forward_pre_hook(PaddingMaskHook(key), with_kwargs=True)
+        module.__dict__[flag] = True
 
 
 LOWER_FLOATS = (torch.float32, torch.float16, torch.bfloat16)
@@ -198,7 +212,15 @@ def prepare(model: nn.Module, dtype: torch.dtype | None = None) -> nn.Module:
     Bidirectional encoders (:func:`is_bidirectional`) also get a forward pre-hook that passes a 2D
     ``attention_mask`` as the equivalent additive 4D mask (:func:`additive_padding_mask`), because
     ``transformers`` checks ``mask.all()`` in Python before building a bidirectional mask, which ``vmap``
-    cannot run. Causal models keep their own mask construction (causal and sliding-window structure)."""
+    cannot run. Encoder-decoder models (T5, ``config.is_encoder_decoder``) get the same on their encoder's
+    ``attention_mask`` and their decoder's ``encoder_attention_mask`` (cross-attention); the decoder's own mask
+    stays 2D (its causal structure is built by ``transformers``). Causal models keep their own mask
+    construction (causal and sliding-window structure).
+
+    A float64 model computes in float64 throughout (:class:`KeepFloat64`, entered by a forward pre-hook while
+    the model runs): ``transformers``' float32 upcasts would otherwise round its activations to float32.
+    Fully masked attention rows (padding queries under left padding) stay finite: every mask here adds
+    ``finfo(dtype).min`` once, so a row of masked scores is uniform after the softmax, never NaN."""
     if hasattr(model, "set_attn_implementation"):
         model.set_attn_implementation("eager")
     elif getattr(model, "config", None) is not None:
@@ -211,9 +233,11 @@ def prepare(model: nn.Module, dtype: torch.dtype | None = None) -> nn.Module:
         model.register_forward_pre_hook(_enter_float64, with_kwargs=True)
         model.register_forward_hook(_exit_float64, with_kwargs=True, always_call=True)
         model._influence_float64_hook = True
-    if is_bidirectional(model) and not getattr(model, "_influence_mask_hook", False):
-        model.register_forward_pre_hook(_expand_padding_mask, with_kwargs=True)
-        model._influence_mask_hook = True
+    if is_bidirectional(model):
+        _add_mask_hook(model, "attention_mask")
+    elif getattr(getattr(model, "config", None), "is_encoder_decoder", False) and hasattr(model, "get_encoder"):
+        _add_mask_hook(model.get_encoder(), "attention_mask")
+        _add_mask_hook(model.get_decoder(), "encoder_attention_mask")
     return model.eval()
 
 
