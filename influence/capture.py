@@ -1,30 +1,38 @@
 """Which layers to score, and hooks that record their inputs (and output gradients) in one pass.
 
-``plan`` checks the model once: BatchNorm in train mode, trainable layers the fast path does not support,
-parameters shared between modules. ``capture_forward`` records layer inputs under ``no_grad`` (LAI);
-``capture_backward`` also reads every recorded layer output's gradient with one ``autograd.grad`` call that
-stops at the earliest recorded layer and never writes ``.grad`` of any parameter (Ghost, theory).
+``plan`` checks the model once (BatchNorm and stochastic modules in train mode are refused), finds every
+trainable module's rule in the layer registry (``influence.layers``) and lists what the factorisation cannot
+cover (no rule, options the rule refuses, parameters shared outside shareable rules) as ``routed``.
+``capture_forward`` records layer inputs under ``no_grad`` (LAI); ``capture_backward`` also reads every
+recorded layer output's gradient with one ``autograd.grad`` call that never writes ``.grad`` (Ghost, theory),
+optionally with autograd's batch gradient of some parameters and per-sample gradients of a few samples
+(the verification in ``influence.verify``).
 
-Layers whose input has batch size 1 while the batch has n > 1 samples (position ids built with shape
-[1, T] and broadcast) are expanded to n in the hook, so each sample gets its own output gradient.
-Inputs must be batch-first.
+Every recorded call must have the batch as the leading dimension of its input and output: a leading 1 on both
+(position ids built with shape [1, T] and broadcast) is expanded to n, and for rules with ``fold_tokens`` a
+leading k * n on both is read as [n, k, ...] (flattened tokens, confirmed by the verification). Any other call
+is listed in ``Capture.bad`` and its module's parameters are not factored.
 """
 
 from __future__ import annotations
 
+import weakref
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from .batch import LossFn, call_model, output_tensor
-from .errors import InPlaceModificationError, SharedParameterError, TrainModeBatchNormError, UnsupportedLayerError
-from .layers import (OUTER_TYPES, SUPPORTED_TYPES, GhostPiece, check_supported, ghost_pieces, make_block,
-                     owner_names)
+from .errors import (InPlaceModificationError, SharedParameterError, StochasticModuleError, TrainModeBatchNormError,
+                     UndefinedGradientError, UnsupportedLayerError)
 from .factors import Block
+from .layers import Context, GhostPiece, LayerRule, make_block, owner_names, rule_for
 from .losses import output_gradient, per_sample_losses
+
+FALLBACKS = ("auto", "error", "exact")
+STOCHASTIC = (nn.modules.dropout._DropoutNd, nn.RReLU)
 
 
 def check_batchnorm(model: nn.Module) -> None:
@@ -37,27 +45,71 @@ def check_batchnorm(model: nn.Module) -> None:
                 "before scoring.")
 
 
+def check_stochastic(model: nn.Module) -> None:
+    """Refuse Dropout-like modules in train mode (with a nonzero rate): every call would score differently."""
+    for name, m in model.named_modules():
+        if isinstance(m, STOCHASTIC) and m.training and (not hasattr(m, "p") or m.p > 0):
+            raise StochasticModuleError(
+                f"{name or 'model'}: {type(m).__name__} is in train mode, so the forward pass is random and every "
+                "call would give different scores. Call model.eval() (or put this module in eval mode) first.")
+
+
+def check_modes(model: nn.Module) -> None:
+    check_batchnorm(model)
+    check_stochastic(model)
+
+
 @dataclass
 class Plan:
-    """The trainable layers of a model, split into those the fast path factorises and the rest."""
+    """The trainable layers of a model: those with a rule (``modules``, ``rules``) and the rest.
+
+    ``routed``: parameter id -> (kind, reason) for parameters the factorisation does not cover (kind
+    ``"unsupported"`` or ``"shared"``); ``names``: id -> name in ``model.named_parameters()`` of every trainable
+    parameter."""
 
     modules: dict[str, nn.Module]
     unsupported: dict[str, nn.Module]
     shared: set[int]
     owners: dict[int, str]
+    rules: dict[str, LayerRule] = field(default_factory=dict)
+    routed: dict[int, tuple[str, str]] = field(default_factory=dict)
+    names: dict[int, str] = field(default_factory=dict)
+    fallback: str = "auto"
 
     def unsupported_params(self) -> list[str]:
         return [f"{name}.{p}" if name else p for name, m in self.unsupported.items()
                 for p, t in m.named_parameters(recurse=False) if t.requires_grad]
 
+    def scored_params(self, excluded: set[int] | frozenset[int] = frozenset()) -> list[nn.Parameter]:
+        """Trainable parameters of modules with a rule, minus ``routed`` and ``excluded`` (each once)."""
+        out, seen = [], set()
+        for m in self.modules.values():
+            for p in m.parameters(recurse=False):
+                if p.requires_grad and id(p) not in seen and id(p) not in self.routed and id(p) not in excluded:
+                    seen.add(id(p))
+                    out.append(p)
+        return out
 
-def plan(model: nn.Module, fallback: str | None = None) -> Plan:
-    """Check ``model`` and list the layers to capture. ``fallback='exact'`` accepts unsupported layers
-    (their parameters are then scored with torch.func)."""
-    if fallback not in (None, "exact"):
-        raise ValueError(f"fallback must be None or 'exact', got {fallback!r}")
-    check_batchnorm(model)
-    modules, unsupported = {}, {}
+    def context(self, excluded: set[int] | frozenset[int] = frozenset()) -> Context:
+        return Context(frozenset(self.shared), frozenset(self.routed) | frozenset(excluded))
+
+
+def check_fallback(fallback: str | None) -> str:
+    """``None`` (the old default) means ``"auto"``."""
+    fallback = "auto" if fallback is None else fallback
+    if fallback not in FALLBACKS:
+        raise ValueError(f"fallback must be one of {FALLBACKS}, got {fallback!r}")
+    return fallback
+
+
+def plan(model: nn.Module, fallback: str | None = "auto") -> Plan:
+    """Check ``model`` and list the layers to capture; nothing is refused here except modes (BatchNorm or
+    stochastic modules in train mode) and layer options whose per-sample gradients are undefined. Estimators
+    decide what routed parameters mean (:func:`raise_routed` for ``fallback='error'``)."""
+    fallback = check_fallback(fallback)
+    check_modes(model)
+    modules, unsupported, rules = {}, {}, {}
+    routed: dict[int, tuple[str, str]] = {}
     users: dict[int, list[str]] = defaultdict(list)
     for name, m in model.named_modules():
         direct = [p for p in m.parameters(recurse=False) if p.requires_grad]
@@ -65,42 +117,78 @@ def plan(model: nn.Module, fallback: str | None = None) -> Plan:
             continue
         for p in direct:
             users[id(p)].append(name)
-        if isinstance(m, SUPPORTED_TYPES):
-            check_supported(name or type(m).__name__, m)
-            modules[name] = m
+        rule = rule_for(m)
+        why = None
+        if rule is None:
+            why = f"no layer rule for {type(m).__name__}"
+        else:
+            try:
+                rule.check(name or type(m).__name__, m)
+            except UndefinedGradientError:
+                raise
+            except UnsupportedLayerError as e:
+                why = str(e)
+        if why is None:
+            modules[name], rules[name] = m, rule
         else:
             unsupported[name] = m
+            for p in direct:
+                routed.setdefault(id(p), ("unsupported", f"{name or 'model'} ({type(m).__name__}): {why}"))
     shared = {pid for pid, names in users.items() if len(names) > 1}
     for pid in shared:
         names = users[pid]
-        if any(n in unsupported for n in names) or not all(isinstance(modules[n], OUTER_TYPES) for n in names):
-            raise SharedParameterError(
-                f"a parameter is shared by modules {names}; the fast path handles sharing only between Linear, "
-                "Conv and Embedding layers. Untie the parameter or use influence.exact")
-    if unsupported and fallback != "exact":
-        listing = ", ".join(f"{n or 'model'} ({type(m).__name__})" for n, m in unsupported.items())
+        if any(n in unsupported for n in names) or not all(rules[n].shareable for n in names):
+            routed.setdefault(pid, ("shared", f"a parameter is shared by modules {names}; the fast path handles "
+                                              "sharing only between Linear, Conv and Embedding-like layers"))
+    pl = Plan(modules, unsupported, shared, owner_names(model), rules, routed,
+              {id(p): n for n, p in model.named_parameters() if p.requires_grad}, fallback)
+    return pl
+
+
+def raise_routed(pl: Plan, routed: dict[int, tuple[str, str]]) -> None:
+    """Raise the named error for the first kind of routed parameter (``fallback='error'``)."""
+    from .errors import VerificationError
+    if not routed:
+        return
+    by_kind: dict[str, list[str]] = defaultdict(list)
+    for pid, (kind, why) in routed.items():
+        by_kind[kind].append(f"{pl.names.get(pid, '?')} ({why})")
+    if "shared" in by_kind:
+        raise SharedParameterError(f"{'; '.join(by_kind['shared'])}. Untie the parameter, use influence.exact, or "
+                                   "fallback='auto' to score it with Exact")
+    if "unsupported" in by_kind:
         raise UnsupportedLayerError(
-            f"trainable layers without a fast-path factorisation: {listing}. Supported: "
-            f"{', '.join(t.__name__ for t in SUPPORTED_TYPES)}. Pass fallback='exact' to score their parameters "
-            "with per-sample gradients from torch.func, or freeze them (requires_grad=False).")
-    return Plan(modules, unsupported, shared, owner_names(model))
+            f"trainable layers without a fast-path factorisation: {'; '.join(by_kind['unsupported'])}. Pass "
+            "fallback='auto' (or 'exact') to score their parameters with per-sample gradients from torch.func, or "
+            "freeze them (requires_grad=False).")
+    raise VerificationError(
+        f"factored per-sample gradients do not match autograd for: {'; '.join(by_kind['verify'])}. Pass "
+        "fallback='auto' to score these parameters with Exact.")
 
 
 @dataclass
 class Call:
+    """One recorded call: ``inp`` [n, ...] (what the rule reads), ``out`` the output while a backward needs it,
+    ``versions`` of input and output at record time, ``out_ref`` a weak reference to the output tensor object
+    (identity with the model output, never a pointer comparison), ``fold`` k when a leading k * n was read as
+    [n, k, ...]."""
+
     inp: Tensor
     out: Tensor | None
     versions: tuple[int, int]
-    out_ptr: int = 0  # storage address of the layer output, to recognise it as the model output
+    out_ref: Any = None
+    fold: int = 0
 
 
 @dataclass
 class Capture:
     """What one pass over a batch recorded.
 
-    ``calls[name]``: one entry per call of the layer (input [n, ...], output gradient [n, ...] after
+    ``calls[name]``: one entry per call of the layer (input [n, ...], output gradient [n, ...] in ``grads`` after
     ``capture_backward``); ``order``: layer names in order of first call; ``f``: model output [n, ...];
-    ``g``: dl_i/df_i, same shape; ``losses``: [n]."""
+    ``g``: dl_i/df_i, same shape; ``losses``: [n]; ``bad``: layer name -> why a call could not be recorded;
+    ``producer``: the recorded layer whose output tensor IS the model output (or None); ``param_grads``:
+    id(param) -> autograd's gradient of sum_i l_i; ``probe``: [(sample index, {id(param): gradient of l_i})]."""
 
     calls: dict[str, list[Call]]
     order: list[str]
@@ -108,39 +196,72 @@ class Capture:
     g: Tensor
     losses: Tensor
     grads: dict[str, list[Tensor]] = field(default_factory=dict)
+    bad: dict[str, str] = field(default_factory=dict)
+    producer: str | None = None
+    param_grads: dict[int, Tensor] = field(default_factory=dict)
+    probe: list[tuple[int, dict[int, Tensor]]] = field(default_factory=list)
 
 
 class Recorder:
     """Forward hooks on ``modules`` recording each call's input (and output, when ``keep_output``)."""
 
-    def __init__(self, modules: dict[str, nn.Module], n: int, keep_output: bool) -> None:
+    def __init__(self, modules: dict[str, nn.Module], n: int, keep_output: bool,
+                 rules: dict[str, LayerRule] | None = None) -> None:
         self.modules, self.n, self.keep_output = modules, n, keep_output
+        self.rules = rules if rules is not None else {k: rule_for(m) for k, m in modules.items()}
         self.calls: dict[str, list[Call]] = defaultdict(list)
         self.order: list[str] = []
+        self.bad: dict[str, str] = {}
         self.handles: list[Any] = []
 
     def _hook(self, name: str):
-        def hook(module: nn.Module, args: tuple, output: Tensor):
-            x = args[0]
-            replaced = None
-            if self.n > 1 and x.shape[0] == 1 and output.shape[0] == 1:
-                x = x.expand(self.n, *x.shape[1:])
-                if self.keep_output:
-                    replaced = output = output.expand(self.n, *output.shape[1:])
+        rule = self.rules[name]
+
+        def hook(module: nn.Module, args: tuple, kwargs: dict, output: Any):
+            try:
+                x = rule.record(module, args, kwargs, output)
+            except Exception as e:  # noqa: BLE001 - the rule cannot read this call: not factorable
+                self.bad.setdefault(name, f"its rule could not read the call ({type(e).__name__}: {e})")
+                return None
+            if not isinstance(x, Tensor) or not isinstance(output, Tensor) or x.dim() == 0 or output.dim() == 0:
+                self.bad.setdefault(name, "the call's input or output is not a tensor with a batch dimension")
+                return None
+            n, li, lo = self.n, x.shape[0], output.shape[0]
+            replaced, fold = None, 0
+            if li == n and lo == n:
+                pass
+            elif n > 1 and li == 1 and lo == 1:
+                x = x.expand(n, *x.shape[1:])
+                replaced = output = output.expand(n, *output.shape[1:])
+            elif rule.fold_tokens and li == lo and li % n == 0:
+                fold = li // n
+                x = x.reshape(n, fold, *x.shape[1:])
+            else:
+                self.bad.setdefault(name, f"leading dimensions (input {tuple(x.shape)}, output {tuple(output.shape)}) "
+                                          f"are not the batch (n={n})")
+                return None
             if name not in self.calls:
                 self.order.append(name)
             out = output if self.keep_output else None
-            self.calls[name].append(Call(x.detach(), out, (x._version, output._version), output.data_ptr()))
+            self.calls[name].append(Call(x.detach(), out, (x._version, output._version), weakref.ref(output), fold))
             return replaced
         return hook
 
     def __enter__(self) -> "Recorder":
-        self.handles = [m.register_forward_hook(self._hook(name)) for name, m in self.modules.items()]
+        self.handles = [m.register_forward_hook(self._hook(name), with_kwargs=True)
+                        for name, m in self.modules.items() if self.rules.get(name) is not None]
         return self
 
     def __exit__(self, *exc: Any) -> None:
         for h in self.handles:
             h.remove()
+
+    def producer(self, f: Tensor) -> str | None:
+        """The layer whose last call's output tensor object is ``f`` (identity, not storage address)."""
+        for name in reversed(self.order):
+            if self.calls[name][-1].out_ref() is f:
+                return name
+        return None
 
     def check_versions(self) -> None:
         for name, calls in self.calls.items():
@@ -158,50 +279,95 @@ def capture_forward(model: nn.Module, loss_fn: LossFn, batch: tuple[Any, Any], m
     x, y = batch
     with torch.no_grad(), Recorder(modules, n, keep_output=False) as rec:
         f = output_tensor(call_model(model, x))
+        producer = rec.producer(f)
     losses, g = output_gradient(loss_fn, f, y, where)
-    return Capture(dict(rec.calls), rec.order, f.detach(), g, losses)
+    return Capture(dict(rec.calls), rec.order, f.detach(), g, losses, bad=dict(rec.bad), producer=producer)
 
 
 def capture_backward(model: nn.Module, loss_fn: LossFn, batch: tuple[Any, Any], modules: dict[str, nn.Module],
-                     n: int, where: str) -> Capture:
-    """Forward and one truncated backward of sum_i l_i: inputs and output gradients of every layer."""
+                     n: int, where: str, params: Sequence[nn.Parameter] = (), probe: Sequence[int] = ()) -> Capture:
+    """Forward and one truncated backward of sum_i l_i: inputs and output gradients of every layer; in the same
+    ``autograd.grad`` call the batch gradient of ``params``, and for each sample in ``probe`` the gradient of
+    its own loss l_i (extra backward passes through the retained graph)."""
     x, y = batch
+    params = list(params)
     with torch.enable_grad(), Recorder(modules, n, keep_output=True) as rec:
         f = output_tensor(call_model(model, x))
+        producer = rec.producer(f)
         losses = per_sample_losses(loss_fn, f, y, n, where)
         rec.check_versions()
         names = [name for name in rec.order for _ in rec.calls[name]]
         outs = [c.out for name in rec.order for c in rec.calls[name]]
         wanted = [o for o in outs if o.requires_grad]
-        got = torch.autograd.grad(losses.sum(), wanted + ([f] if f.requires_grad else []), allow_unused=True)
+        f_in = [f] if f.requires_grad else []
+        got = torch.autograd.grad(losses.sum(), wanted + f_in + params, allow_unused=True, retain_graph=bool(probe))
+        probed = []
+        for k, i in enumerate(probe):
+            gi = torch.autograd.grad(losses[i], params, allow_unused=True, retain_graph=k < len(probe) - 1)
+            probed.append((i, {id(p): (torch.zeros_like(p) if v is None else v) for p, v in zip(params, gi)}))
     got_iter = iter(got)
     grads: dict[str, list[Tensor]] = defaultdict(list)
-    for name, o in zip(names, outs):
+    calls: dict[str, list[Call]] = {}
+    for name, o, c in zip(names, outs, (c for name in rec.order for c in rec.calls[name])):
         gr = next(got_iter) if o.requires_grad else None
-        grads[name].append(torch.zeros_like(o) if gr is None else gr)
-    g = next(got_iter, None) if f.requires_grad else None
+        gr = torch.zeros_like(o) if gr is None else gr
+        grads[name].append(gr.reshape(n, c.fold, *gr.shape[1:]) if c.fold else gr)
+        calls.setdefault(name, []).append(Call(c.inp, None, c.versions, c.out_ref, c.fold))
+    g = next(got_iter, None) if f_in else None
     g = torch.zeros_like(f) if g is None else g
-    calls = {k: [Call(c.inp, None, c.versions, c.out_ptr) for c in v] for k, v in rec.calls.items()}
-    return Capture(calls, rec.order, f.detach(), g, losses.detach(), dict(grads))
+    param_grads = {id(p): (torch.zeros_like(p) if v is None else v) for p, v in zip(params, got_iter)}
+    return Capture(calls, rec.order, f.detach(), g, losses.detach(), dict(grads), dict(rec.bad), producer,
+                   param_grads, probed)
 
 
-def ghost_blocks(cap: Capture, pl: Plan) -> dict[tuple[int, ...], Block]:
-    """Exact per-sample gradient factorisation of every captured parameter block, merged across calls and
-    across modules that share a parameter."""
+def factor_blocks(cap: Capture, pl: Plan, ctx: Context) -> tuple[dict[tuple[int, ...], Block], dict[int, str]]:
+    """Exact per-sample gradient factorisation of every parameter ``ctx.scored``, merged across calls and across
+    modules that share a parameter. Returns (blocks keyed by parameter ids, {param id: why it could not be
+    factored}) - a module whose calls could not be recorded or factored lists all its scored parameters."""
     pieces: dict[tuple[int, ...], list[GhostPiece]] = defaultdict(list)
     params: dict[tuple[int, ...], tuple] = {}
+    failed: dict[int, str] = {}
+    for name, module in pl.modules.items():
+        if name in cap.bad:
+            failed.update({id(p): f"{name}: {cap.bad[name]}" for p in module.parameters(recurse=False)
+                           if ctx.scored(p)})
     for name in cap.order:
-        module = pl.modules[name]
-        for call, grad in zip(cap.calls[name], cap.grads[name]):
-            for pc in ghost_pieces(module, call.inp, grad, pl.shared):
-                key = tuple(id(p) for p in pc.params)
-                pieces[key].append(pc)
-                params[key] = pc.params
+        if name in cap.bad:
+            continue
+        module, rule = pl.modules[name], pl.rules[name]
+        got: list[GhostPiece] = []
+        try:
+            for call, grad in zip(cap.calls[name], cap.grads[name]):
+                got += rule.ghost_pieces(module, call.inp, grad, ctx)
+        except (UnsupportedLayerError, RuntimeError, ValueError, IndexError) as e:
+            failed.update({id(p): f"{name}: {rule.name} could not factor the call ({type(e).__name__}: {e})"
+                           for p in module.parameters(recurse=False) if ctx.scored(p)})
+            continue
+        for pc in got:
+            key = tuple(id(p) for p in pc.params)
+            pieces[key].append(pc)
+            params[key] = pc.params
     blocks = {}
     for key, pcs in pieces.items():
+        if any(k in failed for k in key):
+            failed.update({k: failed.get(k) or f"{pl.owners[k]}: shares a parameter with a module that could not "
+                                               "be factored" for k in key})
+            continue
         dims = {(s.left.dim, s.right.dim, s.left.groups) for s in (pc.segment for pc in pcs)}
         if len(dims) > 1:
-            raise SharedParameterError(f"{pl.owners[key[0]]}: modules sharing this parameter use it with different "
-                                       f"orientations {sorted(dims)}; untie it or use influence.exact")
+            failed.update({k: f"{pl.owners[k]}: modules sharing this parameter use it with different orientations "
+                              f"{sorted(dims)}" for k in key})
+            continue
         blocks[key] = make_block(params[key], pcs, pl.owners)
+    return blocks, failed
+
+
+def ghost_blocks(cap: Capture, pl: Plan, ctx: Context | None = None) -> dict[tuple[int, ...], Block]:
+    """``factor_blocks`` that raises instead of listing failures (callers that do their own routing)."""
+    blocks, failed = factor_blocks(cap, pl, pl.context() if ctx is None else ctx)
+    if failed:
+        why = "; ".join(sorted(set(failed.values())))
+        if "orientations" in why:
+            raise SharedParameterError(f"{why}; untie it or use influence.exact")
+        raise UnsupportedLayerError(why)
     return blocks

@@ -33,6 +33,24 @@ class InPlaceModificationError(InfluenceError):
     """A captured layer input or output was modified in place before its gradient was read."""
 
 
+class UndefinedGradientError(UnsupportedLayerError):
+    """A layer's per-sample gradients are undefined, or scoring it would change the model (refused whatever the
+    ``fallback``): e.g. ``nn.Embedding`` with ``max_norm`` or ``scale_grad_by_freq``."""
+
+
+class VerificationError(UnsupportedLayerError):
+    """With ``fallback='error'``: the factored per-sample gradients of some parameters do not match autograd
+    (a weight used outside its module, a layer whose leading dimension is not the batch, ...)."""
+
+
+class StochasticModuleError(InfluenceError):
+    """A stochastic module (Dropout and the like) is in train mode: every call would give different scores."""
+
+
+class RoutedToExactWarning(UserWarning):
+    """Some parameters could not be factored and were scored by Exact (Ghost) or skipped (LAI)."""
+
+
 class EmptyBatchError(BatchSizeError):
     """A training or reference batch holds no sample."""
 

@@ -9,9 +9,10 @@ sequences (f of shape [n, T, C]) and a layer with the same T:
   one vector, as in the original research code; not exact even on the last layer.
 
 A layer whose positions do not match f's (a convolution, or token layers under a per-sequence output)
-uses its flattened input map with the aligned pairing. Linear and conv layers with a trainable bias
-contribute (a . a' + 1); embeddings contribute the count of equal ids (``padding_idx`` excluded).
-LayerNorm/RMSNorm parameters have no LAI term: their gradient is not an outer product with b.
+uses its flattened input map with the aligned pairing. The activation a^l of a layer is its rule's
+``lai_activation`` (``influence.layers``): [a, 1] for Linear/Conv1D/conv layers with a trainable bias, one-hot
+ids for embeddings. Layers without an LAI term (norms, and whatever the layer registry does not cover or the
+verification in ``influence.verify`` routes away) are skipped and listed in ``result.skipped``.
 """
 
 from __future__ import annotations
@@ -22,13 +23,14 @@ import torch
 from torch import nn
 
 from .batch import Batch, LossFn, check_batch, take
-from .capture import Capture, capture_forward, plan
+from .capture import Capture, Plan, capture_forward, plan
 from .errors import InfluenceError
 from .factors import Block, Dense, Index, Segment
-from .ghost import finish
-from .layers import OUTER_TYPES, lai_activation
+from .ghost import finish, report_routed
+from .layers import Context
 from .result import InfluenceResult
 from .scoring import DEFAULT_BUDGET, ReferenceSide
+from .verify import Routed, verdict_for
 
 PAIRINGS = ("all_pairs", "aligned")
 
@@ -40,30 +42,49 @@ def output_factor(cap: Capture) -> Dense:
     return Dense(g.reshape(n, g.shape[1], 1, g.shape[2]) if g.dim() == 3 else g.reshape(n, 1, 1, -1))
 
 
-def last_layer(cap: Capture, modules: dict[str, nn.Module]) -> str:
-    """The trainable layer that ran last; it must produce the model output (so its b is g)."""
-    name = cap.order[-1]
-    module = modules[name]
-    if not isinstance(module, nn.Linear):
-        raise InfluenceError(f"{name}: the last trainable layer is a {type(module).__name__}; last-layer LAI needs a "
-                             "Linear output layer whose output is the model output")
-    if cap.calls[name][-1].out_ptr != cap.f.data_ptr():
-        raise InfluenceError(f"{name}: the last trainable layer's output is not the model output (the model "
-                             "transforms it further), so its output gradient is not g; last-layer LAI would not "
-                             "be exact")
+def last_layer(cap: Capture, pl: Plan) -> str:
+    """The layer whose output tensor IS the model output (checked by object identity), so its output gradient
+    is g; it must have an LAI term."""
+    name = cap.producer
+    if name is None:
+        raise InfluenceError("the last layer's output is not the model output (the model transforms it further, or "
+                             "the output layer has no layer rule), so no layer's output gradient is g; last-layer "
+                             "LAI would not be exact")
+    if not pl.rules[name].lai:
+        raise InfluenceError(f"{name}: the output layer is a {type(pl.modules[name]).__name__}, which has no LAI "
+                             "term; last-layer LAI needs an output layer such as Linear")
     return name
 
 
-def lai_blocks(cap: Capture, modules: dict[str, nn.Module], token_pairing: str) -> dict[str, Block]:
+def _direct(module: nn.Module) -> list[nn.Parameter]:
+    return [p for p in module.parameters(recurse=False) if p.requires_grad]
+
+
+def lai_layers(pl: Plan, cap: Capture, layers: str, ctx: Context) -> tuple[list[str], list[str], set[int]]:
+    """(layer names LAI scores, names of skipped trainable parameters, ids of the parameters that matter:
+    all trainable ones for ``"all"``, the output layer's for ``"last"``)."""
+    if layers == "last":
+        name = last_layer(cap, pl)
+        own = _direct(pl.modules[name])
+        skipped = [pl.names[id(p)] for p in own if not ctx.scored(p)]
+        return [name], skipped, {id(p) for p in own}
+    names = [n for n, m in pl.modules.items() if pl.rules[n].lai and any(ctx.scored(p) for p in _direct(m))]
+    covered = {id(p) for n in names for p in _direct(pl.modules[n]) if ctx.scored(p)}
+    skipped = [name for pid, name in pl.names.items() if pid not in covered]
+    return names, skipped, set(pl.names)
+
+
+def lai_blocks(cap: Capture, pl: Plan, names: list[str], token_pairing: str, ctx: Context) -> dict[str, Block]:
     """One block per layer: segments (g, a) for every call of the layer."""
     g = output_factor(cap)
     blocks = {}
     for name in cap.order:
-        if name not in modules:
+        if name not in names or name in cap.bad:
             continue
+        module, rule = pl.modules[name], pl.rules[name]
         segments = []
         for call in cap.calls[name]:
-            act = lai_activation(modules[name], call.inp)
+            act = rule.lai_activation(module, call.inp, ctx)
             if act is None:
                 continue
             if token_pairing == "all_pairs" and act.tokens == g.tokens:
@@ -83,14 +104,14 @@ class LazyBlocks(Mapping):
     """``lai_blocks`` as a mapping that builds a layer's block when it is read and does not keep it, so scoring
     (``ReferenceSide``) holds one layer's activation factors at a time instead of all of them."""
 
-    def __init__(self, cap: Capture, modules: dict[str, nn.Module], token_pairing: str) -> None:
-        self.cap, self.modules, self.token_pairing = cap, modules, token_pairing
-        self.names = [name for name in cap.order if name in modules]
+    def __init__(self, cap: Capture, pl: Plan, names: list[str], token_pairing: str, ctx: Context) -> None:
+        self.cap, self.pl, self.token_pairing, self.ctx = cap, pl, token_pairing, ctx
+        self.names = [name for name in cap.order if name in set(names) and name not in cap.bad]
 
     def __getitem__(self, name: str) -> Block:
-        if name not in self.modules:
+        if name not in self.names:
             raise KeyError(name)
-        return lai_blocks(self.cap, {name: self.modules[name]}, self.token_pairing)[name]
+        return lai_blocks(self.cap, self.pl, [name], self.token_pairing, self.ctx)[name]
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names)
@@ -99,36 +120,54 @@ class LazyBlocks(Mapping):
         return len(self.names)
 
 
+def lai_routed(model: nn.Module, loss_fn: LossFn, batches: list[tuple[Batch, int, str]], pl: Plan) -> Routed:
+    """Parameters LAI must not score: the plan's, plus the cached verification verdict of every batch signature
+    (computed by one verification capture where absent)."""
+    routed: Routed = dict(pl.routed)
+    for batch, n, where in batches:
+        routed.update(verdict_for(model, loss_fn, batch, pl, n, where))
+    return routed
+
+
 def lai(model: nn.Module, loss_fn: LossFn, train: Batch, ref: Batch, lr: float, *, layers: str = "all",
-        token_pairing: str = "all_pairs", pairwise: bool = False, mode: str = "auto", chunk_size: int | None = None,
-        memory_budget: int = DEFAULT_BUDGET) -> InfluenceResult:
+        token_pairing: str = "all_pairs", pairwise: bool = False, mode: str = "auto", fallback: str | None = "auto",
+        chunk_size: int | None = None, memory_budget: int = DEFAULT_BUDGET) -> InfluenceResult:
     """Layer-aware influence from one forward pass over train and reference samples.
 
-    ``layers``: ``"all"`` (every Linear/Conv/Embedding layer with trainable parameters) or ``"last"`` (the
-    output layer only, exact). ``result.train_outputs`` holds the model output on the training batch (for
-    reuse in a training step) when it was scored in one chunk.
+    ``layers``: ``"all"`` (every layer with an LAI term and trainable parameters) or ``"last"`` (the layer
+    whose output is the model output, exact; nothing else about the model matters). ``fallback`` has Ghost's
+    meaning for parameters the layer registry does not cover or the verification (``influence.verify``) rejects:
+    they are skipped with one warning (``"auto"``), silently (``"exact"``) or refused (``"error"``).
+    ``result.skipped`` lists the trainable parameters that contribute nothing (for ``"last"``: only the output
+    layer's). ``result.train_outputs`` holds the model output on the training batch when it was scored in one
+    chunk.
     """
     if layers not in ("all", "last"):
         raise ValueError(f"layers must be 'all' or 'last', got {layers!r}")
     if token_pairing not in PAIRINGS:
         raise ValueError(f"token_pairing must be one of {PAIRINGS}, got {token_pairing!r}")
     n_t, n_v = check_batch(train, "train"), check_batch(ref, "ref")
-    pl = plan(model)
-    ref_cap = capture_forward(model, loss_fn, ref, pl.modules, n_v, "ref")
-    modules = {n: m for n, m in pl.modules.items() if isinstance(m, OUTER_TYPES)}
-    if layers == "last":
-        name = last_layer(ref_cap, pl.modules)
-        modules = {name: modules[name]}
-    side = ReferenceSide(LazyBlocks(ref_cap, modules, token_pairing), n_t, pairwise, mode, memory_budget)
-    del ref_cap
+    pl = plan(model, fallback)
     chunk = chunk_size or n_t
+    spans = [(i, min(chunk, n_t - i)) for i in range(0, n_t, chunk)]
+    firsts = {c: i for i, c in spans}
+    routed = lai_routed(model, loss_fn, [(ref, n_v, "ref")] + [(take(train, slice(i, i + c)), c, "train")
+                                                                 for c, i in firsts.items()], pl)
+    ref_cap = capture_forward(model, loss_fn, ref, pl.modules, n_v, "ref")
+    ctx = pl.context(routed)
+    names, skipped, relevant = lai_layers(pl, ref_cap, layers, ctx)
+    report_routed(pl, {k: v for k, v in routed.items() if k in relevant}, "lai", "not factorable, skipped by LAI")
+    if layers == "last" and not any(ctx.scored(p) for p in pl.modules[names[0]].parameters(recurse=False)):
+        raise InfluenceError(f"{names[0]}: none of the output layer's trainable parameters can be factored")
+    side = ReferenceSide(LazyBlocks(ref_cap, pl, names, token_pairing, ctx), n_t, pairwise, mode, memory_budget)
+    del ref_cap
     chunks, losses, outputs = [], [], None
-    for i in range(0, n_t, chunk):
-        c = min(chunk, n_t - i)
+    for i, c in spans:
         cap = capture_forward(model, loss_fn, take(train, slice(i, i + c)), pl.modules, c, "train")
-        chunks.append(side.score(LazyBlocks(cap, modules, token_pairing), c, cap.losses))
+        chunks.append(side.score(LazyBlocks(cap, pl, names, token_pairing, ctx), c, cap.losses))
         losses.append(cap.losses)
         outputs = cap.f if c == n_t else None
     result = finish(f"lai[{layers},{token_pairing}]", lr, side, chunks, pairwise, torch.cat(losses))
     result.train_outputs = outputs
+    result.skipped = skipped
     return result

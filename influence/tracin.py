@@ -26,13 +26,14 @@ def load_checkpoint(source: dict[str, Tensor] | str | os.PathLike, device: torch
 
 
 def last_layer_params(model: nn.Module, loss_fn: LossFn, ref: Batch) -> list[str]:
-    """Parameter names of the output layer (the last trainable layer to run, which must produce the output).
+    """Parameter names of the output layer (the layer whose output tensor is the model output; it needs a rule
+    with an LAI term in ``influence.layers``).
 
     A weight tied to another layer (GPT-2's lm_head and wte) is listed under its canonical name, and its
     gradient then includes both uses of the shared matrix: it is the gradient of that parameter."""
     pl = plan(model, fallback="exact")
     cap = capture_forward(model, loss_fn, ref, pl.modules, check_batch(ref, "ref"), "ref")
-    own = {id(p) for p in pl.modules[last_layer(cap, pl.modules)].parameters(recurse=False)}
+    own = {id(p) for p in pl.modules[last_layer(cap, pl)].parameters(recurse=False)}
     return [n for n, p in model.named_parameters() if p.requires_grad and id(p) in own]
 
 

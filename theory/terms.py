@@ -7,9 +7,11 @@ and groups G of outer products x_{tau,g} (x) b_{tau,g}, with b_{tau,g} = J_{tau,
     Ghost_l(i, v) = sum_g sum_{tau, tau'} K_{g,tau,tau'}(i, v) g_i^T J_{i,tau,g} J_{v,tau',g}^T g_v,
     K_{g,tau,tau'}(i, v) = x_{i,tau,g} . x_{v,tau',g}                                  (*)
 
-with, per layer type (``x`` is the Ghost left factor):
+with, per layer type (``x`` is the Ghost left factor, given by the layer's rule in ``influence.layers``:
+``LayerRule.theory_factor``):
 
-* ``nn.Linear``: tau = the input's leading token positions, G = 1, x = [a, 1] (1 only with a trainable bias);
+* ``nn.Linear`` and ``transformers``' ``Conv1D``: tau = the input's token positions, G = 1, x = [a, 1] (1 only with
+  a trainable bias);
 * ``nn.Conv1d/2d``: tau = output positions p, g = conv group, x = [unfolded patch of group g, 1];
 * ``nn.Embedding``: tau = token positions, x = onehot(id) (K = [id == id'], padding_idx contributes nothing);
 * ``nn.LayerNorm/RMSNorm``: tau = token positions, g = normalised coordinate k (q = 1), x = [xhat_{tau,k}, 1].
@@ -30,7 +32,6 @@ LAI's term for the same layer (exactly as ``influence.lai`` with ``token_pairing
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,13 +41,10 @@ from torch import Tensor, nn
 from influence.batch import Batch, LossFn, check_batch
 from influence.capture import capture_forward, plan
 from influence.factors import Dense, Index
-from influence.layers import lai_activation, trainable, unfold_conv_input
+from influence.layers import Context, rule_for
 
 from .jacobians import jacobians
 
-CONV_TYPES = (nn.Conv1d, nn.Conv2d)
-NORM_TYPES = (nn.LayerNorm, nn.RMSNorm) if hasattr(nn, "RMSNorm") else (nn.LayerNorm,)
-KNOWN_TYPES = (nn.Linear, nn.Embedding, *CONV_TYPES, *NORM_TYPES)
 PAIRINGS = ("all_pairs", "aligned")
 
 
@@ -130,76 +128,29 @@ def layer_modules(model: nn.Module) -> dict[str, nn.Module]:
     if pl.shared:
         raise NotImplementedError("theory: parameters shared between modules (tied weights) make one Ghost block "
                                   "span several layers; the per-layer decomposition needs untied layers")
-    unknown = {n: type(m).__name__ for n, m in pl.modules.items() if not isinstance(m, KNOWN_TYPES)}
-    if unknown:
-        raise NotImplementedError(f"theory: no per-layer structure for {unknown}; supported: "
-                                  f"{', '.join(t.__name__ for t in KNOWN_TYPES)}")
+    if pl.routed:
+        raise NotImplementedError("theory: no per-layer structure for "
+                                  f"{sorted({why for _, why in pl.routed.values()})}")
     return pl.modules
-
-
-def _norm_xhat(module: nn.Module, x: Tensor) -> Tensor:
-    """The normalised input of LayerNorm/RMSNorm (as the module computes it), same shape as x."""
-    dims = tuple(range(-len(module.normalized_shape), 0))
-    if isinstance(module, nn.LayerNorm):
-        return (x - x.mean(dims, keepdim=True)) * torch.rsqrt(x.var(dims, unbiased=False, keepdim=True) + module.eps)
-    eps = module.eps if module.eps is not None else torch.finfo(x.dtype).eps
-    return x * torch.rsqrt(x.pow(2).mean(dims, keepdim=True) + eps)
-
-
-def _with_bias(x: Tensor | None, like: Tensor, w_on: bool, b_on: bool) -> Tensor:
-    parts = [x] if w_on else []
-    if b_on:
-        parts.append(torch.ones(*like.shape[:-1], 1, dtype=like.dtype, device=like.device))
-    return torch.cat(parts, -1)
-
-
-def _padding_ids(module: nn.Embedding, ids: Tensor) -> Tensor:
-    if module.padding_idx is None:
-        return ids
-    return torch.where(ids == module.padding_idx, torch.full_like(ids, -1), ids)
 
 
 def layer_term(name: str, module: nn.Module, inp: Tensor, jac: Tensor | None, f_tokens: int,
                token_pairing: str, dtype: torch.dtype) -> LayerTerm:
-    """Build one layer's ``LayerTerm`` from its input [n, ...] and Jacobian [n, F, *s_shape] (or None)."""
-    n = inp.shape[0]
-    f = jac.shape[1] if jac is not None else 0
-
-    def shape(*dims: int) -> Tensor | None:
-        return None if jac is None else jac.reshape(*dims)
-
-    w_on = trainable(module.weight)
-    b_on = trainable(getattr(module, "bias", None))
-    if isinstance(module, nn.Linear):
-        a = inp.reshape(n, -1, module.in_features)
-        x = _with_bias(a, a, w_on, b_on).unsqueeze(2)  # [n, T, 1, p]
-        t = a.shape[1]
-        left: Dense | Index = Dense(x)
-        j = shape(n, f, 1, t, module.out_features)
-    elif isinstance(module, nn.Embedding):
-        ids = _padding_ids(module, inp.reshape(n, -1))
-        t = ids.shape[1]
-        left = Index(ids, module.num_embeddings)
-        j = shape(n, f, 1, t, module.embedding_dim)
-    elif isinstance(module, CONV_TYPES):
-        groups = module.groups
-        patches = unfold_conv_input(module, inp)  # [n, P, C_in * K]
-        p = patches.shape[1]
-        x = patches.reshape(n, p, groups, -1)
-        left = Dense(_with_bias(x, x, w_on, b_on))
-        q = module.out_channels // groups
-        j = None if jac is None else shape(n, f, groups, q, p).transpose(3, 4)
-    else:
-        d = math.prod(module.normalized_shape)
-        xhat = _norm_xhat(module, inp).reshape(n, -1, d, 1)  # [n, T, d, 1]
-        left = Dense(_with_bias(xhat, xhat, w_on, b_on))
-        j = None if jac is None else shape(n, f, -1, d).transpose(2, 3).unsqueeze(-1)  # [n, F, d, T, 1]
-        return LayerTerm(name, module, "norm", j, left, None, dtype)
+    """Build one layer's ``LayerTerm`` from its input [n, ...] and Jacobian [n, F, *s_shape] (or None), through
+    the layer's rule in the registry (``influence.layers``)."""
+    rule = rule_for(module)
+    ctx = Context()
+    tf = None if rule is None else rule.theory_factor(module, inp, ctx)
+    if tf is None:
+        raise NotImplementedError(f"theory: no per-layer structure for {name} ({type(module).__name__})")
+    j = None if jac is None else tf.jac(jac)
+    if tf.kind == "norm":
+        return LayerTerm(name, module, "norm", j, tf.left, None, dtype)
     aligned_tokens = token_pairing == "all_pairs" or f_tokens == 1  # with one token both pairings coincide
-    if isinstance(module, CONV_TYPES) or not aligned_tokens or left.tokens != f_tokens:
-        act = lai_activation(module, inp)
-        return LayerTerm(name, module, "flat", j, left, act.flatten_tokens(), dtype)
-    return LayerTerm(name, module, "token", j, left, None, dtype)
+    if tf.kind == "flat" or not aligned_tokens or tf.left.tokens != f_tokens:
+        act = rule.lai_activation(module, inp, ctx)
+        return LayerTerm(name, module, "flat", j, tf.left, act.flatten_tokens(), dtype)
+    return LayerTerm(name, module, "token", j, tf.left, None, dtype)
 
 
 def build_side(model: nn.Module, loss_fn: LossFn, batch: Batch, token_pairing: str = "all_pairs",

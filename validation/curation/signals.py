@@ -30,10 +30,9 @@ from torch import Tensor, nn
 
 import influence
 from influence.batch import Batch, LossFn, call_model, check_batch, output_tensor, take
-from influence.capture import Capture, Recorder, capture_backward, capture_forward, ghost_blocks, plan
+from influence.capture import Capture, Recorder, capture_backward, capture_forward, ghost_blocks, plan, raise_routed
 from influence.factors import Block
-from influence.lai import lai_blocks, last_layer
-from influence.layers import OUTER_TYPES
+from influence.lai import lai_blocks, lai_layers
 from influence.losses import output_gradient, per_sample_losses
 from influence.scoring import ReferenceSide
 
@@ -146,22 +145,28 @@ def _graph_forward(model: nn.Module, loss_fn: LossFn, batch: Batch, n: int,
     return f, losses, rec
 
 
+def _plan(model: nn.Module):
+    """The layer plan; curation refuses what the factorisation does not cover (its updates reuse the factors)."""
+    pl = plan(model, "error")
+    raise_routed(pl, pl.routed)
+    return pl
+
+
 def _score_lai(model, loss_fn, batch, ref, lr, n, layers, mode) -> Scored:
-    pl = plan(model)
+    pl = _plan(model)
     f, losses, rec = _graph_forward(model, loss_fn, batch, n, pl.modules)
     _, g = output_gradient(loss_fn, f.detach(), batch[1], "train")
-    cap = Capture(dict(rec.calls), rec.order, f.detach(), g, losses.detach())
-    modules = {k: m for k, m in pl.modules.items() if isinstance(m, OUTER_TYPES)}
-    if layers == "last":
-        name = last_layer(cap, pl.modules)
-        modules = {name: modules[name]}
-    blocks = lai_blocks(cap, modules, "all_pairs")
+    cap = Capture(dict(rec.calls), rec.order, f.detach(), g, losses.detach(), bad=dict(rec.bad),
+                  producer=rec.producer(f))
+    ctx = pl.context()
+    names, _, _ = lai_layers(pl, cap, layers, ctx)
+    blocks = lai_blocks(cap, pl, names, "all_pairs", ctx)
     n_v = _reference_size(ref)
     if ref is None:
         ref_blocks = blocks
     else:
         ref_cap = capture_forward(model, loss_fn, ref, pl.modules, n_v, "ref")
-        ref_blocks = lai_blocks(ref_cap, modules, "all_pairs")
+        ref_blocks = lai_blocks(ref_cap, pl, names, "all_pairs", ctx)
     side = ReferenceSide(ref_blocks, n, False, mode)
     like = cap.losses
     values = lr * sum(side.score(blocks, n, like).values()) if blocks else like.new_zeros(n)
@@ -171,7 +176,7 @@ def _score_lai(model, loss_fn, batch, ref, lr, n, layers, mode) -> Scored:
 
 
 def _ghost_capture(model, loss_fn, batch, n):
-    pl = plan(model)
+    pl = _plan(model)
     cap = capture_backward(model, loss_fn, batch, pl.modules, n, "train")
     return pl, cap, ghost_blocks(cap, pl)
 
