@@ -9,7 +9,8 @@ import pytest
 from scipy import stats
 from sklearn.metrics import roc_auc_score
 
-from validation.stats import (auroc_ci, kendall_ci, mean_ci, paired_difference, paired_table, spearman_ci)
+from validation.stats import (auroc_ci, kendall_ci, mean_ci, paired_difference, paired_table, spearman_ci,
+                              spearman_difference_ci)
 
 
 def test_paired_difference_matches_direct_t_interval():
@@ -96,6 +97,19 @@ def test_spearman_ci_undefined_and_shapes():
     assert math.isnan(const.value) and math.isnan(const.low)
     with pytest.raises(ValueError):
         spearman_ci(np.ones((2, 5)), np.ones((2, 6)))
+
+
+def test_spearman_difference_ci():
+    rng = np.random.default_rng(6)
+    t = rng.normal(size=(3, 80))
+    close, far = t + 0.3 * rng.normal(size=t.shape), t + 2.0 * rng.normal(size=t.shape)
+    d = spearman_difference_ci(close, far, t)
+    direct = np.mean([stats.spearmanr(x, z).statistic - stats.spearmanr(y, z).statistic
+                      for x, y, z in zip(close, far, t)])
+    assert d.value == pytest.approx(direct, rel=1e-12)
+    assert d.above(0.0)  # the close copy ranks closer, beyond resampling noise
+    same = spearman_difference_ci(close, close, t)
+    assert same.value == 0.0 and same.low == 0.0 == same.high
 
 
 def test_kendall_ci_matches_scipy():

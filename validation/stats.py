@@ -5,7 +5,7 @@ seeded bootstrap intervals of rank correlations and AUROC (scipy.stats underneat
   standard error, t-based confidence interval and two-sided p-value (``scipy.stats.ttest_rel``), and how
   many seeds the treatment won, tied and lost. :func:`paired_table` does it for several methods at once.
 * :func:`mean_ci`: mean of values (e.g. a per-step Spearman over seeds and steps) with a t interval.
-* :func:`spearman_ci`, :func:`kendall_ci`, :func:`auroc_ci`: the statistic (averaged over strata, e.g. the
+* :func:`spearman_ci`, :func:`spearman_difference_ci`, :func:`kendall_ci`, :func:`auroc_ci`: the statistic (averaged over strata, e.g. the
   scored steps of one run) with a percentile bootstrap interval (``scipy.stats.bootstrap``, seeded). Samples
   are resampled as clusters: sample j's values at every step move together, so the interval reflects which
   samples happened to be scored, not just rounding. AUROC resamples positives and negatives separately
@@ -246,6 +246,27 @@ def spearman_ci(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray
     return Estimate(value, lo, hi, a.shape[1], confidence, "bootstrap")
 
 
+def spearman_difference_ci(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray,
+                           target: Sequence[float] | np.ndarray, *, n_resamples: int = N_RESAMPLES,
+                           confidence: float = CONFIDENCE, seed: int = SEED) -> Estimate:
+    """Spearman(a, target) - Spearman(b, target) (each averaged over strata, as :func:`spearman_ci`) with a
+    paired percentile bootstrap interval (the three score vectors resampled together). Positive = ``a`` ranks
+    closer to ``target``. n = samples."""
+    a, b, t = _as_matrix(a), _as_matrix(b), _as_matrix(target)
+    if not a.shape == b.shape == t.shape:
+        raise ValueError(f"a {a.shape}, b {b.shape} and target {t.shape} differ in shape")
+
+    def diff(x: np.ndarray, y: np.ndarray, z: np.ndarray, axis: int = -1) -> np.ndarray:
+        return _spearman_mean(x, z, axis) - _spearman_mean(y, z, axis)
+
+    value = float(diff(a, b, t))
+    if a.shape[1] < 3 or not math.isfinite(value):
+        return Estimate(value, math.nan, math.nan, a.shape[1], confidence, "bootstrap")
+    lo, hi = _bootstrap(diff, (a, b, t), True, True, n_resamples, confidence, seed,
+                        batch=max(1, 2_000_000 // a.size))
+    return Estimate(value, lo, hi, a.shape[1], confidence, "bootstrap")
+
+
 def _kendall_mean(a: np.ndarray, b: np.ndarray) -> float:
     vals = []
     for x, y in zip(a, b):
@@ -303,4 +324,4 @@ def auroc_ci(labels: Sequence[bool] | np.ndarray, detector: Sequence[float] | np
 
 
 __all__ = ["Estimate", "AurocEstimate", "PairedDifference", "mean_ci", "paired_difference", "paired_table",
-           "spearman_ci", "kendall_ci", "auroc_ci", "CONFIDENCE", "N_RESAMPLES"]
+           "spearman_ci", "spearman_difference_ci", "kendall_ci", "auroc_ci", "CONFIDENCE", "N_RESAMPLES"]
