@@ -1,157 +1,198 @@
-"""Figure 6 — curated training: final test accuracy (or perplexity for language modelling) of each method at
-each noise level, mean ± std over seeds (left), and the test metric after every epoch at the highest noise
-level, mean ± std band (right). One row per task family (tasks that differ only in noise level).
+"""Figure 6 — curated training against vanilla training, paired over seeds, under both scoring protocols.
 
-Inputs: the ``final`` and ``curves`` tables of :func:`paper_figs.curation_results.load_curation` (from the
-units ``python -m validation curate`` writes under ``<results>/curate/``).
+Top row, one panel per task: for every method, the paired difference of final test accuracy to vanilla
+training (method − vanilla at the same seed, percentage points; perplexity differences for language
+modelling, where lower is better) with its 95 % t confidence interval (``validation.stats``), one mark per
+protocol (filled: ours — curation from step 0 against a fixed reference batch; open: original — a warm-up
+of a third of the epochs, then a fresh random reference subset each step), and the seeds the method beat
+vanilla on ("wins/seeds") at the right. Bottom row: test accuracy after every epoch under our protocol, mean
+over seeds with its 95 % t band.
 
-Plotted data (CSV): panel (final | curve), family, metric, method, noise_pct (noise level, % of samples),
-x (noise_pct for ``final``, epoch for ``curve``), x_plot (where the mark is drawn: ``final`` marks of the
-methods are spread a little around their noise level so error bars do not overlap), mean, std (sample std,
-0 for one seed), lo, hi, n_seeds. Accuracy in %, perplexity as is.
+Inputs: the ``final`` and ``curves`` tables of :func:`paper_figs.curation_results.load_curation` (run folders
+of ``python -m validation curate`` or the stored folder ``paper_figs/data/curation``).
+
+Plotted data (CSV): panel (diff | curve), task, family, metric, protocol, method, x (difference for ``diff``,
+epoch for ``curve``), mean (= x for ``diff``; the mean metric for ``curve``), low, high (95 % CI), p
+(paired t-test), wins, n_seeds, vanilla_mean (``diff``: vanilla's mean over the paired seeds), y_plot (row of
+the mark in a ``diff`` panel). Accuracy in %, perplexity as is.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any, Sequence
 
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 
-from .plotdata import MissingResults, PlotData, mean_std, panel_label
-from .style import DATASETS, DOUBLE, METHOD_DASHED, method_style, model_style, new_figure, style
+from .curation_results import METHOD_ORDER, paired
+from .plotdata import MissingResults, PlotData, panel_label
+from .style import DATASETS, DOUBLE, GREY, OKABE_ITO, SMALL_PT, model_style, new_figure, style
+from .style import method_style as _base_style
 from .tables import Table
 
 NAME = "curation"
-COLUMNS = ["panel", "family", "metric", "method", "noise_pct", "x", "x_plot", "mean", "std", "lo", "hi",
-           "n_seeds"]
-METHOD_ORDER = ("vanilla", "lai", "lai-last", "ghost", "exact", "tracin", "lai-topk", "ghost-topk", "lai-greats",
-                "greats", "random", "small-loss", "large-grad")
-METRIC_LABELS = {"accuracy": "test accuracy (%)", "perplexity": "test perplexity"}
-NOISE_LABELS = {"symmetric": "symmetric label noise", "class_dependent": "class-dependent label noise",
-                "documents": "corrupted documents"}
+COLUMNS = ["panel", "task", "family", "metric", "protocol", "method", "x", "mean", "low", "high", "p", "wins",
+           "n_seeds", "vanilla_mean", "y_plot"]
+PROTOCOL_ORDER = ("ours", "original")
+PROTOCOL_LABELS = {"ours": "ours: curation from step 0, fixed reference batch",
+                   "original": "original: warm-up of ⅓ of the epochs, fresh reference subset each step"}
+CURVE_METHODS = ("vanilla", "lai", "lai-last", "ghost", "small-loss", "oracle")
+METRIC_UNITS = {"accuracy": "pp", "perplexity": ""}
+NOISE_LABELS = {"symmetric": "symmetric", "class_dependent": "class-dependent", "documents": "corrupted docs"}
+
+
+#: styles of the baselines added with the paired tables (the others come from ``style.METHODS``)
+STYLES = {"small-loss": ("Small loss (ramped)", OKABE_ITO["purple"], "h"),
+          "small-loss-fixed": ("Small loss (fixed rate)", OKABE_ITO["purple"], "H"),
+          "loss-threshold": ("Loss threshold", OKABE_ITO["green"], "X"),
+          "oracle": ("Oracle (clean only)", "#444444", "*")}
+
+
+def method_style(name: str, index: int = 0) -> tuple[str, str, str]:
+    """(label, colour, marker) of a curation method."""
+    return STYLES.get(name) or _base_style(name, index)
 
 
 def _scale(metric: str) -> float:
     return 100.0 if metric == "accuracy" else 1.0
 
 
-def data(final: Table, curves: Table | None = None, methods: Sequence[str] | None = None,
-         dodge: float | None = None) -> PlotData:
-    """Mean ± std over seeds of the final metric per (family, method, noise level), and of the per-epoch
-    curve at each family's highest noise level. ``dodge``: distance between neighbouring methods' marks
-    (noise-% units; default: all marks of a level within 12 % of the noise-level range, or 3 with one level)."""
-    final.require("family", "rate", "method", "seed", "metric", "final")
-    have = final.unique("method")
-    methods = [m for m in (methods or [*METHOD_ORDER, *have]) if m in have]
-    methods = list(dict.fromkeys(methods))
-    if not methods:
-        raise MissingResults("no curated-training units found")
+def _mean_ci(values: list[float]) -> tuple[float, float, float]:
+    from validation.stats import mean_ci
+
+    e = mean_ci(values)
+    return e.value, e.low, e.high
+
+
+def task_title(row: dict[str, Any]) -> str:
+    """E.g. ``MNIST-1D, MLP, 40 % symmetric``."""
+    data_name = DATASETS.get(row.get("dataset") or "", row.get("dataset") or row["task"])
+    model = model_style(row["model"])[0] if row.get("model") else ""
+    noise = NOISE_LABELS.get(row.get("noise") or "", row.get("noise") or "")
+    rate = f"{100 * float(row['rate']):g} % {noise}" if row.get("rate") is not None else noise
+    return ", ".join(x for x in (data_name, model, rate) if x)
+
+
+def data(final: Table, curves: Table | None = None, methods: Sequence[str] | None = None) -> PlotData:
+    """Paired differences to vanilla per (task, protocol, method) and the per-epoch curves (see docstring)."""
+    final.require("task", "protocol", "method", "seed", "metric", "final")
+    pt = paired(final)
+    if not len(pt):
+        raise MissingResults("no curated-training task has both vanilla and another method finished")
+    have = pt.unique("method")
+    order = [m for m in (methods or [*METHOD_ORDER, *have]) if m in have]
+    order = list(dict.fromkeys(order))
     rows: list[dict[str, Any]] = []
-    meta_fam: dict[str, dict[str, Any]] = {}
-    for family in final.unique("family"):
-        ft = final.where(family=family)
-        metric = ft.rows[0]["metric"]
-        sc = _scale(metric)
-        levels = sorted(ft.unique("rate"))
-        pct = [100.0 * r for r in levels]
-        span = (max(pct) - min(pct)) if len(pct) > 1 else 0.0
-        fam_methods = [m for m in methods if m in ft.unique("method")]
-        spread = 0.12 * span if span else 3.0  # all the methods' marks of one noise level fit in this width
-        step = dodge if dodge is not None else spread / max(len(fam_methods) - 1, 1)
-        for k, method in enumerate(fam_methods):
-            off = (k - (len(fam_methods) - 1) / 2) * step
-            for rate in levels:
-                mu, sd, n = mean_std(v * sc for v in ft.where(method=method, rate=rate).values("final"))
-                if n == 0:
-                    continue
-                rows.append({"panel": "final", "family": family, "metric": metric, "method": method,
-                             "noise_pct": 100.0 * rate, "x": 100.0 * rate, "x_plot": 100.0 * rate + off,
-                             "mean": mu, "std": sd, "lo": mu - sd, "hi": mu + sd, "n_seeds": n})
-        top = levels[-1]
+    tasks = pt.unique("task")
+    titles = {}
+    for task in tasks:
+        tt = pt.where(task=task)
+        titles[task] = task_title(tt.rows[0])
+        for r in tt:
+            if r["method"] not in order:
+                continue
+            rows.append({"panel": "diff", "task": task, "family": r["family"], "metric": r["metric"],
+                         "protocol": r["protocol"], "method": r["method"], "x": r["diff"], "mean": r["diff"],
+                         "low": r["low"], "high": r["high"], "p": r["p"], "wins": r["wins"], "n_seeds": r["n"],
+                         "vanilla_mean": r["vanilla_mean"], "y_plot": order.index(r["method"])})
         if curves is not None and len(curves):
-            ct = curves.where(family=family, rate=top)
-            for method in fam_methods:
+            ct = curves.where(task=task, protocol="ours")
+            for method in [m for m in CURVE_METHODS if m in ct.unique("method")]:
                 cm = ct.where(method=method)
+                sc = _scale(cm.rows[0]["metric"])
                 for epoch in cm.unique("epoch", sort=True):
-                    mu, sd, n = mean_std(v * sc for v in cm.where(epoch=epoch).values("value"))
-                    if n == 0:
-                        continue
-                    rows.append({"panel": "curve", "family": family, "metric": metric, "method": method,
-                                 "noise_pct": 100.0 * top, "x": epoch, "x_plot": epoch, "mean": mu, "std": sd,
-                                 "lo": mu - sd, "hi": mu + sd, "n_seeds": n})
-        first = ft.rows[0]
-        meta_fam[family] = {"metric": metric, "dataset": first.get("dataset"), "model": first.get("model"),
-                            "noise": first.get("noise"), "levels": pct}
-    return PlotData(COLUMNS, rows, {"families": meta_fam, "methods": methods})
+                    vals = [sc * float(v) for v in cm.where(epoch=epoch).values("value")]
+                    mu, lo, hi = _mean_ci(vals)
+                    rows.append({"panel": "curve", "task": task, "family": cm.rows[0]["family"],
+                                 "metric": cm.rows[0]["metric"], "protocol": "ours", "method": method,
+                                 "x": epoch, "mean": mu, "low": lo, "high": hi, "n_seeds": len(vals)})
+    protocols = [p for p in PROTOCOL_ORDER if p in pt.unique("protocol")] + \
+        [p for p in pt.unique("protocol") if p not in PROTOCOL_ORDER]
+    return PlotData(COLUMNS, rows, {"tasks": tasks, "titles": titles, "methods": order, "protocols": protocols})
 
 
-def family_title(family: str, info: dict[str, Any]) -> str:
-    """E.g. ``MNIST-1D, MLP: symmetric label noise``."""
-    model = model_style(info["model"])[0] if info.get("model") else ""
-    noise = NOISE_LABELS.get(info.get("noise") or "", info.get("noise") or "")
-    data_name = DATASETS.get(info.get("dataset") or "", info.get("dataset") or family)
-    head = ", ".join(x for x in (data_name, model) if x)
-    return f"{head}: {noise}" if noise else head
+def _finite(v: Any) -> bool:
+    return v is not None and isinstance(v, (int, float)) and math.isfinite(v)
 
 
 def draw(pd: PlotData) -> Figure:
     t = pd.table()
-    families = list(pd.meta["families"])
-    methods = pd.meta["methods"]
+    tasks, methods, protocols = pd.meta["tasks"], pd.meta["methods"], pd.meta["protocols"]
     has_curves = bool(len(t.where(panel="curve")))
+    n_rows = 2 if has_curves else 1
+    off = {p: (k - (len(protocols) - 1) / 2) * 0.32 for k, p in enumerate(protocols)}
     with style():
-        fig = new_figure(DOUBLE, 1.9 * len(families) + 0.5)
-        axes = fig.subplots(len(families), 2 if has_curves else 1, squeeze=False)
-        for i, family in enumerate(families):
-            info = pd.meta["families"][family]
-            ylabel = METRIC_LABELS.get(info["metric"], info["metric"])
-            ax = axes[i, 0]
-            ft = t.where(panel="final", family=family)
+        fig = new_figure(DOUBLE, 0.75 + 0.2 * len(methods) + (2.0 if has_curves else 0.0))
+        axes = fig.subplots(n_rows, len(tasks), squeeze=False,
+                            gridspec_kw={"height_ratios": [0.2 * len(methods) + 0.4, 1.9]} if has_curves else None)
+        for j, task in enumerate(tasks):
+            ax = axes[0, j]
+            dt = t.where(panel="diff", task=task)
+            metric = dt.rows[0]["metric"] if len(dt) else "accuracy"
+            van = [r["vanilla_mean"] for r in dt if _finite(r["vanilla_mean"])]
+            ax.axvline(0.0, color=GREY, lw=0.7, zorder=0)
+            xmax = 0.0
             for k, method in enumerate(methods):
-                m = ft.where(method=method)
-                if not len(m):
-                    continue
-                label, colour, marker = method_style(method, k)
-                ax.errorbar(m.array("x_plot"), m.array("mean"), yerr=m.array("std"), color=colour, marker=marker,
-                            ms=3.5, lw=0.9, capsize=2, elinewidth=0.8, label=label, gid=f"final:{method}",
-                            ls="--" if method in METHOD_DASHED else "-")
-            levels = info["levels"]
-            ax.set_xticks(levels, [f"{v:g}" for v in levels])
-            span = (max(levels) - min(levels)) or 10.0
-            ax.set_xlim(min(levels) - 0.25 * span, max(levels) + 0.25 * span)
-            ax.set_xlabel("noise level (% of training samples)")
-            ax.set_ylabel(ylabel)
-            ax.set_title(family_title(family, info), loc="right")
-            panel_label(ax, i * axes.shape[1])
+                _, colour, marker = method_style(method, k)
+                for protocol in protocols:
+                    rs = dt.where(method=method, protocol=protocol).rows
+                    if not rs:
+                        continue
+                    r = rs[0]
+                    y = r["y_plot"] + off[protocol]
+                    lo = r["low"] if _finite(r["low"]) else r["mean"]
+                    hi = r["high"] if _finite(r["high"]) else r["mean"]
+                    filled = protocol == protocols[0]
+                    ax.errorbar([r["mean"]], [y], xerr=[[r["mean"] - lo], [hi - r["mean"]]], color=colour,
+                                marker=marker, ms=3.8, lw=0, elinewidth=0.9, capsize=1.8,
+                                mfc=colour if filled else "white", mec=colour, gid=f"diff:{protocol}:{method}")
+                    ax.annotate(f"{r['wins']}/{r['n_seeds']}", (1.0, y), xycoords=("axes fraction", "data"),
+                                xytext=(2, 0), textcoords="offset points", va="center", ha="left", fontsize=SMALL_PT,
+                                color=colour, annotation_clip=False)
+                    xmax = max(xmax, abs(lo), abs(hi))
+            lim = 1.08 * xmax if xmax > 0 else 1.0
+            ax.set_xlim(-lim, lim)
+            ax.set_ylim(len(methods) - 0.5, -0.5)
+            ax.set_yticks(range(len(methods)))
+            ax.set_yticklabels([method_style(m, k)[0] for k, m in enumerate(methods)] if j == 0 else [])
+            unit = METRIC_UNITS.get(metric, "")
+            ax.set_xlabel(f"test {metric} − vanilla" + (f" ({unit})" if unit else ""))
+            head = pd.meta["titles"].get(task, task)
+            vtxt = (f"vanilla {sum(van) / len(van):.1f}{' %' if metric == 'accuracy' else ''}" if van else "")
+            ax.set_title(f"{head}\n{vtxt}", loc="right")
+            panel_label(ax, j)
             if has_curves:
-                ax = axes[i, 1]
-                ct = t.where(panel="curve", family=family)
-                for k, method in enumerate(methods):
+                ax = axes[1, j]
+                ct = t.where(panel="curve", task=task)
+                for k, method in enumerate(CURVE_METHODS):
                     m = ct.where(method=method)
                     if not len(m):
                         continue
                     label, colour, marker = method_style(method, k)
-                    x = m.array("x_plot")
-                    ax.fill_between(x, m.array("lo"), m.array("hi"), color=colour, alpha=0.15, lw=0,
+                    x = m.array("x")
+                    ax.fill_between(x, m.array("low"), m.array("high"), color=colour, alpha=0.15, lw=0,
                                     gid=f"band:{method}")
-                    ax.plot(x, m.array("mean"), color=colour, marker=marker, ms=3, lw=1.0, label=label,
-                            gid=f"curve:{method}", ls="--" if method in METHOD_DASHED else "-")
-                if len(ct):
-                    ax.set_title(f"{ct.rows[0]['noise_pct']:g} % noise", loc="right")
-                    epochs = sorted(set(ct.values("x")))
-                    if len(epochs) <= 10:
-                        ax.set_xticks(epochs, [str(int(e)) for e in epochs])
-                ax.set_xlabel("epoch")
-                ax.set_ylabel(ylabel)
-                panel_label(ax, i * axes.shape[1] + 1)
-        handles: dict[str, Any] = {}
-        for ax in axes.flat:
-            for h, lab in zip(*ax.get_legend_handles_labels()):
-                handles.setdefault(lab, h)
-        n_seeds = sorted(set(int(v) for v in t.values("n_seeds")))
+                    ax.plot(x, m.array("mean"), color=colour, lw=1.0, label=label, gid=f"curve:{method}",
+                            ls="--" if method in ("oracle", "small-loss") else "-")
+                ax.set_xlabel("epoch (our protocol)")
+                if j == 0:
+                    ax.set_ylabel(f"test {metric}" + (" (%)" if metric == "accuracy" else ""))
+                panel_label(ax, len(tasks) + j)
+        handles = [Line2D([], [], color="0.25", marker="o", lw=0, mfc="0.25" if p == protocols[0] else "white",
+                          mec="0.25", label=PROTOCOL_LABELS.get(p, p)) for p in protocols]
+        n_seeds = sorted({int(v) for v in t.where(panel="diff").values("n_seeds") if v is not None})
         seeds = f"{n_seeds[0]}" if len(n_seeds) == 1 else f"{n_seeds[0]}–{n_seeds[-1]}"
-        fig.legend(list(handles.values()), list(handles), loc="outside upper center", ncol=min(len(handles), 5),
-                   title=f"mean ± std over {seeds} seed(s)")
+        curve_handles: dict[str, Any] = {}
+        if has_curves:
+            for ax in axes[1]:
+                for h, lab in zip(*ax.get_legend_handles_labels()):
+                    curve_handles.setdefault(lab, h)
+        fig.legend(handles + list(curve_handles.values()),
+                   [h.get_label() for h in handles] + list(curve_handles), loc="outside upper center",
+                   ncol=2 if not curve_handles else 3,
+                   title=f"paired difference to vanilla, 95 % CI over {seeds} seeds; wins/seeds at the right; "
+                         "curves: mean, 95 % band")
     return fig
 
 
@@ -160,4 +201,4 @@ def figure(final: Table, curves: Table | None = None, **kw: Any) -> Figure:
     return draw(data(final, curves, **kw))
 
 
-__all__ = ["data", "draw", "figure", "NAME", "COLUMNS", "family_title"]
+__all__ = ["data", "draw", "figure", "NAME", "COLUMNS", "task_title"]

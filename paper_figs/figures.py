@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from . import fig1_dynamics, fig2_fidelity, fig3_bound, fig4_scatter, fig5_cost, fig6_curation
-from .curation_results import load_curation
+from .curation_results import STORED, has_results, load_curation
 from .plotdata import MissingResults, PlotData, save_figure
 from .style import MODEL_WIDTH_KEY, WIDTH_UNITS
 from .tables import Table, read_table
@@ -56,15 +56,13 @@ class Sources:
 
 
 #: Curated-training commands behind figure 6: ``--run quick`` and ``--run full`` execute these (with
-#: ``--out <results root>`` appended). quick: two noise levels of MNIST-1D, 2 seeds, 4 epochs, a few
-#: methods (minutes on 2 CPU cores); full: the tasks' own epochs, 5 seeds, every main method, all families.
+#: ``--out <results root>`` appended): the curation profiles of ``validation.profiles.CURATION_PROFILES``
+#: (quick: MNIST-1D MLP at its full 30 epochs, 3 seeds, a few methods, both protocols, ~2 min of CPU; paper:
+#: three tasks, 10 seeds, every baseline, both protocols, hours). Without results of its own, figure 6 is
+#: drawn from the stored paper-scale tables (``paper_figs/data/curation``).
 CURATION_COMMANDS: dict[str, list[list[str]]] = {
-    "quick": [["--task", task, "--seeds", "0-1", "--epochs", "4", "--methods", "vanilla,lai,ghost,random,small-loss",
-               "--no-progress"] for task in ("mnist1d-noisy20", "mnist1d-noisy40")],
-    "full": [["--task", task, "--seeds", "0-4", "--methods",
-              "vanilla,lai,lai-last,ghost,greats,random,small-loss,large-grad", "--no-progress"]
-             for task in ("mnist1d-noisy20", "mnist1d-noisy40", "mnist1d-noisy20-classdep",
-                          "mnist1d-noisy40-classdep", "digits-noisy20", "digits-noisy40", "lm-finetune")],
+    "quick": [["--profile", "quick", "--no-progress"]],
+    "full": [["--profile", "paper", "--no-progress"]],
 }
 
 
@@ -110,14 +108,20 @@ def _load5(src: Sources) -> PlotData:
 
 def _load6(src: Sources) -> PlotData:
     cmd = curation_command("quick", src.curate)
-    if src.curate is None or not src.curate.is_dir():
+    if has_results(src.curate):
+        res = load_curation(src.curate)
+    elif has_results(STORED):  # a fresh clone: the stored paper-scale tables
+        print(f"[fig6] no curated-training results under {src.curate}; drawing the stored paper-scale tables "
+              f"{STORED} (run `{cmd}` for your own)", file=sys.stderr)
+        res = load_curation(STORED)
+    else:
         raise MissingResults(f"no curated-training results folder ({src.curate or 'results/curate'})", cmd)
-    res = load_curation(src.curate)
     for note in res.notes:
         print(f"[fig6] {note}", file=sys.stderr)
     if not len(res.final):
         raise MissingResults(f"no finished curated-training units under {src.curate}", cmd)
     pd = fig6_curation.data(res.final, res.curves)
+    pd.meta["stored"] = res.stored
     pd.meta["folders"] = [str(f) for f in res.folders]
     pd.meta["ignored"] = [str(f) for f in res.ignored]
     return pd
@@ -193,7 +197,8 @@ def _describe(spec: FigureSpec, pd: PlotData) -> str:
     if spec.number == 1:
         return f"{m['model']} seed {m['seed']}, {m['estimator']} scores, steps {m['early']}..{m['late']}"
     if spec.number == 6:
-        return f"families {list(m['families'])}, methods {m['methods']}"
+        return (f"tasks {m['tasks']}, protocols {m['protocols']}, methods {m['methods']}"
+                + (" (stored paper-scale tables)" if m.get("stored") else ""))
     if "models" in m:
         return f"models {m['models']}"
     return ""

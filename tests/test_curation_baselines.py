@@ -133,6 +133,9 @@ def test_original_protocol_warms_up_and_resamples_the_reference(tmp_path, capsys
     assert rnd["keep_fraction"] == pytest.approx(lai["kept_fraction"])  # matched over the curated steps only
     assert lai["kept_fraction"] == pytest.approx(
         sum(float(r["kept_fraction"]) for r in rows[5:]) / len(rows[5:]))
+    ours = next(r for r in runs if "-ours-" in r.name)
+    van = [read_json(r / "units" / SUITE / "digits-noisy40" / "seed0" / "vanilla.json")["curve"] for r in (ours, orig)]
+    assert van[0] == van[1]  # vanilla never scores: one run under both protocols (the tables may share it)
 
 
 def test_corrupt_or_empty_units_are_recomputed(tmp_path, capsys):
