@@ -1,11 +1,13 @@
-"""``python -m validation bench`` on tiny workloads: it runs, checks targets and writes its results atomically."""
+"""``lai bench`` on tiny workloads: it runs, checks targets, writes its results atomically and keeps stderr clean."""
 
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 
-from validation import bench
+from validation import bench, bench_workloads
 
 
 ARGS = ["--workload", "mlp", "--tiny", "--repeats", "1", "--sizes", "default", "--big"]
@@ -14,7 +16,7 @@ ARGS = ["--workload", "mlp", "--tiny", "--repeats", "1", "--sizes", "default", "
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "b"
-    return out, bench.main([*ARGS, "--out", str(out)])
+    return out, bench.run([*ARGS, "--out", str(out), "--no-progress"])
 
 
 def test_bench_main_tiny_writes_json_and_text(tiny_run):
@@ -24,7 +26,7 @@ def test_bench_main_tiny_writes_json_and_text(tiny_run):
     sec = data["workloads"]["mlp"]
     names = [r["estimator"] for r in sec["costs"]["rows"]]
     assert names[:3] == ["forward", "forward_backward", "train_step"]
-    assert {"exact", "ghost", "lai", "lai_last", "tracin_last", "curated_lai", "curated_ghost"} <= set(names)
+    assert {"exact", "ghost", "lai", "lai-last", "tracin-last", "curated-lai", "curated-ghost"} <= set(names)
     fwd = sec["costs"]["rows"][0]["median_s"]
     for r in sec["costs"]["rows"]:
         assert r["median_s"] > 0
@@ -35,21 +37,21 @@ def test_bench_main_tiny_writes_json_and_text(tiny_run):
     assert "lai time / forward(train+ref)" in targets and "exact time / ghost time" in targets
     text = (out / "bench.txt").read_text()
     assert "mlp" in text and "targets" in text and "threads" in text
-    assert not [f for f in os.listdir(out) if f.endswith(".tmp")]  # no temporary left behind
+    assert not [f for f in os.listdir(out) if f.startswith(".")]  # no temporary left behind
     assert data["environment"]["torch"] and data["environment"]["threads"] >= 1
 
 
 def test_bench_resume_keeps_finished_sections(tiny_run):
     out, _ = tiny_run
     first = json.loads((out / "bench.json").read_text())["workloads"]["mlp"]
-    bench.main([*ARGS, "--out", str(out), "--resume"])
+    assert bench.main([*ARGS, "--out", str(out), "--resume", "--quiet"]) == 0
     again = json.loads((out / "bench.json").read_text())["workloads"]["mlp"]
     for key in ("costs", "scaling", "big"):
         assert again[key] == first[key]
 
 
 def test_bench_tiny_transformer_and_cnn_run(tmp_path):
-    report = bench.main(["--workload", "all", "--tiny", "--repeats", "1", "--no-curated", "--estimators",
+    report = bench.run(["--workload", "all", "--tiny", "--repeats", "1", "--no-curated", "--estimators",
                          "ghost,lai", "--out", str(tmp_path)])
     assert set(report["workloads"]) == {"mlp", "transformer", "cnn"}
     for sec in report["workloads"].values():
@@ -75,12 +77,29 @@ def test_check_targets_flags_met_and_missed():
     assert got["exact time / ghost time"] is True
 
 
-def test_atomic_write_replaces(tmp_path):
-    p = tmp_path / "x.json"
-    bench.atomic_write(p, "1")
-    bench.atomic_write(p, "2")
-    assert p.read_text() == "2" and os.listdir(tmp_path) == ["x.json"]
-    assert p.stat().st_mode & 0o777 == 0o644
+def test_bench_keeps_stderr_clean_and_rejects_bad_usage(tmp_path):
+    """No profiler trace lines or allocator notices on stderr (the memory measurement filters exactly those),
+    and usage errors exit with status 2."""
+    cmd = [sys.executable, "-m", "validation", "bench", "--workload", "mlp", "--tiny", "--repeats", "1",
+           "--estimators", "ghost,lai-last", "--no-progress", "--out", str(tmp_path / "b")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == "" and "curated-lai" in proc.stdout and "lai-last" in proc.stdout
+    for bad in (["--estimators", "lai_last"], ["--workload", "gpt"], ["--repeats", "0"]):
+        proc = subprocess.run([*cmd[:4], *bad], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2 and "error" in proc.stderr
+
+
+def test_workload_calls_go_through_the_registry():
+    w = bench_workloads.build_workload("mlp", tiny=True)
+    import torch
+    gen = torch.Generator().manual_seed(0)
+    train, ref = w.make(w.n_train, gen), w.make(w.n_ref, gen)
+    whole = bench_workloads.estimator_call(w, "ghost", train, ref)()
+    chunked = bench_workloads.estimator_call(w, "ghost", train, ref, chunk=4)()
+    assert torch.allclose(whole, chunked, rtol=1e-4, atol=1e-7)
+    with pytest.raises(KeyError, match="spelled 'tracin-last'"):
+        bench_workloads.estimator_call(w, "tracin_last", train, ref)
 
 
 def test_check_targets_by_cpu_clock_reads_cpu_ratios():
