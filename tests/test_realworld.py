@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from validation.realworld import (load_cifar10, load_cifar100, load_cifar_n, load_hf_lm, load_hf_text,
-                                  read_local_text, torch_load_numpy)
+                                  read_cifar_batch, read_local_text, read_pickle_arrays, torch_load_numpy)
 
 N_PER_BATCH = 3
 
@@ -154,6 +154,34 @@ def test_torch_load_numpy_legacy_names_and_refuses_code(tmp_path, monkeypatch):
 class _Evil:
     def __reduce__(self):
         return (print, ("should not run",))
+
+
+class _Touch:
+    """A payload that would create a file when unpickled."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+@pytest.mark.parametrize("protocol", [2, pickle.HIGHEST_PROTOCOL])
+def test_cifar_reader_refuses_a_tampered_pickle_without_running_it(tmp_path, protocol):
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "data_batch_1"
+    data = np.zeros((2, 3072), dtype=np.uint8)
+    with open(evil, "wb") as f:
+        pickle.dump({b"data": data, b"labels": [0, 1], b"x": _Touch(marker)}, f, protocol=protocol)
+    with pytest.raises(pickle.UnpicklingError, match=r"refusing to load (builtins|__builtin__|io)\.open"):
+        read_cifar_batch(evil)
+    assert not marker.exists()
+    # the same content without the payload is read, in both pickle protocols the arrays come in
+    with open(evil, "wb") as f:
+        pickle.dump({b"data": data, b"labels": [0, 1], b"batch_label": b"ok"}, f, protocol=protocol)
+    x, y = read_cifar_batch(evil)
+    assert x.shape == (2, 3, 32, 32) and y.tolist() == [0, 1]
+    assert read_pickle_arrays(evil)[b"batch_label"] == b"ok"
 
 
 # ------------------------------------------------------------------------------------------------- text

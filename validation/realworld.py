@@ -7,6 +7,7 @@ names for text need the optional packages (``torchvision``, ``datasets``), impor
 
 from __future__ import annotations
 
+import codecs
 import itertools
 import json
 import pickle
@@ -27,13 +28,36 @@ CIFAR_URLS = {"cifar10": "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.g
               "cifar100": "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"}
 
 
+class _ArraysOnlyUnpickler(pickle.Unpickler):
+    """Unpickles only what a CIFAR "python version" file holds: dicts, lists, bytes, strings, numbers and numpy
+    arrays (whose reconstructors are the only globals admitted); anything else (a ``__reduce__`` payload
+    naming ``os.system``, ``builtins.eval``, ...) raises ``pickle.UnpicklingError`` before it is called."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        # _codecs.encode: how protocol-2 pickles written by Python 3 spell bytes (str -> bytes, nothing else)
+        allowed = {qual: obj for obj, qual in _numpy_safe_globals()} | {"_codecs.encode": codecs.encode}
+        obj = allowed.get(f"{module}.{name}")
+        if obj is None:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name}: a CIFAR file holds only arrays, lists, "
+                                         "dicts and bytes (tampered or not a CIFAR file?)")
+        return obj
+
+
+def read_pickle_arrays(path: str | Path) -> Any:
+    """The content of a CIFAR-format pickle (Python 2 strings read as bytes), through the restricted unpickler."""
+    with open(path, "rb") as f:
+        return _ArraysOnlyUnpickler(f, encoding="bytes").load()
+
+
 def read_cifar_batch(path: str | Path, label_key: str = "labels") -> tuple[torch.Tensor, torch.Tensor]:
     """One pickled CIFAR "python version" batch: dict with b'data' uint8 [N, 3072] and b'<label_key>' [N].
 
-    Returns x uint8 [N, 3, 32, 32] (channel-major, as stored) and y int64 [N].
+    Returns x uint8 [N, 3, 32, 32] (channel-major, as stored) and y int64 [N]. Read by a restricted
+    unpickler (``read_pickle_arrays``): a file that would run code raises ``pickle.UnpicklingError``.
     """
-    with open(path, "rb") as f:
-        d = pickle.load(f, encoding="bytes")
+    d = read_pickle_arrays(path)
+    if not isinstance(d, dict):
+        raise ValueError(f"{path}: expected a dict, got {type(d).__name__}")
     data = np.asarray(d.get(b"data", d.get("data")), dtype=np.uint8)
     labels = np.asarray(d.get(label_key.encode(), d.get(label_key)), dtype=np.int64)
     if data.ndim != 2 or data.shape[1] != 3072 or len(labels) != len(data):
@@ -44,8 +68,7 @@ def read_cifar_batch(path: str | Path, label_key: str = "labels") -> tuple[torch
 def _read_meta(path: Path, key: str) -> list[str] | None:
     if not path.exists():
         return None
-    with open(path, "rb") as f:
-        d = pickle.load(f, encoding="bytes")
+    d = read_pickle_arrays(path)
     names = d.get(key.encode(), d.get(key))
     return None if names is None else [n.decode() if isinstance(n, bytes) else str(n) for n in names]
 
@@ -253,6 +276,6 @@ def load_hf_lm(name_or_path: str | Path, seq_len: int = 64, seed: int = 0, val_f
 
 
 __all__ = [
-    "read_cifar_batch", "load_cifar10", "load_cifar100", "torch_load_numpy", "load_cifar_n",
+    "read_pickle_arrays", "read_cifar_batch", "load_cifar10", "load_cifar100", "torch_load_numpy", "load_cifar_n",
     "read_local_text", "load_hf_text", "load_hf_lm",
 ]
