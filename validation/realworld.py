@@ -34,8 +34,11 @@ class _ArraysOnlyUnpickler(pickle.Unpickler):
     naming ``os.system``, ``builtins.eval``, ...) raises ``pickle.UnpicklingError`` before it is called."""
 
     def find_class(self, module: str, name: str) -> Any:
-        # _codecs.encode: how protocol-2 pickles written by Python 3 spell bytes (str -> bytes, nothing else)
-        allowed = {qual: obj for obj, qual in _numpy_safe_globals()} | {"_codecs.encode": codecs.encode}
+        # _codecs.encode: how protocol-2 pickles written by Python 3 spell bytes (str -> bytes, nothing else);
+        # numeric._frombuffer: how protocol-5 pickles rebuild an array from its buffer
+        core = getattr(np, "_core", None) or np.core
+        allowed = {qual: obj for obj, qual in _numpy_safe_globals()} | {"_codecs.encode": codecs.encode} | {
+            f"{mod}.numeric._frombuffer": core.numeric._frombuffer for mod in ("numpy.core", "numpy._core")}
         obj = allowed.get(f"{module}.{name}")
         if obj is None:
             raise pickle.UnpicklingError(f"refusing to load {module}.{name}: a CIFAR file holds only arrays, lists, "
