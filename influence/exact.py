@@ -8,7 +8,7 @@ with one ``VmapFallbackWarning`` per call: the same numbers (each sample alone, 
 from __future__ import annotations
 
 import warnings
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 import torch
 from torch import Tensor, nn
@@ -16,7 +16,7 @@ from torch.func import functional_call, grad, vmap
 from torch.utils._pytree import tree_map
 
 from .batch import Batch, LossFn, batch_size, output_tensor, selected_output, take
-from .capture import check_batchnorm
+from .capture import check_modes
 from .checks import check_arguments, check_chunk_size, trainable_names
 from .errors import InfluenceError
 from .losses import per_sample_losses
@@ -117,6 +117,26 @@ class _Functional:
         return {k: torch.stack(v) for k, v in rows.items()}
 
 
+def _check_preconditioner(preconditioner: Mapping[str, Tensor] | None, fn: _Functional) -> dict[str, Tensor]:
+    """The preconditioner restricted to the scored parameters, each checked against its parameter's shape."""
+    if preconditioner is None:
+        return {}
+    unknown = sorted(set(preconditioner) - set(dict(fn.model.named_parameters())))
+    if unknown:
+        raise InfluenceError(f"preconditioner names parameters the model does not have: {unknown[:5]}")
+    out = {}
+    for k, p in preconditioner.items():
+        if k not in fn.params:
+            continue
+        if tuple(p.shape) != tuple(fn.params[k].shape):
+            raise InfluenceError(f"preconditioner[{k!r}] has shape {tuple(p.shape)}; the parameter has "
+                                 f"{tuple(fn.params[k].shape)}")
+        if not torch.isfinite(p).all():
+            raise InfluenceError(f"preconditioner[{k!r}] holds non-finite values")
+        out[k] = p.to(fn.params[k].device, fn.params[k].dtype)
+    return out
+
+
 def _group(per_param: dict[str, Tensor]) -> dict[str, Tensor]:
     out: dict[str, Tensor] = {}
     for name, v in per_param.items():
@@ -127,9 +147,12 @@ def _group(per_param: dict[str, Tensor]) -> dict[str, Tensor]:
 
 def exact(model: nn.Module, loss_fn: LossFn, train: Batch, ref: Batch, lr: float, *, pairwise: bool = False,
           params: Iterable[str] | None = None, state: dict[str, Tensor] | None = None,
-          chunk_size: int = DEFAULT_CHUNK) -> InfluenceResult:
+          chunk_size: int = DEFAULT_CHUNK, preconditioner: Mapping[str, Tensor] | None = None) -> InfluenceResult:
     """Exact first-order influence lr * <grad l_i, grad L_ref> from per-sample gradients.
 
+    ``preconditioner``: {parameter name: P} (same shapes as the parameters), scoring lr * <P (.) grad l_i,
+    grad L_ref> instead, the first-order effect of a diagonally preconditioned update such as Adam's (see
+    :func:`influence.optim.adam_preconditioner`); parameters without an entry keep P = 1.
     ``params``: restrict to these parameter names (default: all with requires_grad). ``state``: evaluate at
     these parameter/buffer values (a state dict) instead of the model's own. Training samples are processed
     in chunks of ``chunk_size`` (memory ~ chunk_size x number of parameters). ``per_layer`` is keyed by the
@@ -137,17 +160,20 @@ def exact(model: nn.Module, loss_fn: LossFn, train: Batch, ref: Batch, lr: float
     """
     n_t, n_v, lr = check_arguments(model, train, ref, lr)
     chunk_size = check_chunk_size(chunk_size, optional=False)
-    check_batchnorm(model)
+    check_modes(model)
     fn = _Functional(model, loss_fn, params, state)
     fn.check(ref, n_v, "ref")
+    precond = _check_preconditioner(preconditioner, fn)
     if pairwise:
         ref_ps = {}
         for i in range(0, n_v, chunk_size):
             for k, v in fn.per_sample(take(ref, slice(i, i + chunk_size))).items():
                 ref_ps.setdefault(k, []).append(v.flatten(1))
-        ref_flat = {k: torch.cat(v) for k, v in ref_ps.items()}
+        ref_flat = {k: torch.cat(v) * precond[k].flatten() if k in precond else torch.cat(v)
+                    for k, v in ref_ps.items()}
     else:
         ref_grad = fn.mean_gradient(ref, n_v, chunk_size)
+        ref_grad = {k: v * precond[k] if k in precond else v for k, v in ref_grad.items()}
     per_param: dict[str, list[Tensor]] = {k: [] for k in fn.names}
     losses = []
     for i in range(0, n_t, chunk_size):
