@@ -18,8 +18,6 @@ import importlib
 import sys
 from typing import Sequence
 
-from influence._version import __version__
-
 # name -> (module with ``main(argv, prog) -> int``, one-line summary). Each module is imported only when its
 # command runs, so ``lai --help`` is instant and works without the optional extras. A new command (e.g.
 # ``score``) is one entry here and a module with that ``main``.
@@ -47,6 +45,8 @@ def main(argv: Sequence[str] | None = None, prog: str = "lai") -> int:
         print(usage(prog))
         return 0 if argv else 2
     if argv[0] == "--version":
+        from influence._version import __version__  # imports influence (and torch): only when asked
+
         print(f"lai {__version__}")
         return 0
     name, rest = argv[0], argv[1:]
