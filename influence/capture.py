@@ -300,7 +300,9 @@ def capture_backward(model: nn.Module, loss_fn: LossFn, batch: tuple[Any, Any], 
         outs = [c.out for name in rec.order for c in rec.calls[name]]
         wanted = [o for o in outs if o.requires_grad]
         f_in = [f] if f.requires_grad else []
-        got = torch.autograd.grad(losses.sum(), wanted + f_in + params, allow_unused=True, retain_graph=bool(probe))
+        probe = list(probe) if params else []
+        inputs = wanted + f_in + params
+        got = torch.autograd.grad(losses.sum(), inputs, allow_unused=True, retain_graph=bool(probe)) if inputs else ()
         probed = []
         for k, i in enumerate(probe):
             gi = torch.autograd.grad(losses[i], params, allow_unused=True, retain_graph=k < len(probe) - 1)

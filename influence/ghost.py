@@ -8,7 +8,8 @@ from typing import Hashable
 import torch
 from torch import Tensor, nn
 
-from .batch import Batch, LossFn, check_batch, take
+from .batch import Batch, LossFn, take
+from .checks import check_arguments
 from .capture import Plan, plan, raise_routed
 from .errors import RoutedToExactWarning
 from .exact import exact
@@ -96,7 +97,7 @@ def ghost(model: nn.Module, loss_fn: LossFn, train: Batch, ref: Batch, lr: float
     in ``result.routed_to_exact``. When the training batch is captured in one chunk and nothing is routed,
     ``result.weighted_gradient(w)`` returns sum_i w_i grad l_i for every parameter from the recorded factors.
     """
-    n_t, n_v = check_batch(train, "train"), check_batch(ref, "ref")
+    n_t, n_v, lr = check_arguments(model, train, ref, lr, chunk_size)
     pl = plan(model, fallback)
     if pl.fallback == "error":
         raise_routed(pl, pl.routed)

@@ -22,7 +22,8 @@ from collections.abc import Iterator, Mapping
 import torch
 from torch import nn
 
-from .batch import Batch, LossFn, check_batch, take
+from .batch import Batch, LossFn, take
+from .checks import check_arguments
 from .capture import Capture, Plan, capture_forward, plan
 from .errors import InfluenceError
 from .factors import Block, Dense, Index, Segment
@@ -146,7 +147,7 @@ def lai(model: nn.Module, loss_fn: LossFn, train: Batch, ref: Batch, lr: float, 
         raise ValueError(f"layers must be 'all' or 'last', got {layers!r}")
     if token_pairing not in PAIRINGS:
         raise ValueError(f"token_pairing must be one of {PAIRINGS}, got {token_pairing!r}")
-    n_t, n_v = check_batch(train, "train"), check_batch(ref, "ref")
+    n_t, n_v, lr = check_arguments(model, train, ref, lr, chunk_size)
     pl = plan(model, fallback)
     chunk = chunk_size or n_t
     spans = [(i, min(chunk, n_t - i)) for i in range(0, n_t, chunk)]

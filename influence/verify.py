@@ -12,8 +12,8 @@
 The verdict (parameters that failed, with the reason) is cached per model (weakly) and signature: shapes and
 dtypes of the batch leaves, train/eval flags, which parameters are trainable, and the registry version. LAI,
 which runs no backward, reads it (computing it with one verification capture when absent).
-Tolerance: ||factored - autograd|| <= sqrt(eps) * (max of the two norms + 1e-2 * the norm of all checked
-gradients), per block (eps of the parameters' dtype).
+Tolerance, per parameter: ||factored - autograd|| <= sqrt(eps) * (max of the two norms + 1e-2 * the norm of
+all checked gradients), eps of the parameters' dtype.
 """
 
 from __future__ import annotations
@@ -83,12 +83,12 @@ def _mismatches(blocks: dict[Any, Block], expected: dict[int, Tensor], pl: Plan,
     covered: set[int] = set()
 
     def compare(pids: list[int], got: list[Tensor]) -> None:
-        want = [expected[k] for k in pids]
-        diff = _norm([a.to(b.dtype) - b for a, b in zip(got, want)])
-        if diff > tol * (max(_norm(got), _norm(want)) + 1e-2 * scale):
-            rel = diff / max(_norm(want), 1e-300)
-            out.update({k: f"{pl.names.get(k, '?')}: {what} differs from autograd by {rel:.2g} (relative)"
-                        for k in pids})
+        for k, a in zip(pids, got):
+            b = expected[k]
+            diff = _norm([a.to(b.dtype) - b])
+            if diff > tol * (max(_norm([a]), _norm([b])) + 1e-2 * scale):
+                rel = diff / max(_norm([b]), 1e-300)
+                out[k] = f"{pl.names.get(k, '?')}: {what} differs from autograd by {rel:.2g} (relative)"
 
     for block in blocks.values():
         pids = [id(p) for p in block.params]
@@ -140,8 +140,8 @@ def verified_capture(model: nn.Module, loss_fn: LossFn, batch: Batch, pl: Plan, 
     if probe:
         blocks, failed = factor_blocks(cap, pl, pl.context())
         failures.update(failed)
-        failures.update(sum_check(blocks, cap, pl))
-        failures.update(probe_check(blocks, cap, pl))
+        for k, why in {**probe_check(blocks, cap, pl), **sum_check(blocks, cap, pl)}.items():
+            failures.setdefault(k, why)
         store(model, sig, {pl.names[k]: v for k, v in failures.items()})
     excluded = frozenset(routed) | frozenset(failures)
     if not probe or excluded != frozenset(pl.routed):

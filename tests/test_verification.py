@@ -1,0 +1,264 @@
+"""The capture verifies itself: what the factorisation cannot see goes to Exact (with one warning) or raises.
+
+References are per-sample autograd loops in float64 (one backward per sample), independent of torch.func.
+"""
+
+import warnings
+
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+import influence
+from influence import verify
+from conftest import rel_err
+
+CE = influence.cross_entropy
+TOL = 1e-8
+
+
+def loop_scores(model, loss_fn, train, ref, lr):
+    """lr * <grad l_i, mean_v grad l_v> by one autograd backward per sample."""
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def grad(x, y):
+        loss = loss_fn(model(x.unsqueeze(0)), y.unsqueeze(0))[0]
+        return torch.cat([g.flatten() for g in torch.autograd.grad(loss, params)])
+
+    ref_grad = torch.stack([grad(x, y) for x, y in zip(*ref)]).mean(0)
+    return lr * torch.stack([grad(x, y) @ ref_grad for x, y in zip(*train)])
+
+
+def clf_data(n=4, n_ref=3, d=4, k=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x, y = torch.randn(n + n_ref, d, generator=g), torch.randint(0, k, (n + n_ref,), generator=g)
+    return (x[:n], y[:n]), (x[n:], y[n:])
+
+
+def token_data(n, t, vocab=7, n_ref=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, vocab, (n + n_ref, t), generator=g)
+    y = torch.randint(0, 3, (n + n_ref, t), generator=g)
+    return (ids[:n], y[:n]), (ids[n:], y[n:])
+
+
+class OutsideUse(nn.Module):
+    """``b.weight`` is also read outside ``b``'s forward (``b`` still produces the output)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 5), nn.Linear(5, 3)
+
+    def forward(self, x):
+        h = torch.tanh(self.a(x))
+        h = h + 0.5 * F.linear(h.sin(), self.b.weight).sum(1, keepdim=True)
+        return self.b(h)
+
+
+class MatmulHead(nn.Module):
+    """An output head written ``h @ emb.weight.T`` (a tied head that is no module call)."""
+
+    def __init__(self, vocab=7, d=5):
+        super().__init__()
+        self.emb, self.mix = nn.Embedding(vocab, d), nn.Linear(d, d)
+
+    def forward(self, ids):
+        h = torch.tanh(self.mix(self.emb(ids)))
+        return (h @ self.emb.weight.T)[..., :3]
+
+
+class PositionsNoBatch(nn.Module):
+    """Position embedding on ``arange(T)`` with no batch dimension, as nanoGPT writes it."""
+
+    def __init__(self, vocab=7, d=5, max_len=16):
+        super().__init__()
+        self.tok, self.pos, self.head = nn.Embedding(vocab, d), nn.Embedding(max_len, d), nn.Linear(d, 3)
+
+    def forward(self, ids):
+        return self.head(torch.tanh(self.tok(ids) + self.pos(torch.arange(ids.shape[1]))))
+
+
+class SeqFirst(nn.Module):
+    """A Linear applied to a [T, n, d] tensor."""
+
+    def __init__(self, d=4, h=5):
+        super().__init__()
+        self.lin, self.head = nn.Linear(d, h), nn.Linear(h, 3)
+
+    def forward(self, x):  # x [n, T, d]
+        z = torch.tanh(self.lin(x.transpose(0, 1)))  # [T, n, h]
+        return self.head(z.mean(0))
+
+
+class Flattened(nn.Module):
+    """A Linear on flattened tokens [n*T, d] (OPT's MLP), batch-major or token-major."""
+
+    def __init__(self, token_major=False, d=4, h=5):
+        super().__init__()
+        self.token_major = token_major
+        self.lin, self.head = nn.Linear(d, h), nn.Linear(h, 3)
+
+    def forward(self, x):  # x [n, T, d]
+        n, t, d = x.shape
+        flat = x.transpose(0, 1).reshape(t * n, d) if self.token_major else x.reshape(n * t, d)
+        z = torch.tanh(self.lin(flat))
+        z = z.reshape(t, n, -1).transpose(0, 1) if self.token_major else z.reshape(n, t, -1)
+        return self.head(z.mean(1))
+
+
+def ghost_routed(model, train, ref, loss_fn=CE, **kw):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        r = influence.ghost(model, loss_fn, train, ref, lr=0.1, **kw)
+    routed = [w for w in caught if issubclass(w.category, influence.RoutedToExactWarning)]
+    return r, routed
+
+
+@pytest.mark.parametrize("case", ["outside", "matmul_head"])
+def test_parameter_used_outside_its_module_goes_to_exact(f64, case):
+    torch.manual_seed(0)
+    if case == "outside":
+        model, (train, ref), name = OutsideUse().eval(), clf_data(), "b.weight"
+    else:
+        model, (train, ref), name = MatmulHead().eval(), token_data(4, 3), "emb.weight"
+    r, caught = ghost_routed(model, train, ref)
+    assert len(caught) == 1 and name in str(caught[0].message) and "outside its module" in str(caught[0].message)
+    assert r.routed_to_exact == [name]
+    assert rel_err(r.scores, loop_scores(model, CE, train, ref, 0.1)) < TOL
+    with pytest.raises(influence.VerificationError, match=name.replace(".", r"\.")):
+        influence.ghost(model, CE, train, ref, lr=0.1, fallback="error")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # 'exact' routes silently
+        quiet = influence.ghost(model, CE, train, ref, lr=0.1, fallback="exact")
+    assert rel_err(quiet.scores, r.scores) < 1e-12
+
+
+@pytest.mark.parametrize("t", [4, 8, 5])  # T == n (probe), T == 2n (fold then probe), T not a multiple (shape)
+def test_positions_without_batch_dimension(f64, t):
+    torch.manual_seed(0)
+    model = PositionsNoBatch().eval()
+    train, ref = token_data(4, t, n_ref=4)
+    r, caught = ghost_routed(model, train, ref)
+    assert r.routed_to_exact == ["pos.weight"] and len(caught) == 1
+    assert rel_err(r.scores, loop_scores(model, CE, train, ref, 0.1)) < TOL
+    la = influence.lai(model, CE, train, ref, lr=0.1, fallback="exact")
+    assert "pos.weight" in la.skipped and "pos" not in la.per_layer and torch.isfinite(la.scores).all()
+
+
+@pytest.mark.parametrize("t", [4, 3])  # T == n: only the probe can tell; T != n: the shape check
+def test_sequence_first_linear(f64, t):
+    torch.manual_seed(0)
+    model = SeqFirst().eval()
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(8, t, 4, generator=g), torch.randint(0, 3, (8,), generator=g)
+    train, ref = (x[:4], y[:4]), (x[4:], y[4:])
+    r, _ = ghost_routed(model, train, ref)
+    assert set(r.routed_to_exact) == {"lin.weight", "lin.bias"}
+    assert rel_err(r.scores, loop_scores(model, CE, train, ref, 0.1)) < TOL
+
+
+@pytest.mark.parametrize("token_major", [False, True])
+def test_flattened_tokens(f64, token_major):
+    """Batch-major [n*T, d] inputs are exact natively; token-major ones fail the probe and go to Exact."""
+    torch.manual_seed(0)
+    model = Flattened(token_major).eval()
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(7, 3, 4, generator=g), torch.randint(0, 3, (7,), generator=g)
+    train, ref = (x[:4], y[:4]), (x[4:], y[4:])
+    r, caught = ghost_routed(model, train, ref)
+    assert r.routed_to_exact == (["lin.weight", "lin.bias"] if token_major else []) and bool(caught) == token_major
+    assert rel_err(r.scores, loop_scores(model, CE, train, ref, 0.1)) < TOL
+
+
+def test_verdict_is_cached_per_model_and_signature(f64):
+    torch.manual_seed(0)
+    model = PositionsNoBatch().eval()
+    train, ref = token_data(4, 4, n_ref=4)
+    start = verify.PROBES[0]
+    first, _ = ghost_routed(model, train, ref)
+    after_first = verify.PROBES[0]
+    assert after_first - start == 1  # train and ref share the signature here
+    second, caught = ghost_routed(model, train, ref)
+    assert verify.PROBES[0] == after_first  # cached: no new probe
+    assert second.routed_to_exact == first.routed_to_exact == ["pos.weight"] and len(caught) == 1
+    assert rel_err(second.scores, first.scores) < 1e-12
+    ghost_routed(model, *token_data(4, 6, n_ref=4))  # a new input signature is probed again
+    assert verify.PROBES[0] == after_first + 1
+    model.head.weight.requires_grad_(False)  # which parameters are trainable is part of the signature
+    ghost_routed(model, train, ref)
+    assert verify.PROBES[0] == after_first + 2
+    other = PositionsNoBatch().eval()  # and so is the model object
+    ghost_routed(other, train, ref)
+    assert verify.PROBES[0] == after_first + 3
+
+
+def test_lai_reads_the_same_verdict(f64):
+    torch.manual_seed(0)
+    model = OutsideUse().eval()
+    train, ref = clf_data()
+    with pytest.raises(influence.VerificationError, match=r"b\.weight"):
+        influence.lai(model, CE, train, ref, lr=0.1, fallback="error")
+    start = verify.PROBES[0]
+    with pytest.warns(influence.RoutedToExactWarning, match=r"skipped by LAI: b\.weight"):
+        la = influence.lai(model, CE, train, ref, lr=0.1)
+    assert verify.PROBES[0] == start  # the verdict computed above is reused
+    assert la.skipped == ["b.weight"] and set(la.per_layer) == {"a", "b"}
+    # b's remaining term is its bias: (0 + 1)(g_i . g_v)
+    _, g_tr = influence.losses.output_gradient(CE, model(train[0]).detach(), train[1])
+    _, g_rf = influence.losses.output_gradient(CE, model(ref[0]).detach(), ref[1])
+    assert rel_err(la.per_layer["b"], 0.1 * (g_tr @ g_rf.T).mean(1)) < 1e-12
+    # the output layer's weight cannot be factored, so last-layer LAI scores its bias only and says so
+    last = influence.lai(model, CE, train, ref, lr=0.1, layers="last", fallback="exact")
+    assert last.skipped == ["b.weight"] and rel_err(last.scores, la.per_layer["b"]) < 1e-12
+
+
+def test_lai_last_needs_only_the_output_layer(f64):
+    """An unsupported layer elsewhere does not stop last-layer LAI, which equals Exact on the head."""
+    class Odd(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.randn(4))
+            self.head = nn.Linear(4, 3)
+
+        def forward(self, x):
+            return self.head(torch.tanh(x * self.w))
+
+    torch.manual_seed(0)
+    model = Odd().eval()
+    train, ref = clf_data()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        last = influence.lai(model, CE, train, ref, lr=0.1, layers="last", fallback="error")
+    ex = influence.exact(model, CE, train, ref, lr=0.1, params=["head.weight", "head.bias"])
+    assert rel_err(last.scores, ex.scores) < 1e-12 and last.skipped == []
+
+
+def test_output_check_is_identity_not_address(f64):
+    """A slice of the head output shares its storage address but is not the head output."""
+    class Sliced(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.head = nn.Linear(4, 5)
+
+        def forward(self, x):
+            return self.head(x)[:, :3]
+
+    train, ref = clf_data()
+    with pytest.raises(influence.InfluenceError, match="not the model output"):
+        influence.lai(Sliced().eval(), CE, train, ref, lr=0.1, layers="last")
+
+
+@pytest.mark.parametrize("est", [influence.ghost, influence.lai, influence.exact])
+@pytest.mark.parametrize("module", [nn.Dropout(0.1), nn.AlphaDropout(0.1), nn.RReLU()])
+def test_stochastic_modules_in_train_mode_are_refused(est, module):
+    model = nn.Sequential(nn.Linear(4, 5), module, nn.Linear(5, 3))
+    model[1].train()
+    train, ref = clf_data()
+    with pytest.raises(influence.StochasticModuleError, match=rf"1: {type(module).__name__} is in train mode"):
+        est(model, CE, train, ref, lr=0.1)
+    model.eval()
+    est(model, CE, train, ref, lr=0.1)
+    model.train()
+    model[1] = nn.Dropout(0.0)  # a zero rate is deterministic
+    est(model, CE, train, ref, lr=0.1)
