@@ -48,6 +48,8 @@ from .linear import HFConv1D, HFConv1DRule, LinearRule
 from .conv import ConvRule, conv_pads, unfold_conv_input
 from .embedding import EmbeddingRule
 from .norm import AffineNormRule, LayerNormRule, RMSNormRule
+from .norm_any import AnyNormRule  # noqa: E402 - registered after the closed-form norms
+from .embedding_lookup import EmbeddingLookupRule  # noqa: E402
 
 from ..errors import UnsupportedLayerError
 from ..factors import Factor
