@@ -5,7 +5,7 @@ training (method − vanilla at the same seed, percentage points; perplexity dif
 modelling, where lower is better) with its 95 % t confidence interval (``validation.stats``), one mark per
 protocol (filled: ours — curation from step 0 against a fixed reference batch; open: original — a warm-up
 of a third of the epochs, then a fresh random reference subset each step), and the seeds the method beat
-vanilla on ("wins/seeds") at the right. Bottom row: test accuracy after every epoch under our protocol, mean
+vanilla on ("wins/seeds", one per protocol in legend order) at the right. Bottom row: test accuracy after every epoch under our protocol, mean
 over seeds with its 95 % t band.
 
 Inputs: the ``final`` and ``curves`` tables of :func:`paper_figs.curation_results.load_curation` (run folders
@@ -121,23 +121,25 @@ def draw(pd: PlotData) -> Figure:
     tasks, methods, protocols = pd.meta["tasks"], pd.meta["methods"], pd.meta["protocols"]
     has_curves = bool(len(t.where(panel="curve")))
     n_rows = 2 if has_curves else 1
-    off = {p: (k - (len(protocols) - 1) / 2) * 0.32 for k, p in enumerate(protocols)}
+    off = {p: (k - (len(protocols) - 1) / 2) * 0.34 for k, p in enumerate(protocols)}
     with style():
-        fig = new_figure(DOUBLE, 0.75 + 0.2 * len(methods) + (2.0 if has_curves else 0.0))
+        fig = new_figure(DOUBLE, 0.9 + 0.24 * len(methods) + (2.0 if has_curves else 0.0))
         axes = fig.subplots(n_rows, len(tasks), squeeze=False,
-                            gridspec_kw={"height_ratios": [0.2 * len(methods) + 0.4, 1.9]} if has_curves else None)
+                            gridspec_kw={"height_ratios": [0.24 * len(methods) + 0.45, 1.9]} if has_curves else None)
         for j, task in enumerate(tasks):
             ax = axes[0, j]
             dt = t.where(panel="diff", task=task)
             metric = dt.rows[0]["metric"] if len(dt) else "accuracy"
             van = [r["vanilla_mean"] for r in dt if _finite(r["vanilla_mean"])]
             ax.axvline(0.0, color=GREY, lw=0.7, zorder=0)
-            xmax = 0.0
+            xlo, xhi = 0.0, 0.0
             for k, method in enumerate(methods):
                 _, colour, marker = method_style(method, k)
+                wins: list[str] = []
                 for protocol in protocols:
                     rs = dt.where(method=method, protocol=protocol).rows
                     if not rs:
+                        wins.append("–")
                         continue
                     r = rs[0]
                     y = r["y_plot"] + off[protocol]
@@ -147,12 +149,14 @@ def draw(pd: PlotData) -> Figure:
                     ax.errorbar([r["mean"]], [y], xerr=[[r["mean"] - lo], [hi - r["mean"]]], color=colour,
                                 marker=marker, ms=3.8, lw=0, elinewidth=0.9, capsize=1.8,
                                 mfc=colour if filled else "white", mec=colour, gid=f"diff:{protocol}:{method}")
-                    ax.annotate(f"{r['wins']}/{r['n_seeds']}", (1.0, y), xycoords=("axes fraction", "data"),
-                                xytext=(2, 0), textcoords="offset points", va="center", ha="left", fontsize=SMALL_PT,
+                    wins.append(f"{r['wins']}/{r['n_seeds']}")
+                    xlo, xhi = min(xlo, lo), max(xhi, hi)
+                if any(w != "–" for w in wins):  # one label per method row: each protocol's wins/seeds
+                    ax.annotate(" · ".join(wins), (1.0, k), xycoords=("axes fraction", "data"), xytext=(2, 0),
+                                textcoords="offset points", va="center", ha="left", fontsize=SMALL_PT,
                                 color=colour, annotation_clip=False)
-                    xmax = max(xmax, abs(lo), abs(hi))
-            lim = 1.08 * xmax if xmax > 0 else 1.0
-            ax.set_xlim(-lim, lim)
+            pad = 0.06 * ((xhi - xlo) or 1.0)
+            ax.set_xlim(xlo - pad, xhi + pad)
             ax.set_ylim(len(methods) - 0.5, -0.5)
             ax.set_yticks(range(len(methods)))
             ax.set_yticklabels([method_style(m, k)[0] for k, m in enumerate(methods)] if j == 0 else [])
@@ -191,8 +195,8 @@ def draw(pd: PlotData) -> Figure:
         fig.legend(handles + list(curve_handles.values()),
                    [h.get_label() for h in handles] + list(curve_handles), loc="outside upper center",
                    ncol=2 if not curve_handles else 3,
-                   title=f"paired difference to vanilla, 95 % CI over {seeds} seeds; wins/seeds at the right; "
-                         "curves: mean, 95 % band")
+                   title=f"paired difference to vanilla, 95 % CI over {seeds} seeds; wins/seeds at the right "
+                         f"({', '.join(protocols)}); curves: mean, 95 % band")
     return fig
 
 
