@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# The main job: set up, run the quick validation profile (bound, fidelity and cost suites on MLP, CNNs and the
-# small transformer), then the quick curated-training comparison, and draw all paper figures from the results.
-# Extra arguments go to `validation run`; `paper_figs --run quick` resumes that run and adds the curation runs.
+# The main job: set up, then `lai figures --run quick`, which runs the quick validation profile (`lai run
+# --profile quick`: bound, fidelity and cost suites on the MLP, both CNNs and the small transformer), the quick
+# curated-training comparison (`lai curate`, the commands of paper_figs.figures.CURATION_COMMANDS["quick"])
+# and draws every paper figure from those results. Extra arguments go to `lai run`, e.g.
+# `bash scripts/main.sh --threads 2`. Exit status 0 when everything ran, every theory check passed and every
+# validation figure was drawn.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-.venv/bin/python -m validation run --profile quick "$@"
-.venv/bin/python -m paper_figs --run quick
+exec .venv/bin/lai figures --run quick "${@/#/--run-arg=}"

@@ -103,9 +103,9 @@ def test_resume_refuses_other_threads_or_code(run, capsys, monkeypatch):
 
 
 def test_failed_theory_check_exits_1(tmp_path, monkeypatch):
-    import validation.cli as cli
+    import validation.report as report
 
-    monkeypatch.setattr(cli, "failed_theory_checks", lambda summary: ["bound holds"])
+    monkeypatch.setattr(report, "failed_theory_checks", lambda summary: ["bound holds"])
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         status = run_main([*ARGS, "--suite", "fidelity", "--out", str(tmp_path)])

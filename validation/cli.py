@@ -110,7 +110,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "lai run") -> int:
 
 
 def _run(args: argparse.Namespace, rd: RunDir, config: dict[str, Any], suites: list[str], models: list[str]) -> int:
-    from .report import write_report
+    from . import report
     from .suites.runner import run_suites
 
     if args.fresh:
@@ -121,8 +121,8 @@ def _run(args: argparse.Namespace, rd: RunDir, config: dict[str, Any], suites: l
     info(args, f"run folder: {rd.root} (suites {', '.join(suites)}; models {', '.join(models)}; "
                f"threads {config['threads']}; code {config['code']})")
     written = run_suites(rd, config, suites, models, progress=progress_enabled(args))
-    summary = write_report(rd)
-    failed = failed_theory_checks(summary)
+    summary = report.write_report(rd)
+    failed = report.failed_theory_checks(summary)
     info(args, f"units computed now: {written}; report: {rd.root / 'report.md'}")
     if failed:
         print(f"FAILED theory checks: {', '.join(failed)} (see {rd.root / 'report.md'})")
@@ -130,11 +130,6 @@ def _run(args: argparse.Namespace, rd: RunDir, config: dict[str, Any], suites: l
     return EXIT_CHECK_FAILED if failed else EXIT_OK
 
 
-def failed_theory_checks(summary: dict[str, Any]) -> list[str]:
-    """Names of the report's theory checks that failed (a check not run is not a failure)."""
-    return [c["name"] for c in summary["checks"] if c["kind"] == "theory" and c["passed"] is False]
-
-
 run_main = main  # the name used before the ``lai`` command
 
-__all__ = ["main", "run_main", "build_parser", "make_config", "apply_override", "failed_theory_checks"]
+__all__ = ["main", "run_main", "build_parser", "make_config", "apply_override"]

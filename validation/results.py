@@ -77,6 +77,7 @@ from typing import Any, Iterable, Iterator, Sequence
 import torch
 
 from influence._version import __version__
+from influence.dataset import ResumeMismatchError  # one error for "results computed under other settings"
 from influence.atomic import (atomic_path, atomic_torch_save, atomic_write_csv, atomic_write_json,
                               atomic_write_text, jsonable)
 
@@ -204,10 +205,6 @@ def provenance(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------- folders
-
-class ResumeMismatchError(ValueError):
-    """A run folder holds results computed under another configuration, code revision or thread count."""
-
 
 class RunDir:
     """A run folder: config, units of finished work, checkpoints and the assembled tables.

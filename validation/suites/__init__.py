@@ -8,7 +8,7 @@ counterfactual, noisy-sample AUROC) and cost (time and memory against a training
 (model, width, batch) point; ``runner`` writes them as resumable units (see validation/results.py).
 """
 
-from .bound import TheoryUnavailable, bound_step, load_theory
+from .bound import bound_step
 from .context import StepContext
 from .cost import cost_point
 from .counterfactual import one_step_counterfactual
@@ -16,4 +16,4 @@ from .fidelity import fidelity_step
 from .runner import run_cost, run_suites, run_training_suites
 
 __all__ = ["StepContext", "bound_step", "fidelity_step", "cost_point", "one_step_counterfactual", "run_suites",
-           "run_training_suites", "run_cost", "load_theory", "TheoryUnavailable"]
+           "run_training_suites", "run_cost"]

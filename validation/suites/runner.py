@@ -9,7 +9,6 @@ per (model, width, batch).
 
 from __future__ import annotations
 
-import sys
 from typing import Any, Iterable
 
 import torch
@@ -18,16 +17,12 @@ from tqdm.auto import tqdm
 from ..profiles import ModelSettings, model_settings
 from ..results import RunDir
 from ..training import Task, build_task, cast_batch, scoring_copy, train
-from .bound import TheoryUnavailable, bound_step, load_theory
+from .bound import bound_step
 from .context import StepContext
 from .cost import cost_point
 from .fidelity import fidelity_step
 
 TRAINING_SUITES = ("bound", "fidelity")
-
-
-def _log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def _training_row(task: Task, step: int, model: torch.nn.Module) -> dict[str, Any]:
@@ -69,12 +64,6 @@ def run_training_suites(rd: RunDir, name: str, settings: ModelSettings, seed: in
     """Bound and/or fidelity units of one (model, seed). Returns {suite: units written now}."""
     suites = [s for s in TRAINING_SUITES if s in set(suites)]
     steps = settings.score_steps()
-    if "bound" in suites and theory is None:
-        try:
-            theory = load_theory()
-        except TheoryUnavailable as exc:
-            _log(f"[bound] skipped for {name}: {exc}")
-            suites.remove("bound")
     todo = {s: [u for u in suites if not rd.has_unit(u, name, f"step{s}", seed)] for s in steps}
     written = {u: 0 for u in suites}
     needed = [s for s in steps if todo[s]]
