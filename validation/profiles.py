@@ -12,11 +12,10 @@ a-priori bound does not cover attention (recorded as n/a).
 
 A profile is a plain dict, so it serialises into the run's ``config.json`` unchanged:
 
-    {"seeds": [...], "threads": int | None, "cost": {...}, "models": {name: ModelSettings as dict}}
+    {"seeds": [...], "cost": {...}, "models": {name: ModelSettings as dict}}
 
-``threads``: torch CPU threads (``torch.set_num_threads``); the quick profile uses 1, which is as fast for
-these small models and does not collapse when the cores are shared (several multi-threaded processes on two
-cores spend most of their time spinning); None keeps torch's default.
+The torch thread count is not a profile setting: ``lai run --threads N`` (default 1, the same default as every
+``lai`` command) records it in the run's ``config.json`` next to the code revision, so both key the run folder.
 
 Every number a run uses is in its config, so a config reproduces the run.
 """
@@ -103,14 +102,13 @@ def _quick() -> dict[str, Any]:
                                      cost_widths=(16, 32), bound_n_score=8, bound_n_ref=8, bound_seq_len=8,
                                      bound_data_bound=False, fit_probe=8, fit_ref_chunks=4),
     }
-    return {"seeds": [0], "threads": 1, "cost": {"batch_sizes": [16, 64], "repeats": 3, "warmup": 1},
+    return {"seeds": [0], "cost": {"batch_sizes": [16, 64], "repeats": 3, "warmup": 1},
             "models": {k: asdict(v) for k, v in models.items()}}
 
 
 def _full() -> dict[str, Any]:
     p = _quick()
     p["seeds"] = list(range(5))
-    p["threads"] = None
     p["cost"] = {"batch_sizes": [32, 64, 128, 256], "repeats": 7, "warmup": 2}
     m = p["models"]
     m["mlp"].update(model_kw={"hidden": (512, 512)}, steps=3000, score_points=10, n_score=256, n_ref=512,
