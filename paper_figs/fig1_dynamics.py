@@ -14,11 +14,12 @@ samples at that step; 1 = largest score).
 
 from __future__ import annotations
 
+import math
 from typing import Any, Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import FixedLocator, MaxNLocator, NullLocator
 
 from .plotdata import MissingResults, PlotData, panel_label, ranks_desc, spearman
 from .style import (CLEAN_COLOR, CLEAN_MARKER, DOUBLE, GREY, NOISY_COLOR, NOISY_MARKER, estimator_style,
@@ -91,7 +92,10 @@ def draw(pd: PlotData) -> Figure:
         ax_t.axhline(0.0, color=GREY, lw=0.6, ls=":", zorder=0)
         ax_t.set_xlabel("training step (SGD steps)")
         ax_t.set_ylabel(f"{est_label} influence\n(ref.-loss decrease, nats)")
-        ax_t.set_yscale("symlog", linthresh=_linthresh(t.array("score")))
+        lt = _linthresh(t.array("score"))
+        ax_t.set_yscale("symlog", linthresh=lt)
+        ax_t.yaxis.set_major_locator(FixedLocator(symlog_ticks(t.array("score"), lt)))
+        ax_t.yaxis.set_minor_locator(NullLocator())
         ax_t.set_title(f"{model_label}, seed {m['seed']}: {m['n']} tracked samples", loc="right")
         panel_label(ax_t, 0)
         # (b) rank early vs late
@@ -124,6 +128,25 @@ def draw(pd: PlotData) -> Figure:
                 handles.setdefault(lab, h)
         fig.legend(list(handles.values()), list(handles), loc="outside upper center", ncol=len(handles))
     return fig
+
+
+def symlog_ticks(values: np.ndarray, linthresh: float, max_per_side: int = 3) -> list[float]:
+    """Tick positions of the symlog axis: 0 and +-10^k for decades at least 10x the linear threshold (so no label
+    sits in the squeezed linear band around 0), at most ``max_per_side`` per sign (every other decade when more)."""
+    a = np.abs(values[np.isfinite(values)])
+    top = float(a.max()) if a.size else 1.0
+    lo = math.ceil(math.log10(linthresh)) + 1 if linthresh > 0 else -3
+    hi = math.floor(math.log10(top)) if top > 0 else lo
+    decades = list(range(lo, hi + 1)) or [hi]
+    while len(decades) > max_per_side:
+        decades = decades[::-2][::-1]
+    pos = [10.0 ** k for k in decades]
+    ticks = [0.0]
+    if (values > 0).any():
+        ticks += pos
+    if (values < 0).any():
+        ticks = [-p for p in reversed(pos)] + ticks
+    return ticks
 
 
 def _linthresh(values: np.ndarray) -> float:

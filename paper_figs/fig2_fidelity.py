@@ -1,5 +1,6 @@
 """Figure 2 — ranking fidelity over training: Spearman correlation of each estimator's scores with Exact
-(top row) and with the one-step counterfactual (bottom row), per model (columns), mean ± std over seeds.
+(top row) and with the one-step counterfactual (bottom row), per model (columns), mean over seeds with a band of
+± one standard deviation (no band, and no ± in the legend, when there is one seed).
 
 Input: ``fidelity.csv`` (fidelity suite): model, seed, step, estimator, target, spearman (and other metrics;
 ``metric=`` picks another column, e.g. kendall or topk_overlap).
@@ -21,7 +22,7 @@ from .style import DOUBLE, GREY, estimator_style, model_style, new_figure, style
 from .tables import Table
 
 NAME = "fidelity"
-ESTIMATORS = ("lai", "lai-last", "ghost", "tracin")
+ESTIMATORS = ("lai", "lai-last", "lai-fit", "ghost", "tracin")
 TARGETS = ("exact", "counterfactual")
 MODEL_ORDER = ("mlp", "cnn1d", "cnn2d", "transformer")
 COLUMNS = ["model", "target", "estimator", "step", "mean", "std", "lo", "hi", "n_seeds"]
@@ -76,8 +77,9 @@ def draw(pd: PlotData) -> Figure:
                         continue
                     label, colour, marker = estimator_style(est, k)
                     x = sub.array("step")
-                    ax.fill_between(x, sub.array("lo"), sub.array("hi"), color=colour, alpha=0.2, lw=0,
-                                    gid=f"band:{est}")
+                    if max(sub.values("n_seeds")) > 1:  # a band only where there is a spread over seeds
+                        ax.fill_between(x, sub.array("lo"), sub.array("hi"), color=colour, alpha=0.2, lw=0,
+                                        gid=f"band:{est}")
                     ax.plot(x, sub.array("mean"), color=colour, marker=marker, ms=3, label=label, gid=f"mean:{est}")
                 ax.axhline(0.0, color=GREY, lw=0.5, ls=":", zorder=0)
                 ax.set_ylim(y_low, 1.05)
@@ -95,11 +97,17 @@ def draw(pd: PlotData) -> Figure:
                 if lab not in handles:
                     handles[lab] = h
                     labels.append(lab)
-        n_seeds = sorted(set(int(v) for v in t.values("n_seeds")))
-        seeds = f"{n_seeds[0]}" if len(n_seeds) == 1 else f"{n_seeds[0]}–{n_seeds[-1]}"
         fig.legend([handles[k] for k in labels], labels, loc="outside upper center", ncol=len(labels),
-                   title=f"mean ± std over {seeds} seed(s)")
+                   title=seeds_title(sorted(set(int(v) for v in t.values("n_seeds")))))
     return fig
+
+
+def seeds_title(n_seeds: Sequence[int]) -> str:
+    """Legend title: what a line and a band are (one seed: a line, no band, and no ± in the words)."""
+    if not n_seeds or max(n_seeds) <= 1:
+        return "one seed: a line per estimator (no spread over seeds to show)"
+    seeds = f"{n_seeds[-1]}" if len(n_seeds) == 1 else f"{n_seeds[0]}–{n_seeds[-1]}"
+    return f"mean over {seeds} seeds, band ± one standard deviation"
 
 
 def figure(fidelity: Table, **kw: Any) -> Figure:

@@ -1,6 +1,6 @@
 """Figure 3 — the bound: measured |Ghost − LAI| against the data-dependent bound (a) and the a-priori bound
-(b), one point per scored sample and step, log axes with the identity line (every point must lie on or
-below it); (c) each layer's mean share of the error, per model (one horizontal stacked bar each).
+(b), one point per scored sample and step, log axes fitted to the data with the identity line where visible
+(every point must lie on or below it); (c) each layer's mean share of the error, one labelled bar per layer.
 
 Inputs: ``bound.csv`` (bound suite: model, seed, step, sample, is_noisy, abs_error, data_bound,
 apriori_bound — empty where the theory gives no a-priori bound for the architecture) and, for (c),
@@ -20,9 +20,6 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from matplotlib import colormaps
-from matplotlib.cm import ScalarMappable
-from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
 from .fig2_fidelity import MODEL_ORDER, ordered
@@ -34,7 +31,6 @@ NAME = "bound"
 COLUMNS = ["panel", "model", "seed", "step", "sample", "is_noisy", "bound", "abs_error", "layer", "layer_index",
            "n_layers", "share", "share_std", "n"]
 BOUNDS = {"data": ("data_bound", "data-dependent bound"), "apriori": ("apriori_bound", "a-priori bound")}
-LAYER_CMAP = "viridis"  # perceptually uniform and colour-blind safe
 
 
 def data(bound: Table, layers: Table | None = None) -> PlotData:
@@ -70,22 +66,32 @@ def data(bound: Table, layers: Table | None = None) -> PlotData:
     return PlotData(COLUMNS, rows, {"dropped": dropped, "models": models})
 
 
+def _log_range(v: np.ndarray) -> tuple[float, float]:
+    """Limits of a log axis around the positive finite values: a quarter decade of margin each side."""
+    v = v[np.isfinite(v) & (v > 0)]
+    if not v.size:
+        return 1e-3, 1.0
+    return float(v.min()) / 10 ** 0.25, float(v.max()) * 10 ** 0.25
+
+
 def draw(pd: PlotData) -> Figure:
     t = pd.table()
-    has_layers = bool(len(t.where(panel="layers")))
+    layers = t.where(panel="layers")
+    has_layers = bool(len(layers))
     with style():
-        fig = new_figure(DOUBLE, 2.45)
-        ratios = [1, 1, 1.5] if has_layers else [1, 1]
+        fig = new_figure(DOUBLE, max(2.6, 0.115 * len(layers) + 1.0) if has_layers else 2.6)
+        ratios = [1, 1, 1.25] if has_layers else [1, 1]
         axes = fig.subplots(1, len(ratios), gridspec_kw={"width_ratios": ratios})
-        pts = t.where(lambda r: r["panel"] in BOUNDS)
-        both = np.concatenate([pts.array("bound"), pts.array("abs_error")])
-        lo, hi = float(both.min()) / 2, float(both.max()) * 2
         for i, (panel, (_, title)) in enumerate(BOUNDS.items()):
             ax = axes[i]
             sub = t.where(panel=panel)
             ax.set_xscale("log")
             ax.set_yscale("log")
+            x_lo, x_hi = _log_range(sub.array("bound")) if len(sub) else (1e-3, 1.0)
+            y_lo, y_hi = _log_range(sub.array("abs_error")) if len(sub) else (1e-3, 1.0)
+            lo, hi = min(x_lo, y_lo), max(x_hi, y_hi)
             ax.plot([lo, hi], [lo, hi], color=GREY, lw=0.8, ls="--", label="|error| = bound", zorder=3)
+            notes = []
             if len(sub):
                 for k, model in enumerate(sub.unique("model")):
                     m = sub.where(model=model)
@@ -93,19 +99,17 @@ def draw(pd: PlotData) -> Figure:
                     ax.scatter(m.array("bound"), m.array("abs_error"), s=6, color=colour, marker=marker,
                                alpha=0.6, linewidths=0, label=label, gid=f"points:{model}")
                 frac = float(np.median(sub.array("abs_error") / sub.array("bound")))
-                ax.text(0.03, 0.97, f"median |error| / bound\n= {frac:.2g}", transform=ax.transAxes, ha="left",
-                        va="top", fontsize=SMALL_PT)
+                notes.append(f"median |error|/bound {frac:.2g}")
             else:
                 ax.text(0.5, 0.5, "not available for\nthese architectures", transform=ax.transAxes,
                         ha="center", va="center", color=GREY)
             missing = [model_style(mo)[0] for mo in pd.meta["models"] if mo not in sub.unique("model")]
             if missing and len(sub):
-                ax.text(0.03, 0.78, "no bound recorded:\n" + ", ".join(missing), transform=ax.transAxes,
-                        ha="left", va="top", fontsize=SMALL_PT, color=GREY)
-            ax.set_xlim(lo, hi)
-            ax.set_ylim(lo, hi)
-            ax.set_aspect("equal", adjustable="box")
-            ax.set_xlabel(f"{title} (nats)")
+                notes.append("no bound: " + ", ".join(missing))
+            ax.set_xlim(x_lo, x_hi)  # each axis fitted to its own data; the y = x line shows where it is visible
+            ax.set_ylim(y_lo, y_hi)
+            # notes go under the axis label, never inside the axes (nothing is drawn under the y = x line)
+            ax.set_xlabel("\n".join([f"{title} (nats)", *notes]))
             ax.set_ylabel("measured |Ghost − LAI| (nats)")
             panel_label(ax, i)
         handles: dict[str, Any] = {}
@@ -115,39 +119,31 @@ def draw(pd: PlotData) -> Figure:
         fig.legend(list(handles.values()), list(handles), loc="outside upper center", ncol=len(handles),
                    markerscale=2)
         if has_layers:
-            _draw_layers(axes[2], t.where(panel="layers"), width_in=0.62 * DOUBLE * ratios[2] / sum(ratios))
+            _draw_layers(axes[2], layers)
             panel_label(axes[2], 2)
     return fig
 
 
-def _draw_layers(ax: Any, t: Table, width_in: float) -> None:
-    """One horizontal stacked bar per model (top to bottom): each layer's mean share, first layer on the left,
-    coloured by depth; a segment is labelled with its layer name when the name fits inside it
-    (``width_in``: approximate width of the axes in inches)."""
-    cmap = colormaps[LAYER_CMAP]
-    models = t.unique("model")
-    char_in = SMALL_PT / 72 * 0.6  # average glyph width of the sans-serif font
-    for j, model in enumerate(models):
-        m = t.where(model=model)
-        left = 0.0
-        n_layers = int(m.rows[0]["n_layers"])
-        for r in sorted(m.rows, key=lambda r: r["layer_index"]):
-            depth = r["layer_index"] / max(n_layers - 1, 1)
-            ax.barh(j, r["share"], left=left, height=0.75, color=cmap(depth), edgecolor="white", linewidth=0.4,
-                    gid=f"layer:{model}:{r['layer']}")
-            name = short_layer_name(str(r["layer"]))
-            if (len(name) + 1) * char_in < r["share"] * width_in:
-                ax.text(left + r["share"] / 2, j, name, ha="center", va="center", fontsize=SMALL_PT,
-                        color="white" if depth < 0.6 else "black")
-            left += r["share"]
-    ax.set_yticks(range(len(models)), [model_style(m)[0] for m in models])
-    ax.set_ylim(len(models) - 0.5, -0.5)  # first model on top
-    ax.set_xlim(0, 1.0)
-    ax.set_xlabel("share of |Ghost − LAI| (mean over samples)")
-    sm = ScalarMappable(norm=Normalize(0, 1), cmap=cmap)
-    cb = ax.figure.colorbar(sm, ax=ax, ticks=[0, 1], fraction=0.06, pad=0.02)
-    cb.ax.set_yticklabels(["first", "last"])
-    cb.set_label("layer position")
+def _draw_layers(ax: Any, t: Table) -> None:
+    """One horizontal bar per layer (execution order), grouped by model, coloured by the model, each labelled
+    ``Model: layer``; the bar is the layer's mean share of |Ghost − LAI| with its standard deviation over
+    samples and steps."""
+    y, ticks, labels = 0.0, [], []
+    for k, model in enumerate(t.unique("model")):
+        colour = model_style(model, k)[1]
+        for r in sorted(t.where(model=model).rows, key=lambda r: r["layer_index"]):
+            ax.barh(y, r["share"], height=0.75, color=colour, gid=f"layer:{model}:{r['layer']}")
+            if r["share"] == 0:
+                ax.text(0.005, y, "0 (LAI's term is exact)", va="center", ha="left", fontsize=SMALL_PT,
+                        color=GREY)
+            ticks.append(y)
+            labels.append(f"{model_style(model)[0]}: {short_layer_name(str(r['layer']))}")
+            y += 1
+        y += 0.6
+    ax.set_yticks(ticks, labels, fontsize=SMALL_PT)
+    ax.set_ylim(y - 0.4, -0.8)
+    ax.set_xlim(0, min(1.0, max(0.05, float(np.nanmax(t.array("share"))) * 1.1)))
+    ax.set_xlabel("share of |Ghost − LAI|\n(mean over samples and steps)")
 
 
 CONTAINERS = frozenset({"blocks", "layers", "layer", "h", "model", "transformer", "encoder", "decoder", "net"})

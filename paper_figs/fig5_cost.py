@@ -22,7 +22,7 @@ from matplotlib.ticker import NullFormatter
 from .fig2_fidelity import MODEL_ORDER, ordered
 from .plotdata import MissingResults, PlotData, panel_label
 from .style import (DOUBLE, GREY, MODEL_WIDTH_KEY, WIDTH_UNITS, estimator_style, model_style, new_figure,
-                    plain_log_ticks, style)
+                    readable_log_ticks, style)
 from .tables import Table
 
 NAME = "cost"
@@ -81,7 +81,7 @@ def draw(pd: PlotData) -> Figure:
                             ls=":" if est == "forward" else "-", gid=f"{value}:{sweep}:{est}")
                 ax.set_xscale("log", base=2)
                 ax.set_yscale("log")
-                plain_log_ticks(ax.yaxis)
+                readable_log_ticks(ax, "y")
                 xs = sorted(set(sub.values("x")))
                 if xs:
                     ax.set_xticks(xs, [str(int(v)) for v in xs])

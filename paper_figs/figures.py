@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from . import fig1_dynamics, fig2_fidelity, fig3_bound, fig4_scatter, fig5_cost, fig6_curation
+from . import fig1_dynamics, fig2_fidelity, fig3_bound, fig4_scatter, fig5_cost, fig6_curation, fig7_layers
 from .curation_results import STORED, has_results, load_curation
 from .plotdata import MissingResults, PlotData, save_figure
 from .style import MODEL_WIDTH_KEY, WIDTH_UNITS
@@ -127,6 +127,14 @@ def _load6(src: Sources) -> PlotData:
     return pd
 
 
+def _load7(src: Sources) -> PlotData:
+    try:
+        layers = src.table("layer_terms", "fidelity")
+    except MissingResults:
+        layers = None
+    return fig7_layers.data(src.table("scores", "fidelity"), layers)
+
+
 @dataclass(frozen=True)
 class FigureSpec:
     number: int
@@ -155,6 +163,8 @@ FIGURES: list[FigureSpec] = [
                "cost.csv, config.json", _load5, fig5_cost.draw),
     FigureSpec(6, fig6_curation.NAME, "curated training: test metric per method and noise level; curves",
                "curate/<task>-<id>/units/curate/**.json", _load6, fig6_curation.draw, validation=False),
+    FigureSpec(7, fig7_layers.NAME, "layer-aware question: all-layer vs last-layer LAI vs LAI-fit; which layers hurt",
+               "scores.csv, layer_terms.csv", _load7, fig7_layers.draw),
 ]
 
 

@@ -78,6 +78,7 @@ ESTIMATORS: dict[str, tuple[str, str, str]] = {
     "lai-last": ("LAI (last layer)", OKABE_ITO["sky"], "s"),
     "lai-aligned": ("LAI (aligned tokens)", OKABE_ITO["purple"], "v"),
     "lai-last-aligned": ("LAI last (aligned)", OKABE_ITO["yellow"], "<"),
+    "lai-fit": ("LAI-fit (layer weights)", "#332288", "d"),
     "ghost": ("Ghost", OKABE_ITO["vermillion"], "^"),
     "exact": ("Exact", OKABE_ITO["black"], "D"),
     "tracin": ("TracIn", OKABE_ITO["green"], "P"),
@@ -168,6 +169,33 @@ def plain_log_ticks(axis: Any, max_decades: float = 1.6) -> None:
     axis.set_minor_formatter(Plain(True))
 
 
+def readable_log_ticks(ax: Any, which: str = "y", min_labels: int = 3) -> None:
+    """Fixed, plainly labelled ticks on a log axis whose data are already plotted: decades when the view spans
+    enough of them for ``min_labels`` labels, else 1-2-5 per decade, else 1-1.5-2-3-5-7 (so a short axis still
+    carries at least ``min_labels`` numbers, and none is printed as 2 x 10^-1). No minor labels."""
+    import math
+
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
+
+    ax.autoscale_view()
+    axis = ax.yaxis if which == "y" else ax.xaxis
+    lo, hi = sorted(ax.get_ylim() if which == "y" else ax.get_xlim())
+    if lo <= 0:
+        return
+    ticks: list[float] = []
+    for mantissas in ((1.0,), (1.0, 2.0, 5.0), (1.0, 1.5, 2.0, 3.0, 5.0, 7.0)):
+        ticks = [m * 10.0 ** k for k in range(math.floor(math.log10(lo)) - 1, math.ceil(math.log10(hi)) + 1)
+                 for m in mantissas]
+        ticks = [v for v in ticks if lo <= v * (1 + 1e-9) and v <= hi * (1 + 1e-9)]
+        if len(ticks) >= min_labels:
+            break
+    while len(ticks) > 7:  # too many: keep every other, from the first
+        ticks = ticks[::2]
+    axis.set_major_locator(FixedLocator(ticks))
+    axis.set_major_formatter(FuncFormatter(lambda x, pos: f"{x:g}"))
+    axis.set_minor_formatter(NullFormatter())
+
+
 @contextlib.contextmanager
 def style() -> Iterator[None]:
     """rcParams of the paper style for the duration of the block (building and saving a figure)."""
@@ -185,4 +213,4 @@ def new_figure(width: float = SINGLE, height: float | None = None) -> Figure:
 
 __all__ = ["SINGLE", "DOUBLE", "FONT_PT", "SMALL_PT", "RC", "OKABE_ITO", "CYCLE", "MARKERS", "GREY",
            "NOISY_COLOR", "CLEAN_COLOR", "NOISY_MARKER", "CLEAN_MARKER", "ESTIMATORS", "MODELS", "WIDTH_UNITS",
-           "MODEL_WIDTH_KEY", "METHODS", "METHOD_DASHED", "DATASETS", "estimator_style", "model_style", "method_style", "plain_log_ticks", "style", "new_figure"]
+           "MODEL_WIDTH_KEY", "METHODS", "METHOD_DASHED", "DATASETS", "estimator_style", "model_style", "method_style", "plain_log_ticks", "readable_log_ticks", "style", "new_figure"]

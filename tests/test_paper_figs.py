@@ -13,7 +13,8 @@ import pytest
 from matplotlib.colors import to_hex
 from scipy.stats import rankdata, spearmanr
 
-from paper_figs import fig1_dynamics, fig2_fidelity, fig3_bound, fig4_scatter, fig5_cost, fig6_curation
+from paper_figs import (fig1_dynamics, fig2_fidelity, fig3_bound, fig4_scatter, fig5_cost, fig6_curation,
+                        fig7_layers)
 from paper_figs.cli import main, newest_run
 from paper_figs.curation_results import family_of, load_curation
 from paper_figs.style import CLEAN_COLOR, DOUBLE, NOISY_COLOR, SMALL_PT
@@ -33,7 +34,7 @@ def _scores_rows(rng: np.random.Generator, models: tuple[str, ...] = MODELS) -> 
     for model in models:
         for seed in (0, 1):
             for step in STEPS:
-                for est in ("exact", "ghost", "lai", "lai-last"):
+                for est in ("exact", "ghost", "lai", "lai-last", "lai-fit"):
                     for s in SAMPLES:
                         rows.append({"model": model, "seed": seed, "step": step, "sample": s, "is_noisy": int(s in NOISY),
                                      "estimator": est, "score": float(rng.normal()) * 10.0 ** -(step / 20)})
@@ -93,13 +94,29 @@ def _cost_rows(rng: np.random.Generator, models: tuple[str, ...] = MODELS) -> li
     return rows
 
 
+def _layer_rows(rng: np.random.Generator, models: tuple[str, ...] = MODELS) -> list[dict]:
+    rows = []
+    for model in models:
+        names = ["hidden.0", "hidden.1", "head"] if model == "mlp" else ["conv1", "blocks.0.attn.qkv", "head"]
+        for seed in (0, 1):
+            for step in STEPS:
+                for i, name in enumerate(names):
+                    rows.append({"model": model, "seed": seed, "step": step, "layer": name, "layer_index": i,
+                                 "n_layers": len(names), "has_lai_term": 1, "is_last": int(name == "head"),
+                                 "term_spearman": 1.0 if name == "head" else float(rng.uniform(-0.2, 0.8)),
+                                 "scale_ratio": float(rng.uniform(0.2, 3)), "error_share": 0.5 * (name != "head"),
+                                 "ghost_share": 1 / 3, "rho_alone": float(rng.uniform(0.5, 1)),
+                                 "rho_fixed": float(rng.uniform(0.3, 1)), "fit_weight": float(rng.uniform(0, 2))})
+    return rows
+
+
 def write_run(folder: Path, seed: int = 0, skip: tuple[str, ...] = (),
               models: tuple[str, ...] = MODELS) -> dict[str, list[dict]]:
     """A validation run folder with every table (except ``skip``), in the validation writer's format."""
     rng = np.random.default_rng(seed)
     bound, layers = _bound_rows(rng, models)
     tables = {"scores": _scores_rows(rng, models), "fidelity": _fidelity_rows(rng, models), "bound": bound,
-              "bound_layers": layers, "cost": _cost_rows(rng, models)}
+              "bound_layers": layers, "cost": _cost_rows(rng, models), "layer_terms": _layer_rows(rng, models)}
     for name, rows in tables.items():
         if name not in skip:
             atomic_write_csv(folder / f"{name}.csv", rows, TABLES[name][1])
@@ -198,6 +215,10 @@ def test_fig1_trajectories_and_ranks(run):
     assert "nats" in ax_t.get_ylabel() and "step" in ax_t.get_xlabel()
     assert f"step {STEPS[0]}" in ax_r.get_xlabel() and f"step {STEPS[-1]}" in ax_r.get_ylabel()
     assert [t.get_text() for t in fig.legends[0].get_texts()] == ["unchanged rank", "clean label", "noisy label"]
+    # symlog ticks: 0 and whole decades at least 10x the linear threshold, so no label sits in the band around 0
+    lt = ax_t.yaxis.get_transform().linthresh
+    ticks = ax_t.get_yticks()
+    assert 0.0 in ticks and all(t == 0 or (abs(t) >= 10 * lt and math.log10(abs(t)).is_integer()) for t in ticks)
     check_style(fig)
 
 
@@ -221,7 +242,7 @@ def test_fig2_means_bands_and_labels(run):
         for j, model in enumerate(MODELS):
             ax = axes[i, j]
             lines = {ln.get_gid(): ln for ln in ax.lines if (ln.get_gid() or "").startswith("mean:")}
-            assert set(lines) == {f"mean:{e}" for e in ("lai", "lai-last", "ghost", "tracin")}
+            assert set(lines) == {f"mean:{e}" for e in ("lai", "lai-last", "ghost", "tracin")}  # no lai-fit rows
             for est in ("lai", "tracin"):
                 vals = np.array([[r["spearman"] for r in rows if (r["model"], r["target"], r["estimator"], r["step"])
                                   == (model, target, est, s)] for s in STEPS])
@@ -237,8 +258,15 @@ def test_fig2_means_bands_and_labels(run):
     assert axes[1, 0].get_xlabel() == "training step (SGD steps)"
     legend = fig.legends[0]
     assert [t.get_text() for t in legend.get_texts()] == ["LAI (all layers)", "LAI (last layer)", "Ghost", "TracIn"]
-    assert "3 seed" in legend.get_title().get_text()
+    assert "mean over 3 seeds, band ± one standard deviation" == legend.get_title().get_text()
     check_style(fig)
+
+
+def test_fig2_one_seed_has_no_band_and_no_plus_minus(run):
+    fig = fig2_fidelity.figure(table(run, "fidelity").where(seed=0))
+    assert not [c for ax in fig.axes for c in ax.collections if (c.get_gid() or "").startswith("band:")]
+    title = fig.legends[0].get_title().get_text()
+    assert "one seed" in title and "±" not in title
 
 
 # ------------------------------------------------------------------------------------------- figure 3
@@ -262,20 +290,26 @@ def test_fig3_points_identity_and_layer_shares(run):
                 continue
             assert sorted(map(tuple, coll[0].get_offsets().tolist())) == expect
         kept = [(r[col], r["abs_error"]) for r in bound if r[col] is not None and r["abs_error"] > 0]
-        assert ax.texts[0].get_text().endswith(f"= {np.median([e / b for b, e in kept]):.2g}")
+        assert f"median |error|/bound {np.median([e / b for b, e in kept]):.2g}" in ax.get_xlabel()
+        assert not ax.texts  # nothing written inside the axes (under the y = x line)
+        # each axis fitted to its own data: a quarter decade beyond the extreme values
+        b_all, e_all = [b for b, _ in kept], [e for _, e in kept]
+        np.testing.assert_allclose(ax.get_xlim(), (min(b_all) / 10 ** 0.25, max(b_all) * 10 ** 0.25), rtol=1e-12)
+        np.testing.assert_allclose(ax.get_ylim(), (min(e_all) / 10 ** 0.25, max(e_all) * 10 ** 0.25), rtol=1e-12)
     assert pd.meta["dropped"] == {"data": 2, "apriori": 2}  # the mlp's zero-error samples (2 steps)
-    # per-layer panel: bar heights are the mean shares, stacked in recorded order
+    # per-layer panel: one bar per layer, its width the mean share, labelled "Model: layer"
     layers = run[1]["bound_layers"]
+    labels = [t.get_text() for t in ax_l.get_yticklabels()]
     for model in MODELS:
         bars = [p for p in ax_l.patches if (p.get_gid() or "").startswith(f"layer:{model}:")]
         names = list(dict.fromkeys(r["layer"] for r in layers if r["model"] == model))
         assert [b.get_gid().split(":", 2)[2] for b in bars] == names
         means = [np.mean([r["share"] for r in layers if r["model"] == model and r["layer"] == n]) for n in names]
         np.testing.assert_allclose([b.get_width() for b in bars], means, rtol=1e-12)
-        np.testing.assert_allclose([b.get_x() for b in bars], np.concatenate([[0], np.cumsum(means)[:-1]]), atol=1e-12)
-    assert [t.get_text() for t in ax_l.get_yticklabels()] == ["MLP", "CNN-1D", "Transformer"]
+        assert all(b.get_x() == 0 for b in bars)
+    assert "Transformer: 0.attn.qkv" in labels and "MLP: 0" in labels
     assert "share of |Ghost − LAI|" in ax_l.get_xlabel()
-    assert "no bound recorded:\nTransformer" in [t.get_text() for t in ax_a.texts]  # no a-priori bound
+    assert "no bound: Transformer" in ax_a.get_xlabel()  # no a-priori bound
     assert fig3_bound.short_layer_name("blocks.0.attn.qkv") == "0.attn.qkv"
     check_style(fig)
 
@@ -335,12 +369,51 @@ def test_fig5_sweeps(run):
             assert not [ln for ln in ax.lines if "train_step" in (ln.get_gid() or "")]  # the baseline is the line at 1
             assert [ln.get_ydata()[0] for ln in ax.lines if ln.get_label() == "training step"] == [1.0]
             assert ax.get_yscale() == "log"
+            lo, hi = ax.get_ylim()
+            shown = [t for t in ax.get_yticks() if lo <= t <= hi]
+            assert len(shown) >= 3 and all("10^" not in lab.get_text() and "times" not in lab.get_text()
+                                           for lab in ax.get_yticklabels())
             assert ax.get_xlabel() == ("batch size (samples)" if sweep == "batch"
                                        else f"width ({ {'mlp': 'hidden units', 'cnn1d': 'channels', 'transformer': 'd_model'}[model]})")
     assert "time / training step" in axes[0, 0].get_ylabel() and "peak memory" in axes[0, 2].get_ylabel()
     labels = [t.get_text() for t in fig.legends[0].get_texts()]
     assert {"LAI (all layers)", "Ghost", "Exact", "training step"} <= set(labels)
     check_style(fig)
+
+
+# ------------------------------------------------------------------------------------------- figure 7
+
+def test_fig7_intervals_and_layer_gains(run):
+    from scipy.stats import spearmanr as sp
+
+    pd = fig7_layers.data(table(run, "scores"), table(run, "layer_terms"))
+    fig = fig7_layers.draw(pd)
+    ax_f, ax_l = fig.axes[:2]
+    src = run[1]["scores"]
+    for model in MODELS:
+        for est in ("lai", "lai-last", "lai-fit"):
+            row = [r for r in pd.rows if (r["panel"], r["model"], r.get("estimator")) == ("fidelity", model, est)][0]
+            get = lambda e, seed, step: [x["score"] for x in sorted(  # noqa: E731
+                (x for x in src if (x["model"], x["seed"], x["step"], x["estimator"]) == (model, seed, step, e)),
+                key=lambda x: x["sample"])]
+            direct = np.mean([sp(get(est, seed, step), get("exact", seed, step)).statistic
+                              for seed in (0, 1) for step in STEPS])
+            assert row["value"] == pytest.approx(direct, rel=1e-12) and row["low"] <= row["value"] <= row["high"]
+            assert "bootstrap" in row["method"]
+    bar = {p.get_gid(): p.get_width() for p in ax_l.patches}
+    lt = run[1]["layer_terms"]
+    for model in MODELS:
+        base = {(r["seed"], r["step"]): r["rho_fixed"] for r in lt if r["model"] == model and r["is_last"]}
+        for name in {r["layer"] for r in lt if r["model"] == model and not r["is_last"]}:
+            gains = [r["rho_fixed"] - base[(r["seed"], r["step"])] for r in lt
+                     if r["model"] == model and r["layer"] == name]
+            assert bar[f"layer:{model}:{name}"] == pytest.approx(np.mean(gains), rel=1e-12)
+        assert f"layer:{model}:head" not in bar  # the last layer's term is exact: no bar
+    assert "Spearman ρ vs Exact" in ax_f.get_ylabel()
+    assert [ln.get_label() for ln in ax_f.lines if ln.get_linestyle() == "--"] == ["Ghost (= Exact)"]
+    check_style(fig)
+    without = fig7_layers.figure(table(run, "scores"))  # no layer_terms.csv: panel (a) alone
+    assert len(without.axes) == 1
 
 
 # ------------------------------------------------------------------------------------------- figure 6
@@ -375,14 +448,15 @@ def test_cli_draws_every_figure_with_its_data(tmp_path, capsys):
     assert main(["--results", str(tmp_path / "results"), "--formats", "png", "--dpi", "30"]) == 0
     out = capsys.readouterr().out
     figs = folder / "figures"
-    for stem in ("fig1_dynamics", "fig2_fidelity", "fig3_bound", "fig4_scatter", "fig5_cost", "fig6_curation"):
+    for stem in ("fig1_dynamics", "fig2_fidelity", "fig3_bound", "fig4_scatter", "fig5_cost", "fig6_curation",
+                 "fig7_layers"):
         assert (figs / f"{stem}.png").stat().st_size > 0 and f"drawn   {stem}" in out
         assert (figs / f"{stem}.csv").is_file()
     assert not [p for p in figs.iterdir() if p.name.startswith(".")]  # no temporary files left
     mask = os.umask(0)
     os.umask(mask)
     assert {p.stat().st_mode & 0o777 for p in figs.iterdir()} == {0o666 & ~mask}
-    assert "6 of 6 figures drawn" in out
+    assert "7 of 7 figures drawn" in out
     # the CSV is the plotted data: fig2's mean column equals the means drawn from the same results
     csv = Table.read(figs / "fig2_fidelity.csv")
     pd = fig2_fidelity.data(table((folder,), "fidelity"))
