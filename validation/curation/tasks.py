@@ -54,7 +54,8 @@ class TaskSpec:
     seq_len: int = 64
     pretrain_epochs: int = 0
     doc_mode: str = "shuffle"  # corruption of noisy documents (validation.noise.DOC_MODES)
-    max_train: int | None = None  # a seeded random subset of max_train training samples (quick runs, tests)
+    max_train: int | None = None  # a random subset of max_train training samples (its own seed stream,
+    # stratified: the subset's noise rate is the task's; quick runs, tests)
     warmup_epochs: float = 0.0  # plain training before curation, in epochs (added to warmup_steps)
     protocol: str = "ours"  # name of the scoring protocol (see ``protocols``); recorded, grouped by in tables
     ramp_epochs: int = 10  # small-loss: epochs over which the drop rate ramps from 0 to tau (co-teaching T_k)
