@@ -137,6 +137,14 @@ def main(argv: Sequence[str] | None = None, prog: str = "lai figures") -> int:
         run, problems = produce(args.run, root, extra, curation=not args.no_curate, quiet=args.quiet)
         if run is not None:
             src = Sources(run, src.curate)
+            if not args.no_curate:  # the run's report.md gains its curated-training section
+                from validation.report import refresh_report
+
+                try:
+                    refresh_report(run, src.curate)
+                except Exception as exc:  # noqa: BLE001 - reported, the figures are still drawn
+                    problems.append(f"refreshing {run / 'report.md'} with the curation results: "
+                                    f"{type(exc).__name__}: {exc}")
     out_dir = Path(args.out) if args.out else ((src.run or root) / "figures")
     info(args, f"validation results: {src.run or 'none found under ' + str(root)}")
     info(args, f"curated-training results: {src.curate}")

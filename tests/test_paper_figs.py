@@ -518,3 +518,5 @@ def test_cli_run_produces_results_first(tmp_path, monkeypatch, capsys):
     assert [c[3:] for c in calls[1:]] == [[*a, "--out", str(root)] for a in CURATION_COMMANDS["quick"]]
     assert (root / "quick-dddddddddd" / "figures" / "fig1_dynamics.png").is_file()
     assert "exited with status 3" in out and "skipped fig6_curation" in out
+    # the run's report is rewritten after the curation commands, with its curated-training section
+    assert "## Curated training" in (root / "quick-dddddddddd" / "report.md").read_text()

@@ -73,7 +73,27 @@ def _rank_lines(s: dict[str, Any]) -> list[str]:
                  + (f" ({', '.join(like)})" if like else "") + f". Last-layer LAI ranks closer to Exact than "
                  f"all-layer LAI on {len(closer)} of {n} models, with the interval of the difference above 0 on "
                  f"{len(sig_closer)}" + (f" ({', '.join(sig_closer)})" if sig_closer else "") + ".")
+    fit_lines = _fit_summary(sp, diff)
+    if fit_lines:
+        lines.append("  - " + fit_lines)
     return lines
+
+
+def _fit_summary(sp: dict[str, Any], diff: dict[str, Any]) -> str:
+    """One sentence: where LAI-fit ranks closer to Exact than both all-layer and last-layer LAI."""
+    models = [m for m in _models(sp) if "lai-fit" in sp[m]]
+    if not models:
+        return ""
+    def val(m: str, k: str) -> float:
+        v = (diff.get(m, {}).get(k) or {}).get("value")
+        return -math.inf if v is None else v
+    point = [m for m in models if val(m, "lai-fit-vs-lai") > 0 and val(m, "lai-fit-vs-lai-last") > 0]
+    sig = [m for m in models if _above(diff[m].get("lai-fit-vs-lai"), 0) and
+           _above(diff[m].get("lai-fit-vs-lai-last"), 0)]
+    return (f"LAI-fit (layer weights fitted against Ghost on a probe) ranks closer to Exact than both all-layer and "
+            f"last-layer LAI on {len(point)} of {len(models)} models by the point estimate"
+            + (f" ({', '.join(point)})" if point else "") + f", with both paired intervals above 0 on {len(sig)}"
+            + (f" ({', '.join(sig)})" if sig else "") + " (see the layer-aware section).")
 
 
 def _auroc_lines(s: dict[str, Any]) -> list[str]:
@@ -240,15 +260,9 @@ def _layer_section(s: dict[str, Any]) -> list[str]:
     data = {m: {**{c: sp[m].get(c) for c in cols}, **diff.get(m, {})} for m in sp}
     dcols = ["lai-last-vs-lai", "lai-fit-vs-lai", "lai-fit-vs-lai-last"]
     lines += _table("Fidelity to Exact by layer choice", data, cols + dcols, fmt=_e)
-    wins = [m for m in _models(diff) if _above(diff[m].get("lai-fit-vs-lai"), 0) and
-            _above(diff[m].get("lai-fit-vs-lai-last"), 0)]
-    pt = [m for m in _models(diff) if all((diff[m].get(k) or {}).get("value", -1) is not None and
-                                          (diff[m].get(k) or {}).get("value", -1) > 0
-                                          for k in ("lai-fit-vs-lai", "lai-fit-vs-lai-last"))]
-    if any("lai-fit" in sp[m] for m in sp):
-        lines += [f"LAI-fit ranks closer to Exact than both all-layer and last-layer LAI on {len(pt)} of {len(sp)} "
-                  f"models by the point estimate ({', '.join(pt) or 'none'}), with both intervals above 0 on "
-                  f"{len(wins)} ({', '.join(wins) or 'none'}).", ""]
+    fit = _fit_summary(sp, diff)
+    if fit:
+        lines += [fit, ""]
     if layers:
         lines += ["Per layer (means over scored steps and seeds): `term ρ` = Spearman of LAI's term of the layer vs "
                   "Ghost's term; `scale` = Σ|LAI term| / Σ|Ghost term| (median); `error share` = the layer's share "
