@@ -244,6 +244,8 @@ class Recorder:
                 self.order.append(name)
             out = output if self.keep_output else None
             self.calls[name].append(Call(x.detach(), out, (x._version, output._version), weakref.ref(output), fold))
+            if self.keep_output and replaced is None and getattr(rule, "protect_output", False):
+                replaced = output.clone()  # in-place ops downstream (x += residual, ReLU(inplace)) modify the copy
             return replaced
         return hook
 
@@ -257,8 +259,10 @@ class Recorder:
             h.remove()
 
     def producer(self, f: Tensor) -> str | None:
-        """The layer whose last call's output tensor object is ``f`` (identity, not storage address)."""
-        for name in reversed(self.order):
+        """The layer whose last call's output tensor object is ``f`` (identity, not storage address); when a module
+        returns its submodule's output unchanged (a wrapper with a rule of its own), the innermost one, whose hook
+        fires first."""
+        for name in self.order:
             if self.calls[name][-1].out_ref() is f:
                 return name
         return None

@@ -16,6 +16,7 @@ transformers = pytest.importorskip(
 import influence  # noqa: E402
 import influence.hf as H  # noqa: E402
 from conftest import rel_err  # noqa: E402
+from reference import reference_scores  # noqa: E402
 from influence.batch import call_model, output_tensor, take  # noqa: E402
 from influence.layers import HFConv1D  # noqa: E402
 
@@ -67,15 +68,7 @@ def untied(model: nn.Module, family: str) -> nn.Module:
 
 def autograd_scores(model, loss_fn, train, ref, lr):
     """lr * <grad l_i, grad L_ref> with grad l_i from the batched forward (one autograd.grad per sample)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-
-    def grads(batch):
-        losses = loss_fn(output_tensor(call_model(model, batch[0])), batch[1])
-        return [torch.cat([g.flatten() for g in torch.autograd.grad(li, params, retain_graph=True)])
-                for li in losses]
-
-    ref_grad = torch.stack(grads(ref)).mean(0)
-    return lr * torch.stack([g @ ref_grad for g in grads(train)])
+    return reference_scores(model, loss_fn, train, ref, lr)
 
 
 # ------------------------------------------------------------------------ equalities

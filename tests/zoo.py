@@ -147,6 +147,8 @@ FAMILIES: dict[str, Callable[[int], Case]] = {
     "opt": causal("OPTForCausalLM", "OPTConfig", hidden_size=D, num_hidden_layers=2, ffn_dim=32, num_attention_heads=2,
                   max_position_embeddings=32, word_embed_proj_dim=D, dropout=0.0, attention_dropout=0.0),
     "llama": causal("LlamaForCausalLM", "LlamaConfig", num_key_value_heads=1, tie_word_embeddings=False, **_LM),
+    "llama_left": causal("LlamaForCausalLM", "LlamaConfig", side="left", num_key_value_heads=1,
+                         tie_word_embeddings=False, **_LM),
     "llama_tied": causal("LlamaForCausalLM", "LlamaConfig", num_key_value_heads=2, tie_word_embeddings=True, **_LM),
     "qwen2": causal("Qwen2ForCausalLM", "Qwen2Config", num_key_value_heads=1, tie_word_embeddings=False, **_LM),
     "mistral": causal("MistralForCausalLM", "MistralConfig", num_key_value_heads=1, sliding_window=4,

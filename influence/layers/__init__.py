@@ -50,6 +50,7 @@ from .embedding import EmbeddingRule
 from .norm import AffineNormRule, LayerNormRule, RMSNormRule
 from .norm_any import AnyNormRule  # noqa: E402 - registered after the closed-form norms
 from .embedding_lookup import EmbeddingLookupRule  # noqa: E402
+from .additive import AdditiveParameterRule  # noqa: E402
 
 from ..errors import UnsupportedLayerError
 from ..factors import Factor

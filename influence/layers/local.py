@@ -52,13 +52,16 @@ def module_vjp(module: nn.Module, params: list[tuple[str, nn.Parameter]], x: Ten
 
     with torch.enable_grad(), _precision(x):
         got = vmap(one)(x.detach(), grad_out.detach())
-    return [got[k] for k in names]
+    return [got[k].detach() for k in names]
 
 
 class LocalRule(LayerRule):
     """A rule whose per-sample gradients come from :func:`module_vjp` (see the module docstring)."""
 
     lai = False
+    #: the capture hands the rest of the model a copy of the output (a norm's output is often modified in place:
+    #: ``hidden += residual``, ``ReLU(inplace=True)``), so the recorded output and its gradient stay exact
+    protect_output = True
 
     def record(self, module: nn.Module, args: tuple, kwargs: dict[str, Any], output: Any) -> Tensor:
         extra = list(args[1:]) + [v for v in kwargs.values() if v is not None and v is not False]
