@@ -133,7 +133,7 @@ def _draw_layers(ax: Any, t: Table) -> None:
         colour = model_style(model, k)[1]
         for r in sorted(t.where(model=model).rows, key=lambda r: r["layer_index"]):
             ax.barh(y, r["share"], height=0.75, color=colour, gid=f"layer:{model}:{r['layer']}")
-            if r["share"] == 0:
+            if r["share"] < 1e-9:
                 ax.text(0.005, y, "0 (LAI's term is exact)", va="center", ha="left", fontsize=SMALL_PT,
                         color=GREY)
             ticks.append(y)

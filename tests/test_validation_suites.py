@@ -165,3 +165,65 @@ def test_cost_point_rows():
     assert by["train_step"]["peak_ratio_to_train_step"] == pytest.approx(1.0)
     assert all(r["width"] == 8 and r["batch"] == 8 and r["median_s"] > 0 for r in rows)
     assert by["lai"]["n_params"] == 40 * 8 + 8 + 8 * 8 + 8 + 8 * 10 + 10
+
+
+# ------------------------------------------------------------------------------------ lai-fit and layer terms
+
+def test_weighted_lai_spans_last_layer_and_all_layer_lai(mlp_ctx):
+    from validation.lai_variants import last_layer_name, weighted_lai
+
+    lai = mlp_ctx.result("lai")
+    last = last_layer_name(mlp_ctx.result("lai-last"))
+    lower = [k for k in lai.per_layer if k != last]
+    ones, zeros = {k: 1.0 for k in lower}, {k: 0.0 for k in lower}
+    assert torch.allclose(weighted_lai(lai, ones), mlp_ctx.scores("lai"), rtol=1e-10, atol=0)
+    assert torch.allclose(weighted_lai(lai, zeros), mlp_ctx.scores("lai-last"), rtol=1e-10, atol=1e-300)
+
+
+def test_fit_layer_weights_minimises_the_probe_error(mlp_ctx):
+    """In-sample, the joint least-squares weights (tiny ridge) fit Ghost's lower-layer sum at least as well as
+    all-layer (w = 1) and last-layer (w = 0) LAI on the same probe and reference chunks."""
+    from validation.lai_variants import fit_layer_weights, weighted_lai
+
+    m, f, tr, rf, lr = mlp_ctx.model, mlp_ctx.loss_fn, mlp_ctx.train, mlp_ctx.ref, mlp_ctx.lr
+    w = fit_layer_weights(m, f, tr, rf, lr, ref_chunks=1, ridge=0.0)
+    lai = influence.lai(m, f, tr, rf, lr)
+    ghost = influence.ghost(m, f, tr, rf, lr).scores
+    err = lambda weights: float(((weighted_lai(lai, weights) - ghost) ** 2).sum())  # noqa: E731
+    assert err(w) <= err({k: 1.0 for k in w}) * (1 + 1e-9) and err(w) <= err({k: 0.0 for k in w}) * (1 + 1e-9)
+    assert set(w) == {k for k in lai.per_layer if k != "head"}
+    per = fit_layer_weights(m, f, tr, rf, lr, ref_chunks=2, fit="per_layer")
+    shared = fit_layer_weights(m, f, tr, rf, lr, ref_chunks=2, fit="shared")
+    assert set(per) == set(w) and len(set(shared.values())) == 1
+    with pytest.raises(ValueError, match="fit must be"):
+        fit_layer_weights(m, f, tr, rf, lr, fit="best")
+
+
+def test_fidelity_scores_lai_fit_and_layer_terms(mlp_ctx):
+    from validation.suites.runner import fit_probe_batch
+
+    s = model_settings(get_profile("tiny"), "mlp")
+    task = build_task("mlp", s, seed=0)
+    px, py = fit_probe_batch(task, 4, 6)
+    scored = {tuple(r) for r in task.scored_batch()[0].tolist()}
+    assert len(py) == 6 and not scored & {tuple(r) for r in px.tolist()}  # the probe is outside the scored batch
+    assert torch.equal(fit_probe_batch(task, 4, 6)[0], px) and not torch.equal(fit_probe_batch(task, 5, 6)[0], px)
+    ctx = StepContext(mlp_ctx.model_name, 0, mlp_ctx.step, mlp_ctx.model, mlp_ctx.loss_fn, mlp_ctx.train, mlp_ctx.ref,
+                      mlp_ctx.lr, mlp_ctx.ids, mlp_ctx.is_noisy, mlp_ctx.checkpoints,
+                      fit_probe=cast_batch((px, py), torch.float64), fit_ref_chunks=2)
+    out = fidelity_step(ctx)
+    assert "lai-fit" in {r["estimator"] for r in out["auroc"]} and "lai-fit" not in mlp_ctx.estimators()
+    rows = {r["layer"]: r for r in out["layer_terms"]}
+    assert set(rows) == set(ctx.result("ghost").per_layer)
+    assert rows["head"]["is_last"] == 1 and rows["head"]["error_share"] < 1e-12 and rows["head"]["rho_alone"] == 1.0
+    assert rows["head"]["rho_fixed"] == pytest.approx(fid_spearman(ctx, "lai", "ghost"))
+    assert sum(r["error_share"] for r in rows.values()) == pytest.approx(1.0)
+    assert {k: r["fit_weight"] for k, r in rows.items() if k != "head"} == ctx.fit_weights()
+    lai_fit = torch.tensor([r["score"] for r in out["scores"] if r["estimator"] == "lai-fit"], dtype=torch.float64)
+    assert torch.allclose(lai_fit, ctx.scores("lai-fit"))
+
+
+def fid_spearman(ctx, a, b):
+    from validation.suites.metrics import spearman
+
+    return spearman(ctx.scores(a), ctx.scores(b))
