@@ -18,7 +18,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
-from influence.atomic import atomic_path, atomic_write_text
+from influence.atomic import atomic_path, atomic_write_text, csv_cell
 
 from .style import RC, style
 from .tables import Table
@@ -49,21 +49,8 @@ class PlotData:
         w = csv.writer(buf, lineterminator="\n")
         w.writerow(self.columns)
         for r in self.rows:
-            w.writerow([_cell(r.get(c)) for c in self.columns])
+            w.writerow([csv_cell(r.get(c)) for c in self.columns])
         return buf.getvalue()
-
-
-def _cell(v: Any) -> Any:
-    if v is None:
-        return ""
-    if isinstance(v, (bool, np.bool_)):
-        return int(v)
-    if isinstance(v, (np.integer,)):
-        return int(v)
-    if isinstance(v, (float, np.floating)):
-        v = float(v)
-        return repr(v) if math.isfinite(v) else ("nan" if math.isnan(v) else ("inf" if v > 0 else "-inf"))
-    return v
 
 
 def _atomic_write(path: Path, write: Any) -> None:
