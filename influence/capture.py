@@ -349,6 +349,11 @@ def factor_blocks(cap: Capture, pl: Plan, ctx: Context) -> tuple[dict[tuple[int,
             failed.update({id(p): f"{name}: {rule.name} could not factor the call ({type(e).__name__}: {e})"
                            for p in module.parameters(recurse=False) if ctx.scored(p)})
             continue
+        if any(id(p) not in pl.names for pc in got for p in pc.params):  # e.g. a weight computed by a parametrization
+            failed.update({id(p): f"{name}: its {rule.name} factors a tensor that is not a parameter of the model "
+                                  "(a parametrization such as weight_norm computes it)"
+                           for p in module.parameters(recurse=False) if ctx.scored(p)})
+            continue
         for pc in got:
             key = tuple(id(p) for p in pc.params)
             pieces[key].append(pc)
