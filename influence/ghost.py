@@ -90,7 +90,8 @@ def ghost(model: nn.Module, loss_fn: LossFn, train: Batch, ref: Batch, lr: float
 
     One forward/backward over the reference batch, then over the training batch in chunks of ``chunk_size``
     samples (default: all at once). Per block, ``mode`` picks the Gram form or the materialised form
-    (see ``influence.scoring``). Every capture is verified against autograd (``influence.verify``).
+    (see ``influence.scoring``). The capture verifies itself against autograd (``influence.verify``): the
+    reference capture on every call, every capture of a new input signature in full (with a per-sample probe).
     Parameters that cannot be factored (no layer rule, used outside their module, a layer whose leading
     dimension is not the batch, ...) are scored by ``influence.exact``: ``fallback="auto"`` (default) warns once
     naming them, ``"exact"`` does the same silently, ``"error"`` raises the named error instead; they are listed
@@ -135,7 +136,8 @@ def _ghost_pass(model, loss_fn, train, ref, lr, pl, routed, spans, n_v, pairwise
     del ref_blocks
     chunks, losses, blocks = [], [], {}
     for i, c in spans:
-        cap, blocks, new = verified_capture(model, loss_fn, take(train, slice(i, i + c)), pl, c, "train", routed)
+        cap, blocks, new = verified_capture(model, loss_fn, take(train, slice(i, i + c)), pl, c, "train", routed,
+                                            check=False)
         if new:
             raise _Reroute(new)
         chunks.append(side.score(blocks, c, cap.losses))

@@ -1,9 +1,12 @@
 """The capture verifies itself: factored per-sample gradients are checked against autograd on every call.
 
-* Sum check (every Ghost capture): the factored gradients summed over samples (``Block.matrix()``, unpacked)
-  must equal autograd's gradient of sum_i l_i, taken in the same ``autograd.grad`` call as the layer-output
-  gradients. A parameter used where the factorisation does not see it (read outside its module, a
-  parametrization, attention code calling ``F.linear`` on a submodule's weight) fails here.
+* Sum check (the reference capture of every Ghost call, and every capture of a new signature): the factored
+  gradients summed over samples must equal autograd's gradient of sum_i l_i, taken in the same
+  ``autograd.grad`` call as the layer-output gradients (compared on random rank-1 projections, so no [p, q]
+  product is formed; a block that fails is compared in full). A parameter used where the factorisation does
+  not see it (read outside its module, a parametrization, attention code calling ``F.linear`` on a
+  submodule's weight) fails here. Its cost is autograd's weight gradients of the reference batch plus
+  O(n T (p + q)) per block (``python -m validation.verify_cost`` measures it).
 * Shape check (``influence.capture``): every recorded call has the batch as its leading dimension.
 * Per-sample probe (first call per model and input signature): the factored gradients of two samples (the
   first and the last) against autograd's gradients of their own losses, from the same batched forward. It
@@ -12,8 +15,10 @@
 The verdict (parameters that failed, with the reason) is cached per model (weakly) and signature: shapes and
 dtypes of the batch leaves, train/eval flags, which parameters are trainable, and the registry version. LAI,
 which runs no backward, reads it (computing it with one verification capture when absent).
-Tolerance, per parameter: ||factored - autograd|| <= sqrt(eps) * (max of the two norms + 1e-2 * the norm of
-all checked gradients), eps of the parameters' dtype.
+Tolerance (eps of the parameters' dtype): the per-call sum check compares random rank-1 projections within
+sqrt(eps) of the sum of absolute terms; the full comparisons (probe, and naming the parameters of a block that
+failed) require ||factored - autograd|| <= sqrt(eps) * (max of the two norms + 1e-2 * the norm of all checked
+gradients), per parameter.
 """
 
 from __future__ import annotations
@@ -27,13 +32,14 @@ from torch.utils._pytree import tree_flatten
 
 from .batch import Batch, LossFn
 from .capture import Capture, Plan, capture_backward, factor_blocks
-from .factors import Block
+from .factors import Block, Index, Segment, _dense_like, _oriented
 from .layers import registry_version
 
 Routed = dict[int, tuple[str, str]]  # param id -> (kind, reason)
 
 _CACHE: "weakref.WeakKeyDictionary[nn.Module, dict[tuple, dict[str, str]]]" = weakref.WeakKeyDictionary()
 PROBES = [0]  # number of probes run (observable by tests and benchmarks)
+SUM_CHECK = True  # the per-call sum check; ``validation.verify_cost`` turns it off to measure what it costs
 
 
 def signature(model: nn.Module, batch: Batch) -> tuple:
@@ -101,10 +107,97 @@ def _mismatches(blocks: dict[Any, Block], expected: dict[int, Tensor], pl: Plan,
     return out
 
 
-def sum_check(blocks: dict[Any, Block], cap: Capture, pl: Plan) -> dict[int, str]:
-    """{param id: reason} for parameters whose factored batch gradient differs from autograd's."""
-    return _mismatches(blocks, cap.param_grads, pl, None,
-                       "the factored batch gradient (is the parameter used outside its module?)")
+def _segment_projection(seg: Segment, vs: Tensor, us: Tensor) -> tuple[Tensor, Tensor]:
+    """For k random rank-1 matrices v_k u_k^T (``vs`` [G, p, k], ``us`` [G, q, k], in the oriented matrix space of
+    ``segment_matrix``): (sum over samples, tokens and groups of (L . v_k)(R . u_k), and the same of absolute
+    values), both [k]. Cost n * T * (p + q) * k: no [p, q] product is formed."""
+    left, right, _ = _oriented(seg)
+    r = _rows_times(_dense_like(right).x, us)  # [G, n*T, k]
+    if isinstance(left, Index):
+        ids = left.ids.reshape(-1)
+        terms = vs[0][ids.clamp(min=0)] * (ids >= 0).unsqueeze(-1).to(r.dtype) * r[0]
+    else:
+        terms = _rows_times(_dense_like(left).x, vs) * r
+    return terms.sum(tuple(range(terms.dim() - 1))), terms.abs().sum(tuple(range(terms.dim() - 1)))
+
+
+def _rows_times(x: Tensor, w: Tensor) -> Tensor:
+    """A factor [n, T, G, d] times per-group matrices [G, d, k]: [G, n*T, k] (one GEMM per group)."""
+    n, t, g, d = x.shape
+    if g == 1:
+        return (x.reshape(n * t, d) @ w[0]).unsqueeze(0)
+    return torch.bmm(x.permute(2, 0, 1, 3).reshape(g, n * t, d), w)
+
+
+_PACK: dict[tuple, list[Tensor]] = {}
+
+
+def _pack_index(block: Block, shape: tuple[int, int, int], device: torch.device) -> list[Tensor]:
+    """For each parameter of ``block``, the flat positions of its entries in the block's [G, p, q] matrix
+    (``unpack`` is a bijective slicing, so this is its inverse); cached per parameter set and shape."""
+    key = (tuple(id(p) for p in block.params), shape, str(device))
+    if key not in _PACK:
+        if len(_PACK) > 4096:
+            _PACK.clear()
+        idx = torch.arange(shape[0] * shape[1] * shape[2], device=device).view(shape)
+        _PACK[key] = [t.reshape(-1) for t in block.unpack(idx)]
+    return _PACK[key]
+
+
+def _pack(block: Block, grads: list[Tensor], shape: tuple[int, int, int], dtype: torch.dtype,
+          device: torch.device) -> Tensor:
+    """The parameters' gradients laid out as the block's [G, p, q] matrix (the inverse of ``unpack``): written
+    through ``unpack``'s views of the matrix where it returns views, else by the cached index map."""
+    m = torch.zeros(shape, dtype=dtype, device=device)
+    views = block.unpack(m)
+    base = m.untyped_storage().data_ptr()
+    if all(v.untyped_storage().data_ptr() == base for v in views):
+        for v, g in zip(views, grads):
+            v.copy_(g)
+        return m
+    flat = m.view(-1)
+    for pos, g in zip(_pack_index(block, shape, device), grads):
+        flat[pos] = g.reshape(-1).to(dtype)
+    return m
+
+
+def sum_check(blocks: dict[Any, Block], cap: Capture, pl: Plan, k: int = 2) -> dict[int, str]:
+    """{param id: reason} for parameters whose factored batch gradient differs from autograd's.
+
+    Cheap form: each block is compared on ``k`` random rank-1 directions R = v u^T of its [G, p, q] matrix
+    space: v^T (sum_i G_i) u from the factors (cost n * T * (p + q), no [p, q] product) against v^T M u with M
+    autograd's gradient packed into that space, within sqrt(eps) of the sum of absolute terms. A block that
+    fails is compared in full to name its parameters. A parameter covered by no block must have a zero
+    autograd gradient."""
+    grads = cap.param_grads
+    if not grads:
+        return {}
+    dtype = next(iter(grads.values())).dtype
+    tol = _tol(dtype)
+    out: dict[int, str] = {}
+    covered: set[int] = set()
+    gen = torch.Generator().manual_seed(len(grads))
+    what = "the factored batch gradient (is the parameter used outside its module?)"
+    for key, block in blocks.items():
+        pids = [id(p) for p in block.params]
+        covered.update(pids)
+        left, right, _ = _oriented(block.segments[0])
+        shape = (left.groups, left.dim, right.dim)
+        device = grads[pids[0]].device
+        vs = torch.randn(shape[0], shape[1], k, generator=gen).to(device, dtype)
+        us = torch.randn(shape[0], shape[2], k, generator=gen).to(device, dtype)
+        fact, mag = 0.0, 0.0
+        for seg in block.segments:
+            f, a = _segment_projection(seg, vs, us)
+            fact, mag = fact + f, mag + a
+        m = _pack(block, [grads[pid] for pid in pids], shape, dtype, device)
+        auto = (vs * torch.bmm(m, us)).sum((0, 1))
+        if bool(((fact - auto).abs() > tol * (mag + auto.abs())).any()):
+            out.update(_mismatches({key: block}, {k2: grads[k2] for k2 in pids}, pl, None, what))
+    for pid, v in grads.items():
+        if pid not in covered and bool((v != 0).any()):
+            out[pid] = f"{pl.names.get(pid, '?')}: {what}: autograd finds a gradient the layer calls do not explain"
+    return out
 
 
 def probe_check(blocks: dict[Any, Block], cap: Capture, pl: Plan) -> dict[int, str]:
@@ -117,11 +210,12 @@ def probe_check(blocks: dict[Any, Block], cap: Capture, pl: Plan) -> dict[int, s
 
 
 def verified_capture(model: nn.Module, loss_fn: LossFn, batch: Batch, pl: Plan, n: int, where: str,
-                     routed: Routed, check: bool = True) -> tuple[Capture, dict[Any, Block], Routed]:
+                     routed: Routed, check: bool | None = None) -> tuple[Capture, dict[Any, Block], Routed]:
     """Capture ``batch`` (forward + truncated backward), build the blocks of every parameter not in ``routed``
     and verify them. Returns (capture, blocks, new failures not yet in ``routed``); the caller re-runs with the
     failures routed. ``check=False`` skips the sum check when the verdict is cached (the probe still runs when
     it is not)."""
+    check = SUM_CHECK if check is None else check
     sig = signature(model, batch)
     verdict = cached(model, sig)
     probe = verdict is None

@@ -22,8 +22,9 @@ Rule API (``influence.layers.base``), for a module ``m`` of the family, n = batc
   G_i = sum_t L_{i,t} (x) R_{i,t} for ``params`` (factors: ``influence.factors.Dense`` [n, T, G, p] or
   ``Index`` [n, T]); ``unpack`` maps the [G, p, q] sum over samples to tensors shaped like ``params``. Cover only
   parameters with ``ctx.scored(p)``; do not merge a parameter in ``ctx.shared`` with another one.
-  Every call is verified: the pieces summed over samples must equal autograd's batch gradient, and on the first
-  call per model and input signature two samples are compared with autograd's per-sample gradients.
+  The capture verifies the pieces (``influence.verify``): summed over samples they must equal autograd's batch
+  gradient, and on the first call per model and input signature two samples are compared with autograd's
+  per-sample gradients; ``unpack`` must be a bijective slicing/reshape of the matrix (the check relies on it).
 * ``lai_activation(m, inp, ctx) -> Dense [n, T, 1, p] | Index [n, T] | None``: LAI's activation term (a bias
   as a column of ones), or None (``lai = False`` families such as norms are skipped and listed by LAI).
 * ``theory_factor(m, inp, ctx) -> TheoryFactor | None``: the Ghost left factor x_{tau,g} and how to lay out the

@@ -1,0 +1,88 @@
+"""Cost of the capture's self-verification (``influence.verify``) as a fraction of a Ghost call.
+
+    python -m validation.verify_cost                 # MLP 40-512-512-10 and CausalTransformer(), 7 repeats
+    python -m validation.verify_cost --tiny --repeats 3
+
+Per workload (``validation.bench_workloads``: MLP 256 train / 128 reference samples, transformer 32 / 16
+sequences of 128 tokens), interleaved repeats of three ``influence.ghost`` calls on the same batches:
+
+* ``ghost``: the normal call with the verdict cached (what every call after the first costs, sum check included);
+* ``no sum check``: the same with the per-call sum check switched off (``influence.verify.SUM_CHECK``);
+* ``first call``: the verdict cache cleared first, so the call also runs the per-sample probe (once per model
+  and input signature).
+
+It prints the median wall times side by side and the ratios: the per-call overhead (ghost / no sum check - 1)
+and the one-off probe (first call / ghost - 1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+import influence
+from influence import verify
+
+from .bench_workloads import build_workload
+
+
+def _time(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def measure(name: str, repeats: int, tiny: bool) -> dict[str, float]:
+    w = build_workload(name, tiny=tiny)
+    gen = torch.Generator().manual_seed(0)
+    train, ref = w.make(w.n_train, gen), w.make(w.n_ref, gen)
+
+    def call() -> None:
+        influence.ghost(w.model, w.loss_fn, train, ref, w.lr)
+
+    def unchecked() -> None:
+        verify.SUM_CHECK = False
+        try:
+            call()
+        finally:
+            verify.SUM_CHECK = True
+
+    def first() -> None:
+        verify.clear(w.model)
+        call()
+
+    call()  # warm-up (and the verdict)
+    times: dict[str, list[float]] = {"ghost": [], "no sum check": [], "first call": []}
+    for _ in range(repeats):
+        times["ghost"].append(_time(call))
+        times["no sum check"].append(_time(unchecked))
+        times["first call"].append(_time(first))
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--tiny", action="store_true", help="small models and batches (seconds)")
+    ap.add_argument("--workloads", default="mlp,transformer")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    out = {}
+    print(f"{'workload':<12} {'ghost (s)':>10} {'no sum check (s)':>17} {'first call (s)':>15} "
+          f"{'sum check':>10} {'probe (once)':>13}")
+    for name in args.workloads.split(","):
+        m = measure(name, args.repeats, args.tiny)
+        m["sum check overhead"] = m["ghost"] / m["no sum check"] - 1
+        m["probe overhead"] = m["first call"] / m["ghost"] - 1
+        out[name] = m
+        print(f"{name:<12} {m['ghost']:>10.4f} {m['no sum check']:>17.4f} {m['first call']:>15.4f} "
+              f"{m['sum check overhead']:>+10.1%} {m['probe overhead']:>+13.1%}")
+    return out
+
+
+if __name__ == "__main__":
+    main()
