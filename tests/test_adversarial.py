@@ -701,6 +701,9 @@ def frozen_bias() -> Setup:
 # ---------------------------------------------------------------- running a case
 
 
+ROUTED: dict[str, list[str]] = {}  # last run's parameters Ghost routed to Exact, by case (for the count's listing)
+
+
 def run(est: str, s: Setup) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(scores, the reference they must equal or None) for one estimator."""
     kwargs = dict(s.kwargs)
@@ -712,6 +715,7 @@ def run(est: str, s: Setup) -> tuple[torch.Tensor, torch.Tensor | None]:
     elif est == "ghost":
         kwargs.pop("params", None)
         r = influence.ghost(*args, lr=lr, **kwargs)
+        ROUTED["last"] = list(r.routed_to_exact)
         names = None
     else:
         kwargs.pop("params", None)
@@ -781,7 +785,8 @@ def classify(case: Case, est: str) -> tuple[str, str]:
         return ("exact" if good else "silent wrong"), "finite" if good else "non-finite"
     err = (scores - want).abs().max().item() / max(want.abs().max().item(), 1e-300)
     if err < TOL:
-        return "exact", f"rel {err:.0e}{'' if expected is None else ' (EXPECTED AN ERROR)'}"
+        routed = f" routed to Exact: {', '.join(ROUTED.pop('last', []))}" if est == "ghost" and ROUTED.get("last") else ""
+        return "exact", f"rel {err:.0e}{'' if expected is None else ' (EXPECTED AN ERROR)'}{routed}"
     return "silent wrong", f"rel {err:.1e}"
 
 
