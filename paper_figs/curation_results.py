@@ -290,11 +290,12 @@ def export(root: str | os.PathLike, out: str | os.PathLike = STORED, note: str =
     for folder in res.folders:
         cfg = _read_json(folder / "config.json")
         prov = _read_json(folder / "provenance.json") if (folder / "provenance.json").is_file() else []
-        prov = prov if isinstance(prov, list) else [prov]
+        if isinstance(prov, dict):  # {"invocations": [...]} (validation.results.RunDir.add_provenance)
+            prov = prov.get("invocations", [prov])
         sub = final.where(folder=folder.name)
         folders[folder.name] = {
             "task": cfg.get("task"), "threads": cfg.get("threads"), "match": cfg.get("match"),
-            "on_empty": cfg.get("on_empty"), "keep_fraction": cfg.get("keep_fraction"),
+            "on_empty": cfg.get("on_empty"), "keep_fraction": cfg.get("keep_fraction"), "code_key": cfg.get("code"),
             "seeds": sorted(set(sub.values("seed"))), "methods": sub.unique("method"),
             "units": len(sub), "cpu_s": sum(float(v) for v in sub.values("cpu_s") if v is not None),
             "wall_s": sum(float(v) for v in sub.values("wall_s") if v is not None),

@@ -32,8 +32,8 @@ def write_folder(root: Path, task: str, protocol: str, methods, epochs: int = 3)
     atomic_write_json(folder / "config.json", {"task": {"name": task, "dataset": dataset, "model": model,
                                                         "noise": "symmetric", "rate": 0.4, "epochs": epochs,
                                                         "protocol": protocol}, "threads": 1})
-    atomic_write_json(folder / "provenance.json", [{"time_utc": "2026-01-01T00:00:00Z", "argv": ["x"],
-                                                    "git": {"commit": "abc", "dirty": False}}])
+    atomic_write_json(folder / "provenance.json", {"invocations": [{"time_utc": "2026-01-01T00:00:00Z",
+                                                                    "argv": ["x"], "git": {"commit": "abc"}}]})
     for method in methods:
         for seed in SEEDS:
             f = final_of(task, protocol, method, seed)
@@ -83,6 +83,7 @@ def test_export_round_trip_and_figure_fallback(results, tmp_path, monkeypatch):
     prov = json.loads((stored / "provenance.json").read_text())
     assert prov["note"] == "test" and prov["units"] == 2 * (4 + 2) * 5 and prov["code"] == ["abc"]
     assert all(f["seeds"] == list(SEEDS) and f["threads"] == 1 for f in prov["folders"].values())
+    assert all(f["invocations"][0]["argv"] == ["x"] for f in prov["folders"].values())
     a, b = load_curation(results), load_curation(stored)
     assert b.stored and len(a.final) == len(b.final) and len(a.curves) == len(b.curves)
     pa, pb = paired(a.final), paired(b.final)

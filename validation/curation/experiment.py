@@ -35,8 +35,8 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ..results import (RunDir, atomic_torch_save, atomic_write_csv, atomic_write_text, config_id, git_revision,
-                       provenance, read_json)
+from ..results import (RunDir, atomic_torch_save, atomic_write_csv, atomic_write_text, code_revision, config_id,
+                       git_revision, provenance, read_json)
 from .methods import Method, get_method, ramped_drop_rate
 from .seeds import generator, stream
 from .reference import ReferencePolicy
@@ -50,13 +50,16 @@ TABLE_COLUMNS = ["method", "metric", "mean", "std", "n_seeds", "values", "kept_f
                  "drop_precision", "step_s", "time_vs_vanilla", "fallbacks"]
 SUITE = "curate"
 _REVISION = git_revision()  # code revision recorded in every unit (a resumed run shows if units differ)
+_CODE = code_revision()  # part of the run folder's id
 
 
 def run_config(spec: TaskSpec, keep_fraction: float | None, match: str, on_empty: str) -> dict[str, Any]:
     """Everything that changes a unit's result (hashed into the run folder's id): task settings (protocol
-    included), rate matching, the empty-selection fallback and the torch thread count."""
+    included), rate matching, the empty-selection fallback, the torch thread count and the code revision
+    (``validation.results.code_revision``), so a run resumes only under the code and threads it started with;
+    other code starts a folder of its own instead of mixing units."""
     return {"profile": spec.name, "task": spec.to_dict(), "keep_fraction": keep_fraction, "match": match,
-            "on_empty": on_empty, "threads": torch.get_num_threads()}
+            "on_empty": on_empty, "threads": torch.get_num_threads(), "code": _CODE}
 
 
 def _batches(n: int, batch_size: int, epoch: int, seed: int, purpose: str = "batches") -> list[Tensor]:
