@@ -128,3 +128,23 @@ def test_curation_section_and_written_files(tmp_path, rng, monkeypatch):
     assert "PASS |" not in [ln for ln in md.splitlines() if "Kendall" in ln and ln.startswith("| Kendall")][0]
     saved = json.loads((rd.root / "summary.json").read_text())
     assert saved["curation"][0]["diff"] == 3.7 and saved["checks"] == s["checks"]
+
+
+def test_three_seeds_use_t_intervals_over_seeds(tmp_path, rng):
+    rows = []
+    for seed in (0, 1, 2):
+        rows += [{**r, "seed": seed} for r in _scores("mlp", rng, 1.0, 1.0)]
+    s = summarize(_make_run(tmp_path, {}, {"mlp": rows}))
+    sp, au = s["evidence"]["spearman"]["mlp"]["lai"], s["evidence"]["auroc"]["mlp"]["lai"]
+    assert sp["method"] == "t over 3 seeds" and au["method"] == "t over 3 seeds" and sp["n"] == 3
+    from scipy import stats
+
+    per_seed = []
+    for seed in (0, 1, 2):
+        get = lambda e, step: [r["score"] for r in sorted(  # noqa: E731
+            (r for r in rows if (r["seed"], r["step"], r["estimator"]) == (seed, step, e)), key=lambda r: r["sample"])]
+        per_seed.append(np.mean([stats.spearmanr(get("lai", st), get("exact", st)).statistic for st in STEPS]))
+    half = stats.t.ppf(0.975, 2) * np.std(per_seed, ddof=1) / np.sqrt(3)
+    assert (sp["value"], sp["low"], sp["high"]) == pytest.approx(
+        (np.mean(per_seed), np.mean(per_seed) - half, np.mean(per_seed) + half), rel=1e-10)
+    assert s["evidence"]["positives"]["mlp"] == [N // 4] * 3

@@ -23,7 +23,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from .stats import (AurocEstimate, Estimate, auroc_ci, mean_ci, paired_difference, spearman_ci,
+from .stats import (AurocEstimate, Estimate, auroc_ci, mean_ci, mean_spearman, paired_difference, spearman_ci,
                     spearman_difference_ci)
 
 #: Old result files spell estimators with underscores; the report uses validation.estimators' spelling.
@@ -89,8 +89,7 @@ def rank_evidence(score_rows: list[dict[str, Any]], target: str = "exact",
             if e == target:
                 continue
             if k >= SEED_T_MIN:
-                per = [spearman_ci(*_pair(seeds[s], e, target), n_resamples=1).value for s in sorted(seeds)
-                       if _pair(seeds[s], e, target) is not None]
+                per = [_seed_rho(seeds[s], e, target) for s in sorted(seeds)]
                 res["spearman"][e] = _with_method(mean_ci(per), f"t over {k} seeds")
             else:
                 m = _stack(seeds, e)
@@ -120,7 +119,7 @@ def _pair(per_seed: dict, a: str, b: str) -> tuple[np.ndarray, np.ndarray] | Non
 
 def _seed_rho(per_seed: dict, a: str, target: str) -> float:
     p = _pair(per_seed, a, target)
-    return math.nan if p is None else spearman_ci(*p, n_resamples=1).value
+    return math.nan if p is None else mean_spearman(*p)
 
 
 def _with_method(e: Estimate, method: str) -> Estimate:

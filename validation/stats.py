@@ -231,6 +231,14 @@ def _bootstrap(statistic: Callable[..., Any], data: tuple[np.ndarray, ...], pair
     return float(np.quantile(dist, q)), float(np.quantile(dist, 1 - q))
 
 
+def mean_spearman(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray) -> float:
+    """Spearman correlation of ``a`` and ``b`` ([n] or [strata, n]) averaged over strata (NaN if undefined)."""
+    a, b = _as_matrix(a), _as_matrix(b)
+    if a.shape != b.shape:
+        raise ValueError(f"a {a.shape} and b {b.shape} differ in shape")
+    return float(_spearman_mean(a, b))
+
+
 def spearman_ci(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray, *,
                 n_resamples: int = N_RESAMPLES, confidence: float = CONFIDENCE, seed: int = SEED) -> Estimate:
     """Spearman correlation of ``a`` and ``b`` ([n] or [strata, n], the same sample j in every stratum), averaged
@@ -324,4 +332,4 @@ def auroc_ci(labels: Sequence[bool] | np.ndarray, detector: Sequence[float] | np
 
 
 __all__ = ["Estimate", "AurocEstimate", "PairedDifference", "mean_ci", "paired_difference", "paired_table",
-           "spearman_ci", "spearman_difference_ci", "kendall_ci", "auroc_ci", "CONFIDENCE", "N_RESAMPLES"]
+           "mean_spearman", "spearman_ci", "spearman_difference_ci", "kendall_ci", "auroc_ci", "CONFIDENCE", "N_RESAMPLES"]
