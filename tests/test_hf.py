@@ -310,3 +310,40 @@ def test_tracin_last_layer_on_tied_head_is_gradient_of_shared_matrix(f64, family
     shared = [n for n, p in model.named_parameters() if p is model.lm_head.weight]
     ex = influence.exact(model, loss_fn, train, ref, lr=0.1, params=shared)
     assert torch.allclose(tr.scores, ex.scores, rtol=1e-10, atol=0)
+
+
+def test_keep_float64_mode():
+    """Under KeepFloat64 a float64 tensor is never cast down; other casts are untouched."""
+    x = torch.randn(3, dtype=torch.float64)
+    with H.KeepFloat64():
+        assert x.to(torch.float32).dtype == torch.float64 and x.float().dtype == torch.float64
+        assert x.to("cpu", torch.float16).dtype == torch.float64 and x.to(dtype=torch.bfloat16).dtype == torch.float64
+        assert torch.softmax(x, -1, dtype=torch.float32).dtype == torch.float64
+        assert torch.arange(3).float().dtype == torch.float32  # integer -> float32 is not a downcast
+        assert torch.ones(2, dtype=torch.float32).double().dtype == torch.float64
+    assert x.to(torch.float32).dtype == torch.float32  # outside the mode nothing changes
+
+
+def test_prepared_float64_model_computes_in_float64(f64):
+    """A prepared float64 model runs its forward under KeepFloat64 (entered and left by hooks, also when the
+    forward raises); a float32 model is untouched."""
+    model = H.tiny_gpt_neo(vocab_size=V, dtype=torch.float64)
+    ids = torch.randint(1, V, (2, 5))
+    seen = []
+    attn = model.transformer.h[0].attn.attention
+    handle = attn.register_forward_hook(lambda m, a, o: seen.append(torch._C._get_function_stack_at(0)
+                                                                     if torch._C._len_torch_function_stack() else None))
+    model(input_ids=ids)
+    handle.remove()
+    assert isinstance(seen[0], H.KeepFloat64)
+    assert torch._C._len_torch_function_stack() == 0
+    with pytest.raises(Exception):
+        model(input_ids=torch.full((2, 5), V + 5))  # an out-of-range id raises inside the forward
+    assert torch._C._len_torch_function_stack() == 0
+    m32 = H.tiny_gpt_neo(vocab_size=V, dtype=torch.float32)
+    seen.clear()
+    handle = m32.transformer.h[0].attn.attention.register_forward_hook(
+        lambda m, a, o: seen.append(torch._C._len_torch_function_stack()))
+    m32(input_ids=ids)
+    handle.remove()
+    assert seen == [0]
