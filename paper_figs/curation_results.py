@@ -33,7 +33,8 @@ Tables (the format the report and figure 6 read):
   epoch), value;
 * ``paired`` (PAIRED_COLUMNS, from :func:`paired`): per (task, protocol, method) the paired difference
   method - vanilla over the seeds both finished (vanilla never scores, so its run is the same under every
-  protocol: a protocol without vanilla units uses the task's vanilla units of another protocol) (``validation.stats.paired_difference``): ``diff`` mean,
+  protocol: a protocol without vanilla units uses the task's vanilla units of another protocol)
+  (``validation.stats.paired_difference``): ``diff`` mean,
   ``sd``, ``se``, 95 % t interval [low, high], two-sided paired t-test ``p``, wins/ties/losses (seeds where the
   method was above/equal/below vanilla), n (paired seeds); accuracy differences in percentage points,
   perplexity in its own units (lower is better there, so a negative diff is a gain). ``vanilla_mean`` and
@@ -332,5 +333,6 @@ if __name__ == "__main__":
     sys.exit(main())
 
 
-__all__ = ["CurationResults", "load_curation", "METHOD_ORDER", "curation_folders", "family_of", "paired", "format_paired",
-           "export", "has_results", "is_stored", "FINAL_COLUMNS", "CURVE_COLUMNS", "PAIRED_COLUMNS", "STORED"]
+__all__ = ["CurationResults", "load_curation", "METHOD_ORDER", "curation_folders", "family_of", "paired",
+           "format_paired", "export", "has_results", "is_stored", "FINAL_COLUMNS", "CURVE_COLUMNS",
+           "PAIRED_COLUMNS", "STORED"]

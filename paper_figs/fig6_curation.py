@@ -5,8 +5,8 @@ training (method − vanilla at the same seed, percentage points; perplexity dif
 modelling, where lower is better) with its 95 % t confidence interval (``validation.stats``), one mark per
 protocol (filled: ours — curation from step 0 against a fixed reference batch; open: original — a warm-up
 of a third of the epochs, then a fresh random reference subset each step), and the seeds the method beat
-vanilla on ("wins/seeds", one per protocol in legend order) at the right. Bottom row: test accuracy after every epoch under our protocol, mean
-over seeds with its 95 % t band.
+vanilla on ("wins/seeds", one per protocol in legend order) at the right. Bottom row: test accuracy after
+every epoch under our protocol, mean over seeds with its 95 % t band.
 
 Inputs: the ``final`` and ``curves`` tables of :func:`paper_figs.curation_results.load_curation` (run folders
 of ``python -m validation curate`` or the stored folder ``paper_figs/data/curation``).

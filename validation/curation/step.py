@@ -66,7 +66,8 @@ class StepInfo:
     def row(self) -> dict[str, Any]:
         """Scalar fields for a per-step log."""
         return {"n": int(self.kept_global.numel()), "kept": int(self.kept_global.sum()), "loss": self.loss,
-                "kept_loss": self.kept_loss, "kept_fraction": self.kept_fraction, "noisy_kept": self.noisy_kept, "noisy_dropped": self.noisy_dropped, "score_s": self.score_s,
+                "kept_loss": self.kept_loss, "kept_fraction": self.kept_fraction, "noisy_kept": self.noisy_kept,
+                "noisy_dropped": self.noisy_dropped, "score_s": self.score_s,
                 "update_s": self.update_s, "fallback": self.fallback or ""}
 
 
