@@ -15,7 +15,10 @@ the per-sample losses, and ``gradient(weights)`` = [(param, sum_i w_i grad l_i)]
   per-sample gradients from torch.func; nothing is reused, the update is a second forward and backward on
   the kept samples only.
 
-The reference side of LAI/Ghost/Exact is one extra pass over the reference batch (forward only for LAI,
+LAI and Ghost read the verification verdict of ``influence.verify`` (Ghost's captures verify themselves, the
+reference capture - or the batch's when ``ref=None`` - on every call); curation refuses, with the named error,
+whatever the factorisation does not cover (its updates reuse the factors). The reference side of
+LAI/Ghost/Exact is one extra pass over the reference batch (forward only for LAI,
 forward + truncated backward for Ghost); ``ref=None`` scores against the batch itself and reuses the batch's
 own recorded factors instead.
 """
@@ -30,7 +33,9 @@ from torch import Tensor, nn
 
 import influence
 from influence.batch import Batch, LossFn, call_model, check_batch, output_tensor, take
-from influence.capture import Capture, Recorder, capture_backward, capture_forward, ghost_blocks, plan, raise_routed
+from influence.errors import EmptyBatchError
+from influence.capture import Capture, Recorder, capture_forward, plan, raise_routed
+from influence.verify import verdict_for, verified_capture
 from influence.factors import Block
 from influence.lai import lai_blocks, lai_layers
 from influence.losses import output_gradient, per_sample_losses
@@ -122,7 +127,10 @@ def _self_pairwise(blocks: dict[Any, Block], n: int, lr: float, like: Tensor, mo
 def _reference_size(ref: Batch | None) -> int | None:
     if ref is None:
         return None
-    n_v = check_batch(ref, "ref")
+    try:
+        n_v = check_batch(ref, "ref")
+    except EmptyBatchError:
+        n_v = 0
     if n_v == 0:
         raise EmptyReferenceError("the reference batch is empty; pass at least one reference sample, or "
                                   "ref=None to score against the batch itself")
@@ -152,8 +160,19 @@ def _plan(model: nn.Module):
     return pl
 
 
+def _verified(model, loss_fn, batch, pl, n, where, check):
+    """A verified Ghost capture (``influence.verify``); curation refuses what fails (VerificationError)."""
+    cap, blocks, new = verified_capture(model, loss_fn, batch, pl, n, where, dict(pl.routed), check=check)
+    raise_routed(pl, new)
+    return cap, blocks
+
+
 def _score_lai(model, loss_fn, batch, ref, lr, n, layers, mode) -> Scored:
     pl = _plan(model)
+    n_v = _reference_size(ref)
+    raise_routed(pl, verdict_for(model, loss_fn, batch, pl, n, "train"))
+    if ref is not None:
+        raise_routed(pl, verdict_for(model, loss_fn, ref, pl, n_v, "ref"))
     f, losses, rec = _graph_forward(model, loss_fn, batch, n, pl.modules)
     _, g = output_gradient(loss_fn, f.detach(), batch[1], "train")
     cap = Capture(dict(rec.calls), rec.order, f.detach(), g, losses.detach(), bad=dict(rec.bad),
@@ -161,7 +180,6 @@ def _score_lai(model, loss_fn, batch, ref, lr, n, layers, mode) -> Scored:
     ctx = pl.context()
     names, _, _ = lai_layers(pl, cap, layers, ctx)
     blocks = lai_blocks(cap, pl, names, "all_pairs", ctx)
-    n_v = _reference_size(ref)
     if ref is None:
         ref_blocks = blocks
     else:
@@ -175,20 +193,19 @@ def _score_lai(model, loss_fn, batch, ref, lr, n, layers, mode) -> Scored:
                   "the scoring forward pass (activations and logits): the update backpropagates its graph")
 
 
-def _ghost_capture(model, loss_fn, batch, n):
+def _ghost_capture(model, loss_fn, batch, n, check=None):
     pl = _plan(model)
-    cap = capture_backward(model, loss_fn, batch, pl.modules, n, "train")
-    return pl, cap, ghost_blocks(cap, pl)
+    cap, blocks = _verified(model, loss_fn, batch, pl, n, "train", check)
+    return pl, cap, blocks
 
 
 def _score_ghost(model, loss_fn, batch, ref, lr, n, mode) -> Scored:
-    pl, cap, blocks = _ghost_capture(model, loss_fn, batch, n)
     n_v = _reference_size(ref)
+    pl, cap, blocks = _ghost_capture(model, loss_fn, batch, n, check=None if ref is None else False)
     if ref is None:
         ref_blocks = blocks
     else:
-        ref_cap = capture_backward(model, loss_fn, ref, pl.modules, n_v, "ref")
-        ref_blocks = ghost_blocks(ref_cap, pl)
+        _, ref_blocks = _verified(model, loss_fn, ref, pl, n_v, "ref", None)
     side = ReferenceSide(ref_blocks, n, False, mode)
     values = lr * sum(side.score(blocks, n, cap.losses).values())
     return Scored("ghost", values, cap.losses, _factor_gradient(blocks),
