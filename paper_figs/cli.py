@@ -20,6 +20,7 @@ import argparse
 import shlex
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Sequence
 
@@ -53,14 +54,15 @@ def resolve(results: str | None, curate: str | None, root_default: str = "result
 
 def _run(cmd: list[str], quiet: bool = False) -> tuple[int, str]:
     """Run ``cmd`` (its stderr, progress and warnings, passed through); returns (status, stdout), which is also
-    echoed on stdout unless ``quiet``."""
-    if not quiet:
-        print(f"$ {' '.join(shlex.quote(c) for c in cmd)}", flush=True)
+    echoed on stdout, after the command line, when the command ends (unless ``quiet``)."""
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
-    if proc.stdout and not quiet:
-        sys.stdout.write(proc.stdout)
-        sys.stdout.flush()
+    if not quiet:
+        with _PRINT:
+            print(f"$ {' '.join(shlex.quote(c) for c in cmd)}\n{proc.stdout}", end="", flush=True)
     return proc.returncode, proc.stdout
+
+
+_PRINT = threading.Lock()  # one command's output at a time
 
 
 def _status(code: int) -> str:
@@ -69,21 +71,29 @@ def _status(code: int) -> str:
 
 def produce(profile: str, root: Path, extra: Sequence[str] = (), curation: bool = True,
             quiet: bool = False) -> tuple[Path | None, list[str]]:
-    """Run the validation suites (``lai run --profile <profile> --out <root>``) and the curated-training
-    commands of ``CURATION_COMMANDS[profile]`` (``--out <root>``) into ``root``. Returns (run folder, problems)."""
-    problems = []
+    """Run the validation suites (``lai run --profile <profile> --out <root>``) and, at the same time in a second
+    process, the curated-training commands of ``CURATION_COMMANDS[profile]`` (``--out <root>``, one after the
+    other): both are single-threaded by default, so on two cores they take the time of the longer one.
+    Returns (run folder, problems)."""
     lai = [sys.executable, "-m", "validation"]
-    code, out = _run([*lai, "run", "--profile", profile, "--out", str(root), *extra], quiet)
-    lines = [ln.strip() for ln in out.splitlines() if ln.strip()]
-    run = Path(lines[-1]) if lines and Path(lines[-1]).is_dir() else None
-    if code != 0 or run is None:
-        problems.append(f"`lai run --profile {profile}` exited with {_status(code)}")
-    if curation:
+    curation_problems: list[str] = []
+
+    def curate() -> None:
         for args in CURATION_COMMANDS[profile]:
             code, _ = _run([*lai, "curate", *args, "--out", str(root)], quiet)
             if code != 0:
-                problems.append(f"`lai curate {' '.join(args)}` exited with {_status(code)}")
-    return run, problems
+                curation_problems.append(f"`lai curate {' '.join(args)}` exited with {_status(code)}")
+
+    worker = threading.Thread(target=curate, daemon=True) if curation else None
+    if worker is not None:
+        worker.start()
+    code, out = _run([*lai, "run", "--profile", profile, "--out", str(root), *extra], quiet)
+    if worker is not None:
+        worker.join()
+    lines = [ln.strip() for ln in out.splitlines() if ln.strip()]
+    run = Path(lines[-1]) if lines and Path(lines[-1]).is_dir() else None
+    problems = [] if code == 0 and run is not None else [f"`lai run --profile {profile}` exited with {_status(code)}"]
+    return run, problems + curation_problems
 
 
 def report(outcomes: list[Outcome], out_dir: Path | None) -> str:

@@ -514,8 +514,9 @@ def test_cli_run_produces_results_first(tmp_path, monkeypatch, capsys):
     code = main(["--results", str(root), "--run", "quick", "--formats", "png", "--dpi", "30", "--only", "1,6"])
     out = capsys.readouterr().out
     assert code == 0
-    assert calls[0] == ["-m", "validation", "run", "--profile", "quick", "--out", str(root)]
-    assert [c[3:] for c in calls[1:]] == [[*a, "--out", str(root)] for a in CURATION_COMMANDS["quick"]]
+    # the curation commands run in a second process next to the validation run
+    assert [c for c in calls if c[2] == "run"] == [["-m", "validation", "run", "--profile", "quick", "--out", str(root)]]
+    assert [c[3:] for c in calls if c[2] == "curate"] == [[*a, "--out", str(root)] for a in CURATION_COMMANDS["quick"]]
     assert (root / "quick-dddddddddd" / "figures" / "fig1_dynamics.png").is_file()
     assert "exited with status 3" in out and "skipped fig6_curation" in out
     # the run's report is rewritten after the curation commands, with its curated-training section
