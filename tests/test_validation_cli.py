@@ -198,3 +198,24 @@ def test_estimator_registry_one_spelling_and_the_same_numbers_as_influence(f64):
     with pytest.raises(KeyError, match="spelled 'lai-last'"):
         registry.get("lai_last")
     assert "lai-aligned" not in registry.names(sequence=False)
+    # every table of estimator names in the package uses the registry's spelling
+    from paper_figs import fig2_fidelity, fig5_cost
+    from validation import bench, cost
+    from validation.curation.signals import ESTIMATORS as CURATION_SIGNALS
+    from validation.suites import context
+    from validation.suites import cost as cost_suite
+
+    baselines = {"forward", "forward_backward", "train_step", "loss", "counterfactual", "counterfactual_small_lr",
+                 "lai_fit", "lai-fit"}
+    for names in (CURATION_SIGNALS, context.ESTIMATORS, cost_suite.ESTIMATORS, cost.DEFAULT, bench.ALL_ESTIMATORS,
+                  fig2_fidelity.ESTIMATORS, fig5_cost.ESTIMATORS):
+        assert set(names) - baselines <= set(registry.ESTIMATORS), names
+
+
+def test_tightness_prints_a_row_per_model_and_seed(capsys):
+    status = dispatch(["tightness", "--steps", "0", "--n", "4", "--models", "mlp", "--seeds", "0-1"])
+    out = capsys.readouterr().out
+    assert status == 0 and out.count("\nmlp ") == 2 and "VIOLATIONS" not in out
+    with pytest.raises(SystemExit) as exc:
+        dispatch(["tightness", "--models", "resnet"])
+    assert exc.value.code == 2
