@@ -125,7 +125,7 @@ def _draw_layers(ax: Any, lay: Table, models: list[str]) -> None:
     ax.axvline(0, color=GREY, lw=0.6)
     gains = lay.array("gain")
     ax.set_xlim(min(0.0, float(np.nanmin(gains)) * 1.1), max(float(np.nanmax(gains)), 0.02) * 1.45)
-    ax.set_xlabel("rise of LAI's ρ vs Exact if this layer's term were exact")
+    ax.set_xlabel("rise of LAI's ρ vs Exact\nif this layer's term were exact")
 
 
 def figure(scores: Table, layer_terms: Table | None = None) -> Figure:

@@ -1,7 +1,10 @@
 """Run profiles: model, data, noise, training and scoring settings of each validation run.
 
 ``quick``: every suite on small settings (one seed, 600-2,000 SGD steps, 4 scored steps, scored batches of
-64 samples / 32 sequences, 2 widths x 2 batch sizes for the cost sweep): about 2-3 minutes on 2 CPU cores.
+64 samples / 32 sequences, 2 widths x 2 batch sizes and 2 timed repeats for the cost sweep): about 3 minutes
+of CPU on one thread (measured 2:23 user + 0:51 sys with repeats 3, while other jobs shared the 2 cores; the
+cost suite is ~40 % of it, the transformer's bound and fidelity units ~30 %; the quick cost numbers are a
+smoke check, ``lai bench`` is the reference for speed claims).
 ``full``: paper scale (the reference models' widths, 5 seeds, 2,000-3,000 steps, 10 scored steps, scored
 batches of 128-256, 4 widths x 4 batch sizes): hours. ``tiny``: the settings the tests use (seconds).
 
@@ -102,7 +105,7 @@ def _quick() -> dict[str, Any]:
                                      cost_widths=(16, 32), bound_n_score=8, bound_n_ref=8, bound_seq_len=8,
                                      bound_data_bound=False, fit_probe=8, fit_ref_chunks=4),
     }
-    return {"seeds": [0], "cost": {"batch_sizes": [16, 64], "repeats": 3, "warmup": 1},
+    return {"seeds": [0], "cost": {"batch_sizes": [16, 64], "repeats": 2, "warmup": 1},
             "models": {k: asdict(v) for k, v in models.items()}}
 
 

@@ -166,7 +166,8 @@ def _cost_lines(s: dict[str, Any]) -> list[str]:
     if not c:
         return ["- **Cost**: cost suite not run."]
     lines = ["- **Cost vs the README** (\"LAI ≈ a forward pass\", \"Ghost ≈ a training step\"; read as within "
-             f"{CLAIM_SLACK:g}x; wall time at the largest size of this run):"]
+             f"{CLAIM_SLACK:g}x; wall time at the largest size of this run — a few timed repeats, noisy when other "
+             "work shares the CPU; `lai bench` is the reference):"]
     for est, (base, words) in README_COST.items():
         parts, missed = [], []
         for m in _models(c):
@@ -193,8 +194,12 @@ def _curation_lines(s: dict[str, Any]) -> list[str]:
                 continue
             sig = r.get("low") is not None and (r["low"] > 0 or r["high"] < 0)
             txt.append(f"{r['method']} {_pp(r)}{' *' if sig else ''}")
+        lai = next((r for r in rs if r["method"] == "lai" and r.get("diff") is not None), None)
+        better = [r["method"] for r in rs if lai is not None and r["method"] not in ("lai", "oracle")
+                  and r.get("diff") is not None and r["diff"] > lai["diff"]]
         lines.append(f"  - {task} ({proto} protocol, {rs[0].get('n')} seeds): " + "; ".join(txt)
-                     + " (* = interval excludes 0).")
+                     + " (* = interval excludes 0)."
+                     + (f" Beat LAI: {', '.join(better)}." if better else ""))
     return lines
 
 
