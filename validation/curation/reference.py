@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from influence.batch import Batch, check_batch, take
+from influence.errors import EmptyBatchError
 
 from .errors import EmptyReferenceError
 
@@ -32,7 +33,10 @@ class ReferencePolicy:
         if data is None:
             raise ValueError(f"reference kind {kind!r} needs a held-out data set (data=(x, y)); "
                              "use kind='batch' when there is none")
-        self.n = check_batch(data, "reference data")
+        try:
+            self.n = check_batch(data, "reference data")
+        except EmptyBatchError:
+            self.n = 0
         if self.n == 0:
             raise EmptyReferenceError("the reference data set is empty")
         if size is not None and not 0 < size <= self.n:
