@@ -9,12 +9,10 @@
 * Left padding and a fully padded sample keep every loss finite in float64 (masked attention rows).
 """
 
-import copy
 import warnings
 
 import pytest
 import torch
-from torch import nn
 
 pytest.importorskip("transformers", reason='the model zoo needs the optional extra: pip install -e ".[hf]"')
 
@@ -92,21 +90,10 @@ def test_lai_is_finite(family, layers):
     assert la.per_layer
 
 
-def untied_head(c: zoo.Case) -> tuple[nn.Module, list[str]]:
-    """The model (or an untied copy, same values) and its output layer's parameter names."""
-    if c.head is not None:
-        return c.model, c.head
-    other = copy.deepcopy(c.model)
-    head = other.get_output_embeddings()
-    head.weight = nn.Parameter(head.weight.detach().clone())
-    name = next(n for n, m in other.named_modules() if m is head)
-    return other, [f"{name}.{p}" for p, t in head.named_parameters() if t.requires_grad]
-
-
 @pytest.mark.parametrize("family", FAMILIES)
 def test_lai_last_equals_exact_on_the_head(family):
     c, _ = built(family)
-    model, names = untied_head(c)
+    model, names = zoo.untied_head(c)
     ex = influence.exact(model, c.loss_fn, c.train, c.ref, lr=LR, params=names)
     la, _ = quiet(influence.lai, model, c.loss_fn, c.train, c.ref, lr=LR, layers="last")
     assert rel_err(la.scores, ex.scores) < TOL
