@@ -23,7 +23,8 @@ def _params(model: nn.Module, names: Iterable[str] | None) -> list[torch.Tensor]
     return [named[n] for n in names]
 
 
-def per_sample_gradients(model: nn.Module, loss_fn: Any, batch: Any, names: Iterable[str] | None = None) -> torch.Tensor:
+def per_sample_gradients(model: nn.Module, loss_fn: Any, batch: Any,
+                         names: Iterable[str] | None = None) -> torch.Tensor:
     """[n, P]: row i = flattened d l_i / d params from one batched forward (parameters unused by l_i: zeros)."""
     params = _params(model, names)
     with torch.enable_grad():
