@@ -144,6 +144,23 @@ def _pack_index(block: Block, shape: tuple[int, int, int], device: torch.device)
     return _PACK[key]
 
 
+_DIRECTIONS: dict[tuple, tuple[Tensor, Tensor]] = {}
+
+
+def _directions(shape: tuple[int, int, int], k: int, dtype: torch.dtype, device: torch.device
+                ) -> tuple[Tensor, Tensor]:
+    """k random directions per side of a [G, p, q] matrix space: ([G, p, k], [G, q, k]), drawn once per shape
+    from a fixed seed (the check is against mistakes, not an adversary)."""
+    key = (shape, k, dtype, str(device))
+    if key not in _DIRECTIONS:
+        if len(_DIRECTIONS) > 4096:
+            _DIRECTIONS.clear()
+        gen = torch.Generator().manual_seed(hash(shape) % (1 << 31))
+        _DIRECTIONS[key] = (torch.randn(shape[0], shape[1], k, generator=gen).to(device, dtype),
+                            torch.randn(shape[0], shape[2], k, generator=gen).to(device, dtype))
+    return _DIRECTIONS[key]
+
+
 def _pack(block: Block, grads: list[Tensor], shape: tuple[int, int, int], dtype: torch.dtype,
           device: torch.device) -> Tensor:
     """The parameters' gradients laid out as the block's [G, p, q] matrix (the inverse of ``unpack``): written
@@ -176,7 +193,6 @@ def sum_check(blocks: dict[Any, Block], cap: Capture, pl: Plan, k: int = 2) -> d
     tol = _tol(dtype)
     out: dict[int, str] = {}
     covered: set[int] = set()
-    gen = torch.Generator().manual_seed(len(grads))
     what = "the factored batch gradient (is the parameter used outside its module?)"
     for key, block in blocks.items():
         pids = [id(p) for p in block.params]
@@ -184,8 +200,7 @@ def sum_check(blocks: dict[Any, Block], cap: Capture, pl: Plan, k: int = 2) -> d
         left, right, _ = _oriented(block.segments[0])
         shape = (left.groups, left.dim, right.dim)
         device = grads[pids[0]].device
-        vs = torch.randn(shape[0], shape[1], k, generator=gen).to(device, dtype)
-        us = torch.randn(shape[0], shape[2], k, generator=gen).to(device, dtype)
+        vs, us = _directions(shape, k, dtype, device)
         fact, mag = 0.0, 0.0
         for seg in block.segments:
             f, a = _segment_projection(seg, vs, us)
