@@ -272,8 +272,10 @@ def _write_csv(path: Path, table: Table) -> None:
 
 
 def export(root: str | os.PathLike, out: str | os.PathLike = STORED, note: str = "",
-           command: str = "") -> Path:
-    """Write the stored compact folder ``out`` from the run folders under ``root`` (see module docstring)."""
+           command: str = "", complete_only: bool = True) -> Path:
+    """Write the stored compact folder ``out`` from the run folders under ``root`` (see module docstring).
+    ``complete_only``: per task, store only the seeds finished for every (protocol, method) of the task (so
+    every row of a task's table is over the same seeds); the units left out are listed in the provenance."""
     from validation.results import atomic_write_json, atomic_write_text
 
     res = load_curation(root)
@@ -282,6 +284,21 @@ def export(root: str | os.PathLike, out: str | os.PathLike = STORED, note: str =
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     final = Table([{**r, "folder": Path(r["folder"]).name} for r in res.final], FINAL_COLUMNS)
+    left_out: list[str] = []
+    if complete_only:  # per task, only seeds with a unit for every (protocol, method) the task has
+        keep = []
+        for (task,), t in final.group("task").items():
+            cells = {(r["protocol"], r["method"]) for r in t}
+            have: dict[int, set] = {}
+            for r in t:
+                have.setdefault(r["seed"], set()).add((r["protocol"], r["method"]))
+            done = {s for s, c in have.items() if c == cells}
+            keep += [r for r in t if r["seed"] in done]
+            left_out += [f"{task} {r['protocol']} {r['method']} seed{r['seed']}" for r in t if r["seed"] not in done]
+        final = Table(keep, FINAL_COLUMNS)
+        kept_keys = {(r["task"], r["protocol"], r["method"], r["seed"]) for r in keep}
+        res.curves = Table([r for r in res.curves
+                            if (r["task"], r["protocol"], r["method"], r["seed"]) in kept_keys], CURVE_COLUMNS)
     pt = paired(final)
     _write_csv(out / "units.csv", final)
     _write_csv(out / "curves.csv", res.curves)
@@ -303,8 +320,10 @@ def export(root: str | os.PathLike, out: str | os.PathLike = STORED, note: str =
             "code": sorted(set(sub.values("code"))),
             "invocations": [{k: p.get(k) for k in ("time_utc", "argv", "platform", "cpu_count", "torch_threads",
                                                    "git", "packages")} for p in prov if isinstance(p, dict)]}
+    seeds = {task: sorted(set(t.values("seed"))) for (task,), t in final.group("task").items()}
     atomic_write_json(out / "provenance.json", {
-        "note": note, "command": command, "source": str(root), "folders": folders,
+        "note": note, "command": command, "source": str(root), "seeds": seeds, "left_out": left_out,
+        "folders": folders,
         "units": len(final), "code": sorted(set(final.values("code"))),
         "cpu_s": sum(f["cpu_s"] for f in folders.values()), "wall_s": sum(f["wall_s"] for f in folders.values())})
     return out
@@ -321,11 +340,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     exp.add_argument("out", nargs="?", default=str(STORED))
     exp.add_argument("--note", default="")
     exp.add_argument("--command", default="")
+    exp.add_argument("--all-seeds", action="store_true", help="also store seeds not finished for every method")
     args = ap.parse_args(argv)
     if args.cmd == "show":
         print(format_paired(paired(load_curation(args.root).final)), end="")
         return 0
-    print(export(args.root, args.out, args.note, args.command))
+    print(export(args.root, args.out, args.note, args.command, complete_only=not args.all_seeds))
     return 0
 
 

@@ -37,6 +37,7 @@ COLUMNS = ["panel", "task", "family", "metric", "protocol", "method", "x", "mean
 PROTOCOL_ORDER = ("ours", "original")
 PROTOCOL_LABELS = {"ours": "ours: curation from step 0, fixed reference batch",
                    "original": "original: warm-up of ⅓ of the epochs, fresh reference subset each step"}
+CLIP_PP = 20.0  # the difference axes stop here (marks beyond are cut at the edge, value written)
 CURVE_METHODS = ("vanilla", "lai", "lai-last", "ghost", "small-loss", "oracle")
 METRIC_UNITS = {"accuracy": "pp", "perplexity": ""}
 NOISE_LABELS = {"symmetric": "symmetric", "class_dependent": "class-dependent", "documents": "corrupted docs"}
@@ -65,13 +66,17 @@ def _mean_ci(values: list[float]) -> tuple[float, float, float]:
     return e.value, e.low, e.high
 
 
-def task_title(row: dict[str, Any]) -> str:
-    """E.g. ``MNIST-1D, MLP, 40 % symmetric``."""
+def noise_text(row: dict[str, Any]) -> str:
+    """E.g. ``40 % symmetric``."""
+    noise = NOISE_LABELS.get(row.get("noise") or "", row.get("noise") or "")
+    return f"{100 * float(row['rate']):g} % {noise}".strip() if row.get("rate") is not None else noise
+
+
+def task_title(row: dict[str, Any], with_noise: bool = True) -> str:
+    """E.g. ``MNIST-1D, MLP, 40 % symmetric`` (without the noise when ``with_noise`` is False)."""
     data_name = DATASETS.get(row.get("dataset") or "", row.get("dataset") or row["task"])
     model = model_style(row["model"])[0] if row.get("model") else ""
-    noise = NOISE_LABELS.get(row.get("noise") or "", row.get("noise") or "")
-    rate = f"{100 * float(row['rate']):g} % {noise}" if row.get("rate") is not None else noise
-    return ", ".join(x for x in (data_name, model, rate) if x)
+    return ", ".join(x for x in (data_name, model, noise_text(row) if with_noise else "") if x)
 
 
 def data(final: Table, curves: Table | None = None, methods: Sequence[str] | None = None) -> PlotData:
@@ -86,9 +91,10 @@ def data(final: Table, curves: Table | None = None, methods: Sequence[str] | Non
     rows: list[dict[str, Any]] = []
     tasks = pt.unique("task")
     titles = {}
+    noises = {noise_text(r) for r in pt}
     for task in tasks:
         tt = pt.where(task=task)
-        titles[task] = task_title(tt.rows[0])
+        titles[task] = task_title(tt.rows[0], with_noise=len(noises) > 1)
         for r in tt:
             if r["method"] not in order:
                 continue
@@ -109,7 +115,8 @@ def data(final: Table, curves: Table | None = None, methods: Sequence[str] | Non
                                  "x": epoch, "mean": mu, "low": lo, "high": hi, "n_seeds": len(vals)})
     protocols = [p for p in PROTOCOL_ORDER if p in pt.unique("protocol")] + \
         [p for p in pt.unique("protocol") if p not in PROTOCOL_ORDER]
-    return PlotData(COLUMNS, rows, {"tasks": tasks, "titles": titles, "methods": order, "protocols": protocols})
+    return PlotData(COLUMNS, rows, {"tasks": tasks, "titles": titles, "methods": order, "protocols": protocols,
+                                    "noise": noises.pop() if len(noises) == 1 else ""})
 
 
 def _finite(v: Any) -> bool:
@@ -155,8 +162,19 @@ def draw(pd: PlotData) -> Figure:
                     ax.annotate(" · ".join(wins), (1.0, k), xycoords=("axes fraction", "data"), xytext=(2, 0),
                                 textcoords="offset points", va="center", ha="left", fontsize=SMALL_PT,
                                 color=colour, annotation_clip=False)
-            pad = 0.06 * ((xhi - xlo) or 1.0)
-            ax.set_xlim(xlo - pad, xhi + pad)
+            # a baseline far off (e.g. a filter that never learns some classes) would squeeze the rest: the
+            # axis stops at CLIP_PP and such marks and intervals are cut at the edge with their value written
+            lim_lo, lim_hi = max(xlo, -CLIP_PP), min(xhi, CLIP_PP)
+            pad = 0.06 * ((lim_hi - lim_lo) or 1.0)
+            ax.set_xlim(lim_lo - pad, lim_hi + pad)
+            for r in dt:
+                if abs(r["mean"]) > CLIP_PP and r["method"] in methods:
+                    edge = lim_lo - pad if r["mean"] < 0 else lim_hi + pad
+                    ax.annotate(f"{'◂' if r['mean'] < 0 else ''}{r['mean']:+.0f}{'▸' if r['mean'] > 0 else ''}".replace("-", "−"),
+                                (edge, r["y_plot"] + off[r["protocol"]]), xytext=(2 if r["mean"] < 0 else -2, 0),
+                                textcoords="offset points", va="center", ha="left" if r["mean"] < 0 else "right",
+                                fontsize=SMALL_PT, color=method_style(r["method"], methods.index(r["method"]))[1],
+                                gid=f"clipped:{r['protocol']}:{r['method']}")
             ax.set_ylim(len(methods) - 0.5, -0.5)
             ax.set_yticks(range(len(methods)))
             ax.set_yticklabels([method_style(m, k)[0] for k, m in enumerate(methods)] if j == 0 else [])
@@ -175,8 +193,10 @@ def draw(pd: PlotData) -> Figure:
                         continue
                     label, colour, marker = method_style(method, k)
                     x = m.array("x")
-                    ax.fill_between(x, m.array("low"), m.array("high"), color=colour, alpha=0.15, lw=0,
-                                    gid=f"band:{method}")
+                    lo_b, hi_b = m.array("low"), m.array("high")
+                    if metric == "accuracy":  # a t band over few seeds can leave [0, 100] %
+                        lo_b, hi_b = lo_b.clip(0, 100), hi_b.clip(0, 100)
+                    ax.fill_between(x, lo_b, hi_b, color=colour, alpha=0.15, lw=0, gid=f"band:{method}")
                     ax.plot(x, m.array("mean"), color=colour, lw=1.0, label=label, gid=f"curve:{method}",
                             ls="--" if method in ("oracle", "small-loss") else "-")
                 ax.set_xlabel("epoch (our protocol)")
@@ -195,8 +215,10 @@ def draw(pd: PlotData) -> Figure:
         fig.legend(handles + list(curve_handles.values()),
                    [h.get_label() for h in handles] + list(curve_handles), loc="outside upper center",
                    ncol=2 if not curve_handles else 3,
-                   title=f"paired difference to vanilla, 95 % CI over {seeds} seeds; wins/seeds at the right "
-                         f"({', '.join(protocols)}); curves: mean, 95 % band")
+                   title=(f"{pd.meta['noise']} label noise. " if pd.meta.get("noise") else "")
+                   + f"Top: paired difference to vanilla, 95 % CI over {seeds} seeds; wins/seeds at the right "
+                     f"({', '.join(protocols)})." + ("\nBottom: test accuracy per epoch, mean and 95 % band."
+                                                     if curve_handles else ""))
     return fig
 
 

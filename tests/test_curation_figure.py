@@ -76,6 +76,18 @@ def test_paired_differences_match_scipy(results):
                      ("mnist1d-noisy40", "original", "random")]
 
 
+def test_export_keeps_complete_seeds_only(results, tmp_path):
+    (results / "curate" / "digits-noisy40-original-abc" / "units" / "curate" / "digits-noisy40" / "seed4" /
+     "lai.json").unlink()
+    export(results, tmp_path / "s")
+    prov = json.loads((tmp_path / "s" / "provenance.json").read_text())
+    assert prov["seeds"] == {"mnist1d-noisy40": [0, 1, 2, 3, 4], "digits-noisy40": [0, 1, 2, 3]}
+    assert len(prov["left_out"]) == 4 + 1 and "digits-noisy40 ours vanilla seed4" in prov["left_out"]
+    stored = load_curation(tmp_path / "s")
+    assert sorted(set(stored.final.where(task="digits-noisy40").values("seed"))) == [0, 1, 2, 3]
+    assert sorted(set(stored.curves.where(task="digits-noisy40").values("seed"))) == [0, 1, 2, 3]
+
+
 def test_export_round_trip_and_figure_fallback(results, tmp_path, monkeypatch):
     stored = tmp_path / "stored"
     export(results, stored, note="test", command="lai curate --profile paper")
