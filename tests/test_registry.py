@@ -168,3 +168,26 @@ def test_later_registration_takes_precedence():
     assert rule_for(lin) is before
     with pytest.raises(TypeError, match="LayerRule"):
         influence.register_layer(object())
+
+
+def test_theory_covers_hf_conv1d(f64):
+    """theory.terms reads the registry, so transformers' Conv1D (GPT-2's layer) has a per-layer term and the
+    decomposition Ghost - LAI holds on it."""
+    pytest.importorskip("transformers")
+    from transformers.pytorch_utils import Conv1D
+
+    from theory.decomposition import decomposition
+    from theory.terms import build_side
+
+    torch.manual_seed(0)
+    model = nn.Sequential(Conv1D(6, 4), nn.Tanh(), Conv1D(3, 6)).eval()
+    train, ref = data()
+    assert {k: t.kind for k, t in build_side(model, CE, train).terms.items()} == {"0": "token", "2": "token"}
+    gh = influence.ghost(model, CE, train, ref, lr=0.1, fallback="error")
+    la = influence.lai(model, CE, train, ref, lr=0.1, fallback="error")
+    assert rel_err(gh.scores, influence.exact(model, CE, train, ref, lr=0.1).scores) < 1e-10
+    dec = decomposition(model, CE, train, ref, lr=0.1)
+    for name in ("0", "2"):
+        diff = dec[name] - (gh.per_layer[name] - la.per_layer[name])
+        assert diff.abs().max() < 1e-8 * gh.per_layer[name].abs().max()
+    assert dec["0"].abs().max() > 1e-6 * gh.per_layer["0"].abs().max()
