@@ -518,6 +518,7 @@ def test_cli_run_produces_results_first(tmp_path, monkeypatch, capsys):
     assert [c for c in calls if c[2] == "run"] == [["-m", "validation", "run", "--profile", "quick", "--out", str(root)]]
     assert [c[3:] for c in calls if c[2] == "curate"] == [[*a, "--out", str(root)] for a in CURATION_COMMANDS["quick"]]
     assert (root / "quick-dddddddddd" / "figures" / "fig1_dynamics.png").is_file()
-    assert "exited with status 3" in out and "skipped fig6_curation" in out
+    # the failed curation command is reported; figure 6 then falls back to the stored curation tables, if any
+    assert "exited with status 3" in out and ("skipped fig6_curation" in out or "drawn   fig6_curation" in out)
     # the run's report is rewritten after the curation commands, with its curated-training section
     assert "## Curated training" in (root / "quick-dddddddddd" / "report.md").read_text()
