@@ -131,11 +131,11 @@ def draw(pd: PlotData) -> Figure:
 
 
 def symlog_ticks(values: np.ndarray, linthresh: float, max_per_side: int = 3) -> list[float]:
-    """Tick positions of the symlog axis: 0 and +-10^k for decades at least 10x the linear threshold (so no label
+    """Tick positions of the symlog axis: 0 and +-10^k for decades at least 3x the linear threshold (so no label
     sits in the squeezed linear band around 0), at most ``max_per_side`` per sign (every other decade when more)."""
     a = np.abs(values[np.isfinite(values)])
     top = float(a.max()) if a.size else 1.0
-    lo = math.ceil(math.log10(linthresh)) + 1 if linthresh > 0 else -3
+    lo = math.ceil(math.log10(3 * linthresh)) if linthresh > 0 else -3
     hi = math.floor(math.log10(top)) if top > 0 else lo
     decades = list(range(lo, hi + 1)) or [hi]
     while len(decades) > max_per_side:
