@@ -7,6 +7,9 @@ Only parameters with ``requires_grad=True`` count.
 
     r = influence.ghost(model, loss_fn, train=(x, y), ref=(xv, yv), lr=0.1)
     r.scores, r.per_layer            # [n_train], {module name: [n_train]}
+
+    s = influence.Session(model, loss_fn, ref_loader, estimator="lai", lr=0.1)   # reference side computed once
+    s.score(batch); s.self_influence(batch); influence.score_dataset(s, train_set)
 """
 
 from ._version import __version__
@@ -24,11 +27,14 @@ from .ghost import ghost
 from .lai import lai
 from .layers import LayerRule, register_layer
 from .losses import cross_entropy, mse
+from .optim import adam_preconditioner
 from .result import InfluenceResult
+from .session import OptimizerWarning, Session
 from .tracin import tracin
 
 __all__ = [
-    "__version__", "hf", "score_dataset", "DatasetScores", "exact", "ghost", "lai", "tracin", "InfluenceResult", "cross_entropy", "mse",
+    "__version__", "hf", "Session", "score_dataset", "DatasetScores", "exact", "ghost", "lai", "tracin",
+    "InfluenceResult", "cross_entropy", "mse", "adam_preconditioner", "OptimizerWarning",
     "InfluenceError", "UnsupportedLayerError", "TrainModeBatchNormError", "SharedParameterError",
     "LossShapeError", "BatchSizeError", "NonFiniteLossError", "InPlaceModificationError", "StochasticModuleError",
     "UndefinedGradientError", "VerificationError", "RoutedToExactWarning", "LayerRule", "register_layer",

@@ -166,6 +166,39 @@ def raise_routed(pl: Plan, routed: dict[int, tuple[str, str]]) -> None:
         "fallback='auto' to score these parameters with Exact.")
 
 
+def report_routed(pl: Plan, routed: dict[int, tuple[str, str]], estimator: str, action: str) -> list[str]:
+    """Names of the routed parameters; raises (``fallback='error'``) or warns once naming them (``'auto'``)."""
+    import warnings
+
+    from .errors import RoutedToExactWarning
+    if not routed:
+        return []
+    if pl.fallback == "error":
+        raise_routed(pl, routed)
+    names = [pl.names[k] for k in routed]
+    if pl.fallback == "auto":
+        reasons = "; ".join(sorted({why for _, why in routed.values()}))
+        warnings.warn(f"influence.{estimator}: {len(names)} parameter(s) {action}: {', '.join(names)}. Why: "
+                      f"{reasons}. Pass fallback='exact' to silence this warning or fallback='error' to refuse.",
+                      RoutedToExactWarning, stacklevel=4)
+    return names
+
+
+def output_layer(cap: "Capture", pl: Plan) -> str:
+    """The layer whose output tensor IS the model output (checked by object identity), so its output gradient
+    is g; it must have an LAI term (last-layer LAI, last-layer TracIn)."""
+    from .errors import InfluenceError
+    name = cap.producer
+    if name is None:
+        raise InfluenceError("the last layer's output is not the model output (the model transforms it further, or "
+                             "the output layer has no layer rule), so no layer's output gradient is g; last-layer "
+                             "LAI would not be exact")
+    if not pl.rules[name].lai:
+        raise InfluenceError(f"{name}: the output layer is a {type(pl.modules[name]).__name__}, which has no LAI "
+                             "term; last-layer LAI needs an output layer such as Linear")
+    return name
+
+
 @dataclass
 class Call:
     """One recorded call: ``inp`` [n, ...] (what the rule reads), ``out`` the output while a backward needs it,
@@ -188,7 +221,8 @@ class Capture:
     ``capture_backward``); ``order``: layer names in order of first call; ``f``: model output [n, ...];
     ``g``: dl_i/df_i, same shape; ``losses``: [n]; ``bad``: layer name -> why a call could not be recorded;
     ``producer``: the recorded layer whose output tensor IS the model output (or None); ``param_grads``:
-    id(param) -> autograd's gradient of sum_i l_i; ``probe``: [(sample index, {id(param): gradient of l_i})]."""
+    id(param) -> autograd's gradient of sum_i l_i; ``probe``: [(sample index, {id(param): gradient of l_i})]; ``graph_losses``: [n] losses attached to the forward's
+    autograd graph (``capture_forward(keep_graph=True)``)."""
 
     calls: dict[str, list[Call]]
     order: list[str]
@@ -200,6 +234,7 @@ class Capture:
     producer: str | None = None
     param_grads: dict[int, Tensor] = field(default_factory=dict)
     probe: list[tuple[int, dict[int, Tensor]]] = field(default_factory=list)
+    graph_losses: Tensor | None = None
 
 
 class Recorder:
@@ -278,14 +313,21 @@ class Recorder:
 
 
 def capture_forward(model: nn.Module, loss_fn: LossFn, batch: tuple[Any, Any], modules: dict[str, nn.Module],
-                    n: int, where: str) -> Capture:
-    """Forward pass without autograd through the network: layer inputs, f, g (from the outputs) and losses."""
+                    n: int, where: str, keep_graph: bool = False) -> Capture:
+    """Forward pass without autograd through the network: layer inputs, f, g (from the outputs) and losses.
+    ``keep_graph``: run the forward with autograd instead and keep the per-sample losses attached to its graph
+    in ``Capture.graph_losses`` (a training step then backpropagates the scoring forward)."""
     x, y = batch
-    with torch.no_grad(), Recorder(modules, n, keep_output=False) as rec:
+    graph_losses = None
+    with torch.set_grad_enabled(keep_graph), Recorder(modules, n, keep_output=False) as rec:
         f = output_tensor(call_model(model, x))
         producer = rec.producer(f)
-    losses, g = output_gradient(loss_fn, f, y, where)
-    return Capture(dict(rec.calls), rec.order, f.detach(), g, losses, bad=dict(rec.bad), producer=producer)
+        if keep_graph:
+            graph_losses = per_sample_losses(loss_fn, f, y, n, where)
+            rec.check_versions()
+    losses, g = output_gradient(loss_fn, f.detach(), y, where)
+    return Capture(dict(rec.calls), rec.order, f.detach(), g, losses, bad=dict(rec.bad), producer=producer,
+                   graph_losses=graph_losses)
 
 
 def capture_backward(model: nn.Module, loss_fn: LossFn, batch: tuple[Any, Any], modules: dict[str, nn.Module],

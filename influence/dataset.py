@@ -201,7 +201,7 @@ def score_dataset(scorer: Scorer, data: Any, *, batch_size: int | None = None, p
     """Score every sample of ``data`` with ``scorer(batch) -> InfluenceResult``, ``batch_size`` samples at a time.
 
     ``out``: folder for resumable results (one file per batch, a manifest, and ``scores.pt`` at the end);
-    ``fingerprint``: any string that identifies the model state and reference set (a session supplies one),
+    ``fingerprint``: any string that identifies the model state and reference set (default: a session's own),
     stored in the manifest so that a resume with a different one is refused (``ResumeMismatchError``).
     ``shard=(rank, world)``: score only batches k with k % world == rank and gather (default: from
     ``torch.distributed`` when initialised). Returns scores in ascending sample order.
@@ -216,6 +216,8 @@ def score_dataset(scorer: Scorer, data: Any, *, batch_size: int | None = None, p
     mine = [s for k, s in enumerate(starts) if k % world == rank]
     store = None
     if out is not None:
+        if fingerprint is None and callable(getattr(scorer, "fingerprint", None)):
+            fingerprint = scorer.fingerprint()
         manifest = {"n": n, "batch_size": bs, "per_layer": per_layer, "fingerprint": fingerprint,
                     "scorer": getattr(scorer, "describe", lambda: _describe(scorer))()}
         store = _Store(Path(out), manifest)

@@ -17,10 +17,10 @@ from torch.utils._pytree import tree_map
 
 from .batch import Batch, LossFn, batch_size, output_tensor, selected_output, take
 from .capture import check_modes
-from .checks import check_arguments, check_chunk_size, trainable_names
+from .checks import check_batch, check_chunk_size, trainable_names
 from .errors import InfluenceError
 from .losses import per_sample_losses
-from .result import InfluenceResult
+from .result import Chunk, InfluenceResult
 
 
 class VmapFallbackWarning(UserWarning):
@@ -145,49 +145,88 @@ def _group(per_param: dict[str, Tensor]) -> dict[str, Tensor]:
     return out
 
 
+class ExactBackend:
+    """Exact's reference gradient (mean over the reference samples, streamed batch by batch; per-sample when
+    ``pairwise``) and training-batch scores from per-sample gradients in chunks of ``chunk_size``.
+
+    ``params``: parameter names to score (default all trainable); ``state``: evaluate at these parameter and buffer
+    values (a checkpoint) instead of the model's own; ``preconditioner``: {name: P} (Adam's update)."""
+
+    estimator = "exact"
+
+    def __init__(self, model: nn.Module, loss_fn: LossFn, lr: float, *, params: Iterable[str] | None = None,
+                 state: dict[str, Tensor] | None = None, chunk_size: int = DEFAULT_CHUNK,
+                 preconditioner: Mapping[str, Tensor] | None = None) -> None:
+        check_modes(model)
+        self.lr, self.chunk = lr, check_chunk_size(chunk_size, optional=False)
+        self.fn = _Functional(model, loss_fn, params, state)
+        self.precond = _check_preconditioner(preconditioner, self.fn)
+        self.pairwise = False
+
+    def routed_names(self) -> list[str]:
+        return []
+
+    def start(self, n_train: int, pairwise: bool, streamed: bool) -> None:
+        self.pairwise, self.n_ref = pairwise, 0
+        self.ref: dict[str, Tensor] | dict[str, list[Tensor]] = {}
+
+    def add_reference(self, batch: Batch, n: int) -> None:
+        self.fn.check(batch, n, "ref")
+        if self.pairwise:
+            for i in range(0, n, self.chunk):
+                for k, v in self.fn.per_sample(take(batch, slice(i, i + self.chunk))).items():
+                    v = v.flatten(1)
+                    self.ref.setdefault(k, []).append(v * self.precond[k].flatten() if k in self.precond else v)
+        else:
+            g = self.fn.mean_gradient(batch, n, self.chunk)
+            for k, v in g.items():
+                self.ref[k] = self.ref[k] + v * n if k in self.ref else v * n
+        self.n_ref += n
+
+    def _reference(self) -> dict[str, Tensor]:
+        if self.pairwise:
+            return {k: torch.cat(v) for k, v in self.ref.items()}
+        return {k: (v / self.n_ref) * self.precond[k] if k in self.precond else v / self.n_ref
+                for k, v in self.ref.items()}
+
+    def score(self, batch: Batch, n: int) -> Chunk:
+        ref = self._reference()
+        per_param: dict[str, list[Tensor]] = {k: [] for k in self.fn.names}
+        losses = []
+        for i in range(0, n, self.chunk):
+            part = take(batch, slice(i, i + self.chunk))
+            losses.append(self.fn.check(part, min(self.chunk, n - i), "train"))
+            g = self.fn.per_sample(part)
+            for k in self.fn.names:
+                gk = g[k].flatten(1)
+                per_param[k].append(gk @ ref[k].T if self.pairwise else gk @ ref[k].flatten())
+        named = _group({k: self.lr * torch.cat(v) for k, v in per_param.items()})
+        return Chunk(named, torch.cat(losses))
+
+    def self_products(self, batch: Batch, n: int) -> Tensor:
+        """[n]: lr * ||grad l_i||^2 (preconditioned: lr * <P (.) grad l_i, grad l_i>)."""
+        out = []
+        for i in range(0, n, self.chunk):
+            g = self.fn.per_sample(take(batch, slice(i, i + self.chunk)))
+            out.append(sum(((g[k] * self.precond[k] if k in self.precond else g[k]) * g[k]).flatten(1).sum(1)
+                           for k in self.fn.names))
+        return self.lr * torch.cat(out)
+
+
 def exact(model: nn.Module, loss_fn: LossFn, train: Batch, ref: Batch, lr: float, *, pairwise: bool = False,
           params: Iterable[str] | None = None, state: dict[str, Tensor] | None = None,
           chunk_size: int = DEFAULT_CHUNK, preconditioner: Mapping[str, Tensor] | None = None) -> InfluenceResult:
     """Exact first-order influence lr * <grad l_i, grad L_ref> from per-sample gradients.
 
-    ``preconditioner``: {parameter name: P} (same shapes as the parameters), scoring lr * <P (.) grad l_i,
-    grad L_ref> instead, the first-order effect of a diagonally preconditioned update such as Adam's (see
-    :func:`influence.optim.adam_preconditioner`); parameters without an entry keep P = 1.
     ``params``: restrict to these parameter names (default: all with requires_grad). ``state``: evaluate at
     these parameter/buffer values (a state dict) instead of the model's own. Training samples are processed
     in chunks of ``chunk_size`` (memory ~ chunk_size x number of parameters). ``per_layer`` is keyed by the
     owning module's name.
+    ``preconditioner``: {parameter name: P} (same shapes as the parameters), scoring lr * <P (.) grad l_i,
+    grad L_ref> instead, the first-order effect of a diagonally preconditioned update such as Adam's (see
+    :func:`influence.optim.adam_preconditioner`); parameters without an entry keep P = 1.
     """
-    n_t, n_v, lr = check_arguments(model, train, ref, lr)
-    chunk_size = check_chunk_size(chunk_size, optional=False)
-    check_modes(model)
-    fn = _Functional(model, loss_fn, params, state)
-    fn.check(ref, n_v, "ref")
-    precond = _check_preconditioner(preconditioner, fn)
-    if pairwise:
-        ref_ps = {}
-        for i in range(0, n_v, chunk_size):
-            for k, v in fn.per_sample(take(ref, slice(i, i + chunk_size))).items():
-                ref_ps.setdefault(k, []).append(v.flatten(1))
-        ref_flat = {k: torch.cat(v) * precond[k].flatten() if k in precond else torch.cat(v)
-                    for k, v in ref_ps.items()}
-    else:
-        ref_grad = fn.mean_gradient(ref, n_v, chunk_size)
-        ref_grad = {k: v * precond[k] if k in precond else v for k, v in ref_grad.items()}
-    per_param: dict[str, list[Tensor]] = {k: [] for k in fn.names}
-    losses = []
-    for i in range(0, n_t, chunk_size):
-        part = take(train, slice(i, i + chunk_size))
-        losses.append(fn.check(part, min(chunk_size, n_t - i), "train"))
-        g = fn.per_sample(part)
-        for k in fn.names:
-            gk = g[k].flatten(1)
-            per_param[k].append(gk @ ref_flat[k].T if pairwise else gk @ ref_grad[k].flatten())
-    joined = {k: lr * torch.cat(v) for k, v in per_param.items()}
-    per_layer = _group(joined)
-    if pairwise:
-        per_layer_pw = per_layer
-        per_layer = {k: v.mean(1) for k, v in per_layer_pw.items()}
-        total_pw = sum(per_layer_pw.values())
-        return InfluenceResult("exact", lr, total_pw.mean(1), per_layer, total_pw, per_layer_pw, torch.cat(losses))
-    return InfluenceResult("exact", lr, sum(per_layer.values()), per_layer, train_losses=torch.cat(losses))
+    from .session import Session
+    check_batch(train, "train")
+    return Session(model, loss_fn, ref, estimator="exact", lr=lr, pairwise=pairwise, params=params, state=state,
+                   chunk_size=chunk_size, preconditioner=preconditioner).score(train)

@@ -19,17 +19,15 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 
-import torch
-from torch import nn
+from torch import Tensor, nn
 
 from .batch import Batch, LossFn, take
-from .checks import check_arguments
-from .capture import Capture, Plan, capture_forward, plan
+from .capture import Capture, Plan, capture_forward, output_layer, plan, report_routed
+from .checks import check_batch
 from .errors import InfluenceError
 from .factors import Block, Dense, Index, Segment
-from .ghost import finish, report_routed
 from .layers import Context
-from .result import InfluenceResult
+from .result import Chunk, InfluenceResult, Reroute
 from .scoring import DEFAULT_BUDGET, ReferenceSide
 from .verify import Routed, verdict_for
 
@@ -43,20 +41,6 @@ def output_factor(cap: Capture) -> Dense:
     return Dense(g.reshape(n, g.shape[1], 1, g.shape[2]) if g.dim() == 3 else g.reshape(n, 1, 1, -1))
 
 
-def last_layer(cap: Capture, pl: Plan) -> str:
-    """The layer whose output tensor IS the model output (checked by object identity), so its output gradient
-    is g; it must have an LAI term."""
-    name = cap.producer
-    if name is None:
-        raise InfluenceError("the last layer's output is not the model output (the model transforms it further, or "
-                             "the output layer has no layer rule), so no layer's output gradient is g; last-layer "
-                             "LAI would not be exact")
-    if not pl.rules[name].lai:
-        raise InfluenceError(f"{name}: the output layer is a {type(pl.modules[name]).__name__}, which has no LAI "
-                             "term; last-layer LAI needs an output layer such as Linear")
-    return name
-
-
 def _direct(module: nn.Module) -> list[nn.Parameter]:
     return [p for p in module.parameters(recurse=False) if p.requires_grad]
 
@@ -65,7 +49,7 @@ def lai_layers(pl: Plan, cap: Capture, layers: str, ctx: Context) -> tuple[list[
     """(layer names LAI scores, names of skipped trainable parameters, ids of the parameters that matter:
     all trainable ones for ``"all"``, the output layer's for ``"last"``)."""
     if layers == "last":
-        name = last_layer(cap, pl)
+        name = output_layer(cap, pl)
         own = _direct(pl.modules[name])
         skipped = [pl.names[id(p)] for p in own if not ctx.scored(p)]
         return [name], skipped, {id(p) for p in own}
@@ -130,6 +114,70 @@ def lai_routed(model: nn.Module, loss_fn: LossFn, batches: list[tuple[Batch, int
     return routed
 
 
+class LaiBackend:
+    """LAI's reference statistics and training-batch scores: forward passes only (the verification verdict of a
+    new input signature costs one verification capture, cached per model and signature)."""
+
+    def __init__(self, model: nn.Module, loss_fn: LossFn, lr: float, *, layers: str = "all",
+                 token_pairing: str = "all_pairs", mode: str = "auto", fallback: str | None = "auto",
+                 memory_budget: int = DEFAULT_BUDGET) -> None:
+        if layers not in ("all", "last"):
+            raise ValueError(f"layers must be 'all' or 'last', got {layers!r}")
+        if token_pairing not in PAIRINGS:
+            raise ValueError(f"token_pairing must be one of {PAIRINGS}, got {token_pairing!r}")
+        self.model, self.loss_fn, self.lr = model, loss_fn, lr
+        self.layers, self.token_pairing, self.mode, self.budget = layers, token_pairing, mode, memory_budget
+        self.estimator = f"lai[{layers},{token_pairing}]"
+        self.pl = plan(model, fallback)
+        self.routed: Routed = dict(self.pl.routed)
+        self.names: list[str] | None = None
+        self.skipped: list[str] = []
+        self.side: ReferenceSide | None = None
+
+    def routed_names(self) -> list[str]:
+        return []  # LAI skips what it cannot score; nothing is handed to Exact
+
+    def report(self) -> None:
+        """Warn once about (or, with ``fallback='error'``, refuse) what LAI skips among the parameters it needs."""
+        report_routed(self.pl, {k: v for k, v in self.routed.items() if k in self.relevant}, "lai",
+                      "not factorable, skipped by LAI")
+
+    def _verdict(self, batch: Batch, n: int, where: str) -> None:
+        new = {k: v for k, v in lai_routed(self.model, self.loss_fn, [(batch, n, where)], self.pl).items()
+               if k not in self.routed}
+        if new:
+            raise Reroute(new)
+
+    def start(self, n_train: int, pairwise: bool, streamed: bool) -> None:
+        self.side = ReferenceSide(n_train, pairwise, self.mode, self.budget, streamed)
+        self.names = None
+
+    def add_reference(self, batch: Batch, n: int) -> None:
+        self._verdict(batch, n, "ref")
+        cap = capture_forward(self.model, self.loss_fn, batch, self.pl.modules, n, "ref")
+        ctx = self.pl.context(self.routed)
+        if self.names is None:
+            self.names, self.skipped, self.relevant = lai_layers(self.pl, cap, self.layers, ctx)
+            if self.layers == "last" and not any(ctx.scored(p) for p in _direct(self.pl.modules[self.names[0]])):
+                raise InfluenceError(f"{self.names[0]}: none of the output layer's trainable parameters can be "
+                                     "factored")
+        self.side.add(LazyBlocks(cap, self.pl, self.names, self.token_pairing, ctx), n)
+
+    def score(self, batch: Batch, n: int, self_reference: bool = False, keep_graph: bool = False) -> Chunk:
+        """Scores of ``batch`` against the reference side, or (``self_reference``) against the batch itself from
+        the same forward; ``keep_graph`` runs that forward with autograd and returns its graph-attached losses."""
+        self._verdict(batch, n, "train")
+        cap = capture_forward(self.model, self.loss_fn, batch, self.pl.modules, n, "train", keep_graph)
+        ctx = self.pl.context(self.routed)
+        if self_reference:
+            self.start(n, self.side.pairwise, False)
+            self.names, self.skipped, self.relevant = lai_layers(self.pl, cap, self.layers, ctx)
+            self.side.add(LazyBlocks(cap, self.pl, self.names, self.token_pairing, ctx), n)
+        blocks = LazyBlocks(cap, self.pl, self.names, self.token_pairing, ctx)
+        named = {k: self.lr * v for k, v in self.side.by_name(self.side.score(blocks, n, cap.losses)).items()}
+        return Chunk(named, cap.losses, outputs=cap.f, blocks=blocks, graph_losses=cap.graph_losses)
+
+
 def lai(model: nn.Module, loss_fn: LossFn, train: Batch, ref: Batch, lr: float, *, layers: str = "all",
         token_pairing: str = "all_pairs", pairwise: bool = False, mode: str = "auto", fallback: str | None = "auto",
         chunk_size: int | None = None, memory_budget: int = DEFAULT_BUDGET) -> InfluenceResult:
@@ -141,34 +189,11 @@ def lai(model: nn.Module, loss_fn: LossFn, train: Batch, ref: Batch, lr: float, 
     they are skipped with one warning (``"auto"``), silently (``"exact"``) or refused (``"error"``).
     ``result.skipped`` lists the trainable parameters that contribute nothing (for ``"last"``: only the output
     layer's). ``result.train_outputs`` holds the model output on the training batch when it was scored in one
-    chunk.
+    chunk. Under an adaptive optimizer LAI still scores the SGD formula (it has no per-parameter gradient to
+    precondition): see ``influence.optim``.
     """
-    if layers not in ("all", "last"):
-        raise ValueError(f"layers must be 'all' or 'last', got {layers!r}")
-    if token_pairing not in PAIRINGS:
-        raise ValueError(f"token_pairing must be one of {PAIRINGS}, got {token_pairing!r}")
-    n_t, n_v, lr = check_arguments(model, train, ref, lr, chunk_size)
-    pl = plan(model, fallback)
-    chunk = chunk_size or n_t
-    spans = [(i, min(chunk, n_t - i)) for i in range(0, n_t, chunk)]
-    firsts = {c: i for i, c in spans}
-    routed = lai_routed(model, loss_fn, [(ref, n_v, "ref")] + [(take(train, slice(i, i + c)), c, "train")
-                                                                 for c, i in firsts.items()], pl)
-    ref_cap = capture_forward(model, loss_fn, ref, pl.modules, n_v, "ref")
-    ctx = pl.context(routed)
-    names, skipped, relevant = lai_layers(pl, ref_cap, layers, ctx)
-    report_routed(pl, {k: v for k, v in routed.items() if k in relevant}, "lai", "not factorable, skipped by LAI")
-    if layers == "last" and not any(ctx.scored(p) for p in pl.modules[names[0]].parameters(recurse=False)):
-        raise InfluenceError(f"{names[0]}: none of the output layer's trainable parameters can be factored")
-    side = ReferenceSide(LazyBlocks(ref_cap, pl, names, token_pairing, ctx), n_t, pairwise, mode, memory_budget)
-    del ref_cap
-    chunks, losses, outputs = [], [], None
-    for i, c in spans:
-        cap = capture_forward(model, loss_fn, take(train, slice(i, i + c)), pl.modules, c, "train")
-        chunks.append(side.score(LazyBlocks(cap, pl, names, token_pairing, ctx), c, cap.losses))
-        losses.append(cap.losses)
-        outputs = cap.f if c == n_t else None
-    result = finish(f"lai[{layers},{token_pairing}]", lr, side, chunks, pairwise, torch.cat(losses))
-    result.train_outputs = outputs
-    result.skipped = skipped
-    return result
+    from .session import Session
+    n_train = check_batch(train, "train")
+    return Session(model, loss_fn, ref, estimator="lai", lr=lr, layers=layers, token_pairing=token_pairing,
+                   pairwise=pairwise, mode=mode, fallback=fallback, chunk_size=chunk_size,
+                   memory_budget=memory_budget, n_train=n_train).score(train)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 from torch import Tensor, nn
 
@@ -19,6 +19,10 @@ class InfluenceResult:
     estimator computed it) let a training loop reuse the scoring pass. ``routed_to_exact`` (Ghost): parameter
     names the factorisation could not cover, scored by Exact instead; ``skipped`` (LAI): trainable parameters
     that contribute nothing to LAI's scores (no LAI term, e.g. norms, or routed away from the factorisation).
+    From the factors of a training batch scored in one chunk (Ghost, LAI): ``weighted_gradient(w)`` = [(param,
+    sum_i w_i grad l_i)] (Ghost: from the factors; LAI scored with ``keep_graph``: one backward of the scoring
+    forward, usable once), ``pairwise_within()`` [n, n] = lr * <grad l_i, grad l_j> and ``self_products()`` [n] =
+    lr * <grad l_i, grad l_i> (LAI: of its pseudo-gradients).
     """
 
     estimator: str
@@ -32,3 +36,40 @@ class InfluenceResult:
     weighted_gradient: Callable[[Tensor], list[tuple[nn.Parameter, Tensor]]] | None = field(default=None, repr=False)
     routed_to_exact: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    pairwise_within: Callable[[], Tensor] | None = field(default=None, repr=False)
+    self_products: Callable[[], Tensor] | None = field(default=None, repr=False)
+
+
+def assemble(estimator: str, lr: float, named: dict[str, Tensor], losses: Tensor, pairwise: bool,
+             n_ref: int) -> InfluenceResult:
+    """An :class:`InfluenceResult` from per-layer products ``named`` (already scaled by lr): [n] each, or
+    [n, n_ref] when ``pairwise`` (``scores`` is then the row mean)."""
+    if not named:
+        n = losses.shape[0]
+        zero = losses.new_zeros((n, n_ref) if pairwise else (n,))
+        return InfluenceResult(estimator, lr, zero.mean(1) if pairwise else zero, {}, zero if pairwise else None,
+                               {} if pairwise else None, losses)
+    if pairwise:
+        total = sum(named.values())
+        return InfluenceResult(estimator, lr, total.mean(1), {k: v.mean(1) for k, v in named.items()}, total,
+                               named, losses)
+    return InfluenceResult(estimator, lr, sum(named.values()), named, train_losses=losses)
+
+
+@dataclass
+class Chunk:
+    """One training chunk scored by an estimator's backend: ``named`` per-layer products (scaled by lr), [n] or
+    [n, n_ref]; ``losses`` [n]; ``outputs`` the model output when the backend computed it; ``blocks`` the factored
+    per-sample gradients (Ghost) or pseudo-gradients (LAI, a mapping built on access); ``graph_losses`` [n] losses
+    attached to the scoring forward's graph (LAI with ``keep_graph``)."""
+
+    named: dict[str, Tensor]
+    losses: Tensor
+    outputs: Tensor | None = None
+    blocks: Any = None
+    graph_losses: Tensor | None = None
+
+
+class Reroute(Exception):
+    """A capture found parameters that cannot be factored ({param id: (kind, reason)} in ``args[0]``): the session
+    routes them and builds its reference side again."""

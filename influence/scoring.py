@@ -3,6 +3,11 @@
 Modes: ``"gram"`` (token-pair Gram products, never forming a gradient), ``"materialize"`` (for scores:
 contract each training sample with the mean reference gradient of the block; for pairwise output:
 materialise per-sample gradient blocks), ``"auto"`` (whichever the cost model says is cheaper, per block).
+
+The reference side is built once (:class:`ReferenceSide`) from one or several reference batches and then scores any
+number of training batches. With several reference batches (a list, a DataLoader) the mean reference gradient of a
+block is accumulated batch by batch (contracted form, memory of one gradient per block); the Gram form keeps the
+reference factors, so it is used only for a single reference batch or for pairwise products.
 """
 
 from __future__ import annotations
@@ -12,16 +17,21 @@ from typing import Hashable, Mapping
 import torch
 from torch import Tensor
 
+from .errors import InfluenceError
 from .factors import Block
 
 MODES = ("auto", "gram", "materialize")
 DEFAULT_BUDGET = 1 << 30  # bytes for one Gram chunk
 
 
-def choose_mode(block: Block, n_train: int, n_ref: int, pairwise: bool, mode: str) -> str:
+def check_mode(mode: str) -> str:
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    if mode != "auto":
+    return mode
+
+
+def choose_mode(block: Block, n_train: int, n_ref: int, pairwise: bool, mode: str) -> str:
+    if check_mode(mode) != "auto":
         return mode
     other = block.materialize_cost(n_train, n_ref) if pairwise else block.contract_cost(n_train, n_ref)
     return "gram" if block.gram_cost(n_train, n_ref) <= other else "materialize"
@@ -48,48 +58,125 @@ def chunked_materialized(train: Block, ref_grads: Tensor, budget: int) -> Tensor
     return torch.cat([train.rows(slice(i, i + rows)).per_sample() @ ref_grads.T for i in range(0, train.n, rows)])
 
 
+def self_products(block: Block, budget: int = DEFAULT_BUDGET) -> Tensor:
+    """[n]: <G_i, G_i> for every sample of ``block``: materialised per-sample gradients (in row chunks within
+    ``budget``) when one gradient is smaller than the token-pair Gram of one sample, else one Gram per sample."""
+    seg = block.segments[0]
+    size = seg.left.groups * seg.left.dim * seg.right.dim
+    tok = sum(s.left.tokens for s in block.segments)
+    item = getattr(seg.right, "dtype", torch.float64).itemsize
+    if size <= tok * tok * (seg.left.dim + seg.right.dim) * 4:
+        rows = max(1, budget // max(1, size * item))
+        return torch.cat([block.rows(slice(i, i + rows)).per_sample().pow(2).sum(1) for i in range(0, block.n, rows)])
+    return torch.stack([block.rows(slice(i, i + 1)).gram(block.rows(slice(i, i + 1)))[0, 0]
+                        for i in range(block.n)])
+
+
+def precondition_matrix(block: Block, m: Tensor, preconditioner: Mapping[int, Tensor]) -> Tensor:
+    """M with every parameter's entries multiplied elementwise by its preconditioner (keyed by id(param)), through
+    the block's ``unpack`` views: <G_i, P (.) M> = <P (.) G_i, M>. Refuses a block whose unpack copies."""
+    params = [p for p in block.params if id(p) in preconditioner]
+    if not params:
+        return m
+    out = m.clone()
+    views = block.unpack(out)
+    for p, v in zip(block.params, views):
+        if id(p) not in preconditioner:
+            continue
+        if v.untyped_storage().data_ptr() != out.untyped_storage().data_ptr():
+            raise InfluenceError(f"{block.name}: this block's layout cannot carry an elementwise preconditioner; use "
+                                 "influence.exact(preconditioner=...)")
+        v.mul_(preconditioner[id(p)].to(v.dtype))
+    return out
+
+
 class ReferenceSide:
-    """Reference-batch statistics computed once and reused for every chunk of training samples.
+    """Reference statistics computed once and reused for every chunk of training samples.
 
-    ``blocks`` may be any mapping; its values are read one at a time, so a mapping that builds each block on
-    access (and does not cache it) keeps only one block's factors alive (see ``influence.lai``)."""
+    Add reference batches with :meth:`add` (``blocks`` may be any mapping; its values are read one at a time, so a
+    mapping that builds each block on access keeps only one block's factors alive, see ``influence.lai``), then
+    score training blocks with :meth:`score`. ``n_train`` is the expected number of training samples per call
+    (for the cost model); ``streamed=True`` (several reference batches) keeps the contracted form for scores.
+    ``preconditioner`` (id(param) -> P) scores <P (.) G_i, mean_v G_v> (contracted form only)."""
 
-    def __init__(self, blocks: Mapping[Hashable, Block], n_train: int, pairwise: bool, mode: str = "auto",
-                 budget: int = DEFAULT_BUDGET) -> None:
-        self.pairwise, self.budget = pairwise, budget
+    def __init__(self, n_train: int, pairwise: bool, mode: str = "auto", budget: int = DEFAULT_BUDGET,
+                 streamed: bool = False, preconditioner: Mapping[int, Tensor] | None = None) -> None:
+        self.n_train, self.pairwise, self.budget = n_train, pairwise, budget
+        self.mode, self.streamed = check_mode(mode), streamed
+        self.preconditioner = dict(preconditioner or {})
+        if self.preconditioner and pairwise:
+            raise InfluenceError("a preconditioner applies to scores, not to pairwise products; use pairwise=False")
+        if self.preconditioner and mode == "gram":
+            raise InfluenceError("the Gram form cannot carry an elementwise preconditioner; use mode='auto' or "
+                                 "'materialize'")
         self.n_ref = 0
         self.modes: dict[Hashable, str] = {}
-        self.stats: dict[Hashable, Block | Tensor] = {}
         self.names: dict[Hashable, str] = {}
+        self.parts: dict[Hashable, list] = {}  # gram: reference blocks; pairwise materialize: [n_v, size] tensors
+        self.sums: dict[Hashable, Tensor] = {}  # contracted: sum over reference samples of G_v
+        self.blocks_seen: dict[Hashable, Block] = {}  # one block per key (for preconditioning views)
+
+    def add(self, blocks: Mapping[Hashable, Block], n: int) -> None:
+        """Add one reference batch of ``n`` samples."""
+        first = self.n_ref == 0
         for key in blocks:
             block = blocks.get(key)
             if block is None:
                 continue
-            self.n_ref = block.n
-            m = choose_mode(block, n_train, self.n_ref, pairwise, mode)
-            self.modes[key], self.names[key] = m, block.name
+            if key not in self.modes:
+                mode = self.mode
+                if self.preconditioner or (self.streamed and not self.pairwise):
+                    mode = "materialize" if mode == "auto" else mode
+                m = choose_mode(block, self.n_train, n, self.pairwise, mode)
+                if m == "gram" and self.streamed and not self.pairwise:
+                    raise InfluenceError("the Gram form needs the whole reference set in memory; with several "
+                                         "reference batches use mode='auto' or 'materialize'")
+                self.modes[key], self.names[key] = m, block.name
+                if not first and (m == "gram" or self.pairwise):  # a layer absent from earlier batches
+                    self.parts[key] = [_ZeroColumns(self.n_ref)]
+            m = self.modes[key]
             if m == "gram":
-                self.stats[key] = block
-            elif pairwise:
-                self.stats[key] = block.per_sample()
+                self.parts.setdefault(key, []).append(block)
+            elif self.pairwise:
+                self.parts.setdefault(key, []).append(block.per_sample())
             else:
-                self.stats[key] = block.matrix() / self.n_ref
+                mat = block.matrix()
+                self.sums[key] = self.sums[key] + mat if key in self.sums else mat
+                self.blocks_seen.setdefault(key, block.rows(slice(0, 0)))
+            del block
+        for key, m in self.modes.items():  # keys missing from this batch contribute zeros (pairwise columns)
+            if key not in blocks and (m == "gram" or self.pairwise):
+                self.parts[key].append(_ZeroColumns(n))
+        self.n_ref += n
+
+    def _mean(self, key: Hashable) -> Tensor:
+        m = self.sums[key] / self.n_ref
+        if self.preconditioner:
+            m = precondition_matrix(self.blocks_seen[key], m, self.preconditioner)
+        return m
 
     def score(self, blocks: Mapping[Hashable, Block], n: int, like: Tensor) -> dict[Hashable, Tensor]:
         """Per block: [n] mean over the reference (or [n, n_ref] when pairwise) of <G_i, G_v>."""
+        if self.n_ref == 0:
+            raise InfluenceError("the reference side holds no sample")
         out = {}
         shape = (n, self.n_ref) if self.pairwise else (n,)
+        means = {key: self._mean(key) for key in self.sums}
         for key, m in self.modes.items():
             block = blocks.get(key)
             if block is None:
                 out[key] = like.new_zeros(shape)
             elif m == "gram":
-                p = chunked_gram(block, self.stats[key], self.budget)
-                out[key] = p if self.pairwise else p.mean(1)
+                cols = [part.zeros(n, like) if isinstance(part, _ZeroColumns) else
+                        chunked_gram(block, part, self.budget) for part in self.parts[key]]
+                p = torch.cat(cols, 1)
+                out[key] = p if self.pairwise else p.sum(1) / self.n_ref
             elif self.pairwise:
-                out[key] = chunked_materialized(block, self.stats[key], self.budget)
+                cols = [part.zeros(n, like) if isinstance(part, _ZeroColumns) else
+                        chunked_materialized(block, part, self.budget) for part in self.parts[key]]
+                out[key] = torch.cat(cols, 1)
             else:
-                out[key] = block.contract(self.stats[key])
+                out[key] = block.contract(means[key])
             del block
         for key in blocks.keys() - self.modes.keys():
             out[key] = like.new_zeros(shape)
@@ -102,3 +189,13 @@ class ReferenceSide:
             name = self.names[key]
             named[name] = named[name] + s if name in named else s
         return named
+
+
+class _ZeroColumns:
+    """n reference samples for which a layer did not run: zero pairwise columns."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def zeros(self, rows: int, like: Tensor) -> Tensor:
+        return like.new_zeros(rows, self.n)

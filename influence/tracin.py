@@ -9,11 +9,10 @@ import torch
 from torch import Tensor, nn
 
 from .batch import Batch, LossFn, model_device
-from .capture import capture_forward, plan
-from .batch import check_batch
-from .exact import DEFAULT_CHUNK, exact
-from .lai import last_layer
-from .result import InfluenceResult
+from .capture import capture_forward, output_layer, plan
+from .checks import check_batch, check_lr
+from .exact import DEFAULT_CHUNK, ExactBackend
+from .result import Chunk, InfluenceResult
 
 Checkpoint = tuple[Union[dict[str, Tensor], str, os.PathLike], float]
 
@@ -33,32 +32,59 @@ def last_layer_params(model: nn.Module, loss_fn: LossFn, ref: Batch) -> list[str
     gradient then includes both uses of the shared matrix: it is the gradient of that parameter."""
     pl = plan(model, fallback="exact")
     cap = capture_forward(model, loss_fn, ref, pl.modules, check_batch(ref, "ref"), "ref")
-    own = {id(p) for p in pl.modules[last_layer(cap, pl)].parameters(recurse=False)}
+    own = {id(p) for p in pl.modules[output_layer(cap, pl)].parameters(recurse=False)}
     return [n for n, p in model.named_parameters() if p.requires_grad and id(p) in own]
+
+
+class TracInBackend:
+    """TracIn as a sum over checkpoints of Exact backends, each evaluated at its checkpoint's parameters with its
+    learning rate; ``last_layer`` restricts every checkpoint to the output layer's parameters (found on the first
+    reference batch). All checkpoints are loaded once and kept with their reference gradients."""
+
+    def __init__(self, model: nn.Module, loss_fn: LossFn, checkpoints: Iterable[Checkpoint], *,
+                 last_layer: bool = False, chunk_size: int = DEFAULT_CHUNK) -> None:
+        self.checkpoints = list(checkpoints)
+        if not self.checkpoints:
+            raise ValueError("tracin needs at least one (state_dict, lr) checkpoint")
+        self.model, self.loss_fn, self.last, self.chunk = model, loss_fn, last_layer, chunk_size
+        self.estimator = "tracin-last" if last_layer else "tracin"
+        self.lr = float(sum(check_lr(lr) for _, lr in self.checkpoints))
+        self.parts: list[ExactBackend] | None = None
+
+    def routed_names(self) -> list[str]:
+        return []
+
+    def start(self, n_train: int, pairwise: bool, streamed: bool) -> None:
+        self.args = (n_train, pairwise, streamed)
+        self.parts = None
+
+    def add_reference(self, batch: Batch, n: int) -> None:
+        if self.parts is None:
+            names = last_layer_params(self.model, self.loss_fn, batch) if self.last else None
+            device = model_device(self.model)
+            self.parts = [ExactBackend(self.model, self.loss_fn, check_lr(lr), params=names,
+                                       state=load_checkpoint(source, device), chunk_size=self.chunk)
+                          for source, lr in self.checkpoints]
+            for part in self.parts:
+                part.start(*self.args)
+        for part in self.parts:
+            part.add_reference(batch, n)
+
+    def score(self, batch: Batch, n: int) -> Chunk:
+        chunks = [part.score(batch, n) for part in self.parts]
+        named: dict[str, Tensor] = {}
+        for c in chunks:
+            for k, v in c.named.items():
+                named[k] = named[k] + v if k in named else v
+        return Chunk(named, chunks[-1].losses)
 
 
 def tracin(model: nn.Module, loss_fn: LossFn, train: Batch, ref: Batch, checkpoints: Iterable[Checkpoint], *,
            last_layer: bool = False, pairwise: bool = False, chunk_size: int = DEFAULT_CHUNK) -> InfluenceResult:
     """TracIn over ``checkpoints`` = [(state_dict or path, lr), ...]; ``last_layer=True`` restricts every
-    checkpoint's gradients to the output layer (the cheap variant). ``lr`` of the result is the sum of lrs."""
-    checkpoints = list(checkpoints)
-    if not checkpoints:
-        raise ValueError("tracin needs at least one (state_dict, lr) checkpoint")
-    names = last_layer_params(model, loss_fn, ref) if last_layer else None
-    device = model_device(model)
-    total: InfluenceResult | None = None
-    for source, lr in checkpoints:
-        r = exact(model, loss_fn, train, ref, lr, pairwise=pairwise, params=names,
-                  state=load_checkpoint(source, device), chunk_size=chunk_size)
-        if total is None:
-            total = r
-            continue
-        total.scores = total.scores + r.scores
-        total.per_layer = {k: total.per_layer[k] + r.per_layer[k] for k in total.per_layer}
-        if pairwise:
-            total.pairwise = total.pairwise + r.pairwise
-            total.per_layer_pairwise = {k: total.per_layer_pairwise[k] + r.per_layer_pairwise[k]
-                                        for k in total.per_layer_pairwise}
-    total.estimator = "tracin-last" if last_layer else "tracin"
-    total.lr = float(sum(lr for _, lr in checkpoints))
-    return total
+    checkpoint's gradients to the output layer (the cheap variant). ``lr`` of the result is the sum of lrs;
+    ``train_losses`` are the losses at the last checkpoint."""
+    from .session import Session
+    check_batch(train, "train")
+    return Session(model, loss_fn, ref, estimator="tracin-last" if last_layer else "tracin", checkpoints=checkpoints,
+                   pairwise=pairwise, chunk_size=chunk_size).score(train)

@@ -5,6 +5,7 @@
     lai bench      cost benchmark of the estimators against a forward pass and a training step
     lai figures    the paper figures from stored results (or produce them first with --run)
     lai tightness  how tight the error bounds are on an MLP, a CNN and a transformer
+    lai score      score a whole data set against a reference set with each estimator (throughput, memory)
 
 ``lai <command> --help`` lists a command's options with their defaults. Options shared by every command:
 --out, --seeds (a list: 0-4 or 0,3,7), --threads (default 1), --device, --no-progress, --quiet.
@@ -27,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("validation.bench", "cost benchmark of the estimators"),
     "figures": ("paper_figs.cli", "paper figures from stored results"),
     "tightness": ("validation.tightness", "how tight the error bounds are"),
+    "score": ("validation.score", "score a whole data set with each estimator: throughput and peak memory"),
 }
 EXTRAS_HINT = 'pip install "lai[validation]"'
 

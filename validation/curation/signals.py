@@ -1,26 +1,25 @@
 """What each method scores a batch with, and which part of that scoring pass its update reuses.
 
+Every influence signal goes through the package's public scoring API (``influence.Session``, ``influence.exact``):
 ``score_batch`` returns a :class:`Scored`: per-sample values (influence scores, losses or gradient norms),
 the per-sample losses, and ``gradient(weights)`` = [(param, sum_i w_i grad l_i)] for the update. Reuse:
 
-* ``lai`` / ``lai-last``: ONE forward pass with autograd on the batch, with hooks recording every layer's
-  input. The LAI scores come from those recorded activations and g = dl/df of the same logits
-  (``influence.lai.lai_blocks`` + ``influence.scoring.ReferenceSide``, as ``influence.lai`` computes them);
-  the update is one backward of sum_i w_i l_i through that same graph (no second forward).
-* ``ghost`` (and ``gradnorm``): one forward and one truncated backward (``influence.capture.capture_backward``,
-  which never writes ``.grad``); the update is sum_i w_i a_i (x) b_i assembled from the recorded factors, as
-  ``InfluenceResult.weighted_gradient`` does: no second backward.
+* ``lai`` / ``lai-last``: ONE forward pass with autograd on the batch (``Session.score(batch, keep_graph=True)``),
+  with hooks recording every layer's input. The LAI scores come from those recorded activations and g = dl/df of
+  the same logits; the update (``result.weighted_gradient``) is one backward of sum_i w_i l_i through that same
+  graph (no second forward).
+* ``ghost`` (and ``gradnorm``): one forward and one truncated backward, which never writes ``.grad``; the update is
+  sum_i w_i a_i (x) b_i assembled from the recorded factors (``result.weighted_gradient``): no second backward.
 * ``loss`` / ``random`` / ``none``: one forward with autograd; the update backpropagates that graph.
 * ``exact`` (= ``tracin``: online TracIn at the current checkpoint is Exact): ``influence.exact`` scores with
   per-sample gradients from torch.func; nothing is reused, the update is a second forward and backward on
   the kept samples only.
 
-LAI and Ghost read the verification verdict of ``influence.verify`` (Ghost's captures verify themselves, the
-reference capture - or the batch's when ``ref=None`` - on every call); curation refuses, with the named error,
-whatever the factorisation does not cover (its updates reuse the factors). The reference side of
-LAI/Ghost/Exact is one extra pass over the reference batch (forward only for LAI,
-forward + truncated backward for Ghost); ``ref=None`` scores against the batch itself and reuses the batch's
-own recorded factors instead.
+Sessions run with ``fallback='error'``: curation refuses, with the named error, whatever the factorisation does not
+cover (its updates reuse the factors). The reference side of LAI/Ghost/Exact is one extra pass over the reference
+batch (forward only for LAI, forward + truncated backward for Ghost); ``ref=None`` scores against the batch itself
+from the batch's own capture. ``pairwise()`` (greedy selection) is ``result.pairwise_within()``, from the same
+factors.
 """
 
 from __future__ import annotations
@@ -34,12 +33,7 @@ from torch import Tensor, nn
 import influence
 from influence.batch import Batch, LossFn, call_model, check_batch, output_tensor, take
 from influence.errors import EmptyBatchError
-from influence.capture import Capture, Recorder, capture_forward, plan, raise_routed
-from influence.verify import verdict_for, verified_capture
-from influence.factors import Block
-from influence.lai import lai_blocks, lai_layers
-from influence.losses import output_gradient, per_sample_losses
-from influence.scoring import ReferenceSide
+from influence.losses import per_sample_losses
 
 from .errors import EmptyReferenceError
 
@@ -106,24 +100,6 @@ def _subset_gradient(model: nn.Module, loss_fn: LossFn, batch: Batch) -> Callabl
     return gradient
 
 
-def _factor_gradient(blocks: dict[Any, Block]) -> Callable[[Tensor], Gradient]:
-    """sum_i w_i grad l_i from recorded Ghost factors (what ``InfluenceResult.weighted_gradient`` computes)."""
-    def gradient(weights: Tensor) -> Gradient:
-        out: Gradient = []
-        for block in blocks.values():
-            out += list(zip(block.params, block.unpack(block.matrix(weights))))
-        return out
-    return gradient
-
-
-def _self_pairwise(blocks: dict[Any, Block], n: int, lr: float, like: Tensor, mode: str) -> Tensor:
-    """[n, n] lr * <G_i, G_j> over the given factor blocks."""
-    if not blocks:
-        return like.new_zeros(n, n)
-    side = ReferenceSide(blocks, n, True, mode)
-    return lr * sum(side.score(blocks, n, like).values())
-
-
 def _reference_size(ref: Batch | None) -> int | None:
     if ref is None:
         return None
@@ -137,87 +113,40 @@ def _reference_size(ref: Batch | None) -> int | None:
     return n_v
 
 
-def _graph_forward(model: nn.Module, loss_fn: LossFn, batch: Batch, n: int,
-                   modules: dict[str, nn.Module] | None = None) -> tuple[Tensor, Tensor, Recorder | None]:
-    """Forward with autograd; records layer inputs when ``modules`` is given. Returns (f, losses, recorder)."""
+def _graph_forward(model: nn.Module, loss_fn: LossFn, batch: Batch, n: int) -> tuple[Tensor, Tensor]:
+    """Forward with autograd. Returns (f, losses attached to the graph)."""
     x, y = batch
     with torch.enable_grad():
-        if modules is None:
-            f = output_tensor(call_model(model, x))
-            rec = None
-        else:
-            with Recorder(modules, n, keep_output=False) as rec:
-                f = output_tensor(call_model(model, x))
-            rec.check_versions()
+        f = output_tensor(call_model(model, x))
         losses = per_sample_losses(loss_fn, f, y, n, "train")
-    return f, losses, rec
+    return f, losses
 
 
-def _plan(model: nn.Module):
-    """The layer plan; curation refuses what the factorisation does not cover (its updates reuse the factors)."""
-    pl = plan(model, "error")
-    raise_routed(pl, pl.routed)
-    return pl
+def _session(model: nn.Module, loss_fn: LossFn, ref: Batch | None, estimator: str, lr: float,
+             mode: str) -> influence.Session:
+    """The public scoring session; curation refuses what the factorisation does not cover (``fallback='error'``:
+    its updates reuse the factors or the scoring forward). ``ref=None`` scores the batch against itself."""
+    return influence.Session(model, loss_fn, ref, estimator=estimator, lr=lr, mode=mode, fallback="error")
 
 
-def _verified(model, loss_fn, batch, pl, n, where, check):
-    """A verified Ghost capture (``influence.verify``); curation refuses what fails (VerificationError)."""
-    cap, blocks, new = verified_capture(model, loss_fn, batch, pl, n, where, dict(pl.routed), check=check)
-    raise_routed(pl, new)
-    return cap, blocks
-
-
-def _score_lai(model, loss_fn, batch, ref, lr, n, layers, mode) -> Scored:
-    pl = _plan(model)
-    n_v = _reference_size(ref)
-    raise_routed(pl, verdict_for(model, loss_fn, batch, pl, n, "train"))
-    if ref is not None:
-        raise_routed(pl, verdict_for(model, loss_fn, ref, pl, n_v, "ref"))
-    f, losses, rec = _graph_forward(model, loss_fn, batch, n, pl.modules)
-    _, g = output_gradient(loss_fn, f.detach(), batch[1], "train")
-    cap = Capture(dict(rec.calls), rec.order, f.detach(), g, losses.detach(), bad=dict(rec.bad),
-                  producer=rec.producer(f))
-    ctx = pl.context()
-    names, _, _ = lai_layers(pl, cap, layers, ctx)
-    blocks = lai_blocks(cap, pl, names, "all_pairs", ctx)
-    if ref is None:
-        ref_blocks = blocks
-    else:
-        ref_cap = capture_forward(model, loss_fn, ref, pl.modules, n_v, "ref")
-        ref_blocks = lai_blocks(ref_cap, pl, names, "all_pairs", ctx)
-    side = ReferenceSide(ref_blocks, n, False, mode)
-    like = cap.losses
-    values = lr * sum(side.score(blocks, n, like).values()) if blocks else like.new_zeros(n)
-    return Scored("lai" if layers == "all" else "lai-last", values, losses.detach(), _graph_gradient(model, losses),
-                  lambda: _self_pairwise(blocks, n, lr, like, mode),
+def _score_lai(model, loss_fn, batch, ref, lr, n, signal, mode) -> Scored:
+    _reference_size(ref)
+    r = _session(model, loss_fn, ref, signal, lr, mode).score(batch, keep_graph=True)
+    return Scored(signal, r.scores, r.train_losses, r.weighted_gradient, r.pairwise_within,
                   "the scoring forward pass (activations and logits): the update backpropagates its graph")
 
 
-def _ghost_capture(model, loss_fn, batch, n, check=None):
-    pl = _plan(model)
-    cap, blocks = _verified(model, loss_fn, batch, pl, n, "train", check)
-    return pl, cap, blocks
-
-
 def _score_ghost(model, loss_fn, batch, ref, lr, n, mode) -> Scored:
-    n_v = _reference_size(ref)
-    pl, cap, blocks = _ghost_capture(model, loss_fn, batch, n, check=None if ref is None else False)
-    if ref is None:
-        ref_blocks = blocks
-    else:
-        _, ref_blocks = _verified(model, loss_fn, ref, pl, n_v, "ref", None)
-    side = ReferenceSide(ref_blocks, n, False, mode)
-    values = lr * sum(side.score(blocks, n, cap.losses).values())
-    return Scored("ghost", values, cap.losses, _factor_gradient(blocks),
-                  lambda: _self_pairwise(blocks, n, lr, cap.losses, mode),
+    _reference_size(ref)
+    r = _session(model, loss_fn, ref, "ghost", lr, mode).score(batch)
+    return Scored("ghost", r.scores, r.train_losses, r.weighted_gradient, r.pairwise_within,
                   "the scoring backward pass: the update is sum_i w_i a_i (x) b_i from its recorded factors")
 
 
 def _score_gradnorm(model, loss_fn, batch, n, lr, mode) -> Scored:
-    _, cap, blocks = _ghost_capture(model, loss_fn, batch, n)
-    sq = _self_pairwise(blocks, n, 1.0, cap.losses, mode).diagonal()
-    return Scored("gradnorm", sq.clamp(min=0).sqrt(), cap.losses, _factor_gradient(blocks),
-                  lambda: _self_pairwise(blocks, n, lr, cap.losses, mode),
+    r = _session(model, loss_fn, None, "ghost", 1.0, mode).score(batch)
+    return Scored("gradnorm", r.self_products().clamp(min=0).sqrt(), r.train_losses, r.weighted_gradient,
+                  lambda: lr * r.pairwise_within(),
                   "the backward pass that gave the gradient norms (Ghost factors)")
 
 
@@ -241,14 +170,14 @@ def score_batch(model: nn.Module, loss_fn: LossFn, batch: Batch, ref: Batch | No
         raise ValueError(f"unknown signal {signal!r}; choose from {SIGNALS}")
     n = check_batch(batch, "train")
     if signal in ("lai", "lai-last"):
-        return _score_lai(model, loss_fn, batch, ref, lr, n, "all" if signal == "lai" else "last", mode)
+        return _score_lai(model, loss_fn, batch, ref, lr, n, signal, mode)
     if signal == "ghost":
         return _score_ghost(model, loss_fn, batch, ref, lr, n, mode)
     if signal == "gradnorm":
         return _score_gradnorm(model, loss_fn, batch, n, lr, mode)
     if signal in ("exact", "tracin"):
         return _score_exact(model, loss_fn, batch, ref, lr, n, signal)
-    _, losses, _ = _graph_forward(model, loss_fn, batch, n)
+    _, losses = _graph_forward(model, loss_fn, batch, n)
     values = losses.detach() if signal == "loss" else None
     return Scored(signal, values, losses.detach(), _graph_gradient(model, losses), None,
                   "the forward pass: the update backpropagates its graph")

@@ -1,0 +1,337 @@
+"""The one public scoring seam: reference statistics computed once, any number of training batches scored against them.
+
+    s = influence.Session(model, loss_fn, ref, estimator="ghost", lr=0.1)   # ref: a batch, a list of them, a loader
+    r = s.score(train_batch)              # InfluenceResult, as influence.ghost(model, loss_fn, train, ref, lr=0.1)
+    s.self_influence(train_batch)         # [n] lr * <grad l_i, grad l_i>
+    s.pairwise_within(train_batch)        # [n, n] lr * <grad l_i, grad l_j> (greedy selection)
+    influence.score_dataset(s, dataset)   # a whole data set, resumable (influence.dataset)
+    s.refresh()                           # recompute the reference statistics at the current weights
+
+Estimators (``estimator=``): ``"ghost"``, ``"lai"`` (``layers="all" | "last"``, ``token_pairing``), ``"lai-last"``,
+``"exact"`` (``params``, ``state``), ``"tracin"`` / ``"tracin-last"`` (``checkpoints=[(state or path, lr), ...]``).
+The functions :func:`influence.ghost`, :func:`influence.lai`, :func:`influence.exact` and :func:`influence.tracin`
+are sessions over one reference batch scoring one training batch.
+
+Reference: one batch ``(inputs, targets)``, a list of batches, or any re-iterable of batches (a ``DataLoader``). The
+reference loss is the mean over all reference samples; with several batches the mean reference gradient is
+accumulated batch by batch (memory of one gradient per layer), and pairwise products keep every reference
+sample's column.
+
+Staleness: ``refresh_every=k`` recomputes the reference statistics every k calls of :meth:`score` (at the weights of
+that moment); between refreshes the scores use statistics computed at the weights of the last refresh (during
+training: k - 1 steps old). ``refresh_every=None`` (default) never refreshes by itself.
+
+Optimizers (``influence.optim``): ``preconditioner={name: P}`` scores lr * <P (.) grad l_i, grad L_ref> (Exact, and
+Ghost in its contracted form); ``optimizer=`` an Adam/AdamW optimizer derives P from its state at every refresh
+(Exact and Ghost), and warns once that LAI and TracIn score the SGD formula under it.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .batch import Batch, LossFn, take
+from .checks import check_batch, check_chunk_size, check_lr, trainable_names
+from .errors import InfluenceError
+from .exact import DEFAULT_CHUNK, ExactBackend
+from .ghost import GhostBackend, weighted_gradient
+from .lai import LaiBackend
+from .optim import adam_preconditioner, is_adaptive
+from .result import InfluenceResult, Reroute, assemble
+from .scoring import DEFAULT_BUDGET, ReferenceSide, self_products
+from .tracin import TracInBackend
+
+ESTIMATORS = ("ghost", "lai", "lai-last", "exact", "tracin", "tracin-last")
+
+
+class OptimizerWarning(UserWarning):
+    """The optimizer's update is preconditioned, but the estimator scores the plain SGD formula."""
+
+
+def reference_batches(ref: Any) -> list[Batch] | Iterable[Batch]:
+    """A reference given as one batch, a list/tuple of batches or a re-iterable of batches (``DataLoader``), as a
+    re-iterable of batches. A pair whose second element (the targets) is a tensor is one batch."""
+    if isinstance(ref, (tuple, list)) and len(ref) == 2 and isinstance(ref[1], Tensor):
+        return [ref]
+    if isinstance(ref, (tuple, list)):
+        if not ref:
+            raise InfluenceError("the reference holds no batch")
+        return list(ref)
+    if isinstance(ref, Iterable) and not isinstance(ref, (Tensor, dict, str)):
+        return ref
+    raise InfluenceError(f"ref must be a batch (inputs, targets), a list of batches or a DataLoader; got "
+                         f"{type(ref).__name__}")
+
+
+def _graph_gradient(model: nn.Module, losses: Tensor):
+    """``weighted_gradient(w)`` = [(param, sum_i w_i grad l_i)] by one backward through the graph of the scoring
+    forward (usable once)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    used = [False]
+
+    def gradient(weights: Tensor) -> list[tuple[nn.Parameter, Tensor]]:
+        if used[0]:
+            raise InfluenceError("the scoring forward's graph was already used for an update; score the batch again")
+        used[0] = True
+        grads = torch.autograd.grad((weights.to(losses.dtype) * losses).sum(), params, allow_unused=True)
+        return [(p, g) for p, g in zip(params, grads) if g is not None]
+    return gradient
+
+
+class Session:
+    """Scores training samples against a reference set with one estimator (see the module docs).
+
+    Every option of the estimator functions is accepted: ``lr``, ``pairwise``, ``mode``, ``fallback``,
+    ``chunk_size``, ``memory_budget`` (Ghost, LAI), ``layers``, ``token_pairing`` (LAI), ``params``, ``state``
+    (Exact), ``checkpoints``, (TracIn), ``preconditioner`` / ``optimizer`` (Exact, Ghost), plus ``refresh_every``.
+    ``n_train`` (default: the first reference batch's size) sizes the cost model that picks Gram or contracted form.
+    """
+
+    def __init__(self, model: nn.Module, loss_fn: LossFn, ref: Any, *, estimator: str = "ghost",
+                 lr: float | None = None, pairwise: bool = False, layers: str = "all", token_pairing: str = "all_pairs",
+                 mode: str = "auto", fallback: str | None = "auto", chunk_size: int | None = None,
+                 memory_budget: int = DEFAULT_BUDGET, params: Iterable[str] | None = None,
+                 state: dict[str, Tensor] | None = None, checkpoints: Iterable[Any] | None = None,
+                 preconditioner: Mapping[str, Tensor] | None = None, optimizer: torch.optim.Optimizer | None = None,
+                 refresh_every: int | None = None, n_train: int | None = None) -> None:
+        if estimator not in ESTIMATORS:
+            raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
+        if estimator == "lai-last":
+            estimator, layers = "lai", "last"
+        self.model, self.loss_fn, self.estimator = model, loss_fn, estimator
+        self.kind = estimator.split("-")[0]
+        if self.kind == "tracin":
+            if checkpoints is None:
+                raise InfluenceError("estimator='tracin' needs checkpoints=[(state_dict or path, lr), ...]")
+            self.checkpoints = list(checkpoints)
+        self.lr = None if self.kind == "tracin" else check_lr(lr)  # the learning rate of the step being scored
+        trainable_names(model, params if self.kind == "exact" else None)
+        self.pairwise, self.mode, self.fallback, self.budget = bool(pairwise), mode, fallback, memory_budget
+        self.layers, self.token_pairing, self.params, self.state = layers, token_pairing, params, state
+        default_chunk = DEFAULT_CHUNK if self.kind in ("exact", "tracin") else None
+        self.chunk = check_chunk_size(chunk_size if chunk_size is not None else default_chunk,
+                                      optional=default_chunk is None)
+        if refresh_every is not None and (isinstance(refresh_every, bool) or not isinstance(refresh_every, int)
+                                          or refresh_every <= 0):
+            raise InfluenceError(f"refresh_every must be a positive integer or None, got {refresh_every!r}")
+        self.refresh_every, self.calls = refresh_every, 0
+        self.optimizer, self.user_preconditioner = optimizer, preconditioner
+        if preconditioner is not None and self.kind not in ("exact", "ghost"):
+            raise InfluenceError(f"{estimator} cannot apply a preconditioner: LAI replaces each layer's output "
+                                 "gradient by g and has no per-parameter gradient to precondition, and TracIn sums "
+                                 "plain gradient products over checkpoints; they score the SGD formula. Use "
+                                 "estimator='exact' or 'ghost', or pass no preconditioner to accept the SGD score")
+        self._warn_optimizer()
+        self.self_reference = ref is None
+        if self.self_reference and self.kind not in ("ghost", "lai"):
+            raise InfluenceError("ref=None (each batch scored against itself) is available for Ghost and LAI; for "
+                                 f"{estimator} pass the batch as ref")
+        self.ref = [] if self.self_reference else reference_batches(ref)
+        self.n_train = n_train
+        self.refresh()
+
+    # ------------------------------------------------------------------ reference side
+
+    def _warn_optimizer(self) -> None:
+        if self.optimizer is None or self.user_preconditioner is not None:
+            return
+        adam = isinstance(self.optimizer, (torch.optim.Adam, torch.optim.AdamW))
+        if is_adaptive(self.optimizer) and not (adam and self.kind in ("exact", "ghost")):
+            warnings.warn(f"influence.Session: the optimizer ({type(self.optimizer).__name__}) preconditions its "
+                          f"update, but {self.estimator} scores the SGD formula lr * <grad l_i, grad L_ref>; the "
+                          "scores approximate the optimizer's effect (see influence.optim)", OptimizerWarning,
+                          stacklevel=3)
+
+    def _preconditioner(self) -> Mapping[str, Tensor] | None:
+        if self.user_preconditioner is not None:
+            return self.user_preconditioner
+        if isinstance(self.optimizer, (torch.optim.Adam, torch.optim.AdamW)) and self.kind in ("exact", "ghost"):
+            return adam_preconditioner(self.optimizer, self.model)
+        return None
+
+    def _backend(self, routed: dict | None = None) -> Any:
+        pre = self._preconditioner()
+        if self.kind == "ghost":
+            b = GhostBackend(self.model, self.loss_fn, self.lr, mode=self.mode, fallback=self.fallback,
+                             memory_budget=self.budget, preconditioner=pre)
+            b.routed.update(routed or {})
+            return b
+        if self.kind == "lai":
+            b = LaiBackend(self.model, self.loss_fn, self.lr, layers=self.layers, token_pairing=self.token_pairing,
+                           mode=self.mode, fallback=self.fallback, memory_budget=self.budget)
+            b.routed.update(routed or {})
+            return b
+        if self.kind == "exact":
+            return ExactBackend(self.model, self.loss_fn, self.lr, params=self.params, state=self.state,
+                                chunk_size=self.chunk, preconditioner=pre)
+        return TracInBackend(self.model, self.loss_fn, self.checkpoints, last_layer=self.estimator == "tracin-last",
+                             chunk_size=self.chunk)
+
+    def refresh(self, ref: Any = None) -> None:
+        """(Re)compute the reference statistics at the model's current weights (optionally from a new reference)."""
+        if ref is not None:
+            self.ref = reference_batches(ref)
+        routed: dict = {}
+        for _ in range(1 + sum(p.requires_grad for p in self.model.parameters()) + 1):
+            try:
+                self._build(routed)
+                return
+            except Reroute as e:
+                routed.update(e.args[0])
+        raise InfluenceError("the factorisation kept finding new unfactorable parameters; use estimator='exact'")
+
+    def _build(self, routed: dict) -> None:
+        backend = self._backend(routed)
+        batches = [(b, check_batch(b, "ref")) for b in self.ref]
+        if not batches and not self.self_reference:
+            raise InfluenceError("the reference holds no batch")
+        self.n_ref = sum(n for _, n in batches)
+        hint = self.n_train or self.chunk or (batches[0][1] if batches else 1)
+        backend.start(hint, self.pairwise, len(batches) > 1)
+        for b, n in batches:
+            backend.add_reference(b, n)
+        extra = None
+        names = backend.routed_names() if self.kind == "ghost" else []
+        if names:
+            extra = ExactBackend(self.model, self.loss_fn, self.lr, params=names, preconditioner=
+                                 {k: v for k, v in (self._preconditioner() or {}).items() if k in names} or None)
+            extra.start(hint, self.pairwise, len(batches) > 1)
+            for b, n in batches:
+                extra.add_reference(b, n)
+        self.backend, self.extra, self.routed_names = backend, extra, names
+        self._reported: frozenset | None = None
+
+    # ------------------------------------------------------------------ training side
+
+    @property
+    def result_lr(self) -> float:
+        return self.backend.lr if self.kind == "tracin" else self.lr
+
+    def score(self, train: Batch, *, keep_graph: bool = False) -> InfluenceResult:
+        """Scores of the training batch ``train`` against the reference statistics (in chunks of ``chunk_size``;
+        with ``ref=None``, against the batch itself from the same capture).
+
+        ``keep_graph`` (LAI): run the scoring forward with autograd so that ``result.weighted_gradient(w)`` is one
+        backward of sum_i w_i l_i through it (no second forward). Ghost's ``weighted_gradient`` always comes from
+        its recorded factors."""
+        if self.refresh_every is not None and self.calls > 0 and self.calls % self.refresh_every == 0:
+            self.refresh()
+        self.calls += 1
+        n = check_batch(train, "train")
+        for _ in range(len(self.model.state_dict()) + 2):
+            try:
+                return self._score(train, n, keep_graph)
+            except Reroute as e:  # a new input signature found unfactorable parameters: rebuild with them routed
+                routed = {**getattr(self.backend, "routed", {}), **e.args[0]}
+                self._build(routed)
+        raise InfluenceError("the factorisation kept finding new unfactorable parameters; use estimator='exact'")
+
+    def _score(self, train: Batch, n: int, keep_graph: bool) -> InfluenceResult:
+        if self.self_reference:
+            chunks = [self.backend.score(train, n, self_reference=True, keep_graph=keep_graph)]
+            self.n_ref = n
+        else:
+            chunk = self.chunk or n
+            chunks = [self.backend.score(take(train, slice(i, i + chunk)), min(chunk, n - i))
+                      if self.kind in ("exact", "tracin") else
+                      self.backend.score(take(train, slice(i, i + chunk)), min(chunk, n - i), keep_graph=keep_graph)
+                      for i in range(0, n, chunk)]
+        named = {k: torch.cat([c.named[k] for c in chunks]) for k in chunks[0].named}
+        if self.extra is not None:
+            got = self.extra.score(train, n).named
+            for k, v in got.items():
+                named[k] = named[k] + v if k in named else v
+        reported = frozenset(getattr(self.backend, "routed", {}))
+        if reported != self._reported:  # the training side is verified too: say once what is routed or skipped
+            getattr(self.backend, "report", lambda: None)()
+            self._reported = reported
+        losses = torch.cat([c.losses for c in chunks])
+        result = assemble(self.backend.estimator, self.result_lr, named, losses, self.pairwise, self.n_ref)
+        if len(chunks) == 1:
+            self._attach(result, chunks[0], n)
+        result.routed_to_exact = list(self.routed_names)
+        result.skipped = list(getattr(self.backend, "skipped", []))
+        return result
+
+    def _attach(self, result: InfluenceResult, chunk: Any, n: int) -> None:
+        """What a training step can reuse from a batch scored in one chunk (see ``InfluenceResult``)."""
+        result.train_outputs = chunk.outputs
+        if chunk.blocks is None or self.extra is not None:
+            return
+        blocks, lr, budget, mode, like = chunk.blocks, self.lr, self.budget, self.mode, chunk.losses
+        if self.kind == "ghost":
+            result.weighted_gradient = weighted_gradient(blocks)
+        elif chunk.graph_losses is not None:
+            result.weighted_gradient = _graph_gradient(self.model, chunk.graph_losses)
+
+        def pairwise_within() -> Tensor:
+            side = ReferenceSide(n, True, mode, budget)
+            side.add(blocks, n)
+            return lr * sum(side.score(blocks, n, like).values()) if side.modes else like.new_zeros(n, n)
+
+        def own_products() -> Tensor:
+            total = [self_products(blocks[k], budget) for k in blocks]
+            return lr * sum(total) if total else like.new_zeros(n)
+        result.pairwise_within, result.self_products = pairwise_within, own_products
+
+    def self_influence(self, train: Batch) -> Tensor:
+        """[n]: lr * <grad l_i, grad l_i> for every training sample (the estimator's own products: for LAI its
+        layer-aware pseudo-gradients g_i (x) a_i, for TracIn summed over checkpoints with their lrs)."""
+        n = check_batch(train, "train")
+        if self.kind == "exact":
+            return self.backend.self_products(train, n)
+        if self.kind == "tracin":
+            return sum(part.self_products(train, n) for part in self.backend.parts)
+        blocks = self._blocks(train, n)
+        total = self.lr * sum(self_products(b, self.budget) for b in blocks.values())
+        if self.extra is not None:
+            total = total + self.extra.self_products(train, n).to(total.dtype)
+        return total
+
+    def _blocks(self, train: Batch, n: int) -> dict:
+        """The factored blocks of ``train`` (Ghost: per-sample gradients; LAI: pseudo-gradients)."""
+        b = self.backend
+        if self.kind == "ghost":
+            from .verify import verified_capture
+            _, blocks, new = verified_capture(self.model, self.loss_fn, train, b.pl, n, "train", b.routed)
+            if new:
+                raise InfluenceError("self-influence: parameters became unfactorable on this batch; use Exact")
+            return blocks
+        from .capture import capture_forward
+        from .lai import lai_blocks
+        cap = capture_forward(self.model, self.loss_fn, train, b.pl.modules, n, "train")
+        return lai_blocks(cap, b.pl, b.names, b.token_pairing, b.pl.context(b.routed))
+
+    def pairwise_within(self, train: Batch) -> Tensor:
+        """[n, n]: lr * <grad l_i, grad l_j> between the samples of ``train`` (train-train products of the same
+        estimator, what greedy second-order selection needs)."""
+        return Session(self.model, self.loss_fn, train, **self._options(pairwise=True)).score(train).pairwise
+
+    def _options(self, **override: Any) -> dict[str, Any]:
+        opts = dict(estimator=self.estimator if self.kind != "lai" else "lai", lr=self.lr, pairwise=self.pairwise,
+                    layers=self.layers, token_pairing=self.token_pairing, mode=self.mode, fallback=self.fallback,
+                    chunk_size=self.chunk, memory_budget=self.budget, params=self.params, state=self.state,
+                    preconditioner=self.user_preconditioner, optimizer=None)
+        if self.kind == "tracin":
+            opts.update(checkpoints=self.checkpoints, lr=None)
+        opts.update(override)
+        return opts
+
+    __call__ = score  # a session is a scorer for influence.score_dataset
+
+    # ------------------------------------------------------------------ identity (for resumable data-set scoring)
+
+    def describe(self) -> str:
+        """The estimator and its options, as stored in a data-set scoring manifest."""
+        return (f"{self.estimator}(lr={self.result_lr}, layers={self.layers}, token_pairing={self.token_pairing}, "
+                f"mode={self.mode}, pairwise={self.pairwise}, n_ref={self.n_ref})")
+
+    def fingerprint(self) -> str:
+        """sha256 of the model's parameters and buffers and of the reference batches."""
+        from .dataset import fingerprint
+        return fingerprint(self.model, list(self.ref))
