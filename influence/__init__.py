@@ -19,7 +19,7 @@ from .errors import (BatchSizeError, InfluenceError, InPlaceModificationError, L
 from .errors import (EmptyBatchError, InvalidArgumentError, ModelOutputError, NonFiniteInputError,
                      NoTrainableParameterError, TargetShapeError, UnknownParameterError)
 from .batch import select_output
-from .exact import VmapFallbackWarning
+from .gradients import VmapFallbackWarning
 from . import hf  # transformers is imported only inside its functions
 from .dataset import DatasetScores, score_dataset
 from .exact import exact

@@ -19,9 +19,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 
-from torch import Tensor, nn
+from torch import nn
 
-from .batch import Batch, LossFn, take
+from .batch import Batch, LossFn
 from .capture import Capture, Plan, capture_forward, output_layer, plan, report_routed
 from .checks import check_batch
 from .errors import InfluenceError

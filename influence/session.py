@@ -38,7 +38,7 @@ from torch import Tensor, nn
 from .batch import Batch, LossFn, take
 from .checks import check_batch, check_chunk_size, check_lr, trainable_names
 from .errors import InfluenceError
-from .exact import DEFAULT_CHUNK, ExactBackend
+from .gradients import DEFAULT_CHUNK, ExactBackend
 from .ghost import GhostBackend, weighted_gradient
 from .lai import LaiBackend
 from .optim import adam_preconditioner, is_adaptive

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from .batch import Batch, LossFn, model_device
 from .capture import capture_forward, output_layer, plan
 from .checks import check_batch, check_lr
-from .exact import DEFAULT_CHUNK, ExactBackend
+from .gradients import DEFAULT_CHUNK, ExactBackend
 from .result import Chunk, InfluenceResult
 
 Checkpoint = tuple[Union[dict[str, Tensor], str, os.PathLike], float]

@@ -160,7 +160,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "lai score") -> int:
                    "positive_fraction": float((ds.scores > 0).float().mean())}
             rows.append(row)
             peak = "n/a" if row["peak_mb"] is None else f"{row['peak_mb']:.0f} MB"
-            info(args, f"{name:9s} {row['samples_per_s']:>10,.0f} samples/s  ({row['ratio']:.1f}x slower than "
+            info(args, f"{name:9s} {row['samples_per_s']:>10,.0f} samples/s  (time {row['ratio']:.2f}x that of "
                        f"forward+backward)  peak +{peak}  score > 0: {row['positive_fraction']:.1%}  "
                        f"top proponents {row['proponents'][:3]}  opponents {row['opponents'][:3]}")
         atomic_write_json(out / "score_summary.json", {"n_train": args.n_train, "n_ref": args.n_ref,

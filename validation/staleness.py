@@ -16,7 +16,6 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import numpy as np
-import torch
 from scipy import stats
 
 import influence

@@ -86,5 +86,5 @@ __all__ = [
     "rule_for", "trainable", "tokens", "weight_bias_pieces", "with_bias", "padded_ids", "reshaper", "make_block",
     "owner_names", "HFConv1D", "conv_pads", "unfold_conv_input", "check_supported", "ghost_pieces",
     "lai_activation", "LinearRule", "HFConv1DRule", "ConvRule", "EmbeddingRule", "AffineNormRule", "LayerNormRule",
-    "RMSNormRule",
+    "RMSNormRule", "AnyNormRule", "EmbeddingLookupRule", "AdditiveParameterRule",
 ]

@@ -19,8 +19,8 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.overrides import TorchFunctionMode
 
-from ..factors import Dense, Index, Segment
-from .base import Context, GhostPiece, TheoryFactor, padded_ids, register_layer, reshaper, tokens, unsupported
+from ..factors import Dense, Segment
+from .base import Context, GhostPiece, TheoryFactor, register_layer, reshaper, tokens, unsupported
 from .embedding import EmbeddingRule
 
 

@@ -1,0 +1,210 @@
+"""Per-sample parameter gradients from ``torch.func`` (vmap of grad of functional_call, or an autograd loop where
+vmap cannot run the model) and the backend that scores with them: Exact's, which TracIn sums over checkpoints and a
+session uses for the parameters Ghost cannot factor."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, Iterable, Mapping
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, grad, vmap
+from torch.utils._pytree import tree_map
+
+from .batch import Batch, LossFn, batch_size, output_tensor, selected_output, take
+from .capture import check_modes
+from .checks import check_chunk_size, trainable_names
+from .errors import InfluenceError
+from .losses import per_sample_losses
+from .result import Chunk
+
+
+class VmapFallbackWarning(UserWarning):
+    """``torch.func.vmap`` could not run the model; Exact used a per-sample autograd loop (same numbers)."""
+
+DEFAULT_CHUNK = 64
+
+
+def _module_of(param_name: str) -> str:
+    return param_name.rpartition(".")[0]
+
+
+def _functional_output(model: nn.Module, state: dict[str, Tensor], x: Any) -> Tensor:
+    if isinstance(x, dict):
+        out = functional_call(model, state, args=(), kwargs=x)
+    elif isinstance(x, (tuple, list)):
+        out = functional_call(model, state, tuple(x))
+    else:
+        out = functional_call(model, state, (x,))
+    return output_tensor(selected_output(model, out))
+
+
+class _Functional:
+    """The model as a function of a subset of its trainable parameters (others and buffers held fixed)."""
+
+    def __init__(self, model: nn.Module, loss_fn: LossFn, names: Iterable[str] | None,
+                 state: dict[str, Tensor] | None) -> None:
+        self.model, self.loss_fn = model, loss_fn
+        values = dict(model.named_parameters())
+        values.update(dict(model.named_buffers()))
+        if state is not None:
+            persistent = model.state_dict().keys()  # non-persistent buffers are never in a checkpoint
+            state = {**{k: v for k, v in values.items() if k not in persistent}, **state}
+            missing = [k for k in values if k not in state]
+            if missing:
+                raise KeyError(f"checkpoint lacks entries for {missing[:5]}{'...' if len(missing) > 5 else ''}")
+            values = {k: state[k].to(values[k].device, values[k].dtype) for k in values}
+        wanted = trainable_names(model, names)
+        self.names = wanted
+        self.use_vmap = True
+        self.params = {n: values[n].detach() for n in wanted}
+        self.fixed = {n: v.detach() for n, v in values.items() if n not in self.params}
+
+    def losses(self, params: dict[str, Tensor], x: Any, y: Any) -> Tensor:
+        return self.loss_fn(_functional_output(self.model, {**self.fixed, **params}, x), y)
+
+    def sample_loss(self, params: dict[str, Tensor], x: Any, y: Any) -> Tensor:
+        xb = tree_map(lambda t: t.unsqueeze(0) if isinstance(t, Tensor) else t, x)
+        yb = tree_map(lambda t: t.unsqueeze(0) if isinstance(t, Tensor) else t, y)
+        return self.losses(params, xb, yb)[0]
+
+    def check(self, batch: Batch, n: int, where: str) -> Tensor:
+        with torch.no_grad():
+            return per_sample_losses(self.loss_fn, _functional_output(self.model, {**self.fixed, **self.params},
+                                                                        batch[0]), batch[1], n, where)
+
+    def mean_gradient(self, batch: Batch, n: int, chunk: int) -> dict[str, Tensor]:
+        """Gradient of the mean loss over ``batch``, accumulated over chunks."""
+        total = {k: torch.zeros_like(v) for k, v in self.params.items()}
+        for i in range(0, n, chunk):
+            part = take(batch, slice(i, i + chunk))
+            g = grad(lambda p: self.losses(p, *part).sum())(self.params)
+            for k in total:
+                total[k] += g[k]
+        return {k: v / n for k, v in total.items()}
+
+    def per_sample(self, batch: Batch) -> dict[str, Tensor]:
+        """Per-sample gradients {name: [n, *shape]}: vmap, or the autograd loop where vmap fails."""
+        if self.use_vmap:
+            try:
+                return vmap(grad(self.sample_loss), in_dims=(None, 0, 0))(self.params, *batch)
+            except InfluenceError:
+                raise
+            except Exception as e:  # vmap cannot run this model: fall back, say so once per call
+                self.use_vmap = False
+                first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+                warnings.warn(f"influence.exact: torch.func.vmap cannot run {type(self.model).__name__} "
+                              f"({type(e).__name__}: {first}); using one autograd backward per sample instead "
+                              "(same numbers, slower)", VmapFallbackWarning, stacklevel=3)
+        return self.per_sample_loop(batch)
+
+    def per_sample_loop(self, batch: Batch) -> dict[str, Tensor]:
+        """Per-sample gradients {name: [n, *shape]} from one autograd backward of each sample alone."""
+        n = batch_size(batch[0])
+        rows: dict[str, list[Tensor]] = {k: [] for k in self.names}
+        for i in range(n):
+            xi, yi = take(batch, slice(i, i + 1))
+            with torch.enable_grad():
+                leaves = {k: v.detach().requires_grad_(True) for k, v in self.params.items()}
+                loss = self.losses(leaves, xi, yi)[0]
+                got = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
+            for k, g in zip(leaves, got):
+                rows[k].append(torch.zeros_like(leaves[k]) if g is None else g.detach())
+        return {k: torch.stack(v) for k, v in rows.items()}
+
+
+def _check_preconditioner(preconditioner: Mapping[str, Tensor] | None, fn: _Functional) -> dict[str, Tensor]:
+    """The preconditioner restricted to the scored parameters, each checked against its parameter's shape."""
+    if preconditioner is None:
+        return {}
+    unknown = sorted(set(preconditioner) - set(dict(fn.model.named_parameters())))
+    if unknown:
+        raise InfluenceError(f"preconditioner names parameters the model does not have: {unknown[:5]}")
+    out = {}
+    for k, p in preconditioner.items():
+        if k not in fn.params:
+            continue
+        if tuple(p.shape) != tuple(fn.params[k].shape):
+            raise InfluenceError(f"preconditioner[{k!r}] has shape {tuple(p.shape)}; the parameter has "
+                                 f"{tuple(fn.params[k].shape)}")
+        if not torch.isfinite(p).all():
+            raise InfluenceError(f"preconditioner[{k!r}] holds non-finite values")
+        out[k] = p.to(fn.params[k].device, fn.params[k].dtype)
+    return out
+
+
+def _group(per_param: dict[str, Tensor]) -> dict[str, Tensor]:
+    out: dict[str, Tensor] = {}
+    for name, v in per_param.items():
+        m = _module_of(name)
+        out[m] = out[m] + v if m in out else v
+    return out
+
+
+class ExactBackend:
+    """Exact's reference gradient (mean over the reference samples, streamed batch by batch; per-sample when
+    ``pairwise``) and training-batch scores from per-sample gradients in chunks of ``chunk_size``.
+
+    ``params``: parameter names to score (default all trainable); ``state``: evaluate at these parameter and buffer
+    values (a checkpoint) instead of the model's own; ``preconditioner``: {name: P} (Adam's update)."""
+
+    estimator = "exact"
+
+    def __init__(self, model: nn.Module, loss_fn: LossFn, lr: float, *, params: Iterable[str] | None = None,
+                 state: dict[str, Tensor] | None = None, chunk_size: int = DEFAULT_CHUNK,
+                 preconditioner: Mapping[str, Tensor] | None = None) -> None:
+        check_modes(model)
+        self.lr, self.chunk = lr, check_chunk_size(chunk_size, optional=False)
+        self.fn = _Functional(model, loss_fn, params, state)
+        self.precond = _check_preconditioner(preconditioner, self.fn)
+        self.pairwise = False
+
+    def routed_names(self) -> list[str]:
+        return []
+
+    def start(self, n_train: int, pairwise: bool, streamed: bool) -> None:
+        self.pairwise, self.n_ref = pairwise, 0
+        self.ref: dict[str, Tensor] | dict[str, list[Tensor]] = {}
+
+    def add_reference(self, batch: Batch, n: int) -> None:
+        self.fn.check(batch, n, "ref")
+        if self.pairwise:
+            for i in range(0, n, self.chunk):
+                for k, v in self.fn.per_sample(take(batch, slice(i, i + self.chunk))).items():
+                    v = v.flatten(1)
+                    self.ref.setdefault(k, []).append(v * self.precond[k].flatten() if k in self.precond else v)
+        else:
+            g = self.fn.mean_gradient(batch, n, self.chunk)
+            for k, v in g.items():
+                self.ref[k] = self.ref[k] + v * n if k in self.ref else v * n
+        self.n_ref += n
+
+    def _reference(self) -> dict[str, Tensor]:
+        if self.pairwise:
+            return {k: torch.cat(v) for k, v in self.ref.items()}
+        return {k: (v / self.n_ref) * self.precond[k] if k in self.precond else v / self.n_ref
+                for k, v in self.ref.items()}
+
+    def score(self, batch: Batch, n: int) -> Chunk:
+        ref = self._reference()
+        per_param: dict[str, list[Tensor]] = {k: [] for k in self.fn.names}
+        losses = []
+        for i in range(0, n, self.chunk):
+            part = take(batch, slice(i, i + self.chunk))
+            losses.append(self.fn.check(part, min(self.chunk, n - i), "train"))
+            g = self.fn.per_sample(part)
+            for k in self.fn.names:
+                gk = g[k].flatten(1)
+                per_param[k].append(gk @ ref[k].T if self.pairwise else gk @ ref[k].flatten())
+        named = _group({k: self.lr * torch.cat(v) for k, v in per_param.items()})
+        return Chunk(named, torch.cat(losses))
+
+    def self_products(self, batch: Batch, n: int) -> Tensor:
+        """[n]: lr * ||grad l_i||^2 (preconditioned: lr * <P (.) grad l_i, grad l_i>)."""
+        out = []
+        for i in range(0, n, self.chunk):
+            g = self.fn.per_sample(take(batch, slice(i, i + self.chunk)))
+            out.append(sum(((g[k] * self.precond[k] if k in self.precond else g[k]) * g[k]).flatten(1).sum(1)
+                           for k in self.fn.names))
+        return self.lr * torch.cat(out)
