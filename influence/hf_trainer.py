@@ -4,12 +4,16 @@
     trainer = CuratedTrainer(model=model, args=args, train_dataset=train, data_collator=collate,
                              reference=ref_inputs, loss_fn=influence.hf.causal_lm_loss(), estimator="lai")
     trainer.train()
-    trainer.curation_log        # per optimizer step: step, scored, kept (this process), kept_global, lr, score_dtype
+    trainer.curation_log        # per optimizer step: step, scored, kept (this process), kept_global, lr, score_dtype,
+                                # passes (1: scored and trained from one forward, 2: scoring pass + training pass)
                                 # (and "ids", "dropped": the scored and the dropped samples' ids when index_key
                                 # names a batch entry that holds them)
 
 What one optimizer step does (``gradient_accumulation_steps`` = A micro-batches, on W processes):
 
+0. LAI without gradient accumulation, mixed precision or DDP (and with no active dropout) scores and trains from ONE
+   forward: ``influence.Session.score(batch, keep_graph=True)`` keeps the scoring forward's graph and the loss of
+   the kept samples is backpropagated through it (``one_pass=False`` turns this off). Otherwise:
 1. Before the first micro-batch of the step, every micro-batch of the step is scored against the reference batch
    with the parameters of this step (which do not change within the step), in eval mode and outside autocast
    (scores in the model's dtype, never cast down), and ``policy(scores) -> keep mask`` decides what is kept.
@@ -87,10 +91,11 @@ class CuratedTrainer(transformers.Trainer):
 
     def __init__(self, *args: Any, reference: dict[str, Tensor] | Callable[[], dict[str, Tensor]],
                  loss_fn: LossFn, estimator: str = "lai", policy: Policy = keep_nonnegative,
-                 label_key: str = "labels", index_key: str | None = None, **kwargs: Any) -> None:
+                 label_key: str = "labels", index_key: str | None = None, one_pass: bool = True,
+                 **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.reference, self.loss_fn, self.policy, self.label_key = reference, loss_fn, policy, label_key
-        self.index_key = index_key
+        self.index_key, self.one_pass = index_key, one_pass
         self.estimator_name, self._score_fn = estimator, _estimator(estimator)
         self.loss_is_scaled_for_ga = True  # compute_loss already normalises over the whole accumulation window
         self.curation_log: list[dict[str, Any]] = []
@@ -125,6 +130,18 @@ class CuratedTrainer(transformers.Trainer):
                           "the optimizer is Adam-type (preconditioned update): the scores rank samples by their "
                           "effect under an SGD step, an approximation of the Adam step's effect", stacklevel=3)
             self._warned_adam = True
+
+    def _single_pass(self, model: nn.Module) -> bool:
+        """Score and train from ONE forward (LAI's scoring forward, kept with its graph): for LAI without gradient
+        accumulation (the kept count of the step is known after one micro-batch), without mixed precision (the
+        scores must not be computed under autocast), on one process, with no active stochastic module."""
+        from .capture import STOCHASTIC
+        if not (self.one_pass and self.estimator_name in ("lai", "lai-last")):
+            return False
+        if self.args.gradient_accumulation_steps != 1 or self.args.fp16 or self.args.bf16 or self._world() > 1:
+            return False
+        return not any((isinstance(m, STOCHASTIC) and getattr(m, "p", 1) > 0)
+                       or isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
     def _world(self) -> int:
         import torch.distributed as dist
@@ -161,6 +178,9 @@ class CuratedTrainer(transformers.Trainer):
             return batch_samples, num_items
         self._warn_optimizer()
         model = self.accelerator.unwrap_model(self.model)
+        if self._single_pass(model):
+            self._masks = []
+            return batch_samples, num_items
         lr = self._current_lr()
         ref = self._reference_batch()
         masks, scored, dtypes, ids, dropped = [], 0, set(), [], []
@@ -186,12 +206,14 @@ class CuratedTrainer(transformers.Trainer):
         self._scale = world / total if total > 0 else 0.0
         self.curation_log.append({"step": self.state.global_step, "scored": scored, "kept_global": int(total),
                                   "kept": int(sum(int(m.sum()) for m in masks)), "lr": lr,
-                                  "score_dtype": ",".join(sorted(dtypes)),
+                                  "score_dtype": ",".join(sorted(dtypes)), "passes": 2,
                                   **({"ids": ids, "dropped": dropped} if self.index_key is not None else {})})
         return batch_samples, num_items
 
     def compute_loss(self, model: nn.Module, inputs: dict[str, Any], return_outputs: bool = False,
                      num_items_in_batch: Any = None) -> Any:
+        if model.training and self._single_pass(self.accelerator.unwrap_model(model)):
+            return self._one_pass_loss(self.accelerator.unwrap_model(model), inputs, return_outputs)
         if not model.training or not self._masks:  # evaluation, or a call outside the curated loop
             x, y = self._split(inputs)
             out = call_model(model, x)
@@ -206,3 +228,23 @@ class CuratedTrainer(transformers.Trainer):
                              f"{tuple(mask.shape)}")
         loss = (losses * mask.to(losses.dtype)).sum() * self._scale
         return (loss, out) if return_outputs else loss
+
+    def _one_pass_loss(self, model: nn.Module, inputs: dict[str, Any], return_outputs: bool) -> Any:
+        """LAI scores and the training loss from one forward: ``Session.score(batch, keep_graph=True)`` records the
+        activations and keeps the per-sample losses on the forward's graph; the loss is the mean over kept samples."""
+        from .session import Session
+        batch, lr = self._split(inputs), self._current_lr()
+        r = Session(model, self.loss_fn, self._reference_batch(), estimator=self.estimator_name, lr=lr
+                    ).score(batch, keep_graph=True)
+        mask = self.policy(r.scores.detach()).to(torch.bool)
+        if mask.shape != r.scores.shape:
+            raise ValueError(f"policy returned a mask of shape {tuple(mask.shape)} for {len(r.scores)} scores")
+        kept = int(mask.sum())
+        entry = {"step": self.state.global_step, "scored": len(mask), "kept_global": kept, "kept": kept, "lr": lr,
+                 "score_dtype": str(r.scores.dtype).removeprefix("torch."), "passes": 1}
+        if self.index_key is not None:
+            entry.update(ids=inputs[self.index_key].tolist(), dropped=inputs[self.index_key][~mask.cpu()].tolist())
+        self.curation_log.append(entry)
+        losses = r.graph_losses
+        loss = (losses * mask.to(losses.dtype)).sum() / kept if kept else losses.sum() * 0.0
+        return (loss, r.train_outputs) if return_outputs else loss

@@ -21,7 +21,7 @@ class InfluenceResult:
     that contribute nothing to LAI's scores (no LAI term, e.g. norms, or routed away from the factorisation).
     From the factors of a training batch scored in one chunk (Ghost, LAI): ``weighted_gradient(w)`` = [(param,
     sum_i w_i grad l_i)] (Ghost: from the factors; LAI scored with ``keep_graph``: one backward of the scoring
-    forward, usable once), ``pairwise_within()`` [n, n] = lr * <grad l_i, grad l_j> and ``self_products()`` [n] =
+    forward, usable once; its per-sample losses still on that graph are ``graph_losses``), ``pairwise_within()`` [n, n] = lr * <grad l_i, grad l_j> and ``self_products()`` [n] =
     lr * <grad l_i, grad l_i> (LAI: of its pseudo-gradients).
     """
 
@@ -36,6 +36,7 @@ class InfluenceResult:
     weighted_gradient: Callable[[Tensor], list[tuple[nn.Parameter, Tensor]]] | None = field(default=None, repr=False)
     routed_to_exact: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    graph_losses: Tensor | None = field(default=None, repr=False)
     pairwise_within: Callable[[], Tensor] | None = field(default=None, repr=False)
     self_products: Callable[[], Tensor] | None = field(default=None, repr=False)
 

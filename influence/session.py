@@ -268,6 +268,7 @@ class Session:
             result.weighted_gradient = weighted_gradient(blocks)
         elif chunk.graph_losses is not None:
             result.weighted_gradient = _graph_gradient(self.model, chunk.graph_losses)
+            result.graph_losses = chunk.graph_losses
 
         def pairwise_within() -> Tensor:
             side = ReferenceSide(n, True, mode, budget)

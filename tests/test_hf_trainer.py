@@ -151,3 +151,17 @@ def test_trainer_example_runs(monkeypatch):
         r = mod.main(["--steps", "4", "--batch", "8", "--max-len", "24"])
     assert all(torch.isfinite(torch.tensor(v)) for v in r.values())
     assert 0 <= r["dropped_noisy"] <= 1 and 0 <= r["dropped_clean"] <= 1
+
+
+def test_lai_one_pass_equals_scoring_then_training(tmp_path):
+    """LAI without accumulation trains from its scoring forward (one pass); same parameters as two passes."""
+    one, two = tiny(), tiny()
+    t1 = make_trainer(tmp_path / "one", one, steps=2)
+    t1.train()
+    t2 = make_trainer(tmp_path / "two", two, steps=2)
+    t2.one_pass = False
+    t2.train()
+    assert [r["passes"] for r in t1.curation_log] == [1, 1] and [r["passes"] for r in t2.curation_log] == [2, 2]
+    assert [r["kept"] for r in t1.curation_log] == [r["kept"] for r in t2.curation_log]
+    for (name, a), b in zip(one.named_parameters(), two.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11, msg=name)
