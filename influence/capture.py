@@ -105,7 +105,7 @@ def check_fallback(fallback: str | None) -> str:
 def plan(model: nn.Module, fallback: str | None = "auto") -> Plan:
     """Check ``model`` and list the layers to capture; nothing is refused here except modes (BatchNorm or
     stochastic modules in train mode) and layer options whose per-sample gradients are undefined. Estimators
-    decide what routed parameters mean (:func:`raise_routed` for ``fallback='error'``)."""
+    decide what routed parameters mean (``influence.routing``)."""
     fallback = check_fallback(fallback)
     check_modes(model)
     modules, unsupported, rules = {}, {}, {}
@@ -143,45 +143,6 @@ def plan(model: nn.Module, fallback: str | None = "auto") -> Plan:
     pl = Plan(modules, unsupported, shared, owner_names(model), rules, routed,
               {id(p): n for n, p in model.named_parameters() if p.requires_grad}, fallback)
     return pl
-
-
-def raise_routed(pl: Plan, routed: dict[int, tuple[str, str]]) -> None:
-    """Raise the named error for the first kind of routed parameter (``fallback='error'``)."""
-    from .errors import VerificationError
-    if not routed:
-        return
-    by_kind: dict[str, list[str]] = defaultdict(list)
-    for pid, (kind, why) in routed.items():
-        by_kind[kind].append(f"{pl.names.get(pid, '?')} ({why})")
-    if "shared" in by_kind:
-        raise SharedParameterError(f"{'; '.join(by_kind['shared'])}. Untie the parameter, use influence.exact, or "
-                                   "fallback='auto' to score it with Exact")
-    if "unsupported" in by_kind:
-        raise UnsupportedLayerError(
-            f"trainable layers without a fast-path factorisation: {'; '.join(by_kind['unsupported'])}. Pass "
-            "fallback='auto' (or 'exact') to score their parameters with per-sample gradients from torch.func, or "
-            "freeze them (requires_grad=False).")
-    raise VerificationError(
-        f"factored per-sample gradients do not match autograd for: {'; '.join(by_kind['verify'])}. Pass "
-        "fallback='auto' to score these parameters with Exact.")
-
-
-def report_routed(pl: Plan, routed: dict[int, tuple[str, str]], estimator: str, action: str) -> list[str]:
-    """Names of the routed parameters; raises (``fallback='error'``) or warns once naming them (``'auto'``)."""
-    import warnings
-
-    from .errors import RoutedToExactWarning
-    if not routed:
-        return []
-    if pl.fallback == "error":
-        raise_routed(pl, routed)
-    names = [pl.names[k] for k in routed]
-    if pl.fallback == "auto":
-        reasons = "; ".join(sorted({why for _, why in routed.values()}))
-        warnings.warn(f"influence.{estimator}: {len(names)} parameter(s) {action}: {', '.join(names)}. Why: "
-                      f"{reasons}. Pass fallback='exact' to silence this warning or fallback='error' to refuse.",
-                      RoutedToExactWarning, stacklevel=4)
-    return names
 
 
 def output_layer(cap: "Capture", pl: Plan) -> str:

@@ -11,7 +11,8 @@ from typing import Hashable, Mapping
 from torch import Tensor, nn
 
 from .batch import Batch, LossFn
-from .capture import plan, raise_routed, report_routed
+from .capture import plan
+from .routing import raise_routed, report_routed
 from .checks import check_batch
 from .factors import Block
 from .result import Chunk, InfluenceResult, Reroute

@@ -22,7 +22,8 @@ from collections.abc import Iterator, Mapping
 from torch import nn
 
 from .batch import Batch, LossFn
-from .capture import Capture, Plan, capture_forward, output_layer, plan, report_routed
+from .capture import Capture, Plan, capture_forward, output_layer, plan
+from .routing import report_routed
 from .checks import check_batch
 from .errors import InfluenceError
 from .factors import Block, Dense, Index, Segment

@@ -8,7 +8,7 @@
 Per workload (validation/bench_workloads.py), every estimator's median wall and CPU time over interleaved
 repeats and its peak extra memory (validation/measure.py: public profiler APIs), with its ratio to one
 forward pass over train+reference, one forward+backward over train+reference and one vanilla training step
-(see validation/cost.py), and the targets of the cost issue marked MET / MISSED (validation/bench_report.py).
+(see validation/estimator_cost.py), and the targets of the cost issue marked MET / MISSED (validation/bench_report.py).
 Output: the table on stdout, ``bench.json`` + ``bench.txt`` under ``--out``, rewritten atomically after every
 finished section. The exit status is 0 whether or not a target is met (targets are reported, not checks).
 """
@@ -29,7 +29,7 @@ from influence.atomic import atomic_write_text
 
 from .bench_report import CLOCKS, MB, check_targets, environment, loadavg, render, save
 from .bench_workloads import WORKLOADS, Workload, build_workload, curated_steps, estimator_call
-from .cost import estimator_costs
+from .estimator_cost import estimator_costs
 from .measure import measure_many
 from .options import add_common, check_device, info, make_parser, split_list, torch_threads
 

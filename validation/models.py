@@ -97,7 +97,7 @@ class CausalSelfAttention(nn.Module):
         return self.proj(y)
 
 
-class Block(nn.Module):
+class TransformerBlock(nn.Module):
     """Pre-LayerNorm transformer block: x + attn(ln(x)), then x + mlp(ln(x))."""
 
     def __init__(self, d_model: int, n_heads: int) -> None:
@@ -124,7 +124,7 @@ class CausalTransformer(nn.Module):
         super().__init__()
         self.tok = nn.Embedding(vocab_size, d_model)
         self.pos = nn.Embedding(max_len, d_model)
-        self.blocks = nn.ModuleList(Block(d_model, n_heads) for _ in range(n_layers))
+        self.blocks = nn.ModuleList(TransformerBlock(d_model, n_heads) for _ in range(n_layers))
         self.ln_f = nn.LayerNorm(d_model)
         self.head = nn.Linear(d_model, vocab_size)
 

@@ -340,7 +340,7 @@ def render(s: dict[str, Any], config: dict[str, Any]) -> str:
         lines += ["## Cost", "", "Ratios to one SGD training step on the same batch, at "
                   + ", ".join(f"{m}: width {h['width']}, batch {h['batch']}" for m, h in s["cost_headline"].items())
                   + " (all points in cost.csv). The forward and forward_backward baselines run over the train and "
-                  "reference batches together, as every estimator needs both (validation/cost.py).", ""]
+                  "reference batches together, as every estimator needs both (validation/estimator_cost.py).", ""]
         lines += _table("Wall time / training step", s["cost_ratio_to_train_step"], digits=2)
         lines += _table("Peak memory / training step", s["cost_peak_ratio_to_train_step"], digits=2)
     if s["training"]:
