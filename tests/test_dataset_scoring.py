@@ -3,9 +3,6 @@ refuses to mix settings, recomputes corrupt parts, and sharded over 2 processes 
 
 import functools
 import os
-import signal
-import subprocess
-import sys
 import textwrap
 
 import pytest
@@ -14,6 +11,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import influence
+from conftest import run_torchrun
 from influence.dataset import DatasetScores, ResumeMismatchError, fingerprint, score_dataset
 
 
@@ -141,17 +139,7 @@ def test_two_processes_equal_one(tmp_path):
     out = tmp_path / "sharded.pt"
     script = tmp_path / "sharded.py"
     script.write_text(SHARDED.format(tests=os.path.dirname(__file__), out=str(out)))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script)]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
-    try:
-        _, err = proc.communicate(timeout=120)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        raise
-    assert proc.returncode == 0, err[-3000:]
+    run_torchrun([str(script)], timeout=120)
     got = torch.load(out, weights_only=True)
     model, data, ref = problem()
     one = score_dataset(scorer_for(model, ref), data, batch_size=4, per_layer=True, progress=False)

@@ -1,31 +1,15 @@
 """Curated training with 2 processes (torchrun, Gloo on CPU) reaches the same selections and parameters as
 one process on the same global batches, for every method (float64)."""
 
-import os
-import signal
-import subprocess
-import sys
-
 import torch
 
+from conftest import run_torchrun
 from validation.curation.ddp_check import DEFAULT_METHODS, make_problem, run_curated
 
 
 def test_two_process_ddp_equals_one_process(tmp_path):
     out = tmp_path / "ddp.pt"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "validation.curation.ddp_check", "--out", str(out)]
-    # own session, so a hang kills torchrun and both workers (and nothing else)
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
-    try:
-        _, err = proc.communicate(timeout=120)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        raise
-    assert proc.returncode == 0, err[-4000:]
+    run_torchrun(["-m", "validation.curation.ddp_check", "--out", str(out)], timeout=120)
     got = torch.load(out, weights_only=True)
     assert set(got) == set(DEFAULT_METHODS)
     for spec in DEFAULT_METHODS:

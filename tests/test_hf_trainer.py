@@ -113,22 +113,10 @@ if dist.get_rank() == 0:
 
 def test_two_process_ddp_equals_one_process(tmp_path):
     import os
-    import signal
-    import subprocess
-    import sys
+    from conftest import run_torchrun
     script = tmp_path / "ddp.py"
     script.write_text(DDP.format(tests=os.path.dirname(__file__), out=str(tmp_path)))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script)]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
-    try:
-        _, err = proc.communicate(timeout=300)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        raise
-    assert proc.returncode == 0, err[-4000:]
+    run_torchrun([str(script)], timeout=300)
     got = torch.load(tmp_path / "ddp.pt", weights_only=True)
     assert [r["kept_global"] for r in got["log"]] and all(r["scored"] == 4 for r in got["log"])
     one = tiny()
