@@ -200,14 +200,14 @@ def test_estimator_registry_one_spelling_and_the_same_numbers_as_influence(f64):
     assert "lai-aligned" not in registry.names(sequence=False)
     # every table of estimator names in the package uses the registry's spelling
     from paper_figs import fig2_fidelity, fig5_cost
-    from validation import bench, cost
+    from validation import bench, estimator_cost
     from validation.curation.signals import ESTIMATORS as CURATION_SIGNALS
     from validation.suites import context
     from validation.suites import cost as cost_suite
 
     baselines = {"forward", "forward_backward", "train_step", "loss", "counterfactual", "counterfactual_small_lr",
                  "lai_fit", "lai-fit"}
-    for names in (CURATION_SIGNALS, context.ESTIMATORS, cost_suite.ESTIMATORS, cost.DEFAULT, bench.ALL_ESTIMATORS,
+    for names in (CURATION_SIGNALS, context.ESTIMATORS, cost_suite.ESTIMATORS, estimator_cost.DEFAULT, bench.ALL_ESTIMATORS,
                   fig2_fidelity.ESTIMATORS, fig5_cost.ESTIMATORS):
         assert set(names) - baselines <= set(registry.ESTIMATORS), names
 
