@@ -186,7 +186,9 @@ class ExactBackend:
         return {k: (v / self.n_ref) * self.precond[k] if k in self.precond else v / self.n_ref
                 for k, v in self.ref.items()}
 
-    def score(self, batch: Batch, n: int) -> Chunk:
+    def score(self, batch: Batch, n: int, keep_graph: bool = False) -> Chunk:
+        """Scores of ``batch`` ([n] samples) against the reference; ``keep_graph`` has nothing to keep here (the
+        per-sample gradients come from their own passes)."""
         ref = self._reference()
         per_param: dict[str, list[Tensor]] = {k: [] for k in self.fn.names}
         losses = []

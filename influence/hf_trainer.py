@@ -46,6 +46,7 @@ import torch
 from torch import Tensor, nn
 
 from .batch import Batch, LossFn, call_model, output_tensor
+from .session import Session
 
 try:
     import transformers
@@ -73,13 +74,7 @@ def keep_top_fraction(fraction: float) -> Policy:
     return policy
 
 
-def _estimator(name: str) -> Callable[..., Any]:
-    from . import exact, ghost, lai
-    table = {"lai": lambda *a, **k: lai(*a, **k), "lai-last": lambda *a, **k: lai(*a, layers="last", **k),
-             "ghost": ghost, "exact": exact}
-    if name not in table:
-        raise ValueError(f"estimator must be one of {sorted(table)}, got {name!r}")
-    return table[name]
+ESTIMATORS = ("lai", "lai-last", "ghost", "exact")  # influence.Session's names that need no checkpoints
 
 
 class CuratedTrainer(transformers.Trainer):
@@ -96,7 +91,9 @@ class CuratedTrainer(transformers.Trainer):
         super().__init__(*args, **kwargs)
         self.reference, self.loss_fn, self.policy, self.label_key = reference, loss_fn, policy, label_key
         self.index_key, self.one_pass = index_key, one_pass
-        self.estimator_name, self._score_fn = estimator, _estimator(estimator)
+        if estimator not in ESTIMATORS:
+            raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
+        self.estimator_name = estimator
         self.loss_is_scaled_for_ga = True  # compute_loss already normalises over the whole accumulation window
         self.curation_log: list[dict[str, Any]] = []
         self._masks: list[Tensor] = []
@@ -161,7 +158,7 @@ class CuratedTrainer(transformers.Trainer):
         try:
             device = self.args.device.type if hasattr(self.args.device, "type") else "cpu"
             with torch.autocast(device_type=device, enabled=False), torch.enable_grad():
-                r = self._score_fn(model, self.loss_fn, batch, ref, lr)
+                r = Session(model, self.loss_fn, ref, estimator=self.estimator_name, lr=lr).score(batch)
         finally:
             model.train(was_training)
             if original is not None:
@@ -232,7 +229,6 @@ class CuratedTrainer(transformers.Trainer):
     def _one_pass_loss(self, model: nn.Module, inputs: dict[str, Any], return_outputs: bool) -> Any:
         """LAI scores and the training loss from one forward: ``Session.score(batch, keep_graph=True)`` records the
         activations and keeps the per-sample losses on the forward's graph; the loss is the mean over kept samples."""
-        from .session import Session
         batch, lr = self._split(inputs), self._current_lr()
         r = Session(model, self.loss_fn, self._reference_batch(), estimator=self.estimator_name, lr=lr
                     ).score(batch, keep_graph=True)

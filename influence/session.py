@@ -176,8 +176,17 @@ class Session:
         """(Re)compute the reference statistics at the model's current weights (optionally from a new reference)."""
         if ref is not None:
             self.ref = reference_batches(ref)
-        routed: dict = {}
-        for _ in range(1 + sum(p.requires_grad for p in self.model.parameters()) + 1):
+        self._rebuild({})
+
+    def _max_tries(self) -> int:
+        """Every rebuild routes at least one more parameter, so this many always suffice."""
+        return sum(p.requires_grad for p in self.model.parameters()) + 2
+
+    def _rebuild(self, routed: dict) -> None:
+        """Build the reference side with ``routed`` parameters routed, adding whatever a capture finds unfactorable
+        (``Reroute``) until nothing new is found."""
+        routed = dict(routed)
+        for _ in range(self._max_tries()):
             try:
                 self._build(routed)
                 return
@@ -223,12 +232,11 @@ class Session:
             self.refresh()
         self.calls += 1
         n = check_batch(train, "train")
-        for _ in range(len(self.model.state_dict()) + 2):
+        for _ in range(self._max_tries()):
             try:
                 return self._score(train, n, keep_graph)
             except Reroute as e:  # a new input signature found unfactorable parameters: rebuild with them routed
-                routed = {**getattr(self.backend, "routed", {}), **e.args[0]}
-                self._build(routed)
+                self._rebuild({**getattr(self.backend, "routed", {}), **e.args[0]})
         raise InfluenceError("the factorisation kept finding new unfactorable parameters; use estimator='exact'")
 
     def _score(self, train: Batch, n: int, keep_graph: bool) -> InfluenceResult:
@@ -237,9 +245,7 @@ class Session:
             self.n_ref = n
         else:
             chunk = self.chunk or n
-            chunks = [self.backend.score(take(train, slice(i, i + chunk)), min(chunk, n - i))
-                      if self.kind in ("exact", "tracin") else
-                      self.backend.score(take(train, slice(i, i + chunk)), min(chunk, n - i), keep_graph=keep_graph)
+            chunks = [self.backend.score(take(train, slice(i, i + chunk)), min(chunk, n - i), keep_graph=keep_graph)
                       for i in range(0, n, chunk)]
         named = {k: torch.cat([c.named[k] for c in chunks]) for k in chunks[0].named}
         if self.extra is not None:
@@ -275,10 +281,13 @@ class Session:
             side.add(blocks, n)
             return lr * sum(side.score(blocks, n, like).values()) if side.modes else like.new_zeros(n, n)
 
-        def own_products() -> Tensor:
-            total = [self_products(blocks[k], budget) for k in blocks]
-            return lr * sum(total) if total else like.new_zeros(n)
-        result.pairwise_within, result.self_products = pairwise_within, own_products
+        result.pairwise_within = pairwise_within
+        result.self_products = lambda: self._self_total(blocks, like)
+
+    def _self_total(self, blocks: Mapping, like: Tensor) -> Tensor:
+        """[n]: lr * sum over the blocks of <G_i, G_i> (Ghost's factored gradients or LAI's pseudo-gradients)."""
+        total = [self_products(blocks[k], self.budget) for k in blocks]
+        return self.lr * sum(total) if total else like.new_zeros(like.shape[0])
 
     def self_influence(self, train: Batch) -> Tensor:
         """[n]: lr * <grad l_i, grad l_i> for every training sample (the estimator's own products: for LAI its
@@ -288,8 +297,8 @@ class Session:
             return self.backend.self_products(train, n)
         if self.kind == "tracin":
             return sum(part.self_products(train, n) for part in self.backend.parts)
-        blocks = self._blocks(train, n)
-        total = self.lr * sum(self_products(b, self.budget) for b in blocks.values())
+        like = next(self.model.parameters()).new_zeros(n)
+        total = self._self_total(self._blocks(train, n), like)
         if self.extra is not None:
             total = total + self.extra.self_products(train, n).to(total.dtype)
         return total
@@ -314,7 +323,7 @@ class Session:
         return Session(self.model, self.loss_fn, train, **self._options(pairwise=True)).score(train).pairwise
 
     def _options(self, **override: Any) -> dict[str, Any]:
-        opts = dict(estimator=self.estimator if self.kind != "lai" else "lai", lr=self.lr, pairwise=self.pairwise,
+        opts = dict(estimator=self.estimator, lr=self.lr, pairwise=self.pairwise,
                     layers=self.layers, token_pairing=self.token_pairing, mode=self.mode, fallback=self.fallback,
                     chunk_size=self.chunk, memory_budget=self.budget, params=self.params, state=self.state,
                     preconditioner=self.user_preconditioner, optimizer=None)

@@ -70,7 +70,9 @@ class TracInBackend:
         for part in self.parts:
             part.add_reference(batch, n)
 
-    def score(self, batch: Batch, n: int) -> Chunk:
+    def score(self, batch: Batch, n: int, keep_graph: bool = False) -> Chunk:
+        """Scores of ``batch`` ([n] samples) against the reference; ``keep_graph`` has nothing to keep here (the
+        per-sample gradients come from their own passes)."""
         chunks = [part.score(batch, n) for part in self.parts]
         named: dict[str, Tensor] = {}
         for c in chunks:
