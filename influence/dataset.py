@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -274,11 +274,3 @@ def _describe(scorer: Any) -> str:
         return type(v).__name__
     opts = ",".join(f"{k}={show(v)}" for k, v in sorted(kw.items()))
     return f"{getattr(func, '__qualname__', type(func).__name__)}({opts})"
-
-
-def iter_batches(data: Any, batch_size: int | None = None) -> Iterator[tuple[Tensor, Batch]]:
-    """(sample indices [b], batch) over ``data`` in index order, as :func:`score_dataset` reads it."""
-    n, bs, batch_at = _source(data, batch_size, 0)
-    for start in range(0, n, bs):
-        batch = batch_at(start)
-        yield torch.arange(start, min(start + bs, n)), batch

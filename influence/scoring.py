@@ -115,9 +115,11 @@ class ReferenceSide:
         self.parts: dict[Hashable, list] = {}  # gram: reference blocks; pairwise materialize: [n_v, size] tensors
         self.sums: dict[Hashable, Tensor] = {}  # contracted: sum over reference samples of G_v
         self.blocks_seen: dict[Hashable, Block] = {}  # one block per key (for preconditioning views)
+        self._means: dict[Hashable, Tensor] | None = None  # mean reference matrices, built once after the last add
 
     def add(self, blocks: Mapping[Hashable, Block], n: int) -> None:
         """Add one reference batch of ``n`` samples."""
+        self._means = None
         first = self.n_ref == 0
         for key in blocks:
             block = blocks.get(key)
@@ -161,7 +163,9 @@ class ReferenceSide:
             raise InfluenceError("the reference side holds no sample")
         out = {}
         shape = (n, self.n_ref) if self.pairwise else (n,)
-        means = {key: self._mean(key) for key in self.sums}
+        if self._means is None:
+            self._means = {key: self._mean(key) for key in self.sums}
+        means = self._means
         for key, m in self.modes.items():
             block = blocks.get(key)
             if block is None:
