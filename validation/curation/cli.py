@@ -55,6 +55,9 @@ def parser(prog: str = "lai curate") -> argparse.ArgumentParser:
     ap.add_argument("--match", default="lai", help="threshold method whose kept fraction rate-based methods match")
     ap.add_argument("--on-empty", choices=ON_EMPTY, default="best",
                     help="when the threshold keeps no sample: error, train on the whole batch, or on the best one")
+    ap.add_argument("--refresh-every", type=int, default=1, metavar="K",
+                    help="LAI/Ghost: recompute the reference statistics every K curated steps (1: every step; "
+                         "validation.staleness measures ranking fidelity against K)")
     ap.add_argument("--timing-steps", type=int, default=30,
                     help="steps of the interleaved per-step timing after the runs (0: skip)")
     add_common(ap, out=("results", "results root: run folders go to <out>/curate/"),
@@ -76,6 +79,8 @@ def main(argv: list[str] | None = None, prog: str = "lai curate") -> int:
         p.error(str(exc))
     if args.task not in TASKS and not args.profile:
         p.error(f"unknown task {args.task!r}; choose from {', '.join(sorted(TASKS))}")
+    if args.refresh_every < 1:
+        p.error(f"--refresh-every must be >= 1, got {args.refresh_every}")
     with torch_threads(args.threads):
         return _curate(args, methods)
 
@@ -101,7 +106,8 @@ def _curate(args: argparse.Namespace, methods: list[str]) -> int:
         spec = dataclasses.replace(apply_protocol(spec, protocol), **{k: v for k, v in overrides.items() if k in late})
         run, table, t = run_comparison(spec, methods, seeds, args.out, args.keep_fraction, args.match,
                                        args.on_empty, progress=progress, log=log,
-                                       timing_steps=args.timing_steps if k == 0 else 0)
+                                       timing_steps=args.timing_steps if k == 0 else 0,
+                                       refresh_every=args.refresh_every)
         timing = timing or t
         print(f"\n{spec.name} ({protocol} protocol): {len(seeds)} seeds, {spec.epochs} epochs, run folder {run.root}")
         print(format_table(table))

@@ -53,13 +53,14 @@ _REVISION = git_revision()  # code revision recorded in every unit (a resumed ru
 _CODE = code_revision()  # part of the run folder's id
 
 
-def run_config(spec: TaskSpec, keep_fraction: float | None, match: str, on_empty: str) -> dict[str, Any]:
+def run_config(spec: TaskSpec, keep_fraction: float | None, match: str, on_empty: str,
+               refresh_every: int | None = 1) -> dict[str, Any]:
     """Everything that changes a unit's result (hashed into the run folder's id): task settings (protocol
     included), rate matching, the empty-selection fallback, the torch thread count and the code revision
     (``validation.results.code_revision``), so a run resumes only under the code and threads it started with;
     other code starts a folder of its own instead of mixing units."""
     return {"profile": spec.name, "task": spec.to_dict(), "keep_fraction": keep_fraction, "match": match,
-            "on_empty": on_empty, "threads": torch.get_num_threads(), "code": _CODE}
+            "on_empty": on_empty, "refresh_every": refresh_every, "threads": torch.get_num_threads(), "code": _CODE}
 
 
 def _batches(n: int, batch_size: int, epoch: int, seed: int, purpose: str = "batches") -> list[Tensor]:
@@ -95,8 +96,9 @@ def pretrained_state(run: RunDir, prep: Prepared, seed: int) -> dict[str, Tensor
 
 
 def train_unit(prep: Prepared, method: Method, seed: int, on_empty: str, init: dict[str, Tensor] | None = None,
-               progress: bool = True) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Train one (task, method, seed) unit. Returns (summary, per-step rows)."""
+               progress: bool = True, refresh_every: int | None = 1) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Train one (task, method, seed) unit. Returns (summary, per-step rows). ``refresh_every``: steps between
+    recomputations of the reference statistics (``Curator``)."""
     spec = prep.spec
     model = prep.make_model()
     if init is not None:
@@ -110,7 +112,7 @@ def train_unit(prep: Prepared, method: Method, seed: int, on_empty: str, init: d
     per_epoch = len(_batches(len(y), spec.batch_size, 0, seed))
     warmup = warmup_steps(spec, per_epoch)
     curator = Curator(prep.loss_fn, method, reference=ref, warmup_steps=warmup, on_empty=on_empty,
-                      seed=stream(seed, "select"))
+                      seed=stream(seed, "select"), refresh_every=refresh_every)
     rows, curve = [], []
     start, cpu0 = time.perf_counter(), time.process_time()
     total = spec.epochs * per_epoch
@@ -136,7 +138,7 @@ def train_unit(prep: Prepared, method: Method, seed: int, on_empty: str, init: d
         "threshold": method.threshold, "keep_fraction": method.keep_fraction, "ramp": method.ramp,
         "drop_rate_tau": spec.rate if method.ramp else None, "ramp_epochs": spec.ramp_epochs if method.ramp else None,
         "protocol": spec.protocol, "warmup_steps": warmup, "reference": spec.reference, "ref_size": spec.ref_size,
-        "seed": seed, "metric": prep.metric,
+        "seed": seed, "metric": prep.metric, "refresh_every": refresh_every,
         "final": curve[-1], "curve": curve, "steps": step,
         "kept_fraction": sum(r["kept_fraction"] for r in curated) / len(curated),
         "noise_recall": noisy_dropped / noisy_seen if noisy_seen else None,
@@ -182,11 +184,11 @@ def _match_fraction(run: RunDir, task: str, seed: int, match: str) -> float:
 
 def run_comparison(spec: TaskSpec, methods: list[str], seeds: list[int], results: str | Path = "results",
                    keep_fraction: float | None = None, match: str = "lai", on_empty: str = "best",
-                   progress: bool = True, log=print, timing_steps: int = 0
+                   progress: bool = True, log=print, timing_steps: int = 0, refresh_every: int | None = 1
                    ) -> tuple[RunDir, list[dict[str, Any]], list[dict[str, Any]]]:
     """Run (or resume) every unit, then (``timing_steps`` > 0) the interleaved timing. Returns the run folder,
     the table rows and the timing rows (both also written there)."""
-    config = run_config(spec, keep_fraction, match, on_empty)
+    config = run_config(spec, keep_fraction, match, on_empty, refresh_every)
     run = RunDir(Path(results) / SUITE / f"{spec.name}-{spec.protocol}-{config_id(config)}")
     run.init(config)
     run.add_provenance(provenance())
@@ -208,7 +210,8 @@ def run_comparison(spec: TaskSpec, methods: list[str], seeds: list[int], results
             if m.rate_matched:
                 m = m.with_fraction(keep_fraction if keep_fraction is not None
                                     else _match_fraction(run, spec.name, seed, match))
-            summary, rows = train_unit(prep, m, seed, on_empty, pretrained_state(run, prep, seed), progress)
+            summary, rows = train_unit(prep, m, seed, on_empty, pretrained_state(run, prep, seed), progress,
+                                       refresh_every)
             atomic_write_csv(run.root / "steps" / name / f"seed{seed}.csv", rows, STEP_COLUMNS)
             run.write_unit(SUITE, spec.name, name, summary, seed)
             log(f"{spec.name} {name} seed{seed}: {summary['metric']} {summary['final']:.4f} "
@@ -220,7 +223,8 @@ def run_comparison(spec: TaskSpec, methods: list[str], seeds: list[int], results
     if timing_steps > 0:
         matched = [r["kept_fraction"] for r in table if r["method"] == match]
         timing = time_methods(prepare(spec, seeds[0]), methods, seeds[0], timing_steps,
-                              keep_fraction=keep_fraction or (matched[0] if matched else 0.5))
+                              keep_fraction=keep_fraction or (matched[0] if matched else 0.5),
+                              refresh_every=refresh_every)
         atomic_write_csv(run.root / "timing.csv", timing, TIMING_COLUMNS)
         atomic_write_text(run.root / "timing.md", format_timing(timing))
     return run, table, timing

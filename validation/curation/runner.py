@@ -51,10 +51,12 @@ def run_profile(name: str, results: str | Path = "results", seeds: list[int] | N
     start = time.perf_counter()
     for seed in seeds:
         for spec, methods in specs:
-            run, _, _ = run_comparison(spec, methods, [seed], results, progress=progress, log=log)
+            run, _, _ = run_comparison(spec, methods, [seed], results, progress=progress, log=log,
+                                       refresh_every=profile.get("refresh_every", 1))
             runs[str(run.root)] = run
         log(f"[profile {name}] seed {seed} done for every task and protocol "
             f"({time.perf_counter() - start:.0f} s, {time.process_time():.0f} s CPU so far)")
     for spec, methods in specs:  # tables over all seeds of each folder
-        run, _, _ = run_comparison(spec, methods, seeds, results, log=lambda _: None)
+        run, _, _ = run_comparison(spec, methods, seeds, results, log=lambda _: None,
+                                   refresh_every=profile.get("refresh_every", 1))
     return list(runs.values())

@@ -17,7 +17,8 @@ the per-sample losses, and ``gradient(weights)`` = [(param, sum_i w_i grad l_i)]
 
 Sessions run with ``fallback='error'``: curation refuses, with the named error, whatever the factorisation does not
 cover (its updates reuse the factors). The reference side of LAI/Ghost/Exact is one extra pass over the reference
-batch (forward only for LAI, forward + truncated backward for Ghost); ``ref=None`` scores against the batch itself
+batch (forward only for LAI, forward + truncated backward for Ghost), at every step, or every k steps for LAI and
+Ghost when the caller keeps the session (``Curator(refresh_every=k)``); ``ref=None`` scores against the batch itself
 from the batch's own capture. ``pairwise()`` (greedy selection) is ``result.pairwise_within()``, from the same
 factors.
 """
@@ -122,29 +123,36 @@ def _graph_forward(model: nn.Module, loss_fn: LossFn, batch: Batch, n: int) -> t
     return f, losses
 
 
-def _session(model: nn.Module, loss_fn: LossFn, ref: Batch | None, estimator: str, lr: float,
-             mode: str) -> influence.Session:
+SESSION_SIGNALS = ("lai", "lai-last", "ghost")  # signals whose reference statistics a session can keep
+
+
+def session_for(model: nn.Module, loss_fn: LossFn, ref: Batch | None, estimator: str, lr: float,
+                mode: str) -> influence.Session:
     """The public scoring session; curation refuses what the factorisation does not cover (``fallback='error'``:
     its updates reuse the factors or the scoring forward). ``ref=None`` scores the batch against itself."""
     return influence.Session(model, loss_fn, ref, estimator=estimator, lr=lr, mode=mode, fallback="error")
 
 
-def _score_lai(model, loss_fn, batch, ref, lr, n, signal, mode) -> Scored:
-    _reference_size(ref)
-    r = _session(model, loss_fn, ref, signal, lr, mode).score(batch, keep_graph=True)
+def _score_lai(model, loss_fn, batch, ref, lr, n, signal, mode, session=None) -> Scored:
+    if session is None:
+        _reference_size(ref)
+        session = session_for(model, loss_fn, ref, signal, lr, mode)
+    r = session.score(batch, keep_graph=True)
     return Scored(signal, r.scores, r.train_losses, r.weighted_gradient, r.pairwise_within,
                   "the scoring forward pass (activations and logits): the update backpropagates its graph")
 
 
-def _score_ghost(model, loss_fn, batch, ref, lr, n, mode) -> Scored:
-    _reference_size(ref)
-    r = _session(model, loss_fn, ref, "ghost", lr, mode).score(batch)
+def _score_ghost(model, loss_fn, batch, ref, lr, n, mode, session=None) -> Scored:
+    if session is None:
+        _reference_size(ref)
+        session = session_for(model, loss_fn, ref, "ghost", lr, mode)
+    r = session.score(batch)
     return Scored("ghost", r.scores, r.train_losses, r.weighted_gradient, r.pairwise_within,
                   "the scoring backward pass: the update is sum_i w_i a_i (x) b_i from its recorded factors")
 
 
 def _score_gradnorm(model, loss_fn, batch, n, lr, mode) -> Scored:
-    r = _session(model, loss_fn, None, "ghost", 1.0, mode).score(batch)
+    r = session_for(model, loss_fn, None, "ghost", 1.0, mode).score(batch)
     return Scored("gradnorm", r.self_products().clamp(min=0).sqrt(), r.train_losses, r.weighted_gradient,
                   lambda: lr * r.pairwise_within(),
                   "the backward pass that gave the gradient norms (Ghost factors)")
@@ -159,8 +167,11 @@ def _score_exact(model, loss_fn, batch, ref, lr, n, name) -> Scored:
 
 
 def score_batch(model: nn.Module, loss_fn: LossFn, batch: Batch, ref: Batch | None, signal: str, lr: float,
-                mode: str = "auto") -> Scored:
+                mode: str = "auto", session: influence.Session | None = None) -> Scored:
     """Score ``batch`` ([n] samples) against ``ref`` (None: the batch itself) with ``signal``; see module doc.
+
+    ``session``: a persistent ``influence.Session`` of ``signal`` (``lai``, ``lai-last`` or ``ghost``) whose
+    reference statistics the caller keeps (``Curator`` with ``refresh_every``); ``ref`` is then not read.
 
     ``model`` must be the plain module (unwrap DDP first). Raises ``influence.UnsupportedLayerError`` (and the
     other ``influence`` errors) when the estimator cannot score the model, ``EmptyReferenceError`` for an empty
@@ -170,9 +181,9 @@ def score_batch(model: nn.Module, loss_fn: LossFn, batch: Batch, ref: Batch | No
         raise ValueError(f"unknown signal {signal!r}; choose from {SIGNALS}")
     n = check_batch(batch, "train")
     if signal in ("lai", "lai-last"):
-        return _score_lai(model, loss_fn, batch, ref, lr, n, signal, mode)
+        return _score_lai(model, loss_fn, batch, ref, lr, n, signal, mode, session)
     if signal == "ghost":
-        return _score_ghost(model, loss_fn, batch, ref, lr, n, mode)
+        return _score_ghost(model, loss_fn, batch, ref, lr, n, mode, session)
     if signal == "gradnorm":
         return _score_gradnorm(model, loss_fn, batch, n, lr, mode)
     if signal in ("exact", "tracin"):

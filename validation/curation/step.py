@@ -27,6 +27,8 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
+import influence
+
 from influence.batch import Batch, LossFn, call_model, check_batch, output_tensor
 from influence.losses import per_sample_losses
 
@@ -35,7 +37,7 @@ from .errors import CurationError, EmptySelectionError
 from .methods import Method, get_method
 from .policies import greats_select, keep_count, keep_random, keep_threshold, keep_top_k
 from .reference import ReferencePolicy
-from .signals import global_pairwise, score_batch, trainable_params
+from .signals import SESSION_SIGNALS, global_pairwise, score_batch, session_for, trainable_params
 
 ON_EMPTY = ("error", "keep_all", "best")
 REDUCTIONS = ("mean", "sum", "batch_mean")
@@ -149,7 +151,7 @@ def curation_step(model: nn.Module, loss_fn: LossFn, optimizer: torch.optim.Opti
                   ref: Batch | None, method: str | Method = "lai", *, lr: float | None = None,
                   on_empty: str = "error", reduction: str = "mean", loss_scale: float = 1.0, step: bool = True,
                   generator: torch.Generator | None = None, is_noisy: Tensor | None = None, group: Any = "auto",
-                  mode: str = "auto") -> StepInfo:
+                  mode: str = "auto", session: influence.Session | None = None) -> StepInfo:
     """Score, select and update on one batch. See the module docstring.
 
     model: an ``nn.Module`` or a DDP-wrapped one (then ``batch`` is this rank's shard and selection is global).
@@ -157,7 +159,9 @@ def curation_step(model: nn.Module, loss_fn: LossFn, optimizer: torch.optim.Opti
     against the batch itself. lr: the step size in the scores (default: the optimizer's first group's lr).
     generator: seeds random selection (seed it identically on every rank). is_noisy: bool [n] of injected
     noise, for the noisy kept/dropped counts. group: a process group, None (one process) or 'auto' (the
-    DDP wrapper's). mode: Gram/materialise choice passed to the estimators.
+    DDP wrapper's). mode: Gram/materialise choice passed to the estimators. session: a persistent
+    ``influence.Session`` of the method's signal holding the reference statistics (``Curator`` keeps one when
+    ``refresh_every`` is set); ``ref`` is then only read by the loss baselines.
     """
     m = get_method(method)
     if m.needs_fraction and m.keep_fraction is None:
@@ -180,7 +184,7 @@ def curation_step(model: nn.Module, loss_fn: LossFn, optimizer: torch.optim.Opti
     t0 = time.perf_counter()
     if m.needs_reference and ref is None and sh is not None:
         ref = gather_batch(batch, sh)
-    scored = score_batch(net, loss_fn, batch, ref if m.needs_reference else None, m.signal, lr, mode)
+    scored = score_batch(net, loss_fn, batch, ref if m.needs_reference else None, m.signal, lr, mode, session)
     values, losses = scored.values, scored.losses
     offset = 0
     if sh is not None:
@@ -232,28 +236,62 @@ def curation_step(model: nn.Module, loss_fn: LossFn, optimizer: torch.optim.Opti
 
 
 class Curator:
-    """Stateful wrapper for a training loop: warm-up, reference policy and random generator.
+    """Stateful wrapper for a training loop: warm-up, reference policy, random generator and reference statistics.
 
     The first ``warmup_steps`` calls train on the whole batch (method ``vanilla``), later ones curate with
     ``method``. Every call draws its reference batch from ``reference`` (default: the batch itself).
+
+    ``refresh_every=k`` (LAI and Ghost against a held-out reference, one process): the reference statistics (LAI's
+    per-layer mean of a_v (x) g_v, Ghost's reference gradient) are kept in one ``influence.Session`` and recomputed
+    every k curated steps, from a new ``reference.sample()`` (so a ``resample`` reference changes every k steps);
+    between refreshes they are up to k - 1 steps old. k = 1 (default) recomputes them at every step, which gives the
+    scores of a fresh session at every step (tested) without rebuilding the session. ``None``: a new session per
+    step (what DDP and the other signals always do).
     """
 
     def __init__(self, loss_fn: LossFn, method: str | Method = "lai", *, reference: ReferencePolicy | None = None,
                  warmup_steps: int = 0, lr: float | None = None, on_empty: str = "error",
-                 reduction: str = "mean", seed: int = 0, mode: str = "auto") -> None:
+                 reduction: str = "mean", seed: int = 0, mode: str = "auto", refresh_every: int | None = 1) -> None:
+        if refresh_every is not None and (isinstance(refresh_every, bool) or not isinstance(refresh_every, int)
+                                          or refresh_every <= 0):
+            raise ValueError(f"refresh_every must be a positive integer or None, got {refresh_every!r}")
         self.loss_fn, self.method = loss_fn, get_method(method)
         self.reference = reference or ReferencePolicy("batch")
         self.warmup_steps, self.lr, self.on_empty, self.reduction, self.mode = warmup_steps, lr, on_empty, \
             reduction, mode
+        self.refresh_every = refresh_every
         self.generator = torch.Generator().manual_seed(seed)
         self.calls = 0
+        self.session: influence.Session | None = None
+        self._key: tuple | None = None
+        self._age = 0
+
+    def _session(self, model: nn.Module, optimizer: torch.optim.Optimizer | None, method: Method
+                 ) -> influence.Session | None:
+        """The kept session of ``method`` (refreshed when due), or None when the step builds its own."""
+        if (self.refresh_every is None or method.signal not in SESSION_SIGNALS or self.reference.kind == "batch"
+                or Shards.of(model, "auto") is not None):
+            return None
+        lr = self.lr if self.lr is not None else float(optimizer.param_groups[0]["lr"]) if optimizer else None
+        if lr is None:
+            return None  # curation_step names the missing lr
+        key = (id(model), method.signal, lr, self.mode)
+        if self.session is None or key != self._key:
+            self.session = session_for(model, self.loss_fn, self.reference.sample(), method.signal, lr, self.mode)
+            self._key, self._age = key, 0
+        elif self._age >= self.refresh_every:
+            self.session.refresh(self.reference.sample())
+            self._age = 0
+        self._age += 1
+        return self.session
 
     def step(self, model: nn.Module, optimizer: torch.optim.Optimizer | None, batch: Batch, *,
              is_noisy: Tensor | None = None, step: bool = True, loss_scale: float = 1.0) -> StepInfo:
         warm = self.calls < self.warmup_steps
         self.calls += 1
         method = get_method("vanilla") if warm else self.method
-        ref = self.reference.sample() if method.needs_reference else None
+        session = self._session(model, optimizer, method) if method.needs_reference else None
+        ref = self.reference.sample() if method.needs_reference and session is None else None
         return curation_step(model, self.loss_fn, optimizer, batch, ref, method, lr=self.lr,
                              on_empty=self.on_empty, reduction=self.reduction, loss_scale=loss_scale, step=step,
-                             generator=self.generator, is_noisy=is_noisy, mode=self.mode)
+                             generator=self.generator, is_noisy=is_noisy, mode=self.mode, session=session)

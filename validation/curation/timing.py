@@ -23,7 +23,7 @@ TIMING_COLUMNS = ["method", "steps", "step_ms", "score_ms", "update_ms", "time_v
 
 
 def time_methods(prep: Prepared, methods: list[str], seed: int = 0, steps: int = 30, warmup: int = 3,
-                 keep_fraction: float = 0.5) -> list[dict[str, Any]]:
+                 keep_fraction: float = 0.5, refresh_every: int | None = 1) -> list[dict[str, Any]]:
     """Interleaved per-step timing of ``methods`` (``vanilla`` is added when missing, as the baseline)."""
     spec = prep.spec
     names = methods if "vanilla" in methods else ["vanilla", *methods]
@@ -36,7 +36,8 @@ def time_methods(prep: Prepared, methods: list[str], seed: int = 0, steps: int =
         pool_n = len(prep.ref_pool[1])
         ref = ReferencePolicy(spec.reference, prep.ref_pool if spec.reference != "batch" else None,
                               min(spec.ref_size, pool_n) if spec.reference != "batch" else None, seed=seed)
-        runs[name] = (model, opt, Curator(prep.loss_fn, m, reference=ref, on_empty="best", seed=seed))
+        runs[name] = (model, opt, Curator(prep.loss_fn, m, reference=ref, on_empty="best", seed=seed,
+                                                    refresh_every=refresh_every))
     x, y = prep.train
     perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
     times: dict[str, list[tuple[float, float]]] = {n: [] for n in names}
