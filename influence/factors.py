@@ -328,6 +328,28 @@ def _conv_contract(left: Tensor, m: Tensor, patches: Patches) -> Tensor:
     return y.mul_(grad).sum((1, 2, 3))
 
 
+def rows_times(f: Dense | Patches, w: Tensor) -> Tensor:
+    """A dense-like factor [n, T, G, d] times per-group matrices ``w`` [G, d, k]: [G, n*T, k], without
+    materialising it: one GEMM per group for ``Dense`` (a ones column adds the last row of ``w``), one grouped
+    convolution for ``Patches`` (the last row of ``w`` as its bias when it carries ones)."""
+    if isinstance(f, Patches):
+        n, c = f.inp.shape[:2]
+        g, d, k = w.shape
+        d0 = d - int(f.ones)
+        weight = w[:, :d0].transpose(1, 2).reshape(g * k, c // g, *f.kernel)
+        bias = w[:, d0].reshape(g * k) if f.ones else None
+        y = F.conv2d(f.inp, weight.to(f.dtype), None if bias is None else bias.to(f.dtype), stride=f.stride,
+                     dilation=f.dilation, groups=g)  # [n, G*k, H_out, W_out]
+        return y.reshape(n, g, k, -1).permute(1, 0, 3, 2).reshape(g, -1, k)
+    x, ones = f.data, f.ones
+    n, t, g, d = x.shape
+    if g == 1:
+        out = (x.reshape(n * t, d) @ w[0, :d]).unsqueeze(0)
+    else:
+        out = torch.bmm(x.permute(2, 0, 1, 3).reshape(g, n * t, d), w[:, :d])
+    return out + w[:, d:d + 1] if ones else out
+
+
 def segment_matrix(seg: Segment, weights: Tensor | None = None) -> Tensor:
     """sum_i w_i sum_t L_{i,t} (x) R_{i,t} as [G, p, q] (L oriented so that an Index factor is on the left).
     ``weights`` [n] defaults to ones."""

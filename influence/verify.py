@@ -32,7 +32,7 @@ from torch.utils._pytree import tree_flatten
 
 from .batch import Batch, LossFn
 from .capture import Capture, Plan, capture_backward, factor_blocks
-from .factors import Block, Index, Segment, _dense_like, _oriented
+from .factors import Block, Index, Segment, _oriented, rows_times
 from .layers import registry_version
 
 Routed = dict[int, tuple[str, str]]  # param id -> (kind, reason)
@@ -112,21 +112,13 @@ def _segment_projection(seg: Segment, vs: Tensor, us: Tensor) -> tuple[Tensor, T
     ``segment_matrix``): (sum over samples, tokens and groups of (L . v_k)(R . u_k), and the same of absolute
     values), both [k]. Cost n * T * (p + q) * k: no [p, q] product is formed."""
     left, right, _ = _oriented(seg)
-    r = _rows_times(_dense_like(right).x, us)  # [G, n*T, k]
+    r = rows_times(right, us)  # [G, n*T, k]
     if isinstance(left, Index):
         ids = left.ids.reshape(-1)
         terms = vs[0][ids.clamp(min=0)] * (ids >= 0).unsqueeze(-1).to(r.dtype) * r[0]
     else:
-        terms = _rows_times(_dense_like(left).x, vs) * r
+        terms = rows_times(left, vs) * r
     return terms.sum(tuple(range(terms.dim() - 1))), terms.abs().sum(tuple(range(terms.dim() - 1)))
-
-
-def _rows_times(x: Tensor, w: Tensor) -> Tensor:
-    """A factor [n, T, G, d] times per-group matrices [G, d, k]: [G, n*T, k] (one GEMM per group)."""
-    n, t, g, d = x.shape
-    if g == 1:
-        return (x.reshape(n * t, d) @ w[0]).unsqueeze(0)
-    return torch.bmm(x.permute(2, 0, 1, 3).reshape(g, n * t, d), w)
 
 
 _PACK: dict[tuple, list[Tensor]] = {}

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import UnsupportedLayerError
-from ..factors import Block, Dense, Factor, Index, Segment
+from ..factors import Block, Dense, Factor, Index, Patches, Segment, ones_factor
 
 
 def trainable(p: nn.Parameter | None) -> bool:
@@ -73,6 +73,9 @@ class LayerRule:
     #: whether a leading dimension k * n of the recorded input/output may be read as [n, k, ...] tokens
     #: (flattened tokens); the verification pass confirms it per model and input signature
     fold_tokens: bool = False
+    #: whether last-layer LAI and TracIn may take this layer as the output layer (its LAI activation pairs with
+    #: its own output gradient); False where some parameters act before further computation (attention)
+    lai_last: bool = True
 
     def matches(self, module: nn.Module) -> bool:
         """True when ``module`` is an instance of one of ``types`` whose ``forward`` is that type's own."""
@@ -84,10 +87,16 @@ class LayerRule:
 
     def record(self, module: nn.Module, args: tuple, kwargs: dict[str, Any], output: Any) -> Tensor:
         """The tensor the factorisation reads, from one call's arguments: by default the first positional
-        argument. It must have the batch (or 1, broadcast) as its leading dimension."""
+        argument. It must have the batch (or 1, broadcast) as its leading dimension; a tuple of several tensors
+        must each have the batch as leading dimension (no broadcast or folding)."""
         if args:
             return args[0]
         return next(v for v in kwargs.values() if isinstance(v, Tensor))
+
+    def split_output(self, module: nn.Module, output: Any) -> tuple[Tensor, Callable[[Tensor], Any] | None]:
+        """The output tensor whose gradient :meth:`ghost_pieces` reads, [n, ...], and how to rebuild the module's
+        return value around it (None: that tensor is the return value). Default: the output itself."""
+        return output, None
 
     def ghost_pieces(self, module: nn.Module, inp: Tensor, grad_out: Tensor, ctx: Context) -> list[GhostPiece]:
         """Exact factorisation of one call's per-sample gradients of the parameters ``ctx.scored``.
@@ -160,26 +169,27 @@ def reshaper(params: tuple[nn.Parameter, ...], split: Callable[[Tensor], list[Te
     return unpack
 
 
-def weight_bias_pieces(weight: nn.Parameter, bias: nn.Parameter | None, left: Dense, right: Dense, ctx: Context,
-                       bias_side: str = "right") -> list[GhostPiece]:
+def weight_bias_pieces(weight: nn.Parameter, bias: nn.Parameter | None, left: Dense, right: Dense | Patches,
+                       ctx: Context, bias_side: str = "right") -> list[GhostPiece]:
     """Pieces for dW = sum L (x) R and db = sum (the factor on the other side from ``bias_side``), merged into
-    one block augmented by a 1 on ``bias_side`` unless either parameter is shared. ``bias_side="right"``:
-    the bias is an extra column of W (nn.Linear, conv); ``"left"``: an extra row (Conv1D, W stored (in, out))."""
+    one block augmented by a 1 on ``bias_side`` (the factor's unstored ``ones`` column, no copy) unless either
+    parameter is shared. ``bias_side="right"``: the bias is an extra column of W (nn.Linear, conv); ``"left"``:
+    an extra row (Conv1D, W stored (in, out))."""
     w_on, b_on = ctx.scored(weight), ctx.scored(bias)
     on_right = bias_side == "right"
-    ones = Dense(ones_like_last(right.x if on_right else left.x))
     if w_on and b_on and id(weight) not in ctx.shared and id(bias) not in ctx.shared:
         if on_right:
-            seg = Segment(left, Dense(torch.cat([right.x, ones.x], -1)))
+            seg = Segment(left, right.with_ones())
             split = lambda m: [m[..., :-1], m[..., -1]]  # noqa: E731
         else:
-            seg = Segment(Dense(torch.cat([left.x, ones.x], -1)), right)
+            seg = Segment(left.with_ones(), right)
             split = lambda m: [m[..., :-1, :], m[..., -1, :]]  # noqa: E731
         return [GhostPiece((weight, bias), seg, reshaper((weight, bias), split))]
     pieces = []
     if w_on:
         pieces.append(GhostPiece((weight,), Segment(left, right), reshaper((weight,), lambda m: [m])))
     if b_on:
+        ones = ones_factor(right if on_right else left)
         seg, split = (Segment(left, ones), lambda m: [m[..., 0]]) if on_right else \
             (Segment(ones, right), lambda m: [m[..., 0, :]])
         pieces.append(GhostPiece((bias,), seg, reshaper((bias,), split)))

@@ -1,8 +1,10 @@
-"""``nn.Conv1d`` / ``nn.Conv2d``: the linear-layer factorisation on the unfolded input, one group per conv group.
+"""``nn.Conv1d`` / ``nn.Conv2d``: the linear-layer factorisation on the input patches, one group per conv group.
 
-Padding (numbers, ``'same'``, ``'valid'``, any ``padding_mode``), stride and dilation are applied by explicit
-padding followed by ``F.unfold``; Conv1d is Conv2d with a height-1 kernel. LAI's activation is the flattened
-input map with a bias 1 (not the unfolded patches), so it does not depend on the kernel geometry.
+Padding (numbers, ``'same'``, ``'valid'``, any ``padding_mode``) is applied explicitly; the patches are then kept
+lazily as ``influence.factors.Patches`` (the padded input map with stride, dilation and kernel), whose reference
+matrix and contraction are convolution kernels, so Ghost's contracted form never unfolds them; a bias joins its
+weight as the Patches' ``ones`` column (not stored). Conv1d is Conv2d with a height-1 kernel. LAI's activation
+is the flattened input map with a bias 1 (not the patches), so it does not depend on the kernel geometry.
 """
 
 from __future__ import annotations
@@ -10,9 +12,8 @@ from __future__ import annotations
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from ..factors import Dense
-from .base import (Context, GhostPiece, LayerRule, TheoryFactor, register_layer, unsupported, weight_bias_pieces,
-                   with_bias)
+from ..factors import Dense, Patches, ones_factor
+from .base import Context, GhostPiece, LayerRule, TheoryFactor, register_layer, unsupported, weight_bias_pieces
 
 
 def conv_pads(module: nn.Module, spatial: int) -> list[int]:
@@ -30,8 +31,9 @@ def conv_pads(module: nn.Module, spatial: int) -> list[int]:
     return pads
 
 
-def unfold_conv_input(module: nn.Module, x: Tensor) -> Tensor:
-    """Patches of a Conv1d/Conv2d input: [n, C_in, *spatial] -> [n, P, C_in * prod(kernel)]."""
+def conv_patches(module: nn.Module, x: Tensor) -> Patches:
+    """The patches of a Conv1d/Conv2d input [n, C_in, *spatial] as a lazy factor [n, P, G, C_in / G * K]: the
+    explicitly padded map (a view of ``x`` when there is no padding) with the kernel geometry."""
     spatial = x.dim() - 2
     pads = conv_pads(module, spatial)
     if any(pads):
@@ -40,7 +42,13 @@ def unfold_conv_input(module: nn.Module, x: Tensor) -> Tensor:
     k, s, d = module.kernel_size, module.stride, module.dilation
     if spatial == 1:
         x, k, s, d = x.unsqueeze(2), (1, k[0]), (1, s[0]), (1, d[0])
-    return F.unfold(x, k, dilation=d, stride=s).transpose(1, 2)
+    return Patches(x, tuple(k), tuple(s), tuple(d), module.groups)
+
+
+def unfold_conv_input(module: nn.Module, x: Tensor) -> Tensor:
+    """Materialised patches of a Conv1d/Conv2d input: [n, C_in, *spatial] -> [n, P, C_in * prod(kernel)]."""
+    patches = conv_patches(module, x).x
+    return patches.reshape(*patches.shape[:2], -1)
 
 
 class ConvRule(LayerRule):
@@ -52,27 +60,25 @@ class ConvRule(LayerRule):
         if module.transposed:
             raise unsupported(name, "transposed convolutions are not supported; their parameters go to Exact")
 
-    def _patches(self, module: nn.Module, inp: Tensor) -> Tensor:
-        """[n, P, G, C_in / G * K]."""
-        patches = unfold_conv_input(module, inp)
-        return patches.reshape(inp.shape[0], patches.shape[1], module.groups, -1)
-
     def ghost_pieces(self, module: nn.Module, inp: Tensor, grad_out: Tensor, ctx: Context) -> list[GhostPiece]:
         n, g = inp.shape[0], module.groups
-        right = self._patches(module, inp)
-        p = right.shape[1]
-        left = grad_out.reshape(n, g, module.out_channels // g, p).permute(0, 3, 1, 2)
-        return weight_bias_pieces(module.weight, module.bias, Dense(left), Dense(right), ctx)
+        right = conv_patches(module, inp)
+        left = grad_out.reshape(n, g, module.out_channels // g, right.tokens).permute(0, 3, 1, 2)  # a view
+        return weight_bias_pieces(module.weight, module.bias, Dense(left), right, ctx)
 
     def lai_activation(self, module: nn.Module, inp: Tensor, ctx: Context) -> Dense | None:
-        x = with_bias(inp.reshape(inp.shape[0], 1, 1, -1), ctx.scored(module.weight), ctx.scored(module.bias))
-        return None if x is None else Dense(x)
+        w_on, b_on = ctx.scored(module.weight), ctx.scored(module.bias)
+        if w_on:  # the flattened map (a view of a contiguous input) with the bias as an unstored ones column
+            return Dense(inp.reshape(inp.shape[0], 1, 1, -1), ones=b_on)
+        return Dense(inp.new_ones(inp.shape[0], 1, 1, 1)) if b_on else None
 
     def theory_factor(self, module: nn.Module, inp: Tensor, ctx: Context) -> TheoryFactor | None:
-        n, groups = inp.shape[0], module.groups
-        x = with_bias(self._patches(module, inp), ctx.scored(module.weight), ctx.scored(module.bias))
-        if x is None:
+        w_on, b_on = ctx.scored(module.weight), ctx.scored(module.bias)
+        if not (w_on or b_on):
             return None
+        n, groups = inp.shape[0], module.groups
+        patches = conv_patches(module, inp)
+        x = (patches.with_ones() if b_on else patches).x if w_on else ones_factor(patches).x
         p, q = x.shape[1], module.out_channels // groups
         return TheoryFactor(Dense(x), lambda j: j.reshape(n, j.shape[1], groups, q, p).transpose(3, 4), "flat")
 
