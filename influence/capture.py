@@ -183,7 +183,9 @@ class Capture:
     ``g``: dl_i/df_i, same shape; ``losses``: [n]; ``bad``: layer name -> why a call could not be recorded;
     ``producer``: the recorded layer whose output tensor IS the model output (or None); ``param_grads``:
     id(param) -> autograd's gradient of sum_i l_i; ``probe``: [(sample index, {id(param): gradient of l_i})]; ``graph_losses``: [n] losses attached to the forward's
-    autograd graph (``capture_forward(keep_graph=True)``)."""
+    autograd graph (``capture_forward(keep_graph=True)``); ``checked``: block key -> autograd's
+    gradient of sum_i l_i laid out as the block's [G, p, q] matrix, for the blocks that passed the sum check
+    (``influence.verify``; a reference side uses it instead of summing the factors)."""
 
     calls: dict[str, list[Call]]
     order: list[str]
@@ -196,6 +198,7 @@ class Capture:
     param_grads: dict[int, Tensor] = field(default_factory=dict)
     probe: list[tuple[int, dict[int, Tensor]]] = field(default_factory=list)
     graph_losses: Tensor | None = None
+    checked: dict[Any, Tensor] = field(default_factory=dict)
 
 
 class Recorder:

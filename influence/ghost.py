@@ -70,10 +70,10 @@ class GhostBackend:
 
     def add_reference(self, batch: Batch, n: int) -> None:
         self._known(batch)
-        _, blocks, new = verified_capture(self.model, self.loss_fn, batch, self.pl, n, "ref", self.routed)
+        cap, blocks, new = verified_capture(self.model, self.loss_fn, batch, self.pl, n, "ref", self.routed)
         if new:
             raise Reroute(new)
-        self.side.add(blocks, n)
+        self.side.add(blocks, n, cap.checked)
 
     def score(self, batch: Batch, n: int, self_reference: bool = False, keep_graph: bool = False) -> Chunk:
         """Scores of ``batch`` against the reference side, or (``self_reference``) against the batch itself from
@@ -85,7 +85,7 @@ class GhostBackend:
             raise Reroute(new)
         if self_reference:
             self.start(n, self.side.pairwise, False)
-            self.side.add(blocks, n)
+            self.side.add(blocks, n, cap.checked)
         named = {k: self.lr * v for k, v in self.side.by_name(self.side.score(blocks, n, cap.losses)).items()}
         return Chunk(named, cap.losses, blocks=blocks)
 

@@ -30,10 +30,14 @@ def check_mode(mode: str) -> str:
     return mode
 
 
-def choose_mode(block: Block, n_train: int, n_ref: int, pairwise: bool, mode: str) -> str:
+def choose_mode(block: Block, n_train: int, n_ref: int, pairwise: bool, mode: str, ref_sum: bool = False) -> str:
+    """The cheaper form of ``block`` under ``mode="auto"``. ``ref_sum``: the block's sum over the reference
+    samples is already known (autograd's, from the verification), so the contracted form pays only its
+    training side."""
     if check_mode(mode) != "auto":
         return mode
-    other = block.materialize_cost(n_train, n_ref) if pairwise else block.contract_cost(n_train, n_ref)
+    other = block.materialize_cost(n_train, n_ref) if pairwise else \
+        block.contract_cost(n_train, 0 if ref_sum else n_ref)
     return "gram" if block.gram_cost(n_train, n_ref) <= other else "materialize"
 
 
@@ -117,8 +121,11 @@ class ReferenceSide:
         self.blocks_seen: dict[Hashable, Block] = {}  # one block per key (for preconditioning views)
         self._means: dict[Hashable, Tensor] | None = None  # mean reference matrices, built once after the last add
 
-    def add(self, blocks: Mapping[Hashable, Block], n: int) -> None:
-        """Add one reference batch of ``n`` samples."""
+    def add(self, blocks: Mapping[Hashable, Block], n: int, sums: Mapping[Hashable, Tensor] | None = None) -> None:
+        """Add one reference batch of ``n`` samples. ``sums``: block key -> the block's sum over these samples
+        of G_v, when already known ([G, p, q], autograd's gradient checked against the factors by
+        ``influence.verify``): the contracted form uses it instead of forming it from the factors."""
+        sums = sums or {}
         self._means = None
         first = self.n_ref == 0
         for key in blocks:
@@ -129,7 +136,7 @@ class ReferenceSide:
                 mode = self.mode
                 if self.preconditioner or (self.streamed and not self.pairwise):
                     mode = "materialize" if mode == "auto" else mode
-                m = choose_mode(block, self.n_train, n, self.pairwise, mode)
+                m = choose_mode(block, self.n_train, n, self.pairwise, mode, key in sums)
                 if m == "gram" and self.streamed and not self.pairwise:
                     raise InfluenceError("the Gram form needs the whole reference set in memory; with several "
                                          "reference batches use mode='auto' or 'materialize'")
@@ -142,7 +149,7 @@ class ReferenceSide:
             elif self.pairwise:
                 self.parts.setdefault(key, []).append(block.per_sample())
             else:
-                mat = block.matrix()
+                mat = sums[key] if key in sums else block.matrix()
                 self.sums[key] = self.sums[key] + mat if key in self.sums else mat
                 self.blocks_seen.setdefault(key, block.rows(slice(0, 0)))
             del block
