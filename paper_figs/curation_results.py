@@ -5,8 +5,10 @@ Two sources, read the same way by :func:`load_curation`:
 1. run folders of ``python -m validation curate`` (see validation/curation/experiment.py), one per task and
    protocol::
 
-       <root>/curate/<task>-<protocol>-<id>/config.json      {"task": {name, dataset, model, noise, rate, epochs,
-                                                              protocol, ...}, ...}
+       <root>/curate/<task>-<protocol>-<id>/config.json      {"task": {name, dataset, model, noise: {kind,
+                                                              rate, ...}, epochs, protocol, ...}, ...} (older
+                                                              folders: noise kind and rate side by side;
+                                                              validation.config.upgrade reads both)
        <root>/curate/<task>-<protocol>-<id>/units/curate/<task>/seed<s>/<method>.json
                                                              {"method", "seed", "metric", "final", "curve",
                                                               "kept_fraction", "noise_recall", ...}
@@ -168,19 +170,22 @@ def load_curation(root: str | os.PathLike) -> CurationResults:
     root = Path(root)
     if is_stored(root):
         return _load_stored(root)
+    from validation.config import upgrade
+
     used, ignored = curation_folders(root)
     final, curves, notes = [], [], []
     for folder in used:
         cfg = _read_json(folder / "config.json")
-        spec = cfg.get("task", {}) if isinstance(cfg.get("task"), dict) else {}
+        spec = upgrade(cfg["task"]) if isinstance(cfg.get("task"), dict) else {}
+        noise = spec.get("noise") if isinstance(spec.get("noise"), dict) else {}
         for path in sorted((folder / "units").rglob("*.json")):
             try:
                 u = _read_json(path)
                 task = u.get("task") or spec.get("name")
-                rate = (u.get("noise") or {}).get("rate", spec.get("rate"))
+                rate = (u.get("noise") or {}).get("rate", noise.get("rate"))
                 code = (u.get("code") or {}).get("commit") if isinstance(u.get("code"), dict) else u.get("code")
                 row = {"task": task, "family": family_of(task), "dataset": spec.get("dataset"),
-                       "model": spec.get("model"), "noise": spec.get("noise"), "rate": float(rate),
+                       "model": spec.get("model"), "noise": noise.get("kind"), "rate": float(rate),
                        "protocol": u.get("protocol") or spec.get("protocol") or "ours",
                        "method": u["method"], "seed": int(u["seed"]), "metric": u["metric"],
                        "final": float(u["final"]), "kept_fraction": u.get("kept_fraction"),

@@ -94,7 +94,7 @@ def test_workload_calls_go_through_the_registry():
     w = bench_workloads.build_workload("mlp", tiny=True)
     import torch
     gen = torch.Generator().manual_seed(0)
-    train, ref = w.make(w.n_train, gen), w.make(w.n_ref, gen)
+    train, ref = w.make(w.spec.n_score, gen), w.make(w.spec.n_ref, gen)
     whole = bench_workloads.estimator_call(w, "ghost", train, ref)()
     chunked = bench_workloads.estimator_call(w, "ghost", train, ref, chunk=4)()
     assert torch.allclose(whole, chunked, rtol=1e-4, atol=1e-7)

@@ -44,7 +44,7 @@ def test_task_is_seeded_and_marks_exactly_the_corrupted_samples(name):
     else:
         clean = __import__("validation.data", fromlist=["get_dataset"]).get_dataset(s.dataset, seed=3, **s.data_kw)
         assert torch.equal(a.is_noisy, a.y_train != clean.y_train)
-        assert abs(float(a.is_noisy.float().mean()) - s.noise["rate"]) < 0.05
+        assert abs(float(a.is_noisy.float().mean()) - s.noise.rate) < 0.05
 
 
 def test_resumed_training_equals_uninterrupted():

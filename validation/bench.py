@@ -39,12 +39,13 @@ BIG_BATCH = 4096
 
 def costs_section(w: Workload, repeats: int, estimators: tuple[str, ...], curated: bool) -> dict[str, Any]:
     gen = torch.Generator().manual_seed(1)
-    train, ref = w.make(w.n_train, gen), w.make(w.n_ref, gen)
+    train, ref = w.make(w.spec.n_score, gen), w.make(w.spec.n_ref, gen)
     extra = curated_steps(w, train, ref) if curated else {}
-    rows = estimator_costs(w.model, w.loss_fn, train, ref, w.lr, (*estimators, *extra), repeats=repeats,
+    rows = estimator_costs(w.model, w.loss_fn, train, ref, w.spec.lr, (*estimators, *extra), repeats=repeats,
                            extra=extra)
     how = "validation.curation.step.curation_step (threshold 0)" if curated else None
-    return {"n_train": w.n_train, "n_ref": w.n_ref, "rows": rows, "curated_step": how, "loadavg_after": loadavg()}
+    return {"n_train": w.spec.n_score, "n_ref": w.spec.n_ref, "rows": rows, "curated_step": how,
+            "loadavg_after": loadavg()}
 
 
 def fit_exponent(sizes: tuple[int, ...] | list[int], times: list[float]) -> float:
@@ -58,7 +59,7 @@ def scaling_section(w: Workload, sizes: tuple[int, ...], repeats: int,
                     estimators: tuple[str, ...]) -> dict[str, Any]:
     """Median time of each estimator for every train batch size (reference fixed) and the fitted exponent."""
     gen = torch.Generator().manual_seed(2)
-    ref = w.make(w.n_ref, gen)
+    ref = w.make(w.spec.n_ref, gen)
     times: dict[str, list[float]] = {e: [] for e in estimators}
     cpu: dict[str, list[float]] = {e: [] for e in estimators}
     for n in sizes:
@@ -67,19 +68,19 @@ def scaling_section(w: Workload, sizes: tuple[int, ...], repeats: int,
         for e in estimators:
             times[e].append(got[e].median_s)
             cpu[e].append(got[e].cpu_median_s)
-    return {"sizes": list(sizes), "n_ref": w.n_ref, "median_s": times, "cpu_median_s": cpu,
+    return {"sizes": list(sizes), "n_ref": w.spec.n_ref, "median_s": times, "cpu_median_s": cpu,
             "exponent": {e: fit_exponent(sizes, t) for e, t in times.items()},
             "cpu_exponent": {e: fit_exponent(sizes, t) for e, t in cpu.items()}}
 
 
 def big_section(w: Workload, n: int, estimators: tuple[str, ...]) -> dict[str, Any]:
     """Every estimator on an n-sample train batch (one timed call, then the memory call): Ghost and LAI in
-    chunks of ``w.big_chunk`` training samples, Exact and TracIn in their default chunks."""
+    chunks of ``w.spec.big_chunk`` training samples, Exact and TracIn in their default chunks."""
     gen = torch.Generator().manual_seed(3)
-    train, ref = w.make(n, gen), w.make(w.n_ref, gen)
-    got = measure_many({e: estimator_call(w, e, train, ref, w.big_chunk) for e in estimators}, 1, 0, memory=True,
+    train, ref = w.make(n, gen), w.make(w.spec.n_ref, gen)
+    got = measure_many({e: estimator_call(w, e, train, ref, w.spec.big_chunk) for e in estimators}, 1, 0, memory=True,
                        settle=False)
-    return {"n_train": n, "n_ref": w.n_ref, "chunk_size": w.big_chunk,
+    return {"n_train": n, "n_ref": w.spec.n_ref, "chunk_size": w.spec.big_chunk,
             "rows": [{"estimator": e, "median_s": m.median_s, "cpu_median_s": m.cpu_median_s,
                       "peak_mb": m.peak_bytes / MB} for e, m in got.items()]}
 
@@ -92,7 +93,7 @@ def ops_section(w: Workload, estimators: tuple[str, ...], out: Path, rows: int =
     from .measure import filtered_stderr
 
     gen = torch.Generator().manual_seed(1)
-    train, ref = w.make(w.n_train, gen), w.make(w.n_ref, gen)
+    train, ref = w.make(w.spec.n_score, gen), w.make(w.spec.n_ref, gen)
     summary = {}
     for e in estimators:
         fn = estimator_call(w, e, train, ref)
@@ -173,7 +174,7 @@ def _bench(args: argparse.Namespace, estimators: tuple[str, ...], scaling_estima
         sec["meta"] = w.meta
         todo = [("costs", lambda: costs_section(w, args.repeats, estimators, not args.no_curated))]
         if args.sizes:
-            s = w.sizes if sizes is None else sizes
+            s = w.spec.sizes if sizes is None else sizes
             todo.append(("scaling", lambda s=s: scaling_section(w, s, max(3, args.repeats // 2), scaling_estimators)))
         if args.op_breakdown:
             todo.append(("ops", lambda: ops_section(w, ("ghost", "lai"), out)))

@@ -15,7 +15,7 @@ a-priori bound does not cover attention (recorded as n/a).
 
 A profile is a plain dict, so it serialises into the run's ``config.json`` unchanged:
 
-    {"seeds": [...], "cost": {...}, "models": {name: ModelSettings as dict}}
+    {"seeds": [...], "cost": {...}, "models": {name: ModelSettings.to_dict()}}
 
 The torch thread count is not a profile setting: ``lai run --threads N`` (default 1, the same default as every
 ``lai`` command) records it in the run's ``config.json`` next to the code revision, so both key the run folder.
@@ -26,8 +26,10 @@ Every number a run uses is in its config, so a config reproduces the run.
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any
+
+from .config import ConfigError, NoiseSpec, upgrade
 
 MODELS = ("mlp", "cnn1d", "cnn2d", "transformer")
 SUITES = ("bound", "fidelity", "cost")
@@ -35,12 +37,13 @@ SUITES = ("bound", "fidelity", "cost")
 
 @dataclass
 class ModelSettings:
-    """Settings of one model's training run and scoring.
+    """Settings of one model's training run and scoring (field names as in ``validation.config``).
 
     dataset: name for ``validation.data.get_dataset``; data_kw: its keyword arguments.
-    model_kw: keyword arguments of ``validation.models.build_model``.
-    noise: ``{"kind": "symmetric" | "class_dependent" | "documents", "rate": float, ...}`` (documents: also
-    ``"mode"``, see ``validation.noise.corrupt_documents``).
+    model: name for ``validation.models.build_model``; model_kw: its keyword arguments; width_key: the
+    model_kw key the cost suite sweeps.
+    noise: a ``validation.config.NoiseSpec`` (kind "symmetric" | "class_dependent" | "documents", rate, and the
+    documents' corruption ``mode`` or the class-dependent ``mapping``); a dict of those keys is accepted.
     lr: SGD learning rate (also the lr of every score). batch_size: training minibatch.
     steps: SGD steps of the training run; score_points: number of scored steps, evenly spaced, ending at
     ``steps`` (step 0 = initialisation is not scored).
@@ -59,9 +62,10 @@ class ModelSettings:
 
     dataset: str
     data_kw: dict[str, Any]
+    model: str
     model_kw: dict[str, Any]
     width_key: str
-    noise: dict[str, Any]
+    noise: NoiseSpec
     lr: float
     batch_size: int
     steps: int
@@ -77,6 +81,14 @@ class ModelSettings:
     fit_probe: int = 16
     fit_ref_chunks: int = 8
 
+    def __post_init__(self) -> None:
+        self.noise = NoiseSpec.from_config(self.noise)
+        self.cost_widths = tuple(self.cost_widths)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready (the shape a profile holds and ``config.json`` stores)."""
+        return {**asdict(self), "noise": self.noise.to_dict()}
+
     def score_steps(self) -> list[int]:
         """Scored steps: ``score_points`` evenly spaced steps in (0, steps], last = steps."""
         if self.score_points < 1 or self.steps < 1:
@@ -86,27 +98,28 @@ class ModelSettings:
 
 
 def _quick() -> dict[str, Any]:
+    mnist1d = {"n_train": 4000, "n_test": 1000}
     models = {
-        "mlp": ModelSettings("mnist1d", {"n_train": 4000, "n_test": 1000}, {"hidden": (128, 128)}, "hidden",
-                             {"kind": "symmetric", "rate": 0.2}, lr=0.1, batch_size=64, steps=2000,
+        "mlp": ModelSettings("mnist1d", mnist1d, "mlp", {"hidden": (128, 128)}, "hidden",
+                             NoiseSpec("symmetric", 0.2), lr=0.1, batch_size=64, steps=2000,
                              score_points=4, n_score=64, n_ref=128, cost_widths=(64, 128)),
-        "cnn1d": ModelSettings("mnist1d", {"n_train": 4000, "n_test": 1000}, {"channels": 16}, "channels",
-                               {"kind": "class_dependent", "rate": 0.3}, lr=0.3, batch_size=64, steps=2000,
+        "cnn1d": ModelSettings("mnist1d", dict(mnist1d), "cnn1d", {"channels": 16}, "channels",
+                               NoiseSpec("class_dependent", 0.3), lr=0.3, batch_size=64, steps=2000,
                                score_points=4, n_score=64, n_ref=128, cost_widths=(8, 16), bound_n_score=32,
                                bound_n_ref=32),
-        "cnn2d": ModelSettings("digits", {"n_test": 360}, {"channels": 8}, "channels",
-                               {"kind": "symmetric", "rate": 0.2}, lr=0.1, batch_size=64, steps=600,
+        "cnn2d": ModelSettings("digits", {"n_test": 360}, "cnn2d", {"channels": 8}, "channels",
+                               NoiseSpec("symmetric", 0.2), lr=0.1, batch_size=64, steps=600,
                                score_points=4, n_score=64, n_ref=128, cost_widths=(8, 16), bound_n_score=32,
                                bound_n_ref=32),
-        "transformer": ModelSettings("pydoc", {"seq_len": 32, "val_fraction": 0.1},
+        "transformer": ModelSettings("pydoc", {"seq_len": 32, "val_fraction": 0.1}, "transformer",
                                      {"d_model": 32, "n_layers": 2, "n_heads": 4, "max_len": 32}, "d_model",
-                                     {"kind": "documents", "rate": 0.2, "mode": "shuffle_chars"}, lr=0.5,
+                                     NoiseSpec("documents", 0.2, mode="shuffle_chars"), lr=0.5,
                                      batch_size=32, steps=600, score_points=4, n_score=32, n_ref=32,
                                      cost_widths=(16, 32), bound_n_score=8, bound_n_ref=8, bound_seq_len=8,
                                      bound_data_bound=False, fit_probe=8, fit_ref_chunks=4),
     }
     return {"seeds": [0], "cost": {"batch_sizes": [16, 64], "repeats": 2, "warmup": 1},
-            "models": {k: asdict(v) for k, v in models.items()}}
+            "models": {k: v.to_dict() for k, v in models.items()}}
 
 
 def _full() -> dict[str, Any]:
@@ -152,9 +165,13 @@ def get_profile(name: str) -> dict[str, Any]:
 
 
 def model_settings(profile: dict[str, Any], model: str) -> ModelSettings:
-    """The ``ModelSettings`` of ``model`` in a profile dict (e.g. one read back from ``config.json``)."""
-    d = dict(profile["models"][model])
-    d["cost_widths"] = tuple(d.get("cost_widths", ()))
+    """The ``ModelSettings`` of ``model`` in a profile dict (e.g. one read back from ``config.json``; settings
+    written before ``model`` was a field take the profile key as the model name)."""
+    d = upgrade(profile["models"][model])
+    d.setdefault("model", model)
+    unknown = sorted(set(d) - set(field_names()))
+    if unknown:
+        raise ConfigError(f"{model}: unknown settings {unknown}; choose from {', '.join(field_names())}")
     return ModelSettings(**d)
 
 
@@ -168,7 +185,7 @@ def with_width(model_kw: dict[str, Any], width_key: str, width: int) -> dict[str
 
 def field_names() -> list[str]:
     """Names of the ``ModelSettings`` fields (for overrides from the command line)."""
-    return [f.name for f in ModelSettings.__dataclass_fields__.values()]  # type: ignore[attr-defined]
+    return [f.name for f in fields(ModelSettings)]
 
 
 # ---------------------------------------------------------------------------------- curated training
@@ -202,4 +219,4 @@ def get_curation_profile(name: str) -> dict[str, Any]:
 
 
 __all__ = ["MODELS", "SUITES", "ModelSettings", "PROFILES", "get_profile", "model_settings", "with_width",
-           "CURATION_PROFILES", "get_curation_profile"]
+           "field_names", "CURATION_PROFILES", "get_curation_profile"]

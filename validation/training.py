@@ -25,7 +25,6 @@ import influence
 from influence.batch import Batch
 
 from . import data as vdata
-from . import noise as vnoise
 from .models import build_model
 from .profiles import MODELS, ModelSettings
 
@@ -75,8 +74,7 @@ def _text_data(s: ModelSettings, seed: int) -> tuple[Tensor, Tensor, Tensor, Ten
     seq_len = int(s.data_kw.get("seq_len", 64))
     docs = vdata.pydoc_documents()
     train_docs, test_docs = vdata.split_documents(docs, float(s.data_kw.get("val_fraction", 0.1)), seed)
-    rec = vnoise.corrupt_documents(train_docs, float(s.noise["rate"]), seed=seed,
-                                   mode=str(s.noise.get("mode", "shuffle")))
+    rec = s.noise.apply_documents(train_docs, seed=seed)
     x, y, doc = vdata.tokenize_documents(rec.texts, seq_len)
     x_te, y_te, _ = vdata.tokenize_documents(test_docs, seq_len)
     is_noisy = rec.is_noisy[doc]
@@ -88,13 +86,7 @@ def _text_data(s: ModelSettings, seed: int) -> tuple[Tensor, Tensor, Tensor, Ten
 def _label_data(s: ModelSettings, seed: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, dict[str, Any]]:
     ds = vdata.get_dataset(s.dataset, seed=seed, **s.data_kw)
     k = int(ds.meta.get("num_classes", int(ds.y_train.max()) + 1))
-    kind, rate = s.noise["kind"], float(s.noise["rate"])
-    if kind == "symmetric":
-        rec = vnoise.symmetric_label_noise(ds.y_train, rate, k, seed=seed)
-    elif kind == "class_dependent":
-        rec = vnoise.class_dependent_label_noise(ds.y_train, rate, k, seed=seed, mapping=s.noise.get("mapping"))
-    else:
-        raise ValueError(f"label noise kind must be 'symmetric' or 'class_dependent', got {kind!r}")
+    rec = s.noise.apply_labels(ds.y_train, k, seed=seed)
     info = {k_: v for k_, v in rec.to_dict().items() if k_ not in ("y_noisy", "y_clean")}
     return ds.x_train, rec.y_noisy, rec.is_noisy, ds.x_test, ds.y_test, info
 
@@ -121,7 +113,7 @@ def build_task(name: str, settings: ModelSettings, seed: int, device: torch.devi
     """Data, noise, model (initialised with ``torch.manual_seed(seed)``), reference and scored batches."""
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; choose from {list(MODELS)}")
-    make = _text_data if settings.noise.get("kind") == "documents" else _label_data
+    make = _text_data if settings.noise.kind == "documents" else _label_data
     x, y, is_noisy, x_te, y_te, info = make(settings, seed)
     if len(x_te) < settings.n_ref:
         raise ValueError(f"{name}: reference batch of {settings.n_ref} > {len(x_te)} test samples")
@@ -129,7 +121,7 @@ def build_task(name: str, settings: ModelSettings, seed: int, device: torch.devi
     ref_idx = torch.randperm(len(x_te), generator=gen)[:settings.n_ref].sort().values
     probe = stratified_probe(is_noisy, settings.n_score, seed + 2)
     torch.manual_seed(seed)
-    model = build_model(name, **settings.model_kw).eval()
+    model = build_model(settings.model, **settings.model_kw).eval()
     task = Task(name, settings, seed, model, x, y, is_noisy, (x_te[ref_idx], y_te[ref_idx]), probe, info)
     return task.to(device)
 

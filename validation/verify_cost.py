@@ -38,10 +38,10 @@ def _time(fn) -> float:
 def measure(name: str, repeats: int, tiny: bool) -> dict[str, float]:
     w = build_workload(name, tiny=tiny)
     gen = torch.Generator().manual_seed(0)
-    train, ref = w.make(w.n_train, gen), w.make(w.n_ref, gen)
+    train, ref = w.make(w.spec.n_score, gen), w.make(w.spec.n_ref, gen)
 
     def call() -> None:
-        influence.ghost(w.model, w.loss_fn, train, ref, w.lr)
+        influence.ghost(w.model, w.loss_fn, train, ref, w.spec.lr)
 
     def unchecked() -> None:
         verify.SUM_CHECK = False

@@ -47,7 +47,7 @@ def parser(prog: str = "lai curate") -> argparse.ArgumentParser:
                     help="scoring protocol: ours (from step 0, fixed reference), original (warm-up of a third of "
                          "the epochs, fresh reference subset each step), both (one run folder each)")
     ap.add_argument("--reference", choices=KINDS, help="reference policy (overrides the protocol's)")
-    ap.add_argument("--ref-size", type=int, help="reference batch size")
+    ap.add_argument("--ref-size", type=int, help="reference batch size (the task's n_ref)")
     ap.add_argument("--warmup", type=int, help="steps of plain training before curation starts (added to the "
                                                 "protocol's warm-up epochs)")
     ap.add_argument("--keep-fraction", type=float,
@@ -94,12 +94,12 @@ def _curate(args: argparse.Namespace, methods: list[str]) -> int:
         return 0
     base = get_task(args.task)
     overrides = {k: v for k, v in {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
-                                   "reference": args.reference, "ref_size": args.ref_size,
+                                   "reference": args.reference, "n_ref": args.ref_size,
                                    "warmup_steps": args.warmup, "max_train": args.max_train}.items() if v is not None}
     seeds = [0, 1, 2] if args.seeds is None else args.seeds
-    # the protocol sets reference, ref_size and warm-up from the task's (overridden) settings; explicit
+    # the protocol sets reference, n_ref and warm-up from the task's (overridden) settings; explicit
     # --reference/--ref-size/--warmup then override the protocol's
-    late = ("reference", "ref_size", "warmup_steps")
+    late = ("reference", "n_ref", "warmup_steps")
     timing: list = []
     for k, protocol in enumerate(expand(args.protocol)):
         spec = dataclasses.replace(base, **{k: v for k, v in overrides.items() if k not in late})

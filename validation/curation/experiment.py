@@ -106,7 +106,7 @@ def train_unit(prep: Prepared, method: Method, seed: int, on_empty: str, init: d
     opt = _optimizer(spec, model)
     pool_n = len(prep.ref_pool[1])
     ref = ReferencePolicy(spec.reference, prep.ref_pool if spec.reference != "batch" else None,
-                          min(spec.ref_size, pool_n) if spec.reference != "batch" else None,
+                          min(spec.n_ref, pool_n) if spec.reference != "batch" else None,
                           seed=stream(seed, "reference"))
     x, y = prep.train
     per_epoch = len(_batches(len(y), spec.batch_size, 0, seed))
@@ -120,7 +120,7 @@ def train_unit(prep: Prepared, method: Method, seed: int, on_empty: str, init: d
     step = 0
     for epoch in range(spec.epochs):
         if method.ramp:  # co-teaching schedule: drop min(tau * epoch / T_k, tau), tau = the task's noise rate
-            curator.method = method.with_fraction(1.0 - ramped_drop_rate(epoch, spec.rate, spec.ramp_epochs))
+            curator.method = method.with_fraction(1.0 - ramped_drop_rate(epoch, spec.noise.rate, spec.ramp_epochs))
         for idx in _batches(len(y), spec.batch_size, epoch, seed):
             opt.zero_grad(set_to_none=True)
             info = curator.step(model, opt, (x[idx], y[idx]), is_noisy=prep.is_noisy[idx])
@@ -136,8 +136,9 @@ def train_unit(prep: Prepared, method: Method, seed: int, on_empty: str, init: d
     summary = {
         "task": spec.name, "method": method.name, "signal": method.signal, "policy": method.policy,
         "threshold": method.threshold, "keep_fraction": method.keep_fraction, "ramp": method.ramp,
-        "drop_rate_tau": spec.rate if method.ramp else None, "ramp_epochs": spec.ramp_epochs if method.ramp else None,
-        "protocol": spec.protocol, "warmup_steps": warmup, "reference": spec.reference, "ref_size": spec.ref_size,
+        "drop_rate_tau": spec.noise.rate if method.ramp else None,
+        "ramp_epochs": spec.ramp_epochs if method.ramp else None,
+        "protocol": spec.protocol, "warmup_steps": warmup, "reference": spec.reference, "n_ref": spec.n_ref,
         "seed": seed, "metric": prep.metric, "refresh_every": refresh_every,
         "final": curve[-1], "curve": curve, "steps": step,
         "kept_fraction": sum(r["kept_fraction"] for r in curated) / len(curated),

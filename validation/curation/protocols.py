@@ -1,6 +1,6 @@
 """Scoring protocols of curated training: when scoring starts and what the reference batch is.
 
-* ``ours``: curation from step 0 against one fixed reference batch (``ref_size`` samples of the clean held-out
+* ``ours``: curation from step 0 against one fixed reference batch (``n_ref`` samples of the clean held-out
   pool, drawn once per seed);
 * ``original``: the original study's protocol: plain training for the first third of the epochs (the study
   warmed up 10 epochs on CIFAR; 10 of our 30), then curation against a fresh random reference subset of the
@@ -28,7 +28,7 @@ def apply_protocol(spec: TaskSpec, protocol: str) -> TaskSpec:
     if protocol == "original":
         return dataclasses.replace(spec, protocol="original", reference="resample", warmup_steps=0,
                                    warmup_epochs=float(round(spec.epochs * ORIGINAL_WARMUP)),
-                                   ref_size=min(spec.ref_size, spec.batch_size))
+                                   n_ref=min(spec.n_ref, spec.batch_size))
     raise ValueError(f"unknown protocol {protocol!r}; choose from {CHOICES}")
 
 

@@ -16,7 +16,7 @@ Reference pool and test documents are clean held-out documents; final metric: te
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Callable
 
 import torch
@@ -26,42 +26,54 @@ import influence
 from influence.batch import Batch
 
 from .. import data as vdata
-from .. import noise as vnoise
+from ..config import ConfigError, NoiseSpec, upgrade
 from ..models import build_model
 from .seeds import generator, stream
 
 
 @dataclass(frozen=True)
 class TaskSpec:
-    """Everything that defines a task's data, model and optimisation (JSON-ready via ``asdict``)."""
+    """Everything that defines a task's data, model and optimisation (JSON-ready via ``to_dict``). Field names
+    and shapes follow ``validation.config`` (dataset/data_kw, model/model_kw, noise, lr, batch_size, n_ref)."""
 
     name: str
     kind: str  # "classification" | "lm-pretrain" | "lm-finetune"
     dataset: str
     model: str
     model_kw: dict[str, Any] = field(default_factory=dict)
-    noise: str = "symmetric"  # "symmetric" | "class_dependent" | "documents"
-    rate: float = 0.4
+    data_kw: dict[str, Any] = field(default_factory=dict)  # loader keywords (LM: seq_len, val_fraction)
+    noise: NoiseSpec = NoiseSpec("symmetric", 0.4)
     epochs: int = 30
     batch_size: int = 64
     lr: float = 0.01
     momentum: float = 0.9
     val_size: int = 200  # clean held-out samples (classification) forming the reference pool
     val_docs: float = 0.1  # fraction of training documents held out as the reference pool (LM)
-    ref_size: int = 200  # reference batch per step (capped at the pool size)
+    n_ref: int = 200  # reference batch per step (capped at the pool size)
     reference: str = "fixed"
     warmup_steps: int = 0
-    seq_len: int = 64
     pretrain_epochs: int = 0
-    doc_mode: str = "shuffle"  # corruption of noisy documents (validation.noise.DOC_MODES)
     max_train: int | None = None  # a random subset of max_train training samples (its own seed stream,
     # stratified: the subset's noise rate is the task's; quick runs, tests)
     warmup_epochs: float = 0.0  # plain training before curation, in epochs (added to warmup_steps)
     protocol: str = "ours"  # name of the scoring protocol (see ``protocols``); recorded, grouped by in tables
     ramp_epochs: int = 10  # small-loss: epochs over which the drop rate ramps from 0 to tau (co-teaching T_k)
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "noise", NoiseSpec.from_config(self.noise))
+
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "noise": self.noise.to_dict()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TaskSpec":
+        """A ``TaskSpec`` from ``to_dict`` output, also as written by earlier code (``validation.config.upgrade``:
+        ``noise`` + ``rate`` + ``doc_mode``, ``ref_size``, ``seq_len``)."""
+        d = upgrade(d)
+        unknown = sorted(set(d) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ConfigError(f"unknown task settings {unknown}")
+        return cls(**d)
 
 
 @dataclass
@@ -91,21 +103,18 @@ def _classification_tasks() -> dict[str, TaskSpec]:
         for pct in (20, 40):
             for suffix, kind in (("", "symmetric"), ("-classdep", "class_dependent")):
                 name = f"{prefix}-noisy{pct}{suffix}"
-                out[name] = TaskSpec(name, "classification", dataset, model, kw, kind, pct / 100, epochs=epochs,
-                                     val_size=val)
+                out[name] = TaskSpec(name, "classification", dataset, model, kw, noise=NoiseSpec(kind, pct / 100),
+                                     epochs=epochs, val_size=val)
     return out
 
 
+_LM_MODEL = {"vocab_size": vdata.VOCAB_SIZE, "d_model": 64, "n_layers": 2, "n_heads": 4, "max_len": 64}
 TASKS: dict[str, TaskSpec] = {
     **_classification_tasks(),
-    "lm-pretrain": TaskSpec("lm-pretrain", "lm-pretrain", "pydoc", "transformer",
-                            {"vocab_size": vdata.VOCAB_SIZE, "d_model": 64, "n_layers": 2, "n_heads": 4,
-                             "max_len": 64}, "documents", 0.3, epochs=2, batch_size=32, lr=0.3, momentum=0.9,
-                            ref_size=16),
-    "lm-finetune": TaskSpec("lm-finetune", "lm-finetune", "pydoc", "transformer",
-                            {"vocab_size": vdata.VOCAB_SIZE, "d_model": 64, "n_layers": 2, "n_heads": 4,
-                             "max_len": 64}, "documents", 0.3, epochs=2, batch_size=32, lr=0.1, momentum=0.9,
-                            ref_size=16, pretrain_epochs=2),
+    **{kind: TaskSpec(kind, kind, "pydoc", "transformer", dict(_LM_MODEL), {"seq_len": 64},
+                      NoiseSpec("documents", 0.3, mode="shuffle"), epochs=2, batch_size=32, lr=lr, momentum=0.9,
+                      n_ref=16, pretrain_epochs=pretrain)
+       for kind, lr, pretrain in (("lm-pretrain", 0.3, 0), ("lm-finetune", 0.1, 2))},
 }
 
 
@@ -123,16 +132,16 @@ def _model_factory(spec: TaskSpec, seed: int) -> Callable[[], nn.Module]:
 
 
 def _prepare_classification(spec: TaskSpec, seed: int) -> Prepared:
-    d = vdata.get_dataset(spec.dataset, seed=0)  # the data set's own split is fixed; seeds vary the rest
+    d = vdata.get_dataset(spec.dataset, seed=0, **spec.data_kw)  # the data set's own split is fixed; seeds vary
+    # the rest
     n = len(d.y_train)
     perm = torch.randperm(n, generator=generator(seed, "split"))
     val, tr = perm[:spec.val_size].sort().values, perm[spec.val_size:].sort().values
     k = int(d.meta.get("num_classes", int(d.y_train.max()) + 1))
-    noisy_fn = vnoise.symmetric_label_noise if spec.noise == "symmetric" else vnoise.class_dependent_label_noise
-    rec = noisy_fn(d.y_train[tr], spec.rate, k, seed=stream(seed, "noise"))
+    rec = spec.noise.apply_labels(d.y_train[tr], k, seed=stream(seed, "noise"))
     return Prepared(spec, (d.x_train[tr], rec.y_noisy), rec.is_noisy, (d.x_train[val], d.y_train[val]),
                     (d.x_test, d.y_test), "accuracy", _model_factory(spec, seed),
-                    noise={"kind": rec.kind, "rate": spec.rate, "noise_rate": rec.noise_rate, "seed": seed})
+                    noise={"kind": rec.kind, "rate": spec.noise.rate, "noise_rate": rec.noise_rate, "seed": seed})
 
 
 def _tokens(docs: list[tuple[str, str]], seq_len: int) -> tuple[Batch, Tensor]:
@@ -142,17 +151,18 @@ def _tokens(docs: list[tuple[str, str]], seq_len: int) -> tuple[Batch, Tensor]:
 
 def _prepare_lm(spec: TaskSpec, seed: int) -> Prepared:
     docs = vdata.pydoc_documents()
-    train_docs, test_docs = vdata.split_documents(docs, 0.1, seed=0)
+    seq_len = int(spec.data_kw.get("seq_len", 64))
+    train_docs, test_docs = vdata.split_documents(docs, float(spec.data_kw.get("val_fraction", 0.1)), seed=0)
     pretrain = None
     if spec.kind == "lm-finetune":  # first half of the training documents (seeded) for clean pre-training
         rest, first = vdata.split_documents(train_docs, 0.5, seed=stream(seed, "pretrain-half"))
-        pretrain = _tokens(first, spec.seq_len)[0]
+        pretrain = _tokens(first, seq_len)[0]
         train_docs = rest
     pool_train, pool_ref = vdata.split_documents(train_docs, spec.val_docs, seed=stream(seed, "split"))
-    rec = vnoise.corrupt_documents(pool_train, spec.rate, seed=stream(seed, "noise"), mode=spec.doc_mode)
-    train, doc = _tokens(rec.texts, spec.seq_len)
-    return Prepared(spec, train, rec.is_noisy[doc], _tokens(pool_ref, spec.seq_len)[0],
-                    _tokens(test_docs, spec.seq_len)[0], "perplexity", _model_factory(spec, seed), pretrain,
+    rec = spec.noise.apply_documents(pool_train, seed=stream(seed, "noise"))
+    train, doc = _tokens(rec.texts, seq_len)
+    return Prepared(spec, train, rec.is_noisy[doc], _tokens(pool_ref, seq_len)[0],
+                    _tokens(test_docs, seq_len)[0], "perplexity", _model_factory(spec, seed), pretrain,
                     noise={**rec.to_dict(), "noisy_sequences": int(rec.is_noisy[doc].sum()), "sequences": len(doc)})
 
 

@@ -35,7 +35,7 @@ def time_methods(prep: Prepared, methods: list[str], seed: int = 0, steps: int =
         opt = torch.optim.SGD(model.parameters(), lr=spec.lr, momentum=spec.momentum)
         pool_n = len(prep.ref_pool[1])
         ref = ReferencePolicy(spec.reference, prep.ref_pool if spec.reference != "batch" else None,
-                              min(spec.ref_size, pool_n) if spec.reference != "batch" else None, seed=seed)
+                              min(spec.n_ref, pool_n) if spec.reference != "batch" else None, seed=seed)
         runs[name] = (model, opt, Curator(prep.loss_fn, m, reference=ref, on_empty="best", seed=seed,
                                                     refresh_every=refresh_every))
     x, y = prep.train

@@ -30,7 +30,7 @@ def cost_point(task: Task, width: int, batch: int, repeats: int = 3, warmup: int
         raise ValueError(f"batch {batch} > {len(task.x_train)} training samples")
     device = task.x_train.device
     torch.manual_seed(task.seed)
-    model = build_model(task.name, **with_width(s.model_kw, s.width_key, width)).eval().to(device)
+    model = build_model(s.model, **with_width(s.model_kw, s.width_key, width)).eval().to(device)
     train = (task.x_train[:batch], task.y_train[:batch])
     names = list(estimators)
     if task.x_train.dim() == 2 and not task.x_train.is_floating_point():  # token ids: also the aligned pairing
