@@ -76,10 +76,6 @@ class Plan:
     names: dict[int, str] = field(default_factory=dict)
     fallback: str = "auto"
 
-    def unsupported_params(self) -> list[str]:
-        return [f"{name}.{p}" if name else p for name, m in self.unsupported.items()
-                for p, t in m.named_parameters(recurse=False) if t.requires_grad]
-
     def scored_params(self, excluded: set[int] | frozenset[int] = frozenset()) -> list[nn.Parameter]:
         """Trainable parameters of modules with a rule, minus ``routed`` and ``excluded`` (each once)."""
         out, seen = [], set()
