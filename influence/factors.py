@@ -80,6 +80,8 @@ class Dense:
 
     def flatten_tokens(self) -> "Dense":
         """Aligned pairing: all tokens of a sample concatenated into one vector, [n, 1, G, T*p]."""
+        if self.tokens == 1:  # already one vector per sample (keeps an unstored ones column unstored)
+            return self
         x = self.x
         n, t, g, p = x.shape
         return Dense(x.permute(0, 2, 1, 3).reshape(n, 1, g, t * p))
@@ -328,6 +330,11 @@ def _conv_contract(left: Tensor, m: Tensor, patches: Patches) -> Tensor:
     return y.mul_(grad).sum((1, 2, 3))
 
 
+# up to this many conv groups, ``rows_times`` convolves with a block-diagonal dense weight: oneDNN's grouped
+# kernels are several times slower with the 1-4 output channels per group of a projection (measured on CPU)
+_BLOCK_DIAGONAL_GROUPS = 8
+
+
 def rows_times(f: Dense | Patches, w: Tensor) -> Tensor:
     """A dense-like factor [n, T, G, d] times per-group matrices ``w`` [G, d, k]: [G, n*T, k], without
     materialising it: one GEMM per group for ``Dense`` (a ones column adds the last row of ``w``), one grouped
@@ -336,10 +343,17 @@ def rows_times(f: Dense | Patches, w: Tensor) -> Tensor:
         n, c = f.inp.shape[:2]
         g, d, k = w.shape
         d0 = d - int(f.ones)
-        weight = w[:, :d0].transpose(1, 2).reshape(g * k, c // g, *f.kernel)
-        bias = w[:, d0].reshape(g * k) if f.ones else None
-        y = F.conv2d(f.inp, weight.to(f.dtype), None if bias is None else bias.to(f.dtype), stride=f.stride,
-                     dilation=f.dilation, groups=g)  # [n, G*k, H_out, W_out]
+        weight = w[:, :d0].transpose(1, 2).to(f.dtype)  # [G, k, C_in / G * K]
+        bias = w[:, d0].reshape(g * k).to(f.dtype) if f.ones else None
+        conv_groups = g
+        if 1 < g <= _BLOCK_DIAGONAL_GROUPS:  # few outputs per group: one dense conv with a block-diagonal weight
+            full = weight.new_zeros(g, k, g, d0)
+            idx = torch.arange(g, device=weight.device)
+            full[idx, :, idx] = weight
+            weight, conv_groups = full, 1
+        weight = weight.reshape(g * k, c // conv_groups, *f.kernel)
+        y = F.conv2d(f.inp, weight, bias, stride=f.stride, dilation=f.dilation,
+                     groups=conv_groups)  # [n, G*k, H_out, W_out]
         return y.reshape(n, g, k, -1).permute(1, 0, 3, 2).reshape(g, -1, k)
     x, ones = f.data, f.ones
     n, t, g, d = x.shape
