@@ -4,6 +4,7 @@
     lai figures --results results/quick-1a2b3c4d5e
     lai figures --run quick                      # first run the quick validation and curated training
     lai figures --only 2,3 --formats png
+    lai figures --paper                          # the stored paper-scale results (paper_figs/data), in seconds
 
 Figures go to ``<run folder>/figures/figN_<name>.png|.pdf|.csv`` (the CSV is the exact data plotted), each
 written atomically. A figure whose results are missing is skipped with the command that produces them (run
@@ -124,6 +125,10 @@ def build_parser(prog: str = "lai figures") -> argparse.ArgumentParser:
     p.add_argument("--no-curate", action="store_true", help="with --run: skip the curated-training commands")
     p.add_argument("--run-arg", action="append", default=[], metavar="ARG",
                    help="extra argument for `lai run` (repeatable), e.g. --run-arg=--threads=2")
+    p.add_argument("--paper", action="store_true",
+                   help="draw from the stored paper-scale results committed with the package (paper_figs/data: "
+                        "the validation run and the curated-training tables); figures go to "
+                        "results/paper-figures unless --out is given")
     p.add_argument("--only", default=None, metavar="LIST", help="comma-separated figure numbers, e.g. 2,3")
     p.add_argument("--formats", default="png,pdf", help="comma-separated image formats")
     p.add_argument("--dpi", type=float, default=300.0, help="PNG resolution")
@@ -140,6 +145,13 @@ def main(argv: Sequence[str] | None = None, prog: str = "lai figures") -> int:
                                                                           "figure")]
     except Exception as exc:
         p.error(str(exc))
+    if args.paper and args.run:
+        p.error("--paper draws the stored results; it cannot be combined with --run")
+    if args.paper:
+        from .stored_run import STORED_CURATION, STORED_RUN
+
+        args.results, args.curate = str(STORED_RUN), args.curate or str(STORED_CURATION)
+        args.out = args.out or str(Path("results") / "paper-figures")
     root, src = resolve(args.results, args.curate)
     problems: list[str] = []
     if args.run:

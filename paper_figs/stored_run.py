@@ -1,0 +1,72 @@
+"""Stored validation runs: the compact tables of a ``lai run`` folder, committed with the package.
+
+``lai figures`` reads only a run folder's CSV tables and ``config.json``/``summary.json``, so a folder holding
+just those (no per-unit files, no checkpoints) is a run folder it can draw from, in seconds:
+
+    python -m paper_figs.stored_run export results/full-1a2b3c4d5e paper_figs/data/validation --note "..."
+    lai figures --paper                      # the stored validation run + paper_figs/data/curation
+
+``export`` copies ``*.csv``, ``config.json``, ``summary.json``, ``report.md`` and ``provenance.json`` (the run's
+invocations, plus an ``export`` entry: source folder, time, this package's revision and the ``--note``), each
+written atomically, and refuses a file larger than ``--max-mb`` (the stored data must stay small).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+from influence.atomic import atomic_path
+from validation.results import atomic_write_json, code_revision, read_json
+
+HERE = Path(__file__).resolve().parent
+STORED_RUN = HERE / "data" / "validation"
+STORED_CURATION = HERE / "data" / "curation"
+KEEP = ("config.json", "summary.json", "report.md")
+
+
+def export(run: str | Path, out: str | Path = STORED_RUN, note: str = "", max_mb: float = 5.0) -> list[Path]:
+    """Copy the compact tables of run folder ``run`` into ``out`` (see module docstring); returns the written
+    paths. Raises ``FileNotFoundError`` when ``run`` is not a run folder, ``ValueError`` for an oversized file."""
+    run, out = Path(run), Path(out)
+    if not (run / "config.json").is_file() or not (run / "summary.json").is_file():
+        raise FileNotFoundError(f"{run} is not a finished run folder (config.json and summary.json expected)")
+    files = sorted(run.glob("*.csv")) + [run / k for k in KEEP if (run / k).is_file()]
+    for f in files:
+        if f.stat().st_size > max_mb * 2**20:
+            raise ValueError(f"{f} is {f.stat().st_size / 2**20:.1f} MB, over the {max_mb} MB limit for stored data")
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for f in files:
+        with atomic_path(out / f.name) as tmp:
+            shutil.copyfile(f, tmp)
+        written.append(out / f.name)
+    prov_path = run / "provenance.json"
+    prov = read_json(prov_path) if prov_path.is_file() else {"invocations": []}
+    prov["export"] = {"source": str(run), "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                      "exported_by": code_revision(), "note": note}
+    atomic_write_json(out / "provenance.json", prov)
+    written.append(out / "provenance.json")
+    return written
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m paper_figs.stored_run", description=__doc__.split("\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    exp = sub.add_parser("export", help="store a run folder's compact tables")
+    exp.add_argument("run", help="a finished run folder (lai run)")
+    exp.add_argument("out", nargs="?", default=str(STORED_RUN), help="stored folder (default: %(default)s)")
+    exp.add_argument("--note", default="", help="what the run is (written to provenance.json)")
+    exp.add_argument("--max-mb", type=float, default=5.0, help="largest file allowed (default: %(default)s)")
+    args = ap.parse_args(argv)
+    for path in export(args.run, args.out, args.note, args.max_mb):
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
