@@ -194,3 +194,14 @@ def test_figures_read_curation_folders_of_both_vocabularies(tmp_path):
     assert sorted(r["protocol"] for r in rows) == ["original", "ours"]
     for r in rows:
         assert (r["noise"], r["rate"], r["dataset"], r["model"]) == ("class_dependent", 0.2, "digits", "cnn2d")
+
+
+def test_seeds_are_lists_in_every_profile():
+    from validation.profiles import CURATION_PROFILES
+    from validation.curation.runner import profile_specs
+
+    for name in PROFILES:
+        assert isinstance(get_profile(name)["seeds"], list)
+    for name, p in CURATION_PROFILES.items():
+        assert p["seeds"] == list(range(len(p["seeds"]))), name
+        assert {s.protocol for s, _ in profile_specs(p)} == set(p["methods"])

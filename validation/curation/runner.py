@@ -45,7 +45,7 @@ def run_profile(name: str, results: str | Path = "results", seeds: list[int] | N
     profile = get_curation_profile(name)
     if profile.get("threads"):
         torch.set_num_threads(profile["threads"])
-    seeds = list(range(profile["seeds"])) if seeds is None else list(seeds)
+    seeds = list(profile["seeds"] if seeds is None else seeds)
     specs = profile_specs(profile, overrides)
     runs: dict[str, RunDir] = {}
     start = time.perf_counter()
