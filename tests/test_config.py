@@ -13,7 +13,7 @@ import torch
 
 from validation import bench_workloads
 from validation import noise as vnoise
-from validation.config import LEGACY, ConfigError, NoiseSpec, noise_of, upgrade
+from validation.config import LEGACY, ConfigError, NoiseSpec, upgrade
 from validation.curation import cli as curate_cli
 from validation.curation.protocols import apply_protocol
 from validation.curation.tasks import TASKS, TaskSpec, get_task
@@ -80,6 +80,7 @@ def test_noise_spec_dicts_old_and_new():
     assert spec.mapping == (1, 2, 0)
     assert NoiseSpec.from_config(as_json(spec.to_dict())) == spec
     assert NoiseSpec.from_config({"kind": "documents", "rate": 0.2, "mode": "shuffle_chars"}).mode == "shuffle_chars"
+    assert NoiseSpec("documents", 0.2) == NoiseSpec("documents", 0.2, mode="shuffle")  # one spelling each
     for bad in ({"kind": "symmetric"}, {"kind": "symmetric", "rate": 0.2, "noise_rate": 0.2}, "symmetric"):
         with pytest.raises(ConfigError):
             NoiseSpec.from_config(bad)
@@ -116,7 +117,7 @@ def test_stored_curation_task_settings_read_as_the_tasks_of_today():
         spec = TaskSpec.from_dict(old)
         today = apply_protocol(get_task(old["name"]), old["protocol"])
         assert as_json(spec.to_dict()) == as_json(today.to_dict())
-        assert spec.n_ref == old["ref_size"] and noise_of(old) == NoiseSpec(old["noise"], old["rate"])
+        assert spec.n_ref == old["ref_size"] and spec.noise == NoiseSpec(old["noise"], old["rate"])
 
 
 def test_an_old_language_task_dict_reads_with_its_mode_and_sequence_length():

@@ -58,7 +58,7 @@ class NoiseSpec:
     kind: "symmetric" (each of round(rate * n) labels flipped to another class drawn uniformly),
     "class_dependent" (class c becomes ``mapping[c]`` with probability rate) or "documents" (round(rate * n)
     training documents corrupted); rate: fraction in [0, 1]; mode: documents only, a
-    ``validation.noise.DOC_MODES`` corruption (None: "shuffle"); mapping: class_dependent only, the class each
+    ``validation.noise.DOC_MODES`` corruption (default "shuffle"); mapping: class_dependent only, the class each
     class flips to, one entry per class (None: the pair flip c -> c + 1 mod K).
     """
 
@@ -73,6 +73,8 @@ class NoiseSpec:
         if isinstance(self.rate, bool) or not isinstance(self.rate, (int, float)) or not 0.0 <= self.rate <= 1.0:
             raise ConfigError(f"noise rate must be a number in [0, 1], got {self.rate!r}")
         object.__setattr__(self, "rate", float(self.rate))
+        if self.kind == "documents" and self.mode is None:
+            object.__setattr__(self, "mode", "shuffle")
         if self.mode is not None and (self.kind != "documents" or self.mode not in vnoise.DOC_MODES):
             raise ConfigError(f"noise mode applies to kind 'documents' only, one of {vnoise.DOC_MODES}; "
                               f"got mode {self.mode!r} for kind {self.kind!r}")
@@ -117,7 +119,7 @@ class NoiseSpec:
         """Corrupted documents (str or (name, text) items) by ``validation.noise.corrupt_documents``, seeded."""
         if self.kind != "documents":
             raise ConfigError(f"document noise needs kind 'documents', got {self.kind!r}")
-        return vnoise.corrupt_documents(docs, self.rate, seed=seed, mode=self.mode or "shuffle")
+        return vnoise.corrupt_documents(docs, self.rate, seed=seed, mode=str(self.mode))
 
 
 def upgrade(d: Mapping[str, Any]) -> dict[str, Any]:
@@ -139,9 +141,4 @@ def upgrade(d: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def noise_of(d: Mapping[str, Any]) -> NoiseSpec:
-    """The :class:`NoiseSpec` of a settings dict of either vocabulary (``upgrade``)."""
-    return NoiseSpec.from_config(upgrade(d)["noise"])
-
-
-__all__ = ["NoiseSpec", "ConfigError", "NOISE_KINDS", "LEGACY", "upgrade", "noise_of"]
+__all__ = ["NoiseSpec", "ConfigError", "NOISE_KINDS", "LEGACY", "upgrade"]

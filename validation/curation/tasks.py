@@ -112,7 +112,7 @@ _LM_MODEL = {"vocab_size": vdata.VOCAB_SIZE, "d_model": 64, "n_layers": 2, "n_he
 TASKS: dict[str, TaskSpec] = {
     **_classification_tasks(),
     **{kind: TaskSpec(kind, kind, "pydoc", "transformer", dict(_LM_MODEL), {"seq_len": 64},
-                      NoiseSpec("documents", 0.3, mode="shuffle"), epochs=2, batch_size=32, lr=lr, momentum=0.9,
+                      NoiseSpec("documents", 0.3), epochs=2, batch_size=32, lr=lr, momentum=0.9,
                       n_ref=16, pretrain_epochs=pretrain)
        for kind, lr, pretrain in (("lm-pretrain", 0.3, 0), ("lm-finetune", 0.1, 2))},
 }
