@@ -28,11 +28,16 @@ from .batch import LossFn, call_model, output_tensor
 from .errors import (InPlaceModificationError, SharedParameterError, StochasticModuleError, TrainModeBatchNormError,
                      UndefinedGradientError, UnsupportedLayerError)
 from .factors import Block
-from .layers import Context, GhostPiece, LayerRule, make_block, owner_names, rule_for
+from .layers import Context, GhostPiece, LayerRule, factored, make_block, owner_names, rule_for
 from .losses import output_gradient, per_sample_losses
 
 FALLBACKS = ("auto", "error", "exact")
-STOCHASTIC = (nn.modules.dropout._DropoutNd, nn.RReLU)
+STOCHASTIC = (nn.modules.dropout._DropoutNd, nn.RReLU, nn.MultiheadAttention)
+
+
+def _each(x: Tensor | tuple[Tensor, ...], f: Any) -> Any:
+    """``f`` of a recorded input, or of each of its tensors when a rule records several."""
+    return tuple(f(t) for t in x) if isinstance(x, tuple) else f(x)
 
 
 def check_batchnorm(model: nn.Module) -> None:
@@ -48,7 +53,7 @@ def check_batchnorm(model: nn.Module) -> None:
 def check_stochastic(model: nn.Module) -> None:
     """Refuse Dropout-like modules in train mode (with a nonzero rate): every call would score differently."""
     for name, m in model.named_modules():
-        if isinstance(m, STOCHASTIC) and m.training and (not hasattr(m, "p") or m.p > 0):
+        if isinstance(m, STOCHASTIC) and m.training and getattr(m, "p", getattr(m, "dropout", 1.0)) > 0:
             raise StochasticModuleError(
                 f"{name or 'model'}: {type(m).__name__} is in train mode, so the forward pass is random and every "
                 "call would give different scores. Call model.eval() (or put this module in eval mode) first.")
@@ -108,12 +113,11 @@ def plan(model: nn.Module, fallback: str | None = "auto") -> Plan:
     routed: dict[int, tuple[str, str]] = {}
     users: dict[int, list[str]] = defaultdict(list)
     for name, m in model.named_modules():
-        direct = [p for p in m.parameters(recurse=False) if p.requires_grad]
-        if not direct:
+        direct, rule = [p for p in m.parameters(recurse=False) if p.requires_grad], rule_for(m)
+        if not factored(m, rule):
             continue
         for p in direct:
             users[id(p)].append(name)
-        rule = rule_for(m)
         why = None
         if rule is None:
             why = f"no layer rule for {type(m).__name__}"
@@ -150,9 +154,9 @@ def output_layer(cap: "Capture", pl: Plan) -> str:
         raise InfluenceError("the last layer's output is not the model output (the model transforms it further, or "
                              "the output layer has no layer rule), so no layer's output gradient is g; last-layer "
                              "LAI would not be exact")
-    if not pl.rules[name].lai:
+    if not (pl.rules[name].lai and pl.rules[name].lai_last):
         raise InfluenceError(f"{name}: the output layer is a {type(pl.modules[name]).__name__}, which has no LAI "
-                             "term; last-layer LAI needs an output layer such as Linear")
+                             "term exact at the output; last-layer LAI needs an output layer such as Linear")
     return name
 
 
@@ -215,32 +219,37 @@ class Recorder:
         def hook(module: nn.Module, args: tuple, kwargs: dict, output: Any):
             try:
                 x = rule.record(module, args, kwargs, output)
+                output, rebuild = rule.split_output(module, output)
             except Exception as e:  # noqa: BLE001 - the rule cannot read this call: not factorable
                 self.bad.setdefault(name, f"its rule could not read the call ({type(e).__name__}: {e})")
                 return None
-            if not isinstance(x, Tensor) or not isinstance(output, Tensor) or x.dim() == 0 or output.dim() == 0:
+            xs, single = (x, False) if isinstance(x, tuple) else ((x,), True)  # a rule may record several tensors
+            if not all(isinstance(t, Tensor) and t.dim() > 0 for t in (*xs, output)):
                 self.bad.setdefault(name, "the call's input or output is not a tensor with a batch dimension")
                 return None
-            n, li, lo = self.n, x.shape[0], output.shape[0]
+            n, li, lo = self.n, xs[0].shape[0], output.shape[0]
             replaced, fold = None, 0
-            if li == n and lo == n:
+            if lo == n and all(t.shape[0] == n for t in xs):
                 pass
-            elif n > 1 and li == 1 and lo == 1:
+            elif single and n > 1 and li == 1 and lo == 1:
                 x = x.expand(n, *x.shape[1:])
                 replaced = output = output.expand(n, *output.shape[1:])
-            elif rule.fold_tokens and li == lo and li % n == 0:
+            elif single and rule.fold_tokens and li == lo and li % n == 0:
                 fold = li // n
                 x = x.reshape(n, fold, *x.shape[1:])
             else:
-                self.bad.setdefault(name, f"leading dimensions (input {tuple(x.shape)}, output {tuple(output.shape)}) "
-                                          f"are not the batch (n={n})")
+                self.bad.setdefault(name, f"leading dimensions (input {tuple(xs[0].shape)}, output "
+                                          f"{tuple(output.shape)}) are not the batch (n={n})")
                 return None
             if name not in self.calls:
                 self.order.append(name)
             out = output if self.keep_output else None
-            self.calls[name].append(Call(x.detach(), out, (x._version, output._version), weakref.ref(output), fold))
+            versions = (_each(x, lambda t: t._version), output._version)
+            self.calls[name].append(Call(_each(x, Tensor.detach), out, versions, weakref.ref(output), fold))
             if self.keep_output and replaced is None and getattr(rule, "protect_output", False):
                 replaced = output.clone()  # in-place ops downstream (x += residual, ReLU(inplace)) modify the copy
+            if rebuild is not None:  # e.g. a tuple output, or a seq-first output read transposed
+                return rebuild(output if replaced is None else replaced)
             return replaced
         return hook
 
@@ -266,7 +275,7 @@ class Recorder:
         for name, calls in self.calls.items():
             for c in calls:
                 out_v = c.out._version if c.out is not None else c.versions[1]
-                if (c.inp._version, out_v) != c.versions:
+                if (_each(c.inp, lambda t: t._version), out_v) != c.versions:
                     raise InPlaceModificationError(
                         f"{name}: its input or output was modified in place after the layer ran (e.g. "
                         "ReLU(inplace=True) or `x += ...`); per-layer factors would be wrong. Use out-of-place ops.")

@@ -27,7 +27,7 @@ from .routing import report_routed
 from .checks import check_batch
 from .errors import InfluenceError
 from .factors import Block, Dense, Index, Segment
-from .layers import Context
+from .layers import Context, factored
 from .result import Chunk, InfluenceResult, Reroute
 from .scoring import DEFAULT_BUDGET, ReferenceSide
 from .verify import Routed, verdict_for
@@ -42,8 +42,8 @@ def output_factor(cap: Capture) -> Dense:
     return Dense(g.reshape(n, g.shape[1], 1, g.shape[2]) if g.dim() == 3 else g.reshape(n, 1, 1, -1))
 
 
-def _direct(module: nn.Module) -> list[nn.Parameter]:
-    return [p for p in module.parameters(recurse=False) if p.requires_grad]
+def _direct(pl: Plan, name: str) -> list[nn.Parameter]:
+    return factored(pl.modules[name], pl.rules[name])  # its own, and those of submodules its rule factors
 
 
 def lai_layers(pl: Plan, cap: Capture, layers: str, ctx: Context) -> tuple[list[str], list[str], set[int]]:
@@ -51,11 +51,11 @@ def lai_layers(pl: Plan, cap: Capture, layers: str, ctx: Context) -> tuple[list[
     all trainable ones for ``"all"``, the output layer's for ``"last"``)."""
     if layers == "last":
         name = output_layer(cap, pl)
-        own = _direct(pl.modules[name])
+        own = _direct(pl, name)
         skipped = [pl.names[id(p)] for p in own if not ctx.scored(p)]
         return [name], skipped, {id(p) for p in own}
-    names = [n for n, m in pl.modules.items() if pl.rules[n].lai and any(ctx.scored(p) for p in _direct(m))]
-    covered = {id(p) for n in names for p in _direct(pl.modules[n]) if ctx.scored(p)}
+    names = [n for n in pl.modules if pl.rules[n].lai and any(ctx.scored(p) for p in _direct(pl, n))]
+    covered = {id(p) for n in names for p in _direct(pl, n) if ctx.scored(p)}
     skipped = [name for pid, name in pl.names.items() if pid not in covered]
     return names, skipped, set(pl.names)
 
@@ -159,7 +159,7 @@ class LaiBackend:
         ctx = self.pl.context(self.routed)
         if self.names is None:
             self.names, self.skipped, self.relevant = lai_layers(self.pl, cap, self.layers, ctx)
-            if self.layers == "last" and not any(ctx.scored(p) for p in _direct(self.pl.modules[self.names[0]])):
+            if self.layers == "last" and not any(ctx.scored(p) for p in _direct(self.pl, self.names[0])):
                 raise InfluenceError(f"{self.names[0]}: none of the output layer's trainable parameters can be "
                                      "factored")
         self.side.add(LazyBlocks(cap, self.pl, self.names, self.token_pairing, ctx), n)

@@ -16,7 +16,12 @@ Rule API (``influence.layers.base``), for a module ``m`` of the family, n = batc
   the first positional argument). The capture requires its leading dimension to be n (a leading 1 with an
   output of leading 1 is expanded to n, for position ids built once and broadcast; with ``fold_tokens = True``
   a leading k * n on input and output is read as [n, k, ...] tokens). Anything else routes the module's
-  parameters to Exact.
+  parameters to Exact. A rule may record a tuple of tensors, each with leading dimension n (attention).
+* ``split_output(m, output) -> (Tensor, rebuild | None)``: the output tensor whose gradient is read (default: the
+  output itself) and how to rebuild the module's return value around it (a tuple, a seq-first layout).
+* ``lai_last``: whether last-layer LAI/TracIn may take the layer as the output layer (False for attention).
+* ``submodules``: names of submodules whose parameters the rule factors too (used but never called by the
+  module's forward, like attention's ``out_proj``); ``factored(m, rule)`` lists the parameters a rule covers.
 * ``ghost_pieces(m, inp, grad_out, ctx) -> list[GhostPiece]``: ``inp`` [n, ...] from ``record``, ``grad_out``
   [n, *output.shape[1:]] = d(sum_i l_i)/d(output). Each ``GhostPiece(params, Segment(L, R), unpack)`` states
   G_i = sum_t L_{i,t} (x) R_{i,t} for ``params`` (factors: ``influence.factors.Dense`` [n, T, G, p] or
@@ -42,7 +47,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from .base import (Context, GhostPiece, LayerRule, TheoryFactor, make_block, owner_names, padded_ids,
+from .base import (Context, GhostPiece, LayerRule, TheoryFactor, factored, make_block, owner_names, padded_ids,
                    register_layer, registered_rules, registry_version, reshaper, rule_for, tokens, trainable,
                    weight_bias_pieces, with_bias)
 from .linear import HFConv1D, HFConv1DRule, LinearRule
@@ -52,6 +57,7 @@ from .norm import AffineNormRule, LayerNormRule, RMSNormRule
 from .norm_any import AnyNormRule  # noqa: E402 - registered after the closed-form norms
 from .embedding_lookup import EmbeddingLookupRule  # noqa: E402
 from .additive import AdditiveParameterRule  # noqa: E402
+from .attention import MultiheadAttentionRule  # noqa: E402
 
 from ..errors import UnsupportedLayerError
 from ..factors import Factor
@@ -84,7 +90,8 @@ def lai_activation(module: nn.Module, inp: Tensor) -> Factor | None:
 __all__ = [
     "Context", "GhostPiece", "LayerRule", "TheoryFactor", "register_layer", "registered_rules", "registry_version",
     "rule_for", "trainable", "tokens", "weight_bias_pieces", "with_bias", "padded_ids", "reshaper", "make_block",
-    "owner_names", "HFConv1D", "conv_pads", "unfold_conv_input", "check_supported", "ghost_pieces",
+    "owner_names", "factored", "HFConv1D", "conv_pads", "unfold_conv_input", "check_supported", "ghost_pieces",
     "lai_activation", "LinearRule", "HFConv1DRule", "ConvRule", "EmbeddingRule", "AffineNormRule", "LayerNormRule",
     "RMSNormRule", "AnyNormRule", "EmbeddingLookupRule", "AdditiveParameterRule",
+    "MultiheadAttentionRule",
 ]

@@ -76,6 +76,9 @@ class LayerRule:
     #: whether last-layer LAI and TracIn may take this layer as the output layer (its LAI activation pairs with
     #: its own output gradient); False where some parameters act before further computation (attention)
     lai_last: bool = True
+    #: submodules whose parameters the rule factors with the module's own: the module's forward uses them
+    #: without calling them (attention's ``out_proj``)
+    submodules: tuple[str, ...] = ()
 
     def matches(self, module: nn.Module) -> bool:
         """True when ``module`` is an instance of one of ``types`` whose ``forward`` is that type's own."""
@@ -152,6 +155,12 @@ def rule_for(module: nn.Module) -> LayerRule | None:
 
 
 # ------------------------------------------------------------------ helpers shared by rules
+
+
+def factored(module: nn.Module, rule: LayerRule | None) -> list[nn.Parameter]:
+    """The trainable parameters ``rule`` factors for ``module``: its own and those of ``rule.submodules``."""
+    mods = [module] + [module.get_submodule(s) for s in (rule.submodules if rule is not None else ())]
+    return [p for m in mods for p in m.parameters(recurse=False) if p.requires_grad]
 
 
 def tokens(x: Tensor, width: int) -> Tensor:
