@@ -24,9 +24,13 @@ from .errors import (BatchSizeError, EmptyBatchError, InvalidArgumentError, NonF
                      NoTrainableParameterError, UnknownParameterError)
 
 
-def batch_size(tree: Any, what: str = "batch") -> int:
+def _tensor_leaves(tree: Any) -> list[Tensor]:
+    return [x for x in torch.utils._pytree.tree_leaves(tree) if isinstance(x, Tensor)]
+
+
+def batch_size(tree: Any, what: str = "batch", leaves: list[Tensor] | None = None) -> int:
     """Number of samples of a pytree of tensors (all leaves must agree on dim 0)."""
-    leaves = [x for x in torch.utils._pytree.tree_flatten(tree)[0] if isinstance(x, Tensor)]
+    leaves = _tensor_leaves(tree) if leaves is None else leaves
     if not leaves:
         raise BatchSizeError(f"{what} holds no tensor")
     sizes = {int(x.shape[0]) if x.dim() else -1 for x in leaves}
@@ -35,8 +39,12 @@ def batch_size(tree: Any, what: str = "batch") -> int:
     return sizes.pop()
 
 
-def check_finite(tree: Any, what: str) -> None:
-    """Raise ``NonFiniteInputError`` naming the leaf and the samples when a floating leaf holds NaN or inf."""
+def check_finite(tree: Any, what: str, leaves: list[Tensor] | None = None) -> None:
+    """Raise ``NonFiniteInputError`` naming the leaf and the samples when a floating leaf holds NaN or inf (one
+    reduction per floating leaf; the leaf's path is looked up only when one fails)."""
+    leaves = _tensor_leaves(tree) if leaves is None else leaves
+    if all(bool(torch.isfinite(x.detach()).all()) for x in leaves if x.is_floating_point() or x.is_complex()):
+        return
     for path, x in tree_flatten_with_path(tree)[0]:
         if not isinstance(x, Tensor) or not (x.is_floating_point() or x.is_complex()):
             continue
@@ -53,14 +61,15 @@ def check_batch(batch: Any, name: str) -> int:
     """Validate an (inputs, targets) pair and return its number of samples (at least 1)."""
     if not isinstance(batch, (tuple, list)) or len(batch) != 2:
         raise BatchSizeError(f"{name} must be a pair (inputs, targets); got {type(batch).__name__}")
-    n_x = batch_size(batch[0], f"{name} inputs")
-    n_y = batch_size(batch[1], f"{name} targets")
+    xs, ys = _tensor_leaves(batch[0]), _tensor_leaves(batch[1])
+    n_x = batch_size(batch[0], f"{name} inputs", xs)
+    n_y = batch_size(batch[1], f"{name} targets", ys)
     if n_x != n_y:
         raise BatchSizeError(f"{name}: {n_x} inputs but {n_y} targets")
     if n_x == 0:
         raise EmptyBatchError(f"the {name} batch holds no sample; pass at least one")
-    check_finite(batch[0], f"{name} inputs")
-    check_finite(batch[1], f"{name} targets")
+    check_finite(batch[0], f"{name} inputs", xs)
+    check_finite(batch[1], f"{name} targets", ys)
     return n_x
 
 

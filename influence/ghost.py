@@ -17,7 +17,7 @@ from .checks import check_batch
 from .factors import Block
 from .result import Chunk, InfluenceResult, Reroute
 from .scoring import DEFAULT_BUDGET, ReferenceSide
-from .verify import Routed, known_failures, verified_capture
+from .verify import Routed, verified_capture
 
 
 def weighted_gradient(blocks: dict[Hashable, Block]):
@@ -59,17 +59,11 @@ class GhostBackend:
         """Warn once about (or, with ``fallback='error'``, refuse) the parameters handed to Exact."""
         report_routed(self.pl, self.routed, "ghost", "not factorable, scored by Exact")
 
-    def _known(self, batch: Batch) -> None:
-        new = {k: v for k, v in (known_failures(self.model, batch, self.pl) or {}).items() if k not in self.routed}
-        if new:
-            raise Reroute(new)
-
     def start(self, n_train: int, pairwise: bool, streamed: bool) -> None:
         pre = {k: v for k, v in self.preconditioner.items() if k not in self.routed}
         self.side = ReferenceSide(n_train, pairwise, self.mode, self.budget, streamed, pre)
 
     def add_reference(self, batch: Batch, n: int) -> None:
-        self._known(batch)
         cap, blocks, new = verified_capture(self.model, self.loss_fn, batch, self.pl, n, "ref", self.routed)
         if new:
             raise Reroute(new)
@@ -77,8 +71,9 @@ class GhostBackend:
 
     def score(self, batch: Batch, n: int, self_reference: bool = False, keep_graph: bool = False) -> Chunk:
         """Scores of ``batch`` against the reference side, or (``self_reference``) against the batch itself from
-        the same capture. ``keep_graph`` is not needed: the update is built from the recorded factors."""
-        self._known(batch)
+        the same capture. ``keep_graph`` is not needed: the update is built from the recorded factors. (A cached
+        verdict naming parameters not yet routed comes back from ``verified_capture`` as new failures, so it
+        raises ``Reroute`` like a failure found now.)"""
         cap, blocks, new = verified_capture(self.model, self.loss_fn, batch, self.pl, n, "train", self.routed,
                                             check=None if self_reference else False)
         if new:

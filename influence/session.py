@@ -245,8 +245,8 @@ class Session:
             self.n_ref = n
         else:
             chunk = self.chunk or n
-            chunks = [self.backend.score(take(train, slice(i, i + chunk)), min(chunk, n - i), keep_graph=keep_graph)
-                      for i in range(0, n, chunk)]
+            chunks = [self.backend.score(train if chunk >= n else take(train, slice(i, i + chunk)), min(chunk, n - i),
+                                         keep_graph=keep_graph) for i in range(0, n, chunk)]
         named = {k: torch.cat([c.named[k] for c in chunks]) for k in chunks[0].named}
         if self.extra is not None:
             got = self.extra.score(train, n).named
