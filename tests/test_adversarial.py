@@ -179,6 +179,18 @@ def test_pairwise_chunked_ghost_equals_reference(f64) -> None:
     assert (r.pairwise - want).abs().max() < TOL * want.abs().max()
 
 
+@pytest.mark.parametrize("freeze_in", [True, False], ids=["in_proj_frozen", "trainable"])
+def test_mha_cases_are_native(f64, freeze_in: bool) -> None:
+    """The two nn.MultiheadAttention cases are exact natively: nothing is routed to Exact."""
+    s = mha_setup(freeze_in)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", influence.RoutedToExactWarning)
+        r = influence.ghost(s.model, s.loss_fn, s.train, s.ref, lr=LR, fallback="error")
+    assert not r.routed_to_exact
+    want = reference_scores(s.model, s.loss_fn, s.train, s.ref, LR)
+    assert (r.scores - want).abs().max() < TOL * want.abs().max()
+
+
 def test_dropout_in_eval_mode_is_deterministic(f64) -> None:
     s = mlp_setup(nn.Sequential(nn.Linear(4, 5), nn.Dropout(0.5), nn.Linear(5, 3)))
     a = influence.ghost(s.model, s.loss_fn, s.train, s.ref, lr=LR).scores
