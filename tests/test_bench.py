@@ -69,8 +69,10 @@ def test_check_targets_flags_met_and_missed():
     rows = [{"estimator": "forward", "median_s": 1.0, "ratio_to_forward": 1.0},
             {"estimator": "lai", "median_s": 2.0, "ratio_to_forward": 2.0, "peak_ratio_to_ghost": 0.4},
             {"estimator": "ghost", "median_s": 1.0, "ratio_to_forward_backward": 1.2},
+            {"estimator": "lai-last", "median_s": 1.2, "ratio_to_forward": 1.2},
             {"estimator": "exact", "median_s": 30.0}]
     got = {t["target"]: t["met"] for t in bench.check_targets("mlp", {"costs": {"rows": rows}})}
+    assert got["lai-last time / forward(train+ref)"] is False  # the bound is 1.1
     assert got["lai time / forward(train+ref)"] is False
     assert got["lai peak / ghost peak"] is True
     assert got["ghost time / forward+backward(train+ref)"] is True

@@ -18,12 +18,14 @@ from influence.atomic import atomic_write_text
 
 
 MB = float(1 << 20)
-# Targets of the cost issue: bound per (row, column).
-GHOST_OVER_EXACT = {"mlp": 20.0, "transformer": 5.0}
-LAI_OVER_FORWARD = 1.5
+# Targets of the cost issue (issue 14's table; the transformer's Exact/Ghost bound is this package's own, the
+# issue sets none): bound per (row, column).
+GHOST_OVER_EXACT = {"mlp": 25.0, "transformer": 5.0}
+LAI_OVER_FORWARD = 1.3
+LAI_LAST_OVER_FORWARD = 1.1
 LAI_PEAK_OVER_GHOST = 0.5
-GHOST_OVER_FORWARD_BACKWARD = 1.5
-CURATED_OVER_STEP = {"curated-lai": 1.2, "curated-ghost": 1.6}
+GHOST_OVER_FORWARD_BACKWARD = 1.3
+CURATED_OVER_STEP = {"curated-lai": 1.15, "curated-ghost": 1.5}
 SCALING_EXPONENT = 1.15
 CLOCKS = ("wall", "cpu")
 
@@ -53,9 +55,12 @@ def check_targets(workload: str, section: dict[str, Any], clock: str = "wall") -
 
     rows = section.get("costs", {}).get("rows", [])
     lai, ghost, exact = _row(rows, "lai"), _row(rows, "ghost"), _row(rows, "exact")
+    last = _row(rows, "lai-last")
     if lai:
         add("lai time / forward(train+ref)", lai[f"{pre}ratio_to_forward"], LAI_OVER_FORWARD)
         add("lai peak / ghost peak", lai["peak_ratio_to_ghost"], LAI_PEAK_OVER_GHOST, by=None)
+    if last:
+        add("lai-last time / forward(train+ref)", last[f"{pre}ratio_to_forward"], LAI_LAST_OVER_FORWARD)
     if ghost:
         add("ghost time / forward+backward(train+ref)", ghost[f"{pre}ratio_to_forward_backward"],
             GHOST_OVER_FORWARD_BACKWARD)
