@@ -93,8 +93,9 @@ class Dense:
 @dataclass
 class Patches:
     """Patches of a convolution's input as a factor [n, T = H_out * W_out, G, C_in / G * kh * kw (+1 with
-    ``ones``)], kept as the explicitly padded input map ``inp`` [n, C_in, H, W] (a Conv1d is a Conv2d with
-    H = 1 and kh = 1): ``F.unfold`` order, so the last axis matches the flattened weight [C_out, C_in / G, kh, kw].
+    ``ones``)], kept as the input map ``inp`` [n, C_in, H, W] (a Conv1d is a Conv2d with H = 1 and kh = 1) with
+    ``padding`` (ph, pw) zeros on both sides of each spatial axis left implicit (other paddings are applied to
+    ``inp`` explicitly): ``F.unfold`` order, so the last axis matches the flattened weight [C_out, C_in / G, kh, kw].
     """
 
     inp: Tensor
@@ -103,17 +104,19 @@ class Patches:
     dilation: tuple[int, int]
     n_groups: int
     ones: bool = False
+    padding: tuple[int, int] = (0, 0)
 
     @property
     def out_size(self) -> tuple[int, int]:
         h, w = self.inp.shape[2:]
-        return tuple((size - d * (k - 1) - 1) // s + 1
-                     for size, k, s, d in zip((h, w), self.kernel, self.stride, self.dilation))
+        return tuple((size + 2 * p - d * (k - 1) - 1) // s + 1
+                     for size, p, k, s, d in zip((h, w), self.padding, self.kernel, self.stride, self.dilation))
 
     @property
     def x(self) -> Tensor:
         n = self.inp.shape[0]
-        cols = F.unfold(self.inp, self.kernel, dilation=self.dilation, stride=self.stride)  # [n, C*K, P]
+        cols = F.unfold(self.inp, self.kernel, dilation=self.dilation, padding=self.padding,
+                        stride=self.stride)  # [n, C*K, P]
         x = cols.transpose(1, 2).reshape(n, cols.shape[2], self.n_groups, -1)
         return torch.cat([x, x.new_ones(*x.shape[:-1], 1)], -1) if self.ones else x
 
@@ -139,12 +142,13 @@ class Patches:
         return self.inp.shape[1] // self.n_groups * self.kernel[0] * self.kernel[1] + int(self.ones)
 
     def rows(self, index: slice) -> "Patches":
-        return Patches(self.inp[index], self.kernel, self.stride, self.dilation, self.n_groups, self.ones)
+        return Patches(self.inp[index], self.kernel, self.stride, self.dilation, self.n_groups, self.ones,
+                       self.padding)
 
     def with_ones(self) -> "Patches":
         if self.ones:
             raise ValueError("factor already carries a ones column")
-        return Patches(self.inp, self.kernel, self.stride, self.dilation, self.n_groups, True)
+        return Patches(self.inp, self.kernel, self.stride, self.dilation, self.n_groups, True, self.padding)
 
     def dense(self) -> Dense:
         return Dense(self.x)
@@ -311,7 +315,7 @@ def _conv_matrix(left: Tensor, patches: Patches, weights: Tensor | None) -> Tens
         grad = grad * weights.view(-1, 1, 1, 1).to(grad.dtype)
     g, c_out, c_in = patches.n_groups, grad.shape[1], patches.inp.shape[1]
     w = torch.nn.grad.conv2d_weight(patches.inp, (c_out, c_in // g, *patches.kernel), grad, stride=patches.stride,
-                                    padding=0, dilation=patches.dilation, groups=g)
+                                    padding=patches.padding, dilation=patches.dilation, groups=g)
     m = w.reshape(g, c_out // g, -1)
     if patches.ones:
         m = torch.cat([m, grad.sum((0, 2, 3)).view(g, c_out // g, 1)], -1)
@@ -326,7 +330,8 @@ def _conv_contract(left: Tensor, m: Tensor, patches: Patches) -> Tensor:
     q0 = q - int(patches.ones)
     weight = m[..., :q0].reshape(g * p, patches.inp.shape[1] // g, *patches.kernel)
     bias = m[..., q0].reshape(g * p) if patches.ones else None
-    y = F.conv2d(patches.inp, weight, bias, stride=patches.stride, padding=0, dilation=patches.dilation, groups=g)
+    y = F.conv2d(patches.inp, weight, bias, stride=patches.stride, padding=patches.padding,
+                 dilation=patches.dilation, groups=g)
     return y.mul_(grad).sum((1, 2, 3))
 
 
@@ -352,7 +357,7 @@ def rows_times(f: Dense | Patches, w: Tensor) -> Tensor:
             full[idx, :, idx] = weight
             weight, conv_groups = full, 1
         weight = weight.reshape(g * k, c // conv_groups, *f.kernel)
-        y = F.conv2d(f.inp, weight, bias, stride=f.stride, dilation=f.dilation,
+        y = F.conv2d(f.inp, weight, bias, stride=f.stride, padding=f.padding, dilation=f.dilation,
                      groups=conv_groups)  # [n, G*k, H_out, W_out]
         return y.reshape(n, g, k, -1).permute(1, 0, 3, 2).reshape(g, -1, k)
     x, ones = f.data, f.ones

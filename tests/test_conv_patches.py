@@ -31,6 +31,10 @@ CONVS = {
                         (4, 5)),
     "2d-square-circular-same": (nn.Conv2d, dict(in_channels=4, out_channels=4, kernel_size=3, padding="same",
                                                 padding_mode="circular", groups=2), (5, 5)),
+    "2d-same-even-kernel": (nn.Conv2d, dict(in_channels=2, out_channels=4, kernel_size=(2, 3), padding="same"),
+                            (5, 6)),
+    "1d-zeros-same-dil": (nn.Conv1d, dict(in_channels=3, out_channels=4, kernel_size=3, dilation=2, padding="same"),
+                          (10,)),
     "1d-same-dil-circular": (nn.Conv1d, dict(in_channels=2, out_channels=3, kernel_size=3, dilation=2,
                                              padding="same", padding_mode="circular"), (11,)),
     "1d-reflect-stride-groups": (nn.Conv1d, dict(in_channels=4, out_channels=4, kernel_size=5, stride=2, padding=2,
@@ -140,10 +144,25 @@ def test_rule_produces_patches_with_the_bias_as_unstored_ones(f64):
     (piece,) = _pieces(conv, x)
     assert isinstance(piece.segment.right, Patches) and piece.segment.right.ones
     assert piece.params == (conv.weight, conv.bias)
-    unpadded = nn.Conv1d(2, 3, 3)  # no padding: the factor holds a view of the input itself
-    x1 = torch.randn(3, 2, 9)
-    (piece,) = _pieces(unpadded, x1)
-    assert piece.segment.right.inp.data_ptr() == x1.data_ptr()
+    assert piece.segment.right.inp.data_ptr() == x.data_ptr() and piece.segment.right.padding == (1, 1)
+    # (module, input shape, F.pad pads by hand, pad mode, implicit)
+    for module, shape, pads, mode, implicit in (
+            (nn.Conv1d(2, 3, 3), (3, 2, 9), (0, 0), "constant", True),  # no padding
+            (nn.Conv1d(2, 3, 3, dilation=2, padding="same"), (3, 2, 9), (2, 2), "constant", True),
+            (nn.Conv2d(2, 3, (2, 3), padding="same"), (3, 2, 5, 5), (1, 1, 0, 1), "constant", False),  # uneven
+            (nn.Conv2d(2, 3, 3, padding=1, padding_mode="reflect"), (3, 2, 5, 5), (1, 1, 1, 1), "reflect", False)):
+        xm = torch.randn(shape)
+        (pc,) = _pieces(module, xm)  # symmetric zeros stay implicit: the factor holds a view of the input
+        assert (pc.segment.right.inp.data_ptr() == xm.data_ptr()) == implicit
+        xp = F.pad(xm, pads, mode=mode)
+        if xm.dim() == 3:
+            xp, k = xp.unsqueeze(2), (1, module.kernel_size[0])
+            d, st = (1, module.dilation[0]), (1, module.stride[0])
+        else:
+            k, d, st = module.kernel_size, module.dilation, module.stride
+        want = F.unfold(xp, k, dilation=d, stride=st).transpose(1, 2)
+        assert torch.equal(pc.segment.right.x[..., :-1].reshape(want.shape), want)
+        assert torch.equal(unfold_conv_input(module, xm), want)
     # frozen bias: the weight alone; frozen weight: the bias alone against a ones factor; shared: apart
     conv.bias.requires_grad_(False)
     (piece,) = _pieces(conv, x)
@@ -217,3 +236,34 @@ def test_lai_on_a_cnn_equals_its_formula(f64, case):
     for pairing in ("all_pairs", "aligned"):
         got = influence.lai(model, CE, train, ref, lr=0.1, token_pairing=pairing).scores
         assert rel_err(got, want) < TOL
+
+
+@pytest.mark.parametrize("case", ["2d-zeros-stride", "1d-zeros-same-dil", "2d-depthwise-10"])
+def test_implicit_padding_equals_the_unfolded_factor(f64, case):
+    """Patches with implicit zero padding against the Dense factor of the unfolded patches, on every
+    contraction: weighted reference matrices, contractions, Gram and per-sample products, row chunks."""
+    from influence.factors import Block, Segment
+    cls, kwargs, spatial = CONVS[case]
+    torch.manual_seed(4)
+    conv = cls(**kwargs)
+
+    def blocks(n):
+        x = torch.randn(n, kwargs["in_channels"], *spatial)
+        grad = torch.randn(conv(x).shape)
+        (pc,) = _pieces(conv, x)
+        assert pc.segment.right.padding != (0, 0)
+        left = Dense(grad.reshape(n, conv.groups, -1, pc.segment.right.tokens).permute(0, 3, 1, 2))
+        fast = Block("c", [Segment(left, pc.segment.right)])
+        return fast, Block("c", [Segment(left, Dense(pc.segment.right.x))])
+
+    fast, slow = blocks(5)
+    ref_fast, ref_slow = blocks(3)
+    w = torch.rand(5)
+    for weights in (None, w):
+        assert rel_err(fast.matrix(weights), slow.matrix(weights)) < 1e-12
+    m = ref_slow.matrix() / 3
+    assert rel_err(ref_fast.matrix() / 3, m) < 1e-12
+    assert rel_err(fast.contract(m), slow.contract(m)) < 1e-12
+    assert rel_err(fast.rows(slice(1, 4)).contract(m), slow.contract(m)[1:4]) < 1e-12
+    assert rel_err(fast.gram(ref_fast), slow.gram(ref_slow)) < 1e-12
+    assert rel_err(fast.per_sample(), slow.per_sample()) < 1e-12

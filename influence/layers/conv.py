@@ -1,9 +1,9 @@
 """``nn.Conv1d`` / ``nn.Conv2d``: the linear-layer factorisation on the input patches, one group per conv group.
 
-Padding (numbers, ``'same'``, ``'valid'``, any ``padding_mode``) is applied explicitly; the patches are then kept
-lazily as ``influence.factors.Patches`` (the padded input map with stride, dilation and kernel), whose reference
-matrix and contraction are convolution kernels, so Ghost's contracted form never unfolds them; a bias joins its
-weight as the Patches' ``ones`` column (not stored). Conv1d is Conv2d with a height-1 kernel. LAI's activation
+Padding (numbers, ``'same'``, ``'valid'``, any ``padding_mode``) is kept implicit where it is symmetric zeros and
+applied explicitly otherwise; the patches are kept lazily as ``influence.factors.Patches`` (the input map with
+padding, stride, dilation and kernel), whose reference matrix and contraction are convolution kernels, so Ghost's
+contracted form never unfolds them; a bias joins its weight as the Patches' ``ones`` column (not stored). Conv1d is Conv2d with a height-1 kernel. LAI's activation
 is the flattened input map with a bias 1 (not the patches), so it does not depend on the kernel geometry.
 """
 
@@ -33,16 +33,20 @@ def conv_pads(module: nn.Module, spatial: int) -> list[int]:
 
 def conv_patches(module: nn.Module, x: Tensor) -> Patches:
     """The patches of a Conv1d/Conv2d input [n, C_in, *spatial] as a lazy factor [n, P, G, C_in / G * K]: the
-    explicitly padded map (a view of ``x`` when there is no padding) with the kernel geometry."""
+    input map (a view of ``x``) with the kernel geometry and symmetric zero padding left implicit; other
+    paddings (reflect, circular, the uneven sides of some ``'same'``) are applied by an explicit ``F.pad``."""
     spatial = x.dim() - 2
-    pads = conv_pads(module, spatial)
-    if any(pads):
+    pads = conv_pads(module, spatial)  # last dim first
+    implicit = (0, 0)
+    if module.padding_mode == "zeros" and all(pads[i] == pads[i + 1] for i in range(0, len(pads), 2)):
+        implicit = (0, pads[0]) if spatial == 1 else (pads[2], pads[0])
+    elif any(pads):
         mode = "constant" if module.padding_mode == "zeros" else module.padding_mode
         x = F.pad(x, pads, mode=mode)
     k, s, d = module.kernel_size, module.stride, module.dilation
     if spatial == 1:
         x, k, s, d = x.unsqueeze(2), (1, k[0]), (1, s[0]), (1, d[0])
-    return Patches(x, tuple(k), tuple(s), tuple(d), module.groups)
+    return Patches(x, tuple(k), tuple(s), tuple(d), module.groups, padding=implicit)
 
 
 def unfold_conv_input(module: nn.Module, x: Tensor) -> Tensor:
