@@ -306,3 +306,21 @@ def test_attention_as_output_layer(f64) -> None:
     with pytest.raises(E.InfluenceError, match="att"):
         influence.lai(model, CE, train, ref, lr=LR, layers="last")
     assert torch.isfinite(influence.lai(model, CE, train, ref, lr=LR).scores).all()
+
+
+def test_theory_refuses_attention_by_name(f64) -> None:
+    """The theory has no per-layer Jacobian layout for attention: a named refusal, not a crash."""
+    from theory import terms
+    model = seeded(Attn())
+    train, _ = split(batch(model))
+    with pytest.raises(NotImplementedError, match="att"):
+        terms.build_side(model, CE, train)
+
+
+def test_tracin_last_layer_and_self_influence(f64) -> None:
+    model = seeded(Attn(cross=True, mask="padding"))
+    train, ref = split(batch(model))
+    r = influence.tracin(model, CE, train, ref, [(model.state_dict(), LR)], last_layer=True)
+    assert rel_err(r.scores, reference_scores(model, CE, train, ref, LR, ["head.weight", "head.bias"])) < TOL
+    r = influence.ghost(model, CE, train, None, lr=LR, fallback="error", pairwise=True)
+    assert rel_err(r.pairwise, influence.exact(model, CE, train, train, lr=LR, pairwise=True).pairwise) < TOL

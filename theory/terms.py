@@ -41,7 +41,7 @@ from torch import Tensor, nn
 from influence.batch import Batch, LossFn, check_batch
 from influence.capture import capture_forward, plan
 from influence.factors import Dense, Index
-from influence.layers import Context, rule_for
+from influence.layers import Context, LayerRule, rule_for
 
 from .jacobians import jacobians
 
@@ -131,6 +131,9 @@ def layer_modules(model: nn.Module) -> dict[str, nn.Module]:
     if pl.routed:
         raise NotImplementedError("theory: no per-layer structure for "
                                   f"{sorted({why for _, why in pl.routed.values()})}")
+    bare = [name for name, rule in pl.rules.items() if type(rule).theory_factor is LayerRule.theory_factor]
+    if bare:  # e.g. attention: several maps per call, no one Jacobian layout
+        raise NotImplementedError(f"theory: no per-layer structure for {bare}")
     return pl.modules
 
 
