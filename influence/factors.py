@@ -342,8 +342,9 @@ _BLOCK_DIAGONAL_GROUPS = 8
 
 def rows_times(f: Dense | Patches, w: Tensor) -> Tensor:
     """A dense-like factor [n, T, G, d] times per-group matrices ``w`` [G, d, k]: [G, n*T, k], without
-    materialising it: one GEMM per group for ``Dense`` (a ones column adds the last row of ``w``), one grouped
-    convolution for ``Patches`` (the last row of ``w`` as its bias when it carries ones)."""
+    materialising it or copying its data: one GEMM per group for ``Dense`` whose rows are views (else a fused
+    multiply-sum per column of ``w``; a ones column adds the last row of ``w``), one convolution for ``Patches``
+    (the last row of ``w`` as its bias when it carries ones)."""
     if isinstance(f, Patches):
         n, c = f.inp.shape[:2]
         g, d, k = w.shape
@@ -362,10 +363,13 @@ def rows_times(f: Dense | Patches, w: Tensor) -> Tensor:
         return y.reshape(n, g, k, -1).permute(1, 0, 3, 2).reshape(g, -1, k)
     x, ones = f.data, f.ones
     n, t, g, d = x.shape
-    if g == 1:
-        out = (x.reshape(n * t, d) @ w[0, :d]).unsqueeze(0)
-    else:
-        out = torch.bmm(x.permute(2, 0, 1, 3).reshape(g, n * t, d), w[:, :d])
+    k = w.shape[2]
+    if n == 1 or t == 1 or x.stride(0) == t * x.stride(1):  # rows are views: one GEMM per group
+        rows = x.permute(2, 0, 1, 3).reshape(g, n * t, d)
+        out = (rows[0] @ w[0, :d]).unsqueeze(0) if g == 1 else torch.bmm(rows, w[:, :d])
+    else:  # e.g. a convolution's output gradient (a permuted map): fused products in memory order, no copy
+        out = torch.stack([(x * w[:, :d, j]).sum(-1) for j in range(k)], -1)  # [n, T, G, k]
+        out = out.permute(2, 0, 1, 3).reshape(g, n * t, k)
     return out + w[:, d:d + 1] if ones else out
 
 

@@ -195,6 +195,14 @@ def test_rows_times_equals_the_unfolded_projection(f64, case):
         if ones:  # a Dense factor with an unstored ones column
             lazy = Dense(patches.x[..., :-1], ones=True)
             assert rel_err(rows_times(lazy, w), slow) < 1e-12
+    # a convolution's left factor: a permuted view of its output gradient (no row views; fused products)
+    grad = torch.randn(conv(x).shape).reshape(3, conv.groups, conv.out_channels // conv.groups, -1)
+    left = grad.permute(0, 3, 1, 2)
+    for ones in (False, True):
+        w = torch.randn(conv.groups, left.shape[-1] + ones, 2)
+        full = torch.cat([left, torch.ones(*left.shape[:-1], 1)], -1) if ones else left
+        slow = torch.bmm(full.permute(2, 0, 1, 3).reshape(conv.groups, -1, full.shape[-1]), w)
+        assert rel_err(rows_times(Dense(left, ones), w), slow) < 1e-12
     assert unfold_conv_input(conv, x).shape == (3, patches.tokens, kwargs["in_channels"] * conv.weight[0, 0].numel())
 
 
