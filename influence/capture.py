@@ -29,6 +29,7 @@ from .errors import (InPlaceModificationError, SharedParameterError, StochasticM
                      UndefinedGradientError, UnsupportedLayerError)
 from .factors import Block
 from .layers import Context, GhostPiece, LayerRule, factored, make_block, owner_names, rule_for
+from .layers.attention import unfused_attention
 from .losses import output_gradient, per_sample_losses
 
 FALLBACKS = ("auto", "error", "exact")
@@ -288,7 +289,7 @@ def capture_forward(model: nn.Module, loss_fn: LossFn, batch: tuple[Any, Any], m
     in ``Capture.graph_losses`` (a training step then backpropagates the scoring forward)."""
     x, y = batch
     graph_losses = None
-    with torch.set_grad_enabled(keep_graph), Recorder(modules, n, keep_output=False) as rec:
+    with torch.set_grad_enabled(keep_graph), unfused_attention(), Recorder(modules, n, keep_output=False) as rec:
         f = output_tensor(call_model(model, x))
         producer = rec.producer(f)
         if keep_graph:
@@ -306,7 +307,7 @@ def capture_backward(model: nn.Module, loss_fn: LossFn, batch: tuple[Any, Any], 
     its own loss l_i (extra backward passes through the retained graph)."""
     x, y = batch
     params = list(params)
-    with torch.enable_grad(), Recorder(modules, n, keep_output=True) as rec:
+    with torch.enable_grad(), unfused_attention(), Recorder(modules, n, keep_output=True) as rec:
         f = output_tensor(call_model(model, x))
         producer = rec.producer(f)
         losses = per_sample_losses(loss_fn, f, y, n, where)

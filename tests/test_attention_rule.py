@@ -324,3 +324,33 @@ def test_tracin_last_layer_and_self_influence(f64) -> None:
     assert rel_err(r.scores, reference_scores(model, CE, train, ref, LR, ["head.weight", "head.bias"])) < TOL
     r = influence.ghost(model, CE, train, None, lr=LR, fallback="error", pairwise=True)
     assert rel_err(r.pairwise, influence.exact(model, CE, train, train, lr=LR, pairwise=True).pairwise) < TOL
+
+
+def test_transformer_encoder_with_padding(f64) -> None:
+    """nn.TransformerEncoder with a key padding mask: without autograd (LAI) torch would run it on nested tensors
+    through fused kernels; the capture turns those paths off, so LAI reads every layer and Ghost stays native."""
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.emb = nn.Embedding(9, E_DIM)
+            self.enc = nn.TransformerEncoder(nn.TransformerEncoderLayer(E_DIM, HEADS, 8, dropout=0.0,
+                                                                        batch_first=True), 2)
+            self.head = nn.Linear(E_DIM, CLASSES)
+
+        def forward(self, ids, pad):
+            return self.head(self.enc(self.emb(ids), src_key_padding_mask=pad))
+
+    model = seeded(Net())
+    ids = torch.randint(0, 9, (7, 5), generator=gen(0))
+    pad = torch.zeros(7, 5, dtype=torch.bool)
+    pad[:, 3:] = True
+    pad[0, 1:] = True
+    y = torch.randint(0, CLASSES, (7, 5), generator=gen(1))
+    train, ref = split(((ids, pad), y))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", influence.RoutedToExactWarning)
+        r = influence.ghost(model, CE, train, ref, lr=LR, fallback="error")
+        lai = influence.lai(model, CE, train, ref, lr=LR, fallback="error")
+    assert rel_err(r.scores, reference_scores(model, CE, train, ref, LR)) < TOL
+    assert torch.backends.mha.get_fastpath_enabled()
+    assert torch.isfinite(lai.scores).all() and {"enc.layers.0.self_attn", "enc.layers.1.linear2"} <= set(lai.per_layer)

@@ -22,8 +22,9 @@ in train mode is refused as for ``nn.Dropout`` (``influence.capture.check_stocha
 
 from __future__ import annotations
 
+import contextlib
 import inspect
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import Tensor, nn
@@ -34,6 +35,19 @@ from .base import Context, GhostPiece, LayerRule, register_layer, reshaper, toke
     with_bias
 
 _SIGNATURE = inspect.signature(nn.MultiheadAttention.forward)
+
+
+@contextlib.contextmanager
+def unfused_attention() -> Iterator[None]:
+    """torch's fused attention paths off (``torch.backends.mha``) while a capture runs: without autograd, eval-mode
+    ``nn.TransformerEncoder`` turns padded batches into nested tensors and fused layers skip their submodules,
+    which per-layer hooks cannot read."""
+    old = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(old)
 
 
 def _additive(mask: Tensor | None, dtype: torch.dtype) -> Tensor | None:
