@@ -354,3 +354,40 @@ def test_transformer_encoder_with_padding(f64) -> None:
     assert rel_err(r.scores, reference_scores(model, CE, train, ref, LR)) < TOL
     assert torch.backends.mha.get_fastpath_enabled()
     assert torch.isfinite(lai.scores).all() and {"enc.layers.0.self_attn", "enc.layers.1.linear2"} <= set(lai.per_layer)
+
+
+class CausalCross(nn.Module):
+    """Cross-attention with is_causal (L=5 queries, S=3 keys): torch ignores attn_mask and applies the top-left
+    causal mask when need_weights is False, attn_mask otherwise."""
+
+    def __init__(self, need_weights: bool) -> None:
+        super().__init__()
+        self.q, self.kv, self.head = nn.Linear(D_IN, E_DIM), nn.Linear(D_IN, E_DIM), nn.Linear(E_DIM, CLASSES)
+        self.att = nn.MultiheadAttention(E_DIM, HEADS, batch_first=True, add_zero_attn=True)
+        self.need_weights = need_weights
+
+    def forward(self, x, memory):
+        q, kv = torch.tanh(self.q(x)), torch.tanh(self.kv(memory))
+        mask = torch.zeros(q.shape[1], kv.shape[1], dtype=torch.bool)
+        return self.head(self.att(q, kv, kv, attn_mask=mask, is_causal=True, need_weights=self.need_weights)[0])
+
+
+@pytest.mark.parametrize("need_weights", [False, True])
+def test_causal_cross_attention(f64, need_weights: bool) -> None:
+    model = seeded(CausalCross(need_weights))
+    (x, memory, _), y = batch(Attn(cross=True))
+    assert_native(model, ((x, memory), y))
+
+
+def test_fully_masked_sample(f64) -> None:
+    """A sample whose keys are all masked: finite and exact where torch's attention gives zeros (the SDPA path),
+    a named error where torch itself gives NaN (need_weights=True)."""
+    model = seeded(Attn(mask="padding"))
+    (x, memory, keep), y = batch(model)
+    keep[2] = False
+    train, ref = split(((x, memory, keep), y))
+    r = influence.ghost(model, CE, train, ref, lr=LR, fallback="error")
+    assert rel_err(r.scores, reference_scores(model, CE, train, ref, LR)) < TOL
+    model.need_weights = True
+    with pytest.raises(E.NonFiniteLossError):
+        influence.ghost(model, CE, train, ref, lr=LR)
