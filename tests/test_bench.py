@@ -10,7 +10,7 @@ import pytest
 from validation import bench, bench_workloads
 
 
-ARGS = ["--workload", "mlp", "--tiny", "--repeats", "1", "--sizes", "default", "--big"]
+ARGS = ["--workload", "mlp", "--tiny", "--repeats", "1", "--sizes", "default", "--big", "--tasks", "none"]
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +52,8 @@ def test_bench_resume_keeps_finished_sections(tiny_run):
 
 def test_bench_tiny_transformer_and_cnn_run(tmp_path):
     report = bench.run(["--workload", "all", "--tiny", "--repeats", "1", "--no-curated", "--estimators",
-                         "ghost,lai", "--out", str(tmp_path)])
+                         "ghost,lai", "--tasks", "none", "--out", str(tmp_path)])
+    assert "tasks" not in report
     assert set(report["workloads"]) == {"mlp", "transformer", "cnn"}
     for sec in report["workloads"].values():
         assert [r["estimator"] for r in sec["costs"]["rows"]][3:] == ["ghost", "lai"]
@@ -87,6 +88,12 @@ def test_bench_keeps_stderr_clean_and_rejects_bad_usage(tmp_path):
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == "" and "curated-lai" in proc.stdout and "lai-last" in proc.stdout
+    report = json.loads((tmp_path / "b" / "bench.json").read_text())
+    for task in ("mnist1d-noisy40", "digits-noisy40"):  # curated step vs vanilla on the curation tasks
+        rows = {r["method"]: r for r in report["tasks"][task]["rows"]}
+        assert set(rows) == {"vanilla", "lai@1", "lai-last@1", "ghost@1", "lai@8", "lai-last@8", "ghost@8"}
+        assert rows["vanilla"]["time_vs_vanilla"] == 1.0 and all(r["step_ms"] > 0 for r in rows.values())
+        assert f"curated ghost step (statistics kept 8 steps) / vanilla step, {task}" in proc.stdout
     for bad in (["--estimators", "lai_last"], ["--workload", "gpt"], ["--repeats", "0"]):
         proc = subprocess.run([*cmd[:4], *bad], capture_output=True, text=True, timeout=120)
         assert proc.returncode == 2 and "error" in proc.stderr

@@ -4,11 +4,13 @@
     lai bench --workload mlp --repeats 3 --no-curated
     lai bench --sizes default --big              # also the scaling in n_train and a 4,096-sample batch
     lai bench --resume --out results/bench/X     # keep the finished sections of an interrupted run
+    lai bench --clock cpu --tasks none           # process CPU time (shared machine); no curation-task timing
 
 Per workload (validation/bench_workloads.py), every estimator's median wall and CPU time over interleaved
 repeats and its peak extra memory (validation/measure.py: public profiler APIs), with its ratio to one
 forward pass over train+reference, one forward+backward over train+reference and one vanilla training step
-(see validation/estimator_cost.py), and the targets of the cost issue marked MET / MISSED (validation/bench_report.py).
+(see validation/estimator_cost.py), and the targets of the cost issue marked MET / MISSED (validation/bench_report.py);
+then a curated step against a vanilla step on the curation tasks (validation/bench_tasks.py).
 Output: the table on stdout, ``bench.json`` + ``bench.txt`` under ``--out``, rewritten atomically after every
 finished section. The exit status is 0 whether or not a target is met (targets are reported, not checks).
 """
@@ -28,6 +30,7 @@ import torch
 from influence.atomic import atomic_write_text
 
 from .bench_report import CLOCKS, MB, check_targets, environment, loadavg, render, save
+from .bench_tasks import TASKS, tasks_section
 from .bench_workloads import WORKLOADS, Workload, build_workload, curated_steps, estimator_call
 from .estimator_cost import estimator_costs
 from .measure import measure_many
@@ -125,6 +128,10 @@ def build_parser(prog: str = "lai bench") -> argparse.ArgumentParser:
                    help="also break one ghost and one lai call per workload down by operator (torch.profiler); "
                         "tables saved next to bench.json")
     p.add_argument("--no-curated", action="store_true", help="skip the curated training steps")
+    p.add_argument("--tasks", default=",".join(TASKS),
+                   help="curation tasks whose curated step is timed against a vanilla step, with reference "
+                        "statistics recomputed every step and kept for several (comma-separated; 'none' to skip)")
+    p.add_argument("--task-steps", type=int, default=40, help="interleaved steps of the curation-task timing")
     p.add_argument("--tiny", action="store_true", help="tiny models and batches (seconds; for tests)")
     p.add_argument("--clock", default="wall", choices=CLOCKS,
                    help="time the ratios and targets use: wall or process CPU time (robust on a shared machine "
@@ -167,7 +174,8 @@ def _bench(args: argparse.Namespace, estimators: tuple[str, ...], scaling_estima
     report: dict[str, Any] = {"started": started, "args": vars(args), "environment": environment(args.device),
                               "workloads": {}}
     if args.resume and (out / "bench.json").exists():
-        report["workloads"] = json.loads((out / "bench.json").read_text()).get("workloads", {})
+        old = json.loads((out / "bench.json").read_text())
+        report["workloads"], report["tasks"] = old.get("workloads", {}), old.get("tasks", {})
     for name in names:
         w = build_workload(name, tiny=args.tiny, device=args.device)
         sec = report["workloads"].setdefault(name, {})
@@ -190,6 +198,15 @@ def _bench(args: argparse.Namespace, estimators: tuple[str, ...], scaling_estima
             sec["targets"] = check_targets(name, sec, args.clock)
             save(report, out)
         sec["targets"] = check_targets(name, sec, args.clock)
+        save(report, out)
+    tasks = [] if args.tasks in ("", "none") else split_list(args.tasks)
+    for task in tasks:
+        done = report.setdefault("tasks", {})
+        if task in done:
+            continue
+        if not args.no_progress and not args.quiet:
+            print(f"[bench] curation task {task} ...", file=sys.stderr, flush=True)
+        done[task] = tasks_section(task, min(args.task_steps, 3) if args.tiny else args.task_steps, args.tiny)
         save(report, out)
     print(render(report), end="")
     info(args, f"written: {out / 'bench.json'}, {out / 'bench.txt'}")

@@ -4,7 +4,9 @@ Every method gets its own copy of the task's model (same initialisation) and opt
 ``steps`` batches of the task, every method runs one curated step, in an order rotated from batch to batch,
 so load from other processes on a shared machine hits all methods alike. Reported: median over steps of
 the step time (``score_s + update_s`` of ``curation_step``), and of its two parts; rate-based methods keep
-``keep_fraction`` of each batch.
+``keep_fraction`` of each batch. A method written ``name@k`` (e.g. ``lai@8``) keeps its reference statistics for
+k curated steps (``Curator(refresh_every=k)``) instead of ``refresh_every``, so one call can time several k side
+by side.
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ def time_methods(prep: Prepared, methods: list[str], seed: int = 0, steps: int =
     names = methods if "vanilla" in methods else ["vanilla", *methods]
     runs = {}
     for name in names:
-        m = get_method(name)
+        base_name, _, k = name.partition("@")
+        m = get_method(base_name)
         m = m.with_fraction(keep_fraction) if m.needs_fraction and m.keep_fraction is None else m
         model = prep.make_model()
         opt = torch.optim.SGD(model.parameters(), lr=spec.lr, momentum=spec.momentum)
@@ -37,7 +40,7 @@ def time_methods(prep: Prepared, methods: list[str], seed: int = 0, steps: int =
         ref = ReferencePolicy(spec.reference, prep.ref_pool if spec.reference != "batch" else None,
                               min(spec.n_ref, pool_n) if spec.reference != "batch" else None, seed=seed)
         runs[name] = (model, opt, Curator(prep.loss_fn, m, reference=ref, on_empty="best", seed=seed,
-                                                    refresh_every=refresh_every))
+                                                    refresh_every=int(k) if k else refresh_every))
     x, y = prep.train
     perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
     times: dict[str, list[tuple[float, float]]] = {n: [] for n in names}
