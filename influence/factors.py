@@ -8,9 +8,9 @@ modules sharing one parameter), t over tokens/positions. A factor is either
   the factor is [data, 1], how a bias joins its weight's block);
 * ``Index``: one-hot rows given by integer ids [n, T] into a space of ``size`` (``-1`` = contributes nothing,
   used for ``padding_idx``); an embedding's weight gradient has an ``Index`` left factor; or
-* ``Patches``: the unfolded input of a convolution, kept as the (padded) input map; its reference matrix is
-  the convolution's weight gradient and its contraction one convolution, so the patches are only unfolded
-  when a Gram or per-sample product needs them.
+* ``Patches`` (``influence.patches``): the unfolded input of a convolution, kept as the input map (symmetric
+  zero padding implicit); its reference matrix is the convolution's weight gradient and its contraction one
+  convolution, so the patches are only unfolded when a Gram or per-sample product needs them.
 
 ``.x`` of any dense-like factor is its full tensor [n, T, G, dim] (materialised on demand); the contractions
 below avoid it where they can.
@@ -32,7 +32,8 @@ from typing import Callable
 
 import torch
 from torch import Tensor, nn
-from torch.nn import functional as F
+
+from .patches import Patches, conv_contract, conv_matrix, conv_rows_times
 
 
 @dataclass
@@ -91,70 +92,6 @@ class Dense:
 
 
 @dataclass
-class Patches:
-    """Patches of a convolution's input as a factor [n, T = H_out * W_out, G, C_in / G * kh * kw (+1 with
-    ``ones``)], kept as the input map ``inp`` [n, C_in, H, W] (a Conv1d is a Conv2d with H = 1 and kh = 1) with
-    ``padding`` (ph, pw) zeros on both sides of each spatial axis left implicit (other paddings are applied to
-    ``inp`` explicitly): ``F.unfold`` order, so the last axis matches the flattened weight [C_out, C_in / G, kh, kw].
-    """
-
-    inp: Tensor
-    kernel: tuple[int, int]
-    stride: tuple[int, int]
-    dilation: tuple[int, int]
-    n_groups: int
-    ones: bool = False
-    padding: tuple[int, int] = (0, 0)
-
-    @property
-    def out_size(self) -> tuple[int, int]:
-        h, w = self.inp.shape[2:]
-        return tuple((size + 2 * p - d * (k - 1) - 1) // s + 1
-                     for size, p, k, s, d in zip((h, w), self.padding, self.kernel, self.stride, self.dilation))
-
-    @property
-    def x(self) -> Tensor:
-        n = self.inp.shape[0]
-        cols = F.unfold(self.inp, self.kernel, dilation=self.dilation, padding=self.padding,
-                        stride=self.stride)  # [n, C*K, P]
-        x = cols.transpose(1, 2).reshape(n, cols.shape[2], self.n_groups, -1)
-        return torch.cat([x, x.new_ones(*x.shape[:-1], 1)], -1) if self.ones else x
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.inp.dtype
-
-    @property
-    def n(self) -> int:
-        return self.inp.shape[0]
-
-    @property
-    def tokens(self) -> int:
-        h, w = self.out_size
-        return h * w
-
-    @property
-    def groups(self) -> int:
-        return self.n_groups
-
-    @property
-    def dim(self) -> int:
-        return self.inp.shape[1] // self.n_groups * self.kernel[0] * self.kernel[1] + int(self.ones)
-
-    def rows(self, index: slice) -> "Patches":
-        return Patches(self.inp[index], self.kernel, self.stride, self.dilation, self.n_groups, self.ones,
-                       self.padding)
-
-    def with_ones(self) -> "Patches":
-        if self.ones:
-            raise ValueError("factor already carries a ones column")
-        return Patches(self.inp, self.kernel, self.stride, self.dilation, self.n_groups, True, self.padding)
-
-    def dense(self) -> Dense:
-        return Dense(self.x)
-
-
-@dataclass
 class Index:
     ids: Tensor  # [n, T] int64, -1 = no contribution
     size: int
@@ -196,7 +133,7 @@ def ones_factor(like: Dense | Patches) -> Dense:
 
 def _dense_like(f: Factor) -> Factor:
     """``Patches`` unfolded into a ``Dense`` factor; other factors unchanged."""
-    return f.dense() if isinstance(f, Patches) else f
+    return Dense(f.x) if isinstance(f, Patches) else f
 
 
 def gram(a: Factor, b: Factor) -> Tensor:
@@ -301,66 +238,13 @@ def _dense_contract(left: Dense, m: Tensor, right: Dense) -> Tensor:
     return out
 
 
-def _conv_grad_map(left: Tensor, patches: Patches) -> Tensor:
-    """A convolution's left factor (its output gradient) [n, T, G, p] as the map [n, G*p, H_out, W_out]."""
-    n, _, g, p = left.shape
-    return left.permute(0, 2, 3, 1).reshape(n, g * p, *patches.out_size)
-
-
-def _conv_matrix(left: Tensor, patches: Patches, weights: Tensor | None) -> Tensor:
-    """sum_i w_i sum_t b_{i,t} (x) patch_{i,t} [G, p, q]: the convolution's weight (and bias) gradient of the
-    output-gradient map, computed by the convolution backward kernel instead of unfolding."""
-    grad = _conv_grad_map(left, patches)
-    if weights is not None:
-        grad = grad * weights.view(-1, 1, 1, 1).to(grad.dtype)
-    g, c_out, c_in = patches.n_groups, grad.shape[1], patches.inp.shape[1]
-    w = torch.nn.grad.conv2d_weight(patches.inp, (c_out, c_in // g, *patches.kernel), grad, stride=patches.stride,
-                                    padding=patches.padding, dilation=patches.dilation, groups=g)
-    m = w.reshape(g, c_out // g, -1)
-    if patches.ones:
-        m = torch.cat([m, grad.sum((0, 2, 3)).view(g, c_out // g, 1)], -1)
-    return m
-
-
-def _conv_contract(left: Tensor, m: Tensor, patches: Patches) -> Tensor:
-    """[n]: sum_t b_{i,t}^T M patch_{i,t} as one convolution of the input with M (and M's bias column as the
-    bias), multiplied by the output-gradient map and summed per sample."""
-    grad = _conv_grad_map(left, patches)
-    g, p, q = m.shape
-    q0 = q - int(patches.ones)
-    weight = m[..., :q0].reshape(g * p, patches.inp.shape[1] // g, *patches.kernel)
-    bias = m[..., q0].reshape(g * p) if patches.ones else None
-    y = F.conv2d(patches.inp, weight, bias, stride=patches.stride, padding=patches.padding,
-                 dilation=patches.dilation, groups=g)
-    return y.mul_(grad).sum((1, 2, 3))
-
-
-# up to this many conv groups, ``rows_times`` convolves with a block-diagonal dense weight: oneDNN's grouped
-# kernels are several times slower with the 1-4 output channels per group of a projection (measured on CPU)
-_BLOCK_DIAGONAL_GROUPS = 8
-
-
 def rows_times(f: Dense | Patches, w: Tensor) -> Tensor:
     """A dense-like factor [n, T, G, d] times per-group matrices ``w`` [G, d, k]: [G, n*T, k], without
     materialising it or copying its data: one GEMM per group for ``Dense`` whose rows are views (else a fused
     multiply-sum per column of ``w``; a ones column adds the last row of ``w``), one convolution for ``Patches``
     (the last row of ``w`` as its bias when it carries ones)."""
     if isinstance(f, Patches):
-        n, c = f.inp.shape[:2]
-        g, d, k = w.shape
-        d0 = d - int(f.ones)
-        weight = w[:, :d0].transpose(1, 2).to(f.dtype)  # [G, k, C_in / G * K]
-        bias = w[:, d0].reshape(g * k).to(f.dtype) if f.ones else None
-        conv_groups = g
-        if 1 < g <= _BLOCK_DIAGONAL_GROUPS:  # few outputs per group: one dense conv with a block-diagonal weight
-            full = weight.new_zeros(g, k, g, d0)
-            idx = torch.arange(g, device=weight.device)
-            full[idx, :, idx] = weight
-            weight, conv_groups = full, 1
-        weight = weight.reshape(g * k, c // conv_groups, *f.kernel)
-        y = F.conv2d(f.inp, weight, bias, stride=f.stride, padding=f.padding, dilation=f.dilation,
-                     groups=conv_groups)  # [n, G*k, H_out, W_out]
-        return y.reshape(n, g, k, -1).permute(1, 0, 3, 2).reshape(g, -1, k)
+        return conv_rows_times(f, w)
     x, ones = f.data, f.ones
     n, t, g, d = x.shape
     k = w.shape[2]
@@ -378,7 +262,7 @@ def segment_matrix(seg: Segment, weights: Tensor | None = None) -> Tensor:
     ``weights`` [n] defaults to ones."""
     left, right, _ = _oriented(seg)
     if isinstance(right, Patches) and isinstance(left, Dense) and not left.ones:
-        return _conv_matrix(left.data, right, weights)
+        return conv_matrix(left.data, right, weights)
     left, right = _dense_like(left), _dense_like(right)
     if isinstance(left, Dense):
         return _dense_matrix(left, right, weights)
@@ -394,7 +278,7 @@ def segment_contract(seg: Segment, m: Tensor) -> Tensor:
     """[n]: sum_t L_t^T M R_t for every sample, M [G, p, q] from ``segment_matrix``."""
     left, right, _ = _oriented(seg)
     if isinstance(right, Patches) and isinstance(left, Dense) and not left.ones:
-        return _conv_contract(left.data, m, right)
+        return conv_contract(left.data, m, right)
     left, right = _dense_like(left), _dense_like(right)
     if isinstance(left, Dense):
         return _dense_contract(left, m, right)
