@@ -94,6 +94,9 @@ def test_bench_keeps_stderr_clean_and_rejects_bad_usage(tmp_path):
         assert set(rows) == {"vanilla", "lai@1", "lai-last@1", "ghost@1", "lai@8", "lai-last@8", "ghost@8"}
         assert rows["vanilla"]["time_vs_vanilla"] == 1.0 and all(r["step_ms"] > 0 for r in rows.values())
         assert f"curated ghost step (statistics kept 8 steps) / vanilla step, {task}" in proc.stdout
+    over = report["overhead"]
+    assert over["overhead_ms"]["ghost"] == pytest.approx(over["ms"]["ghost score"] - over["ms"]["forward+backward"])
+    assert over["ms"]["lai score"] > 0 and "ghost score overhead" in proc.stdout
     for bad in (["--estimators", "lai_last"], ["--workload", "gpt"], ["--repeats", "0"]):
         proc = subprocess.run([*cmd[:4], *bad], capture_output=True, text=True, timeout=120)
         assert proc.returncode == 2 and "error" in proc.stderr

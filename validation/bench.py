@@ -10,7 +10,8 @@ Per workload (validation/bench_workloads.py), every estimator's median wall and 
 repeats and its peak extra memory (validation/measure.py: public profiler APIs), with its ratio to one
 forward pass over train+reference, one forward+backward over train+reference and one vanilla training step
 (see validation/estimator_cost.py), and the targets of the cost issue marked MET / MISSED (validation/bench_report.py);
-then a curated step against a vanilla step on the curation tasks (validation/bench_tasks.py).
+then the per-call overhead of a scoring call on a tiny model (validation/bench_overhead.py) and a curated step
+against a vanilla step on the curation tasks (validation/bench_tasks.py).
 Output: the table on stdout, ``bench.json`` + ``bench.txt`` under ``--out``, rewritten atomically after every
 finished section. The exit status is 0 whether or not a target is met (targets are reported, not checks).
 """
@@ -30,6 +31,7 @@ import torch
 from influence.atomic import atomic_write_text
 
 from .bench_report import CLOCKS, MB, check_targets, environment, loadavg, render, save
+from .bench_overhead import overhead_section
 from .bench_tasks import TASKS, tasks_section
 from .bench_workloads import WORKLOADS, Workload, build_workload, curated_steps, estimator_call
 from .estimator_cost import estimator_costs
@@ -132,6 +134,7 @@ def build_parser(prog: str = "lai bench") -> argparse.ArgumentParser:
                    help="curation tasks whose curated step is timed against a vanilla step, with reference "
                         "statistics recomputed every step and kept for several (comma-separated; 'none' to skip)")
     p.add_argument("--task-steps", type=int, default=40, help="interleaved steps of the curation-task timing")
+    p.add_argument("--no-overhead", action="store_true", help="skip the per-call overhead section (tiny model)")
     p.add_argument("--tiny", action="store_true", help="tiny models and batches (seconds; for tests)")
     p.add_argument("--clock", default="wall", choices=CLOCKS,
                    help="time the ratios and targets use: wall or process CPU time (robust on a shared machine "
@@ -176,6 +179,8 @@ def _bench(args: argparse.Namespace, estimators: tuple[str, ...], scaling_estima
     if args.resume and (out / "bench.json").exists():
         old = json.loads((out / "bench.json").read_text())
         report["workloads"], report["tasks"] = old.get("workloads", {}), old.get("tasks", {})
+        if "overhead" in old:
+            report["overhead"] = old["overhead"]
     for name in names:
         w = build_workload(name, tiny=args.tiny, device=args.device)
         sec = report["workloads"].setdefault(name, {})
@@ -198,6 +203,9 @@ def _bench(args: argparse.Namespace, estimators: tuple[str, ...], scaling_estima
             sec["targets"] = check_targets(name, sec, args.clock)
             save(report, out)
         sec["targets"] = check_targets(name, sec, args.clock)
+        save(report, out)
+    if not args.no_overhead and "overhead" not in report:
+        report["overhead"] = overhead_section(rounds=3 if args.tiny else 15, calls=5 if args.tiny else 40)
         save(report, out)
     tasks = [] if args.tasks in ("", "none") else split_list(args.tasks)
     for task in tasks:

@@ -151,6 +151,9 @@ def render(report: dict[str, Any]) -> str:
             op = "<=" if t["upper"] else ">="
             lines.append(f"   [{mark:>6}] {t['target']}: {_fmt(t['value'], '.3f')} {op} {_fmt(t['bound'], '.3g')}"
                          + (f"  ({t['clock']})" if t.get("clock") else ""))
+    if report.get("overhead"):
+        from .bench_overhead import render_overhead
+        lines += render_overhead(report["overhead"])
     if report.get("tasks"):
         from .bench_tasks import render_tasks
         lines += render_tasks(report["tasks"])
