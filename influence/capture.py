@@ -283,13 +283,15 @@ class Recorder:
 
 
 def capture_forward(model: nn.Module, loss_fn: LossFn, batch: tuple[Any, Any], modules: dict[str, nn.Module],
-                    n: int, where: str, keep_graph: bool = False) -> Capture:
+                    n: int, where: str, keep_graph: bool = False,
+                    rules: dict[str, LayerRule] | None = None) -> Capture:
     """Forward pass without autograd through the network: layer inputs, f, g (from the outputs) and losses.
     ``keep_graph``: run the forward with autograd instead and keep the per-sample losses attached to its graph
-    in ``Capture.graph_losses`` (a training step then backpropagates the scoring forward)."""
+    in ``Capture.graph_losses`` (a training step then backpropagates the scoring forward). ``rules``: the rule of
+    each module (a plan's ``rules``; looked up in the registry when not given)."""
     x, y = batch
     graph_losses = None
-    with torch.set_grad_enabled(keep_graph), unfused_attention(), Recorder(modules, n, keep_output=False) as rec:
+    with torch.set_grad_enabled(keep_graph), unfused_attention(), Recorder(modules, n, False, rules) as rec:
         f = output_tensor(call_model(model, x))
         producer = rec.producer(f)
         if keep_graph:
@@ -301,13 +303,14 @@ def capture_forward(model: nn.Module, loss_fn: LossFn, batch: tuple[Any, Any], m
 
 
 def capture_backward(model: nn.Module, loss_fn: LossFn, batch: tuple[Any, Any], modules: dict[str, nn.Module],
-                     n: int, where: str, params: Sequence[nn.Parameter] = (), probe: Sequence[int] = ()) -> Capture:
+                     n: int, where: str, params: Sequence[nn.Parameter] = (), probe: Sequence[int] = (),
+                     rules: dict[str, LayerRule] | None = None) -> Capture:
     """Forward and one truncated backward of sum_i l_i: inputs and output gradients of every layer; in the same
     ``autograd.grad`` call the batch gradient of ``params``, and for each sample in ``probe`` the gradient of
-    its own loss l_i (extra backward passes through the retained graph)."""
+    its own loss l_i (extra backward passes through the retained graph). ``rules``: as in ``capture_forward``."""
     x, y = batch
     params = list(params)
-    with torch.enable_grad(), unfused_attention(), Recorder(modules, n, keep_output=True) as rec:
+    with torch.enable_grad(), unfused_attention(), Recorder(modules, n, True, rules) as rec:
         f = output_tensor(call_model(model, x))
         producer = rec.producer(f)
         losses = per_sample_losses(loss_fn, f, y, n, where)

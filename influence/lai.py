@@ -155,7 +155,7 @@ class LaiBackend:
 
     def add_reference(self, batch: Batch, n: int) -> None:
         self._verdict(batch, n, "ref")
-        cap = capture_forward(self.model, self.loss_fn, batch, self.pl.modules, n, "ref")
+        cap = capture_forward(self.model, self.loss_fn, batch, self.pl.modules, n, "ref", rules=self.pl.rules)
         ctx = self.pl.context(self.routed)
         if self.names is None:
             self.names, self.skipped, self.relevant = lai_layers(self.pl, cap, self.layers, ctx)
@@ -168,7 +168,8 @@ class LaiBackend:
         """Scores of ``batch`` against the reference side, or (``self_reference``) against the batch itself from
         the same forward; ``keep_graph`` runs that forward with autograd and returns its graph-attached losses."""
         self._verdict(batch, n, "train")
-        cap = capture_forward(self.model, self.loss_fn, batch, self.pl.modules, n, "train", keep_graph)
+        cap = capture_forward(self.model, self.loss_fn, batch, self.pl.modules, n, "train", keep_graph,
+                              self.pl.rules)
         ctx = self.pl.context(self.routed)
         if self_reference:
             self.start(n, self.side.pairwise, False)

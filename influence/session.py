@@ -232,12 +232,16 @@ class Session:
             self.refresh()
         self.calls += 1
         n = check_batch(train, "train")
-        for _ in range(self._max_tries()):
+        tries = 0
+        while True:
             try:
                 return self._score(train, n, keep_graph)
             except Reroute as e:  # a new input signature found unfactorable parameters: rebuild with them routed
+                tries += 1
+                if tries >= self._max_tries():
+                    raise InfluenceError("the factorisation kept finding new unfactorable parameters; use "
+                                         "estimator='exact'") from e
                 self._rebuild({**getattr(self.backend, "routed", {}), **e.args[0]})
-        raise InfluenceError("the factorisation kept finding new unfactorable parameters; use estimator='exact'")
 
     def _score(self, train: Batch, n: int, keep_graph: bool) -> InfluenceResult:
         if self.self_reference:
@@ -314,7 +318,7 @@ class Session:
             return blocks
         from .capture import capture_forward
         from .lai import lai_blocks
-        cap = capture_forward(self.model, self.loss_fn, train, b.pl.modules, n, "train")
+        cap = capture_forward(self.model, self.loss_fn, train, b.pl.modules, n, "train", rules=b.pl.rules)
         return lai_blocks(cap, b.pl, b.names, b.token_pairing, b.pl.context(b.routed))
 
     def pairwise_within(self, train: Batch) -> Tensor:

@@ -31,7 +31,7 @@ def last_layer_params(model: nn.Module, loss_fn: LossFn, ref: Batch) -> list[str
     A weight tied to another layer (GPT-2's lm_head and wte) is listed under its canonical name, and its
     gradient then includes both uses of the shared matrix: it is the gradient of that parameter."""
     pl = plan(model, fallback="exact")
-    cap = capture_forward(model, loss_fn, ref, pl.modules, check_batch(ref, "ref"), "ref")
+    cap = capture_forward(model, loss_fn, ref, pl.modules, check_batch(ref, "ref"), "ref", rules=pl.rules)
     own = {id(p) for p in pl.modules[output_layer(cap, pl)].parameters(recurse=False)}
     return [n for n, p in model.named_parameters() if p.requires_grad and id(p) in own]
 

@@ -244,7 +244,7 @@ def verified_capture(model: nn.Module, loss_fn: LossFn, batch: Batch, pl: Plan, 
     else:
         params = pl.scored_params(set(routed) | known) if check else []
     samples = sorted({0, n - 1}) if probe and n > 1 else []
-    cap = capture_backward(model, loss_fn, batch, pl.modules, n, where, params, samples)
+    cap = capture_backward(model, loss_fn, batch, pl.modules, n, where, params, samples, pl.rules)
     if probe:
         blocks, failed = factor_blocks(cap, pl, pl.context())
         failures.update(failed)
@@ -267,18 +267,16 @@ def verified_capture(model: nn.Module, loss_fn: LossFn, batch: Batch, pl: Plan, 
 def verdict_for(model: nn.Module, loss_fn: LossFn, batch: Batch, pl: Plan, n: int, where: str) -> Routed:
     """The cached verdict for ``batch``'s signature as routed parameters, computing it with one verification
     capture when absent (LAI's path: it runs no backward of its own)."""
-    sig = signature(model, batch)
-    verdict = cached(model, sig)
+    verdict = cached(model, signature(model, batch))
     if verdict is None:
         _, _, new = verified_capture(model, loss_fn, batch, pl, n, where, dict(pl.routed))
         return new
-    return known_failures(model, batch, pl) or {}
+    return _as_routed(verdict, pl)
 
 
-def known_failures(model: nn.Module, batch: Batch, pl: Plan) -> Routed | None:
-    """The cached verdict for ``batch``'s signature as routed parameters (None when not cached)."""
-    verdict = cached(model, signature(model, batch))
-    if verdict is None:
-        return None
+def _as_routed(verdict: dict[str, str], pl: Plan) -> Routed:
+    if not verdict:
+        return {}
     name_to_id = {v: k for k, v in pl.names.items()}
     return {name_to_id[nm]: ("verify", why) for nm, why in verdict.items() if nm in name_to_id}
+
