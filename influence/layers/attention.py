@@ -4,10 +4,10 @@
 Per call, with x^q [n, L, E], x^k [n, S, kdim], x^v [n, S, vdim] the query/key/value inputs (batch first in
 either layout), q/k/v = the projections, o [n, L, E] the heads' output before ``out_proj`` and b = dl/d(output)
 [n, L, E] (the recorded output gradient): dW_o = sum_t b_t (x) o_t, db_o = sum_t b_t, and
-dW_q = sum_t dq_t (x) x^q_t (k, v alike over S tokens), db_in = sum_t [dq_t; dk_t; dv_t]. ``ghost_pieces`` gets
-o, dq, dk, dv from the recorded inputs and b by re-running the attention core after the projections
-(``F.scaled_dot_product_attention`` with the additive mask the module used) and one local backward of it: about
-one attention forward and backward per call, no per-sample loop (samples do not interact in the core). The
+dW_q = sum_t dq_t (x) x^q_t (k, v alike over S tokens), db_in = sum_t [dq_t; dk_t; dv_t]. ``ghost_pieces``
+recomputes o from the recorded inputs (the projections, then ``F.scaled_dot_product_attention`` with the additive
+mask the module used) and dq, dk, dv by one local backward of that core from b W_o: about one attention forward
+and backward per call, no per-sample loop (samples do not interact in the core). The
 packed ``in_proj_weight`` [3E, E] is one block of 3 groups (q, k, v), tokens padded to max(L, S) with zeros.
 ``bias_k``/``bias_v`` (``add_bias_kv``: one extra key/value token) get the gradient at that token;
 ``add_zero_attn`` adds a zero token. Masks: ``key_padding_mask``, ``attn_mask`` (2-D or 3-D, bool or float) and
