@@ -47,9 +47,11 @@ def signature(model: nn.Module, batch: Batch) -> tuple:
     modules' train/eval flags, the trainable parameters and the registry version."""
     leaves, spec = tree_flatten(batch)
     shapes = tuple((tuple(x.shape), x.dtype) if isinstance(x, Tensor) else repr(x) for x in leaves)
-    flags = tuple(m.training for m in model.modules())
-    params = tuple((name, p.requires_grad, p.dtype) for name, p in model.named_parameters())
-    return registry_version(), str(spec), shapes, flags, params
+    flags, params = [], []
+    for prefix, m in model.named_modules():  # one traversal for both (named_parameters would walk it again)
+        flags.append(m.training)
+        params += [(prefix, name, p.requires_grad, p.dtype) for name, p in m._parameters.items() if p is not None]
+    return registry_version(), str(spec), shapes, tuple(flags), tuple(params)
 
 
 def cached(model: nn.Module, sig: tuple) -> dict[str, str] | None:
