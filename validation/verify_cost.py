@@ -2,6 +2,7 @@
 
     python -m validation.verify_cost                 # MLP 40-512-512-10 and CausalTransformer(), 7 repeats
     python -m validation.verify_cost --tiny --repeats 3
+    python -m validation.verify_cost --clock cpu     # process CPU time (a machine shared with other jobs)
 
 Per workload (``validation.bench_workloads``: MLP 256 train / 128 reference samples, transformer 32 / 16
 sequences of 128 tokens), interleaved repeats of three ``influence.ghost`` calls on the same batches:
@@ -11,7 +12,7 @@ sequences of 128 tokens), interleaved repeats of three ``influence.ghost`` calls
 * ``first call``: the verdict cache cleared first, so the call also runs the per-sample probe (once per model
   and input signature).
 
-It prints the median wall times side by side and the ratios: the per-call overhead (ghost / no sum check - 1)
+It prints the median times (wall or, with ``--clock cpu``, process CPU) side by side and the ratios: the per-call overhead (ghost / no sum check - 1)
 and the one-off probe (first call / ghost - 1).
 """
 
@@ -29,13 +30,17 @@ from influence import verify
 from .bench_workloads import build_workload
 
 
-def _time(fn) -> float:
-    t0 = time.perf_counter()
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
+def _time(fn, clock: str = "wall") -> float:
+    now = CLOCKS[clock]
+    t0 = now()
     fn()
-    return time.perf_counter() - t0
+    return now() - t0
 
 
-def measure(name: str, repeats: int, tiny: bool) -> dict[str, float]:
+def measure(name: str, repeats: int, tiny: bool, clock: str = "wall") -> dict[str, float]:
     w = build_workload(name, tiny=tiny)
     gen = torch.Generator().manual_seed(0)
     train, ref = w.make(w.spec.n_score, gen), w.make(w.spec.n_ref, gen)
@@ -57,9 +62,9 @@ def measure(name: str, repeats: int, tiny: bool) -> dict[str, float]:
     call()  # warm-up (and the verdict)
     times: dict[str, list[float]] = {"ghost": [], "no sum check": [], "first call": []}
     for _ in range(repeats):
-        times["ghost"].append(_time(call))
-        times["no sum check"].append(_time(unchecked))
-        times["first call"].append(_time(first))
+        times["ghost"].append(_time(call, clock))
+        times["no sum check"].append(_time(unchecked, clock))
+        times["first call"].append(_time(first, clock))
     return {k: statistics.median(v) for k, v in times.items()}
 
 
@@ -69,13 +74,16 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--tiny", action="store_true", help="small models and batches (seconds)")
     ap.add_argument("--workloads", default="mlp,transformer")
+    ap.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
+                    help="wall time, or process CPU time (robust on a shared machine with --threads 1)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     out = {}
+    print(f"{args.clock} time, medians of {args.repeats} interleaved repeats, {args.threads} thread(s)")
     print(f"{'workload':<12} {'ghost (s)':>10} {'no sum check (s)':>17} {'first call (s)':>15} "
           f"{'sum check':>10} {'probe (once)':>13}")
     for name in args.workloads.split(","):
-        m = measure(name, args.repeats, args.tiny)
+        m = measure(name, args.repeats, args.tiny, args.clock)
         m["sum check overhead"] = m["ghost"] / m["no sum check"] - 1
         m["probe overhead"] = m["first call"] / m["ghost"] - 1
         out[name] = m
