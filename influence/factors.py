@@ -251,9 +251,10 @@ def rows_times(f: Dense | Patches, w: Tensor) -> Tensor:
     if n == 1 or t == 1 or x.stride(0) == t * x.stride(1):  # rows are views: one GEMM per group
         rows = x.permute(2, 0, 1, 3).reshape(g, n * t, d)
         out = (rows[0] @ w[0, :d]).unsqueeze(0) if g == 1 else torch.bmm(rows, w[:, :d])
-    else:  # e.g. a convolution's output gradient (a permuted map): fused products in memory order, no copy
-        out = torch.stack([(x * w[:, :d, j]).sum(-1) for j in range(k)], -1)  # [n, T, G, k]
-        out = out.permute(2, 0, 1, 3).reshape(g, n * t, k)
+    else:  # e.g. a convolution's output gradient, a permuted map [n, G, d, T]: products and sums in its order
+        xm = x.permute(0, 2, 3, 1)
+        out = torch.stack([(xm * w[:, :d, j].unsqueeze(-1)).sum(2) for j in range(k)], -1)  # [n, G, T, k]
+        out = out.permute(1, 0, 2, 3).reshape(g, n * t, k)
     return out + w[:, d:d + 1] if ones else out
 
 
