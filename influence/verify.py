@@ -32,7 +32,7 @@ from torch.utils._pytree import tree_flatten
 
 from .batch import Batch, LossFn
 from .capture import Capture, Plan, capture_backward, factor_blocks
-from .factors import Block, Index, Segment, _oriented, rows_times
+from .factors import Block, Index, Patches, Segment, _oriented, rows_times
 from .layers import registry_version
 
 Routed = dict[int, tuple[str, str]]  # param id -> (kind, reason)
@@ -199,7 +199,11 @@ def sum_check(blocks: dict[Any, Block], cap: Capture, pl: Plan, k: int = 2) -> d
         device = grads[pids[0]].device
         m = _pack(block, [grads[pid] for pid in pids], shape, dtype, device)
         bad = False
-        for vs, us in _directions(shape, k, dtype, device):
+        dirs = _directions(shape, k, dtype, device)
+        if any(isinstance(f, Patches) for seg in block.segments for f in (seg.left, seg.right)):
+            # a convolution costs about the same for 1 or k output channels: project all directions at once
+            dirs = [(torch.cat([v for v, _ in dirs], -1), torch.cat([u for _, u in dirs], -1))]
+        for vs, us in dirs:
             fact, mag = 0.0, 0.0
             for seg in block.segments:
                 f, a = _segment_projection(seg, vs, us)

@@ -65,3 +65,28 @@ def test_reference_side_with_checked_sums_scores_the_same(f64, mode, streamed):
         assert rel_err(sa[key], sb[key]) < 1e-12
     ghost = influence.Session(model, CE, [ref, ref], estimator="ghost", lr=0.1, mode=mode).score(train).scores
     assert rel_err(ghost, loop_scores(model, CE, train, ref, 0.1)) < 1e-8
+
+
+class ConvOutsideUse(nn.Module):
+    """``conv.weight`` is also read outside ``conv``'s forward: the (all-directions-at-once) Patches projection of
+    the sum check must catch it."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.head = nn.Conv2d(2, 3, 3, padding=1), nn.Linear(3 * 16, 3)
+
+    def forward(self, x):
+        h = torch.tanh(self.conv(x)) + 0.3 * torch.nn.functional.conv2d(x.cos(), self.conv.weight, padding=1)
+        return self.head(h.flatten(1))
+
+
+def test_conv_weight_used_outside_its_module_is_caught(f64):
+    torch.manual_seed(0)
+    model = ConvOutsideUse()
+    g = torch.Generator().manual_seed(0)
+    train = (torch.randn(4, 2, 4, 4, generator=g), torch.randint(0, 3, (4,), generator=g))
+    ref = (torch.randn(3, 2, 4, 4, generator=g), torch.randint(0, 3, (3,), generator=g))
+    with pytest.warns(influence.RoutedToExactWarning, match="conv.weight"):
+        r = influence.ghost(model, CE, train, ref, 0.1)
+    assert "conv.weight" in r.routed_to_exact
+    assert rel_err(r.scores, loop_scores(model, CE, train, ref, 0.1)) < 1e-8
