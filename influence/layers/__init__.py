@@ -26,7 +26,8 @@ Rule API (``influence.layers.base``), for a module ``m`` of the family, n = batc
   [n, *output.shape[1:]] = d(sum_i l_i)/d(output). Each ``GhostPiece(params, Segment(L, R), unpack)`` states
   G_i = sum_t L_{i,t} (x) R_{i,t} for ``params`` (factors: ``influence.factors.Dense`` [n, T, G, p],
   ``Index`` [n, T], or ``Patches``, a convolution's input kept unfolded: see ``influence.patches``); ``unpack``
-  maps the [G, p, q] sum over samples to tensors shaped like ``params``. Cover only parameters with ``ctx.scored(p)``; do not merge a parameter in ``ctx.shared`` with another one.
+  maps the [G, p, q] sum over samples to tensors shaped like ``params``. Cover only parameters with
+  ``ctx.scored(p)``; do not merge a parameter in ``ctx.shared`` with another one.
   The capture verifies the pieces (``influence.verify``): summed over samples they must equal autograd's batch
   gradient, and on the first call per model and input signature two samples are compared with autograd's
   per-sample gradients; ``unpack`` must be a bijective slicing/reshape of the matrix (the check relies on it).
