@@ -39,10 +39,14 @@ class Sources:
             return json.load(f)
 
     def run_command(self, suite: str) -> str:
-        """The command that adds ``suite``'s results to this run folder (or makes a quick run)."""
-        if self.run is not None and (self.run / "config.json").is_file():
+        """The command that adds ``suite``'s results to this run folder (or makes a run of its profile: a stored
+        folder, ``paper_figs.stored_run``, holds no units to resume)."""
+        if self.run is not None and (self.run / "config.json").is_file() and (self.run / "units").is_dir():
             return f"lai run --resume {shlex.quote(str(self.run))} --suite {suite}"
-        return f"lai run --profile quick --suite {suite}"
+        profile = self.config.get("profile", "quick")
+        seeds = self.config.get("seeds")
+        extra = f" --seeds {','.join(map(str, seeds))}" if profile != "quick" and seeds else ""
+        return f"lai run --profile {profile} --suite {suite}{extra}"
 
     def table(self, name: str, suite: str) -> Table:
         """``<run>/<name>.csv``, or MissingResults naming the command that writes it."""

@@ -470,6 +470,7 @@ def test_cli_reports_missing_results(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(figures, "STORED", tmp_path / "no-stored-tables")  # else fig6 uses the stored tables
     folder = tmp_path / "quick-cccccccccc"
     write_run(folder, skip=("bound", "bound_layers"), models=("mlp",))
+    (folder / "units").mkdir()  # a run folder with units is resumed; a stored folder (no units) is not
     code = main(["--results", str(folder), "--formats", "png", "--dpi", "30", "--only", "1,3,6"])
     out = capsys.readouterr().out
     assert code == 1

@@ -51,6 +51,11 @@ def test_figures_paper_draws_from_the_stored_folders(tmp_path, monkeypatch, caps
     figs = tmp_path / "results" / "paper-figures"
     assert (figs / "fig2_fidelity.png").is_file() and (figs / "fig6_curation.png").is_file()
     assert "2 of 2 figures drawn" in out
+    write_run(tmp_path / "run2", models=("mlp",), skip=("cost",))
+    stored_run.export(tmp_path / "run2", stored)
+    (stored / "cost.csv").unlink()
+    assert main(["--paper", "--formats", "png", "--dpi", "30", "--only", "5"]) == 1
+    assert "produce with: lai run --profile quick --suite cost" in capsys.readouterr().out  # no units to resume
     with pytest.raises(SystemExit):
         main(["--paper", "--run", "quick"])
     shutil.rmtree(figs)
