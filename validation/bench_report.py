@@ -49,9 +49,8 @@ def check_targets(workload: str, section: dict[str, Any], clock: str = "wall") -
     pre = "" if clock == "wall" else "cpu_"
     out = []
 
-    def add(target: str, value: float | None, bound: float, upper: bool = True, by: str | None = clock) -> None:
-        met = None if value is None else (value <= bound if upper else value >= bound)
-        out.append({"target": target, "value": value, "bound": bound, "upper": upper, "met": met, "clock": by})
+    def add(name: str, value: float | None, bound: float, upper: bool = True, by: str | None = clock) -> None:
+        out.append(target(name, value, bound, upper, by))
 
     rows = section.get("costs", {}).get("rows", [])
     lai, ghost, exact = _row(rows, "lai"), _row(rows, "ghost"), _row(rows, "exact")
@@ -104,6 +103,24 @@ def _fmt(x: float | None, spec: str = ".2f") -> str:
     return "-" if x is None else format(x, spec)
 
 
+def target(name: str, value: float | None, bound: float, upper: bool = True, clock: str | None = None
+           ) -> dict[str, Any]:
+    """One target row: {"target", "value", "bound", "upper", "met" (None: not measured), "clock"}."""
+    met = None if value is None else (value <= bound if upper else value >= bound)
+    return {"target": name, "value": value, "bound": bound, "upper": upper, "met": met, "clock": clock}
+
+
+def target_lines(targets: list[dict[str, Any]]) -> list[str]:
+    """The text of target rows (MET / MISSED / n/a), under a "targets:" line."""
+    lines = ["   targets:"]
+    for t in targets:
+        mark = {True: "MET", False: "MISSED", None: "n/a"}[t["met"]]
+        op = "<=" if t["upper"] else ">="
+        lines.append(f"   [{mark:>6}] {t['target']}: {_fmt(t['value'], '.3f')} {op} {_fmt(t['bound'], '.3g')}"
+                     + (f"  ({t['clock']})" if t.get("clock") else ""))
+    return lines
+
+
 def render(report: dict[str, Any]) -> str:
     """The text report: per workload the cost table, the scaling fit, the op breakdown, the big batch and the
     targets (MET / MISSED / n/a)."""
@@ -145,12 +162,7 @@ def render(report: dict[str, Any]) -> str:
             for r in big["rows"]:
                 lines.append(f"   {r['estimator']:<17}{r['median_s']:>9.2f} s wall"
                              f"{r.get('cpu_median_s', 0):>9.2f} s cpu{r['peak_mb']:>10.1f} MB")
-        lines.append("   targets:")
-        for t in sec.get("targets", []):
-            mark = {True: "MET", False: "MISSED", None: "n/a"}[t["met"]]
-            op = "<=" if t["upper"] else ">="
-            lines.append(f"   [{mark:>6}] {t['target']}: {_fmt(t['value'], '.3f')} {op} {_fmt(t['bound'], '.3g')}"
-                         + (f"  ({t['clock']})" if t.get("clock") else ""))
+        lines += target_lines(sec.get("targets", []))
     if report.get("overhead"):
         from .bench_overhead import render_overhead
         lines += render_overhead(report["overhead"])
@@ -166,4 +178,4 @@ def save(report: dict[str, Any], out: Path) -> None:
     atomic_write_text(out / "bench.txt", render(report))
 
 
-__all__ = ["check_targets", "render", "save", "environment", "loadavg", "total_memory_mb", "MB", "CLOCKS"]
+__all__ = ["check_targets", "target", "target_lines", "render", "save", "environment", "loadavg", "total_memory_mb", "MB", "CLOCKS"]

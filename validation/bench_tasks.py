@@ -12,13 +12,15 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from .bench_report import CURATED_OVER_STEP, target, target_lines
 from .curation.tasks import get_task, prepare
 from .curation.timing import time_methods
 
 TASKS = ("mnist1d-noisy40", "digits-noisy40")
 METHODS = ("lai", "lai-last", "ghost")
 KEPT = 8
-BOUNDS = {"lai": 1.15, "lai-last": 1.15, "ghost": 1.5}  # issue 14: curated step / vanilla step
+BOUNDS = {"lai": CURATED_OVER_STEP["curated-lai"], "lai-last": CURATED_OVER_STEP["curated-lai"],
+          "ghost": CURATED_OVER_STEP["curated-ghost"]}  # curated step / vanilla step
 
 
 def tasks_section(task: str, steps: int, tiny: bool = False) -> dict[str, Any]:
@@ -33,16 +35,13 @@ def tasks_section(task: str, steps: int, tiny: bool = False) -> dict[str, Any]:
 
 
 def task_targets(section: dict[str, Any]) -> list[dict[str, Any]]:
-    """[{"target", "value", "bound", "upper", "met", "clock"}] for every timed influence method."""
+    """Target rows (``bench_report.target``) for every timed influence method."""
     out = []
     for r in section["rows"]:
         method, _, k = r["method"].partition("@")
         if method in BOUNDS:
-            value = r["time_vs_vanilla"]
-            out.append({"target": f"curated {method} step (statistics kept {k} step{'s' if k != '1' else ''}) / "
-                                  f"vanilla step, {section['task']}",
-                        "value": value, "bound": BOUNDS[method], "upper": True, "met": value <= BOUNDS[method],
-                        "clock": "wall"})
+            out.append(target(f"curated {method} step (statistics kept {k} step{'s' if k != '1' else ''}) / "
+                              f"vanilla step, {section['task']}", r["time_vs_vanilla"], BOUNDS[method], clock="wall"))
     return out
 
 
@@ -56,10 +55,7 @@ def render_tasks(sections: dict[str, dict[str, Any]]) -> list[str]:
         for r in sec["rows"]:
             lines.append(f"   {r['method']:<17}{r['step_ms']:>10.2f}{r['score_ms']:>10.2f}{r['update_ms']:>11.2f}"
                          f"{r['time_vs_vanilla']:>11.2f}")
-        lines.append("   targets:")
-        for t in task_targets(sec):
-            mark = "MET" if t["met"] else "MISSED"
-            lines.append(f"   [{mark:>6}] {t['target']}: {t['value']:.3f} <= {t['bound']:.3g}  (wall)")
+        lines += target_lines(task_targets(sec))
     return lines
 
 

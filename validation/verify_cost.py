@@ -12,32 +12,23 @@ sequences of 128 tokens), interleaved repeats of three ``influence.ghost`` calls
 * ``first call``: the verdict cache cleared first, so the call also runs the per-sample probe (once per model
   and input signature).
 
-It prints the median times (wall or, with ``--clock cpu``, process CPU) side by side and the ratios: the per-call overhead (ghost / no sum check - 1)
-and the one-off probe (first call / ghost - 1).
+It prints the median times (wall or, with ``--clock cpu``, process CPU; ``validation.measure.measure_many``) side
+by side and the ratios: the per-call overhead (ghost / no sum check - 1) and the one-off probe (first call /
+ghost - 1).
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 
 import influence
 from influence import verify
 
+from .bench_report import CLOCKS
 from .bench_workloads import build_workload
-
-
-CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
-
-
-def _time(fn, clock: str = "wall") -> float:
-    now = CLOCKS[clock]
-    t0 = now()
-    fn()
-    return now() - t0
+from .measure import measure_many
 
 
 def measure(name: str, repeats: int, tiny: bool, clock: str = "wall") -> dict[str, float]:
@@ -59,13 +50,9 @@ def measure(name: str, repeats: int, tiny: bool, clock: str = "wall") -> dict[st
         verify.clear(w.model)
         call()
 
-    call()  # warm-up (and the verdict)
-    times: dict[str, list[float]] = {"ghost": [], "no sum check": [], "first call": []}
-    for _ in range(repeats):
-        times["ghost"].append(_time(call, clock))
-        times["no sum check"].append(_time(unchecked, clock))
-        times["first call"].append(_time(first, clock))
-    return {k: statistics.median(v) for k, v in times.items()}
+    got = measure_many({"ghost": call, "no sum check": unchecked, "first call": first}, repeats, warmup=1,
+                       memory=False)  # the warm-up also computes the verdict
+    return {k: m.median_s if clock == "wall" else m.cpu_median_s for k, m in got.items()}
 
 
 def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
@@ -74,7 +61,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--tiny", action="store_true", help="small models and batches (seconds)")
     ap.add_argument("--workloads", default="mlp,transformer")
-    ap.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
+    ap.add_argument("--clock", choices=CLOCKS, default="wall",
                     help="wall time, or process CPU time (robust on a shared machine with --threads 1)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
