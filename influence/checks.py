@@ -88,14 +88,20 @@ def check_lr(lr: Any) -> float:
     return value
 
 
+def check_positive_int(value: Any, name: str, optional: bool = True) -> int | None:
+    """``value`` as a positive integer (None allowed when ``optional``); ``InvalidArgumentError`` naming ``name``
+    otherwise (booleans are not integers here)."""
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
+        raise InvalidArgumentError(f"{name} must be a positive integer{' or None' if optional else ''}; "
+                                   f"got {value!r:.60}")
+    return int(value)
+
+
 def check_chunk_size(chunk_size: Any, optional: bool = True) -> int | None:
     """A positive integer number of samples per chunk (None allowed when ``optional``)."""
-    if chunk_size is None and optional:
-        return None
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, numbers.Integral) or chunk_size <= 0:
-        raise InvalidArgumentError(f"chunk_size must be a positive integer{' or None' if optional else ''}; "
-                                   f"got {chunk_size!r:.60}")
-    return int(chunk_size)
+    return check_positive_int(chunk_size, "chunk_size", optional)
 
 
 def trainable_names(model: nn.Module, params: Iterable[str] | None = None) -> list[str]:

@@ -36,7 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from .batch import Batch, LossFn, take
-from .checks import check_batch, check_chunk_size, check_lr, trainable_names
+from .checks import check_batch, check_chunk_size, check_lr, check_positive_int, trainable_names
 from .errors import InfluenceError
 from .gradients import DEFAULT_CHUNK, ExactBackend
 from .ghost import GhostBackend, weighted_gradient
@@ -116,10 +116,7 @@ class Session:
         default_chunk = DEFAULT_CHUNK if self.kind in ("exact", "tracin") else None
         self.chunk = check_chunk_size(chunk_size if chunk_size is not None else default_chunk,
                                       optional=default_chunk is None)
-        if refresh_every is not None and (isinstance(refresh_every, bool) or not isinstance(refresh_every, int)
-                                          or refresh_every <= 0):
-            raise InfluenceError(f"refresh_every must be a positive integer or None, got {refresh_every!r}")
-        self.refresh_every, self.calls = refresh_every, 0
+        self.refresh_every, self.calls = check_positive_int(refresh_every, "refresh_every"), 0
         self.optimizer, self.user_preconditioner = optimizer, preconditioner
         if preconditioner is not None and self.kind not in ("exact", "ghost"):
             raise InfluenceError(f"{estimator} cannot apply a preconditioner: LAI replaces each layer's output "
