@@ -147,6 +147,13 @@ def _add_to_grad(grads: list[tuple[nn.Parameter, Tensor]]) -> None:
                 p.grad.add_(g)
 
 
+def step_lr(lr: float | None, optimizer: torch.optim.Optimizer | None) -> float | None:
+    """The scores' step size: ``lr``, else the optimizer's first group's lr (None when neither is given)."""
+    if lr is not None:
+        return lr
+    return None if optimizer is None else float(optimizer.param_groups[0]["lr"])
+
+
 def curation_step(model: nn.Module, loss_fn: LossFn, optimizer: torch.optim.Optimizer | None, batch: Batch,
                   ref: Batch | None, method: str | Method = "lai", *, lr: float | None = None,
                   on_empty: str = "error", reduction: str = "mean", loss_scale: float = 1.0, step: bool = True,
@@ -170,10 +177,9 @@ def curation_step(model: nn.Module, loss_fn: LossFn, optimizer: torch.optim.Opti
         raise ValueError(f"on_empty must be one of {ON_EMPTY}, got {on_empty!r}")
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    lr = step_lr(lr, optimizer)
     if lr is None:
-        if optimizer is None:
-            raise ValueError("pass lr (the scores' step size) when no optimizer is given")
-        lr = float(optimizer.param_groups[0]["lr"])
+        raise ValueError("pass lr (the scores' step size) when no optimizer is given")
     sh = Shards.of(model, group)
     net = unwrap(model)
     n = check_batch(batch, "train")
@@ -272,7 +278,7 @@ class Curator:
         if (self.refresh_every is None or method.signal not in SESSION_SIGNALS or self.reference.kind == "batch"
                 or Shards.of(model, "auto") is not None):
             return None
-        lr = self.lr if self.lr is not None else float(optimizer.param_groups[0]["lr"]) if optimizer else None
+        lr = step_lr(self.lr, optimizer)
         if lr is None:
             return None  # curation_step names the missing lr
         key = (id(model), method.signal, lr, self.mode)
