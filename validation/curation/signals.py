@@ -133,22 +133,16 @@ def session_for(model: nn.Module, loss_fn: LossFn, ref: Batch | None, estimator:
     return influence.Session(model, loss_fn, ref, estimator=estimator, lr=lr, mode=mode, fallback="error")
 
 
-def _score_lai(model, loss_fn, batch, ref, lr, n, signal, mode, session=None) -> Scored:
-    if session is None:
-        _reference_size(ref)
-        session = session_for(model, loss_fn, ref, signal, lr, mode)
-    r = session.score(batch, keep_graph=True)
+_REUSED = {"lai": "the scoring forward pass (activations and logits): the update backpropagates its graph",
+           "ghost": "the scoring backward pass: the update is sum_i w_i a_i (x) b_i from its recorded factors"}
+
+
+def _score_session(session: influence.Session, batch: Batch, signal: str) -> Scored:
+    """LAI (one forward kept with its graph) or Ghost (the recorded factors) through ``session``."""
+    lai = signal != "ghost"
+    r = session.score(batch, keep_graph=lai)
     return Scored(signal, r.scores, r.train_losses, r.weighted_gradient, r.pairwise_within,
-                  "the scoring forward pass (activations and logits): the update backpropagates its graph")
-
-
-def _score_ghost(model, loss_fn, batch, ref, lr, n, mode, session=None) -> Scored:
-    if session is None:
-        _reference_size(ref)
-        session = session_for(model, loss_fn, ref, "ghost", lr, mode)
-    r = session.score(batch)
-    return Scored("ghost", r.scores, r.train_losses, r.weighted_gradient, r.pairwise_within,
-                  "the scoring backward pass: the update is sum_i w_i a_i (x) b_i from its recorded factors")
+                  _REUSED["lai" if lai else "ghost"])
 
 
 def _score_gradnorm(model, loss_fn, batch, n, lr, mode) -> Scored:
@@ -180,10 +174,11 @@ def score_batch(model: nn.Module, loss_fn: LossFn, batch: Batch, ref: Batch | No
     if signal not in SIGNALS:
         raise ValueError(f"unknown signal {signal!r}; choose from {SIGNALS}")
     n = check_batch(batch, "train")
-    if signal in ("lai", "lai-last"):
-        return _score_lai(model, loss_fn, batch, ref, lr, n, signal, mode, session)
-    if signal == "ghost":
-        return _score_ghost(model, loss_fn, batch, ref, lr, n, mode, session)
+    if signal in SESSION_SIGNALS:
+        if session is None:
+            _reference_size(ref)
+            session = session_for(model, loss_fn, ref, signal, lr, mode)
+        return _score_session(session, batch, signal)
     if signal == "gradnorm":
         return _score_gradnorm(model, loss_fn, batch, n, lr, mode)
     if signal in ("exact", "tracin"):
