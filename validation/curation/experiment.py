@@ -39,7 +39,6 @@ from ..results import (RunDir, atomic_torch_save, atomic_write_csv, atomic_write
                        git_revision, provenance, read_json)
 from .methods import Method, get_method, ramped_drop_rate
 from .seeds import generator, stream
-from .reference import ReferencePolicy
 from .step import Curator
 from .tasks import Prepared, TaskSpec, evaluate, prepare
 from .timing import TIMING_COLUMNS, format_timing, time_methods
@@ -71,10 +70,6 @@ def _batches(n: int, batch_size: int, epoch: int, seed: int, purpose: str = "bat
 
 
 
-def _optimizer(spec: TaskSpec, model: torch.nn.Module) -> torch.optim.Optimizer:
-    return torch.optim.SGD(model.parameters(), lr=spec.lr, momentum=spec.momentum)
-
-
 def pretrained_state(run: RunDir, prep: Prepared, seed: int) -> dict[str, Tensor] | None:
     """Clean pre-training shared by all methods of a fine-tuning task (cached in the run folder)."""
     if prep.pretrain is None:
@@ -83,7 +78,7 @@ def pretrained_state(run: RunDir, prep: Prepared, seed: int) -> dict[str, Tensor
     if path.exists():
         return torch.load(path, map_location="cpu", weights_only=True)
     model = prep.make_model()
-    opt = _optimizer(prep.spec, model)
+    opt = prep.optimizer(model)
     x, y = prep.pretrain
     for epoch in range(prep.spec.pretrain_epochs):
         for idx in _batches(len(y), prep.spec.batch_size, epoch, seed, "pretrain"):
@@ -103,11 +98,8 @@ def train_unit(prep: Prepared, method: Method, seed: int, on_empty: str, init: d
     model = prep.make_model()
     if init is not None:
         model.load_state_dict(init)
-    opt = _optimizer(spec, model)
-    pool_n = len(prep.ref_pool[1])
-    ref = ReferencePolicy(spec.reference, prep.ref_pool if spec.reference != "batch" else None,
-                          min(spec.n_ref, pool_n) if spec.reference != "batch" else None,
-                          seed=stream(seed, "reference"))
+    opt = prep.optimizer(model)
+    ref = prep.reference(stream(seed, "reference"))
     x, y = prep.train
     per_epoch = len(_batches(len(y), spec.batch_size, 0, seed))
     warmup = warmup_steps(spec, per_epoch)

@@ -28,6 +28,7 @@ from influence.batch import Batch
 from .. import data as vdata
 from ..config import ConfigError, NoiseSpec, upgrade
 from ..models import build_model
+from .reference import ReferencePolicy
 from .seeds import generator, stream
 
 
@@ -92,6 +93,16 @@ class Prepared:
     pretrain: Batch | None = None
     noise: dict[str, Any] = field(default_factory=dict)
     loss_fn: Callable = influence.cross_entropy
+
+    def optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
+        """The task's optimizer: SGD with its lr and momentum."""
+        return torch.optim.SGD(model.parameters(), lr=self.spec.lr, momentum=self.spec.momentum)
+
+    def reference(self, seed: int) -> ReferencePolicy:
+        """The task's reference policy: ``spec.reference`` over the reference pool, ``spec.n_ref`` samples
+        (capped at the pool size); the pool is not read for ``"batch"``."""
+        return ReferencePolicy(self.spec.reference, self.ref_pool, min(self.spec.n_ref, len(self.ref_pool[1])),
+                               seed=seed)
 
 
 def _classification_tasks() -> dict[str, TaskSpec]:

@@ -17,7 +17,6 @@ from typing import Any
 import torch
 
 from .methods import get_method
-from .reference import ReferencePolicy
 from .step import Curator
 from .tasks import Prepared
 
@@ -35,12 +34,9 @@ def time_methods(prep: Prepared, methods: list[str], seed: int = 0, steps: int =
         m = get_method(base_name)
         m = m.with_fraction(keep_fraction) if m.needs_fraction and m.keep_fraction is None else m
         model = prep.make_model()
-        opt = torch.optim.SGD(model.parameters(), lr=spec.lr, momentum=spec.momentum)
-        pool_n = len(prep.ref_pool[1])
-        ref = ReferencePolicy(spec.reference, prep.ref_pool if spec.reference != "batch" else None,
-                              min(spec.n_ref, pool_n) if spec.reference != "batch" else None, seed=seed)
-        runs[name] = (model, opt, Curator(prep.loss_fn, m, reference=ref, on_empty="best", seed=seed,
-                                                    refresh_every=int(k) if k else refresh_every))
+        cur = Curator(prep.loss_fn, m, reference=prep.reference(seed), on_empty="best", seed=seed,
+                      refresh_every=int(k) if k else refresh_every)
+        runs[name] = (model, prep.optimizer(model), cur)
     x, y = prep.train
     perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
     times: dict[str, list[tuple[float, float]]] = {n: [] for n in names}
