@@ -8,14 +8,18 @@ just those (no per-unit files, no checkpoints) is a run folder it can draw from,
 
 ``export`` copies ``*.csv``, ``config.json``, ``summary.json``, ``report.md`` and ``provenance.json`` (the run's
 invocations, plus an ``export`` entry: source folder, time, this package's revision and the ``--note``), each
-written atomically, and refuses a file larger than ``--max-mb`` (the stored data must stay small).
+written atomically. A table over ``--gzip-mb`` is stored gzip-compressed as ``<name>.csv.gz`` (byte-reproducible:
+no file name or time in the header), which ``paper_figs.tables.read_table`` reads in its place; a stored file
+still over ``--max-mb`` is refused (the stored data must stay small).
 """
 
 from __future__ import annotations
 
 import argparse
+import gzip
 import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Sequence
@@ -29,22 +33,43 @@ STORED_CURATION = HERE / "data" / "curation"
 KEEP = ("config.json", "summary.json", "report.md")
 
 
-def export(run: str | Path, out: str | Path = STORED_RUN, note: str = "", max_mb: float = 5.0) -> list[Path]:
+def _store(src: Path, out: Path, gzip_mb: float) -> Path:
+    """Copy ``src`` into folder ``out`` atomically, as ``<name>.gz`` (gzip level 9, mtime 0) when it is a table
+    over ``gzip_mb``. Returns the written path."""
+    packed = src.suffix == ".csv" and src.stat().st_size > gzip_mb * 2**20
+    dest = out / (src.name + ".gz" if packed else src.name)
+    with atomic_path(dest) as tmp:
+        if packed:
+            with open(src, "rb") as f, open(tmp, "wb") as raw, \
+                    gzip.GzipFile(filename="", mode="wb", compresslevel=9, fileobj=raw, mtime=0) as z:
+                shutil.copyfileobj(f, z)
+        else:
+            shutil.copyfile(src, tmp)
+    return dest
+
+
+def export(run: str | Path, out: str | Path = STORED_RUN, note: str = "", max_mb: float = 5.0,
+           gzip_mb: float = 1.0) -> list[Path]:
     """Copy the compact tables of run folder ``run`` into ``out`` (see module docstring); returns the written
-    paths. Raises ``FileNotFoundError`` when ``run`` is not a run folder, ``ValueError`` for an oversized file."""
+    paths. Raises ``FileNotFoundError`` when ``run`` is not a run folder, ``ValueError`` for a file still over
+    ``max_mb`` once stored (then nothing is written)."""
     run, out = Path(run), Path(out)
     if not (run / "config.json").is_file() or not (run / "summary.json").is_file():
         raise FileNotFoundError(f"{run} is not a finished run folder (config.json and summary.json expected)")
     files = sorted(run.glob("*.csv")) + [run / k for k in KEEP if (run / k).is_file()]
-    for f in files:
-        if f.stat().st_size > max_mb * 2**20:
-            raise ValueError(f"{f} is {f.stat().st_size / 2**20:.1f} MB, over the {max_mb} MB limit for stored data")
     out.mkdir(parents=True, exist_ok=True)
-    written = []
-    for f in files:
-        with atomic_path(out / f.name) as tmp:
-            shutil.copyfile(f, tmp)
-        written.append(out / f.name)
+    with tempfile.TemporaryDirectory(dir=out) as staging:  # every file sized before any is replaced
+        staged = [_store(f, Path(staging), gzip_mb) for f in files]
+        for f in staged:
+            if f.stat().st_size > max_mb * 2**20:
+                raise ValueError(f"{f.name} is {f.stat().st_size / 2**20:.1f} MB stored, over the {max_mb} MB "
+                                 "limit for stored data")
+        written = [_store(f, out, float("inf")) for f in staged]
+    for f in written:  # the other form of a table an earlier export stored (plain <-> compressed) goes
+        if f.name.endswith(".csv.gz"):
+            f.with_name(f.name[:-3]).unlink(missing_ok=True)
+        elif f.name.endswith(".csv"):
+            f.with_name(f.name + ".gz").unlink(missing_ok=True)
     prov_path = run / "provenance.json"
     prov = read_json(prov_path) if prov_path.is_file() else {"invocations": []}
     prov["export"] = {"source": str(run), "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -61,9 +86,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     exp.add_argument("run", help="a finished run folder (lai run)")
     exp.add_argument("out", nargs="?", default=str(STORED_RUN), help="stored folder (default: %(default)s)")
     exp.add_argument("--note", default="", help="what the run is (written to provenance.json)")
-    exp.add_argument("--max-mb", type=float, default=5.0, help="largest file allowed (default: %(default)s)")
+    exp.add_argument("--max-mb", type=float, default=5.0, help="largest stored file allowed (default: %(default)s)")
+    exp.add_argument("--gzip-mb", type=float, default=1.0,
+                     help="tables larger than this are stored gzip-compressed (default: %(default)s)")
     args = ap.parse_args(argv)
-    for path in export(args.run, args.out, args.note, args.max_mb):
+    for path in export(args.run, args.out, args.note, args.max_mb, args.gzip_mb):
         print(path)
     return 0
 

@@ -9,6 +9,7 @@ always strings, even when a value looks like a number (a layer called ``0``).
 from __future__ import annotations
 
 import csv
+import gzip
 import io
 import math
 import os
@@ -69,8 +70,10 @@ class Table:
     # construction
     @classmethod
     def read(cls, path: str | os.PathLike) -> "Table":
-        """A CSV with one header row (e.g. written by ``validation.results.atomic_write_csv``)."""
-        with open(path, encoding="utf-8", newline="") as f:
+        """A CSV with one header row (e.g. written by ``validation.results.atomic_write_csv``); ``*.gz``: the
+        same, gzip-compressed (how ``paper_figs.stored_run`` stores a large table)."""
+        opener = gzip.open if str(path).endswith(".gz") else open
+        with opener(path, "rt", encoding="utf-8", newline="") as f:
             return cls.parse(f.read(), source=str(path))
 
     @classmethod
@@ -139,8 +142,11 @@ class Table:
 
 
 def read_table(path: str | os.PathLike) -> Table | None:
-    """The table at ``path``, or None when the file does not exist or holds no rows."""
+    """The table at ``path`` (or at ``path`` + ``.gz`` when only the compressed file exists), or None when
+    neither exists or the table holds no rows."""
     p = Path(path)
+    if not p.is_file():
+        p = p.with_name(p.name + ".gz")
     if not p.is_file():
         return None
     t = Table.read(p)

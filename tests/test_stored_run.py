@@ -59,3 +59,37 @@ def test_figures_paper_draws_from_the_stored_folders(tmp_path, monkeypatch, caps
     with pytest.raises(SystemExit):
         main(["--paper", "--run", "quick"])
     shutil.rmtree(figs)
+
+
+def test_export_compresses_large_tables_and_figures_read_them(tmp_path):
+    from paper_figs.tables import read_table
+
+    run = tmp_path / "run"
+    write_run(run, models=("mlp",))
+    big = (run / "scores.csv").stat().st_size
+    out = tmp_path / "stored"
+    written = stored_run.export(run, out, gzip_mb=big / 2**20 / 2)  # scores.csv is over the threshold
+    names = {p.name for p in written}
+    assert "scores.csv.gz" in names and "scores.csv" not in names and not (out / "scores.csv").exists()
+    assert (out / "fidelity.csv").is_file() or (out / "fidelity.csv.gz").is_file()
+    plain, packed = read_table(run / "scores.csv"), read_table(out / "scores.csv")  # the .gz is read in its place
+    assert packed is not None and packed.rows == plain.rows and packed.columns == plain.columns
+    again = tmp_path / "stored2"
+    stored_run.export(run, again, gzip_mb=big / 2**20 / 2)
+    assert (again / "scores.csv.gz").read_bytes() == (out / "scores.csv.gz").read_bytes()  # reproducible bytes
+    stored_run.export(run, out)  # below the default threshold now: the plain table replaces the compressed one
+    assert (out / "scores.csv").is_file() and not (out / "scores.csv.gz").exists()
+    with pytest.raises(ValueError, match="MB limit"):
+        stored_run.export(run, tmp_path / "stored3", gzip_mb=0.0, max_mb=1e-6)
+    assert not (tmp_path / "stored3" / "scores.csv.gz").exists()  # nothing written when a file is refused
+
+
+def test_figures_draw_from_a_stored_folder_with_compressed_scores(tmp_path, monkeypatch, capsys):
+    stored = tmp_path / "data" / "validation"
+    write_run(tmp_path / "run", models=("mlp",))
+    stored_run.export(tmp_path / "run", stored, gzip_mb=0.0)  # every table compressed
+    assert not list(stored.glob("*.csv")) and list(stored.glob("*.csv.gz"))
+    monkeypatch.setattr(stored_run, "STORED_RUN", stored)
+    monkeypatch.chdir(tmp_path)
+    assert main(["--paper", "--formats", "png", "--dpi", "30", "--only", "1,4"]) == 0
+    assert (tmp_path / "results" / "paper-figures" / "fig4_scatter.png").is_file()
