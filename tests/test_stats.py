@@ -145,3 +145,17 @@ def test_auroc_ci_single_class_and_mismatch():
         auroc_ci([1, 0], [0.1, 0.2, 0.3])
     to_json = auroc_ci([1, 0, 0], [0.3, 0.2, 0.1]).to_dict()  # one positive: a value, no interval
     assert to_json["value"] == 1.0 and to_json["low"] is None and to_json["n_positive"] == 1
+
+
+def test_within_clips_a_bounded_quantity_and_says_so():
+    from validation.stats import AurocEstimate, Estimate, mean_ci, within
+
+    e = mean_ci([0.6, 0.9, 0.95])  # three seeds: the t interval reaches past 1
+    assert e.high > 1.0 and e.low > 0.0
+    c = within(e, 0.0, 1.0)
+    assert c.high == 1.0 and c.low == e.low and c.value == e.value and "clipped to [0, 1]" in c.method
+    inside = Estimate(0.5, 0.4, 0.6, 3, method="t")
+    assert within(inside, 0.0, 1.0) is inside  # nothing to clip: unchanged
+    a = within(AurocEstimate(0.5, -0.2, 1.2, 12, method="t", n_positive=2, n_negative=10), 0.0, 1.0)
+    assert isinstance(a, AurocEstimate) and (a.low, a.high, a.n_positive) == (0.0, 1.0, 2)
+    assert within(Estimate(0.5, float("nan"), float("nan"), 1), 0.0, 1.0).fmt() == "0.50 (no CI)"

@@ -24,7 +24,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from .stats import (AurocEstimate, Estimate, auroc_ci, mean_ci, mean_spearman, paired_difference, spearman_ci,
-                    spearman_difference_ci)
+                    spearman_difference_ci, within)
 
 #: Old result files spell estimators with underscores; the report uses validation.estimators' spelling.
 ALIASES = {"lai_last": "lai-last", "lai_aligned": "lai-aligned", "lai_last_aligned": "lai-last-aligned",
@@ -90,7 +90,7 @@ def rank_evidence(score_rows: list[dict[str, Any]], target: str = "exact",
                 continue
             if k >= SEED_T_MIN:
                 per = [_seed_rho(seeds[s], e, target) for s in sorted(seeds)]
-                res["spearman"][e] = _with_method(mean_ci(per), f"t over {k} seeds")
+                res["spearman"][e] = within(_with_method(mean_ci(per), f"t over {k} seeds"), -1.0, 1.0)
             else:
                 m = _stack(seeds, e)
                 if m is not None:
@@ -145,9 +145,9 @@ def auroc_evidence(score_rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]
             res["n"] = per[0].n
             if k >= SEED_T_MIN:
                 mc = mean_ci([p.value for p in per])
-                res["auroc"][e] = AurocEstimate(mc.value, mc.low, mc.high, per[0].n, mc.confidence,
-                                                f"t over {k} seeds", int(np.median(res["positives"])),
-                                                per[0].n_negative)
+                res["auroc"][e] = within(AurocEstimate(mc.value, mc.low, mc.high, per[0].n, mc.confidence,
+                                                       f"t over {k} seeds", int(np.median(res["positives"])),
+                                                       per[0].n_negative), 0.0, 1.0)
             elif k == 1:
                 res["auroc"][e] = _with_method(per[0], f"stratified bootstrap over {per[0].n} samples")
             else:  # two seeds: average the values; the interval of the pooled resamples is not available

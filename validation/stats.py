@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -135,6 +135,15 @@ def mean_ci(values: Sequence[float] | np.ndarray, confidence: float = CONFIDENCE
         return Estimate(mu, mu, mu, n, confidence, "t")
     ci = stats.ttest_1samp(v, 0.0).confidence_interval(confidence)
     return Estimate(mu, float(ci.low), float(ci.high), n, confidence, "t")
+
+
+def within(e: Estimate, lo: float, hi: float) -> Estimate:
+    """``e`` with its interval clipped to the range [lo, hi] the quantity can take (a t interval over a few
+    seeds of a bounded quantity, e.g. an AUROC, can reach past it); the method says so when it clips."""
+    low, high = max(e.low, lo), min(e.high, hi)
+    if (low, high) == (e.low, e.high) or not (math.isfinite(e.low) and math.isfinite(e.high)):
+        return e
+    return replace(e, low=low, high=high, method=f"{e.method}, clipped to [{lo:g}, {hi:g}]")
 
 
 def paired_difference(treatment: Sequence[float], control: Sequence[float],
