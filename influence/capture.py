@@ -28,7 +28,7 @@ from .batch import LossFn, call_model, output_tensor
 from .errors import (InPlaceModificationError, SharedParameterError, StochasticModuleError, TrainModeBatchNormError,
                      UndefinedGradientError, UnsupportedLayerError)
 from .factors import Block
-from .layers import Context, GhostPiece, LayerRule, factored, make_block, owner_names, rule_for
+from .layers import Context, GhostPiece, LayerRule, factored, make_block, owner_names, registry_version, rule_for
 from .layers.attention import unfused_attention
 from .losses import output_gradient, per_sample_losses
 
@@ -104,11 +104,66 @@ def check_fallback(fallback: str | None) -> str:
     return fallback
 
 
+_PLANS: "weakref.WeakKeyDictionary[nn.Module, dict[str, tuple[tuple, Plan]]]" = weakref.WeakKeyDictionary()
+_SCALARS = (bool, int, float, str, type(None))
+
+
+def _settings(m: nn.Module) -> tuple:
+    """The module's plain settings (attributes holding a number, string, None or a tuple of those: stride,
+    padding_mode, dropout p, max_norm, ...), which rules' ``check`` and the mode checks read."""
+    return tuple((k, v) for k, v in m.__dict__.items()
+                 if type(v) in _SCALARS or (type(v) is tuple and all(type(e) in _SCALARS for e in v)))
+
+
+def plan_key(model: nn.Module) -> tuple:
+    """Everything a :class:`Plan` depends on: the registry version and, for every module, its name, identity,
+    class, train/eval flag, plain settings, which buffers are set, and each own parameter's identity,
+    ``requires_grad`` and shape. Equal keys give equal plans (identities are of objects the plan keeps alive,
+    or enter the plan only through names and flags that the key holds too)."""
+    mods = []
+    for name, m in model.named_modules():
+        params = tuple((k, None) if p is None else (k, id(p), p.requires_grad, p.shape)
+                       for k, p in m._parameters.items())
+        buffers = tuple(k for k, b in m._buffers.items() if b is not None)
+        mods.append((name, id(m), type(m), m.training, params, buffers, _settings(m)))
+    return registry_version(), tuple(mods)
+
+
+def clear_plans(model: nn.Module | None = None) -> None:
+    """Forget cached plans (of one model, or of all)."""
+    if model is None:
+        _PLANS.clear()
+    else:
+        _PLANS.pop(model, None)
+
+
+def _copy(pl: Plan) -> Plan:
+    """A plan with its own containers (callers may not share mutable state through the cache)."""
+    return Plan(dict(pl.modules), dict(pl.unsupported), set(pl.shared), dict(pl.owners), dict(pl.rules),
+                dict(pl.routed), dict(pl.names), pl.fallback)
+
+
 def plan(model: nn.Module, fallback: str | None = "auto") -> Plan:
     """Check ``model`` and list the layers to capture; nothing is refused here except modes (BatchNorm or
     stochastic modules in train mode) and layer options whose per-sample gradients are undefined. Estimators
-    decide what routed parameters mean (``influence.routing``)."""
+    decide what routed parameters mean (``influence.routing``).
+
+    Cached per model (weakly) and fallback: a call whose :func:`plan_key` equals the cached plan's returns a copy
+    of it without walking the registry again; any change the key sees (a module swapped, a parameter replaced
+    or frozen, train/eval, a setting, a rule registered) plans again."""
     fallback = check_fallback(fallback)
+    key = plan_key(model)
+    hit = _PLANS.get(model, {}).get(fallback)
+    if hit is not None and hit[0] == key:
+        return _copy(hit[1])
+    pl = _plan(model, fallback)
+    held = {id(m) for m in (*pl.modules.values(), *pl.unsupported.values())}
+    if id(model) not in held:  # a cached plan holding the model itself would keep it alive forever
+        _PLANS.setdefault(model, {})[fallback] = (key, _copy(pl))
+    return pl
+
+
+def _plan(model: nn.Module, fallback: str) -> Plan:
     check_modes(model)
     modules, unsupported, rules = {}, {}, {}
     routed: dict[int, tuple[str, str]] = {}

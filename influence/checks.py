@@ -12,6 +12,7 @@ parameters to score. Each failure raises a named error (``influence.errors``) sa
 
 from __future__ import annotations
 
+import cmath
 import math
 import numbers
 from typing import Any, Iterable
@@ -39,11 +40,24 @@ def batch_size(tree: Any, what: str = "batch", leaves: list[Tensor] | None = Non
     return sizes.pop()
 
 
+_SUMMABLE = (torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.complex64, torch.complex128)
+
+
+def all_finite(x: Tensor) -> bool:
+    """Whether every entry of a floating or complex tensor is finite. One sum decides when it is finite (a NaN
+    or an infinity in any entry makes every sum of the entries NaN or infinite); only a non-finite sum, which
+    finite entries can also give by overflowing, is settled entry by entry."""
+    x = x.detach()
+    if x.dtype in _SUMMABLE and cmath.isfinite(x.sum().item()):
+        return True
+    return bool(torch.isfinite(x).all())
+
+
 def check_finite(tree: Any, what: str, leaves: list[Tensor] | None = None) -> None:
     """Raise ``NonFiniteInputError`` naming the leaf and the samples when a floating leaf holds NaN or inf (one
     reduction per floating leaf; the leaf's path is looked up only when one fails)."""
     leaves = _tensor_leaves(tree) if leaves is None else leaves
-    if all(bool(torch.isfinite(x.detach()).all()) for x in leaves if x.is_floating_point() or x.is_complex()):
+    if all(all_finite(x) for x in leaves if x.is_floating_point() or x.is_complex()):
         return
     for path, x in tree_flatten_with_path(tree)[0]:
         if not isinstance(x, Tensor) or not (x.is_floating_point() or x.is_complex()):

@@ -99,6 +99,9 @@ class LazyBlocks(Mapping):
             raise KeyError(name)
         return lai_blocks(self.cap, self.pl, [name], self.token_pairing, self.ctx)[name]
 
+    def __contains__(self, name: object) -> bool:  # Mapping's default would build the block
+        return name in self.names
+
     def __iter__(self) -> Iterator[str]:
         return iter(self.names)
 

@@ -14,6 +14,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from .batch import LossFn
+from .checks import all_finite
 from .errors import LossShapeError, NonFiniteLossError, TargetShapeError
 
 
@@ -72,6 +73,8 @@ def per_sample_losses(loss_fn: LossFn, f: Tensor, targets: Any, n: int, where: s
         raise LossShapeError(
             f"loss_fn must return per-sample losses of shape [{n}] for the {where} batch; got {shape}. "
             "Use reduction='none' (and average token losses within each sample).")
+    if all_finite(losses):
+        return losses
     bad = ~torch.isfinite(losses.detach())
     if bad.any():
         idx = bad.nonzero().flatten()[:10].tolist()
@@ -90,8 +93,12 @@ def output_gradient(loss_fn: LossFn, f: Tensor, targets: Any, where: str = "trai
     if loss_fn is cross_entropy and f.dim() in (2, 3) and isinstance(targets, Tensor) and \
             not targets.is_floating_point() and targets.shape == f.shape[:-1]:
         with torch.no_grad():
-            losses = per_sample_losses(loss_fn, f, targets, n, where)
+            losses = per_sample_losses(loss_fn, f, targets, n, where)  # also checks the targets' range
             g = f.softmax(-1)
+            if f.dim() == 2 and targets.min().item() >= 0:  # no ignored target: softmax - onehot
+                idx = targets.unsqueeze(-1)
+                g.scatter_add_(-1, idx, g.new_full(idx.shape, -1.0))
+                return losses, g
             counted = targets != -100
             safe = targets.clamp(min=0)
             g.scatter_add_(-1, safe.unsqueeze(-1), -torch.ones_like(safe, dtype=g.dtype).unsqueeze(-1))

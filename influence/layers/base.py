@@ -213,6 +213,14 @@ def with_bias(x: Tensor, w_on: bool, b_on: bool) -> Tensor | None:
     return torch.cat(parts, -1) if parts else None
 
 
+def with_bias_factor(x: Tensor, w_on: bool, b_on: bool) -> Dense | None:
+    """``with_bias`` as a factor without a copy: [x, 1] is ``x`` with an unstored ones column (``Dense.ones``);
+    only ones [.., 1] when just the bias is scored; None when neither is. ``x``: [n, T, G, p]."""
+    if w_on:
+        return Dense(x, ones=b_on)
+    return Dense(ones_like_last(x)) if b_on else None
+
+
 def padded_ids(ids: Tensor, padding_idx: int | None) -> Tensor:
     """Ids with ``padding_idx`` replaced by -1 (contributes nothing)."""
     if padding_idx is None:

@@ -13,7 +13,8 @@ import abc
 from torch import Tensor, nn
 
 from ..factors import Dense
-from .base import Context, GhostPiece, LayerRule, TheoryFactor, register_layer, tokens, weight_bias_pieces, with_bias
+from .base import (Context, GhostPiece, LayerRule, TheoryFactor, register_layer, tokens, weight_bias_pieces, with_bias,
+                   with_bias_factor)
 
 
 class HFConv1D(abc.ABC):
@@ -52,8 +53,9 @@ class _Dense(LayerRule):
         return weight_bias_pieces(module.weight, module.bias, left, right, ctx, self.bias_side)
 
     def lai_activation(self, module: nn.Module, inp: Tensor, ctx: Context) -> Dense | None:
-        x = with_bias(tokens(inp, self.widths(module)[0]), ctx.scored(module.weight), ctx.scored(module.bias))
-        return None if x is None else Dense(x)
+        """[a, 1] as a view of the recorded input with an unstored ones column (no copy)."""
+        return with_bias_factor(tokens(inp, self.widths(module)[0]), ctx.scored(module.weight),
+                                ctx.scored(module.bias))
 
     def theory_factor(self, module: nn.Module, inp: Tensor, ctx: Context) -> TheoryFactor | None:
         n = inp.shape[0]
