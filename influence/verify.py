@@ -23,7 +23,9 @@ gradients), per parameter.
 
 from __future__ import annotations
 
+import functools
 import weakref
+from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from typing import Any
 
 import torch
@@ -32,12 +34,13 @@ from torch.utils._pytree import tree_flatten
 
 from .batch import Batch, LossFn
 from .capture import Capture, Plan, capture_backward, factor_blocks
-from .factors import Block, Index, Patches, Segment, _oriented, rows_times
+from .factors import Block, _oriented
 from .layers import registry_version
+from .projection import bilinear, directions, factored, pack, projected, projectors
 
 Routed = dict[int, tuple[str, str]]  # param id -> (kind, reason)
 
-_CACHE: "weakref.WeakKeyDictionary[nn.Module, dict[tuple, dict[str, str]]]" = weakref.WeakKeyDictionary()
+_CACHE: weakref.WeakKeyDictionary[nn.Module, dict[tuple, dict[str, str]]] = weakref.WeakKeyDictionary()
 PROBES = [0]  # number of probes run (observable by tests and benchmarks)
 SUM_CHECK = True  # the per-call sum check; ``validation.verify_cost`` turns it off to measure what it costs
 
@@ -109,111 +112,87 @@ def _mismatches(blocks: dict[Any, Block], expected: dict[int, Tensor], pl: Plan,
     return out
 
 
-def _segment_projection(seg: Segment, vs: Tensor, us: Tensor) -> tuple[Tensor, Tensor]:
-    """For k random rank-1 matrices v_k u_k^T (``vs`` [G, p, k], ``us`` [G, q, k], in the oriented matrix space of
-    ``segment_matrix``): (sum over samples, tokens and groups of (L . v_k)(R . u_k), and the same of absolute
-    values), both [k]. Cost n * T * (p + q) * k: no [p, q] product is formed."""
-    left, right, _ = _oriented(seg)
-    r = rows_times(right, us)  # [G, n*T, k]
-    if isinstance(left, Index):
-        ids = left.ids.reshape(-1)
-        terms = vs[0][ids.clamp(min=0)] * (ids >= 0).unsqueeze(-1).to(r.dtype) * r[0]
-    else:
-        terms = rows_times(left, vs) * r
-    return terms.sum(tuple(range(terms.dim() - 1))), terms.abs().sum(tuple(range(terms.dim() - 1)))
+class Checked(MutableMapping):
+    """``Capture.checked``: block key -> autograd's gradient of sum_i l_i laid out as the block's [G, p, q] matrix,
+    for the blocks that passed the sum check. A block checked without packing (``projection.projectors``) is packed
+    when first read, so the matrix is formed only where a reference side uses it."""
+
+    def __init__(self, items: Mapping[Any, Any] = ()) -> None:
+        self._items: dict[Any, Any] = dict(items)
+
+    def __getitem__(self, key: Any) -> Tensor:
+        value = self._items[key]
+        if not isinstance(value, Tensor):
+            value = self._items[key] = value()
+        return value
+
+    def __setitem__(self, key: Any, value: Tensor | Callable[[], Tensor]) -> None:
+        self._items[key] = value
+
+    def __delitem__(self, key: Any) -> None:
+        del self._items[key]
+
+    def __contains__(self, key: object) -> bool:  # without packing (Mapping's would read the value)
+        return key in self._items
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
 
 
-_PACK: dict[tuple, list[Tensor]] = {}
-
-
-def _pack_index(block: Block, shape: tuple[int, int, int], device: torch.device) -> list[Tensor]:
-    """For each parameter of ``block``, the flat positions of its entries in the block's [G, p, q] matrix
-    (``unpack`` is a bijective slicing, so this is its inverse); cached per parameter set and shape."""
-    key = (tuple(id(p) for p in block.params), shape, str(device))
-    if key not in _PACK:
-        if len(_PACK) > 4096:
-            _PACK.clear()
-        idx = torch.arange(shape[0] * shape[1] * shape[2], device=device).view(shape)
-        _PACK[key] = [t.reshape(-1) for t in block.unpack(idx)]
-    return _PACK[key]
-
-
-_DIRECTIONS: dict[tuple, tuple[Tensor, Tensor]] = {}
-
-
-def _directions(shape: tuple[int, int, int], k: int, dtype: torch.dtype, device: torch.device
-                ) -> list[tuple[Tensor, Tensor]]:
-    """k random directions per side of a [G, p, q] matrix space: k pairs ([G, p, 1], [G, q, 1]), each contiguous
-    (matrix-vector products are several times faster than one skinny [.., k] product), drawn once per shape
-    from a fixed seed (the check is against mistakes, not an adversary)."""
-    key = (shape, k, dtype, str(device))
-    if key not in _DIRECTIONS:
-        if len(_DIRECTIONS) > 4096:
-            _DIRECTIONS.clear()
-        gen = torch.Generator().manual_seed(hash(shape) % (1 << 31))
-        _DIRECTIONS[key] = [(torch.randn(shape[0], shape[1], 1, generator=gen).to(device, dtype),
-                             torch.randn(shape[0], shape[2], 1, generator=gen).to(device, dtype)) for _ in range(k)]
-    return _DIRECTIONS[key]
-
-
-def _pack(block: Block, grads: list[Tensor], shape: tuple[int, int, int], dtype: torch.dtype,
-          device: torch.device) -> Tensor:
-    """The parameters' gradients laid out as the block's [G, p, q] matrix (the inverse of ``unpack``): written
-    through ``unpack``'s views of the matrix where it returns views, else by the cached index map."""
-    m = torch.zeros(shape, dtype=dtype, device=device)
-    views = block.unpack(m)
-    base = m.untyped_storage().data_ptr()
-    if all(v.untyped_storage().data_ptr() == base for v in views):
-        for v, g in zip(views, grads):
-            v.copy_(g)
-        return m
-    flat = m.view(-1)
-    for pos, g in zip(_pack_index(block, shape, device), grads):
-        flat[pos] = g.reshape(-1).to(dtype)
-    return m
-
-
-def sum_check(blocks: dict[Any, Block], cap: Capture, pl: Plan, k: int = 2) -> dict[int, str]:
+def sum_check(blocks: dict[Any, Block], cap: Capture, pl: Plan, k: int = 1) -> dict[int, str]:
     """{param id: reason} for parameters whose factored batch gradient differs from autograd's.
 
-    Cheap form: each block is compared on ``k`` random rank-1 directions R = v u^T of its [G, p, q] matrix
-    space: v^T (sum_i G_i) u from the factors (cost n * T * (p + q), no [p, q] product) against v^T M u with M
-    autograd's gradient packed into that space, within sqrt(eps) of the sum of absolute terms. A block that
-    fails is compared in full to name its parameters. A parameter covered by no block must have a zero
-    autograd gradient. The packed matrix of every block that passes is kept in ``cap.checked`` (a reference
-    side in contracted form uses it as the block's sum over samples, so the check's weight gradients are not
-    paid twice)."""
+    Cheap form (``influence.projection``): each block is compared on ``k`` random rank-1 directions v u^T of
+    its [G, p, q] matrix space: v^T (sum_i G_i) u from the factors (cost n * T * (p + q), no [p, q] product)
+    against v^T M u with M autograd's gradient in that space (each parameter's gradient projected where it lies,
+    or packed into M for layouts that are not rectangles), within sqrt(eps) of the sum of absolute terms; all
+    blocks are compared at once. A block that fails is compared in full to name its parameters. A parameter
+    covered by no block must have a zero autograd gradient. Every block that passes goes into ``cap.checked``
+    (a reference side in contracted form uses autograd's matrix as the block's sum over samples, so the
+    check's weight gradients are not paid twice; it is packed when read)."""
     grads = cap.param_grads
     if not grads:
         return {}
+    if not isinstance(cap.checked, Checked):
+        cap.checked = Checked(cap.checked)
     dtype = next(iter(grads.values())).dtype
-    tol = _tol(dtype)
     out: dict[int, str] = {}
     covered: set[int] = set()
     what = "the factored batch gradient (is the parameter used outside its module?)"
+    keys, passed, facts, mags, autos = [], [], [], [], []
     for key, block in blocks.items():
         pids = [id(p) for p in block.params]
         covered.update(pids)
         left, right, _ = _oriented(block.segments[0])
         shape = (left.groups, left.dim, right.dim)
-        device = grads[pids[0]].device
-        m = _pack(block, [grads[pid] for pid in pids], shape, dtype, device)
-        bad = False
-        dirs = _directions(shape, k, dtype, device)
-        if any(isinstance(f, Patches) for seg in block.segments for f in (seg.left, seg.right)):
-            # a convolution costs about the same for 1 or k output channels: project all directions at once
-            dirs = [(torch.cat([v for v, _ in dirs], -1), torch.cat([u for _, u in dirs], -1))]
-        for vs, us in dirs:
-            fact, mag = 0.0, 0.0
-            for seg in block.segments:
-                f, a = _segment_projection(seg, vs, us)
-                fact, mag = fact + f, mag + a
-            auto = (vs * torch.bmm(m, us)).sum((0, 1))
-            bad = bad or bool(((fact - auto).abs() > tol * (mag + auto.abs())).any())
-        if bad:
-            out.update(_mismatches({key: block}, {k2: grads[k2] for k2 in pids}, pl, None, what))
+        gs = [grads[pid] for pid in pids]
+        device = gs[0].device
+        dirs = directions(shape, k, dtype, device)
+        projs = projectors(block, shape, k, dtype, device) if all(g.dtype == dtype for g in gs) else None
+        if projs is None:
+            m = pack(block, gs, shape, dtype, device)
+            autos += [bilinear(d, m) for d in dirs]
         else:
-            cap.checked[key] = m
+            m = functools.partial(pack, block, gs, shape, dtype, device)
+            autos += [projected(pr, gs) for pr in projs]
+        for d in dirs:
+            fact, mag = factored(block, d)
+            keys.append(key)
+            facts.append(fact)
+            mags.append(mag)
+        passed.append((key, block, m))
+    if keys:
+        fact, mag, auto = torch.stack(facts), torch.stack(mags), torch.stack(autos)
+        far = ((fact - auto).abs() > _tol(dtype) * (mag + auto.abs())).tolist()
+        bad = {key for key, b in zip(keys, far) if b}
+        for key, block, m in passed:
+            if key in bad:
+                out.update(_mismatches({key: block}, {id(p): grads[id(p)] for p in block.params}, pl, None, what))
+            else:
+                cap.checked[key] = m
     for pid, v in grads.items():
         if pid not in covered and bool((v != 0).any()):
             out[pid] = f"{pl.names.get(pid, '?')}: {what}: autograd finds a gradient the layer calls do not explain"
