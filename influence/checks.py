@@ -87,6 +87,15 @@ def check_batch(batch: Any, name: str) -> int:
     return n_x
 
 
+def size_hint(batch: Any) -> int | None:
+    """The number of samples of a batch that looks well formed, else None; no check (a hint for cost models
+    ahead of :func:`check_batch`)."""
+    try:
+        return batch_size(batch[0])
+    except Exception:  # noqa: BLE001 - check_batch will say what is wrong
+        return None
+
+
 def check_lr(lr: Any) -> float:
     """``lr`` as a float; raises ``InvalidArgumentError`` unless it is one finite real number."""
     value: Any = lr

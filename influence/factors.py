@@ -28,7 +28,7 @@ Two ways to get train-reference inner products, chosen per block by estimated co
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterable
 
 import torch
 from torch import Tensor, nn
@@ -202,14 +202,17 @@ def _dense_matrix(left: Dense, right: Dense, weights: Tensor | None) -> Tensor:
         a, b = _rows(lm, g), _rows(rm, g)
         if w is not None:
             a, b = (a * w, b) if p <= q else (a, b * w)
-        if not (lo or ro):
-            torch.mm(a.T, b, out=out[g])
-            continue
-        out[g, :p, :q] = a.T @ b
+        torch.mm(a.T, b, out=out[g, :p, :q])  # written in place (BLAS takes the strided view)
         if ro:
-            out[g, :p, q] = _rows(lm, g).sum(0) if w is None else _rows(lm, g).T @ w[:, 0]
+            if w is None:
+                torch.sum(_rows(lm, g), 0, out=out[g, :p, q])
+            else:
+                torch.mv(_rows(lm, g).T, w[:, 0], out=out[g, :p, q])
         if lo:
-            out[g, p, :q] = _rows(rm, g).sum(0) if w is None else _rows(rm, g).T @ w[:, 0]
+            if w is None:
+                torch.sum(_rows(rm, g), 0, out=out[g, p, :q])
+            else:
+                torch.mv(_rows(rm, g).T, w[:, 0], out=out[g, p, :q])
         if lo and ro:
             out[g, p, q] = n * t if w is None else w.sum()
     return out
@@ -309,6 +312,15 @@ def segment_per_sample(seg: Segment) -> Tensor:
     return out.unsqueeze(1)
 
 
+def _total(parts: Iterable[Tensor]) -> Tensor:
+    """The sum of fresh tensors, starting from the first (``sum`` would add it to 0: one more op and copy)."""
+    it = iter(parts)
+    out = next(it)
+    for x in it:
+        out = out + x
+    return out
+
+
 @dataclass
 class Block:
     """A group of parameters whose per-sample gradient is one sum of outer products over ``segments``.
@@ -330,19 +342,19 @@ class Block:
 
     def gram(self, other: "Block") -> Tensor:
         """Pairwise inner products [n_self, n_other]."""
-        return sum(segment_gram(a, b) for a in self.segments for b in other.segments)
+        return _total(segment_gram(a, b) for a in self.segments for b in other.segments)
 
     def matrix(self, weights: Tensor | None = None) -> Tensor:
         """sum_i w_i G_i, [G, p, q]."""
-        return sum(segment_matrix(s, weights) for s in self.segments)
+        return _total(segment_matrix(s, weights) for s in self.segments)
 
     def contract(self, m: Tensor) -> Tensor:
         """<G_i, M> for every sample, [n]."""
-        return sum(segment_contract(s, m) for s in self.segments)
+        return _total(segment_contract(s, m) for s in self.segments)
 
     def per_sample(self) -> Tensor:
         """Materialised per-sample gradients [n, G*p*q]."""
-        return sum(segment_per_sample(s) for s in self.segments).flatten(1)
+        return _total(segment_per_sample(s) for s in self.segments).flatten(1)
 
     def gram_cost(self, n_i: int, n_v: int) -> float:
         tok = sum(s.left.tokens for s in self.segments)

@@ -17,6 +17,7 @@ verification in ``influence.verify`` routes away) are skipped and listed in ``re
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterator, Mapping
 
 from torch import nn
@@ -24,7 +25,7 @@ from torch import nn
 from .batch import Batch, LossFn
 from .capture import Capture, Plan, capture_forward, output_layer, plan
 from .routing import report_routed
-from .checks import check_batch
+from .checks import size_hint
 from .errors import InfluenceError
 from .factors import Block, Dense, Index, Segment
 from .layers import Context, factored
@@ -60,6 +61,26 @@ def lai_layers(pl: Plan, cap: Capture, layers: str, ctx: Context) -> tuple[list[
     return names, skipped, set(pl.names)
 
 
+def layer_block(cap: Capture, pl: Plan, name: str, g: Dense, token_pairing: str, ctx: Context) -> Block | None:
+    """The block of one recorded layer: a segment (g, a) for every call (None when no call has an LAI term).
+    ``g``: ``output_factor(cap)``."""
+    module, rule = pl.modules[name], pl.rules[name]
+    segments = []
+    for call in cap.calls[name]:
+        act = rule.lai_activation(module, call.inp, ctx)
+        if act is None:
+            continue
+        if token_pairing == "all_pairs" and act.tokens == g.tokens:
+            segments.append(Segment(g, act))
+        else:
+            flat = act.flatten_tokens()
+            left = g.flatten_tokens()
+            if isinstance(flat, Index):
+                left = left.expand_tokens(flat.tokens)
+            segments.append(Segment(left, flat))
+    return Block(name, segments) if segments else None
+
+
 def lai_blocks(cap: Capture, pl: Plan, names: list[str], token_pairing: str, ctx: Context) -> dict[str, Block]:
     """One block per layer: segments (g, a) for every call of the layer."""
     g = output_factor(cap)
@@ -67,22 +88,9 @@ def lai_blocks(cap: Capture, pl: Plan, names: list[str], token_pairing: str, ctx
     for name in cap.order:
         if name not in names or name in cap.bad:
             continue
-        module, rule = pl.modules[name], pl.rules[name]
-        segments = []
-        for call in cap.calls[name]:
-            act = rule.lai_activation(module, call.inp, ctx)
-            if act is None:
-                continue
-            if token_pairing == "all_pairs" and act.tokens == g.tokens:
-                segments.append(Segment(g, act))
-            else:
-                flat = act.flatten_tokens()
-                left = g.flatten_tokens()
-                if isinstance(flat, Index):
-                    left = left.expand_tokens(flat.tokens)
-                segments.append(Segment(left, flat))
-        if segments:
-            blocks[name] = Block(name, segments)
+        block = layer_block(cap, pl, name, g, token_pairing, ctx)
+        if block is not None:
+            blocks[name] = block
     return blocks
 
 
@@ -92,15 +100,26 @@ class LazyBlocks(Mapping):
 
     def __init__(self, cap: Capture, pl: Plan, names: list[str], token_pairing: str, ctx: Context) -> None:
         self.cap, self.pl, self.token_pairing, self.ctx = cap, pl, token_pairing, ctx
-        self.names = [name for name in cap.order if name in set(names) and name not in cap.bad]
+        wanted = set(names)
+        self.names = [name for name in cap.order if name in wanted and name not in cap.bad]
+        self.g = output_factor(cap)
+        self.empty: dict[str, bool] = {}  # name -> whether its block is None (learnt when first built)
 
     def __getitem__(self, name: str) -> Block:
-        if name not in self.names:
+        block = layer_block(self.cap, self.pl, name, self.g, self.token_pairing, self.ctx) \
+            if name in self.names else None
+        if name in self.names:
+            self.empty[name] = block is None
+        if block is None:
             raise KeyError(name)
-        return lai_blocks(self.cap, self.pl, [name], self.token_pairing, self.ctx)[name]
+        return block
 
-    def __contains__(self, name: object) -> bool:  # Mapping's default would build the block
-        return name in self.names
+    def __contains__(self, name: object) -> bool:  # builds the block only when not built before
+        if name not in self.names:
+            return False
+        if name not in self.empty:
+            self.get(name)
+        return not self.empty[name]
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names)
@@ -116,6 +135,9 @@ def lai_routed(model: nn.Module, loss_fn: LossFn, batches: list[tuple[Batch, int
     for batch, n, where in batches:
         routed.update(verdict_for(model, loss_fn, batch, pl, n, where))
     return routed
+
+
+_OUTPUT_LAYER: "weakref.WeakKeyDictionary[nn.Module, str]" = weakref.WeakKeyDictionary()  # a hint, always checked
 
 
 class LaiBackend:
@@ -153,12 +175,34 @@ class LaiBackend:
             raise Reroute(new)
 
     def start(self, n_train: int, pairwise: bool, streamed: bool) -> None:
-        self.side = ReferenceSide(n_train, pairwise, self.mode, self.budget, streamed)
+        self.side = ReferenceSide(n_train, pairwise, self.mode, self.budget, streamed, scale=self.lr)
         self.names = None
+
+    def _capture(self, batch: Batch, n: int, where: str, keep_graph: bool = False) -> Capture:
+        """``capture_forward`` of the layers LAI reads. For ``layers="last"`` only the output layer is recorded
+        (known from an earlier capture of this backend or of the model, and confirmed on this capture by the
+        identity of its output with the model output); every layer when that is not confirmed."""
+        modules = self.pl.modules
+        if self.layers == "last":
+            name = self.names[0] if self.names else _OUTPUT_LAYER.get(self.model)
+            if name in modules:
+                cap = capture_forward(self.model, self.loss_fn, batch, {name: modules[name]}, n, where, keep_graph,
+                                      self.pl.rules)
+                if cap.producer == name:
+                    return cap
+        cap = capture_forward(self.model, self.loss_fn, batch, modules, n, where, keep_graph, self.pl.rules)
+        if self.layers == "last":
+            if cap.producer is not None:
+                _OUTPUT_LAYER[self.model] = cap.producer
+            if self.names and cap.producer != self.names[0]:
+                raise InfluenceError(f"the model output comes from layer {cap.producer!r} on the {where} batch but "
+                                     f"from {self.names[0]!r} on the first reference batch; last-layer LAI needs "
+                                     "one output layer")
+        return cap
 
     def add_reference(self, batch: Batch, n: int) -> None:
         self._verdict(batch, n, "ref")
-        cap = capture_forward(self.model, self.loss_fn, batch, self.pl.modules, n, "ref", rules=self.pl.rules)
+        cap = self._capture(batch, n, "ref")
         ctx = self.pl.context(self.routed)
         if self.names is None:
             self.names, self.skipped, self.relevant = lai_layers(self.pl, cap, self.layers, ctx)
@@ -171,15 +215,15 @@ class LaiBackend:
         """Scores of ``batch`` against the reference side, or (``self_reference``) against the batch itself from
         the same forward; ``keep_graph`` runs that forward with autograd and returns its graph-attached losses."""
         self._verdict(batch, n, "train")
-        cap = capture_forward(self.model, self.loss_fn, batch, self.pl.modules, n, "train", keep_graph,
-                              self.pl.rules)
-        ctx = self.pl.context(self.routed)
         if self_reference:
             self.start(n, self.side.pairwise, False)
+        cap = self._capture(batch, n, "train", keep_graph)
+        ctx = self.pl.context(self.routed)
+        if self_reference:
             self.names, self.skipped, self.relevant = lai_layers(self.pl, cap, self.layers, ctx)
             self.side.add(LazyBlocks(cap, self.pl, self.names, self.token_pairing, ctx), n)
         blocks = LazyBlocks(cap, self.pl, self.names, self.token_pairing, ctx)
-        named = {k: self.lr * v for k, v in self.side.by_name(self.side.score(blocks, n, cap.losses)).items()}
+        named = self.side.by_name(self.side.score(blocks, n, cap.losses))  # scaled by lr on the reference side
         return Chunk(named, cap.losses, outputs=cap.f, blocks=blocks, graph_losses=cap.graph_losses)
 
 
@@ -198,7 +242,7 @@ def lai(model: nn.Module, loss_fn: LossFn, train: Batch, ref: Batch, lr: float, 
     precondition): see ``influence.optim``.
     """
     from .session import Session
-    n_train = check_batch(train, "train")
+    n_train = size_hint(train)  # the session's score checks the batch
     return Session(model, loss_fn, ref, estimator="lai", lr=lr, layers=layers, token_pairing=token_pairing,
                    pairwise=pairwise, mode=mode, fallback=fallback, chunk_size=chunk_size,
                    memory_budget=memory_budget, n_train=n_train).score(train)

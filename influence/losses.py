@@ -96,8 +96,7 @@ def output_gradient(loss_fn: LossFn, f: Tensor, targets: Any, where: str = "trai
             losses = per_sample_losses(loss_fn, f, targets, n, where)  # also checks the targets' range
             g = f.softmax(-1)
             if f.dim() == 2 and targets.min().item() >= 0:  # no ignored target: softmax - onehot
-                idx = targets.unsqueeze(-1)
-                g.scatter_add_(-1, idx, g.new_full(idx.shape, -1.0))
+                g.scatter_(-1, targets.unsqueeze(-1), -1.0, reduce="add")
                 return losses, g
             counted = targets != -100
             safe = targets.clamp(min=0)

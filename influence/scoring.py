@@ -101,11 +101,14 @@ class ReferenceSide:
     mapping that builds each block on access keeps only one block's factors alive, see ``influence.lai``), then
     score training blocks with :meth:`score`. ``n_train`` is the expected number of training samples per call
     (for the cost model); ``streamed=True`` (several reference batches) keeps the contracted form for scores.
-    ``preconditioner`` (id(param) -> P) scores <P (.) G_i, mean_v G_v> (contracted form only)."""
+    ``preconditioner`` (id(param) -> P) scores <P (.) G_i, mean_v G_v> (contracted form only). ``scale``
+    multiplies every product (an estimator's lr: folded into the mean reference matrices once, so the
+    contracted form pays nothing per call for it)."""
 
     def __init__(self, n_train: int, pairwise: bool, mode: str = "auto", budget: int = DEFAULT_BUDGET,
-                 streamed: bool = False, preconditioner: Mapping[int, Tensor] | None = None) -> None:
-        self.n_train, self.pairwise, self.budget = n_train, pairwise, budget
+                 streamed: bool = False, preconditioner: Mapping[int, Tensor] | None = None,
+                 scale: float = 1.0) -> None:
+        self.n_train, self.pairwise, self.budget, self.scale = n_train, pairwise, budget, scale
         self.mode, self.streamed = check_mode(mode), streamed
         self.preconditioner = dict(preconditioner or {})
         if self.preconditioner and pairwise:
@@ -159,7 +162,7 @@ class ReferenceSide:
         self.n_ref += n
 
     def _mean(self, key: Hashable) -> Tensor:
-        m = self.sums[key] / self.n_ref
+        m = self._per_ref(self.sums[key])
         if self.preconditioner:
             m = precondition_matrix(self.blocks_seen[key], m, self.preconditioner)
         return m
@@ -180,12 +183,12 @@ class ReferenceSide:
             elif m == "gram":
                 cols = [part.zeros(n, like) if isinstance(part, _ZeroColumns) else
                         chunked_gram(block, part, self.budget) for part in self.parts[key]]
-                p = torch.cat(cols, 1)
-                out[key] = p if self.pairwise else p.sum(1) / self.n_ref
+                p = torch.cat(cols, 1) if len(cols) > 1 else cols[0]
+                out[key] = self._scaled(p) if self.pairwise else self._per_ref(p.sum(1))
             elif self.pairwise:
                 cols = [part.zeros(n, like) if isinstance(part, _ZeroColumns) else
                         chunked_materialized(block, part, self.budget) for part in self.parts[key]]
-                out[key] = torch.cat(cols, 1)
+                out[key] = self._scaled(torch.cat(cols, 1) if len(cols) > 1 else cols[0])
             else:
                 out[key] = block.contract(means[key])
             del block
@@ -193,6 +196,13 @@ class ReferenceSide:
             out[key] = like.new_zeros(shape)
             self.names[key] = blocks[key].name
         return out
+
+    def _scaled(self, x: Tensor) -> Tensor:
+        return x if self.scale == 1.0 else x * self.scale
+
+    def _per_ref(self, x: Tensor) -> Tensor:
+        """``x`` / n_ref, times ``scale``."""
+        return x / self.n_ref if self.scale == 1.0 else x * (self.scale / self.n_ref)
 
     def by_name(self, scores: dict[Hashable, Tensor]) -> dict[str, Tensor]:
         named: dict[str, Tensor] = {}

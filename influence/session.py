@@ -248,7 +248,8 @@ class Session:
             chunk = self.chunk or n
             chunks = [self.backend.score(train if chunk >= n else take(train, slice(i, i + chunk)), min(chunk, n - i),
                                          keep_graph=keep_graph) for i in range(0, n, chunk)]
-        named = {k: torch.cat([c.named[k] for c in chunks]) for k in chunks[0].named}
+        named = dict(chunks[0].named) if len(chunks) == 1 else \
+            {k: torch.cat([c.named[k] for c in chunks]) for k in chunks[0].named}
         if self.extra is not None:
             got = self.extra.score(train, n).named
             for k, v in got.items():
@@ -257,7 +258,7 @@ class Session:
         if reported != self._reported:  # the training side is verified too: say once what is routed or skipped
             getattr(self.backend, "report", lambda: None)()
             self._reported = reported
-        losses = torch.cat([c.losses for c in chunks])
+        losses = chunks[0].losses if len(chunks) == 1 else torch.cat([c.losses for c in chunks])
         result = assemble(self.backend.estimator, self.result_lr, named, losses, self.pairwise, self.n_ref)
         if len(chunks) == 1:
             self._attach(result, chunks[0], n)

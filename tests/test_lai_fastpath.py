@@ -154,10 +154,11 @@ def test_all_finite_catches_nan_and_inf_and_survives_overflow():
     both = torch.tensor([float("inf"), -float("inf")])
     assert not all_finite(both)
     assert not all_finite(torch.tensor([1.0, float("nan")], dtype=torch.complex64))
-    x = torch.randn(4, 3)
+    x = torch.randn(4, 6, dtype=torch.float64)
     x[2, 0] = float("nan")
-    with pytest.raises(NonFiniteInputError, match=r"samples \[2\]"):
-        influence.lai(mlp().float(), CE, (x, torch.zeros(4, dtype=torch.long)), data(3), lr=0.1)
+    for layers in ("all", "last"):
+        with pytest.raises(NonFiniteInputError, match=r"samples \[2\]"):
+            influence.lai(mlp(), CE, (x, torch.zeros(4, dtype=torch.long)), data(3), lr=0.1, layers=layers)
 
 
 # ------------------------------------------------------------------ output gradient
