@@ -262,3 +262,79 @@ def test_stochastic_modules_in_train_mode_are_refused(est, module):
     model.train()
     model[1] = nn.Dropout(0.0)  # a zero rate is deterministic
     est(model, CE, train, ref, lr=0.1)
+
+
+class SometimesOutside(nn.Module):
+    """``b.weight`` is read outside ``b``'s forward only for samples whose first feature exceeds 2.5: a use that
+    depends on the data, so a verdict computed on other batches of the same signature says nothing about it."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 5), nn.Linear(5, 3)
+
+    def forward(self, x):
+        h = torch.tanh(self.a(x))
+        gate = (x[:, :1] > 2.5).to(h.dtype)
+        return self.b(h + gate * 0.5 * F.linear(h.sin(), self.b.weight)[:, :1])
+
+
+def _gated_batch(n, trigger, seed, dtype):
+    g = torch.Generator().manual_seed(seed)
+    x, y = torch.randn(n, 4, generator=g, dtype=dtype).clamp(-2, 2), torch.randint(0, 3, (n,), generator=g)
+    if trigger:
+        x[n // 2, 0] = 3.0  # neither the first nor the last sample (those the probe compares)
+    return x, y
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_a_use_outside_the_module_that_depends_on_the_data_is_caught_on_the_call_it_appears(dtype):
+    """The verdict cached from clean batches is clean; a later reference batch of the same signature that
+    triggers the outside use is caught by that call's sum check (no new probe) and routed to Exact."""
+    torch.manual_seed(0)
+    model = SometimesOutside().to(dtype).eval()
+    train, clean, dirty = (_gated_batch(5, False, 0, dtype), _gated_batch(4, False, 1, dtype),
+                           _gated_batch(4, True, 2, dtype))
+    first, caught = ghost_routed(model, train, clean)
+    assert not caught and first.routed_to_exact == []
+    probes = verify.PROBES[0]
+    r, caught = ghost_routed(model, train, dirty)
+    assert verify.PROBES[0] == probes and len(caught) == 1 and r.routed_to_exact == ["b.weight"]
+    if dtype == torch.float64:
+        assert rel_err(r.scores, loop_scores(model, CE, train, dirty, 0.1)) < TOL
+
+
+def test_float32_outside_use_is_caught_by_the_sum_check():
+    from influence.capture import capture_backward, factor_blocks, plan
+    torch.manual_seed(0)
+    model = OutsideUse().float().eval()
+    _, (x, y) = clf_data(n_ref=6)
+    pl = plan(model, "auto")
+    cap = capture_backward(model, CE, (x.float(), y), pl.modules, 6, "ref", pl.scored_params(), [])
+    blocks, _ = factor_blocks(cap, pl, pl.context())
+    assert [pl.names[k] for k in verify.sum_check(blocks, cap, pl)] == ["b.weight"]
+
+
+@pytest.mark.parametrize("name", ["mlp", "transformer", "cnn"])
+def test_float32_models_pass_the_sum_check(name):
+    """No false alarm from rounding in float32: every block passes the projection (none needs the full
+    comparison) and is kept for reuse; Ghost routes nothing."""
+    from influence.capture import capture_backward, factor_blocks, plan
+    from validation.bench_workloads import build_workload
+    w = build_workload(name, tiny=True)
+    gen = torch.Generator().manual_seed(0)
+    train, ref = w.make(w.spec.n_score, gen), w.make(w.spec.n_ref, gen)
+    assert next(w.model.parameters()).dtype == torch.float32
+    pl = plan(w.model, "auto")
+    cap = capture_backward(w.model, w.loss_fn, ref, pl.modules, w.spec.n_ref, "ref", pl.scored_params(), [],
+                           pl.rules)
+    blocks, failed = factor_blocks(cap, pl, pl.context())
+    flagged = []
+    compare = verify._mismatches
+    verify._mismatches = lambda blocks, *a: flagged.extend(blocks) or compare(blocks, *a)
+    try:
+        assert not failed and verify.sum_check(blocks, cap, pl) == {} and set(cap.checked) == set(blocks)
+    finally:
+        verify._mismatches = compare
+    assert not flagged
+    r, caught = ghost_routed(w.model, train, ref, loss_fn=w.loss_fn)
+    assert not caught and r.routed_to_exact == [] and torch.isfinite(r.scores).all()

@@ -1,6 +1,10 @@
-"""The sum check's autograd gradients are reused: ``cap.checked`` holds, for every block that passed, autograd's
-gradient of sum_i l_i in the block's layout, and a reference side uses it instead of summing the factors
-(same scores, float64); a block that fails the check is never reused."""
+"""The sum check's projections and the reuse of its autograd gradients.
+
+``influence.projection`` projects autograd's gradients where each parameter lies in its block's matrix (no packed
+matrix): equal to projecting the packed matrix, for every layer family. ``cap.checked`` holds, for every block that
+passed, autograd's gradient of sum_i l_i in the block's layout (packed when read), and a reference side uses it
+instead of summing the factors (same scores, float64); a block that fails the check is never reused.
+"""
 
 import pytest
 import torch
@@ -9,6 +13,8 @@ from torch import nn
 import influence
 from influence import verify
 from influence.capture import capture_backward, factor_blocks, plan
+from influence.factors import _oriented
+from influence.projection import bilinear, directions, factored, pack, projected, projectors
 from influence.scoring import ReferenceSide
 from conftest import rel_err
 from test_verification import OutsideUse, clf_data, loop_scores
@@ -89,4 +95,128 @@ def test_conv_weight_used_outside_its_module_is_caught(f64):
     with pytest.warns(influence.RoutedToExactWarning, match="conv.weight"):
         r = influence.ghost(model, CE, train, ref, 0.1)
     assert "conv.weight" in r.routed_to_exact
+    assert rel_err(r.scores, loop_scores(model, CE, train, ref, 0.1)) < 1e-8
+
+
+class Families(nn.Module):
+    """One layer of most registry families: an embedding with padding, convolutions (one group and two), a
+    LayerNorm, attention, a Linear without bias and one with."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(7, 6, padding_idx=0)
+        self.conv, self.gconv = nn.Conv1d(6, 4, 3, padding=1), nn.Conv1d(4, 4, 3, padding=1, groups=2)
+        self.norm, self.attn = nn.LayerNorm(4), nn.MultiheadAttention(4, 2, batch_first=True)
+        self.lin, self.head = nn.Linear(4, 5, bias=False), nn.Linear(5, 3)
+
+    def forward(self, ids):
+        h = torch.tanh(self.gconv(torch.tanh(self.conv(self.emb(ids).transpose(1, 2))))).transpose(1, 2)
+        h = self.norm(h)
+        h = h + self.attn(h, h, h, need_weights=False)[0]
+        return self.head(torch.tanh(self.lin(h))).mean(1)
+
+
+def _families_case():
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, 7, (5, 6), generator=g)
+    ids[0, :2] = 0  # padding
+    return Families().eval(), CE, (ids, torch.randint(0, 3, (5,), generator=g)), 5
+
+
+def _zoo_case(family):
+    import zoo
+    c = zoo.case(family)
+    return c.model, c.loss_fn, c.ref, zoo.N_REF
+
+
+@pytest.mark.parametrize("case", ["families", "gpt2", "resnet"])
+def test_projected_gradients_equal_the_packed_matrix(f64, case):
+    """Per block: v^T M u read from the parameters' gradients where they lie equals it on the packed matrix, and
+    the factors' projection equals it on the factored sum; every one-group block has such a layout (the
+    unpacked path is the one used), a grouped convolution has none (packed)."""
+    model, loss_fn, batch, n = _families_case() if case == "families" else _zoo_case(case)
+    pl = plan(model, "auto")
+    cap = capture_backward(model, loss_fn, batch, pl.modules, n, "ref", pl.scored_params(), [], pl.rules)
+    blocks, failed = factor_blocks(cap, pl, pl.context())
+    assert not failed and blocks
+    names = set()
+    for block in blocks.values():
+        left, right, _ = _oriented(block.segments[0])
+        shape = (left.groups, left.dim, right.dim)
+        gs = [cap.param_grads[id(p)] for p in block.params]
+        projs = projectors(block, shape, 2, torch.float64, gs[0].device)
+        assert (projs is None) == (shape[0] > 1), block.name
+        m = pack(block, gs, shape, torch.float64, gs[0].device)
+        for i, d in enumerate(directions(shape, 2, torch.float64, gs[0].device)):
+            auto = bilinear(d, m)
+            fact, mag = factored(block, d)
+            assert abs(float(fact - bilinear(d, block.matrix()))) <= 1e-12 * float(mag)
+            assert abs(float(fact - auto)) <= 1e-12 * float(mag + auto.abs())
+            if projs is not None:
+                assert abs(float(projected(projs[i], gs) - auto)) <= 1e-12 * float(mag + auto.abs())
+        names.add(block.name)
+    if case == "families":
+        assert {"emb", "conv", "gconv", "norm", "attn", "lin", "head"} <= {nm.split(".")[0] for nm in names}
+
+
+def test_checked_matrices_are_packed_only_when_read(f64, monkeypatch):
+    packed = []
+    monkeypatch.setattr(verify, "pack", lambda *a: packed.append(a[0].name) or pack(*a))
+    model, (_, ref) = _mlp(), clf_data(n_ref=5)
+    verify.clear(model)
+    pl = plan(model, "auto")
+    verify.verified_capture(model, CE, ref, pl, 5, "ref", dict(pl.routed))  # first call: probe and check
+    cap, blocks, _ = verify.verified_capture(model, CE, ref, pl, 5, "ref", dict(pl.routed))
+    packed.clear()
+    assert set(cap.checked) == set(blocks) and all(k in cap.checked for k in blocks) and not packed
+    key = next(iter(blocks))
+    first = cap.checked[key]
+    assert cap.checked[key] is first and packed == [blocks[key].name]  # packed once, when read
+    assert rel_err(first, blocks[key].matrix()) < 1e-12
+
+
+def test_a_flag_from_rounding_is_cleared_by_the_full_comparison(f64, monkeypatch):
+    """With a zero screening tolerance every block is flagged by rounding alone; the full comparison passes them
+    all: nothing is routed and every block is still reused."""
+    monkeypatch.setattr(verify, "SCREEN_EPS", 0)
+    full = []
+    compare = verify._mismatches
+    monkeypatch.setattr(verify, "_mismatches", lambda blocks, *a: full.extend(blocks) or compare(blocks, *a))
+    model, (train, ref) = _mlp(), clf_data(n=6, n_ref=5)
+    pl = plan(model, "auto")
+    cap = capture_backward(model, CE, ref, pl.modules, 5, "ref", pl.scored_params(), [])
+    blocks, _ = factor_blocks(cap, pl, pl.context())
+    assert verify.sum_check(blocks, cap, pl) == {} and set(cap.checked) == set(blocks)
+    assert full  # flagged (rounding), then passed in full
+    verify.clear(model)
+    assert rel_err(influence.ghost(model, CE, train, ref, 0.1).scores, loop_scores(model, CE, train, ref, 0.1)) < 1e-8
+
+
+class GroupedConvOutsideUse(nn.Module):
+    """A grouped convolution (a block of two groups: packed, not projected in place) whose weight is also read
+    outside its module."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.head = nn.Conv2d(2, 4, 3, padding=1, groups=2), nn.Linear(4 * 16, 3)
+
+    def forward(self, x):
+        h = torch.tanh(self.conv(x)) + 0.3 * torch.nn.functional.conv2d(x.cos(), self.conv.weight, padding=1,
+                                                                        groups=2)
+        return self.head(h.flatten(1))
+
+
+def test_grouped_conv_weight_used_outside_its_module_is_caught(f64):
+    torch.manual_seed(0)
+    model = GroupedConvOutsideUse()
+    g = torch.Generator().manual_seed(0)
+    train = (torch.randn(4, 2, 4, 4, generator=g), torch.randint(0, 3, (4,), generator=g))
+    ref = (torch.randn(3, 2, 4, 4, generator=g), torch.randint(0, 3, (3,), generator=g))
+    pl = plan(model, "auto")
+    cap = capture_backward(model, CE, ref, pl.modules, 3, "ref", pl.scored_params(), [])
+    blocks, _ = factor_blocks(cap, pl, pl.context())
+    assert "conv.weight" in {pl.names[k] for k in verify.sum_check(blocks, cap, pl)}  # the sum check alone
+    with pytest.warns(influence.RoutedToExactWarning, match="conv.weight"):
+        r = influence.ghost(model, CE, train, ref, 0.1)
     assert rel_err(r.scores, loop_scores(model, CE, train, ref, 0.1)) < 1e-8

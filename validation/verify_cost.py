@@ -1,30 +1,41 @@
-"""Cost of the capture's self-verification (``influence.verify``) as a fraction of a Ghost call.
+"""Cost of the capture's self-verification (``influence.verify``) as a fraction of a Ghost call, and its parts.
 
     python -m validation.verify_cost                 # MLP 40-512-512-10 and CausalTransformer(), 7 repeats
     python -m validation.verify_cost --tiny --repeats 3
     python -m validation.verify_cost --clock cpu     # process CPU time (a machine shared with other jobs)
 
 Per workload (``validation.bench_workloads``: MLP 256 train / 128 reference samples, transformer 32 / 16
-sequences of 128 tokens), interleaved repeats of three ``influence.ghost`` calls on the same batches:
+sequences of 128 tokens), interleaved repeats (``validation.measure.measure_many``) of
 
-* ``ghost``: the normal call with the verdict cached (what every call after the first costs, sum check included);
+* ``ghost``: the normal ``influence.ghost`` call with the verdict cached (what every call after the first costs,
+  sum check included);
 * ``no sum check``: the same with the per-call sum check switched off (``influence.verify.SUM_CHECK``);
 * ``first call``: the verdict cache cleared first, so the call also runs the per-sample probe (once per model
-  and input signature).
+  and input signature);
+* ``ref capture`` / ``ref capture + grads``: the reference batch's forward and truncated backward
+  (``influence.capture.capture_backward``) without and with autograd's gradients of the scored parameters: their
+  difference is the weight-gradient share of the check (what autograd computes for it);
+* ``check ops``: ``influence.verify.sum_check`` alone on one such capture (the check's own projections and
+  comparison).
 
-It prints the median times (wall or, with ``--clock cpu``, process CPU; ``validation.measure.measure_many``) side
-by side and the ratios: the per-call overhead (ghost / no sum check - 1) and the one-off probe (first call /
-ghost - 1).
+It prints the median times (wall or, with ``--clock cpu``, process CPU) side by side and, as fractions of the
+call without the check (each the median over the rounds of that round's ratio, robust to a load that drifts):
+the per-call overhead (ghost / no sum check - 1), its weight-gradient share and the check's own ops (the two
+can add up to more than the overhead: a reference side in contracted form reuses autograd's gradient instead of
+forming the block's sum from the factors), and the one-off probe (first call / ghost - 1).
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
+from collections.abc import Callable
 
 import torch
 
 import influence
 from influence import verify
+from influence.capture import capture_backward, factor_blocks, plan
 
 from .bench_report import CLOCKS
 from .bench_workloads import build_workload
@@ -32,9 +43,12 @@ from .measure import measure_many
 
 
 def measure(name: str, repeats: int, tiny: bool, clock: str = "wall") -> dict[str, float]:
+    """Median seconds of each timed callable (see the module docstring) on workload ``name``."""
     w = build_workload(name, tiny=tiny)
     gen = torch.Generator().manual_seed(0)
     train, ref = w.make(w.spec.n_score, gen), w.make(w.spec.n_ref, gen)
+    pl = plan(w.model)
+    params = pl.scored_params(set(pl.routed))
 
     def call() -> None:
         influence.ghost(w.model, w.loss_fn, train, ref, w.spec.lr)
@@ -50,9 +64,35 @@ def measure(name: str, repeats: int, tiny: bool, clock: str = "wall") -> dict[st
         verify.clear(w.model)
         call()
 
-    got = measure_many({"ghost": call, "no sum check": unchecked, "first call": first}, repeats, warmup=1,
-                       memory=False)  # the warm-up also computes the verdict
-    return {k: m.median_s if clock == "wall" else m.cpu_median_s for k, m in got.items()}
+    def capture(with_grads: bool):
+        return capture_backward(w.model, w.loss_fn, ref, pl.modules, w.spec.n_ref, "ref",
+                                params if with_grads else (), (), pl.rules)
+
+    cap = capture(True)
+    blocks, failed = factor_blocks(cap, pl, pl.context())
+    if failed or verify.sum_check(blocks, cap, pl):
+        raise RuntimeError(f"{name}: the workload does not pass the sum check; nothing to time")
+
+    def check_ops() -> None:
+        cap.checked = {}
+        verify.sum_check(blocks, cap, pl)
+
+    got = measure_many({"ghost": call, "no sum check": unchecked, "first call": first,
+                        "ref capture": lambda: capture(False), "ref capture + grads": lambda: capture(True),
+                        "check ops": check_ops}, repeats, warmup=1, memory=False)  # the warm-up computes the verdict
+    times = {k: m.times_s if clock == "wall" else m.cpu_times_s for k, m in got.items()}
+    out = {k: statistics.median(v) for k, v in times.items()}
+
+    def paired(parts: Callable[[int], float]) -> float:  # median over rounds: robust to a load that drifts
+        return statistics.median(parts(r) for r in range(repeats))
+
+    base = times["no sum check"]
+    out["sum check overhead"] = paired(lambda r: times["ghost"][r] / base[r] - 1)
+    out["weight gradient share"] = paired(lambda r: (times["ref capture + grads"][r] - times["ref capture"][r])
+                                          / base[r])
+    out["check ops share"] = paired(lambda r: times["check ops"][r] / base[r])
+    out["probe overhead"] = paired(lambda r: times["first call"][r] / times["ghost"][r] - 1)
+    return out
 
 
 def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
@@ -68,14 +108,15 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     out = {}
     print(f"{args.clock} time, medians of {args.repeats} interleaved repeats, {args.threads} thread(s)")
     print(f"{'workload':<12} {'ghost (s)':>10} {'no sum check (s)':>17} {'first call (s)':>15} "
-          f"{'sum check':>10} {'probe (once)':>13}")
+          f"{'sum check':>10} {'weight grads':>13} {'check ops':>10} {'probe (once)':>13}")
     for name in args.workloads.split(","):
-        m = measure(name, args.repeats, args.tiny, args.clock)
-        m["sum check overhead"] = m["ghost"] / m["no sum check"] - 1
-        m["probe overhead"] = m["first call"] / m["ghost"] - 1
-        out[name] = m
+        m = out[name] = measure(name, args.repeats, args.tiny, args.clock)
         print(f"{name:<12} {m['ghost']:>10.4f} {m['no sum check']:>17.4f} {m['first call']:>15.4f} "
-              f"{m['sum check overhead']:>+10.1%} {m['probe overhead']:>+13.1%}")
+              f"{m['sum check overhead']:>+10.1%} {m['weight gradient share']:>+13.1%} "
+              f"{m['check ops share']:>+10.1%} {m['probe overhead']:>+13.1%}")
+    print("ratios are medians over the rounds of each round's ratio: sum check = ghost / no sum check - 1; weight "
+          "grads = (ref capture\nwith the parameters' gradients - without) / no sum check; check ops = sum_check "
+          "alone / no sum check; probe = first call / ghost - 1")
     return out
 
 
