@@ -20,7 +20,7 @@ which runs no backward, reads it (computing it with one verification capture whe
 
 Tolerances (eps of the parameters' dtype). The full comparisons (probe, and a block whose projection failed)
 require ||factored - autograd|| <= sqrt(eps) * (max of the two norms + 1e-2 * the norm of all checked
-gradients), per parameter; they alone route parameters. The projection screens for them: with the terms
+gradients), per parameter; they, not the projection, decide what is routed. The projection screens for them: with the terms
 t_r = (L_r . v)(R_r . u) over samples and tokens r, it flags |sum_r t_r - v^T M u| > tol * (sum_r |t_r| +
 |v^T M u|), tol = min(sqrt(eps), 1024 eps) (1.2e-4 in float32, 2.3e-13 in float64). Rounding alone stays far
 below: the largest ratio measured over the benchmark workloads and every zoo family is 31 eps (float32 and
@@ -29,7 +29,9 @@ A true difference D = factored - autograd is missed only when |v^T D u| (standar
 deviation ||D||_F) falls below the flagging threshold tau = tol * (sum |t_r| + |v^T M u|): with probability at
 most about (2x / pi) (ln(2 / x) + 0.42), x = tau / sigma_1(D) (exact for a rank-1 D), which goes to 0 with x:
 any nonzero difference is detected with probability 1 up to the tolerance. The directions are drawn once per
-shape (reproducible verdicts); ``DIRECTIONS`` per block (default 1) raise that probability to its power.
+shape (reproducible verdicts); k of them per block raise the miss probability to the power k: k = 1 in float64
+(a tolerance 6.5e4 times below sqrt(eps): misses rarer than with two directions at sqrt(eps) wherever those miss
+with probability above 1e-9), 2 in float32 and below (a tolerance 2.8 times below sqrt(eps): rarer everywhere).
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ Routed = dict[int, tuple[str, str]]  # param id -> (kind, reason)
 _CACHE: weakref.WeakKeyDictionary[nn.Module, dict[tuple, dict[str, str]]] = weakref.WeakKeyDictionary()
 PROBES = [0]  # number of probes run (observable by tests and benchmarks)
 SUM_CHECK = True  # the per-call sum check; ``validation.verify_cost`` turns it off to measure what it costs
-DIRECTIONS = 1  # random rank-1 directions per block in the sum check (each one more pass over the factors)
+DIRECTIONS: int | None = None  # rank-1 directions per block in the sum check (None: ``_directions_for``)
 SCREEN_EPS = 1024  # the projection's tolerance in units of eps (capped at sqrt(eps)); see the module docstring
 
 
@@ -94,6 +96,15 @@ def _tol(dtype: torch.dtype) -> float:
 def _screen_tol(dtype: torch.dtype) -> float:
     eps = torch.finfo(dtype).eps
     return min(eps ** 0.5, SCREEN_EPS * eps)
+
+
+def _directions_for(dtype: torch.dtype) -> int:
+    """Directions per block: 1 where the screening tolerance is far below sqrt(eps) (float64: 2.3e-13 against
+    1.5e-8), 2 in lower precisions (float32: 1.2e-4 against 3.5e-4), so that no miss is likelier than with two
+    directions at sqrt(eps); each direction costs one more pass over the factors."""
+    if DIRECTIONS is not None:
+        return DIRECTIONS
+    return 1 if _screen_tol(dtype) < 1e-3 * torch.finfo(dtype).eps ** 0.5 else 2
 
 
 def _norm(ts: list[Tensor]) -> float:
@@ -163,7 +174,7 @@ class Checked(MutableMapping):
 def sum_check(blocks: dict[Any, Block], cap: Capture, pl: Plan, k: int | None = None) -> dict[int, str]:
     """{param id: reason} for parameters whose factored batch gradient differs from autograd's.
 
-    Cheap form (``influence.projection``): each block is compared on ``k`` (default ``DIRECTIONS``) random
+    Cheap form (``influence.projection``): each block is compared on ``k`` (default ``_directions_for``) random
     rank-1 directions v u^T of its [G, p, q] matrix space: v^T (sum_i G_i) u from the factors (cost
     n * T * (p + q), no [p, q] product) against v^T M u with M autograd's gradient in that space (each
     parameter's gradient projected where it lies, or packed into M for layouts that are not rectangles), within
@@ -177,8 +188,8 @@ def sum_check(blocks: dict[Any, Block], cap: Capture, pl: Plan, k: int | None = 
         return {}
     if not isinstance(cap.checked, Checked):
         cap.checked = Checked(cap.checked)
-    k = DIRECTIONS if k is None else k
     dtype = next(iter(grads.values())).dtype
+    k = _directions_for(dtype) if k is None else k
     out: dict[int, str] = {}
     covered: set[int] = set()
     what = "the factored batch gradient (is the parameter used outside its module?)"

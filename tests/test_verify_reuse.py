@@ -220,3 +220,38 @@ def test_grouped_conv_weight_used_outside_its_module_is_caught(f64):
     with pytest.warns(influence.RoutedToExactWarning, match="conv.weight"):
         r = influence.ghost(model, CE, train, ref, 0.1)
     assert rel_err(r.scores, loop_scores(model, CE, train, ref, 0.1)) < 1e-8
+
+
+@pytest.mark.parametrize("dtype,k", [(torch.float64, 1), (torch.float32, 2)])
+def test_directions_per_block_follow_the_precision(dtype, k, monkeypatch):
+    """One direction where the screening tolerance is far below sqrt(eps) (float64), two in float32."""
+    calls = []
+    monkeypatch.setattr(verify, "factored", lambda block, d: calls.append(block.name) or factored(block, d))
+    model, (_, (x, y)) = _mlp().to(dtype), clf_data(n_ref=5)
+    pl = plan(model, "auto")
+    cap = capture_backward(model, CE, (x.to(dtype), y), pl.modules, 5, "ref", pl.scored_params(), [])
+    blocks, _ = factor_blocks(cap, pl, pl.context())
+    assert verify.sum_check(blocks, cap, pl) == {}
+    assert sorted(calls) == sorted(b.name for b in blocks.values() for _ in range(k))
+
+
+@pytest.mark.parametrize("family", ["gpt_neo", "opt", "bert"])  # the largest ratios of the zoo
+def test_rounding_stays_far_below_the_screening_tolerance(family):
+    """The sum check's projection differs from autograd's by rounding only, in float32 and float64, by at most
+    1/8 of the screening tolerance (so a flag from rounding, which costs a full comparison, stays rare)."""
+    from torch.utils._pytree import tree_map
+    from validation.verify_cost import rounding
+    model, loss_fn, batch, n = _zoo_case(family)
+    for dtype in (torch.float32, torch.float64):
+        model.to(dtype)
+        cast = tree_map(lambda t: t.to(dtype) if isinstance(t, torch.Tensor) and t.is_floating_point() else t, batch)
+        assert 0 < rounding(model, loss_fn, cast, n) < verify.SCREEN_EPS / 8
+
+
+def test_verify_cost_reports_the_parts_of_the_overhead(capsys):
+    from validation import verify_cost
+    out = verify_cost.main(["--tiny", "--repeats", "1", "--workloads", "mlp", "--clock", "cpu"])["mlp"]
+    for key in ("ghost", "no sum check", "ref capture", "ref capture + grads", "check ops", "sum check overhead",
+                "weight gradient share", "check ops share", "probe overhead"):
+        assert key in out
+    assert out["check ops"] > 0 and "weight grads" in capsys.readouterr().out

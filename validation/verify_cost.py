@@ -3,6 +3,7 @@
     python -m validation.verify_cost                 # MLP 40-512-512-10 and CausalTransformer(), 7 repeats
     python -m validation.verify_cost --tiny --repeats 3
     python -m validation.verify_cost --clock cpu     # process CPU time (a machine shared with other jobs)
+    python -m validation.verify_cost --rounding      # the sum check's rounding against its tolerance
 
 Per workload (``validation.bench_workloads``: MLP 256 train / 128 reference samples, transformer 32 / 16
 sequences of 128 tokens), interleaved repeats (``validation.measure.measure_many``) of
@@ -36,6 +37,8 @@ import torch
 import influence
 from influence import verify
 from influence.capture import capture_backward, factor_blocks, plan
+from influence.factors import _oriented
+from influence.projection import bilinear, directions, factored, pack
 
 from .bench_report import CLOCKS
 from .bench_workloads import build_workload
@@ -95,6 +98,27 @@ def measure(name: str, repeats: int, tiny: bool, clock: str = "wall") -> dict[st
     return out
 
 
+def rounding(model: torch.nn.Module, loss_fn, batch, n: int, k: int = 8) -> float:
+    """The largest rounding ratio |factored - autograd| / (sum |t_r| + |autograd|) of the sum check's projection
+    (``influence.verify``) over the blocks of ``model`` on ``batch`` (n samples) and ``k`` directions each, in
+    units of the parameters' eps: what the screening tolerance (``SCREEN_EPS`` eps) must stay above."""
+    pl = plan(model, "auto")
+    cap = capture_backward(model, loss_fn, batch, pl.modules, n, "ref", pl.scored_params(), (), pl.rules)
+    blocks, _ = factor_blocks(cap, pl, pl.context())
+    worst, eps = 0.0, 0.0
+    for block in blocks.values():
+        left, right, _ = _oriented(block.segments[0])
+        shape = (left.groups, left.dim, right.dim)
+        gs = [cap.param_grads[id(p)] for p in block.params]
+        m = pack(block, gs, shape, gs[0].dtype, gs[0].device)
+        eps = torch.finfo(gs[0].dtype).eps
+        for d in directions(shape, k, gs[0].dtype, gs[0].device):
+            fact, mag = factored(block, d)
+            auto = bilinear(d, m)
+            worst = max(worst, float((fact - auto).abs() / (mag + auto.abs())))
+    return worst / eps if eps else 0.0
+
+
 def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--repeats", type=int, default=7)
@@ -103,8 +127,12 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     ap.add_argument("--workloads", default="mlp,transformer")
     ap.add_argument("--clock", choices=CLOCKS, default="wall",
                     help="wall time, or process CPU time (robust on a shared machine with --threads 1)")
+    ap.add_argument("--rounding", action="store_true",
+                    help="print the projection's largest rounding ratio (in eps) per workload and dtype instead")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.rounding:
+        return {name: print_rounding(name, args.tiny) for name in args.workloads.split(",")}
     out = {}
     print(f"{args.clock} time, medians of {args.repeats} interleaved repeats, {args.threads} thread(s)")
     print(f"{'workload':<12} {'ghost (s)':>10} {'no sum check (s)':>17} {'first call (s)':>15} "
@@ -117,6 +145,19 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     print("ratios are medians over the rounds of each round's ratio: sum check = ghost / no sum check - 1; weight "
           "grads = (ref capture\nwith the parameters' gradients - without) / no sum check; check ops = sum_check "
           "alone / no sum check; probe = first call / ghost - 1")
+    return out
+
+
+def print_rounding(name: str, tiny: bool) -> dict[str, float]:
+    out = {}
+    for dtype in (torch.float32, torch.float64):
+        w = build_workload(name, tiny=tiny)
+        w.model.to(dtype)
+        x, y = w.make(w.spec.n_ref, torch.Generator().manual_seed(0))
+        x = x.to(dtype) if x.is_floating_point() else x
+        out[str(dtype)] = rounding(w.model, w.loss_fn, (x, y), w.spec.n_ref)
+        print(f"{name:<12} {dtype!s:<14} largest rounding ratio {out[str(dtype)]:6.2f} eps "
+              f"(screening tolerance {verify.SCREEN_EPS} eps)")
     return out
 
 
