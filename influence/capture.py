@@ -2,7 +2,9 @@
 
 ``plan`` checks the model once (BatchNorm and stochastic modules in train mode are refused), finds every
 trainable module's rule in the layer registry (``influence.layers``) and lists what the factorisation cannot
-cover (no rule, options the rule refuses, parameters shared outside shareable rules) as ``routed``.
+cover (no rule, options the rule refuses, parameters shared outside shareable rules) as ``routed``. Plans are
+cached per model (weakly) and reused while ``plan_key`` (modules, flags, settings, parameters, registry version)
+is unchanged; ``clear_plans`` forgets them.
 ``capture_forward`` records layer inputs under ``no_grad`` (LAI); ``capture_backward`` also reads every
 recorded layer output's gradient with one ``autograd.grad`` call that never writes ``.grad`` (Ghost, theory),
 optionally with autograd's batch gradient of some parameters and per-sample gradients of a few samples
@@ -279,13 +281,15 @@ class Recorder:
             except Exception as e:  # noqa: BLE001 - the rule cannot read this call: not factorable
                 self.bad.setdefault(name, f"its rule could not read the call ({type(e).__name__}: {e})")
                 return None
-            xs, single = (x, False) if isinstance(x, tuple) else ((x,), True)  # a rule may record several tensors
-            if not all(isinstance(t, Tensor) and t.dim() > 0 for t in (*xs, output)):
+            single = not isinstance(x, tuple)  # a rule may record several tensors
+            xs = (x,) if single else x
+            if not (isinstance(output, Tensor) and output.dim() > 0 and
+                    all(isinstance(t, Tensor) and t.dim() > 0 for t in xs)):
                 self.bad.setdefault(name, "the call's input or output is not a tensor with a batch dimension")
                 return None
             n, li, lo = self.n, xs[0].shape[0], output.shape[0]
             replaced, fold = None, 0
-            if lo == n and all(t.shape[0] == n for t in xs):
+            if lo == n and (li == n if single else all(t.shape[0] == n for t in xs)):
                 pass
             elif single and n > 1 and li == 1 and lo == 1:
                 x = x.expand(n, *x.shape[1:])
@@ -300,8 +304,11 @@ class Recorder:
             if name not in self.calls:
                 self.order.append(name)
             out = output if self.keep_output else None
-            versions = (_each(x, lambda t: t._version), output._version)
-            self.calls[name].append(Call(_each(x, Tensor.detach), out, versions, weakref.ref(output), fold))
+            if single:
+                versions, inp = (x._version, output._version), x.detach()
+            else:
+                versions, inp = (tuple(t._version for t in x), output._version), tuple(t.detach() for t in x)
+            self.calls[name].append(Call(inp, out, versions, weakref.ref(output), fold))
             if self.keep_output and replaced is None and getattr(rule, "protect_output", False):
                 replaced = output.clone()  # in-place ops downstream (x += residual, ReLU(inplace)) modify the copy
             if rebuild is not None:  # e.g. a tuple output, or a seq-first output read transposed

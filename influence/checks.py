@@ -75,6 +75,15 @@ def check_batch(batch: Any, name: str) -> int:
     """Validate an (inputs, targets) pair and return its number of samples (at least 1)."""
     if not isinstance(batch, (tuple, list)) or len(batch) != 2:
         raise BatchSizeError(f"{name} must be a pair (inputs, targets); got {type(batch).__name__}")
+    x, y = batch
+    if type(x) is Tensor and type(y) is Tensor and x.dim() and y.dim():  # the common case, without the pytree walk
+        if len(x) != len(y):
+            raise BatchSizeError(f"{name}: {len(x)} inputs but {len(y)} targets")
+        if len(x) == 0:
+            raise EmptyBatchError(f"the {name} batch holds no sample; pass at least one")
+        check_finite(x, f"{name} inputs", [x])
+        check_finite(y, f"{name} targets", [y])
+        return len(x)
     xs, ys = _tensor_leaves(batch[0]), _tensor_leaves(batch[1])
     n_x = batch_size(batch[0], f"{name} inputs", xs)
     n_y = batch_size(batch[1], f"{name} targets", ys)

@@ -51,10 +51,21 @@ def assemble(estimator: str, lr: float, named: dict[str, Tensor], losses: Tensor
         return InfluenceResult(estimator, lr, zero.mean(1) if pairwise else zero, {}, zero if pairwise else None,
                                {} if pairwise else None, losses)
     if pairwise:
-        total = sum(named.values())
+        total = _fresh_sum(named.values())
         return InfluenceResult(estimator, lr, total.mean(1), {k: v.mean(1) for k, v in named.items()}, total,
                                named, losses)
-    return InfluenceResult(estimator, lr, sum(named.values()), named, train_losses=losses)
+    return InfluenceResult(estimator, lr, _fresh_sum(named.values()), named, train_losses=losses)
+
+
+def _fresh_sum(parts: Any) -> Tensor:
+    """The sum of the tensors as a new tensor (never one of them: a caller may modify ``scores`` in place)."""
+    parts = list(parts)
+    if len(parts) == 1:
+        return parts[0].clone()
+    out = parts[0] + parts[1]
+    for x in parts[2:]:
+        out = out + x
+    return out
 
 
 @dataclass

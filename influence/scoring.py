@@ -154,7 +154,8 @@ class ReferenceSide:
             else:
                 mat = sums[key] if key in sums else block.matrix()
                 self.sums[key] = self.sums[key] + mat if key in self.sums else mat
-                self.blocks_seen.setdefault(key, block.rows(slice(0, 0)))
+                if self.preconditioner:
+                    self.blocks_seen.setdefault(key, block.rows(slice(0, 0)))
             del block
         for key, m in self.modes.items():  # keys missing from this batch contribute zeros (pairwise columns)
             if key not in blocks and (m == "gram" or self.pairwise):

@@ -228,3 +228,69 @@ def test_lai_equals_the_formula_with_bias_columns(layers):
     pairs = [1] if layers == "last" else [0, 1]
     want = 0.3 * sum(((gt @ gv.T) * (at[k] @ av[k].T)).mean(1) for k in pairs)
     assert rel_err(got.scores.detach(), want.detach()) < TOL
+
+
+# ------------------------------------------------------------------ last layer recorded alone
+
+
+class TwoHeads(nn.Module):
+    """The output comes from head ``a`` for even batch sizes and from head ``b`` for odd ones."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(4)
+        self.body = nn.Linear(6, 9).double()
+        self.a = nn.Linear(9, 4).double()
+        self.b = nn.Linear(9, 4).double()
+
+    def forward(self, x):
+        h = torch.tanh(self.body(x))
+        return self.a(h) if len(x) % 2 == 0 else self.b(h)
+
+
+def one_head(model, head):
+    return nn.Sequential(model.body, nn.Tanh(), getattr(model, head))
+
+
+def test_last_layer_follows_the_output_layer_and_refuses_a_changing_one():
+    model = TwoHeads()
+    for n_train, n_ref, head in ((8, 10, "a"), (7, 9, "b"), (6, 4, "a")):  # the remembered output layer goes stale
+        train, ref = data(n_train, 1), data(n_ref, 2)
+        got = influence.lai(model, CE, train, ref, lr=0.1, layers="last")
+        want = influence.lai(one_head(model, head), CE, train, ref, lr=0.1, layers="last")
+        assert rel_err(got.scores, want.scores) < TOL
+        assert list(got.per_layer) == [head]
+    s = influence.Session(model, CE, data(10, 2), estimator="lai-last", lr=0.1)
+    with pytest.raises(influence.InfluenceError, match="output comes from layer 'b'"):
+        s.score(data(7, 1))
+
+
+# ------------------------------------------------------------------ kept sessions
+
+
+@pytest.mark.parametrize("estimator", ["lai", "lai-last", "ghost"])
+def test_refreshed_session_equals_a_fresh_one_after_updates_and_a_swap(estimator):
+    model, train, ref = mlp(), data(7, 1), data(9, 2)
+    s = influence.Session(model, CE, ref, estimator=estimator, lr=0.2)
+    s.score(train)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    s.refresh()
+    fresh = influence.Session(model, CE, ref, estimator=estimator, lr=0.2).score(train)
+    kept = s.score(train)
+    assert rel_err(kept.scores, fresh.scores) < TOL
+    model[3] = nn.Linear(9, 4).double()  # a new output layer: the cached plan and output layer must not be reused
+    s.refresh()
+    fresh = influence.Session(model, CE, ref, estimator=estimator, lr=0.2).score(train)
+    kept = s.score(train)
+    assert rel_err(kept.scores, fresh.scores) < TOL
+    assert kept.scores.abs().max() > 0
+
+
+def test_scores_are_fresh_tensors():
+    model, train, ref = mlp(), data(7, 1), data(9, 2)
+    r = influence.lai(model, CE, train, ref, lr=0.1, layers="last")
+    (only,) = r.per_layer.values()
+    r.scores.add_(1.0)
+    assert not torch.equal(r.scores, only)
