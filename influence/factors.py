@@ -186,8 +186,8 @@ def segment_gram(a: Segment, b: Segment) -> Tensor:
 def _rows(x: Tensor, g: int) -> Tensor:
     """Group ``g`` of a dense factor [n, T, G, d] as rows [n*T, d] (a strided view whenever the layout allows,
     which BLAS reads without a copy)."""
-    n, t, _, d = x.shape
-    return x[:, :, g, :].reshape(n * t, d)
+    n, t, groups, d = x.shape
+    return x.reshape(n * t, d) if groups == 1 else x[:, :, g, :].reshape(n * t, d)
 
 
 def _dense_matrix(left: Dense, right: Dense, weights: Tensor | None) -> Tensor:
@@ -230,6 +230,12 @@ def _dense_contract(left: Dense, m: Tensor, right: Dense) -> Tensor:
     q = rm.shape[-1]
     if p > q:  # the GEMM output takes the narrower width
         lm, rm, lo, ro, p, q, m = rm, lm, ro, lo, q, p, m.transpose(1, 2)
+    if groups == 1 and t == 1 and p + lo <= NARROW:  # the common case (LAI, classifier heads) in the fewest ops
+        mg, r, l = m[0], rm.reshape(n, q), lm.reshape(n, p)
+        v = torch.addmm(mg[:, q:], mg[:, :q], r.T) if ro else mg[:, :q] @ r.T  # [p + lo, n]
+        if lo:
+            return v[:p].T.mul_(l).sum(1).add_(v[p])
+        return v.T.mul_(l).sum(1)
     out = None
     for g in range(groups):
         mg = m[g]  # [p + lo, q + ro]

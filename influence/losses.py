@@ -73,6 +73,11 @@ def per_sample_losses(loss_fn: LossFn, f: Tensor, targets: Any, n: int, where: s
         raise LossShapeError(
             f"loss_fn must return per-sample losses of shape [{n}] for the {where} batch; got {shape}. "
             "Use reduction='none' (and average token losses within each sample).")
+    return _finite(losses, n, where)
+
+
+def _finite(losses: Tensor, n: int, where: str) -> Tensor:
+    """``losses``, after raising ``NonFiniteLossError`` naming the samples whose loss is NaN or infinite."""
     if all_finite(losses):
         return losses
     bad = ~torch.isfinite(losses.detach())
@@ -93,7 +98,10 @@ def output_gradient(loss_fn: LossFn, f: Tensor, targets: Any, where: str = "trai
     if loss_fn is cross_entropy and f.dim() in (2, 3) and isinstance(targets, Tensor) and \
             not targets.is_floating_point() and targets.shape == f.shape[:-1]:
         with torch.no_grad():
-            losses = per_sample_losses(loss_fn, f, targets, n, where)  # also checks the targets' range
+            if f.dim() == 2:  # cross_entropy's own 2-D call (it also checks the targets' range)
+                losses = _finite(F.cross_entropy(f, targets, reduction="none", ignore_index=-100), n, where)
+            else:
+                losses = per_sample_losses(loss_fn, f, targets, n, where)
             g = f.softmax(-1)
             if f.dim() == 2 and targets.min().item() >= 0:  # no ignored target: softmax - onehot
                 g.scatter_(-1, targets.unsqueeze(-1), -1.0, reduce="add")

@@ -185,9 +185,10 @@ def test_closed_form_output_gradient_equals_autograd(shape, ignore):
 
 @pytest.mark.parametrize("p,q", [(3, 40), (40, 3), (50, 60), (1, 1)])
 @pytest.mark.parametrize("lo,ro", [(False, False), (False, True), (True, False), (True, True)])
-def test_contract_and_matrix_with_unstored_ones_equal_explicit(p, q, lo, ro):
+@pytest.mark.parametrize("t", [1, 3])
+def test_contract_and_matrix_with_unstored_ones_equal_explicit(p, q, lo, ro, t):
     g = torch.Generator().manual_seed(p * 100 + q)
-    n, t = 6, 3
+    n = 6
     a = torch.randn(n, t, 1, p, generator=g, dtype=torch.float64)
     b = torch.randn(n, t, 1, q, generator=g, dtype=torch.float64)
     seg = Segment(Dense(a, lo), Dense(b, ro))
