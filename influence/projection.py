@@ -10,6 +10,7 @@ reads it (``pack``).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import torch
@@ -58,33 +59,42 @@ def directions(shape: tuple[int, int, int], k: int, dtype: torch.dtype, device: 
     return _DIRECTIONS[key]
 
 
-def _times(f: Dense | Patches, side: Side) -> Tensor:
-    """A dense-like factor [n, T, G, d] times ``side`` per group: [n*T] for one group, else [G, n*T, 1]
-    (``rows_times`` with one column; one matrix-vector product for a single group whose rows are views)."""
-    if side.flat is None:
-        return rows_times(f, side.full.unsqueeze(-1))
+def _times(f: Dense | Patches, one_group: bool) -> Callable[[Side], Tensor]:
+    """``f`` [n, T, G, d] times one vector per group: a function of a direction's side giving [n*T] for one
+    group, else [G, n*T, 1] (``rows_times`` with one column; one matrix-vector product per side for a single
+    group whose rows are views, read as rows once for all directions)."""
+    if not one_group:
+        return lambda side: rows_times(f, side.full.unsqueeze(-1))
     if isinstance(f, Dense):
         x = f.data
         n, t, _, d = x.shape
         if n == 1 or t == 1 or x.stride(0) == t * x.stride(1):
             rows = x.reshape(n * t, d)
-            return rows @ side.head + side.last if f.ones else rows @ side.flat
-    return rows_times(f, side.full.unsqueeze(-1)).reshape(-1)
+            if f.ones:
+                return lambda side: rows @ side.head + side.last
+            return lambda side: rows @ side.flat
+    return lambda side: rows_times(f, side.full.unsqueeze(-1)).reshape(-1)
 
 
-def factored(block: Block, d: Direction) -> tuple[Tensor, Tensor]:
-    """v^T (sum_i G_i) u from the factors: the terms t = (L . v)(R . u) over samples, tokens, groups and segments
-    (L oriented as in ``segment_matrix``) give (sum of t, sum of |t|), both 0-d."""
+def factored(block: Block, dirs: Sequence[Direction]) -> tuple[Tensor, Tensor]:
+    """v^T (sum_i G_i) u from the factors for each direction: the terms t = (L . v)(R . u) over samples, tokens,
+    groups and segments (L oriented as in ``segment_matrix``) give (sum of t, sum of |t|), both [k]."""
     fact = mag = None
+    one_group = dirs[0].v.flat is not None
     for seg in block.segments:
         left, right, _ = _oriented(seg)
-        r = _times(right, d.u)
+        right_times = _times(right, one_group)
         if isinstance(left, Index):
             ids = left.ids.reshape(-1)
-            terms = d.v.full[0][ids.clamp(min=0)].mul_((ids >= 0).to(r.dtype)).mul_(r)
+            keep = (ids >= 0).to(dirs[0].v.full.dtype)
+            ids = ids.clamp(min=0)
+            terms = [d.v.full[0][ids].mul_(keep).mul_(right_times(d.u)) for d in dirs]
         else:
-            terms = _times(left, d.v).mul_(r)
-        f, a = terms.sum(), torch.linalg.vector_norm(terms, 1)
+            left_times = _times(left, one_group)
+            terms = [left_times(d.v).mul_(right_times(d.u)) for d in dirs]
+        t = torch.stack(terms)
+        t = t if t.dim() == 2 else t.reshape(len(dirs), -1)
+        f, a = t.sum(1), torch.linalg.vector_norm(t, 1, dim=1)
         fact, mag = (f, a) if fact is None else (fact + f, mag + a)
     return fact, mag
 

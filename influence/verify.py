@@ -209,14 +209,13 @@ def sum_check(blocks: dict[Any, Block], cap: Capture, pl: Plan, k: int | None = 
         else:
             m = functools.partial(pack, block, gs, shape, dtype, device)
             autos += [projected(pr, gs) for pr in projs]
-        for d in dirs:
-            fact, mag = factored(block, d)
-            keys.append(key)
-            facts.append(fact)
-            mags.append(mag)
+        fact, mag = factored(block, dirs)
+        keys += [key] * len(dirs)
+        facts.append(fact)
+        mags.append(mag)
         passed.append((key, block, m))
     if keys:
-        fact, mag, auto = torch.stack(facts), torch.stack(mags), torch.stack(autos)
+        fact, mag, auto = torch.cat(facts), torch.cat(mags), torch.stack(autos)
         far = ((fact - auto).abs() > _screen_tol(dtype) * (mag + auto.abs())).tolist()
         bad = {key for key, b in zip(keys, far) if b}
         for key, block, m in passed:

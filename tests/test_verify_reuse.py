@@ -148,9 +148,10 @@ def test_projected_gradients_equal_the_packed_matrix(f64, case):
         projs = projectors(block, shape, 2, torch.float64, gs[0].device)
         assert (projs is None) == (shape[0] > 1), block.name
         m = pack(block, gs, shape, torch.float64, gs[0].device)
-        for i, d in enumerate(directions(shape, 2, torch.float64, gs[0].device)):
+        dirs = directions(shape, 2, torch.float64, gs[0].device)
+        facts, mags = factored(block, dirs)
+        for i, (d, fact, mag) in enumerate(zip(dirs, facts, mags)):
             auto = bilinear(d, m)
-            fact, mag = factored(block, d)
             assert abs(float(fact - bilinear(d, block.matrix()))) <= 1e-12 * float(mag)
             assert abs(float(fact - auto)) <= 1e-12 * float(mag + auto.abs())
             if projs is not None:
@@ -226,7 +227,8 @@ def test_grouped_conv_weight_used_outside_its_module_is_caught(f64):
 def test_directions_per_block_follow_the_precision(dtype, k, monkeypatch):
     """One direction where the screening tolerance is far below sqrt(eps) (float64), two in float32."""
     calls = []
-    monkeypatch.setattr(verify, "factored", lambda block, d: calls.append(block.name) or factored(block, d))
+    monkeypatch.setattr(verify, "factored", lambda block, ds: calls.extend([block.name] * len(ds)) or
+                        factored(block, ds))
     model, (_, (x, y)) = _mlp().to(dtype), clf_data(n_ref=5)
     pl = plan(model, "auto")
     cap = capture_backward(model, CE, (x.to(dtype), y), pl.modules, 5, "ref", pl.scored_params(), [])
