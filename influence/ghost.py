@@ -74,8 +74,7 @@ class GhostBackend:
         the same capture. ``keep_graph`` is not needed: the update is built from the recorded factors. (A cached
         verdict naming parameters not yet routed comes back from ``verified_capture`` as new failures, so it
         raises ``Reroute`` like a failure found now.)"""
-        cap, blocks, new = verified_capture(self.model, self.loss_fn, batch, self.pl, n, "train", self.routed,
-                                            check=None if self_reference else False)
+        cap, blocks, new = verified_capture(self.model, self.loss_fn, batch, self.pl, n, "train", self.routed)
         if new:
             raise Reroute(new)
         if self_reference:
@@ -93,8 +92,8 @@ def ghost(model: nn.Module, loss_fn: LossFn, train: Batch, ref: Batch, lr: float
 
     One forward/backward over the reference batch, then over the training batch in chunks of ``chunk_size``
     samples (default: all at once). Per block, ``mode`` picks the Gram form or the materialised form
-    (see ``influence.scoring``). The capture verifies itself against autograd (``influence.verify``): the
-    reference capture on every call, every capture of a new input signature in full (with a per-sample probe).
+    (see ``influence.scoring``). The capture verifies itself against autograd (``influence.verify``): every
+    capture (reference and training) is sum-checked, the first of each input signature also probed per sample.
     Parameters that cannot be factored (no layer rule, used outside their module, a layer whose leading
     dimension is not the batch, ...) are scored by ``influence.exact``: ``fallback="auto"`` (default) warns once
     naming them, ``"exact"`` does the same silently, ``"error"`` raises the named error instead; they are listed

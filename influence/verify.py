@@ -1,14 +1,16 @@
 """The capture verifies itself: factored per-sample gradients are checked against autograd on every call.
 
-* Sum check (the reference capture of every Ghost call, and every capture of a new signature): the factored
+* Sum check (every capture Ghost makes, reference and training, on every call): the factored
   gradients summed over samples must equal autograd's gradient of sum_i l_i, taken in the same
   ``autograd.grad`` call as the layer-output gradients (compared on a random rank-1 projection per block,
   ``influence.projection``, so no [p, q] product is formed; a block that fails is compared in full). A
   parameter used where the factorisation does not see it (read outside its module, a parametrization,
-  attention code calling ``F.linear`` on a submodule's weight) fails here. Its cost is autograd's weight
-  gradients of the reference batch (what the check cannot do without: one [p, n T] x [n T, q] product per
-  block, reused where the reference side needs the block's sum anyway) plus O(n T (p + q)) per block
-  (``python -m validation.verify_cost`` measures both).
+  attention code calling ``F.linear`` on a submodule's weight) fails here, also when the outside use depends on
+  the data and shows up only in some training batch long after the verdict was cached (so the training
+  capture is checked too: the factored update ``weighted_gradient`` builds from it is then right as well).
+  Its cost is autograd's weight gradients of each captured batch (what the check cannot do without: one
+  [p, n T] x [n T, q] product per block, reused where the reference side needs the block's sum anyway) plus
+  O(n T (p + q)) per block (``python -m validation.verify_cost`` measures both).
 * Shape check (``influence.capture``): every recorded call has the batch as its leading dimension.
 * Per-sample probe (first call per model and input signature): the factored gradients of two samples (the
   first and the last) against autograd's gradients of their own losses, from the same batched forward. It

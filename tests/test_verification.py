@@ -340,14 +340,18 @@ def test_float32_models_pass_the_sum_check(name):
     assert not caught and r.routed_to_exact == [] and torch.isfinite(r.scores).all()
 
 
-@pytest.mark.xfail(strict=True, reason="known gap: with a cached verdict only the reference capture is sum-checked "
-                   "per call, so a data-dependent outside use that appears only in a training batch is not seen "
-                   "(checking training captures per call costs their weight gradients; a policy decision)")
 def test_a_use_outside_the_module_that_depends_on_the_data_in_a_training_batch(f64):
     torch.manual_seed(0)
     model = SometimesOutside().eval()
     clean, ref, dirty = (_gated_batch(5, False, 0, torch.float64), _gated_batch(4, False, 1, torch.float64),
                          _gated_batch(5, True, 2, torch.float64))
-    ghost_routed(model, clean, ref)  # the verdict for this signature: clean
-    r, _ = ghost_routed(model, dirty, ref)
+    r0, warned0 = ghost_routed(model, clean, ref)  # the verdict for this signature: clean
+    assert r0.routed_to_exact == [] and not warned0
+    r, warned = ghost_routed(model, dirty, ref)  # same signature, verdict cached: the training capture's check
+    assert r.routed_to_exact and warned  # routes the weight used outside, with the warning
     assert rel_err(r.scores, loop_scores(model, CE, dirty, ref, 0.1)) < TOL
+    other = SometimesOutside().eval()  # a kept session (reference statistics reused) sees the dirty batch later
+    sess = influence.Session(other, CE, ref, estimator="ghost", lr=0.1, fallback="exact", refresh_every=4)
+    assert sess.score(clean).routed_to_exact == []
+    got = sess.score(dirty)
+    assert got.routed_to_exact and rel_err(got.scores, loop_scores(other, CE, dirty, ref, 0.1)) < TOL
