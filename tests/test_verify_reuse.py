@@ -253,7 +253,8 @@ def test_rounding_stays_far_below_the_screening_tolerance(family):
 def test_verify_cost_reports_the_parts_of_the_overhead(capsys):
     from validation import verify_cost
     out = verify_cost.main(["--tiny", "--repeats", "1", "--workloads", "mlp", "--clock", "cpu"])["mlp"]
-    for key in ("ghost", "no sum check", "ref capture", "ref capture + grads", "check ops", "sum check overhead",
+    for key in ("ghost", "no sum check", "ref capture", "ref capture + grads", "train capture",
+                "train capture + grads", "ref check ops", "train check ops", "sum check overhead",
                 "weight gradient share", "check ops share", "probe overhead"):
         assert key in out
-    assert out["check ops"] > 0 and "weight grads" in capsys.readouterr().out
+    assert out["ref check ops"] > 0 and out["train check ops"] > 0 and "weight grads" in capsys.readouterr().out

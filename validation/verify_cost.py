@@ -13,11 +13,12 @@ sequences of 128 tokens), interleaved repeats (``validation.measure.measure_many
 * ``no sum check``: the same with the per-call sum check switched off (``influence.verify.SUM_CHECK``);
 * ``first call``: the verdict cache cleared first, so the call also runs the per-sample probe (once per model
   and input signature);
-* ``ref capture`` / ``ref capture + grads``: the reference batch's forward and truncated backward
-  (``influence.capture.capture_backward``) without and with autograd's gradients of the scored parameters: their
-  difference is the weight-gradient share of the check (what autograd computes for it);
-* ``check ops``: ``influence.verify.sum_check`` alone on one such capture (the check's own projections and
-  comparison).
+* ``ref capture`` / ``ref capture + grads`` (and the same for ``train``): the reference (training) batch's forward
+  and truncated backward (``influence.capture.capture_backward``) without and with autograd's gradients of the
+  scored parameters: their differences, summed over the two captures Ghost checks, are the weight-gradient share
+  of the check (what autograd computes for it);
+* ``ref check ops`` / ``train check ops``: ``influence.verify.sum_check`` alone on one such capture (the check's
+  own projections and comparison), summed over the two.
 
 It prints the median times (wall or, with ``--clock cpu``, process CPU) side by side and, as fractions of the
 call without the check (each the median over the rounds of that round's ratio, robust to a load that drifts):
@@ -67,22 +68,32 @@ def measure(name: str, repeats: int, tiny: bool, clock: str = "wall") -> dict[st
         verify.clear(w.model)
         call()
 
-    def capture(with_grads: bool):
-        return capture_backward(w.model, w.loss_fn, ref, pl.modules, w.spec.n_ref, "ref",
-                                params if with_grads else (), (), pl.rules)
+    batches = {"ref": (ref, w.spec.n_ref), "train": (train, w.spec.n_score)}  # Ghost sum-checks both captures
 
-    cap = capture(True)
-    blocks, failed = factor_blocks(cap, pl, pl.context())
-    if failed or verify.sum_check(blocks, cap, pl):
-        raise RuntimeError(f"{name}: the workload does not pass the sum check; nothing to time")
+    def capture(side: str, with_grads: bool):
+        batch, n = batches[side]
+        return capture_backward(w.model, w.loss_fn, batch, pl.modules, n, side, params if with_grads else (), (),
+                                pl.rules)
 
-    def check_ops() -> None:
+    checked = {}
+    for side in batches:
+        cap = capture(side, True)
+        blocks, failed = factor_blocks(cap, pl, pl.context())
+        if failed or verify.sum_check(blocks, cap, pl):
+            raise RuntimeError(f"{name}: the workload does not pass the sum check; nothing to time")
+        checked[side] = (cap, blocks)
+
+    def check_ops(side: str) -> None:
+        cap, blocks = checked[side]
         cap.checked = {}
         verify.sum_check(blocks, cap, pl)
 
-    got = measure_many({"ghost": call, "no sum check": unchecked, "first call": first,
-                        "ref capture": lambda: capture(False), "ref capture + grads": lambda: capture(True),
-                        "check ops": check_ops}, repeats, warmup=1, memory=False)  # the warm-up computes the verdict
+    timed: dict[str, Callable[[], object]] = {"ghost": call, "no sum check": unchecked, "first call": first}
+    for side in batches:
+        timed[f"{side} capture"] = lambda side=side: capture(side, False)
+        timed[f"{side} capture + grads"] = lambda side=side: capture(side, True)
+        timed[f"{side} check ops"] = lambda side=side: check_ops(side)
+    got = measure_many(timed, repeats, warmup=1, memory=False)  # the warm-up computes the verdict
     times = {k: m.times_s if clock == "wall" else m.cpu_times_s for k, m in got.items()}
     out = {k: statistics.median(v) for k, v in times.items()}
 
@@ -91,9 +102,9 @@ def measure(name: str, repeats: int, tiny: bool, clock: str = "wall") -> dict[st
 
     base = times["no sum check"]
     out["sum check overhead"] = paired(lambda r: times["ghost"][r] / base[r] - 1)
-    out["weight gradient share"] = paired(lambda r: (times["ref capture + grads"][r] - times["ref capture"][r])
-                                          / base[r])
-    out["check ops share"] = paired(lambda r: times["check ops"][r] / base[r])
+    out["weight gradient share"] = paired(lambda r: sum(times[f"{s} capture + grads"][r] - times[f"{s} capture"][r]
+                                                        for s in batches) / base[r])
+    out["check ops share"] = paired(lambda r: sum(times[f"{s} check ops"][r] for s in batches) / base[r])
     out["probe overhead"] = paired(lambda r: times["first call"][r] / times["ghost"][r] - 1)
     return out
 
@@ -143,8 +154,8 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
               f"{m['sum check overhead']:>+10.1%} {m['weight gradient share']:>+13.1%} "
               f"{m['check ops share']:>+10.1%} {m['probe overhead']:>+13.1%}")
     print("ratios are medians over the rounds of each round's ratio: sum check = ghost / no sum check - 1; weight "
-          "grads = (ref capture\nwith the parameters' gradients - without) / no sum check; check ops = sum_check "
-          "alone / no sum check; probe = first call / ghost - 1")
+          "grads = (capture\nwith the parameters' gradients - without, summed over the reference and training captures) / no "
+          "sum check; check ops = sum_check\nalone on both captures / no sum check; probe = first call / ghost - 1")
     return out
 
 
