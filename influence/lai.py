@@ -50,13 +50,16 @@ def _direct(pl: Plan, name: str) -> list[nn.Parameter]:
 def lai_layers(pl: Plan, cap: Capture, layers: str, ctx: Context) -> tuple[list[str], list[str], set[int]]:
     """(layer names LAI scores, names of skipped trainable parameters, ids of the parameters that matter:
     all trainable ones for ``"all"``, the output layer's for ``"last"``)."""
+    def termed(n: str) -> set[int]:  # the parameters of layer n that LAI's term stands for
+        return {id(p) for p in pl.rules[n].lai_params(pl.modules[n]) if ctx.scored(p)}
+
     if layers == "last":
         name = output_layer(cap, pl)
-        own = _direct(pl, name)
-        skipped = [pl.names[id(p)] for p in own if not ctx.scored(p)]
+        own, scored = _direct(pl, name), termed(name)
+        skipped = [pl.names[id(p)] for p in own if id(p) not in scored]
         return [name], skipped, {id(p) for p in own}
-    names = [n for n in pl.modules if pl.rules[n].lai and any(ctx.scored(p) for p in _direct(pl, n))]
-    covered = {id(p) for n in names for p in _direct(pl, n) if ctx.scored(p)}
+    names = [n for n in pl.modules if pl.rules[n].lai and termed(n)]
+    covered = {pid for n in names for pid in termed(n)}
     skipped = [name for pid, name in pl.names.items() if pid not in covered]
     return names, skipped, set(pl.names)
 

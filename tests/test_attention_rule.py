@@ -108,7 +108,8 @@ def split(data, n_train: int = N_TRAIN):
 
 
 def assert_native(model: nn.Module, data, head: tuple[str, ...] = ("head.weight", "head.bias")) -> None:
-    """Ghost exact with no routing; LAI all finite with nothing skipped; LAI last exact on the head."""
+    """Ghost exact with no routing; LAI all finite, skipping only ``bias_k``/``bias_v`` (no LAI term); LAI last
+    exact on the head."""
     train, ref = split(data)
     with warnings.catch_warnings():
         warnings.simplefilter("error", influence.RoutedToExactWarning)
@@ -118,7 +119,8 @@ def assert_native(model: nn.Module, data, head: tuple[str, ...] = ("head.weight"
     assert not r.routed_to_exact
     err = rel_err(r.scores, reference_scores(model, CE, train, ref, LR))
     assert err < TOL, f"ghost rel err {err:.2e}"
-    assert torch.isfinite(lai_all.scores).all() and not lai_all.skipped
+    extra = [n for n, p in model.named_parameters() if n.endswith((".bias_k", ".bias_v")) and p.requires_grad]
+    assert torch.isfinite(lai_all.scores).all() and lai_all.skipped == extra
     assert rel_err(lai_last.scores, reference_scores(model, CE, train, ref, LR, list(head))) < TOL
 
 
@@ -391,3 +393,28 @@ def test_fully_masked_sample(f64) -> None:
     model.need_weights = True
     with pytest.raises(E.NonFiniteLossError):
         influence.ghost(model, CE, train, ref, lr=LR)
+
+
+def test_lai_lists_bias_k_and_bias_v_as_skipped():
+    """add_bias_kv's extra key/value tokens have no LAI term: LAI says so in result.skipped (the four linear maps
+    are scored)."""
+    torch.manual_seed(0)
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb, self.head = nn.Linear(4, 8), nn.Linear(8, 3)
+            self.att = nn.MultiheadAttention(8, 2, batch_first=True, add_bias_kv=True)
+
+        def forward(self, x):
+            h = self.emb(x)
+            return self.head(self.att(h, h, h, need_weights=False)[0].mean(1))
+
+    model = Net().double().eval()
+    x, y = torch.randn(6, 5, 4, dtype=torch.float64), torch.randint(0, 3, (6,))
+    r = influence.lai(model, influence.cross_entropy, (x, y), (x[:3], y[:3]), 0.1, fallback="exact")
+    assert r.skipped == ["att.bias_k", "att.bias_v"] and torch.isfinite(r.scores).all()
+    plain = nn.MultiheadAttention(8, 2, batch_first=True)
+    model.att.bias_k, model.att.bias_v = None, None  # without the extra tokens nothing is skipped
+    model.att.load_state_dict(plain.double().state_dict(), strict=False)
+    assert influence.lai(model, influence.cross_entropy, (x, y), (x[:3], y[:3]), 0.1).skipped == []

@@ -225,6 +225,12 @@ class MultiheadAttentionRule(LayerRule):
                                      Dense(tokens(o, e)), ctx)
         return pieces
 
+    def lai_params(self, module: nn.Module) -> list[nn.Parameter]:
+        """The four linear maps' weights and biases: ``bias_k``/``bias_v`` (extra key/value tokens) have no LAI
+        term."""
+        extra = {id(module.bias_k), id(module.bias_v)}
+        return [p for p in super().lai_params(module) if id(p) not in extra]
+
     def lai_activation(self, module: nn.Module, inp: tuple[Tensor, ...], ctx: Context) -> Dense | None:
         xq, xk, xv, mask = _unpack(inp)
         t = max(xq.shape[1], xk.shape[1])

@@ -85,6 +85,11 @@ class LayerRule:
         fwd = getattr(type(module), "forward", None)
         return any(isinstance(module, t) and fwd is getattr(t, "forward", object()) for t in self.types)
 
+    def lai_params(self, module: nn.Module) -> list[nn.Parameter]:
+        """The trainable parameters whose gradient :meth:`lai_activation`'s term stands for (default: all that
+        the rule factors when ``lai``, none otherwise); LAI lists the others as skipped."""
+        return factored(module, self) if self.lai else []
+
     def check(self, name: str, module: nn.Module) -> None:
         """Raise ``UnsupportedLayerError`` for options of this family that have no exact factorisation."""
 
