@@ -17,7 +17,7 @@ from .checks import check_batch
 from .factors import Block
 from .result import Chunk, InfluenceResult, Reroute
 from .scoring import DEFAULT_BUDGET, ReferenceSide
-from .verify import Routed, verified_capture
+from .verify import Routed, check_verify, verified_capture
 
 
 def weighted_gradient(blocks: dict[Hashable, Block]):
@@ -42,8 +42,9 @@ class GhostBackend:
 
     def __init__(self, model: nn.Module, loss_fn: LossFn, lr: float, *, mode: str = "auto",
                  fallback: str | None = "auto", memory_budget: int = DEFAULT_BUDGET,
-                 preconditioner: Mapping[str, Tensor] | None = None) -> None:
+                 preconditioner: Mapping[str, Tensor] | None = None, verify: str = "every") -> None:
         self.model, self.loss_fn, self.lr, self.mode, self.budget = model, loss_fn, lr, mode, memory_budget
+        self.verify = check_verify(verify)
         self.pl = plan(model, fallback)
         if self.pl.fallback == "error":
             raise_routed(self.pl, self.pl.routed)
@@ -74,7 +75,8 @@ class GhostBackend:
         the same capture. ``keep_graph`` is not needed: the update is built from the recorded factors. (A cached
         verdict naming parameters not yet routed comes back from ``verified_capture`` as new failures, so it
         raises ``Reroute`` like a failure found now.)"""
-        cap, blocks, new = verified_capture(self.model, self.loss_fn, batch, self.pl, n, "train", self.routed)
+        cap, blocks, new = verified_capture(self.model, self.loss_fn, batch, self.pl, n, "train", self.routed,
+                                            check=None if self.verify == "every" or self_reference else False)
         if new:
             raise Reroute(new)
         if self_reference:
@@ -86,14 +88,17 @@ class GhostBackend:
 
 def ghost(model: nn.Module, loss_fn: LossFn, train: Batch, ref: Batch, lr: float, *, pairwise: bool = False,
           mode: str = "auto", fallback: str | None = "auto", chunk_size: int | None = None,
-          memory_budget: int = DEFAULT_BUDGET, preconditioner: Mapping[str, Tensor] | None = None
-          ) -> InfluenceResult:
+          memory_budget: int = DEFAULT_BUDGET, preconditioner: Mapping[str, Tensor] | None = None,
+          verify: str = "every") -> InfluenceResult:
     """Ghost influence: lr * sum_l <a_i (x) b_i, mean_v a_v (x) b_v>, equal to Exact on what the registry covers.
 
     One forward/backward over the reference batch, then over the training batch in chunks of ``chunk_size``
     samples (default: all at once). Per block, ``mode`` picks the Gram form or the materialised form
     (see ``influence.scoring``). The capture verifies itself against autograd (``influence.verify``): every
     capture (reference and training) is sum-checked, the first of each input signature also probed per sample.
+    ``verify="reference"`` skips the training captures' sum check once their signature's verdict is cached
+    (cheaper by the training batch's weight gradients, see ``python -m validation.verify_cost``), at the price of
+    not seeing a weight used outside its module only for some training inputs.
     Parameters that cannot be factored (no layer rule, used outside their module, a layer whose leading
     dimension is not the batch, ...) are scored by ``influence.exact``: ``fallback="auto"`` (default) warns once
     naming them, ``"exact"`` does the same silently, ``"error"`` raises the named error instead; they are listed
@@ -106,4 +111,4 @@ def ghost(model: nn.Module, loss_fn: LossFn, train: Batch, ref: Batch, lr: float
     n_train = check_batch(train, "train")
     return Session(model, loss_fn, ref, estimator="ghost", lr=lr, pairwise=pairwise, mode=mode, fallback=fallback,
                    chunk_size=chunk_size, memory_budget=memory_budget, preconditioner=preconditioner,
-                   n_train=n_train).score(train)
+                   n_train=n_train, verify=verify).score(train)

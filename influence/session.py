@@ -45,6 +45,7 @@ from .optim import adam_preconditioner, is_adaptive
 from .result import InfluenceResult, Reroute, assemble
 from .scoring import DEFAULT_BUDGET, ReferenceSide, self_products
 from .tracin import TracInBackend
+from .verify import check_verify
 
 ESTIMATORS = ("ghost", "lai", "lai-last", "exact", "tracin", "tracin-last")
 
@@ -88,7 +89,8 @@ class Session:
 
     Every option of the estimator functions is accepted: ``lr``, ``pairwise``, ``mode``, ``fallback``,
     ``chunk_size``, ``memory_budget`` (Ghost, LAI), ``layers``, ``token_pairing`` (LAI), ``params``, ``state``
-    (Exact), ``checkpoints``, (TracIn), ``preconditioner`` / ``optimizer`` (Exact, Ghost), plus ``refresh_every``.
+    (Exact), ``checkpoints``, (TracIn), ``preconditioner`` / ``optimizer`` / ``verify`` (Exact, Ghost; ``verify``:
+    Ghost only), plus ``refresh_every``.
     ``n_train`` (default: the first reference batch's size) sizes the cost model that picks Gram or contracted form.
     """
 
@@ -98,7 +100,7 @@ class Session:
                  memory_budget: int = DEFAULT_BUDGET, params: Iterable[str] | None = None,
                  state: dict[str, Tensor] | None = None, checkpoints: Iterable[Any] | None = None,
                  preconditioner: Mapping[str, Tensor] | None = None, optimizer: torch.optim.Optimizer | None = None,
-                 refresh_every: int | None = None, n_train: int | None = None) -> None:
+                 refresh_every: int | None = None, n_train: int | None = None, verify: str = "every") -> None:
         if estimator not in ESTIMATORS:
             raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
         if estimator == "lai-last":
@@ -117,6 +119,7 @@ class Session:
         self.chunk = check_chunk_size(chunk_size if chunk_size is not None else default_chunk,
                                       optional=default_chunk is None)
         self.refresh_every, self.calls = check_positive_int(refresh_every, "refresh_every"), 0
+        self.verify = check_verify(verify)
         self.optimizer, self.user_preconditioner = optimizer, preconditioner
         if preconditioner is not None and self.kind not in ("exact", "ghost"):
             raise InfluenceError(f"{estimator} cannot apply a preconditioner: LAI replaces each layer's output "
@@ -155,7 +158,7 @@ class Session:
         pre = self._preconditioner()
         if self.kind == "ghost":
             b = GhostBackend(self.model, self.loss_fn, self.lr, mode=self.mode, fallback=self.fallback,
-                             memory_budget=self.budget, preconditioner=pre)
+                             memory_budget=self.budget, preconditioner=pre, verify=self.verify)
             b.routed.update(routed or {})
             return b
         if self.kind == "lai":
@@ -328,7 +331,7 @@ class Session:
         opts = dict(estimator=self.estimator, lr=self.lr, pairwise=self.pairwise,
                     layers=self.layers, token_pairing=self.token_pairing, mode=self.mode, fallback=self.fallback,
                     chunk_size=self.chunk, memory_budget=self.budget, params=self.params, state=self.state,
-                    preconditioner=self.user_preconditioner, optimizer=None)
+                    preconditioner=self.user_preconditioner, optimizer=None, verify=self.verify)
         if self.kind == "tracin":
             opts.update(checkpoints=self.checkpoints, lr=None)
         opts.update(override)

@@ -62,6 +62,17 @@ DIRECTIONS: int | None = None  # rank-1 directions per block in the sum check (N
 SCREEN_EPS = 1024  # the projection's tolerance in units of eps (capped at sqrt(eps)); see the module docstring
 
 
+VERIFY = ("every", "reference")  # which captures Ghost sum-checks once a signature's verdict is cached
+
+
+def check_verify(verify: str) -> str:
+    """``verify`` if it is one of ``VERIFY`` (``"every"``: every capture, reference and training; ``"reference"``:
+    the reference captures only), else ValueError naming the choices."""
+    if verify not in VERIFY:
+        raise ValueError(f"verify must be one of {VERIFY}, got {verify!r}")
+    return verify
+
+
 def signature(model: nn.Module, batch: Batch) -> tuple:
     """What the verdict depends on besides the model object: the batch's structure, shapes and dtypes, the
     modules' train/eval flags, the trainable parameters and the registry version."""

@@ -355,3 +355,20 @@ def test_a_use_outside_the_module_that_depends_on_the_data_in_a_training_batch(f
     assert sess.score(clean).routed_to_exact == []
     got = sess.score(dirty)
     assert got.routed_to_exact and rel_err(got.scores, loop_scores(other, CE, dirty, ref, 0.1)) < TOL
+
+
+def test_verify_reference_skips_the_training_check_and_names_its_choices(f64):
+    """``verify="reference"`` (faster) does not see a data-dependent outside use in a training batch once the
+    verdict is cached - the documented price; the default ``"every"`` does (test above). Bad values are named."""
+    torch.manual_seed(0)
+    model = SometimesOutside().eval()
+    clean, ref, dirty = (_gated_batch(5, False, 0, torch.float64), _gated_batch(4, False, 1, torch.float64),
+                         _gated_batch(5, True, 2, torch.float64))
+    ghost_routed(model, clean, ref, verify="reference")
+    r, warned = ghost_routed(model, dirty, ref, verify="reference")
+    assert r.routed_to_exact == [] and not warned
+    assert rel_err(r.scores, loop_scores(model, CE, dirty, ref, 0.1)) > TOL  # the gap the option accepts
+    with pytest.raises(ValueError, match="verify must be one of"):
+        influence.ghost(model, CE, clean, ref, 0.1, verify="never")
+    with pytest.raises(ValueError, match="verify must be one of"):
+        influence.Session(model, CE, ref, estimator="ghost", lr=0.1, verify="sometimes")
