@@ -77,16 +77,11 @@ def check_batch(batch: Any, name: str) -> int:
         raise BatchSizeError(f"{name} must be a pair (inputs, targets); got {type(batch).__name__}")
     x, y = batch
     if type(x) is Tensor and type(y) is Tensor and x.dim() and y.dim():  # the common case, without the pytree walk
-        if len(x) != len(y):
-            raise BatchSizeError(f"{name}: {len(x)} inputs but {len(y)} targets")
-        if len(x) == 0:
-            raise EmptyBatchError(f"the {name} batch holds no sample; pass at least one")
-        check_finite(x, f"{name} inputs", [x])
-        check_finite(y, f"{name} targets", [y])
-        return len(x)
-    xs, ys = _tensor_leaves(batch[0]), _tensor_leaves(batch[1])
-    n_x = batch_size(batch[0], f"{name} inputs", xs)
-    n_y = batch_size(batch[1], f"{name} targets", ys)
+        xs, ys, n_x, n_y = [x], [y], len(x), len(y)
+    else:
+        xs, ys = _tensor_leaves(x), _tensor_leaves(y)
+        n_x = batch_size(x, f"{name} inputs", xs)
+        n_y = batch_size(y, f"{name} targets", ys)
     if n_x != n_y:
         raise BatchSizeError(f"{name}: {n_x} inputs but {n_y} targets")
     if n_x == 0:

@@ -318,7 +318,7 @@ def segment_per_sample(seg: Segment) -> Tensor:
     return out.unsqueeze(1)
 
 
-def _total(parts: Iterable[Tensor]) -> Tensor:
+def add_all(parts: Iterable[Tensor]) -> Tensor:
     """The sum of fresh tensors, starting from the first (``sum`` would add it to 0: one more op and copy)."""
     it = iter(parts)
     out = next(it)
@@ -348,19 +348,19 @@ class Block:
 
     def gram(self, other: "Block") -> Tensor:
         """Pairwise inner products [n_self, n_other]."""
-        return _total(segment_gram(a, b) for a in self.segments for b in other.segments)
+        return add_all(segment_gram(a, b) for a in self.segments for b in other.segments)
 
     def matrix(self, weights: Tensor | None = None) -> Tensor:
         """sum_i w_i G_i, [G, p, q]."""
-        return _total(segment_matrix(s, weights) for s in self.segments)
+        return add_all(segment_matrix(s, weights) for s in self.segments)
 
     def contract(self, m: Tensor) -> Tensor:
         """<G_i, M> for every sample, [n]."""
-        return _total(segment_contract(s, m) for s in self.segments)
+        return add_all(segment_contract(s, m) for s in self.segments)
 
     def per_sample(self) -> Tensor:
         """Materialised per-sample gradients [n, G*p*q]."""
-        return _total(segment_per_sample(s) for s in self.segments).flatten(1)
+        return add_all(segment_per_sample(s) for s in self.segments).flatten(1)
 
     def gram_cost(self, n_i: int, n_v: int) -> float:
         tok = sum(s.left.tokens for s in self.segments)

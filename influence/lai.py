@@ -109,10 +109,10 @@ class LazyBlocks(Mapping):
         self.empty: dict[str, bool] = {}  # name -> whether its block is None (learnt when first built)
 
     def __getitem__(self, name: str) -> Block:
-        block = layer_block(self.cap, self.pl, name, self.g, self.token_pairing, self.ctx) \
-            if name in self.names else None
-        if name in self.names:
-            self.empty[name] = block is None
+        if name not in self.names:
+            raise KeyError(name)
+        block = layer_block(self.cap, self.pl, name, self.g, self.token_pairing, self.ctx)
+        self.empty[name] = block is None
         if block is None:
             raise KeyError(name)
         return block

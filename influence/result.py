@@ -7,6 +7,8 @@ from typing import Any, Callable
 
 from torch import Tensor, nn
 
+from .factors import add_all
+
 
 @dataclass
 class InfluenceResult:
@@ -60,12 +62,7 @@ def assemble(estimator: str, lr: float, named: dict[str, Tensor], losses: Tensor
 def _fresh_sum(parts: Any) -> Tensor:
     """The sum of the tensors as a new tensor (never one of them: a caller may modify ``scores`` in place)."""
     parts = list(parts)
-    if len(parts) == 1:
-        return parts[0].clone()
-    out = parts[0] + parts[1]
-    for x in parts[2:]:
-        out = out + x
-    return out
+    return parts[0].clone() if len(parts) == 1 else add_all(parts)
 
 
 @dataclass

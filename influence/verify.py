@@ -206,7 +206,7 @@ def sum_check(blocks: dict[Any, Block], cap: Capture, pl: Plan, k: int | None = 
     out: dict[int, str] = {}
     covered: set[int] = set()
     what = "the factored batch gradient (is the parameter used outside its module?)"
-    keys, passed, facts, mags, autos = [], [], [], [], []
+    keys, entries, facts, mags, autos = [], [], [], [], []
     for key, block in blocks.items():
         pids = [id(p) for p in block.params]
         covered.update(pids)
@@ -226,12 +226,12 @@ def sum_check(blocks: dict[Any, Block], cap: Capture, pl: Plan, k: int | None = 
         keys += [key] * len(dirs)
         facts.append(fact)
         mags.append(mag)
-        passed.append((key, block, m))
+        entries.append((key, block, m))
     if keys:
         fact, mag, auto = torch.cat(facts), torch.cat(mags), torch.stack(autos)
         far = ((fact - auto).abs() > _screen_tol(dtype) * (mag + auto.abs())).tolist()
         bad = {key for key, b in zip(keys, far) if b}
-        for key, block, m in passed:
+        for key, block, m in entries:
             failed = _mismatches({key: block}, {id(p): grads[id(p)] for p in block.params}, pl, None, what) \
                 if key in bad else {}
             out.update(failed)

@@ -86,12 +86,17 @@ class ConvOutsideUse(nn.Module):
         return self.head(h.flatten(1))
 
 
+def conv_batches():
+    """A seeded training batch of 4 and reference batch of 3 images [2, 4, 4] with 3 classes."""
+    g = torch.Generator().manual_seed(0)
+    return ((torch.randn(4, 2, 4, 4, generator=g), torch.randint(0, 3, (4,), generator=g)),
+            (torch.randn(3, 2, 4, 4, generator=g), torch.randint(0, 3, (3,), generator=g)))
+
+
 def test_conv_weight_used_outside_its_module_is_caught(f64):
     torch.manual_seed(0)
     model = ConvOutsideUse()
-    g = torch.Generator().manual_seed(0)
-    train = (torch.randn(4, 2, 4, 4, generator=g), torch.randint(0, 3, (4,), generator=g))
-    ref = (torch.randn(3, 2, 4, 4, generator=g), torch.randint(0, 3, (3,), generator=g))
+    train, ref = conv_batches()
     with pytest.warns(influence.RoutedToExactWarning, match="conv.weight"):
         r = influence.ghost(model, CE, train, ref, 0.1)
     assert "conv.weight" in r.routed_to_exact
@@ -211,9 +216,7 @@ class GroupedConvOutsideUse(nn.Module):
 def test_grouped_conv_weight_used_outside_its_module_is_caught(f64):
     torch.manual_seed(0)
     model = GroupedConvOutsideUse()
-    g = torch.Generator().manual_seed(0)
-    train = (torch.randn(4, 2, 4, 4, generator=g), torch.randint(0, 3, (4,), generator=g))
-    ref = (torch.randn(3, 2, 4, 4, generator=g), torch.randint(0, 3, (3,), generator=g))
+    train, ref = conv_batches()
     pl = plan(model, "auto")
     cap = capture_backward(model, CE, ref, pl.modules, 3, "ref", pl.scored_params(), [])
     blocks, _ = factor_blocks(cap, pl, pl.context())
