@@ -33,6 +33,7 @@ from .factors import Block
 from .layers import Context, GhostPiece, LayerRule, factored, make_block, owner_names, registry_version, rule_for
 from .layers.attention import unfused_attention
 from .losses import output_gradient, per_sample_losses
+from .paths import input_nodes, unexplained
 
 FALLBACKS = ("auto", "error", "exact")
 STOCHASTIC = (nn.modules.dropout._DropoutNd, nn.RReLU, nn.MultiheadAttention)
@@ -263,8 +264,9 @@ class Recorder:
     """Forward hooks on ``modules`` recording each call's input (and output, when ``keep_output``)."""
 
     def __init__(self, modules: dict[str, nn.Module], n: int, keep_output: bool,
-                 rules: dict[str, LayerRule] | None = None) -> None:
-        self.modules, self.n, self.keep_output = modules, n, keep_output
+                 rules: dict[str, LayerRule] | None = None, track_inputs: bool = False) -> None:
+        self.modules, self.n, self.keep_output, self.track_inputs = modules, n, keep_output, track_inputs
+        self.inputs: dict[str, list[frozenset]] = defaultdict(list)  # autograd nodes of each call's tensor inputs
         self.rules = rules if rules is not None else {k: rule_for(m) for k, m in modules.items()}
         self.calls: dict[str, list[Call]] = defaultdict(list)
         self.order: list[str] = []
@@ -309,6 +311,8 @@ class Recorder:
             else:
                 versions, inp = (tuple(t._version for t in x), output._version), tuple(t.detach() for t in x)
             self.calls[name].append(Call(inp, out, versions, weakref.ref(output), fold))
+            if self.track_inputs:
+                self.inputs[name].append(input_nodes(args, kwargs))
             if self.keep_output and replaced is None and getattr(rule, "protect_output", False):
                 replaced = output.clone()  # in-place ops downstream (x += residual, ReLU(inplace)) modify the copy
             if rebuild is not None:  # e.g. a tuple output, or a seq-first output read transposed
@@ -366,17 +370,23 @@ def capture_forward(model: nn.Module, loss_fn: LossFn, batch: tuple[Any, Any], m
 
 def capture_backward(model: nn.Module, loss_fn: LossFn, batch: tuple[Any, Any], modules: dict[str, nn.Module],
                      n: int, where: str, params: Sequence[nn.Parameter] = (), probe: Sequence[int] = (),
-                     rules: dict[str, LayerRule] | None = None) -> Capture:
+                     rules: dict[str, LayerRule] | None = None, paths: bool = False) -> Capture:
     """Forward and one truncated backward of sum_i l_i: inputs and output gradients of every layer; in the same
     ``autograd.grad`` call the batch gradient of ``params``, and for each sample in ``probe`` the gradient of
-    its own loss l_i (extra backward passes through the retained graph). ``rules``: as in ``capture_forward``."""
+    its own loss l_i (extra backward passes through the retained graph). ``rules``: as in ``capture_forward``.
+    ``paths``: first check ``params`` on the forward's graph (``influence.paths``) and take autograd's gradient
+    only of those whose paths the layer calls do not explain, with every parameter of their layers
+    (``Capture.param_grads`` holds those; none when the graph explains every path)."""
     x, y = batch
     params = list(params)
-    with torch.enable_grad(), unfused_attention(), Recorder(modules, n, True, rules) as rec:
+    with torch.enable_grad(), unfused_attention(), \
+            Recorder(modules, n, True, rules, track_inputs=paths and bool(params)) as rec:
         f = output_tensor(call_model(model, x))
         producer = rec.producer(f)
         losses = per_sample_losses(loss_fn, f, y, n, where)
         rec.check_versions()
+        if rec.track_inputs:
+            params = _unexplained(losses, rec, params)
         names = [name for name in rec.order for _ in rec.calls[name]]
         outs = [c.out for name in rec.order for c in rec.calls[name]]
         wanted = [o for o in outs if o.requires_grad]
@@ -401,6 +411,30 @@ def capture_backward(model: nn.Module, loss_fn: LossFn, batch: tuple[Any, Any], 
     param_grads = {id(p): (torch.zeros_like(p) if v is None else v) for p, v in zip(params, got_iter)}
     return Capture(calls, rec.order, f.detach(), g, losses.detach(), dict(grads), dict(rec.bad), producer,
                    param_grads, probed)
+
+
+def _unexplained(losses: Tensor, rec: Recorder, params: list[nn.Parameter]) -> list[nn.Parameter]:
+    """The parameters among ``params`` whose autograd paths the recorded calls do not explain
+    (``influence.paths``), with every trainable parameter of the layers that factor them (a block is compared
+    whole)."""
+    layers_of: dict[int, list[str]] = defaultdict(list)
+    params_of: dict[str, list[nn.Parameter]] = {}
+    for name, m in rec.modules.items():
+        if rec.rules.get(name) is not None:
+            params_of[name] = factored(m, rec.rules[name])
+            for p in params_of[name]:
+                layers_of[id(p)].append(name)
+    wanted = {id(p) for p in params}
+    calls = {name: [(c.out, nodes) for c, nodes in zip(rec.calls[name], rec.inputs[name])] for name in rec.order}
+    bad = unexplained(losses, calls, {pid: layers_of.get(pid, ()) for pid in wanted})
+    todo = list(bad)
+    while todo:  # close over the layers that share a flagged parameter
+        for name in layers_of.get(todo.pop(), ()):
+            for p in params_of[name]:
+                if id(p) in wanted and id(p) not in bad:
+                    bad.add(id(p))
+                    todo.append(id(p))
+    return [p for p in params if id(p) in bad]
 
 
 def factor_blocks(cap: Capture, pl: Plan, ctx: Context) -> tuple[dict[tuple[int, ...], Block], dict[int, str]]:

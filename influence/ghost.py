@@ -42,7 +42,7 @@ class GhostBackend:
 
     def __init__(self, model: nn.Module, loss_fn: LossFn, lr: float, *, mode: str = "auto",
                  fallback: str | None = "auto", memory_budget: int = DEFAULT_BUDGET,
-                 preconditioner: Mapping[str, Tensor] | None = None, verify: str = "every") -> None:
+                 preconditioner: Mapping[str, Tensor] | None = None, verify: str = "paths") -> None:
         self.model, self.loss_fn, self.lr, self.mode, self.budget = model, loss_fn, lr, mode, memory_budget
         self.verify = check_verify(verify)
         self.pl = plan(model, fallback)
@@ -65,10 +65,18 @@ class GhostBackend:
         self.side = ReferenceSide(n_train, pairwise, self.mode, self.budget, streamed, pre)
 
     def add_reference(self, batch: Batch, n: int) -> None:
-        cap, blocks, new = verified_capture(self.model, self.loss_fn, batch, self.pl, n, "ref", self.routed)
+        cap, blocks, new = verified_capture(self.model, self.loss_fn, batch, self.pl, n, "ref", self.routed,
+                                            check="paths" if self.verify == "paths" else True)
         if new:
             raise Reroute(new)
         self.side.add(blocks, n, cap.checked)
+
+    def _train_check(self, self_reference: bool) -> bool | str:
+        """How a training capture is checked (``verified_capture``'s ``check``): the reference's way when the batch
+        is its own reference."""
+        if self.verify == "paths":
+            return "paths"
+        return self.verify == "every" or self_reference
 
     def score(self, batch: Batch, n: int, self_reference: bool = False, keep_graph: bool = False) -> Chunk:
         """Scores of ``batch`` against the reference side, or (``self_reference``) against the batch itself from
@@ -76,7 +84,7 @@ class GhostBackend:
         verdict naming parameters not yet routed comes back from ``verified_capture`` as new failures, so it
         raises ``Reroute`` like a failure found now.)"""
         cap, blocks, new = verified_capture(self.model, self.loss_fn, batch, self.pl, n, "train", self.routed,
-                                            check=None if self.verify == "every" or self_reference else False)
+                                            check=self._train_check(self_reference))
         if new:
             raise Reroute(new)
         if self_reference:
@@ -89,16 +97,19 @@ class GhostBackend:
 def ghost(model: nn.Module, loss_fn: LossFn, train: Batch, ref: Batch, lr: float, *, pairwise: bool = False,
           mode: str = "auto", fallback: str | None = "auto", chunk_size: int | None = None,
           memory_budget: int = DEFAULT_BUDGET, preconditioner: Mapping[str, Tensor] | None = None,
-          verify: str = "every") -> InfluenceResult:
+          verify: str = "paths") -> InfluenceResult:
     """Ghost influence: lr * sum_l <a_i (x) b_i, mean_v a_v (x) b_v>, equal to Exact on what the registry covers.
 
     One forward/backward over the reference batch, then over the training batch in chunks of ``chunk_size``
     samples (default: all at once). Per block, ``mode`` picks the Gram form or the materialised form
-    (see ``influence.scoring``). The capture verifies itself against autograd (``influence.verify``): every
-    capture (reference and training) is sum-checked, the first of each input signature also probed per sample.
-    ``verify="reference"`` skips the training captures' sum check once their signature's verdict is cached
-    (cheaper by the training batch's weight gradients, see ``python -m validation.verify_cost``), at the price of
-    not seeing a weight used outside its module only for some training inputs.
+    (see ``influence.scoring``). The capture verifies itself against autograd (``influence.verify``): the first
+    capture of each input signature is sum-checked against autograd's weight gradients and probed per sample;
+    after that, ``verify="paths"`` (default) checks every capture (reference and training) on autograd's graph,
+    that every path from the loss to a factored parameter runs through one of its layer calls
+    (``influence.paths``), and sum-checks numerically only the parameters it finds otherwise; ``"every"``
+    sum-checks every capture numerically; ``"reference"`` only the reference captures, at the price of not
+    seeing a weight used outside its module only for some training inputs (costs: ``python -m
+    validation.verify_cost``).
     Parameters that cannot be factored (no layer rule, used outside their module, a layer whose leading
     dimension is not the batch, ...) are scored by ``influence.exact``: ``fallback="auto"`` (default) warns once
     naming them, ``"exact"`` does the same silently, ``"error"`` raises the named error instead; they are listed

@@ -100,7 +100,7 @@ class Session:
                  memory_budget: int = DEFAULT_BUDGET, params: Iterable[str] | None = None,
                  state: dict[str, Tensor] | None = None, checkpoints: Iterable[Any] | None = None,
                  preconditioner: Mapping[str, Tensor] | None = None, optimizer: torch.optim.Optimizer | None = None,
-                 refresh_every: int | None = None, n_train: int | None = None, verify: str = "every") -> None:
+                 refresh_every: int | None = None, n_train: int | None = None, verify: str = "paths") -> None:
         if estimator not in ESTIMATORS:
             raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
         if estimator == "lai-last":
@@ -313,7 +313,8 @@ class Session:
         b = self.backend
         if self.kind == "ghost":
             from .verify import verified_capture
-            _, blocks, new = verified_capture(self.model, self.loss_fn, train, b.pl, n, "train", b.routed)
+            _, blocks, new = verified_capture(self.model, self.loss_fn, train, b.pl, n, "train", b.routed,
+                                              check="paths" if self.verify == "paths" else True)
             if new:
                 raise InfluenceError("self-influence: parameters became unfactorable on this batch; use Exact")
             return blocks

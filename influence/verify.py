@@ -1,6 +1,11 @@
 """The capture verifies itself: factored per-sample gradients are checked against autograd on every call.
 
-* Sum check (every capture Ghost makes, reference and training, on every call): the factored
+* Graph check (``influence.paths``; Ghost's default ``verify="paths"``, every capture, reference and training,
+  once the signature's verdict is cached): every path from the loss to a factored parameter in autograd's
+  graph runs through one of its layer calls. No gradient is computed; the parameters it does not explain (and
+  the others of their layers) get the numeric sum check on that capture.
+* Sum check (the first capture of each signature; every capture with ``verify="every"``, the reference
+  captures with ``verify="reference"``): the factored
   gradients summed over samples must equal autograd's gradient of sum_i l_i, taken in the same
   ``autograd.grad`` call as the layer-output gradients (compared on a random rank-1 projection per block,
   ``influence.projection``, so no [p, q] product is formed; a block that fails is compared in full). A
@@ -62,12 +67,14 @@ DIRECTIONS: int | None = None  # rank-1 directions per block in the sum check (N
 SCREEN_EPS = 1024  # the projection's tolerance in units of eps (capped at sqrt(eps)); see the module docstring
 
 
-VERIFY = ("every", "reference")  # which captures Ghost sum-checks once a signature's verdict is cached
+VERIFY = ("paths", "every", "reference")  # how Ghost checks its captures once a signature's verdict is cached
 
 
 def check_verify(verify: str) -> str:
-    """``verify`` if it is one of ``VERIFY`` (``"every"``: every capture, reference and training; ``"reference"``:
-    the reference captures only), else ValueError naming the choices."""
+    """``verify`` if it is one of ``VERIFY``, else ValueError naming the choices. ``"paths"`` (default): every
+    capture, reference and training, on the graph (``influence.paths``), with the numeric sum check for the
+    parameters the graph does not explain; ``"every"``: the numeric sum check on every capture; ``"reference"``:
+    the numeric sum check on the reference captures only."""
     if verify not in VERIFY:
         raise ValueError(f"verify must be one of {VERIFY}, got {verify!r}")
     return verify
@@ -210,6 +217,11 @@ def sum_check(blocks: dict[Any, Block], cap: Capture, pl: Plan, k: int | None = 
     for key, block in blocks.items():
         pids = [id(p) for p in block.params]
         covered.update(pids)
+        have = sum(pid in grads for pid in pids)
+        if have < len(pids):  # a capture that took the gradients of some layers only (``capture_backward(paths)``)
+            if have:
+                raise RuntimeError(f"{block.name}: autograd's gradient of part of a block; compare blocks whole")
+            continue
         left, right, _ = _oriented(block.segments[0])
         shape = (left.groups, left.dim, right.dim)
         gs = [grads[pid] for pid in pids]
@@ -253,12 +265,15 @@ def probe_check(blocks: dict[Any, Block], cap: Capture, pl: Plan) -> dict[int, s
 
 
 def verified_capture(model: nn.Module, loss_fn: LossFn, batch: Batch, pl: Plan, n: int, where: str,
-                     routed: Routed, check: bool | None = None) -> tuple[Capture, dict[Any, Block], Routed]:
+                     routed: Routed, check: bool | str | None = None) -> tuple[Capture, dict[Any, Block], Routed]:
     """Capture ``batch`` (forward + truncated backward), build the blocks of every parameter not in ``routed``
     and verify them. Returns (capture, blocks, new failures not yet in ``routed``); the caller re-runs with the
-    failures routed. ``check=False`` skips the sum check when the verdict is cached (the probe still runs when
-    it is not)."""
+    failures routed. When the verdict is cached, ``check`` says how: ``True`` (default) the numeric sum check,
+    ``"paths"`` the graph check with the numeric one for what it does not explain, ``False`` none (the probe
+    and the full numeric check still run when the verdict is not cached)."""
     check = SUM_CHECK if check is None else check
+    paths = check == "paths"
+    check = bool(check) and SUM_CHECK
     sig = signature(model, batch)
     verdict = cached(model, sig)
     probe = verdict is None
@@ -273,7 +288,8 @@ def verified_capture(model: nn.Module, loss_fn: LossFn, batch: Batch, pl: Plan, 
     else:
         params = pl.scored_params(set(routed) | known) if check else []
     samples = sorted({0, n - 1}) if probe and n > 1 else []
-    cap = capture_backward(model, loss_fn, batch, pl.modules, n, where, params, samples, pl.rules)
+    cap = capture_backward(model, loss_fn, batch, pl.modules, n, where, params, samples, pl.rules,
+                           paths=paths and not probe)
     if probe:
         blocks, failed = factor_blocks(cap, pl, pl.context())
         failures.update(failed)
@@ -289,6 +305,8 @@ def verified_capture(model: nn.Module, loss_fn: LossFn, batch: Batch, pl: Plan, 
             failures.update(sum_check(blocks, cap, pl))
         if not probe and set(failures) - known:
             store(model, sig, {**verdict, **{pl.names[k]: v for k, v in failures.items()}})
+    if paths:  # the reference side sums the factors on every call (not autograd's sums on some): numbers that do
+        cap.checked.clear()  # not depend on which call of a signature came first (a sharded run equals one process)
     new = {k: ("verify", why) for k, why in failures.items() if k not in routed}
     return cap, blocks, new
 

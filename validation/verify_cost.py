@@ -9,8 +9,10 @@ Per workload (``validation.bench_workloads``: MLP 256 train / 128 reference samp
 sequences of 128 tokens), interleaved repeats (``validation.measure.measure_many``) of
 
 * ``ghost``: the normal ``influence.ghost`` call with the verdict cached (what every call after the first costs,
-  sum check included);
-* ``no sum check``: the same with the per-call sum check switched off (``influence.verify.SUM_CHECK``);
+  its default per-call check ``verify="paths"`` included: the graph check of ``influence.paths`` on both captures);
+* ``ghost every`` / ``ghost reference``: the same call with ``verify="every"`` (the numeric sum check on both
+  captures) and ``verify="reference"`` (on the reference capture only);
+* ``no sum check``: the same with every per-call check switched off (``influence.verify.SUM_CHECK``);
 * ``first call``: the verdict cache cleared first, so the call also runs the per-sample probe (once per model
   and input signature);
 * ``ref capture`` / ``ref capture + grads`` (and the same for ``train``): the reference (training) batch's forward
@@ -22,9 +24,10 @@ sequences of 128 tokens), interleaved repeats (``validation.measure.measure_many
 
 It prints the median times (wall or, with ``--clock cpu``, process CPU) side by side and, as fractions of the
 call without the check (each the median over the rounds of that round's ratio, robust to a load that drifts):
-the per-call overhead (ghost / no sum check - 1), its weight-gradient share and the check's own ops (the two
-can add up to more than the overhead: a reference side in contracted form reuses autograd's gradient instead of
-forming the block's sum from the factors), and the one-off probe (first call / ghost - 1).
+the per-call overhead of each mode (ghost / no sum check - 1), the numeric check's weight-gradient share and its
+own ops (the two can add up to more than ``every``'s overhead: a reference side in contracted form reuses
+autograd's gradient instead of forming the block's sum from the factors), and the one-off probe (first call /
+ghost - 1).
 """
 
 from __future__ import annotations
@@ -54,8 +57,8 @@ def measure(name: str, repeats: int, tiny: bool, clock: str = "wall") -> dict[st
     pl = plan(w.model)
     params = pl.scored_params(set(pl.routed))
 
-    def call() -> None:
-        influence.ghost(w.model, w.loss_fn, train, ref, w.spec.lr)
+    def call(mode: str = "paths") -> None:
+        influence.ghost(w.model, w.loss_fn, train, ref, w.spec.lr, verify=mode)
 
     def unchecked() -> None:
         verify.SUM_CHECK = False
@@ -88,7 +91,9 @@ def measure(name: str, repeats: int, tiny: bool, clock: str = "wall") -> dict[st
         cap.checked = {}
         verify.sum_check(blocks, cap, pl)
 
-    timed: dict[str, Callable[[], object]] = {"ghost": call, "no sum check": unchecked, "first call": first}
+    timed: dict[str, Callable[[], object]] = {"ghost": call, "no sum check": unchecked, "first call": first,
+                                              "ghost every": lambda: call("every"),
+                                              "ghost reference": lambda: call("reference")}
     for side in batches:
         timed[f"{side} capture"] = lambda side=side: capture(side, False)
         timed[f"{side} capture + grads"] = lambda side=side: capture(side, True)
@@ -102,6 +107,8 @@ def measure(name: str, repeats: int, tiny: bool, clock: str = "wall") -> dict[st
 
     base = times["no sum check"]
     out["sum check overhead"] = paired(lambda r: times["ghost"][r] / base[r] - 1)
+    for mode in ("every", "reference"):
+        out[f"{mode} overhead"] = paired(lambda r, mode=mode: times[f"ghost {mode}"][r] / base[r] - 1)
     out["weight gradient share"] = paired(lambda r: sum(times[f"{s} capture + grads"][r] - times[f"{s} capture"][r]
                                                         for s in batches) / base[r])
     out["check ops share"] = paired(lambda r: sum(times[f"{s} check ops"][r] for s in batches) / base[r])
@@ -146,16 +153,18 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
         return {name: print_rounding(name, args.tiny) for name in args.workloads.split(",")}
     out = {}
     print(f"{args.clock} time, medians of {args.repeats} interleaved repeats, {args.threads} thread(s)")
-    print(f"{'workload':<12} {'ghost (s)':>10} {'no sum check (s)':>17} {'first call (s)':>15} "
-          f"{'sum check':>10} {'weight grads':>13} {'check ops':>10} {'probe (once)':>13}")
+    print(f"{'workload':<12} {'ghost (s)':>10} {'no check (s)':>13} {'first call (s)':>15} "
+          f"{'paths':>7} {'every':>7} {'reference':>10} {'weight grads':>13} {'check ops':>10} {'probe (once)':>13}")
     for name in args.workloads.split(","):
         m = out[name] = measure(name, args.repeats, args.tiny, args.clock)
-        print(f"{name:<12} {m['ghost']:>10.4f} {m['no sum check']:>17.4f} {m['first call']:>15.4f} "
-              f"{m['sum check overhead']:>+10.1%} {m['weight gradient share']:>+13.1%} "
-              f"{m['check ops share']:>+10.1%} {m['probe overhead']:>+13.1%}")
-    print("ratios are medians over the rounds of each round's ratio: sum check = ghost / no sum check - 1; weight "
-          "grads = (capture\nwith the parameters' gradients - without, summed over the reference and training captures) / no "
-          "sum check; check ops = sum_check\nalone on both captures / no sum check; probe = first call / ghost - 1")
+        print(f"{name:<12} {m['ghost']:>10.4f} {m['no sum check']:>13.4f} {m['first call']:>15.4f} "
+              f"{m['sum check overhead']:>+7.1%} {m['every overhead']:>+7.1%} {m['reference overhead']:>+10.1%} "
+              f"{m['weight gradient share']:>+13.1%} {m['check ops share']:>+10.1%} {m['probe overhead']:>+13.1%}")
+    print("ratios are medians over the rounds of each round's ratio. paths / every / reference = the Ghost call with "
+          "verify= that\nmode / the call without any per-call check - 1 (paths, the default: the graph check on "
+          "both captures); weight grads =\n(capture with the parameters' gradients - without, summed over the "
+          "reference and training captures) / no check: what\nverify='every' pays autograd; check ops = sum_check "
+          "alone on both captures / no check; probe = first call / ghost - 1")
     return out
 
 
