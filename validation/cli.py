@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from typing import Any, Sequence
 
 from .options import (EXIT_CHECK_FAILED, EXIT_OK, add_common, check_device, fail, info, make_parser,

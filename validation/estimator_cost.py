@@ -18,7 +18,7 @@ from torch import nn
 from influence.batch import Batch, LossFn, call_model, concat, output_tensor
 
 from .estimators import ESTIMATORS
-from .measure import Measurement, measure, measure_many, peak_bytes
+from .measure import Measurement, measure_many
 
 MB = float(1 << 20)
 BASELINES = ("forward", "forward_backward", "train_step")

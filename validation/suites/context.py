@@ -9,7 +9,6 @@ from typing import Any, Callable, Hashable
 import torch
 from torch import Tensor, nn
 
-import influence
 from influence import InfluenceResult
 from influence.batch import Batch, LossFn
 
