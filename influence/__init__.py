@@ -17,7 +17,7 @@ from .errors import (BatchSizeError, InfluenceError, InPlaceModificationError, L
                      RoutedToExactWarning, SharedParameterError, StochasticModuleError, TrainModeBatchNormError,
                      UndefinedGradientError, UnsupportedLayerError, VerificationError)
 from .errors import (EmptyBatchError, InvalidArgumentError, ModelOutputError, NonFiniteInputError,
-                     NoTrainableParameterError, TargetShapeError, UnknownParameterError)
+                     NoTrainableParameterError, TargetShapeError, UnknownParameterError, CheckpointingError)
 from .batch import select_output
 from .gradients import VmapFallbackWarning
 from . import hf  # transformers is imported only inside its functions
@@ -39,5 +39,5 @@ __all__ = [
     "LossShapeError", "BatchSizeError", "NonFiniteLossError", "InPlaceModificationError", "StochasticModuleError",
     "UndefinedGradientError", "VerificationError", "RoutedToExactWarning", "LayerRule", "register_layer",
     "EmptyBatchError", "InvalidArgumentError", "ModelOutputError", "NonFiniteInputError", "NoTrainableParameterError",
-    "TargetShapeError", "UnknownParameterError", "VmapFallbackWarning", "select_output",
+    "TargetShapeError", "UnknownParameterError", "VmapFallbackWarning", "select_output", "CheckpointingError",
 ]

@@ -27,8 +27,8 @@ import torch
 from torch import Tensor, nn
 
 from .batch import LossFn, call_model, output_tensor
-from .errors import (InPlaceModificationError, SharedParameterError, StochasticModuleError, TrainModeBatchNormError,
-                     UndefinedGradientError, UnsupportedLayerError)
+from .errors import (InPlaceModificationError, SharedParameterError, StochasticModuleError,
+                     TrainModeBatchNormError, UndefinedGradientError, UnsupportedLayerError, checkpointing_error)
 from .factors import Block
 from .layers import Context, GhostPiece, LayerRule, factored, make_block, owner_names, registry_version, rule_for
 from .layers.attention import unfused_attention
@@ -267,6 +267,9 @@ class Recorder:
                  rules: dict[str, LayerRule] | None = None, track_inputs: bool = False) -> None:
         self.modules, self.n, self.keep_output, self.track_inputs = modules, n, keep_output, track_inputs
         self.inputs: dict[str, list[frozenset]] = defaultdict(list)  # autograd nodes of each call's tensor inputs
+        # set while capture_backward's autograd.grad runs: a layer called then is activation checkpointing
+        # re-running the forward (use_reentrant=False), not a call of its own; the verification checks the result
+        self.in_backward = False
         self.rules = rules if rules is not None else {k: rule_for(m) for k, m in modules.items()}
         self.calls: dict[str, list[Call]] = defaultdict(list)
         self.order: list[str] = []
@@ -277,6 +280,8 @@ class Recorder:
         rule = self.rules[name]
 
         def hook(module: nn.Module, args: tuple, kwargs: dict, output: Any):
+            if self.in_backward:
+                return None
             try:
                 x = rule.record(module, args, kwargs, output)
                 output, rebuild = rule.split_output(module, output)
@@ -393,11 +398,19 @@ def capture_backward(model: nn.Module, loss_fn: LossFn, batch: tuple[Any, Any], 
         f_in = [f] if f.requires_grad else []
         probe = list(probe) if params else []
         inputs = wanted + f_in + params
-        got = torch.autograd.grad(losses.sum(), inputs, allow_unused=True, retain_graph=bool(probe)) if inputs else ()
-        probed = []
-        for k, i in enumerate(probe):
-            gi = torch.autograd.grad(losses[i], params, allow_unused=True, retain_graph=k < len(probe) - 1)
-            probed.append((i, {id(p): (torch.zeros_like(p) if v is None else v) for p, v in zip(params, gi)}))
+        rec.in_backward = True
+        try:
+            got = torch.autograd.grad(losses.sum(), inputs, allow_unused=True, retain_graph=bool(probe)) \
+                if inputs else ()
+            probed = []
+            for k, i in enumerate(probe):
+                gi = torch.autograd.grad(losses[i], params, allow_unused=True, retain_graph=k < len(probe) - 1)
+                probed.append((i, {id(p): (torch.zeros_like(p) if v is None else v) for p, v in zip(params, gi)}))
+        except RuntimeError as e:
+            named = checkpointing_error(e, f"the {where} batch's backward")
+            if named is None:
+                raise
+            raise named from e
     got_iter = iter(got)
     grads: dict[str, list[Tensor]] = defaultdict(list)
     calls: dict[str, list[Call]] = {}

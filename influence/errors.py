@@ -79,3 +79,22 @@ class ModelOutputError(InfluenceError):
 class TargetShapeError(InfluenceError):
     """Outputs and targets of a loss do not have matching shapes (a broadcast would pair every sample with every
     target)."""
+
+
+class CheckpointingError(InfluenceError):
+    """The model uses reentrant activation checkpointing (``torch.utils.checkpoint(..., use_reentrant=True)``),
+    which autograd refuses to differentiate with ``torch.autograd.grad`` (``use_reentrant=False`` is supported)."""
+
+
+REENTRANT = "use_reentrant=True"  # in torch's message when a reentrant checkpoint meets autograd.grad
+
+
+def checkpointing_error(e: BaseException, who: str) -> CheckpointingError | None:
+    """The named error for torch's refusal of a reentrant checkpoint (None when ``e`` is something else)."""
+    if isinstance(e, RuntimeError) and REENTRANT in str(e) and "checkpoint" in str(e):
+        return CheckpointingError(
+            f"{who}: the model uses torch.utils.checkpoint with use_reentrant=True, which autograd cannot "
+            "differentiate with torch.autograd.grad. Scores do not depend on checkpointing: turn it off while "
+            "scoring (model.gradient_checkpointing_disable() for transformers models) or pass use_reentrant=False.")
+    return None
+

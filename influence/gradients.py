@@ -15,7 +15,7 @@ from torch.utils._pytree import tree_map
 from .batch import Batch, LossFn, batch_size, output_tensor, selected_output, take
 from .capture import check_modes
 from .checks import check_chunk_size, trainable_names
-from .errors import InfluenceError
+from .errors import InfluenceError, checkpointing_error
 from .losses import per_sample_losses
 from .result import Chunk
 
@@ -75,14 +75,46 @@ class _Functional:
                                                                         batch[0]), batch[1], n, where)
 
     def mean_gradient(self, batch: Batch, n: int, chunk: int) -> dict[str, Tensor]:
-        """Gradient of the mean loss over ``batch``, accumulated over chunks."""
+        """Gradient of the mean loss over ``batch``, accumulated over chunks (``torch.func.grad``, or autograd
+        where torch.func cannot run the model)."""
         total = {k: torch.zeros_like(v) for k, v in self.params.items()}
         for i in range(0, n, chunk):
             part = take(batch, slice(i, i + chunk))
-            g = grad(lambda p: self.losses(p, *part).sum())(self.params)
+            g = self._sum_gradient(part)
             for k in total:
                 total[k] += g[k]
         return {k: v / n for k, v in total.items()}
+
+    def _sum_gradient(self, part: Batch) -> dict[str, Tensor]:
+        if self.use_vmap:
+            try:
+                return grad(lambda p: self.losses(p, *part).sum())(self.params)
+            except InfluenceError:
+                raise
+            except Exception as e:  # torch.func cannot run this model (a custom autograd.Function, saved-tensor
+                self._fall_back(e)  # hooks of activation checkpointing, ...): autograd instead
+        return self._autograd(lambda leaves: self.losses(leaves, *part).sum())
+
+    def _autograd(self, loss_of) -> dict[str, Tensor]:
+        """{name: d loss / d param} with one ``torch.autograd.grad`` call (a named error for what autograd refuses)."""
+        with torch.enable_grad():
+            leaves = {k: v.detach().requires_grad_(True) for k, v in self.params.items()}
+            try:
+                got = torch.autograd.grad(loss_of(leaves), list(leaves.values()), allow_unused=True)
+            except RuntimeError as e:
+                named = checkpointing_error(e, "influence.exact")
+                if named is None:
+                    raise
+                raise named from e
+        return {k: torch.zeros_like(leaves[k]) if g is None else g.detach() for k, g in zip(leaves, got)}
+
+    def _fall_back(self, e: Exception) -> None:
+        """Stop using torch.func for this call and say so once."""
+        self.use_vmap = False
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        warnings.warn(f"influence.exact: torch.func.vmap cannot run {type(self.model).__name__} "
+                      f"({type(e).__name__}: {first}); using one autograd backward per sample instead "
+                      "(same numbers, slower)", VmapFallbackWarning, stacklevel=4)
 
     def per_sample(self, batch: Batch) -> dict[str, Tensor]:
         """Per-sample gradients {name: [n, *shape]}: vmap, or the autograd loop where vmap fails."""
@@ -92,11 +124,7 @@ class _Functional:
             except InfluenceError:
                 raise
             except Exception as e:  # vmap cannot run this model: fall back, say so once per call
-                self.use_vmap = False
-                first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-                warnings.warn(f"influence.exact: torch.func.vmap cannot run {type(self.model).__name__} "
-                              f"({type(e).__name__}: {first}); using one autograd backward per sample instead "
-                              "(same numbers, slower)", VmapFallbackWarning, stacklevel=3)
+                self._fall_back(e)
         return self.per_sample_loop(batch)
 
     def per_sample_loop(self, batch: Batch) -> dict[str, Tensor]:
@@ -105,12 +133,8 @@ class _Functional:
         rows: dict[str, list[Tensor]] = {k: [] for k in self.names}
         for i in range(n):
             xi, yi = take(batch, slice(i, i + 1))
-            with torch.enable_grad():
-                leaves = {k: v.detach().requires_grad_(True) for k, v in self.params.items()}
-                loss = self.losses(leaves, xi, yi)[0]
-                got = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
-            for k, g in zip(leaves, got):
-                rows[k].append(torch.zeros_like(leaves[k]) if g is None else g.detach())
+            for k, g in self._autograd(lambda leaves: self.losses(leaves, xi, yi)[0]).items():
+                rows[k].append(g)
         return {k: torch.stack(v) for k, v in rows.items()}
 
 

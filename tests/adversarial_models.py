@@ -381,3 +381,20 @@ def frozen_bias() -> Setup:
     s.model[0].bias.requires_grad_(False)
     s.kwargs["params"] = ["0.weight", "0.bias"]
     return s
+
+
+class Checkpointed(nn.Module):
+    """The middle layer under activation checkpointing (``torch.utils.checkpoint``): with ``use_reentrant=False``
+    its forward re-runs inside the backward (the capture must not record that as a call); with ``True`` autograd
+    refuses ``torch.autograd.grad`` through it."""
+
+    def __init__(self, reentrant: bool) -> None:
+        super().__init__()
+        self.a, self.b, self.head = nn.Linear(4, 6), nn.Linear(6, 6), nn.Linear(6, 3)
+        self.reentrant = reentrant
+
+    def forward(self, x):
+        from torch.utils.checkpoint import checkpoint
+        h = torch.tanh(self.a(x))
+        h = checkpoint(lambda t: torch.tanh(self.b(t)), h, use_reentrant=self.reentrant)
+        return self.head(h)

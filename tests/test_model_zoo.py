@@ -116,3 +116,21 @@ def test_fully_masked_rows_stay_finite(family):
         f = output_tensor(call_model(c.model, x))
     assert torch.isfinite(f).all()
     assert torch.isfinite(influence.exact(c.model, c.loss_fn, (x, y), c.ref, lr=LR).scores).all()
+
+
+@pytest.mark.parametrize("family", ["gpt2", "bert"])
+def test_gradient_checkpointing_changes_no_score(family):
+    """transformers' gradient checkpointing (use_reentrant=False: each block's forward re-runs inside the
+    backward) in train mode: Ghost (natively, second call included) and Exact still equal the per-sample
+    reference."""
+    c = zoo.case(family)
+    c.model.gradient_checkpointing_enable()
+    c.model.train()  # the configs have no dropout; transformers checkpoints only in train mode
+    want = reference_scores(c.model, c.loss_fn, c.train, c.ref, LR)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", influence.VmapFallbackWarning)
+        warnings.simplefilter("error", influence.RoutedToExactWarning)
+        for _ in range(2):
+            gh = influence.ghost(c.model, c.loss_fn, c.train, c.ref, LR, fallback="error")
+            assert rel_err(gh.scores, want) < TOL
+        assert rel_err(influence.exact(c.model, c.loss_fn, c.train, c.ref, LR).scores, want) < TOL
