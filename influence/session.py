@@ -28,8 +28,10 @@ Ghost in its contracted form); ``optimizer=`` an Adam/AdamW optimizer derives P 
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import torch
@@ -52,6 +54,23 @@ ESTIMATORS = ("ghost", "lai", "lai-last", "exact", "tracin", "tracin-last")
 
 class OptimizerWarning(UserWarning):
     """The optimizer's update is preconditioned, but the estimator scores the plain SGD formula."""
+
+
+def full_precision(method: Callable) -> Callable:
+    """Run ``method`` with any enclosing ``torch.autocast`` switched off: estimators compute in the parameters'
+    dtype (autocast would run layers in another dtype than the factors they record). To score in lower
+    precision, convert the model (``model.to(torch.bfloat16)``)."""
+    @functools.wraps(method)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with contextlib.ExitStack() as stack:
+            for device in AUTOCAST_DEVICES:
+                if torch.is_autocast_enabled(device):
+                    stack.enter_context(torch.autocast(device, enabled=False))
+            return method(*args, **kwargs)
+    return wrapper
+
+
+AUTOCAST_DEVICES = ("cpu", "cuda", "xpu", "mps")
 
 
 def reference_batches(ref: Any) -> list[Batch] | Iterable[Batch]:
@@ -172,6 +191,7 @@ class Session:
         return TracInBackend(self.model, self.loss_fn, self.checkpoints, last_layer=self.estimator == "tracin-last",
                              chunk_size=self.chunk)
 
+    @full_precision
     def refresh(self, ref: Any = None) -> None:
         """(Re)compute the reference statistics at the model's current weights (optionally from a new reference)."""
         if ref is not None:
@@ -221,6 +241,7 @@ class Session:
     def result_lr(self) -> float:
         return self.backend.lr if self.kind == "tracin" else self.lr
 
+    @full_precision
     def score(self, train: Batch, *, keep_graph: bool = False) -> InfluenceResult:
         """Scores of the training batch ``train`` against the reference statistics (in chunks of ``chunk_size``;
         with ``ref=None``, against the batch itself from the same capture).
@@ -294,6 +315,7 @@ class Session:
         total = [self_products(blocks[k], self.budget) for k in blocks]
         return self.lr * sum(total) if total else like.new_zeros(like.shape[0])
 
+    @full_precision
     def self_influence(self, train: Batch) -> Tensor:
         """[n]: lr * <grad l_i, grad l_i> for every training sample (the estimator's own products: for LAI its
         layer-aware pseudo-gradients g_i (x) a_i, for TracIn summed over checkpoints with their lrs)."""

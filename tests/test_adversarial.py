@@ -202,6 +202,20 @@ def test_dropout_in_eval_mode_is_deterministic(f64) -> None:
     assert (a - reference_scores(s.model, s.loss_fn, s.train, s.ref, LR)).abs().max() < TOL * a.abs().max()
 
 
+@pytest.mark.parametrize("est", ["ghost", "lai", "exact"])
+def test_an_enclosing_autocast_changes_no_score(est: str) -> None:
+    """Called inside ``torch.autocast`` (mixed-precision training code), an estimator computes in the parameters'
+    dtype as outside it (autocast would run layers in bfloat16 while the factors are float32: a dtype crash)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 4))
+    train, ref = (torch.randn(6, 8), torch.randint(0, 4, (6,))), (torch.randn(5, 8), torch.randint(0, 4, (5,)))
+    fn = getattr(influence, est)
+    plain = fn(model, influence.cross_entropy, train, ref, LR).scores
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = fn(model, influence.cross_entropy, train, ref, LR).scores
+    assert got.dtype == plain.dtype and torch.equal(got, plain)
+
+
 # ---------------------------------------------------------------- the count
 
 
