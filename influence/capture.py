@@ -405,7 +405,7 @@ def capture_backward(model: nn.Module, loss_fn: LossFn, batch: tuple[Any, Any], 
             probed = []
             for k, i in enumerate(probe):
                 gi = torch.autograd.grad(losses[i], params, allow_unused=True, retain_graph=k < len(probe) - 1)
-                probed.append((i, {id(p): (torch.zeros_like(p) if v is None else v) for p, v in zip(params, gi)}))
+                probed.append((i, {id(p): dense_grad(p, v) for p, v in zip(params, gi)}))
         except RuntimeError as e:
             named = checkpointing_error(e, f"the {where} batch's backward")
             if named is None:
@@ -421,9 +421,17 @@ def capture_backward(model: nn.Module, loss_fn: LossFn, batch: tuple[Any, Any], 
         calls.setdefault(name, []).append(Call(c.inp, None, c.versions, c.out_ref, c.fold))
     g = next(got_iter, None) if f_in else None
     g = torch.zeros_like(f) if g is None else g
-    param_grads = {id(p): (torch.zeros_like(p) if v is None else v) for p, v in zip(params, got_iter)}
+    param_grads = {id(p): dense_grad(p, v) for p, v in zip(params, got_iter)}
     return Capture(calls, rec.order, f.detach(), g, losses.detach(), dict(grads), dict(rec.bad), producer,
                    param_grads, probed)
+
+
+def dense_grad(p: Tensor, g: Tensor | None) -> Tensor:
+    """Autograd's gradient of ``p`` as a dense tensor: zeros where unused, densified where sparse
+    (``nn.Embedding(sparse=True)``: the layout changes, not the gradient)."""
+    if g is None:
+        return torch.zeros_like(p)
+    return g.to_dense() if g.layout != torch.strided else g
 
 
 def _unexplained(losses: Tensor, rec: Recorder, params: list[nn.Parameter]) -> list[nn.Parameter]:

@@ -13,7 +13,7 @@ from torch.func import functional_call, grad, vmap
 from torch.utils._pytree import tree_map
 
 from .batch import Batch, LossFn, batch_size, output_tensor, selected_output, take
-from .capture import check_modes
+from .capture import check_modes, dense_grad
 from .checks import check_chunk_size, trainable_names
 from .errors import InfluenceError, checkpointing_error
 from .losses import per_sample_losses
@@ -106,7 +106,7 @@ class _Functional:
                 if named is None:
                     raise
                 raise named from e
-        return {k: torch.zeros_like(leaves[k]) if g is None else g.detach() for k, g in zip(leaves, got)}
+        return {k: dense_grad(leaves[k], g).detach() for k, g in zip(leaves, got)}
 
     def _fall_back(self, e: Exception) -> None:
         """Stop using torch.func for this call and say so once."""

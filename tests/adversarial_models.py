@@ -398,3 +398,20 @@ class Checkpointed(nn.Module):
         h = torch.tanh(self.a(x))
         h = checkpoint(lambda t: torch.tanh(self.b(t)), h, use_reentrant=self.reentrant)
         return self.head(h)
+
+
+class SparseEmbedding(nn.Module):
+    """``nn.Embedding(sparse=True)``: autograd returns its gradient as a sparse tensor (the same gradient)."""
+
+    def __init__(self, v: int = 9, d: int = 5) -> None:
+        super().__init__()
+        self.emb, self.head = nn.Embedding(v, d, sparse=True), nn.Linear(d, v)
+
+    def forward(self, ids):
+        return self.head(torch.tanh(self.emb(ids)))
+
+
+def sparse_embedding_setup() -> Setup:
+    s = token_setup(SparseEmbedding())
+    s.head = ["head.weight", "head.bias"]
+    return s

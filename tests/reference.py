@@ -32,7 +32,8 @@ def per_sample_gradients(model: nn.Module, loss_fn: Any, batch: Any,
         rows = []
         for li in losses:
             got = torch.autograd.grad(li, params, retain_graph=True, allow_unused=True)
-            rows.append(torch.cat([(torch.zeros_like(p) if g is None else g).flatten() for p, g in zip(params, got)]))
+            rows.append(torch.cat([(torch.zeros_like(p) if g is None else g.to_dense()).flatten()  # sparse: Embedding
+                                   for p, g in zip(params, got)]))
     return torch.stack(rows)
 
 

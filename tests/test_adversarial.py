@@ -88,6 +88,7 @@ CASES = [
     Case("bare_parameter_scale", lambda: mlp_setup(Scaled()), {**ALL_EXACT, L: EXACT}),
     Case("exact_on_gru", lambda: rnn_setup(nn.GRU), WITH_HEAD),
     Case("exact_on_lstm", lambda: rnn_setup(nn.LSTM), WITH_HEAD),
+    Case("sparse_embedding", sparse_embedding_setup, WITH_HEAD),
     Case("activation_checkpointing", lambda: mlp_setup(Checkpointed(False)), WITH_HEAD),
     Case("activation_checkpointing_reentrant", lambda: mlp_setup(Checkpointed(True)),
          refused(E.CheckpointingError)),
