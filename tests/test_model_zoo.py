@@ -77,6 +77,8 @@ def test_ghost_equals_exact(family):
         assert not gh.routed_to_exact
     assert rel_err(gh.scores, ex.scores) < TOL
     assert set(gh.per_layer) == set(ex.per_layer)
+    again, _ = quiet(influence.ghost, c.model, c.loss_fn, c.train, c.ref, lr=LR)  # verdict cached: graph check only
+    assert torch.equal(again.scores, gh.scores) and again.routed_to_exact == gh.routed_to_exact
     for k in ex.per_layer:
         assert rel_err(gh.per_layer[k], ex.per_layer[k]) < TOL, k
 
