@@ -10,12 +10,14 @@ just those (no per-unit files, no checkpoints) is a run folder it can draw from,
 invocations, plus an ``export`` entry: source folder, time, this package's revision and the ``--note``), each
 written atomically. A table over ``--gzip-mb`` is stored gzip-compressed as ``<name>.csv.gz`` (byte-reproducible:
 no file name or time in the header), which ``paper_figs.tables.read_table`` reads in its place; a stored file
-still over ``--max-mb`` is refused (the stored data must stay small).
+still over ``--max-mb`` is refused (the stored data must stay small). Tables only figures plot (``ROUNDED``:
+``scores.csv``) keep 8 significant digits of their value column.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import gzip
 import shutil
 import sys
@@ -31,6 +33,23 @@ HERE = Path(__file__).resolve().parent
 STORED_RUN = HERE / "data" / "validation"
 STORED_CURATION = HERE / "data" / "curation"
 KEEP = ("config.json", "summary.json", "report.md")
+# tables that only figures plot, stored with this many significant digits (the run folder keeps full precision;
+# the summary and report are computed from it): figures 1 and 4 plot scores, never differences of them
+ROUNDED = {"scores.csv": ("score", 8)}
+
+
+def _rounded(src: Path, dest: Path, column: str, digits: int) -> None:
+    """Copy table ``src`` to ``dest`` with ``column`` written with ``digits`` significant digits."""
+    with open(src, encoding="utf-8", newline="") as f, open(dest, "w", encoding="utf-8", newline="") as g:
+        reader = csv.reader(f)
+        writer = csv.writer(g, lineterminator="\n")
+        header = next(reader)
+        writer.writerow(header)
+        k = header.index(column)
+        for row in reader:
+            if row[k]:
+                row[k] = f"{float(row[k]):.{digits}g}"
+            writer.writerow(row)
 
 
 def _store(src: Path, out: Path, gzip_mb: float) -> Path:
@@ -59,6 +78,12 @@ def export(run: str | Path, out: str | Path = STORED_RUN, note: str = "", max_mb
     files = sorted(run.glob("*.csv")) + [run / k for k in KEEP if (run / k).is_file()]
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out) as staging:  # every file sized before any is replaced
+        plain = Path(staging) / "plain"
+        plain.mkdir()
+        for i, f in enumerate(files):
+            if f.name in ROUNDED:
+                files[i] = plain / f.name
+                _rounded(f, files[i], *ROUNDED[f.name])
         staged = [_store(f, Path(staging), gzip_mb) for f in files]
         for f in staged:
             if f.stat().st_size > max_mb * 2**20:
