@@ -31,7 +31,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import warnings
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import torch
@@ -59,15 +59,36 @@ class OptimizerWarning(UserWarning):
 def full_precision(method: Callable) -> Callable:
     """Run ``method`` with any enclosing ``torch.autocast`` switched off: estimators compute in the parameters'
     dtype (autocast would run layers in another dtype than the factors they record). To score in lower
-    precision, convert the model (``model.to(torch.bfloat16)``)."""
+    precision, convert the model (``model.to(torch.bfloat16)``). An enclosing
+    ``torch.nn.utils.parametrize.cached()`` is switched off too (``uncached_parametrizations``)."""
     @functools.wraps(method)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         with contextlib.ExitStack() as stack:
             for device in AUTOCAST_DEVICES:
                 if torch.is_autocast_enabled(device):
                     stack.enter_context(torch.autocast(device, enabled=False))
+            stack.enter_context(uncached_parametrizations())
             return method(*args, **kwargs)
     return wrapper
+
+
+@contextlib.contextmanager
+def uncached_parametrizations() -> Iterator[None]:
+    """Parametrized weights computed afresh on every access while estimators run, even inside
+    ``parametrize.cached()``: a cached weight is a tensor computed once from the real parameters, which
+    ``torch.func.functional_call`` (Exact) cannot replace, so Exact's per-sample gradients would silently miss
+    it. The cache is only a speed-up; it is restored on exit. (torch keeps the switch in the module-level counter
+    ``_cache_enabled``; if a torch version lacks it, there is nothing to switch.)"""
+    from torch.nn.utils import parametrize
+    depth = getattr(parametrize, "_cache_enabled", 0)
+    if not depth:
+        yield
+        return
+    parametrize._cache_enabled = 0
+    try:
+        yield
+    finally:
+        parametrize._cache_enabled = depth
 
 
 AUTOCAST_DEVICES = ("cpu", "cuda", "xpu", "mps")
