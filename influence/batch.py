@@ -37,6 +37,16 @@ def concat(a: Any, b: Any) -> Any:
     return tree_unflatten(out, spec)
 
 
+def without_inference_tensors(tree: Any) -> Any:
+    """``tree`` with every tensor created under ``torch.inference_mode`` replaced by a normal copy (autograd
+    cannot save inference tensors for a backward; the others are returned as they are). Call it outside
+    inference mode."""
+    leaves, _ = tree_flatten(tree)
+    if not any(isinstance(t, Tensor) and t.is_inference() for t in leaves):
+        return tree
+    return tree_map(lambda t: t.clone() if isinstance(t, Tensor) and t.is_inference() else t, tree)
+
+
 def to_device(tree: Any, device: torch.device) -> Any:
     return tree_map(lambda x: x.to(device) if isinstance(x, Tensor) else x, tree)
 

@@ -37,7 +37,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .batch import Batch, LossFn, take
+from .batch import Batch, LossFn, take, without_inference_tensors
 from .checks import check_batch, check_chunk_size, check_lr, check_positive_int, trainable_names
 from .errors import InfluenceError
 from .gradients import DEFAULT_CHUNK, ExactBackend
@@ -56,17 +56,20 @@ class OptimizerWarning(UserWarning):
     """The optimizer's update is preconditioned, but the estimator scores the plain SGD formula."""
 
 
-def full_precision(method: Callable) -> Callable:
-    """Run ``method`` with any enclosing ``torch.autocast`` switched off: estimators compute in the parameters'
-    dtype (autocast would run layers in another dtype than the factors they record). To score in lower
-    precision, convert the model (``model.to(torch.bfloat16)``). An enclosing
-    ``torch.nn.utils.parametrize.cached()`` is switched off too (``uncached_parametrizations``)."""
+def scoring_mode(method: Callable) -> Callable:
+    """Run ``method`` outside the global modes of the caller's code that would change what an estimator computes:
+    ``torch.autocast`` is switched off (estimators compute in the parameters' dtype: autocast would run layers in
+    another dtype than the factors they record; to score in lower precision, convert the model), so is
+    ``torch.inference_mode`` (Ghost's backward needs autograd; inference-tensor batches are copied by
+    ``without_inference_tensors``) and ``torch.nn.utils.parametrize.cached()`` (``uncached_parametrizations``)."""
     @functools.wraps(method)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         with contextlib.ExitStack() as stack:
             for device in AUTOCAST_DEVICES:
                 if torch.is_autocast_enabled(device):
                     stack.enter_context(torch.autocast(device, enabled=False))
+            if torch.is_inference_mode_enabled():
+                stack.enter_context(torch.inference_mode(False))
             stack.enter_context(uncached_parametrizations())
             return method(*args, **kwargs)
     return wrapper
@@ -212,7 +215,7 @@ class Session:
         return TracInBackend(self.model, self.loss_fn, self.checkpoints, last_layer=self.estimator == "tracin-last",
                              chunk_size=self.chunk)
 
-    @full_precision
+    @scoring_mode
     def refresh(self, ref: Any = None) -> None:
         """(Re)compute the reference statistics at the model's current weights (optionally from a new reference)."""
         if ref is not None:
@@ -237,7 +240,7 @@ class Session:
 
     def _build(self, routed: dict) -> None:
         backend = self._backend(routed)
-        batches = [(b, check_batch(b, "ref")) for b in self.ref]
+        batches = [(b, check_batch(b, "ref")) for b in map(without_inference_tensors, self.ref)]
         if not batches and not self.self_reference:
             raise InfluenceError("the reference holds no batch")
         self.n_ref = sum(n for _, n in batches)
@@ -262,7 +265,7 @@ class Session:
     def result_lr(self) -> float:
         return self.backend.lr if self.kind == "tracin" else self.lr
 
-    @full_precision
+    @scoring_mode
     def score(self, train: Batch, *, keep_graph: bool = False) -> InfluenceResult:
         """Scores of the training batch ``train`` against the reference statistics (in chunks of ``chunk_size``;
         with ``ref=None``, against the batch itself from the same capture).
@@ -273,6 +276,7 @@ class Session:
         if self.refresh_every is not None and self.calls > 0 and self.calls % self.refresh_every == 0:
             self.refresh()
         self.calls += 1
+        train = without_inference_tensors(train)
         n = check_batch(train, "train")
         tries = 0
         while True:
@@ -336,10 +340,11 @@ class Session:
         total = [self_products(blocks[k], self.budget) for k in blocks]
         return self.lr * sum(total) if total else like.new_zeros(like.shape[0])
 
-    @full_precision
+    @scoring_mode
     def self_influence(self, train: Batch) -> Tensor:
         """[n]: lr * <grad l_i, grad l_i> for every training sample (the estimator's own products: for LAI its
         layer-aware pseudo-gradients g_i (x) a_i, for TracIn summed over checkpoints with their lrs)."""
+        train = without_inference_tensors(train)
         n = check_batch(train, "train")
         if self.kind == "exact":
             return self.backend.self_products(train, n)

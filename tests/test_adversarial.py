@@ -203,17 +203,31 @@ def test_dropout_in_eval_mode_is_deterministic(f64) -> None:
     assert (a - reference_scores(s.model, s.loss_fn, s.train, s.ref, LR)).abs().max() < TOL * a.abs().max()
 
 
+MODES = {  # a global mode of the caller's code around an estimator call
+    "autocast": lambda: torch.autocast("cpu", dtype=torch.bfloat16),  # mixed-precision training code
+    "inference_mode": torch.inference_mode,  # evaluation code
+    "no_grad": torch.no_grad,
+}
+
+
+@pytest.mark.parametrize("mode", list(MODES) + ["inference_tensor_inputs"])
 @pytest.mark.parametrize("est", ["ghost", "lai", "exact"])
-def test_an_enclosing_autocast_changes_no_score(est: str) -> None:
-    """Called inside ``torch.autocast`` (mixed-precision training code), an estimator computes in the parameters'
-    dtype as outside it (autocast would run layers in bfloat16 while the factors are float32: a dtype crash)."""
+def test_an_enclosing_global_mode_changes_no_score(est: str, mode: str) -> None:
+    """Called inside ``torch.autocast``, ``torch.inference_mode`` or ``torch.no_grad``, or on inputs created in
+    inference mode, an estimator returns the scores it returns outside, in the parameters' dtype (autocast ran
+    layers in bfloat16 against float32 factors, and inference mode broke Ghost's backward: obscure crashes)."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 4))
     train, ref = (torch.randn(6, 8), torch.randint(0, 4, (6,))), (torch.randn(5, 8), torch.randint(0, 4, (5,)))
     fn = getattr(influence, est)
     plain = fn(model, influence.cross_entropy, train, ref, LR).scores
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    if mode == "inference_tensor_inputs":
+        with torch.inference_mode():
+            train, ref = [(x.clone(), y.clone()) for x, y in (train, ref)]
         got = fn(model, influence.cross_entropy, train, ref, LR).scores
+    else:
+        with MODES[mode]():
+            got = fn(model, influence.cross_entropy, train, ref, LR).scores
     assert got.dtype == plain.dtype and torch.equal(got, plain)
 
 
