@@ -97,6 +97,20 @@ def uncached_parametrizations() -> Iterator[None]:
 AUTOCAST_DEVICES = ("cpu", "cuda", "xpu", "mps")
 
 
+def unwrapped(model: nn.Module) -> nn.Module:
+    """The eager module under training wrappers that compute the same function: ``nn.DataParallel`` and
+    ``DistributedDataParallel`` (``.module``: their forward would scatter or synchronise gradients, and
+    ``functional_call`` refuses them) and ``torch.compile`` (``._orig_mod``: compiled code runs no module hooks).
+    Parameter names are the inner module's (without the ``module.`` / ``_orig_mod.`` prefix)."""
+    while True:
+        if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+            model = model.module
+        elif type(model).__name__ == "OptimizedModule" and isinstance(getattr(model, "_orig_mod", None), nn.Module):
+            model = model._orig_mod
+        else:
+            return model
+
+
 def reference_batches(ref: Any) -> list[Batch] | Iterable[Batch]:
     """A reference given as one batch, a list/tuple of batches or a re-iterable of batches (``DataLoader``), as a
     re-iterable of batches. A pair whose second element (the targets) is a tensor is one batch."""
@@ -148,6 +162,7 @@ class Session:
             raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
         if estimator == "lai-last":
             estimator, layers = "lai", "last"
+        model = unwrapped(model)
         self.model, self.loss_fn, self.estimator = model, loss_fn, estimator
         self.kind = estimator.split("-")[0]
         if self.kind == "tracin":

@@ -203,6 +203,28 @@ def test_dropout_in_eval_mode_is_deterministic(f64) -> None:
     assert (a - reference_scores(s.model, s.loss_fn, s.train, s.ref, LR)).abs().max() < TOL * a.abs().max()
 
 
+WRAPPERS = {  # training wrappers around the same eager module
+    "data_parallel": nn.DataParallel,  # on CPU: calls the module
+    "torch_compile": lambda m: torch.compile(m, backend="eager"),  # no code generation: fast, no compiler needed
+}
+
+
+@pytest.mark.parametrize("wrapper", list(WRAPPERS))
+@pytest.mark.parametrize("est", ["ghost", "lai", "exact"])
+def test_a_training_wrapper_changes_no_score(est: str, wrapper: str) -> None:
+    """A model wrapped in ``nn.DataParallel`` (Exact: "the stateless API can't be used with nn.DataParallel") or
+    ``torch.compile`` (Ghost: an InPlaceModificationError that named the wrong cause) scores as the bare module."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 4))
+    train, ref = (torch.randn(6, 8), torch.randint(0, 4, (6,))), (torch.randn(5, 8), torch.randint(0, 4, (5,)))
+    fn = getattr(influence, est)
+    plain = fn(model, influence.cross_entropy, train, ref, LR)
+    wrapped = WRAPPERS[wrapper](model)
+    for _ in range(2):
+        got = fn(wrapped, influence.cross_entropy, train, ref, LR)
+        assert torch.equal(got.scores, plain.scores) and set(got.per_layer) == set(plain.per_layer)
+
+
 MODES = {  # a global mode of the caller's code around an estimator call
     "autocast": lambda: torch.autocast("cpu", dtype=torch.bfloat16),  # mixed-precision training code
     "inference_mode": torch.inference_mode,  # evaluation code
