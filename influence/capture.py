@@ -21,14 +21,14 @@ from __future__ import annotations
 import weakref
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from .batch import LossFn, call_model, output_tensor
 from .errors import (InPlaceModificationError, SharedParameterError, StochasticModuleError,
-                     TrainModeBatchNormError, UndefinedGradientError, UnsupportedLayerError, checkpointing_error)
+                     TrainModeBatchNormError, UndefinedGradientError, UnsupportedLayerError, named_checkpointing_errors)
 from .factors import Block
 from .layers import Context, GhostPiece, LayerRule, factored, make_block, owner_names, registry_version, rule_for
 from .layers.attention import unfused_attention
@@ -68,6 +68,14 @@ def check_modes(model: nn.Module) -> None:
     check_stochastic(model)
 
 
+class Factoring(NamedTuple):
+    """``layers_of``: parameter id -> the layers (plan names) whose rule factors it; ``params_of``: layer -> the
+    trainable parameters its rule factors (``layers.factored``)."""
+
+    layers_of: dict[int, list[str]]
+    params_of: dict[str, list[nn.Parameter]]
+
+
 @dataclass
 class Plan:
     """The trainable layers of a model: those with a rule (``modules``, ``rules``) and the rest.
@@ -84,6 +92,20 @@ class Plan:
     routed: dict[int, tuple[str, str]] = field(default_factory=dict)
     names: dict[int, str] = field(default_factory=dict)
     fallback: str = "auto"
+    _factoring: "Factoring | None" = field(default=None, repr=False, compare=False)
+
+    def factoring(self) -> "Factoring":
+        """Which layers factor each parameter and which parameters each layer factors (built once per plan: the
+        graph check of every capture reads it)."""
+        if self._factoring is None:
+            layers_of: dict[int, list[str]] = defaultdict(list)
+            params_of: dict[str, list[nn.Parameter]] = {}
+            for name, m in self.modules.items():
+                params_of[name] = factored(m, self.rules[name])
+                for p in params_of[name]:
+                    layers_of[id(p)].append(name)
+            self._factoring = Factoring(dict(layers_of), params_of)
+        return self._factoring
 
     def scored_params(self, excluded: set[int] | frozenset[int] = frozenset()) -> list[nn.Parameter]:
         """Trainable parameters of modules with a rule, minus ``routed`` and ``excluded`` (each once)."""
@@ -375,23 +397,23 @@ def capture_forward(model: nn.Module, loss_fn: LossFn, batch: tuple[Any, Any], m
 
 def capture_backward(model: nn.Module, loss_fn: LossFn, batch: tuple[Any, Any], modules: dict[str, nn.Module],
                      n: int, where: str, params: Sequence[nn.Parameter] = (), probe: Sequence[int] = (),
-                     rules: dict[str, LayerRule] | None = None, paths: bool = False) -> Capture:
+                     rules: dict[str, LayerRule] | None = None, paths: Factoring | None = None) -> Capture:
     """Forward and one truncated backward of sum_i l_i: inputs and output gradients of every layer; in the same
     ``autograd.grad`` call the batch gradient of ``params``, and for each sample in ``probe`` the gradient of
     its own loss l_i (extra backward passes through the retained graph). ``rules``: as in ``capture_forward``.
-    ``paths``: first check ``params`` on the forward's graph (``influence.paths``) and take autograd's gradient
-    only of those whose paths the layer calls do not explain, with every parameter of their layers
-    (``Capture.param_grads`` holds those; none when the graph explains every path)."""
+    ``paths`` (the plan's ``factoring()``): first check ``params`` on the forward's graph (``influence.paths``)
+    and take autograd's gradient only of those whose paths the layer calls do not explain, with every parameter
+    of their layers (``Capture.param_grads`` holds those; none when the graph explains every path)."""
     x, y = batch
     params = list(params)
     with torch.enable_grad(), unfused_attention(), \
-            Recorder(modules, n, True, rules, track_inputs=paths and bool(params)) as rec:
+            Recorder(modules, n, True, rules, track_inputs=paths is not None and bool(params)) as rec:
         f = output_tensor(call_model(model, x))
         producer = rec.producer(f)
         losses = per_sample_losses(loss_fn, f, y, n, where)
         rec.check_versions()
         if rec.track_inputs:
-            params = _unexplained(losses, rec, params)
+            params = _unexplained(losses, rec, params, paths)
         names = [name for name in rec.order for _ in rec.calls[name]]
         outs = [c.out for name in rec.order for c in rec.calls[name]]
         wanted = [o for o in outs if o.requires_grad]
@@ -399,18 +421,13 @@ def capture_backward(model: nn.Module, loss_fn: LossFn, batch: tuple[Any, Any], 
         probe = list(probe) if params else []
         inputs = wanted + f_in + params
         rec.in_backward = True
-        try:
+        with named_checkpointing_errors(f"the {where} batch's backward"):
             got = torch.autograd.grad(losses.sum(), inputs, allow_unused=True, retain_graph=bool(probe)) \
                 if inputs else ()
             probed = []
             for k, i in enumerate(probe):
                 gi = torch.autograd.grad(losses[i], params, allow_unused=True, retain_graph=k < len(probe) - 1)
                 probed.append((i, {id(p): dense_grad(p, v) for p, v in zip(params, gi)}))
-        except RuntimeError as e:
-            named = checkpointing_error(e, f"the {where} batch's backward")
-            if named is None:
-                raise
-            raise named from e
     got_iter = iter(got)
     grads: dict[str, list[Tensor]] = defaultdict(list)
     calls: dict[str, list[Call]] = {}
@@ -434,17 +451,11 @@ def dense_grad(p: Tensor, g: Tensor | None) -> Tensor:
     return g.to_dense() if g.layout != torch.strided else g
 
 
-def _unexplained(losses: Tensor, rec: Recorder, params: list[nn.Parameter]) -> list[nn.Parameter]:
+def _unexplained(losses: Tensor, rec: Recorder, params: list[nn.Parameter], fac: Factoring) -> list[nn.Parameter]:
     """The parameters among ``params`` whose autograd paths the recorded calls do not explain
     (``influence.paths``), with every trainable parameter of the layers that factor them (a block is compared
     whole)."""
-    layers_of: dict[int, list[str]] = defaultdict(list)
-    params_of: dict[str, list[nn.Parameter]] = {}
-    for name, m in rec.modules.items():
-        if rec.rules.get(name) is not None:
-            params_of[name] = factored(m, rec.rules[name])
-            for p in params_of[name]:
-                layers_of[id(p)].append(name)
+    layers_of, params_of = fac
     wanted = {id(p) for p in params}
     calls = {name: [(c.out, nodes) for c, nodes in zip(rec.calls[name], rec.inputs[name])] for name in rec.order}
     bad = unexplained(losses, calls, {pid: layers_of.get(pid, ()) for pid in wanted})

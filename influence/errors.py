@@ -1,5 +1,8 @@
 """Errors raised on input the estimators cannot score correctly. Each message names the module and the cause."""
 
+import contextlib
+from collections.abc import Iterator
+
 
 class InfluenceError(ValueError):
     """Base class: the input cannot be scored without giving a wrong number."""
@@ -89,12 +92,17 @@ class CheckpointingError(InfluenceError):
 REENTRANT = "use_reentrant=True"  # in torch's message when a reentrant checkpoint meets autograd.grad
 
 
-def checkpointing_error(e: BaseException, who: str) -> CheckpointingError | None:
-    """The named error for torch's refusal of a reentrant checkpoint (None when ``e`` is something else)."""
-    if isinstance(e, RuntimeError) and REENTRANT in str(e) and "checkpoint" in str(e):
-        return CheckpointingError(
-            f"{who}: the model uses torch.utils.checkpoint with use_reentrant=True, which autograd cannot "
-            "differentiate with torch.autograd.grad. Scores do not depend on checkpointing: turn it off while "
-            "scoring (model.gradient_checkpointing_disable() for transformers models) or pass use_reentrant=False.")
-    return None
-
+@contextlib.contextmanager
+def named_checkpointing_errors(who: str) -> Iterator[None]:
+    """Around ``torch.autograd.grad`` calls: torch's refusal of a reentrant checkpoint becomes the named
+    ``CheckpointingError`` (``who`` says which computation); every other error passes unchanged."""
+    try:
+        yield
+    except RuntimeError as e:
+        if REENTRANT in str(e) and "checkpoint" in str(e):
+            raise CheckpointingError(
+                f"{who}: the model uses torch.utils.checkpoint with use_reentrant=True, which autograd cannot "
+                "differentiate with torch.autograd.grad. Scores do not depend on checkpointing: turn it off while "
+                "scoring (model.gradient_checkpointing_disable() for transformers models) or pass "
+                "use_reentrant=False.") from e
+        raise

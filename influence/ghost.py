@@ -66,17 +66,18 @@ class GhostBackend:
 
     def add_reference(self, batch: Batch, n: int) -> None:
         cap, blocks, new = verified_capture(self.model, self.loss_fn, batch, self.pl, n, "ref", self.routed,
-                                            check="paths" if self.verify == "paths" else True)
+                                            check=self.capture_check(reference=True))
         if new:
             raise Reroute(new)
         self.side.add(blocks, n, cap.checked)
 
-    def _train_check(self, self_reference: bool) -> bool | str:
-        """How a training capture is checked (``verified_capture``'s ``check``): the reference's way when the batch
-        is its own reference."""
+    def capture_check(self, reference: bool) -> bool | str:
+        """How a capture is checked once its signature's verdict is cached (``verified_capture``'s ``check``) under
+        this backend's ``verify``: a reference capture (or a training batch that is its own reference, or scored
+        against itself) always, a training capture unless ``verify="reference"``."""
         if self.verify == "paths":
             return "paths"
-        return self.verify == "every" or self_reference
+        return self.verify == "every" or reference
 
     def score(self, batch: Batch, n: int, self_reference: bool = False, keep_graph: bool = False) -> Chunk:
         """Scores of ``batch`` against the reference side, or (``self_reference``) against the batch itself from
@@ -84,7 +85,7 @@ class GhostBackend:
         verdict naming parameters not yet routed comes back from ``verified_capture`` as new failures, so it
         raises ``Reroute`` like a failure found now.)"""
         cap, blocks, new = verified_capture(self.model, self.loss_fn, batch, self.pl, n, "train", self.routed,
-                                            check=self._train_check(self_reference))
+                                            check=self.capture_check(reference=self_reference))
         if new:
             raise Reroute(new)
         if self_reference:

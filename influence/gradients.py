@@ -15,7 +15,7 @@ from torch.utils._pytree import tree_map
 from .batch import Batch, LossFn, batch_size, output_tensor, selected_output, take
 from .capture import check_modes, dense_grad
 from .checks import check_chunk_size, trainable_names
-from .errors import InfluenceError, checkpointing_error
+from .errors import InfluenceError, named_checkpointing_errors
 from .losses import per_sample_losses
 from .result import Chunk
 
@@ -97,23 +97,17 @@ class _Functional:
 
     def _autograd(self, loss_of) -> dict[str, Tensor]:
         """{name: d loss / d param} with one ``torch.autograd.grad`` call (a named error for what autograd refuses)."""
-        with torch.enable_grad():
+        with torch.enable_grad(), named_checkpointing_errors("influence.exact"):
             leaves = {k: v.detach().requires_grad_(True) for k, v in self.params.items()}
-            try:
-                got = torch.autograd.grad(loss_of(leaves), list(leaves.values()), allow_unused=True)
-            except RuntimeError as e:
-                named = checkpointing_error(e, "influence.exact")
-                if named is None:
-                    raise
-                raise named from e
+            got = torch.autograd.grad(loss_of(leaves), list(leaves.values()), allow_unused=True)
         return {k: dense_grad(leaves[k], g).detach() for k, g in zip(leaves, got)}
 
     def _fall_back(self, e: Exception) -> None:
         """Stop using torch.func for this call and say so once."""
         self.use_vmap = False
         first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        warnings.warn(f"influence.exact: torch.func.vmap cannot run {type(self.model).__name__} "
-                      f"({type(e).__name__}: {first}); using one autograd backward per sample instead "
+        warnings.warn(f"influence.exact: torch.func cannot run {type(self.model).__name__} "
+                      f"({type(e).__name__}: {first}); using autograd instead, one backward per sample "
                       "(same numbers, slower)", VmapFallbackWarning, stacklevel=4)
 
     def per_sample(self, batch: Batch) -> dict[str, Tensor]:

@@ -377,7 +377,7 @@ class Session:
         if self.kind == "ghost":
             from .verify import verified_capture
             _, blocks, new = verified_capture(self.model, self.loss_fn, train, b.pl, n, "train", b.routed,
-                                              check="paths" if self.verify == "paths" else True)
+                                              check=b.capture_check(reference=True))
             if new:
                 raise InfluenceError("self-influence: parameters became unfactorable on this batch; use Exact")
             return blocks

@@ -218,7 +218,7 @@ def sum_check(blocks: dict[Any, Block], cap: Capture, pl: Plan, k: int | None = 
         pids = [id(p) for p in block.params]
         covered.update(pids)
         have = sum(pid in grads for pid in pids)
-        if have < len(pids):  # a capture that took the gradients of some layers only (``capture_backward(paths)``)
+        if have < len(pids):  # a capture that took the gradients of some layers only (``capture_backward(paths=...)``)
             if have:
                 raise RuntimeError(f"{block.name}: autograd's gradient of part of a block; compare blocks whole")
             continue
@@ -289,7 +289,7 @@ def verified_capture(model: nn.Module, loss_fn: LossFn, batch: Batch, pl: Plan, 
         params = pl.scored_params(set(routed) | known) if check else []
     samples = sorted({0, n - 1}) if probe and n > 1 else []
     cap = capture_backward(model, loss_fn, batch, pl.modules, n, where, params, samples, pl.rules,
-                           paths=paths and not probe)
+                           paths=pl.factoring() if paths and not probe else None)
     if probe:
         blocks, failed = factor_blocks(cap, pl, pl.context())
         failures.update(failed)

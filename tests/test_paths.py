@@ -37,7 +37,8 @@ def flagged(model, loss_fn, batch) -> tuple[set[str], set[str]]:
     pl = plan(model)
     params = pl.scored_params(set(pl.routed))
     n = check_batch(batch, "train")
-    cap = capture_backward(model, loss_fn, batch, pl.modules, n, "train", params, (), pl.rules, paths=True)
+    cap = capture_backward(model, loss_fn, batch, pl.modules, n, "train", params, (), pl.rules,
+                           paths=pl.factoring())
     graph = {pl.names[k] for k in cap.param_grads}
     cap = capture_backward(model, loss_fn, batch, pl.modules, n, "train", params, (), pl.rules)
     blocks, failed = factor_blocks(cap, pl, pl.context())
