@@ -221,21 +221,34 @@ def _dense_matrix(left: Dense, right: Dense, weights: Tensor | None) -> Tensor:
 NARROW = 32  # at most this many columns of the GEMM output: computed as M R^T (measured faster with MKL)
 
 
-def _dense_contract(left: Dense, m: Tensor, right: Dense) -> Tensor:
+def _dense_contract(left: Dense, m: Tensor, right: Dense, views: dict | None = None) -> Tensor:
     """[n]: sum_{t,g} L_{i,t,g}^T M_g R_{i,t,g}. One GEMM per group maps the wider factor through M (so the
     product has the narrower width), then a fused multiply-and-sum with the other factor; no per-sample loop,
-    no copy of a factor whose layout already allows row views, and ones columns enter as rows/columns of M."""
+    no copy of a factor whose layout already allows row views, and ones columns enter as rows/columns of M.
+    ``views``: a dict kept with M by the caller, in which the common case keeps the views of M it reads (M's
+    weight part and ones column), so that a reference side scoring many batches makes them once."""
     lm, rm, lo, ro = left.data, right.data, left.ones, right.ones
     n, t, groups, p = lm.shape
     q = rm.shape[-1]
-    if p > q:  # the GEMM output takes the narrower width
-        lm, rm, lo, ro, p, q, m = rm, lm, ro, lo, q, p, m.transpose(1, 2)
+    swapped = p > q
+    if swapped:  # the GEMM output takes the narrower width
+        lm, rm, lo, ro, p, q = rm, lm, ro, lo, q, p
     if groups == 1 and t == 1 and p + lo <= NARROW:  # the common case (LAI, classifier heads) in the fewest ops
-        mg, r, l = m[0], rm.reshape(n, q), lm.reshape(n, p)
-        v = torch.addmm(mg[:, q:], mg[:, :q], r.T) if ro else mg[:, :q] @ r.T  # [p + lo, n]
+        key = (swapped, p, q, ro)
+        got = None if views is None else views.get(key)
+        if got is None:
+            mg = m[0].T if swapped else m[0]
+            got = (mg[:, :q], mg[:, q:] if ro else None)
+            if views is not None:
+                views[key] = got
+        weight, ones = got
+        r, l = rm.reshape(n, q), lm.reshape(n, p)
+        v = torch.addmm(ones, weight, r.T) if ro else weight @ r.T  # [p + lo, n]
         if lo:
             return v[:p].T.mul_(l).sum(1).add_(v[p])
         return v.T.mul_(l).sum(1)
+    if swapped:
+        m = m.transpose(1, 2)
     out = None
     for g in range(groups):
         mg = m[g]  # [p + lo, q + ro]
@@ -290,14 +303,15 @@ def segment_matrix(seg: Segment, weights: Tensor | None = None) -> Tensor:
     return out.unsqueeze(0)
 
 
-def segment_contract(seg: Segment, m: Tensor) -> Tensor:
-    """[n]: sum_t L_t^T M R_t for every sample, M [G, p, q] from ``segment_matrix``."""
+def segment_contract(seg: Segment, m: Tensor, views: dict | None = None) -> Tensor:
+    """[n]: sum_t L_t^T M R_t for every sample, M [G, p, q] from ``segment_matrix`` (``views``: see
+    ``_dense_contract``)."""
     left, right, _ = _oriented(seg)
     if isinstance(right, Patches) and isinstance(left, Dense) and not left.ones:
         return conv_contract(left.data, m, right)
     left, right = _dense_like(left), _dense_like(right)
     if isinstance(left, Dense):
-        return _dense_contract(left, m, right)
+        return _dense_contract(left, m, right, views)
     rows = m[0][left.ids.clamp(min=0)]  # [n, T, q]
     rows = rows.mul_((left.ids >= 0).unsqueeze(-1).to(rows.dtype)).mul_(right.x[:, :, 0, :])
     return rows.sum((1, 2))
@@ -354,9 +368,11 @@ class Block:
         """sum_i w_i G_i, [G, p, q]."""
         return add_all(segment_matrix(s, weights) for s in self.segments)
 
-    def contract(self, m: Tensor) -> Tensor:
-        """<G_i, M> for every sample, [n]."""
-        return add_all(segment_contract(s, m) for s in self.segments)
+    def contract(self, m: Tensor, views: dict | None = None) -> Tensor:
+        """<G_i, M> for every sample, [n]. ``views``: a dict kept with M across calls (``_dense_contract``)."""
+        if len(self.segments) == 1:
+            return segment_contract(self.segments[0], m, views)
+        return add_all(segment_contract(s, m, views) for s in self.segments)
 
     def per_sample(self) -> Tensor:
         """Materialised per-sample gradients [n, G*p*q]."""

@@ -123,6 +123,7 @@ class ReferenceSide:
         self.sums: dict[Hashable, Tensor] = {}  # contracted: sum over reference samples of G_v
         self.blocks_seen: dict[Hashable, Block] = {}  # one block per key (for preconditioning views)
         self._means: dict[Hashable, Tensor] | None = None  # mean reference matrices, built once after the last add
+        self._views: dict[Hashable, dict] = {}  # views of each mean matrix that the contraction reads
 
     def add(self, blocks: Mapping[Hashable, Block], n: int, sums: Mapping[Hashable, Tensor] | None = None) -> None:
         """Add one reference batch of ``n`` samples. ``sums``: block key -> the block's sum over these samples
@@ -176,7 +177,8 @@ class ReferenceSide:
         shape = (n, self.n_ref) if self.pairwise else (n,)
         if self._means is None:
             self._means = {key: self._mean(key) for key in self.sums}
-        means = self._means
+            self._views = {key: {} for key in self.sums}
+        means, views = self._means, self._views
         for key, m in self.modes.items():
             block = blocks.get(key)
             if block is None:
@@ -191,7 +193,7 @@ class ReferenceSide:
                         chunked_materialized(block, part, self.budget) for part in self.parts[key]]
                 out[key] = self._scaled(torch.cat(cols, 1) if len(cols) > 1 else cols[0])
             else:
-                out[key] = block.contract(means[key])
+                out[key] = block.contract(means[key], views[key])
             del block
         for key in blocks.keys() - self.modes.keys():
             out[key] = like.new_zeros(shape)

@@ -64,6 +64,9 @@ def scoring_mode(method: Callable) -> Callable:
     ``without_inference_tensors``) and ``torch.nn.utils.parametrize.cached()`` (``uncached_parametrizations``)."""
     @functools.wraps(method)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if not (torch.is_inference_mode_enabled() or _parametrization_cache_depth() or
+                any(torch.is_autocast_enabled(device) for device in AUTOCAST_DEVICES)):
+            return method(*args, **kwargs)  # nothing to switch off (the common case, without the context stack)
         with contextlib.ExitStack() as stack:
             for device in AUTOCAST_DEVICES:
                 if torch.is_autocast_enabled(device):
@@ -83,7 +86,7 @@ def uncached_parametrizations() -> Iterator[None]:
     it. The cache is only a speed-up; it is restored on exit. (torch keeps the switch in the module-level counter
     ``_cache_enabled``; if a torch version lacks it, there is nothing to switch.)"""
     from torch.nn.utils import parametrize
-    depth = getattr(parametrize, "_cache_enabled", 0)
+    depth = _parametrization_cache_depth()
     if not depth:
         yield
         return
@@ -95,6 +98,12 @@ def uncached_parametrizations() -> Iterator[None]:
 
 
 AUTOCAST_DEVICES = ("cpu", "cuda", "xpu", "mps")
+
+
+def _parametrization_cache_depth() -> int:
+    """How many ``parametrize.cached()`` contexts are open (0 when the torch version has no such counter)."""
+    from torch.nn.utils import parametrize
+    return getattr(parametrize, "_cache_enabled", 0)
 
 
 def unwrapped(model: nn.Module) -> nn.Module:

@@ -82,14 +82,32 @@ def check_verify(verify: str) -> str:
 
 def signature(model: nn.Module, batch: Batch) -> tuple:
     """What the verdict depends on besides the model object: the batch's structure, shapes and dtypes, the
-    modules' train/eval flags, the trainable parameters and the registry version."""
-    leaves, spec = tree_flatten(batch)
-    shapes = tuple((tuple(x.shape), x.dtype) if isinstance(x, Tensor) else repr(x) for x in leaves)
-    flags, params = [], []
-    for prefix, m in model.named_modules():  # one traversal for both (named_parameters would walk it again)
-        flags.append(m.training)
-        params += [(prefix, name, p.requires_grad, p.dtype) for name, p in m._parameters.items() if p is not None]
-    return registry_version(), str(spec), shapes, tuple(flags), tuple(params)
+    modules' classes and train/eval flags, the trainable parameters and the registry version."""
+    x, y = batch if isinstance(batch, (tuple, list)) and len(batch) == 2 else (None, None)
+    if type(x) is Tensor and type(y) is Tensor:  # the common case, without the pytree walk
+        structure, shapes = "pair", ((tuple(x.shape), x.dtype), (tuple(y.shape), y.dtype))
+    else:
+        leaves, spec = tree_flatten(batch)
+        structure = str(spec)
+        shapes = tuple((tuple(x.shape), x.dtype) if isinstance(x, Tensor) else repr(x) for x in leaves)
+    return registry_version(), structure, shapes, model_state(model)
+
+
+def model_state(model: nn.Module) -> tuple:
+    """Every module's class and train/eval flag and every parameter's name, ``requires_grad`` and dtype, in
+    ``named_modules`` order (one walk over the module tree, without building the modules' dotted names)."""
+    state: list[Any] = []
+    seen: set[int] = set()
+    stack = [model]
+    while stack:
+        m = stack.pop()
+        if id(m) in seen:
+            continue
+        seen.add(id(m))
+        state.append((type(m), m.training))
+        state += [(k, p.requires_grad, p.dtype) for k, p in m._parameters.items() if p is not None]
+        stack += [c for c in reversed(m._modules.values()) if c is not None]
+    return tuple(state)
 
 
 def cached(model: nn.Module, sig: tuple) -> dict[str, str] | None:

@@ -229,6 +229,7 @@ def test_estimators_leave_model_untouched(f64):
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert not model.training
     assert not model[0]._forward_hooks
+    assert all("forward" not in m.__dict__ for m in model.modules())  # the recording's shadowed forward is gone
 
 
 def test_mse_loss_uses_autograd_output_gradient(f64):
