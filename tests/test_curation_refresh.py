@@ -105,3 +105,28 @@ def test_other_signals_and_self_reference_build_their_own_session(f64):
         cur = Curator(CE, m, reference=reference, lr=LR, on_empty="best")
         cur.step(model, None, batches[0])
         assert cur.session is None
+
+
+def test_the_step_time_includes_the_refresh_of_kept_statistics(monkeypatch):
+    """A step at which the kept statistics are built or refreshed pays for it in ``score_s`` (the cost rows of
+    ``lai bench`` compare k = 1 with k > 1 through it); the steps in between do not."""
+    import time
+    real = influence.Session.refresh
+
+    def slow_refresh(self, *args, **kwargs):
+        time.sleep(0.05)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(influence.Session, "refresh", slow_refresh)
+    torch.manual_seed(0)
+    model = MLP(d_in=10, hidden=(16, 16), n_classes=5)
+    opt = torch.optim.SGD(model.parameters(), lr=LR)
+    batches, pool = _data(4)
+    cur = Curator(CE, "lai", reference=ReferencePolicy("fixed", pool, size=8, seed=3), on_empty="keep_all",
+                  refresh_every=2)
+    times = []
+    for b in batches:
+        opt.zero_grad(set_to_none=True)
+        times.append(cur.step(model, opt, b).score_s)
+    assert times[0] >= 0.05 and times[2] >= 0.05  # built at step 0, refreshed at step 2
+    assert times[1] < 0.05 and times[3] < 0.05

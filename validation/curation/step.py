@@ -47,8 +47,9 @@ REDUCTIONS = ("mean", "sum", "batch_mean")
 class StepInfo:
     """What one curated step did. ``kept`` bool [n_local]; ``kept_global`` bool [N] (N = global batch);
     ``values`` [n_local] the method's signal (None for random/vanilla); losses are per-sample means before
-    the update; times in seconds: ``score_s`` = forward pass(es) + estimator + selection (+ gathers),
-    ``update_s`` = kept-sample gradient + reduction + optimizer step."""
+    the update; times in seconds: ``score_s`` = forward pass(es) + estimator + selection (+ gathers), and
+    under a ``Curator`` that keeps reference statistics, their recomputation when it falls due at this step
+    (the reference forward/backward); ``update_s`` = kept-sample gradient + reduction + optimizer step."""
 
     method: str
     kept: Tensor
@@ -296,8 +297,15 @@ class Curator:
         warm = self.calls < self.warmup_steps
         self.calls += 1
         method = get_method("vanilla") if warm else self.method
+        _sync(model)
+        t0 = time.perf_counter()
         session = self._session(model, optimizer, method) if method.needs_reference else None
+        _sync(model)
+        refresh_s = time.perf_counter() - t0  # building or refreshing the kept statistics is part of scoring
         ref = self.reference.sample() if method.needs_reference and session is None else None
-        return curation_step(model, self.loss_fn, optimizer, batch, ref, method, lr=self.lr,
+        info = curation_step(model, self.loss_fn, optimizer, batch, ref, method, lr=self.lr,
                              on_empty=self.on_empty, reduction=self.reduction, loss_scale=loss_scale, step=step,
                              generator=self.generator, is_noisy=is_noisy, mode=self.mode, session=session)
+        if session is not None:
+            info.score_s += refresh_s
+        return info
