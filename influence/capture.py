@@ -355,7 +355,8 @@ class Recorder:
         keeps torch's fast call path for modules without hooks (a registered hook costs about 20 us per call
         on CPU, more than the recording itself), and the recording sees the output of ``forward`` before any
         forward hook of the user's replaces it. ``__exit__`` restores the attribute exactly (an instance
-        ``forward`` set by other code, such as ``accelerate``'s hooks, included)."""
+        ``forward`` set by other code, such as ``accelerate``'s hooks, included). One model must not be scored
+        from several threads at once (as with any temporary change of a module's attributes)."""
         self.handles = []
         try:
             for name, m in self.modules.items():
