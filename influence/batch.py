@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
 
-from .checks import batch_size, check_batch  # noqa: F401  (re-exported)
+from .checks import batch_size, check_batch, tensor_pair  # noqa: F401  (batch_size, check_batch re-exported)
 from .errors import ModelOutputError
 
 Batch = tuple[Any, Any]
@@ -41,9 +41,9 @@ def without_inference_tensors(tree: Any) -> Any:
     """``tree`` with every tensor created under ``torch.inference_mode`` replaced by a normal copy (autograd
     cannot save inference tensors for a backward; the others are returned as they are). Call it outside
     inference mode."""
-    if isinstance(tree, tuple) and len(tree) == 2 and type(tree[0]) is Tensor and type(tree[1]) is Tensor:
-        if not (tree[0].is_inference() or tree[1].is_inference()):  # the common case, without the pytree walk
-            return tree
+    pair = tensor_pair(tree)
+    if pair is not None and not (pair[0].is_inference() or pair[1].is_inference()):
+        return tree
     leaves, _ = tree_flatten(tree)
     if not any(isinstance(t, Tensor) and t.is_inference() for t in leaves):
         return tree

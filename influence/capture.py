@@ -334,10 +334,10 @@ class Recorder:
             if name not in self.calls:
                 self.order.append(name)
             out = output if self.keep_output else None
-            if single:  # (a tensor outside autograd is kept as it is: detaching it would only make an alias)
-                versions, inp = (x._version, output._version), x.detach() if x.requires_grad else x
+            if single:
+                versions, inp = (x._version, output._version), _kept(x)
             else:
-                versions, inp = (tuple(t._version for t in x), output._version), tuple(t.detach() for t in x)
+                versions, inp = (tuple(t._version for t in x), output._version), tuple(_kept(t) for t in x)
             self.calls[name].append(Call(inp, out, versions, weakref.ref(output), fold))
             if self.track_inputs:
                 self.inputs[name].append(input_nodes(args, kwargs))
@@ -389,6 +389,12 @@ class Recorder:
                     raise InPlaceModificationError(
                         f"{name}: its input or output was modified in place after the layer ran (e.g. "
                         "ReLU(inplace=True) or `x += ...`); per-layer factors would be wrong. Use out-of-place ops.")
+
+
+def _kept(t: Tensor) -> Tensor:
+    """A recorded input as kept: detached from autograd (a tensor outside autograd as it is: detaching it would
+    only make an alias)."""
+    return t.detach() if t.requires_grad else t
 
 
 _MISSING = object()

@@ -71,12 +71,22 @@ def check_finite(tree: Any, what: str, leaves: list[Tensor] | None = None) -> No
                 "them. Use finite values (e.g. torch.finfo(dtype).min for an additive attention mask).")
 
 
+def tensor_pair(batch: Any) -> tuple[Tensor, Tensor] | None:
+    """(inputs, targets) when ``batch`` is a pair of plain tensors, the common case that the batch helpers
+    (``check_batch``, ``batch.without_inference_tensors``, ``verify.signature``) handle without a pytree walk;
+    else None."""
+    if isinstance(batch, (tuple, list)) and len(batch) == 2 and type(batch[0]) is Tensor and \
+            type(batch[1]) is Tensor:
+        return batch[0], batch[1]
+    return None
+
+
 def check_batch(batch: Any, name: str) -> int:
     """Validate an (inputs, targets) pair and return its number of samples (at least 1)."""
     if not isinstance(batch, (tuple, list)) or len(batch) != 2:
         raise BatchSizeError(f"{name} must be a pair (inputs, targets); got {type(batch).__name__}")
     x, y = batch
-    if type(x) is Tensor and type(y) is Tensor and x.dim() and y.dim():  # the common case, without the pytree walk
+    if tensor_pair(batch) is not None and x.dim() and y.dim():
         xs, ys, n_x, n_y = [x], [y], len(x), len(y)
     else:
         xs, ys = _tensor_leaves(x), _tensor_leaves(y)

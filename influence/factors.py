@@ -370,8 +370,6 @@ class Block:
 
     def contract(self, m: Tensor, views: dict | None = None) -> Tensor:
         """<G_i, M> for every sample, [n]. ``views``: a dict kept with M across calls (``_dense_contract``)."""
-        if len(self.segments) == 1:
-            return segment_contract(self.segments[0], m, views)
         return add_all(segment_contract(s, m, views) for s in self.segments)
 
     def per_sample(self) -> Tensor:

@@ -64,14 +64,14 @@ def scoring_mode(method: Callable) -> Callable:
     ``without_inference_tensors``) and ``torch.nn.utils.parametrize.cached()`` (``uncached_parametrizations``)."""
     @functools.wraps(method)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        if not (torch.is_inference_mode_enabled() or _parametrization_cache_depth() or
-                any(torch.is_autocast_enabled(device) for device in AUTOCAST_DEVICES)):
+        autocast = [device for device in AUTOCAST_DEVICES if torch.is_autocast_enabled(device)]
+        inference = torch.is_inference_mode_enabled()
+        if not (autocast or inference or _parametrization_cache_depth()):
             return method(*args, **kwargs)  # nothing to switch off (the common case, without the context stack)
         with contextlib.ExitStack() as stack:
-            for device in AUTOCAST_DEVICES:
-                if torch.is_autocast_enabled(device):
-                    stack.enter_context(torch.autocast(device, enabled=False))
-            if torch.is_inference_mode_enabled():
+            for device in autocast:
+                stack.enter_context(torch.autocast(device, enabled=False))
+            if inference:
                 stack.enter_context(torch.inference_mode(False))
             stack.enter_context(uncached_parametrizations())
             return method(*args, **kwargs)

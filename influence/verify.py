@@ -53,6 +53,7 @@ from torch import Tensor, nn
 from torch.utils._pytree import tree_flatten
 
 from .batch import Batch, LossFn
+from .checks import tensor_pair
 from .capture import Capture, Plan, capture_backward, factor_blocks
 from .factors import Block, _oriented
 from .layers import registry_version
@@ -83,9 +84,9 @@ def check_verify(verify: str) -> str:
 def signature(model: nn.Module, batch: Batch) -> tuple:
     """What the verdict depends on besides the model object: the batch's structure, shapes and dtypes, the
     modules' classes and train/eval flags, the trainable parameters and the registry version."""
-    x, y = batch if isinstance(batch, (tuple, list)) and len(batch) == 2 else (None, None)
-    if type(x) is Tensor and type(y) is Tensor:  # the common case, without the pytree walk
-        structure, shapes = "pair", ((tuple(x.shape), x.dtype), (tuple(y.shape), y.dtype))
+    pair = tensor_pair(batch)
+    if pair is not None:
+        structure, shapes = "pair", tuple((tuple(t.shape), t.dtype) for t in pair)
     else:
         leaves, spec = tree_flatten(batch)
         structure = str(spec)
