@@ -140,6 +140,8 @@ def gram(a: Factor, b: Factor) -> Tensor:
     """Token-pair inner products [n_a, n_b, T_a, T_b, G]."""
     a, b = _dense_like(a), _dense_like(b)
     if isinstance(a, Dense) and isinstance(b, Dense):
+        if a.ones and b.ones:  # [a, 1] . [b, 1] = a . b + 1 for every token pair: neither factor copied
+            return torch.einsum("itgp,vsgp->ivtsg", a.data, b.data).add_(1)
         return torch.einsum("itgp,vsgp->ivtsg", a.x, b.x)
     if isinstance(a, Index) and isinstance(b, Index):
         eq = (a.ids[:, None, :, None] == b.ids[None, :, None, :]) & (a.ids >= 0)[:, None, :, None]

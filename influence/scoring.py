@@ -55,6 +55,8 @@ def chunked_gram(train: Block, ref: Block, budget: int) -> Tensor:
     item = getattr(train.segments[0].right, "dtype", torch.float64).itemsize
     per_row = max(1, ref.n * tok_t * tok_v * groups * item * 3)
     rows = max(1, budget // per_row)
+    if rows >= train.n:
+        return train.gram(ref)
     return torch.cat([train.rows(slice(i, i + rows)).gram(ref) for i in range(0, train.n, rows)])
 
 
