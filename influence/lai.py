@@ -58,8 +58,9 @@ def lai_layers(pl: Plan, cap: Capture, layers: str, ctx: Context) -> tuple[list[
         own, scored = _direct(pl, name), termed(name)
         skipped = [pl.names[id(p)] for p in own if id(p) not in scored]
         return [name], skipped, {id(p) for p in own}
-    names = [n for n in pl.modules if pl.rules[n].lai and termed(n)]
-    covered = {pid for n in names for pid in termed(n)}
+    terms = {n: termed(n) for n in pl.modules if pl.rules[n].lai}
+    names = [n for n, t in terms.items() if t]
+    covered = {pid for t in terms.values() for pid in t}
     skipped = [name for pid, name in pl.names.items() if pid not in covered]
     return names, skipped, set(pl.names)
 

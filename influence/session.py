@@ -254,12 +254,14 @@ class Session:
         """Build the reference side with ``routed`` parameters routed, adding whatever a capture finds unfactorable
         (``Reroute``) until nothing new is found."""
         routed = dict(routed)
-        for _ in range(self._max_tries()):
+        tries, most = 0, None
+        while most is None or tries < most:
             try:
                 self._build(routed)
                 return
             except Reroute as e:
                 routed.update(e.args[0])
+                tries, most = tries + 1, self._max_tries() if most is None else most
         raise InfluenceError("the factorisation kept finding new unfactorable parameters; use estimator='exact'")
 
     def _build(self, routed: dict) -> None:
