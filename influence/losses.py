@@ -97,21 +97,23 @@ def output_gradient(loss_fn: LossFn, f: Tensor, targets: Any, where: str = "trai
     n = f.shape[0]
     if loss_fn is cross_entropy and f.dim() in (2, 3) and isinstance(targets, Tensor) and \
             not targets.is_floating_point() and targets.shape == f.shape[:-1]:
-        with torch.no_grad():
-            if f.dim() == 2:  # cross_entropy's own 2-D call (it also checks the targets' range)
-                losses = _finite(F.cross_entropy(f, targets, reduction="none", ignore_index=-100), n, where)
-            else:
-                losses = per_sample_losses(loss_fn, f, targets, n, where)
+        f = f.detach()  # outside autograd without a no_grad context (which costs as much as one small op)
+        if f.dim() == 2:  # cross_entropy's own 2-D computation, log-softmax then NLL (which checks the targets'
+            logp = F.log_softmax(f, -1)  # range), the log-softmax reused for g
+            losses = _finite(F.nll_loss(logp, targets, reduction="none", ignore_index=-100), n, where)
+            g = logp.exp_()
+        else:
+            losses = per_sample_losses(loss_fn, f, targets, n, where)
             g = f.softmax(-1)
-            if f.dim() == 2 and targets.min().item() >= 0:  # no ignored target: softmax - onehot
-                g.scatter_(-1, targets.unsqueeze(-1), -1.0, reduce="add")
-                return losses, g
-            counted = targets != -100
-            safe = targets.clamp(min=0)
-            g.scatter_add_(-1, safe.unsqueeze(-1), -torch.ones_like(safe, dtype=g.dtype).unsqueeze(-1))
-            g = g * counted.unsqueeze(-1).to(g.dtype)
-            if f.dim() == 3:
-                g = g / counted.sum(1).clamp(min=1).to(g.dtype).view(n, 1, 1)
+        if f.dim() == 2 and targets.min().item() >= 0:  # no ignored target: softmax - onehot
+            g.scatter_(-1, targets.unsqueeze(-1), -1.0, reduce="add")
+            return losses, g
+        counted = targets != -100
+        safe = targets.clamp(min=0)
+        g.scatter_add_(-1, safe.unsqueeze(-1), -torch.ones_like(safe, dtype=g.dtype).unsqueeze(-1))
+        g = g * counted.unsqueeze(-1).to(g.dtype)
+        if f.dim() == 3:
+            g = g / counted.sum(1).clamp(min=1).to(g.dtype).view(n, 1, 1)
         return losses, g
     f = f.detach().requires_grad_(True)
     with torch.enable_grad():
