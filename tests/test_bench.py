@@ -33,8 +33,11 @@ def test_bench_main_tiny_writes_json_and_text(tiny_run):
         assert r["ratio_to_forward"] == pytest.approx(r["median_s"] / fwd)
     assert len(sec["scaling"]["sizes"]) >= 4 and set(sec["scaling"]["exponent"]) == {"ghost", "lai", "exact"}
     assert {r["estimator"] for r in sec["big"]["rows"]} == set(bench.ALL_ESTIMATORS)
-    targets = {t["target"] for t in sec["targets"]}
+    targets = {t["target"]: t for t in sec["targets"]}
     assert "lai time / forward(train+ref)" in targets and "exact time / ghost time" in targets
+    assert {"lai-floor", "lai-last-floor"} <= set(names)  # the MLP has a floor: plain torch ops, same scores
+    assert targets["lai time / forward(train+ref)"]["floor"] == next(
+        r["ratio_to_forward"] for r in sec["costs"]["rows"] if r["estimator"] == "lai-floor")
     text = (out / "bench.txt").read_text()
     assert "mlp" in text and "targets" in text and "threads" in text
     assert not [f for f in os.listdir(out) if f.startswith(".")]  # no temporary left behind
@@ -56,7 +59,8 @@ def test_bench_tiny_transformer_and_cnn_run(tmp_path):
     assert "tasks" not in report
     assert set(report["workloads"]) == {"mlp", "transformer", "cnn"}
     for sec in report["workloads"].values():
-        assert [r["estimator"] for r in sec["costs"]["rows"]][3:] == ["ghost", "lai"]
+        rows = [r["estimator"] for r in sec["costs"]["rows"]]
+        assert [r for r in rows if not r.endswith("-floor")][3:] == ["ghost", "lai"]
 
 
 def test_fit_exponent_recovers_a_power_law():

@@ -9,7 +9,8 @@
 Per workload (validation/bench_workloads.py), every estimator's median wall and CPU time over interleaved
 repeats and its peak extra memory (validation/measure.py: public profiler APIs), with its ratio to one
 forward pass over train+reference, one forward+backward over train+reference and one vanilla training step
-(see validation/estimator_cost.py), and the targets of the cost issue marked MET / MISSED (validation/bench_report.py);
+(see validation/estimator_cost.py), and the targets of the cost issue marked MET / MISSED (validation/bench_report.py),
+the LAI targets next to the floor that plain torch ops computing the same scores cost (validation/bench_floor.py);
 then the per-call overhead of a scoring call on a tiny model (validation/bench_overhead.py) and a curated step
 against a vanilla step on the curation tasks (validation/bench_tasks.py).
 Output: the table on stdout, ``bench.json`` + ``bench.txt`` under ``--out``, rewritten atomically after every
@@ -33,6 +34,7 @@ from influence.atomic import atomic_write_text
 from .bench_report import CLOCKS, MB, check_targets, environment, loadavg, render, save
 from .bench_overhead import overhead_section
 from .bench_tasks import TASKS, tasks_section
+from .bench_floor import floor_calls
 from .bench_workloads import WORKLOADS, Workload, build_workload, curated_steps, estimator_call
 from .estimator_cost import estimator_costs
 from .measure import measure_many
@@ -46,6 +48,8 @@ def costs_section(w: Workload, repeats: int, estimators: tuple[str, ...], curate
     gen = torch.Generator().manual_seed(1)
     train, ref = w.make(w.spec.n_score, gen), w.make(w.spec.n_ref, gen)
     extra = curated_steps(w, train, ref) if curated else {}
+    if "lai" in estimators or "lai-last" in estimators:
+        extra.update(floor_calls(w.model, w.loss_fn, train, ref, w.spec.lr))
     rows = estimator_costs(w.model, w.loss_fn, train, ref, w.spec.lr, (*estimators, *extra), repeats=repeats,
                            extra=extra)
     how = "validation.curation.step.curation_step (threshold 0)" if curated else None

@@ -49,17 +49,22 @@ def check_targets(workload: str, section: dict[str, Any], clock: str = "wall") -
     pre = "" if clock == "wall" else "cpu_"
     out = []
 
-    def add(name: str, value: float | None, bound: float, upper: bool = True, by: str | None = clock) -> None:
+    def add(name: str, value: float | None, bound: float, upper: bool = True, by: str | None = clock,
+            floor: dict[str, Any] | None = None) -> None:
         out.append(target(name, value, bound, upper, by))
+        if floor:
+            out[-1]["floor"] = floor[f"{pre}ratio_to_forward"]
 
     rows = section.get("costs", {}).get("rows", [])
     lai, ghost, exact = _row(rows, "lai"), _row(rows, "ghost"), _row(rows, "exact")
     last = _row(rows, "lai-last")
     if lai:
-        add("lai time / forward(train+ref)", lai[f"{pre}ratio_to_forward"], LAI_OVER_FORWARD)
+        add("lai time / forward(train+ref)", lai[f"{pre}ratio_to_forward"], LAI_OVER_FORWARD,
+            floor=_row(rows, "lai-floor"))
         add("lai peak / ghost peak", lai["peak_ratio_to_ghost"], LAI_PEAK_OVER_GHOST, by=None)
     if last:
-        add("lai-last time / forward(train+ref)", last[f"{pre}ratio_to_forward"], LAI_LAST_OVER_FORWARD)
+        add("lai-last time / forward(train+ref)", last[f"{pre}ratio_to_forward"], LAI_LAST_OVER_FORWARD,
+            floor=_row(rows, "lai-last-floor"))
     if ghost:
         add("ghost time / forward+backward(train+ref)", ghost[f"{pre}ratio_to_forward_backward"],
             GHOST_OVER_FORWARD_BACKWARD)
@@ -117,7 +122,8 @@ def target_lines(targets: list[dict[str, Any]]) -> list[str]:
         mark = {True: "MET", False: "MISSED", None: "n/a"}[t["met"]]
         op = "<=" if t["upper"] else ">="
         lines.append(f"   [{mark:>6}] {t['target']}: {_fmt(t['value'], '.3f')} {op} {_fmt(t['bound'], '.3g')}"
-                     + (f"  ({t['clock']})" if t.get("clock") else ""))
+                     + (f"  ({t['clock']})" if t.get("clock") else "")
+                     + (f"  floor {t['floor']:.3f} (plain torch ops, same scores)" if t.get("floor") else ""))
     return lines
 
 
