@@ -31,10 +31,13 @@ def test_bench_main_tiny_writes_json_and_text(tiny_run):
     for r in sec["costs"]["rows"]:
         assert r["median_s"] > 0
         assert r["ratio_to_forward"] == pytest.approx(r["median_s"] / fwd)
-    assert len(sec["scaling"]["sizes"]) >= 4 and set(sec["scaling"]["exponent"]) == {"ghost", "lai", "exact"}
+    assert len(sec["scaling"]["sizes"]) >= 4
+    assert set(sec["scaling"]["exponent"]) == {"ghost", "lai", "exact", "lai-floor", "lai-last-floor"}
+    assert len(sec["scaling"]["median_s"]["lai-floor"]) == len(sec["scaling"]["sizes"])
     assert {r["estimator"] for r in sec["big"]["rows"]} == set(bench.ALL_ESTIMATORS)
     targets = {t["target"]: t for t in sec["targets"]}
     assert "lai time / forward(train+ref)" in targets and "exact time / ghost time" in targets
+    assert not any("floor scaling" in t for t in targets)  # the floor is a reference, not a target
     assert {"lai-floor", "lai-last-floor"} <= set(names)  # the MLP has a floor: plain torch ops, same scores
     assert targets["lai time / forward(train+ref)"]["floor"] == next(
         r["ratio_to_forward"] for r in sec["costs"]["rows"] if r["estimator"] == "lai-floor")

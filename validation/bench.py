@@ -66,17 +66,21 @@ def fit_exponent(sizes: tuple[int, ...] | list[int], times: list[float]) -> floa
 
 def scaling_section(w: Workload, sizes: tuple[int, ...], repeats: int,
                     estimators: tuple[str, ...]) -> dict[str, Any]:
-    """Median time of each estimator for every train batch size (reference fixed) and the fitted exponent."""
+    """Median time of each estimator (and of LAI's floor, ``validation.bench_floor``, where the workload has one)
+    for every train batch size (reference fixed) and the fitted exponent."""
     gen = torch.Generator().manual_seed(2)
     ref = w.make(w.spec.n_ref, gen)
     times: dict[str, list[float]] = {e: [] for e in estimators}
     cpu: dict[str, list[float]] = {e: [] for e in estimators}
     for n in sizes:
         train = w.make(n, gen)
-        got = measure_many({e: estimator_call(w, e, train, ref) for e in estimators}, repeats, 1, memory=False)
-        for e in estimators:
-            times[e].append(got[e].median_s)
-            cpu[e].append(got[e].cpu_median_s)
+        calls = {e: estimator_call(w, e, train, ref) for e in estimators}
+        if {"lai", "lai-last"} & set(estimators):  # the floor at every size: LAI's fixed per-call work is the gap
+            calls.update(floor_calls(w.model, w.loss_fn, train, ref, w.spec.lr))
+        got = measure_many(calls, repeats, 1, memory=False)
+        for e in calls:
+            times.setdefault(e, []).append(got[e].median_s)
+            cpu.setdefault(e, []).append(got[e].cpu_median_s)
     return {"sizes": list(sizes), "n_ref": w.spec.n_ref, "median_s": times, "cpu_median_s": cpu,
             "exponent": {e: fit_exponent(sizes, t) for e, t in times.items()},
             "cpu_exponent": {e: fit_exponent(sizes, t) for e, t in cpu.items()}}
