@@ -148,3 +148,23 @@ def test_three_seeds_use_t_intervals_over_seeds(tmp_path, rng):
     assert (sp["value"], sp["low"], sp["high"]) == pytest.approx(
         (np.mean(per_seed), np.mean(per_seed) - half, np.mean(per_seed) + half), rel=1e-10)
     assert s["evidence"]["positives"]["mlp"] == [N // 4] * 3
+
+
+def test_cost_claims_are_judged_against_the_readme_ranges_with_the_forward_time_shown():
+    """"Cost vs the README" misses a model only beyond CLAIM_SLACK times the README's upper end, per estimator
+    (LAI's range ends at 2.1, Ghost's at 1.3), and shows each model's forward time."""
+    from validation.report_render import CLAIM_SLACK, README_COST, _cost_lines
+
+    lai_hi, ghost_hi = README_COST["lai"][2][1], README_COST["ghost"][2][1]
+    ratios = {"mlp": {"forward": 0.1, "lai": 0.1 * (CLAIM_SLACK * lai_hi + 0.5), "forward_backward": 0.3,
+                      "ghost": 0.3 * (CLAIM_SLACK * ghost_hi - 0.1)},
+              "cnn2d": {"forward": 0.2, "lai": 0.2 * (CLAIM_SLACK * lai_hi - 0.1), "forward_backward": 0.5,
+                        "ghost": 0.5 * (CLAIM_SLACK * ghost_hi + 0.2)}}
+    lines = _cost_lines({"cost_ratio_to_train_step": ratios,
+                         "cost_headline": {"mlp": {"width": 8, "batch": 4, "forward_ms": 0.31},
+                                           "cnn2d": {"width": 8, "batch": 4, "forward_ms": 2.4}}})
+    lai_line = next(x for x in lines if "LAI /" in x)
+    ghost_line = next(x for x in lines if "Ghost /" in x)
+    assert "claim not met on mlp" in lai_line and "cnn2d" not in lai_line.split("claim not met")[1]
+    assert "claim not met on cnn2d" in ghost_line and "mlp" not in ghost_line.split("claim not met")[1]
+    assert "(forward 0.31 ms)" in lai_line and "(forward 2.4 ms)" in ghost_line

@@ -17,7 +17,8 @@
   interval a ``validation.stats`` dict (value, low, high, n, confidence, method);
 * ``layers``: {model: per-layer comparison of LAI's and Ghost's terms} (``report_evidence.layer_evidence``);
 * ``cost_ratio_to_train_step``, ``cost_peak_ratio_to_train_step``: {model: {estimator: ratio}} at
-  ``cost_headline`` ({model: {"width", "batch"}}: the largest width and batch);
+  ``cost_headline`` ({model: {"width", "batch", "forward_ms"}}: the largest width and batch, and the wall time
+  of one forward pass there);
 * ``training``: {model: {"step", "final_ref_loss", "final_ref_accuracy"}};
 * ``curation``: rows of the curated-training paired table (method - vanilla per task and protocol), or null;
 * ``units``: {suite: finished units}; ``config_id``, ``profile``.
@@ -72,6 +73,9 @@ def _cost_summary(rows: list[dict[str, Any]]) -> tuple[dict, dict, dict]:
         b = max(r["batch"] for r in rs if r["width"] == w)
         pick = [r for r in rs if r["width"] == w and r["batch"] == b]
         head[model] = {"width": w, "batch": b}
+        fwd = next((r for r in pick if canon(r["estimator"]) == "forward"), None)
+        if fwd is not None and fwd.get("median_s") is not None:
+            head[model]["forward_ms"] = float(fwd["median_s"]) * 1e3
         time_r[model] = {canon(r["estimator"]): r["ratio_to_train_step"] for r in pick}
         peak_r[model] = {canon(r["estimator"]): r["peak_ratio_to_train_step"] for r in pick}
     return time_r, peak_r, head

@@ -21,7 +21,7 @@ MARK = {"pass": "PASS", "fail": "**FAIL**", "not run": "not run", "no guarantee"
 # tests/test_readme.py checks that the README says the same
 README_COST = {"lai": ("forward", "a forward pass", (1.3, 2.1)),
                "ghost": ("forward_backward", "a forward+backward", (0.9, 1.3))}
-CLAIM_SLACK = 2.0  # the README's cost ranges, checked as at most this factor
+CLAIM_SLACK = 2.0  # the README's cost ranges, checked as at most this factor times their upper end
 
 
 def _e(e: dict[str, Any] | None, digits: int = 2) -> str:
@@ -169,17 +169,20 @@ def _cost_lines(s: dict[str, Any]) -> list[str]:
     if not c:
         return ["- **Cost**: cost suite not run."]
     claims = " and ".join(f"{_label(est)} {lo:g}-{hi:g}x {words}" for est, (_, words, (lo, hi)) in README_COST.items())
-    lines = [f"- **Cost vs the README** (which gives {claims} on 1 thread; checked here as at most {CLAIM_SLACK:g}x; "
-             "wall time at the largest size of this run — a few timed repeats, noisy when other work shares the CPU; "
-             "`lai bench` is the reference):"]
-    for est, (base, words, _) in README_COST.items():
+    lines = [f"- **Cost vs the README** (which gives {claims} on 1 thread; checked here as at most {CLAIM_SLACK:g} "
+             "times the upper end; wall time at the largest size of this run — a few timed repeats, noisy when other "
+             "work shares the CPU; where a forward pass takes well under the README workloads' 3 ms, the library's "
+             "fixed work per call, about 1 ms, dominates; `lai bench` is the reference):"]
+    head = s.get("cost_headline") or {}
+    for est, (base, words, (_, hi)) in README_COST.items():
         parts, missed = [], []
         for m in _models(c):
             r, b = c[m].get(est), c[m].get(base)
             if r is None or not b:
                 continue
-            parts.append(f"{m} {r / b:.1f}x")
-            if r / b > CLAIM_SLACK:
+            ms = head.get(m, {}).get("forward_ms")
+            parts.append(f"{m} {r / b:.1f}x" + (f" (forward {ms:.2g} ms)" if ms is not None else ""))
+            if r / b > CLAIM_SLACK * hi:
                 missed.append(m)
         lines.append(f"  - {_label(est)} / {words}: " + ", ".join(parts)
                      + (f" — claim not met on {', '.join(missed)}" if missed else " — met"))
