@@ -98,6 +98,7 @@ def uncached_parametrizations() -> Iterator[None]:
 
 
 AUTOCAST_DEVICES = ("cpu", "cuda", "xpu", "mps")
+TOO_MANY_REROUTES = "the factorisation kept finding new unfactorable parameters; use estimator='exact'"
 
 
 def _parametrization_cache_depth() -> int:
@@ -254,15 +255,16 @@ class Session:
         """Build the reference side with ``routed`` parameters routed, adding whatever a capture finds unfactorable
         (``Reroute``) until nothing new is found."""
         routed = dict(routed)
-        tries, most = 0, None
-        while most is None or tries < most:
+        tries = 0
+        while True:
             try:
                 self._build(routed)
                 return
             except Reroute as e:
+                tries += 1
+                if tries >= self._max_tries():
+                    raise InfluenceError(TOO_MANY_REROUTES) from e
                 routed.update(e.args[0])
-                tries, most = tries + 1, self._max_tries() if most is None else most
-        raise InfluenceError("the factorisation kept finding new unfactorable parameters; use estimator='exact'")
 
     def _build(self, routed: dict) -> None:
         backend = self._backend(routed)
@@ -311,8 +313,7 @@ class Session:
             except Reroute as e:  # a new input signature found unfactorable parameters: rebuild with them routed
                 tries += 1
                 if tries >= self._max_tries():
-                    raise InfluenceError("the factorisation kept finding new unfactorable parameters; use "
-                                         "estimator='exact'") from e
+                    raise InfluenceError(TOO_MANY_REROUTES) from e
                 self._rebuild({**getattr(self.backend, "routed", {}), **e.args[0]})
 
     def _score(self, train: Batch, n: int, keep_graph: bool) -> InfluenceResult:

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from influence.atomic import atomic_write_text
+from influence.batch import Batch
 
 from .bench_report import CLOCKS, MB, check_targets, environment, loadavg, render, save
 from .bench_overhead import overhead_section
@@ -44,12 +45,18 @@ ALL_ESTIMATORS = ("exact", "ghost", "lai", "lai-last", "tracin-last")
 BIG_BATCH = 4096
 
 
+def _floors(w: Workload, train: Batch, ref: Batch, estimators: tuple[str, ...]) -> dict[str, Any]:
+    """LAI's floor calls (``validation.bench_floor``) when LAI is measured and the workload has a floor, else {}."""
+    if not {"lai", "lai-last"} & set(estimators):
+        return {}
+    return floor_calls(w.model, w.loss_fn, train, ref, w.spec.lr)
+
+
 def costs_section(w: Workload, repeats: int, estimators: tuple[str, ...], curated: bool) -> dict[str, Any]:
     gen = torch.Generator().manual_seed(1)
     train, ref = w.make(w.spec.n_score, gen), w.make(w.spec.n_ref, gen)
     extra = curated_steps(w, train, ref) if curated else {}
-    if "lai" in estimators or "lai-last" in estimators:
-        extra.update(floor_calls(w.model, w.loss_fn, train, ref, w.spec.lr))
+    extra.update(_floors(w, train, ref, estimators))
     rows = estimator_costs(w.model, w.loss_fn, train, ref, w.spec.lr, (*estimators, *extra), repeats=repeats,
                            extra=extra)
     how = "validation.curation.step.curation_step (threshold 0)" if curated else None
@@ -75,8 +82,7 @@ def scaling_section(w: Workload, sizes: tuple[int, ...], repeats: int,
     for n in sizes:
         train = w.make(n, gen)
         calls = {e: estimator_call(w, e, train, ref) for e in estimators}
-        if {"lai", "lai-last"} & set(estimators):  # the floor at every size: LAI's fixed per-call work is the gap
-            calls.update(floor_calls(w.model, w.loss_fn, train, ref, w.spec.lr))
+        calls.update(_floors(w, train, ref, estimators))  # at every size: LAI's fixed per-call work is the gap
         got = measure_many(calls, repeats, 1, memory=False)
         for e in calls:
             times.setdefault(e, []).append(got[e].median_s)
