@@ -264,8 +264,8 @@ class Capture:
     ``capture_backward``); ``order``: layer names in order of first call; ``f``: model output [n, ...];
     ``g``: dl_i/df_i, same shape; ``losses``: [n]; ``bad``: layer name -> why a call could not be recorded;
     ``producer``: the recorded layer whose output tensor IS the model output (or None); ``param_grads``:
-    id(param) -> autograd's gradient of sum_i l_i; ``probe``: [(sample index, {id(param): gradient of l_i})]; ``graph_losses``: [n] losses attached to the forward's
-    autograd graph (``capture_forward(keep_graph=True)``); ``checked``: block key -> autograd's
+    id(param) -> autograd's gradient of sum_i l_i; ``probe``: [(weights w [n], {id(param): gradient of
+    sum_i w_i l_i})]; ``graph_losses``: [n] losses attached to the forward's autograd graph (``capture_forward(keep_graph=True)``); ``checked``: block key -> autograd's
     gradient of sum_i l_i laid out as the block's [G, p, q] matrix, for the blocks that passed the sum check
     (``influence.verify``; a reference side uses it instead of summing the factors)."""
 
@@ -278,7 +278,7 @@ class Capture:
     bad: dict[str, str] = field(default_factory=dict)
     producer: str | None = None
     param_grads: dict[int, Tensor] = field(default_factory=dict)
-    probe: list[tuple[int, dict[int, Tensor]]] = field(default_factory=list)
+    probe: list[tuple[Tensor, dict[int, Tensor]]] = field(default_factory=list)
     graph_losses: Tensor | None = None
     checked: dict[Any, Tensor] = field(default_factory=dict)
 
@@ -444,11 +444,11 @@ def capture_forward(model: nn.Module, loss_fn: LossFn, batch: tuple[Any, Any], m
 
 
 def capture_backward(model: nn.Module, loss_fn: LossFn, batch: tuple[Any, Any], modules: dict[str, nn.Module],
-                     n: int, where: str, params: Sequence[nn.Parameter] = (), probe: Sequence[int] = (),
+                     n: int, where: str, params: Sequence[nn.Parameter] = (), probe: Tensor | None = None,
                      rules: dict[str, LayerRule] | None = None, paths: Factoring | None = None) -> Capture:
     """Forward and one truncated backward of sum_i l_i: inputs and output gradients of every layer; in the same
-    ``autograd.grad`` call the batch gradient of ``params``, and for each sample in ``probe`` the gradient of
-    its own loss l_i (extra backward passes through the retained graph). ``rules``: as in ``capture_forward``.
+    ``autograd.grad`` call the batch gradient of ``params``, and with ``probe`` (weights w [n]) the gradient of
+    sum_i w_i l_i (one more backward pass through the retained graph). ``rules``: as in ``capture_forward``.
     ``paths`` (the plan's ``factoring()``): first check ``params`` on the forward's graph (``influence.paths``)
     and take autograd's gradient only of those whose paths the layer calls do not explain, with every parameter
     of their layers (``Capture.param_grads`` holds those; none when the graph explains every path)."""
@@ -466,16 +466,16 @@ def capture_backward(model: nn.Module, loss_fn: LossFn, batch: tuple[Any, Any], 
         outs = [c.out for name in rec.order for c in rec.calls[name]]
         wanted = [o for o in outs if o.requires_grad]
         f_in = [f] if f.requires_grad else []
-        probe = list(probe) if params else []
+        probe = probe if params else None
         inputs = wanted + f_in + params
         rec.in_backward = True
         with named_checkpointing_errors(f"the {where} batch's backward"):
-            got = torch.autograd.grad(losses.sum(), inputs, allow_unused=True, retain_graph=bool(probe)) \
+            got = torch.autograd.grad(losses.sum(), inputs, allow_unused=True, retain_graph=probe is not None) \
                 if inputs else ()
             probed = []
-            for k, i in enumerate(probe):
-                gi = torch.autograd.grad(losses[i], params, allow_unused=True, retain_graph=k < len(probe) - 1)
-                probed.append((i, {id(p): dense_grad(p, v) for p, v in zip(params, gi)}))
+            if probe is not None:
+                gw = torch.autograd.grad((probe.to(losses.dtype) * losses).sum(), params, allow_unused=True)
+                probed.append((probe, {id(p): dense_grad(p, v) for p, v in zip(params, gw)}))
     got_iter = iter(got)
     grads: dict[str, list[Tensor]] = defaultdict(list)
     calls: dict[str, list[Call]] = {}

@@ -27,8 +27,9 @@ Two ways to get train-reference inner products, chosen per block by estimated co
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 import torch
 from torch import Tensor, nn
@@ -38,10 +39,13 @@ from .patches import Patches, conv_contract, conv_matrix, conv_rows_times
 
 @dataclass
 class Dense:
-    """A factor [n, T, G, p] (``data``); with ``ones`` it stands for [data, 1] along the last axis."""
+    """A factor [n, T, G, p] (``data``); with ``ones`` it stands for [data, 1] along the last axis. ``shared``: the
+    same factor is the left factor of many blocks (LAI's output gradient g), so its token-pair Gram is computed
+    once per pair of factors while ``shared_grams`` is open."""
 
     data: Tensor  # [n, T, G, p]
     ones: bool = False
+    shared: bool = False
 
     @property
     def x(self) -> Tensor:
@@ -71,7 +75,7 @@ class Dense:
         return self.data.shape[3] + int(self.ones)
 
     def rows(self, index: slice) -> "Dense":
-        return Dense(self.data[index], self.ones)
+        return Dense(self.data[index], self.ones, self.shared)
 
     def with_ones(self) -> "Dense":
         """[data, 1]: the factor augmented by a column of ones (a bias), without copying."""
@@ -136,8 +140,36 @@ def _dense_like(f: Factor) -> Factor:
     return Dense(f.x) if isinstance(f, Patches) else f
 
 
+_SHARED: list[dict] = []  # the open ``shared_grams`` memos (innermost last)
+
+
+@contextlib.contextmanager
+def shared_grams() -> Iterator[None]:
+    """While open, ``gram`` of two ``shared`` factors is computed once per pair (keyed by the two tensors' storage,
+    shape and strides; the memo holds the tensors, so a key cannot be reused by new memory)."""
+    _SHARED.append({})
+    try:
+        yield
+    finally:
+        _SHARED.pop()
+
+
+def _key(x: Tensor) -> tuple:
+    return x.data_ptr(), tuple(x.shape), x.stride(), x.dtype
+
+
 def gram(a: Factor, b: Factor) -> Tensor:
     """Token-pair inner products [n_a, n_b, T_a, T_b, G]."""
+    if _SHARED and isinstance(a, Dense) and isinstance(b, Dense) and a.shared and b.shared:
+        memo = _SHARED[-1]
+        key = (_key(a.data), a.ones, _key(b.data), b.ones)
+        if key not in memo:
+            memo[key] = (_gram(a, b), a.data, b.data)
+        return memo[key][0]
+    return _gram(a, b)
+
+
+def _gram(a: Factor, b: Factor) -> Tensor:
     a, b = _dense_like(a), _dense_like(b)
     if isinstance(a, Dense) and isinstance(b, Dense):
         if a.ones and b.ones:  # [a, 1] . [b, 1] = a . b + 1 for every token pair: neither factor copied
@@ -147,7 +179,7 @@ def gram(a: Factor, b: Factor) -> Tensor:
         eq = (a.ids[:, None, :, None] == b.ids[None, :, None, :]) & (a.ids >= 0)[:, None, :, None]
         return eq.unsqueeze(-1)
     if isinstance(a, Dense):
-        return gram(b, a).permute(1, 0, 3, 2, 4)
+        return _gram(b, a).permute(1, 0, 3, 2, 4)
     vals = b.x[:, :, 0, :]  # [n_b, T_b, size]
     picked = vals[:, :, a.ids.clamp(min=0)]  # [n_b, T_b, n_a, T_a]
     picked = picked * (a.ids >= 0).to(picked.dtype)
@@ -156,7 +188,9 @@ def gram(a: Factor, b: Factor) -> Tensor:
 
 @dataclass
 class Segment:
-    """One sum over tokens: sum_t L_t (x) R_t."""
+    """One sum over tokens: sum_t L_t (x) R_t. A ``Dense`` factor with one token beside a factor with T tokens
+    stands for the same vector at every token (LAI's aligned pairing: a sample's flattened output gradient beside
+    its token ids); the Gram form uses it as it is, the other forms expand it (``_expanded``)."""
 
     left: Factor
     right: Factor
@@ -168,9 +202,26 @@ class Segment:
     def n(self) -> int:
         return self.left.n
 
+    @property
+    def tokens(self) -> int:
+        return max(self.left.tokens, self.right.tokens)
+
+
+def _expanded(seg: Segment) -> Segment:
+    """``seg`` with a one-token ``Dense`` factor expanded (a view) to its partner's tokens."""
+    left, right = seg.left, seg.right
+    if left.tokens == right.tokens:
+        return seg
+    if left.tokens == 1 and isinstance(left, Dense):
+        return Segment(left.expand_tokens(right.tokens), right)
+    if right.tokens == 1 and isinstance(right, Dense):
+        return Segment(left, right.expand_tokens(left.tokens))
+    raise ValueError(f"a segment pairs {left.tokens} tokens with {right.tokens}")
+
 
 def _oriented(seg: Segment) -> tuple[Factor, Factor, bool]:
-    """(index-or-dense, dense, swapped): put an Index factor on the left."""
+    """(index-or-dense, dense, swapped): put an Index factor on the left (tokens expanded, ``_expanded``)."""
+    seg = _expanded(seg)
     if isinstance(seg.right, Index):
         if isinstance(seg.left, Index):
             raise NotImplementedError("a segment with two one-hot factors")
@@ -180,9 +231,10 @@ def _oriented(seg: Segment) -> tuple[Factor, Factor, bool]:
 
 def segment_gram(a: Segment, b: Segment) -> Tensor:
     """[n_a, n_b]: sum over token pairs and groups of (L.L')(R.R')."""
-    left = gram(a.left, b.left)
+    left = gram(a.left, b.left)  # [n_a, n_b, T, T', G], or [n_a, n_b, 1, 1, G] for a one-token factor
     right = gram(a.right, b.right)
-    return (left.to(right.dtype) * right if left.dtype == torch.bool else left * right.to(left.dtype)).sum((2, 3, 4))
+    prod = left.to(right.dtype) * right if left.dtype == torch.bool else left * right.to(left.dtype)
+    return prod.sum((2, 3, 4))
 
 
 def _rows(x: Tensor, g: int) -> Tensor:
@@ -379,21 +431,36 @@ class Block:
         return add_all(segment_per_sample(s) for s in self.segments).flatten(1)
 
     def gram_cost(self, n_i: int, n_v: int) -> float:
-        tok = sum(s.left.tokens for s in self.segments)
-        width = sum(s.left.groups * (s.left.dim + s.right.dim) for s in self.segments) / len(self.segments)
-        return float(n_i) * n_v * tok * tok * width
+        """Multiply-adds of the Gram form: n_i n_v T^2 per unit of width, where an ``Index`` factor costs one
+        comparison (not its vocabulary) and a ``shared`` factor nothing (its Gram is computed once for all blocks,
+        ``shared_grams``)."""
+        tok = sum(s.tokens for s in self.segments)
+        width = sum(s.left.groups * (_gram_width(s.left) + _gram_width(s.right)) for s in self.segments)
+        return float(n_i) * n_v * tok * tok * (width / len(self.segments) + 1)
 
     def contract_cost(self, n_i: int, n_v: int) -> float:
         cost = 0.0
         for s in self.segments:
             left, right, _ = _oriented(s)
             p = 1 if isinstance(left, Index) else left.dim
-            cost += s.left.tokens * left.groups * p * right.dim
-        # the reference matrix M [G, p, q] is built and read whole: it dominates for one-hot factors over a
-        # flattened (aligned) token space, whose p is T * vocabulary
+            cost += s.tokens * left.groups * p * right.dim
+        # the reference matrix M [G, p, q] is built and read whole: it dominates for one-hot factors, whose p is
+        # the vocabulary (times T over a flattened, aligned token space)
+        return float(n_i + n_v) * cost + self.matrix_size()
+
+    def matrix_size(self) -> float:
+        """Entries of the block's reference matrix M [G, p, q] (an ``Index`` factor counts its whole space)."""
         left, right, _ = _oriented(self.segments[0])
-        return float(n_i + n_v) * cost + float(left.groups) * left.dim * right.dim
+        return float(left.groups) * left.dim * right.dim
 
     def materialize_cost(self, n_i: int, n_v: int) -> float:
-        size = sum(_oriented(s)[0].groups * _oriented(s)[0].dim * _oriented(s)[1].dim for s in self.segments[:1])
-        return self.contract_cost(n_i, n_v) + float(n_i) * n_v * size
+        return self.contract_cost(n_i, n_v) + float(n_i) * n_v * self.matrix_size()
+
+
+def _gram_width(f: Factor) -> int:
+    """Multiply-adds per token pair of ``f``'s Gram (``Block.gram_cost``)."""
+    if isinstance(f, Index):
+        return 1
+    if isinstance(f, Dense) and f.shared:
+        return 0
+    return f.dim

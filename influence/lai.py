@@ -27,7 +27,7 @@ from .capture import Capture, Plan, capture_forward, output_layer, plan
 from .routing import report_routed
 from .checks import size_hint
 from .errors import InfluenceError
-from .factors import Block, Dense, Index, Segment
+from .factors import Block, Dense, Segment
 from .layers import Context, factored
 from .result import Chunk, InfluenceResult, Reroute
 from .scoring import DEFAULT_BUDGET, ReferenceSide
@@ -37,10 +37,27 @@ PAIRINGS = ("all_pairs", "aligned")
 
 
 def output_factor(cap: Capture) -> Dense:
-    """g as a token factor: [n, T, 1, C] for outputs [n, T, C], else [n, 1, 1, prod(rest)]."""
+    """g as a token factor: [n, T, 1, C] for outputs [n, T, C], else [n, 1, 1, prod(rest)]; ``shared`` (every
+    layer's block pairs with it, so its token-pair Gram is computed once per call: ``factors.shared_grams``)."""
     g = cap.g
     n = g.shape[0]
-    return Dense(g.reshape(n, g.shape[1], 1, g.shape[2]) if g.dim() == 3 else g.reshape(n, 1, 1, -1))
+    return Dense(g.reshape(n, g.shape[1], 1, g.shape[2]) if g.dim() == 3 else g.reshape(n, 1, 1, -1), shared=True)
+
+
+class OutputFactors:
+    """g as ``output_factor`` and, built on first use and kept, its aligned form: all tokens of a sample as one
+    vector [n, 1, 1, T*C] (shared likewise)."""
+
+    def __init__(self, cap: Capture) -> None:
+        self.tokens = output_factor(cap)
+        self._flat: Dense | None = None
+
+    @property
+    def flat(self) -> Dense:
+        if self._flat is None:
+            flat = self.tokens.flatten_tokens()
+            self._flat = Dense(flat.data, flat.ones, shared=True)
+        return self._flat
 
 
 def _direct(pl: Plan, name: str) -> list[nn.Parameter]:
@@ -65,29 +82,29 @@ def lai_layers(pl: Plan, cap: Capture, layers: str, ctx: Context) -> tuple[list[
     return names, skipped, set(pl.names)
 
 
-def layer_block(cap: Capture, pl: Plan, name: str, g: Dense, token_pairing: str, ctx: Context) -> Block | None:
+def layer_block(cap: Capture, pl: Plan, name: str, g: OutputFactors, token_pairing: str, ctx: Context
+                ) -> Block | None:
     """The block of one recorded layer: a segment (g, a) for every call (None when no call has an LAI term).
-    ``g``: ``output_factor(cap)``."""
+    Token-aligned pairing (``"aligned"``, or a layer whose positions are not the output's) pairs the sample's
+    flattened g with its flattened activation; for one-hot ids the activation keeps its tokens (ids offset by
+    position, ``Index.flatten_tokens``) beside the one flattened g, which stands for the same vector at every
+    token (``factors.Segment``): the Gram counts the positions where two samples hold the same id."""
     module, rule = pl.modules[name], pl.rules[name]
     segments = []
     for call in cap.calls[name]:
         act = rule.lai_activation(module, call.inp, ctx)
         if act is None:
             continue
-        if token_pairing == "all_pairs" and act.tokens == g.tokens:
-            segments.append(Segment(g, act))
+        if token_pairing == "all_pairs" and act.tokens == g.tokens.tokens:
+            segments.append(Segment(g.tokens, act))
         else:
-            flat = act.flatten_tokens()
-            left = g.flatten_tokens()
-            if isinstance(flat, Index):
-                left = left.expand_tokens(flat.tokens)
-            segments.append(Segment(left, flat))
+            segments.append(Segment(g.flat, act.flatten_tokens()))
     return Block(name, segments) if segments else None
 
 
 def lai_blocks(cap: Capture, pl: Plan, names: list[str], token_pairing: str, ctx: Context) -> dict[str, Block]:
     """One block per layer: segments (g, a) for every call of the layer."""
-    g = output_factor(cap)
+    g = OutputFactors(cap)
     blocks = {}
     for name in cap.order:
         if name not in names or name in cap.bad:
@@ -106,7 +123,7 @@ class LazyBlocks(Mapping):
         self.cap, self.pl, self.token_pairing, self.ctx = cap, pl, token_pairing, ctx
         wanted = set(names)
         self.names = [name for name in cap.order if name in wanted and name not in cap.bad]
-        self.g = output_factor(cap)
+        self.g = OutputFactors(cap)
         self.empty: dict[str, bool] = {}  # name -> whether its block is None (learnt when first built)
 
     def __getitem__(self, name: str) -> Block:

@@ -10,6 +10,7 @@ reads it (``pack``).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
@@ -76,9 +77,10 @@ def _times(f: Dense | Patches, one_group: bool) -> Callable[[Side], Tensor]:
     return lambda side: rows_times(f, side.full.unsqueeze(-1)).reshape(-1)
 
 
-def factored(block: Block, dirs: Sequence[Direction]) -> tuple[Tensor, Tensor]:
-    """v^T (sum_i G_i) u from the factors for each direction: the terms t = (L . v)(R . u) over samples, tokens,
-    groups and segments (L oriented as in ``segment_matrix``) give (sum of t, sum of |t|), both [k]."""
+def factored(block: Block, dirs: Sequence[Direction], weights: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """v^T (sum_i w_i G_i) u from the factors for each direction: the terms t = w_i (L . v)(R . u) over samples,
+    tokens, groups and segments (L oriented as in ``segment_matrix``; ``weights`` w [n] default ones) give
+    (sum of t, sum of |t|), both [k]."""
     fact = mag = None
     one_group = dirs[0].v.flat is not None
     for seg in block.segments:
@@ -94,6 +96,10 @@ def factored(block: Block, dirs: Sequence[Direction]) -> tuple[Tensor, Tensor]:
             terms = [left_times(d.v).mul_(right_times(d.u)) for d in dirs]
         t = torch.stack(terms)
         t = t if t.dim() == 2 else t.reshape(len(dirs), -1)
+        if weights is not None:  # rows are ordered (group, sample, token)
+            n = seg.n
+            t = (t.reshape(len(dirs), -1, n, t.shape[1] // n // max(1, left.groups)) *
+                 weights.to(t.dtype).view(1, 1, n, 1)).reshape(len(dirs), -1)
         f, a = t.sum(1), torch.linalg.vector_norm(t, 1, dim=1)
         fact, mag = (f, a) if fact is None else (fact + f, mag + a)
     return fact, mag
@@ -112,6 +118,10 @@ def _rectangle(view: Tensor, p: int, q: int) -> tuple[Tensor, Tensor, bool] | No
             off = (off[:, None] + torch.arange(sizes[d]) * strides[d]).reshape(-1)
         return off
 
+    def span(dims: range) -> tuple[int, int]:  # the least and greatest offset, without listing the offsets
+        lo = sum(min(0, (sizes[d] - 1) * strides[d]) for d in dims)
+        return lo, lo + sum(abs((sizes[d] - 1) * strides[d]) for d in dims)
+
     base, found = view.storage_offset(), []
     for s in range(len(sizes) + 1):
         head, tail = range(s), range(s, len(sizes))
@@ -119,11 +129,16 @@ def _rectangle(view: Tensor, p: int, q: int) -> tuple[Tensor, Tensor, bool] | No
             row_dims, col_dims = (tail, head) if cols_first else (head, tail)
             if any(strides[d] % q for d in row_dims if sizes[d] > 1):
                 continue
-            rows, cols = base // q + offsets(row_dims) // q, base % q + offsets(col_dims)
-            if rows.min() >= 0 and rows.max() < p and cols.min() >= 0 and cols.max() < q:
-                second = len(rows) if cols_first else len(cols)
-                found.append(((second != 1, cols_first), (rows, cols, cols_first)))
-    return min(found, key=lambda f: f[0])[1] if found else None
+            (r_lo, r_hi), (c_lo, c_hi) = span(row_dims), span(col_dims)
+            if base // q + r_lo // q >= 0 and base // q + r_hi // q < p and base % q + c_lo >= 0 \
+                    and base % q + c_hi < q:
+                a = math.prod(sizes[d] for d in row_dims)
+                second = a if cols_first else math.prod(sizes[d] for d in col_dims)
+                found.append(((second != 1, cols_first), (row_dims, col_dims, cols_first)))
+    if not found:
+        return None
+    row_dims, col_dims, cols_first = min(found, key=lambda f: f[0])[1]
+    return base // q + offsets(row_dims) // q, base % q + offsets(col_dims), cols_first
 
 
 def _layout(block: Block, shape: tuple[int, int, int]) -> list[tuple[Tensor, Tensor, bool]] | None:

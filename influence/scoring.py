@@ -18,10 +18,11 @@ import torch
 from torch import Tensor
 
 from .errors import InfluenceError
-from .factors import Block
+from .factors import Block, Index, _gram_width, shared_grams
+from .memory import MemoryBudgetError, mib, require_fits, resolve_budget
 
 MODES = ("auto", "gram", "materialize")
-DEFAULT_BUDGET = 1 << 30  # bytes for one Gram chunk
+DEFAULT_BUDGET: int | None = None  # bytes (influence.memory): None is half of the memory free at the start
 
 
 def check_mode(mode: str) -> str:
@@ -33,15 +34,55 @@ def check_mode(mode: str) -> str:
 GRAM_FIXED = 2_000_000  # the Gram form's fixed work per block and call beyond the other form's, in multiply-adds
 
 
-def choose_mode(block: Block, n_train: int, n_ref: int, pairwise: bool, mode: str, ref_sum: bool = False) -> str:
-    """The cheaper form of ``block`` under ``mode="auto"``. ``ref_sum``: the block's sum over the reference
-    samples is already known (autograd's, from the verification), so the contracted form pays only its
-    training side. Costs are multiply-adds; the Gram form also pays ``GRAM_FIXED`` (its two token-pair einsums,
-    row chunks and concatenation: measured about 130 us against a contraction's 25 us for a block of 8 samples
-    and width 16 x 9 on one CPU thread, which runs 15-45 multiply-adds per ns), so small blocks take the
-    contracted form."""
-    if check_mode(mode) != "auto":
-        return mode
+def _itemsize(block: Block) -> int:
+    for seg in block.segments:
+        for f in (seg.right, seg.left):
+            if not isinstance(f, Index):
+                return f.dtype.itemsize
+    return 8
+
+
+def gram_row_bytes(train: Block, n_ref: int) -> float:
+    """Bytes of one training row of ``chunked_gram`` against ``n_ref`` reference samples (the token-pair Grams of
+    both factors and their product)."""
+    tok = sum(s.tokens for s in train.segments)
+    groups = max(s.left.groups for s in train.segments)
+    return float(n_ref) * tok * tok * groups * _itemsize(train) * 3
+
+
+def fits(block: Block, form: str, n_train: int, n_ref: int, pairwise: bool, budget: int) -> bool:
+    """Whether ``form`` ("gram" or "materialize") of ``block`` stays within ``budget`` bytes: the Gram form in
+    chunks of at least one training row; the contracted form's reference matrix M (read whole); pairwise
+    materialised products the reference samples' gradients (kept) and one training sample's at a time."""
+    item = _itemsize(block)
+    if form == "gram":
+        return gram_row_bytes(block, n_ref) <= budget
+    size = block.matrix_size() * item
+    return (size * (n_ref + 1) if pairwise else size) <= budget
+
+
+def choose_mode(block: Block, n_train: int, n_ref: int, pairwise: bool, mode: str, ref_sum: bool = False,
+                budget: int | None = None, prefer: str | None = None) -> str:
+    """The form of ``block``: ``mode`` when it is not ``"auto"``, else the cheaper of the two that fit ``budget``
+    (bytes; ``fits``). ``prefer`` ("materialize" when the reference is streamed or preconditioned) is taken
+    whenever it fits. ``ref_sum``: the block's sum over the reference samples is already known (autograd's,
+    from the verification), so the contracted form pays only its training side. Costs are multiply-adds; the
+    Gram form also pays ``GRAM_FIXED`` (its two token-pair einsums, row chunks and concatenation: measured about
+    130 us against a contraction's 25 us for a block of 8 samples and width 16 x 9 on one CPU thread, which runs
+    15-45 multiply-adds per ns), so small blocks take the contracted form. Raises ``MemoryBudgetError`` before
+    allocating when no allowed form fits."""
+    forms = ("gram", "materialize") if check_mode(mode) == "auto" else (mode,)
+    ok = [f for f in forms if budget is None or fits(block, f, n_train, n_ref, pairwise, budget)]
+    if not ok:
+        m = block.matrix_size() * _itemsize(block) * ((n_ref + 1) if pairwise else 1)
+        need = {"gram": gram_row_bytes(block, n_ref), "materialize": m}
+        raise MemoryBudgetError(f"{block.name}: no form of this block fits memory_budget = {mib(budget)} "
+                                f"({', '.join(f'{f}: {mib(need[f])}' for f in forms)}); raise memory_budget, score "
+                                "fewer reference samples or shorter sequences, or use mode='auto'")
+    if len(ok) == 1:
+        return ok[0]
+    if prefer in ok:
+        return prefer
     other = block.materialize_cost(n_train, n_ref) if pairwise else \
         block.contract_cost(n_train, 0 if ref_sum else n_ref)
     return "gram" if block.gram_cost(n_train, n_ref) + GRAM_FIXED <= other else "materialize"
@@ -49,12 +90,8 @@ def choose_mode(block: Block, n_train: int, n_ref: int, pairwise: bool, mode: st
 
 def chunked_gram(train: Block, ref: Block, budget: int) -> Tensor:
     """[n_train, n_ref] Gram products, over row chunks sized so one chunk's token-pair tensor fits ``budget``."""
-    tok_t = sum(s.left.tokens for s in train.segments)
-    tok_v = sum(s.left.tokens for s in ref.segments)
-    groups = max(s.left.groups for s in train.segments)
-    item = getattr(train.segments[0].right, "dtype", torch.float64).itemsize
-    per_row = max(1, ref.n * tok_t * tok_v * groups * item * 3)
-    rows = max(1, budget // per_row)
+    per_row = max(1.0, gram_row_bytes(train, ref.n))
+    rows = max(1, int(budget // per_row))
     if rows >= train.n:
         return train.gram(ref)
     return torch.cat([train.rows(slice(i, i + rows)).gram(ref) for i in range(0, train.n, rows)])
@@ -72,14 +109,17 @@ def chunked_materialized(train: Block, ref_grads: Tensor, budget: int) -> Tensor
 
 def self_products(block: Block, budget: int = DEFAULT_BUDGET) -> Tensor:
     """[n]: <G_i, G_i> for every sample of ``block``: materialised per-sample gradients (in row chunks within
-    ``budget``) when one gradient is smaller than the token-pair Gram of one sample, else one Gram per sample."""
+    ``budget``) when one gradient is smaller than the token-pair Gram of one sample and fits the budget, else one
+    Gram per sample (refused by name when even that does not fit)."""
+    budget = resolve_budget(budget)
+    size, item = block.matrix_size(), _itemsize(block)
+    tok = sum(s.tokens for s in block.segments)
     seg = block.segments[0]
-    size = seg.left.groups * seg.left.dim * seg.right.dim
-    tok = sum(s.left.tokens for s in block.segments)
-    item = getattr(seg.right, "dtype", torch.float64).itemsize
-    if size <= tok * tok * (seg.left.dim + seg.right.dim) * 4:
-        rows = max(1, budget // max(1, size * item))
+    cheaper = size <= tok * tok * (_gram_width(seg.left) + _gram_width(seg.right) + 1) * 4
+    if cheaper and size * item <= budget:
+        rows = max(1, int(budget // max(1, size * item)))
         return torch.cat([block.rows(slice(i, i + rows)).per_sample().pow(2).sum(1) for i in range(0, block.n, rows)])
+    require_fits(gram_row_bytes(block.rows(slice(0, 1)), 1), budget, f"{block.name}: one sample's token-pair Gram")
     return torch.stack([block.rows(slice(i, i + 1)).gram(block.rows(slice(i, i + 1)))[0, 0]
                         for i in range(block.n)])
 
@@ -116,7 +156,7 @@ class ReferenceSide:
     def __init__(self, n_train: int, pairwise: bool, mode: str = "auto", budget: int = DEFAULT_BUDGET,
                  streamed: bool = False, preconditioner: Mapping[int, Tensor] | None = None,
                  scale: float = 1.0) -> None:
-        self.n_train, self.pairwise, self.budget, self.scale = n_train, pairwise, budget, scale
+        self.n_train, self.pairwise, self.budget, self.scale = n_train, pairwise, resolve_budget(budget), scale
         self.mode, self.streamed = check_mode(mode), streamed
         self.preconditioner = dict(preconditioner or {})
         if self.preconditioner and pairwise:
@@ -145,13 +185,13 @@ class ReferenceSide:
             if block is None:
                 continue
             if key not in self.modes:
-                mode = self.mode
-                if self.preconditioner or (self.streamed and not self.pairwise):
-                    mode = "materialize" if mode == "auto" else mode
-                m = choose_mode(block, self.n_train, n, self.pairwise, mode, key in sums)
-                if m == "gram" and self.streamed and not self.pairwise:
+                mode = "materialize" if self.preconditioner and self.mode == "auto" else self.mode
+                if mode == "gram" and self.streamed and not self.pairwise:
                     raise InfluenceError("the Gram form needs the whole reference set in memory; with several "
                                          "reference batches use mode='auto' or 'materialize'")
+                streamed = self.streamed and not self.pairwise  # contracted unless its matrix does not fit
+                m = choose_mode(block, self.n_train, n, self.pairwise, mode, key in sums, self.budget,
+                                "materialize" if streamed else None)
                 self.modes[key], self.names[key] = m, block.name
                 if not first and (m == "gram" or self.pairwise):  # a layer absent from earlier batches
                     self.parts[key] = [_ZeroColumns(self.n_ref)]
@@ -187,6 +227,15 @@ class ReferenceSide:
             self._means = {key: self._mean(key) for key in self.sums}
             self._views = {key: {} for key in self.sums}
         means, views = self._means, self._views
+        with shared_grams():  # LAI's output-gradient Gram once for all layers
+            self._score(blocks, n, like, shape, out, means, views)
+        for key in blocks.keys() - self.modes.keys():
+            out[key] = like.new_zeros(shape)
+            self.names[key] = blocks[key].name
+        return out
+
+    def _score(self, blocks: Mapping[Hashable, Block], n: int, like: Tensor, shape: tuple, out: dict,
+               means: dict, views: dict) -> None:
         for key, m in self.modes.items():
             block = blocks.get(key)
             if block is None:
@@ -203,10 +252,6 @@ class ReferenceSide:
             else:
                 out[key] = block.contract(means[key], views[key])
             del block
-        for key in blocks.keys() - self.modes.keys():
-            out[key] = like.new_zeros(shape)
-            self.names[key] = blocks[key].name
-        return out
 
     def _scaled(self, x: Tensor) -> Tensor:
         return x if self.scale == 1.0 else x * self.scale

@@ -45,6 +45,7 @@ from .ghost import GhostBackend, weighted_gradient
 from .lai import LaiBackend
 from .optim import adam_preconditioner, is_adaptive
 from .result import InfluenceResult, Reroute, assemble
+from .memory import resolve_budget
 from .scoring import DEFAULT_BUDGET, ReferenceSide, self_products
 from .tracin import TracInBackend
 from .verify import check_verify
@@ -181,7 +182,9 @@ class Session:
             self.checkpoints = list(checkpoints)
         self.lr = None if self.kind == "tracin" else check_lr(lr)  # the learning rate of the step being scored
         trainable_names(model, params if self.kind == "exact" else None)
-        self.pairwise, self.mode, self.fallback, self.budget = bool(pairwise), mode, fallback, memory_budget
+        device = next((p.device for p in model.parameters()), None)
+        self.budget = resolve_budget(memory_budget, device)  # fixed for the session (influence.memory)
+        self.pairwise, self.mode, self.fallback = bool(pairwise), mode, fallback
         self.layers, self.token_pairing, self.params, self.state = layers, token_pairing, params, state
         default_chunk = DEFAULT_CHUNK if self.kind in ("exact", "tracin") else None
         self.chunk = check_chunk_size(chunk_size if chunk_size is not None else default_chunk,

@@ -52,7 +52,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils._pytree import tree_flatten
 
-from .batch import Batch, LossFn
+from .batch import Batch, LossFn, take
 from .checks import tensor_pair
 from .capture import Capture, Plan, capture_backward, factor_blocks
 from .factors import Block, _oriented
@@ -82,22 +82,51 @@ def check_verify(verify: str) -> str:
 
 
 def signature(model: nn.Module, batch: Batch) -> tuple:
-    """What the verdict depends on besides the model object: the batch's structure, shapes and dtypes, the
-    modules' classes and train/eval flags, the trainable parameters and the registry version."""
+    """What the verdict depends on besides the model object: the batch's structure, each leaf's dtype and rank and
+    the size pattern of its dimensions (``size_pattern``, not the sizes themselves), the modules' classes and
+    train/eval flags, the trainable parameters and the registry version.
+
+    A verdict carries over to another batch size or sequence length (a ragged last batch, dynamically padded text)
+    because what the verification catches does not depend on the sizes themselves: a parameter used outside its
+    module, a rule that does not match a module's forward, a layer whose leading dimension is not the batch. What
+    sizes do change is kept in the pattern: which dimensions are 1 (broadcasting; a ``[1, T]`` call), which equal
+    each other or a parameter's dimension (a non-batch leading dimension equal to the batch size passes the shape
+    check, so such a batch is probed on its own). What it cannot see is control flow that depends on the sizes or
+    values (a branch taken only for long sequences); Ghost's per-capture graph check (``verify="paths"``) covers
+    that for Ghost, LAI relies on the verdict."""
+    state = model_state(model)
     pair = tensor_pair(batch)
-    if pair is not None:
-        structure, shapes = "pair", tuple((tuple(t.shape), t.dtype) for t in pair)
-    else:
-        leaves, spec = tree_flatten(batch)
-        structure = str(spec)
-        shapes = tuple((tuple(x.shape), x.dtype) if isinstance(x, Tensor) else repr(x) for x in leaves)
-    return registry_version(), structure, shapes, model_state(model)
+    leaves = list(pair) if pair is not None else tree_flatten(batch)[0]
+    structure = "pair" if pair is not None else str(tree_flatten(batch)[1])
+    return registry_version(), structure, size_pattern(leaves, state[-1]), state[:-1]
+
+
+def size_pattern(leaves: list[Any], param_dims: frozenset[int]) -> tuple:
+    """Per leaf: (dtype, one label per dimension) for a tensor, ``repr`` otherwise. A dimension's label is the
+    position (in order over all leaves) of the first dimension of the same size, with whether its size is 1 and
+    whether it equals a dimension of a parameter of the model: batches with the same labels differ only in sizes
+    that no two dimensions share."""
+    first: dict[int, int] = {}
+    out: list[Any] = []
+    k = 0
+    for x in leaves:
+        if not isinstance(x, Tensor):
+            out.append(repr(x))
+            continue
+        labels = []
+        for size in x.shape:
+            labels.append((first.setdefault(size, k), size == 1, size in param_dims))
+            k += 1
+        out.append((x.dtype, tuple(labels)))
+    return tuple(out)
 
 
 def model_state(model: nn.Module) -> tuple:
     """Every module's class and train/eval flag and every parameter's name, ``requires_grad`` and dtype, in
-    ``named_modules`` order (one walk over the module tree, without building the modules' dotted names)."""
+    ``named_modules`` order (one walk over the module tree, without building the modules' dotted names); last, the
+    set of the parameters' dimension sizes (``size_pattern``)."""
     state: list[Any] = []
+    dims: set[int] = set()
     seen: set[int] = set()
     stack = [model]
     while stack:
@@ -106,8 +135,12 @@ def model_state(model: nn.Module) -> tuple:
             continue
         seen.add(id(m))
         state.append((type(m), m.training))
-        state += [(k, p.requires_grad, p.dtype) for k, p in m._parameters.items() if p is not None]
+        for k, p in m._parameters.items():
+            if p is not None:
+                state.append((k, p.requires_grad, p.dtype))
+                dims.update(p.shape)
         stack += [c for c in reversed(m._modules.values()) if c is not None]
+    state.append(frozenset(dims))
     return tuple(state)
 
 
@@ -147,13 +180,17 @@ def _directions_for(dtype: torch.dtype) -> int:
 
 
 def _norm(ts: list[Tensor]) -> float:
-    return float(torch.sqrt(sum((t.detach().double() ** 2).sum() for t in ts))) if ts else 0.0
+    """The 2-norm of all entries of ``ts`` (each reduced in its own dtype, without a widened copy)."""
+    if not ts:
+        return 0.0
+    norms = [float(torch.linalg.vector_norm(t.detach())) for t in ts]
+    return sum(x * x for x in norms) ** 0.5
 
 
 def _mismatches(blocks: dict[Any, Block], expected: dict[int, Tensor], pl: Plan,
-                sample: int | None, what: str) -> dict[int, str]:
-    """Blocks (summed over samples, or of one ``sample``) whose gradients differ from ``expected`` autograd
-    gradients; parameters expected but covered by no block must have a zero gradient."""
+                weights: Tensor | None, what: str) -> dict[int, str]:
+    """Blocks (summed over samples, with ``weights`` [n] when given) whose gradients differ from ``expected``
+    autograd gradients; parameters expected but covered by no block must have a zero gradient."""
     if not expected:
         return {}
     scale = _norm(list(expected.values()))
@@ -164,16 +201,15 @@ def _mismatches(blocks: dict[Any, Block], expected: dict[int, Tensor], pl: Plan,
     def compare(pids: list[int], got: list[Tensor]) -> None:
         for k, a in zip(pids, got):
             b = expected[k]
-            diff = _norm([a.to(b.dtype) - b])
-            if diff > tol * (max(_norm([a]), _norm([b])) + 1e-2 * scale):
-                rel = diff / max(_norm([b]), 1e-300)
+            diff, na, nb = _norm([a.to(b.dtype) - b]), _norm([a]), _norm([b])
+            if diff > tol * (max(na, nb) + 1e-2 * scale):
+                rel = diff / max(nb, 1e-300)
                 out[k] = f"{pl.names.get(k, '?')}: {what} differs from autograd by {rel:.2g} (relative)"
 
     for block in blocks.values():
         pids = [id(p) for p in block.params]
         covered.update(pids)
-        part = block if sample is None else block.rows(slice(sample, sample + 1))
-        compare(pids, block.unpack(part.matrix()))
+        compare(pids, block.unpack(block.matrix(weights)))
     for k, v in expected.items():
         if k not in covered:
             compare([k], [torch.zeros_like(v)])
@@ -222,16 +258,22 @@ def sum_check(blocks: dict[Any, Block], cap: Capture, pl: Plan, k: int | None = 
     zero autograd gradient. Every block that passes goes into ``cap.checked`` (a reference side in contracted
     form uses autograd's matrix as the block's sum over samples, so the check's weight gradients are not paid
     twice; it is packed when read)."""
-    grads = cap.param_grads
-    if not grads:
-        return {}
     if not isinstance(cap.checked, Checked):
         cap.checked = Checked(cap.checked)
+    return _compare(blocks, cap.param_grads, None, pl, k, "the factored batch gradient (is the parameter used "
+                    "outside its module?)", cap.checked)
+
+
+def _compare(blocks: dict[Any, Block], grads: dict[int, Tensor], weights: Tensor | None, pl: Plan, k: int | None,
+             what: str, checked: Checked | None) -> dict[int, str]:
+    """``sum_check`` of sum_i w_i G_i (``weights`` [n], default ones) against ``grads``, autograd's gradient of
+    sum_i w_i l_i; the blocks that pass go into ``checked`` when given."""
+    if not grads:
+        return {}
     dtype = next(iter(grads.values())).dtype
     k = _directions_for(dtype) if k is None else k
     out: dict[int, str] = {}
     covered: set[int] = set()
-    what = "the factored batch gradient (is the parameter used outside its module?)"
     keys, entries, facts, mags, autos = [], [], [], [], []
     for key, block in blocks.items():
         pids = [id(p) for p in block.params]
@@ -253,7 +295,7 @@ def sum_check(blocks: dict[Any, Block], cap: Capture, pl: Plan, k: int | None = 
         else:
             m = functools.partial(pack, block, gs, shape, dtype, device)
             autos += [projected(pr, gs) for pr in projs]
-        fact, mag = factored(block, dirs)
+        fact, mag = factored(block, dirs, weights)
         keys += [key] * len(dirs)
         facts.append(fact)
         mags.append(mag)
@@ -263,11 +305,11 @@ def sum_check(blocks: dict[Any, Block], cap: Capture, pl: Plan, k: int | None = 
         far = ((fact - auto).abs() > _screen_tol(dtype) * (mag + auto.abs())).tolist()
         bad = {key for key, b in zip(keys, far) if b}
         for key, block, m in entries:
-            failed = _mismatches({key: block}, {id(p): grads[id(p)] for p in block.params}, pl, None, what) \
-                if key in bad else {}
+            failed = _mismatches({key: block}, {id(p): grads[id(p)] for p in block.params}, pl, weights,
+                                 what) if key in bad else {}
             out.update(failed)
-            if not failed:  # passed the projection, or the full comparison after a flag that was rounding only
-                cap.checked[key] = m
+            if not failed and checked is not None:  # passed the projection, or the full comparison after a flag
+                checked[key] = m  # that was rounding only
     for pid, v in grads.items():
         if pid not in covered and bool((v != 0).any()):
             out[pid] = f"{pl.names.get(pid, '?')}: {what}: autograd finds a gradient the layer calls do not explain"
@@ -275,12 +317,21 @@ def sum_check(blocks: dict[Any, Block], cap: Capture, pl: Plan, k: int | None = 
 
 
 def probe_check(blocks: dict[Any, Block], cap: Capture, pl: Plan) -> dict[int, str]:
-    """{param id: reason} for parameters whose factored per-sample gradient differs from autograd's on a probe."""
+    """{param id: reason} for parameters whose factored per-sample gradients, weighted by the probe's random
+    weights w, differ from autograd's gradient of sum_i w_i l_i (``capture_backward``'s ``probe``). Where the
+    batch sums agree (``sum_check``) but a sample's factored gradient is not its own (a non-batch leading
+    dimension equal to the batch size, samples whose losses depend on each other), the weighted sums differ
+    with probability 1."""
     out: dict[int, str] = {}
-    for i, grads in cap.probe:
-        out.update(_mismatches(blocks, grads, pl, i, f"the factored gradient of sample {i} (is a non-batch "
-                                                      "dimension equal to the batch size?)"))
+    for weights, grads in cap.probe:
+        out.update(_compare(blocks, grads, weights, pl, None, "the factored gradient of a random weighting of the "
+                            "samples (is a non-batch dimension equal to the batch size?)", None))
     return out
+
+
+def probe_weights(n: int, device: torch.device) -> Tensor:
+    """The probe's sample weights w [n] (float64): standard normal from a fixed seed (reproducible verdicts)."""
+    return torch.randn(n, generator=torch.Generator().manual_seed(n), dtype=torch.float64).to(device)
 
 
 def verified_capture(model: nn.Module, loss_fn: LossFn, batch: Batch, pl: Plan, n: int, where: str,
@@ -306,8 +357,8 @@ def verified_capture(model: nn.Module, loss_fn: LossFn, batch: Batch, pl: Plan, 
         PROBES[0] += 1
     else:
         params = pl.scored_params(set(routed) | known) if check else []
-    samples = sorted({0, n - 1}) if probe and n > 1 else []
-    cap = capture_backward(model, loss_fn, batch, pl.modules, n, where, params, samples, pl.rules,
+    weights = probe_weights(n, params[0].device) if probe and n > 1 and params else None
+    cap = capture_backward(model, loss_fn, batch, pl.modules, n, where, params, weights, pl.rules,
                            paths=pl.factoring() if paths and not probe else None)
     if probe:
         blocks, failed = factor_blocks(cap, pl, pl.context())
@@ -332,12 +383,26 @@ def verified_capture(model: nn.Module, loss_fn: LossFn, batch: Batch, pl: Plan, 
 
 def verdict_for(model: nn.Module, loss_fn: LossFn, batch: Batch, pl: Plan, n: int, where: str) -> Routed:
     """The cached verdict for ``batch``'s signature as routed parameters, computing it with one verification
-    capture when absent (LAI's path: it runs no backward of its own)."""
-    verdict = cached(model, signature(model, batch))
+    capture when absent (LAI's path: it runs no backward of its own). The verification runs on the smallest
+    leading slice of the batch that has the same signature (``signature``: the verdict does not depend on the
+    batch size, only on the size pattern), so a first call costs a forward and backward of a few samples."""
+    sig = signature(model, batch)
+    verdict = cached(model, sig)
     if verdict is None:
-        _, _, new = verified_capture(model, loss_fn, batch, pl, n, where, dict(pl.routed))
+        sub, m = _smallest_alike(model, batch, n, sig)
+        _, _, new = verified_capture(model, loss_fn, sub, pl, m, where, dict(pl.routed))  # caches it under sig
         return new
     return _as_routed(verdict, pl)
+
+
+def _smallest_alike(model: nn.Module, batch: Batch, n: int, sig: tuple, most: int = 8) -> tuple[Batch, int]:
+    """(the first m samples of ``batch``, m) for the smallest m >= 2 (at most ``most``) whose slice has signature
+    ``sig``; the whole batch when none has."""
+    for m in range(2, min(n, most + 1)):
+        sub = take(batch, slice(0, m))
+        if signature(model, sub) == sig:
+            return sub, m
+    return batch, n
 
 
 def _as_routed(verdict: dict[str, str], pl: Plan) -> Routed:

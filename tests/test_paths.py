@@ -37,10 +37,10 @@ def flagged(model, loss_fn, batch) -> tuple[set[str], set[str]]:
     pl = plan(model)
     params = pl.scored_params(set(pl.routed))
     n = check_batch(batch, "train")
-    cap = capture_backward(model, loss_fn, batch, pl.modules, n, "train", params, (), pl.rules,
+    cap = capture_backward(model, loss_fn, batch, pl.modules, n, "train", params, None, pl.rules,
                            paths=pl.factoring())
     graph = {pl.names[k] for k in cap.param_grads}
-    cap = capture_backward(model, loss_fn, batch, pl.modules, n, "train", params, (), pl.rules)
+    cap = capture_backward(model, loss_fn, batch, pl.modules, n, "train", params, None, pl.rules)
     blocks, failed = factor_blocks(cap, pl, pl.context())
     numeric = {pl.names[k] for k in {**failed, **verify.sum_check(blocks, cap, pl)}}
     return graph, numeric

@@ -309,7 +309,7 @@ def test_float32_outside_use_is_caught_by_the_sum_check():
     model = OutsideUse().float().eval()
     _, (x, y) = clf_data(n_ref=6)
     pl = plan(model, "auto")
-    cap = capture_backward(model, CE, (x.float(), y), pl.modules, 6, "ref", pl.scored_params(), [])
+    cap = capture_backward(model, CE, (x.float(), y), pl.modules, 6, "ref", pl.scored_params(), None)
     blocks, _ = factor_blocks(cap, pl, pl.context())
     assert [pl.names[k] for k in verify.sum_check(blocks, cap, pl)] == ["b.weight"]
 
@@ -325,7 +325,7 @@ def test_float32_models_pass_the_sum_check(name):
     train, ref = w.make(w.spec.n_score, gen), w.make(w.spec.n_ref, gen)
     assert next(w.model.parameters()).dtype == torch.float32
     pl = plan(w.model, "auto")
-    cap = capture_backward(w.model, w.loss_fn, ref, pl.modules, w.spec.n_ref, "ref", pl.scored_params(), [],
+    cap = capture_backward(w.model, w.loss_fn, ref, pl.modules, w.spec.n_ref, "ref", pl.scored_params(), None,
                            pl.rules)
     blocks, failed = factor_blocks(cap, pl, pl.context())
     flagged = []

@@ -44,7 +44,7 @@ def test_failed_blocks_are_not_reused(f64):
     verify.clear(model)
     pl = plan(model, "auto")
     params = pl.scored_params()
-    cap = capture_backward(model, CE, ref, pl.modules, 5, "ref", params, [])
+    cap = capture_backward(model, CE, ref, pl.modules, 5, "ref", params, None)
     blocks, _ = factor_blocks(cap, pl, pl.context())
     failures = verify.sum_check(blocks, cap, pl)
     assert failures and all(k not in cap.checked for k, b in blocks.items()
@@ -142,7 +142,7 @@ def test_projected_gradients_equal_the_packed_matrix(f64, case):
     unpacked path is the one used), a grouped convolution has none (packed)."""
     model, loss_fn, batch, n = _families_case() if case == "families" else _zoo_case(case)
     pl = plan(model, "auto")
-    cap = capture_backward(model, loss_fn, batch, pl.modules, n, "ref", pl.scored_params(), [], pl.rules)
+    cap = capture_backward(model, loss_fn, batch, pl.modules, n, "ref", pl.scored_params(), None, pl.rules)
     blocks, failed = factor_blocks(cap, pl, pl.context())
     assert not failed and blocks
     names = set()
@@ -191,7 +191,7 @@ def test_a_flag_from_rounding_is_cleared_by_the_full_comparison(f64, monkeypatch
     monkeypatch.setattr(verify, "_mismatches", lambda blocks, *a: full.extend(blocks) or compare(blocks, *a))
     model, (train, ref) = _mlp(), clf_data(n=6, n_ref=5)
     pl = plan(model, "auto")
-    cap = capture_backward(model, CE, ref, pl.modules, 5, "ref", pl.scored_params(), [])
+    cap = capture_backward(model, CE, ref, pl.modules, 5, "ref", pl.scored_params(), None)
     blocks, _ = factor_blocks(cap, pl, pl.context())
     assert verify.sum_check(blocks, cap, pl) == {} and set(cap.checked) == set(blocks)
     assert full  # flagged (rounding), then passed in full
@@ -218,7 +218,7 @@ def test_grouped_conv_weight_used_outside_its_module_is_caught(f64):
     model = GroupedConvOutsideUse()
     train, ref = conv_batches()
     pl = plan(model, "auto")
-    cap = capture_backward(model, CE, ref, pl.modules, 3, "ref", pl.scored_params(), [])
+    cap = capture_backward(model, CE, ref, pl.modules, 3, "ref", pl.scored_params(), None)
     blocks, _ = factor_blocks(cap, pl, pl.context())
     assert "conv.weight" in {pl.names[k] for k in verify.sum_check(blocks, cap, pl)}  # the sum check alone
     with pytest.warns(influence.RoutedToExactWarning, match="conv.weight"):
@@ -230,11 +230,11 @@ def test_grouped_conv_weight_used_outside_its_module_is_caught(f64):
 def test_directions_per_block_follow_the_precision(dtype, k, monkeypatch):
     """One direction where the screening tolerance is far below sqrt(eps) (float64), two in float32."""
     calls = []
-    monkeypatch.setattr(verify, "factored", lambda block, ds: calls.extend([block.name] * len(ds)) or
-                        factored(block, ds))
+    monkeypatch.setattr(verify, "factored", lambda block, ds, w=None: calls.extend([block.name] * len(ds)) or
+                        factored(block, ds, w))
     model, (_, (x, y)) = _mlp().to(dtype), clf_data(n_ref=5)
     pl = plan(model, "auto")
-    cap = capture_backward(model, CE, (x.to(dtype), y), pl.modules, 5, "ref", pl.scored_params(), [])
+    cap = capture_backward(model, CE, (x.to(dtype), y), pl.modules, 5, "ref", pl.scored_params(), None)
     blocks, _ = factor_blocks(cap, pl, pl.context())
     assert verify.sum_check(blocks, cap, pl) == {}
     assert sorted(calls) == sorted(b.name for b in blocks.values() for _ in range(k))

@@ -75,7 +75,7 @@ def measure(name: str, repeats: int, tiny: bool, clock: str = "wall") -> dict[st
 
     def capture(side: str, with_grads: bool):
         batch, n = batches[side]
-        return capture_backward(w.model, w.loss_fn, batch, pl.modules, n, side, params if with_grads else (), (),
+        return capture_backward(w.model, w.loss_fn, batch, pl.modules, n, side, params if with_grads else (), None,
                                 pl.rules)
 
     checked = {}
@@ -121,7 +121,7 @@ def rounding(model: torch.nn.Module, loss_fn, batch, n: int, k: int = 8) -> floa
     (``influence.verify``) over the blocks of ``model`` on ``batch`` (n samples) and ``k`` directions each, in
     units of the parameters' eps: what the screening tolerance (``SCREEN_EPS`` eps) must stay above."""
     pl = plan(model, "auto")
-    cap = capture_backward(model, loss_fn, batch, pl.modules, n, "ref", pl.scored_params(), (), pl.rules)
+    cap = capture_backward(model, loss_fn, batch, pl.modules, n, "ref", pl.scored_params(), None, pl.rules)
     blocks, _ = factor_blocks(cap, pl, pl.context())
     worst, eps = 0.0, 0.0
     for block in blocks.values():
