@@ -36,7 +36,7 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
 from .batch import LossFn
-from .losses import cross_entropy
+from .losses import cross_entropy, cross_entropy_gradient
 
 IGNORE_INDEX = -100
 
@@ -59,7 +59,14 @@ def causal_lm_loss(ignore_index: int = IGNORE_INDEX) -> LossFn:
     def loss_fn(logits: Tensor, labels: Tensor) -> Tensor:
         return cross_entropy(logits[:, :-1], labels[:, 1:], ignore_index=ignore_index)
 
+    def output_gradient(logits: Tensor, labels: Tensor, where: str = "train") -> tuple[Tensor, Tensor]:
+        # the label of position t is labels[:, t + 1]; the last position predicts nothing (an ignored target),
+        # so g has the logits' shape without slicing or copying them
+        shifted = torch.cat([labels[:, 1:], labels.new_full((labels.shape[0], 1), ignore_index)], 1)
+        return cross_entropy_gradient(logits, shifted, where, ignore_index)
+
     loss_fn.__name__ = f"causal_lm_loss(ignore_index={ignore_index})"
+    loss_fn.output_gradient = output_gradient  # closed form (influence.losses.output_gradient)
     return loss_fn
 
 

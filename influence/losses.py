@@ -91,32 +91,54 @@ def output_gradient(loss_fn: LossFn, f: Tensor, targets: Any, where: str = "trai
     """g = d l_i / d f_i for every sample, from the outputs alone (no backward through the network).
 
     Returns (losses [n], g with the shape of f). Cross-entropy from this module with integer targets uses the
-    closed form (softmax - onehot, divided by the number of counted tokens); any other loss (soft targets
-    included) uses autograd on f only.
+    closed form (``cross_entropy_gradient``); so does a loss that carries its own closed form as an attribute
+    ``output_gradient(f, targets, where) -> (losses, g)`` (``influence.hf.causal_lm_loss``); any other loss
+    (soft targets included) uses autograd on f only.
     """
     n = f.shape[0]
+    own = getattr(loss_fn, "output_gradient", None)
+    if own is not None:
+        return own(f.detach(), targets, where)
     if loss_fn is cross_entropy and f.dim() in (2, 3) and isinstance(targets, Tensor) and \
             not targets.is_floating_point() and targets.shape == f.shape[:-1]:
-        f = f.detach()  # outside autograd without a no_grad context (which costs as much as one small op)
-        if f.dim() == 2:  # cross_entropy's own 2-D computation, log-softmax then NLL (which checks the targets'
-            logp = F.log_softmax(f, -1)  # range), the log-softmax reused for g
-            losses = _finite(F.nll_loss(logp, targets, reduction="none", ignore_index=-100), n, where)
-            g = logp.exp_()
-        else:
-            losses = per_sample_losses(loss_fn, f, targets, n, where)
-            g = f.softmax(-1)
-        if f.dim() == 2 and targets.min().item() >= 0:  # no ignored target: softmax - onehot
-            g.scatter_(-1, targets.unsqueeze(-1), -1.0, reduce="add")
-            return losses, g
-        counted = targets != -100
-        safe = targets.clamp(min=0)
-        g.scatter_add_(-1, safe.unsqueeze(-1), -torch.ones_like(safe, dtype=g.dtype).unsqueeze(-1))
-        g = g * counted.unsqueeze(-1).to(g.dtype)
-        if f.dim() == 3:
-            g = g / counted.sum(1).clamp(min=1).to(g.dtype).view(n, 1, 1)
-        return losses, g
+        return cross_entropy_gradient(f, targets, where)
     f = f.detach().requires_grad_(True)
     with torch.enable_grad():
         losses = per_sample_losses(loss_fn, f, targets, n, where)
         (g,) = torch.autograd.grad(losses.sum(), f)
     return losses.detach(), g
+
+
+def cross_entropy_gradient(f: Tensor, targets: Tensor, where: str = "train", ignore_index: int = -100
+                           ) -> tuple[Tensor, Tensor]:
+    """(``cross_entropy(f, targets)``, its gradient in f) in closed form for integer targets, f [n, C] or
+    [n, T, C]: one log-softmax gives the token losses and g = softmax - onehot (zero for ignored targets, divided
+    by the sample's number of counted tokens for sequences); no autograd."""
+    n = f.shape[0]
+    f = f.detach()  # outside autograd without a no_grad context (which costs as much as one small op)
+    if f.dim() == 2:  # cross_entropy's own 2-D computation, log-softmax then NLL (which checks the targets'
+        logp = F.log_softmax(f, -1)  # range), the log-softmax reused for g
+        losses = _finite(F.nll_loss(logp, targets, reduction="none", ignore_index=ignore_index), n, where)
+        g = logp.exp_()
+        if targets.min().item() >= 0:  # no ignored target: softmax - onehot
+            g.scatter_(-1, targets.unsqueeze(-1), -1.0, reduce="add")
+            return losses, g
+        counted = targets != ignore_index
+        safe = torch.where(counted, targets, 0)
+    else:
+        counted = targets != ignore_index
+        safe = torch.where(counted, targets, 0)
+        if bool((safe < 0).any()) or bool((safe >= f.shape[-1]).any()):
+            raise TargetShapeError(f"cross_entropy: a target is outside [0, {f.shape[-1]}) for the {where} batch")
+        logp = F.log_softmax(f, -1)
+        nll = logp.gather(-1, safe.unsqueeze(-1)).squeeze(-1).neg_().mul_(counted.to(logp.dtype))
+        count = counted.sum(1).clamp(min=1).to(logp.dtype)
+        losses = _finite(nll.sum(1) / count, n, where)
+        g = logp.exp_()
+    g.scatter_add_(-1, safe.unsqueeze(-1), -counted.unsqueeze(-1).to(g.dtype))
+    ignored = (~counted).nonzero(as_tuple=True)
+    if ignored[0].numel():
+        g[ignored] = 0  # only the ignored positions' rows are written
+    if f.dim() == 3:
+        g.div_(count.view(n, 1, 1))
+    return losses, g

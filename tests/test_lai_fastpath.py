@@ -295,3 +295,25 @@ def test_scores_are_fresh_tensors():
     (only,) = r.per_layer.values()
     r.scores.add_(1.0)
     assert not torch.equal(r.scores, only)
+
+
+@pytest.mark.parametrize("pad", [False, True])
+def test_closed_form_output_gradients_equal_autograd(pad):
+    """The closed forms of cross_entropy on [n, T, C] and of influence.hf.causal_lm_loss (its own
+    output_gradient attribute) equal autograd's gradient of the per-sample losses, in float64, with ignored
+    targets (padding) and a sample with none counted."""
+    from influence import hf
+    from influence.losses import output_gradient
+    g = torch.Generator().manual_seed(0)
+    f = torch.randn(3, 6, 11, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 11, (3, 6), generator=g)
+    if pad:
+        y[0, 4:] = -100
+        y[2, :] = -100
+    for loss_fn in (influence.cross_entropy, hf.causal_lm_loss()):
+        losses, got = output_gradient(loss_fn, f, y)
+        x = f.clone().requires_grad_(True)
+        want_losses = loss_fn(x, y)
+        (want,) = torch.autograd.grad(want_losses.sum(), x)
+        assert torch.allclose(losses, want_losses.detach(), rtol=1e-12, atol=1e-14)
+        assert torch.allclose(got, want, rtol=1e-12, atol=1e-14)
