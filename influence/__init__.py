@@ -27,6 +27,7 @@ from .ghost import ghost
 from .lai import lai
 from .layers import LayerRule, register_layer
 from .losses import cross_entropy, mse
+from .memory import MemoryBudgetError
 from .optim import adam_preconditioner
 from .result import InfluenceResult
 from .session import OptimizerWarning, Session
@@ -40,4 +41,5 @@ __all__ = [
     "UndefinedGradientError", "VerificationError", "RoutedToExactWarning", "LayerRule", "register_layer",
     "EmptyBatchError", "InvalidArgumentError", "ModelOutputError", "NonFiniteInputError", "NoTrainableParameterError",
     "TargetShapeError", "UnknownParameterError", "VmapFallbackWarning", "select_output", "CheckpointingError",
+    "MemoryBudgetError",
 ]

@@ -41,7 +41,7 @@ class GhostBackend:
     estimator = "ghost"
 
     def __init__(self, model: nn.Module, loss_fn: LossFn, lr: float, *, mode: str = "auto",
-                 fallback: str | None = "auto", memory_budget: int = DEFAULT_BUDGET,
+                 fallback: str | None = "auto", memory_budget: int | None = DEFAULT_BUDGET,
                  preconditioner: Mapping[str, Tensor] | None = None, verify: str = "paths") -> None:
         self.model, self.loss_fn, self.lr, self.mode, self.budget = model, loss_fn, lr, mode, memory_budget
         self.verify = check_verify(verify)
@@ -97,7 +97,7 @@ class GhostBackend:
 
 def ghost(model: nn.Module, loss_fn: LossFn, train: Batch, ref: Batch, lr: float, *, pairwise: bool = False,
           mode: str = "auto", fallback: str | None = "auto", chunk_size: int | None = None,
-          memory_budget: int = DEFAULT_BUDGET, preconditioner: Mapping[str, Tensor] | None = None,
+          memory_budget: int | None = DEFAULT_BUDGET, preconditioner: Mapping[str, Tensor] | None = None,
           verify: str = "paths") -> InfluenceResult:
     """Ghost influence: lr * sum_l <a_i (x) b_i, mean_v a_v (x) b_v>, equal to Exact on what the registry covers.
 

@@ -17,6 +17,7 @@ from .capture import check_modes, dense_grad
 from .checks import check_chunk_size, trainable_names
 from .errors import InfluenceError, named_checkpointing_errors
 from .losses import per_sample_losses
+from .memory import require_fits, resolve_budget
 from .result import Chunk
 
 
@@ -171,12 +172,18 @@ class ExactBackend:
 
     def __init__(self, model: nn.Module, loss_fn: LossFn, lr: float, *, params: Iterable[str] | None = None,
                  state: dict[str, Tensor] | None = None, chunk_size: int = DEFAULT_CHUNK,
-                 preconditioner: Mapping[str, Tensor] | None = None) -> None:
+                 preconditioner: Mapping[str, Tensor] | None = None, memory_budget: int | None = None) -> None:
         check_modes(model)
         self.lr, self.chunk = lr, check_chunk_size(chunk_size, optional=False)
         self.fn = _Functional(model, loss_fn, params, state)
         self.precond = _check_preconditioner(preconditioner, self.fn)
         self.pairwise = False
+        self.budget = resolve_budget(memory_budget, next(iter(self.fn.params.values()), torch.zeros(())).device)
+        # one sample's gradient of every scored parameter: chunks of per-sample gradients fit the budget
+        self.sample_bytes = sum(v.numel() * v.element_size() for v in self.fn.params.values())
+        require_fits(self.sample_bytes, self.budget, "influence.exact: one sample's gradient",
+                     "score fewer parameters (params=...) or use ghost / lai")
+        self.chunk = max(1, min(self.chunk, self.budget // max(1, self.sample_bytes)))
 
     def routed_names(self) -> list[str]:
         return []
@@ -185,8 +192,17 @@ class ExactBackend:
         self.pairwise, self.n_ref = pairwise, 0
         self.ref: dict[str, Tensor] | dict[str, list[Tensor]] = {}
 
+    def _kept(self, n: int) -> None:
+        """Pairwise products keep every reference sample's gradient: refuse before the ``n`` next ones would take
+        the budget (with one chunk of training gradients beside them)."""
+        if self.pairwise:
+            require_fits((self.n_ref + n + self.chunk) * self.sample_bytes, self.budget,
+                         f"influence.exact(pairwise=True): the gradients of {self.n_ref + n} reference samples",
+                         "use fewer reference samples, pairwise=False, or ghost / lai")
+
     def add_reference(self, batch: Batch, n: int) -> None:
         self.fn.check(batch, n, "ref")
+        self._kept(n)
         if self.pairwise:
             for i in range(0, n, self.chunk):
                 for k, v in self.fn.per_sample(take(batch, slice(i, i + self.chunk))).items():

@@ -167,7 +167,7 @@ class LaiBackend:
 
     def __init__(self, model: nn.Module, loss_fn: LossFn, lr: float, *, layers: str = "all",
                  token_pairing: str = "all_pairs", mode: str = "auto", fallback: str | None = "auto",
-                 memory_budget: int = DEFAULT_BUDGET) -> None:
+                 memory_budget: int | None = DEFAULT_BUDGET) -> None:
         if layers not in ("all", "last"):
             raise ValueError(f"layers must be 'all' or 'last', got {layers!r}")
         if token_pairing not in PAIRINGS:
@@ -250,7 +250,7 @@ class LaiBackend:
 
 def lai(model: nn.Module, loss_fn: LossFn, train: Batch, ref: Batch, lr: float, *, layers: str = "all",
         token_pairing: str = "all_pairs", pairwise: bool = False, mode: str = "auto", fallback: str | None = "auto",
-        chunk_size: int | None = None, memory_budget: int = DEFAULT_BUDGET) -> InfluenceResult:
+        chunk_size: int | None = None, memory_budget: int | None = DEFAULT_BUDGET) -> InfluenceResult:
     """Layer-aware influence from one forward pass over train and reference samples.
 
     ``layers``: ``"all"`` (every layer with an LAI term and trainable parameters) or ``"last"`` (the layer

@@ -107,7 +107,7 @@ def chunked_materialized(train: Block, ref_grads: Tensor, budget: int) -> Tensor
     return torch.cat([train.rows(slice(i, i + rows)).per_sample() @ ref_grads.T for i in range(0, train.n, rows)])
 
 
-def self_products(block: Block, budget: int = DEFAULT_BUDGET) -> Tensor:
+def self_products(block: Block, budget: int | None = DEFAULT_BUDGET) -> Tensor:
     """[n]: <G_i, G_i> for every sample of ``block``: materialised per-sample gradients (in row chunks within
     ``budget``) when one gradient is smaller than the token-pair Gram of one sample and fits the budget, else one
     Gram per sample (refused by name when even that does not fit)."""
@@ -153,7 +153,7 @@ class ReferenceSide:
     multiplies every product (an estimator's lr: folded into the mean reference matrices once, so the
     contracted form pays nothing per call for it)."""
 
-    def __init__(self, n_train: int, pairwise: bool, mode: str = "auto", budget: int = DEFAULT_BUDGET,
+    def __init__(self, n_train: int, pairwise: bool, mode: str = "auto", budget: int | None = DEFAULT_BUDGET,
                  streamed: bool = False, preconditioner: Mapping[int, Tensor] | None = None,
                  scale: float = 1.0) -> None:
         self.n_train, self.pairwise, self.budget, self.scale = n_train, pairwise, resolve_budget(budget), scale

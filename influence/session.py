@@ -165,7 +165,7 @@ class Session:
     def __init__(self, model: nn.Module, loss_fn: LossFn, ref: Any, *, estimator: str = "ghost",
                  lr: float | None = None, pairwise: bool = False, layers: str = "all", token_pairing: str = "all_pairs",
                  mode: str = "auto", fallback: str | None = "auto", chunk_size: int | None = None,
-                 memory_budget: int = DEFAULT_BUDGET, params: Iterable[str] | None = None,
+                 memory_budget: int | None = DEFAULT_BUDGET, params: Iterable[str] | None = None,
                  state: dict[str, Tensor] | None = None, checkpoints: Iterable[Any] | None = None,
                  preconditioner: Mapping[str, Tensor] | None = None, optimizer: torch.optim.Optimizer | None = None,
                  refresh_every: int | None = None, n_train: int | None = None, verify: str = "paths") -> None:
@@ -239,9 +239,9 @@ class Session:
             return b
         if self.kind == "exact":
             return ExactBackend(self.model, self.loss_fn, self.lr, params=self.params, state=self.state,
-                                chunk_size=self.chunk, preconditioner=pre)
+                                chunk_size=self.chunk, preconditioner=pre, memory_budget=self.budget)
         return TracInBackend(self.model, self.loss_fn, self.checkpoints, last_layer=self.estimator == "tracin-last",
-                             chunk_size=self.chunk)
+                             chunk_size=self.chunk, memory_budget=self.budget)
 
     @scoring_mode
     def refresh(self, ref: Any = None) -> None:
@@ -283,7 +283,8 @@ class Session:
         names = backend.routed_names() if self.kind == "ghost" else []
         if names:
             extra = ExactBackend(self.model, self.loss_fn, self.lr, params=names, preconditioner=
-                                 {k: v for k, v in (self._preconditioner() or {}).items() if k in names} or None)
+                                 {k: v for k, v in (self._preconditioner() or {}).items() if k in names} or None,
+                                 memory_budget=self.budget)
             extra.start(hint, self.pairwise, len(batches) > 1)
             for b, n in batches:
                 extra.add_reference(b, n)

@@ -12,6 +12,7 @@ from .batch import Batch, LossFn, model_device
 from .capture import capture_forward, output_layer, plan
 from .checks import check_batch, check_lr
 from .gradients import DEFAULT_CHUNK, ExactBackend
+from .memory import require_fits
 from .result import Chunk, InfluenceResult
 
 Checkpoint = tuple[Union[dict[str, Tensor], str, os.PathLike], float]
@@ -42,8 +43,9 @@ class TracInBackend:
     reference batch). All checkpoints are loaded once and kept with their reference gradients."""
 
     def __init__(self, model: nn.Module, loss_fn: LossFn, checkpoints: Iterable[Checkpoint], *,
-                 last_layer: bool = False, chunk_size: int = DEFAULT_CHUNK) -> None:
+                 last_layer: bool = False, chunk_size: int = DEFAULT_CHUNK, memory_budget: int | None = None) -> None:
         self.checkpoints = list(checkpoints)
+        self.budget = memory_budget
         if not self.checkpoints:
             raise ValueError("tracin needs at least one (state_dict, lr) checkpoint")
         self.model, self.loss_fn, self.last, self.chunk = model, loss_fn, last_layer, chunk_size
@@ -63,8 +65,12 @@ class TracInBackend:
             names = last_layer_params(self.model, self.loss_fn, batch) if self.last else None
             device = model_device(self.model)
             self.parts = [ExactBackend(self.model, self.loss_fn, check_lr(lr), params=names,
-                                       state=load_checkpoint(source, device), chunk_size=self.chunk)
+                                       state=load_checkpoint(source, device), chunk_size=self.chunk,
+                                       memory_budget=self.budget)
                           for source, lr in self.checkpoints]
+            kept = len(self.parts) * self.parts[0].sample_bytes * 2  # each checkpoint's weights and reference gradient
+            require_fits(kept, self.parts[0].budget, f"influence.tracin: {len(self.parts)} checkpoints kept with their "
+                         "reference gradients", "use fewer checkpoints or tracin-last")
             for part in self.parts:
                 part.start(*self.args)
         for part in self.parts:
@@ -82,11 +88,13 @@ class TracInBackend:
 
 
 def tracin(model: nn.Module, loss_fn: LossFn, train: Batch, ref: Batch, checkpoints: Iterable[Checkpoint], *,
-           last_layer: bool = False, pairwise: bool = False, chunk_size: int = DEFAULT_CHUNK) -> InfluenceResult:
+           last_layer: bool = False, pairwise: bool = False, chunk_size: int = DEFAULT_CHUNK,
+           memory_budget: int | None = None) -> InfluenceResult:
     """TracIn over ``checkpoints`` = [(state_dict or path, lr), ...]; ``last_layer=True`` restricts every
     checkpoint's gradients to the output layer (the cheap variant). ``lr`` of the result is the sum of lrs;
-    ``train_losses`` are the losses at the last checkpoint."""
+    ``train_losses`` are the losses at the last checkpoint. ``memory_budget``: as for ``influence.exact`` (the
+    kept checkpoints and their reference gradients count too)."""
     from .session import Session
     check_batch(train, "train")
     return Session(model, loss_fn, ref, estimator="tracin-last" if last_layer else "tracin", checkpoints=checkpoints,
-                   pairwise=pairwise, chunk_size=chunk_size).score(train)
+                   pairwise=pairwise, chunk_size=chunk_size, memory_budget=memory_budget).score(train)
