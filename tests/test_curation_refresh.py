@@ -107,6 +107,9 @@ def test_other_signals_and_self_reference_build_their_own_session(f64):
         assert cur.session is None
 
 
+SLOW = 0.5  # seconds a slowed refresh sleeps: a step of this MLP takes milliseconds, also on a loaded machine
+
+
 def test_the_step_time_includes_the_refresh_of_kept_statistics(monkeypatch):
     """A step at which the kept statistics are built or refreshed pays for it in ``score_s`` (the cost rows of
     ``lai bench`` compare k = 1 with k > 1 through it); the steps in between do not."""
@@ -114,7 +117,7 @@ def test_the_step_time_includes_the_refresh_of_kept_statistics(monkeypatch):
     real = influence.Session.refresh
 
     def slow_refresh(self, *args, **kwargs):
-        time.sleep(0.05)
+        time.sleep(SLOW)
         return real(self, *args, **kwargs)
 
     monkeypatch.setattr(influence.Session, "refresh", slow_refresh)
@@ -128,5 +131,5 @@ def test_the_step_time_includes_the_refresh_of_kept_statistics(monkeypatch):
     for b in batches:
         opt.zero_grad(set_to_none=True)
         times.append(cur.step(model, opt, b).score_s)
-    assert times[0] >= 0.05 and times[2] >= 0.05  # built at step 0, refreshed at step 2
-    assert times[1] < 0.05 and times[3] < 0.05
+    assert times[0] >= SLOW and times[2] >= SLOW  # built at step 0, refreshed at step 2
+    assert times[1] < SLOW and times[3] < SLOW  # (a slowed refresh far above a step on a loaded 2-core machine)
