@@ -438,6 +438,12 @@ class Block:
         width = sum(s.left.groups * (_gram_width(s.left) + _gram_width(s.right)) for s in self.segments)
         return float(n_i) * n_v * tok * tok * (width / len(self.segments) + 1)
 
+    def shared_grams(self, n_i: int, n_v: int) -> dict[tuple, float]:
+        """The ``shared`` factors' Gram costs, {(dim, tokens): multiply-adds}: paid once for all blocks that take
+        the Gram form (``scoring.ReferenceSide``), not by each."""
+        return {(s.left.dim, s.left.tokens): float(n_i) * n_v * s.left.tokens ** 2 * s.left.groups * s.left.dim
+                for s in self.segments if isinstance(s.left, Dense) and s.left.shared}
+
     def contract_cost(self, n_i: int, n_v: int) -> float:
         cost = 0.0
         for s in self.segments:

@@ -62,14 +62,16 @@ def fits(block: Block, form: str, n_train: int, n_ref: int, pairwise: bool, budg
 
 
 def choose_mode(block: Block, n_train: int, n_ref: int, pairwise: bool, mode: str, ref_sum: bool = False,
-                budget: int | None = None, prefer: str | None = None) -> str:
+                budget: int | None = None, prefer: str | None = None, paid: set | None = None) -> str:
     """The form of ``block``: ``mode`` when it is not ``"auto"``, else the cheaper of the two that fit ``budget``
     (bytes; ``fits``). ``prefer`` ("materialize" when the reference is streamed or preconditioned) is taken
     whenever it fits. ``ref_sum``: the block's sum over the reference samples is already known (autograd's,
     from the verification), so the contracted form pays only its training side. Costs are multiply-adds; the
     Gram form also pays ``GRAM_FIXED`` (its two token-pair einsums, row chunks and concatenation: measured about
     130 us against a contraction's 25 us for a block of 8 samples and width 16 x 9 on one CPU thread, which runs
-    15-45 multiply-adds per ns), so small blocks take the contracted form. Raises ``MemoryBudgetError`` before
+    15-45 multiply-adds per ns), so small blocks take the contracted form. ``paid``: the ``shared`` factors
+    whose Gram an earlier block's Gram form already pays for (``Block.shared_grams``); the others' Gram costs are
+    counted here, and a block that takes the Gram form adds them to ``paid``. Raises ``MemoryBudgetError`` before
     allocating when no allowed form fits."""
     forms = ("gram", "materialize") if check_mode(mode) == "auto" else (mode,)
     ok = [f for f in forms if budget is None or fits(block, f, n_train, n_ref, pairwise, budget)]
@@ -79,13 +81,19 @@ def choose_mode(block: Block, n_train: int, n_ref: int, pairwise: bool, mode: st
         raise MemoryBudgetError(f"{block.name}: no form of this block fits memory_budget = {mib(budget)} "
                                 f"({', '.join(f'{f}: {mib(need[f])}' for f in forms)}); raise memory_budget, score "
                                 "fewer reference samples or shorter sequences, or use mode='auto'")
+    shared = block.shared_grams(n_train, n_ref)
     if len(ok) == 1:
-        return ok[0]
-    if prefer in ok:
-        return prefer
-    other = block.materialize_cost(n_train, n_ref) if pairwise else \
-        block.contract_cost(n_train, 0 if ref_sum else n_ref)
-    return "gram" if block.gram_cost(n_train, n_ref) + GRAM_FIXED <= other else "materialize"
+        form = ok[0]
+    elif prefer in ok:
+        form = prefer
+    else:
+        other = block.materialize_cost(n_train, n_ref) if pairwise else \
+            block.contract_cost(n_train, 0 if ref_sum else n_ref)
+        unpaid = sum(c for k, c in shared.items() if paid is None or k not in paid)
+        form = "gram" if block.gram_cost(n_train, n_ref) + unpaid + GRAM_FIXED <= other else "materialize"
+    if form == "gram" and paid is not None:
+        paid.update(shared)
+    return form
 
 
 def chunked_gram(train: Block, ref: Block, budget: int) -> Tensor:
@@ -166,6 +174,7 @@ class ReferenceSide:
                                  "'materialize'")
         self.n_ref = 0
         self.modes: dict[Hashable, str] = {}
+        self.paid: set = set()  # shared factors whose Gram the Gram-form blocks compute once (``choose_mode``)
         self.names: dict[Hashable, str] = {}
         self.parts: dict[Hashable, list] = {}  # gram: reference blocks; pairwise materialize: [n_v, size] tensors
         self.sums: dict[Hashable, Tensor] = {}  # contracted: sum over reference samples of G_v
@@ -191,7 +200,7 @@ class ReferenceSide:
                                          "reference batches use mode='auto' or 'materialize'")
                 streamed = self.streamed and not self.pairwise  # contracted unless its matrix does not fit
                 m = choose_mode(block, self.n_train, n, self.pairwise, mode, key in sums, self.budget,
-                                "materialize" if streamed else None)
+                                "materialize" if streamed else None, self.paid)
                 self.modes[key], self.names[key] = m, block.name
                 if not first and (m == "gram" or self.pairwise):  # a layer absent from earlier batches
                     self.parts[key] = [_ZeroColumns(self.n_ref)]
