@@ -189,8 +189,12 @@ def test_chunking_and_memory_budget(f64):
     ids, y = torch.randint(0, 9, (13, 5)), torch.randint(0, 9, (13, 5))
     train, ref = (ids[:9], y[:9]), (ids[9:], y[9:])
     base = influence.exact(model, CE, train, ref, lr=0.1, chunk_size=4)
-    for kw in (dict(chunk_size=2), dict(chunk_size=4, mode="gram", memory_budget=1), dict(pairwise=True, chunk_size=3)):
+    row = 4 * 5 * 5 * 8 * 3  # one training row's token-pair Grams against 4 reference samples (scoring.gram_row_bytes)
+    for kw in (dict(chunk_size=2), dict(chunk_size=4, mode="gram", memory_budget=row),
+               dict(pairwise=True, chunk_size=3)):
         assert rel_err(influence.ghost(model, CE, train, ref, lr=0.1, **kw).scores, base.scores) < TOL, kw
+    with pytest.raises(influence.MemoryBudgetError, match="memory_budget"):  # not even one row fits: refused
+        influence.ghost(model, CE, train, ref, lr=0.1, mode="gram", memory_budget=row - 1)
     assert rel_err(influence.lai(model, CE, train, ref, lr=0.1, chunk_size=2).scores,
                    influence.lai(model, CE, train, ref, lr=0.1).scores) < 1e-12
 
