@@ -225,7 +225,10 @@ def run(argv: list[str] | None = None, prog: str = "lai bench") -> dict[str, Any
 def workload_names(text: str) -> list[str]:
     """The workloads of ``--workload``: ``all`` is the three toy workloads; real-size names only by name."""
     out: list[str] = []
-    for item in split_list(text, (*WORKLOADS, *REALSIZE), "workload"):
+    for item in split_list(text):
+        if item != "all" and item not in (*WORKLOADS, *REALSIZE):
+            raise argparse.ArgumentTypeError(f"unknown workload {item!r}; choose from "
+                                             f"{', '.join([*WORKLOADS, 'all', *REALSIZE])}")
         out += [w for w in (WORKLOADS if item == "all" else (item,)) if w not in out]
     return out
 

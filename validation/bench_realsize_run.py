@@ -100,11 +100,12 @@ def plan_rows(workloads: list[str], estimators: tuple[str, ...] | list[str], s: 
 
 def run_rows(plan: list[PlannedRow], section: dict[str, Any], s: RealSettings, clock: str,
              save: Callable[[], None], progress: bool = True,
-             runner: Callable[..., Any] = run_isolated) -> dict[str, Any]:
+             runner: Callable[..., Any] | None = None) -> dict[str, Any]:
     """Run every planned row not already in ``section["rows"]`` with the same job, each in a guarded child
     (``runner``, default ``run_isolated``), storing its outcome and calling ``save()`` after each. Returns
     ``section``."""
     rows = section.setdefault("rows", {})
+    runner = runner or run_isolated
     for p in plan:
         old = rows.get(p.key)
         if old is not None and old.get("job") == p.job:
