@@ -235,7 +235,9 @@ def describe(spec: RealSpec, model: nn.Module) -> dict[str, Any]:
         shape = (f"{type(model).__name__}: {spec.n_layers} layers, d={spec.d_model}, vocab {spec.vocab}, "
                  f"{spec.seq_len} tokens")
     elif spec.name == "resnet18":
-        shape = f"CifarResNet18 (plain torch, CIFAR stem): widths {spec.d_model}-{spec.d_model * 8}, {spec.image}x{spec.image}"
+        depth = "ResNet-18" if spec.n_layers >= 18 else "ResNet-10"
+        shape = (f"CifarResNet18 (plain torch, CIFAR stem, {depth} blocks): widths {spec.d_model}-{spec.d_model * 8}, "
+                 f"{spec.image}x{spec.image}")
     else:
         shape = (f"ViTForImageClassification: {spec.n_layers} layers, d={spec.d_model}, {spec.image}x{spec.image} "
                  f"patch 4 ({(spec.image // 4) ** 2 + 1} tokens)")
