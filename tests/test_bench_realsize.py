@@ -37,7 +37,7 @@ def test_real_configs_have_the_real_shapes():
             vit.image_size, vit.patch_size) == (384, 12, 6, 1536, 32, 4)
     for name in REALSIZE:  # the batch sizes
         s = real_spec(name)
-        assert (s.n_train, s.n_ref) == ((2, 2) if s.kind == "lm" else (32, 32))
+        assert (s.n_score, s.n_ref) == ((2, 2) if s.kind == "lm" else (32, 32))
 
 
 def test_resnet18_is_the_cifar_resnet18():
@@ -56,9 +56,9 @@ def test_tiny_workloads_build_and_are_scored(name):
 
     w = build_real(real_spec(name, tiny=True))
     gen = torch.Generator().manual_seed(0)
-    train, ref = w.make(w.spec.n_train, gen), w.make(w.spec.n_ref, gen)
+    train, ref = w.make(w.spec.n_score, gen), w.make(w.spec.n_ref, gen)
     r = influence.ghost(w.model, w.loss_fn, train, ref, lr=w.spec.lr)
-    assert r.scores.shape == (w.spec.n_train,) and torch.isfinite(r.scores).all()
+    assert r.scores.shape == (w.spec.n_score,) and torch.isfinite(r.scores).all()
     assert not r.routed_to_exact  # every layer of these shapes has a factored rule
     assert w.meta["params_m"] > 0 and w.spec.tiny
 

@@ -171,7 +171,7 @@ def build_parser(prog: str = "lai bench") -> argparse.ArgumentParser:
                       "fewer for a short run)")
     real.add_argument("--seq-len", type=int, default=None, help="tokens per sequence of the real-size LMs "
                       "(default: 128; 512 for gpt2-small-512)")
-    real.add_argument("--n-train", type=int, default=None, help="training samples of a real-size row "
+    real.add_argument("--n-score", type=int, default=None, help="training samples scored by a real-size row "
                       "(default: LMs 2, images 32)")
     real.add_argument("--n-ref", type=int, default=None, help="reference samples of a real-size row "
                       "(default: LMs 2, images 32)")
@@ -213,7 +213,7 @@ def run(argv: list[str] | None = None, prog: str = "lai bench") -> dict[str, Any
         sizes = None if args.sizes in (None, "default") else tuple(int(s) for s in split_list(args.sizes))
     except (argparse.ArgumentTypeError, ValueError) as exc:
         p.error(str(exc))
-    for opt in ("n_layers", "seq_len", "n_train", "n_ref"):
+    for opt in ("n_layers", "seq_len", "n_score", "n_ref"):
         if getattr(args, opt) is not None and getattr(args, opt) < 1:
             p.error(f"--{opt.replace('_', '-')} must be >= 1")
     if args.dataset_n < 0 or args.row_timeout <= 0 or args.row_memory_gb <= 0:
@@ -237,7 +237,7 @@ def realsize_settings(args: argparse.Namespace) -> RealSettings:
     """``RealSettings`` from the parsed options."""
     return RealSettings(repeats=args.repeats, threads=args.threads, device=args.device, tiny=args.tiny,
                         vocab=args.vocab, overrides={"n_layers": args.n_layers, "seq_len": args.seq_len,
-                                                     "n_train": args.n_train, "n_ref": args.n_ref},
+                                                     "n_score": args.n_score, "n_ref": args.n_ref},
                         curated=not args.no_curated, dataset_n=args.dataset_n, timeout_s=args.row_timeout,
                         rss_limit_gb=args.row_memory_gb)
 

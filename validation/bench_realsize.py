@@ -18,7 +18,7 @@ vit-s              ``transformers.ViTForImageClassification`` shaped like ViT-S:
                    ViT-S/16's 197 on 224x224 images, which costs 3x more per image with the same layer shapes
 =================  ============================================================================================
 
-Batches (``RealSpec.n_train`` / ``n_ref``): language models 2 training and 2 reference sequences (issue 23's
+Batches (``RealSpec.n_score`` / ``n_ref``): language models 2 training and 2 reference sequences (issue 23's
 measurement), images 32 / 32. Losses: ``influence.hf.causal_lm_loss()`` on the LMs' ``.logits``,
 ``influence.cross_entropy`` on the image models' logits (ViT's ``.logits`` are read by the core). Inputs are
 random token ids (LMs, no padding) or standard-normal images with random labels: the cost does not depend on the
@@ -32,7 +32,7 @@ changes depth, sequence length or batch sizes for short runs at a real width.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
@@ -56,7 +56,7 @@ class RealSpec:
 
     name: str
     kind: str
-    n_train: int
+    n_score: int
     n_ref: int
     n_layers: int
     d_model: int
@@ -65,10 +65,9 @@ class RealSpec:
     image: int | None = None
     lr: float = 1e-3
     tiny: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def with_overrides(self, **kw: Any) -> "RealSpec":
-        """A copy with the fields in ``kw`` that are not None replaced (``n_layers``, ``seq_len``, ``n_train``,
+        """A copy with the fields in ``kw`` that are not None replaced (``n_layers``, ``seq_len``, ``n_score``,
         ``n_ref``, ``vocab``)."""
         return dataclasses.replace(self, **{k: v for k, v in kw.items() if v is not None})
 

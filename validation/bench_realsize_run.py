@@ -37,7 +37,7 @@ ROWS = "validation.bench_rows"
 @dataclass(frozen=True)
 class RealSettings:
     """The settings of a real-size run. ``overrides``: ``RealSpec`` fields replaced on every workload
-    (``n_layers``, ``seq_len``, ``n_train``, ``n_ref``; None keeps the workload's); ``dataset_n``: sequences of
+    (``n_layers``, ``seq_len``, ``n_score``, ``n_ref``; None keeps the workload's); ``dataset_n``: sequences of
     the ``score_dataset`` rows (0: no such rows); ``timeout_s`` and ``rss_limit_gb``: each row's guard."""
 
     repeats: int = 3
@@ -86,7 +86,7 @@ def plan_rows(workloads: list[str], estimators: tuple[str, ...] | list[str], s: 
             continue
         sizes = TINY_CURATED if s.tiny else (CURATED_BATCH, CURATED_REF)
         job = s.base_job(wl)
-        job["overrides"].update(n_train=sizes[0], n_ref=sizes[1])
+        job["overrides"].update(n_score=sizes[0], n_ref=sizes[1])
         if s.curated:
             name = f"curated-lai@{KEPT}"
             rows.append(PlannedRow(f"{wl}/{name}", wl, "curated", name, f"{ROWS}:curated_row",

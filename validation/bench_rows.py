@@ -87,7 +87,7 @@ def estimator_row(job: dict[str, Any]) -> dict[str, Any]:
     with torch_threads(int(job.get("threads", 1))):
         w = _workload(job)
         gen = torch.Generator().manual_seed(1)
-        train, ref = w.make(w.spec.n_train, gen), w.make(w.spec.n_ref, gen)
+        train, ref = w.make(w.spec.n_score, gen), w.make(w.spec.n_ref, gen)
         both = (concat(train[0], ref[0]), concat(train[1], ref[1]))
         fns = baselines(w, both)
         est = get_estimator(job["estimator"])
@@ -101,7 +101,7 @@ def estimator_row(job: dict[str, Any]) -> dict[str, Any]:
         first_s, first_cpu_s = _clock(fns[name])
         got = measure_many(fns, int(job.get("repeats", 3)), warmup=0, memory=False)
         peaks = {k: peak_bytes(fn, settle=False) for k, fn in fns.items()}
-    row: dict[str, Any] = {"meta": w.meta, "n_train": w.spec.n_train, "n_ref": w.spec.n_ref,
+    row: dict[str, Any] = {"meta": w.meta, "n_train": w.spec.n_score, "n_ref": w.spec.n_ref,
                            "first_s": first_s, "first_cpu_s": first_cpu_s, "process_warmup_s": warm_s,
                            "process_warmup_cpu_s": warm_cpu_s}
     for key, label in (("forward", "forward"), ("forward_backward", "forward_backward"), (name, "steady")):
@@ -131,7 +131,7 @@ def curated_row(job: dict[str, Any]) -> dict[str, Any]:
         w = _workload(job)
         gen = torch.Generator().manual_seed(1)
         ref = w.make(w.spec.n_ref, gen)
-        batches = [w.make(w.spec.n_train, gen) for _ in range(k + 1)]
+        batches = [w.make(w.spec.n_score, gen) for _ in range(k + 1)]
         plain_model, cur_model = w.model, copy.deepcopy(w.model)
         plain = _plain_step(plain_model, w.loss_fn, torch.optim.SGD(plain_model.parameters(), lr=w.spec.lr))
         opt = torch.optim.SGD(cur_model.parameters(), lr=w.spec.lr)
@@ -150,7 +150,7 @@ def curated_row(job: dict[str, Any]) -> dict[str, Any]:
             for times, fn in (order if s % 2 == 0 else order[::-1]):
                 times.append(_clock(lambda fn=fn: fn(batch)))
     steady_p, steady_c = plain_t[1:], cur_t[1:]
-    return {"meta": w.meta, "n_train": w.spec.n_train, "n_ref": w.spec.n_ref, "k": k, "method": method,
+    return {"meta": w.meta, "n_train": w.spec.n_score, "n_ref": w.spec.n_ref, "k": k, "method": method,
             "steps": len(steady_c),
             "first_curated_s": cur_t[0][0], "first_curated_cpu_s": cur_t[0][1],
             "first_plain_s": plain_t[0][0], "first_plain_cpu_s": plain_t[0][1],
@@ -165,7 +165,7 @@ def curated_row(job: dict[str, Any]) -> dict[str, Any]:
 
 
 def dataset_row(job: dict[str, Any]) -> dict[str, Any]:
-    """``influence.score_dataset`` over ``job["n"]`` sequences in batches of the workload's ``n_train`` with
+    """``influence.score_dataset`` over ``job["n"]`` sequences in batches of the workload's ``n_score`` with
     ``job["estimator"]`` (a ``Session`` on ``n_ref`` reference samples) against forward+backward over the same
     batches. Seconds (wall and process CPU) and samples per second."""
     n = int(job["n"])
@@ -173,7 +173,7 @@ def dataset_row(job: dict[str, Any]) -> dict[str, Any]:
         w = _workload(job)
         gen = torch.Generator().manual_seed(1)
         ref, data = w.make(w.spec.n_ref, gen), w.make(n, gen)
-        bs = w.spec.n_train
+        bs = w.spec.n_score
 
         def fb_all() -> None:
             for start in range(0, n, bs):
