@@ -5,6 +5,7 @@
     lai bench --sizes default --big              # also the scaling in n_train and a 4,096-sample batch
     lai bench --resume --out results/bench/X     # keep the finished sections of an interrupted run
     lai bench --clock cpu --tasks none           # process CPU time (shared machine); no curation-task timing
+    lai bench --workload gpt2-small,pythia-160m --clock cpu   # real-size models (validation/bench_realsize.py)
 
 Per workload (validation/bench_workloads.py), every estimator's median wall and CPU time over interleaved
 repeats and its peak extra memory (validation/measure.py: public profiler APIs), with its ratio to one
@@ -13,6 +14,12 @@ forward pass over train+reference, one forward+backward over train+reference and
 the LAI targets next to the floor that plain torch ops computing the same scores cost (validation/bench_floor.py);
 then the per-call overhead of a scoring call on a tiny model (validation/bench_overhead.py) and a curated step
 against a vanilla step on the curation tasks (validation/bench_tasks.py).
+Real-size workloads (``--workload gpt2-small,gpt2-small-512,pythia-160m,resnet18,vit-s``; not part of ``all``):
+one guarded child process per (workload, estimator) row with each estimator's first and steady call, a forward
+and a forward+backward, and peak memory side by side, plus a curated step and ``score_dataset`` throughput on
+gpt2-small (validation/bench_realsize_run.py, bench_rows.py, bench_isolate.py); a row that is refused, fails,
+is killed above ``--row-memory-gb`` or times out is recorded as such and the run goes on. With only real-size
+workloads named, the overhead and curation-task sections are skipped.
 Output: the table on stdout, ``bench.json`` + ``bench.txt`` under ``--out``, rewritten atomically after every
 finished section. The exit status is 0 whether or not a target is met (targets are reported, not checks).
 """
@@ -37,6 +44,8 @@ from .bench_overhead import overhead_section
 from .bench_tasks import TASKS, tasks_section
 from .bench_floor import floor_calls
 from .bench_workloads import WORKLOADS, Workload, build_workload, curated_steps, estimator_call
+from .bench_realsize import REALSIZE
+from .bench_realsize_run import RealSettings, default_estimators, plan_rows, run_rows
 from .estimator_cost import estimator_costs
 from .measure import measure_many
 from .options import add_common, check_device, info, make_parser, split_list, torch_threads
@@ -132,9 +141,13 @@ def ops_section(w: Workload, estimators: tuple[str, ...], out: Path, rows: int =
 
 def build_parser(prog: str = "lai bench") -> argparse.ArgumentParser:
     p = make_parser(prog, __doc__)
-    p.add_argument("--workload", default="all", help=f"comma-separated, from {', '.join(WORKLOADS)}, or all")
+    p.add_argument("--workload", default="all",
+                   help=f"comma-separated, from {', '.join(WORKLOADS)} or all (these three), and the real-size "
+                        f"{', '.join(REALSIZE)}")
     p.add_argument("--repeats", type=int, default=7, help="timed calls per row (median reported)")
-    p.add_argument("--estimators", default=",".join(ALL_ESTIMATORS), help="comma-separated estimator names")
+    p.add_argument("--estimators", default=None,
+                   help=f"comma-separated estimator names (default: {','.join(ALL_ESTIMATORS)}; real-size "
+                        "workloads also lai-aligned)")
     p.add_argument("--sizes", default=None,
                    help="train batch sizes for the scaling fit, e.g. 256,512,1024 (or 'default')")
     p.add_argument("--scaling-estimators", default="ghost,lai,exact", help="estimators timed for the scaling fit")
@@ -153,6 +166,22 @@ def build_parser(prog: str = "lai bench") -> argparse.ArgumentParser:
     p.add_argument("--clock", default="wall", choices=CLOCKS,
                    help="time the ratios and targets use: wall or process CPU time (robust on a shared machine "
                         "with --threads 1)")
+    real = p.add_argument_group("real-size workloads")
+    real.add_argument("--n-layers", type=int, default=None, help="depth of the real-size models (default: theirs; "
+                      "fewer for a short run)")
+    real.add_argument("--seq-len", type=int, default=None, help="tokens per sequence of the real-size LMs "
+                      "(default: 128; 512 for gpt2-small-512)")
+    real.add_argument("--n-score", type=int, default=None, help="training samples scored by a real-size row "
+                      "(default: LMs 2, images 32)")
+    real.add_argument("--n-ref", type=int, default=None, help="reference samples of a real-size row "
+                      "(default: LMs 2, images 32)")
+    real.add_argument("--dataset-n", type=int, default=512, help="sequences score_dataset scores on gpt2-small "
+                      "(0: skip)")
+    real.add_argument("--row-timeout", type=float, default=3600.0, help="seconds before a real-size row's "
+                      "process is killed and recorded as a timeout")
+    real.add_argument("--row-memory-gb", type=float, default=8.0, help="resident GiB above which a real-size "
+                      "row's process is killed and recorded as killed")
+    real.add_argument("--vocab", type=int, default=None, help=argparse.SUPPRESS)  # tests: a tiny LM's vocabulary
     add_common(p, out=(None, "results folder (default: results/bench/<timestamp>)"))
     p.add_argument("--resume", action="store_true", help="keep finished sections of an existing --out/bench.json")
     return p
@@ -174,18 +203,48 @@ def run(argv: list[str] | None = None, prog: str = "lai bench") -> dict[str, Any
     check_device(p, args.device)
     try:
         from .estimators import ESTIMATORS
-        estimators = tuple(split_list(args.estimators, tuple(ESTIMATORS), "estimator"))
         scaling_estimators = tuple(split_list(args.scaling_estimators, tuple(ESTIMATORS), "estimator"))
-        names = split_list(args.workload, WORKLOADS, "workload")
+        names = workload_names(args.workload)
+        real = [n for n in names if n in REALSIZE]
+        given = None if args.estimators is None else tuple(split_list(args.estimators, tuple(ESTIMATORS),
+                                                                      "estimator"))
+        estimators = given or ALL_ESTIMATORS
+        real_estimators = given or default_estimators(real)
         sizes = None if args.sizes in (None, "default") else tuple(int(s) for s in split_list(args.sizes))
     except (argparse.ArgumentTypeError, ValueError) as exc:
         p.error(str(exc))
+    for opt in ("n_layers", "seq_len", "n_score", "n_ref"):
+        if getattr(args, opt) is not None and getattr(args, opt) < 1:
+            p.error(f"--{opt.replace('_', '-')} must be >= 1")
+    if args.dataset_n < 0 or args.row_timeout <= 0 or args.row_memory_gb <= 0:
+        p.error("--dataset-n must be >= 0, --row-timeout and --row-memory-gb > 0")
     with torch_threads(args.threads):
-        return _bench(args, estimators, scaling_estimators, names, sizes)
+        return _bench(args, estimators, scaling_estimators, names, sizes, real_estimators)
+
+
+def workload_names(text: str) -> list[str]:
+    """The workloads of ``--workload``: ``all`` is the three toy workloads; real-size names only by name."""
+    out: list[str] = []
+    for item in split_list(text):
+        if item != "all" and item not in (*WORKLOADS, *REALSIZE):
+            raise argparse.ArgumentTypeError(f"unknown workload {item!r}; choose from "
+                                             f"{', '.join([*WORKLOADS, 'all', *REALSIZE])}")
+        out += [w for w in (WORKLOADS if item == "all" else (item,)) if w not in out]
+    return out
+
+
+def realsize_settings(args: argparse.Namespace) -> RealSettings:
+    """``RealSettings`` from the parsed options."""
+    return RealSettings(repeats=args.repeats, threads=args.threads, device=args.device, tiny=args.tiny,
+                        vocab=args.vocab, overrides={"n_layers": args.n_layers, "seq_len": args.seq_len,
+                                                     "n_score": args.n_score, "n_ref": args.n_ref},
+                        curated=not args.no_curated, dataset_n=args.dataset_n, timeout_s=args.row_timeout,
+                        rss_limit_gb=args.row_memory_gb)
 
 
 def _bench(args: argparse.Namespace, estimators: tuple[str, ...], scaling_estimators: tuple[str, ...],
-           names: list[str], sizes: tuple[int, ...] | None) -> dict[str, Any]:
+           names: list[str], sizes: tuple[int, ...] | None,
+           real_estimators: tuple[str, ...] = ()) -> dict[str, Any]:
     started = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     out = Path(args.out) if args.out else Path("results") / "bench" / started
     report: dict[str, Any] = {"started": started, "args": vars(args), "environment": environment(args.device),
@@ -195,6 +254,17 @@ def _bench(args: argparse.Namespace, estimators: tuple[str, ...], scaling_estima
         report["workloads"], report["tasks"] = old.get("workloads", {}), old.get("tasks", {})
         if "overhead" in old:
             report["overhead"] = old["overhead"]
+        if "realsize" in old:
+            report["realsize"] = old["realsize"]
+    real = [n for n in names if n in REALSIZE]
+    names = [n for n in names if n not in REALSIZE]
+    if real:
+        rs = realsize_settings(args)
+        section = report.setdefault("realsize", {})
+        section["settings"] = rs.to_dict()
+        run_rows(plan_rows(real, real_estimators, rs), section, rs, args.clock, lambda: save(report, out),
+                 progress=not args.no_progress and not args.quiet)
+        save(report, out)
     for name in names:
         w = build_workload(name, tiny=args.tiny, device=args.device)
         sec = report["workloads"].setdefault(name, {})
@@ -218,6 +288,10 @@ def _bench(args: argparse.Namespace, estimators: tuple[str, ...], scaling_estima
             save(report, out)
         sec["targets"] = check_targets(name, sec, args.clock)
         save(report, out)
+    if not names:  # only real-size workloads: no toy sections
+        print(render(report), end="")
+        info(args, f"written: {out / 'bench.json'}, {out / 'bench.txt'}")
+        return report
     if not args.no_overhead and "overhead" not in report:
         report["overhead"] = overhead_section(rounds=3 if args.tiny else 15, calls=5 if args.tiny else 40)
         save(report, out)

@@ -171,6 +171,9 @@ def render(report: dict[str, Any]) -> str:
                 lines.append(f"   {r['estimator']:<17}{r['median_s']:>9.2f} s wall"
                              f"{r.get('cpu_median_s', 0):>9.2f} s cpu{r['peak_mb']:>10.1f} MB")
         lines += target_lines(sec.get("targets", []))
+    if report.get("realsize"):
+        from .bench_realsize_report import render_realsize
+        lines += render_realsize(report["realsize"], clock)
     if report.get("overhead"):
         from .bench_overhead import render_overhead
         lines += render_overhead(report["overhead"])
