@@ -4,8 +4,9 @@ Rows of a run (keys ``<workload>/<name>``):
 
 * every (real-size workload, estimator) pair (``validation.bench_rows.estimator_row``); token-sequence-only
   estimators (``lai-aligned``) on the language models only;
-* on ``gpt2-small`` (``CURATED_WORKLOADS``): ``curated-lai@8``, a curated LAI step against a plain step (batch 8,
-  reference 32 sequences, statistics kept for 8 steps; ``curated_row``), and ``dataset-<estimator>`` for LAI,
+* on ``gpt2-small`` (``CURATED_WORKLOADS``): ``curated-lai@8`` and ``curated-lai-last@8``, a curated step against
+  a plain step (batch 8, reference 32 sequences, statistics kept for 8 steps; ``curated_row``), and
+  ``dataset-<estimator>`` for LAI,
   last-layer LAI and Ghost: ``score_dataset`` throughput on ``dataset_n`` sequences (``dataset_row``).
 
 Each row runs in its own process (``validation.bench_isolate.run_isolated``) under a wall timeout and a
@@ -29,6 +30,7 @@ REAL_ESTIMATORS = ("exact", "ghost", "lai", "lai-last", "lai-aligned", "tracin-l
 CURATED_WORKLOADS = ("gpt2-small",)
 DATASET_ESTIMATORS = ("lai", "lai-last", "ghost")
 KEPT = 8  # steps the curated row keeps its reference statistics (issue 23: k = 8)
+CURATED_METHODS = ("lai", "lai-last")  # curation methods timed against a plain step
 CURATED_BATCH, CURATED_REF = 8, 32  # sequences (issue 23)
 TINY_CURATED = (4, 4)
 ROWS = "validation.bench_rows"
@@ -88,9 +90,10 @@ def plan_rows(workloads: list[str], estimators: tuple[str, ...] | list[str], s: 
         job = s.base_job(wl)
         job["overrides"].update(n_score=sizes[0], n_ref=sizes[1])
         if s.curated:
-            name = f"curated-lai@{KEPT}"
-            rows.append(PlannedRow(f"{wl}/{name}", wl, "curated", name, f"{ROWS}:curated_row",
-                                   {**job, "method": "lai", "k": KEPT}))
+            for method in CURATED_METHODS:
+                name = f"curated-{method}@{KEPT}"
+                rows.append(PlannedRow(f"{wl}/{name}", wl, "curated", name, f"{ROWS}:curated_row",
+                                       {**job, "method": method, "k": KEPT}))
         if s.dataset_n > 0:
             for e in (e for e in DATASET_ESTIMATORS if e in estimators):
                 rows.append(PlannedRow(f"{wl}/dataset-{e}", wl, "dataset", f"dataset-{e}", f"{ROWS}:dataset_row",
