@@ -17,13 +17,17 @@
   [p, n T] x [n T, q] product per block, reused where the reference side needs the block's sum anyway) plus
   O(n T (p + q)) per block (``python -m validation.verify_cost`` measures both).
 * Shape check (``influence.capture``): every recorded call has the batch as its leading dimension.
-* Per-sample probe (first call per model and input signature): the factored gradients of two samples (the
-  first and the last) against autograd's gradients of their own losses, from the same batched forward. It
-  catches what sums and shapes cannot: a non-batch leading dimension that happens to equal n.
+* Per-sample probe (first call per model and input signature): autograd's gradient of sum_i w_i l_i, with random
+  weights w, against the factored sum_i w_i G_i (one more backward, screened by the same projections as the sum
+  check). It catches what sums and shapes cannot: a non-batch leading dimension that happens to equal n, a
+  sample whose factored gradient is another's: where any per-sample difference is nonzero, the weighted sums
+  differ with probability 1.
 
-The verdict (parameters that failed, with the reason) is cached per model (weakly) and signature: shapes and
-dtypes of the batch leaves, train/eval flags, which parameters are trainable, and the registry version. LAI,
-which runs no backward, reads it (computing it with one verification capture when absent).
+The verdict (parameters that failed, with the reason) is cached per model (weakly) and signature: the structure,
+dtypes, ranks and size pattern of the batch leaves (not the sizes: a verdict carries over to other batch sizes and
+sequence lengths, see ``signature``), train/eval flags, which parameters are trainable, and the registry version.
+LAI, which runs no backward, reads it (computing it with one verification capture of a 2-sample slice when
+absent).
 
 Tolerances (eps of the parameters' dtype). The full comparisons (probe, and a block whose projection failed)
 require ||factored - autograd|| <= sqrt(eps) * (max of the two norms + 1e-2 * the norm of all checked
@@ -96,8 +100,11 @@ def signature(model: nn.Module, batch: Batch) -> tuple:
     that for Ghost, LAI relies on the verdict."""
     state = model_state(model)
     pair = tensor_pair(batch)
-    leaves = list(pair) if pair is not None else tree_flatten(batch)[0]
-    structure = "pair" if pair is not None else str(tree_flatten(batch)[1])
+    if pair is not None:
+        leaves, structure = list(pair), "pair"
+    else:
+        leaves, spec = tree_flatten(batch)
+        structure = str(spec)
     return registry_version(), structure, size_pattern(leaves, state[-1]), state[:-1]
 
 
