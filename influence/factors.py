@@ -340,6 +340,68 @@ def rows_times(f: Dense | Patches, w: Tensor) -> Tensor:
     return out + w[:, d:d + 1] if ones else out
 
 
+@dataclass
+class RowSparse:
+    """A one-group matrix [1, size, q] whose only nonzero rows are ``ids`` (sorted, unique, [U]) holding ``rows``
+    [U, q]: the reference matrix of a block whose left factors are one-hot ids (an embedding), which has a row
+    only for the ids the reference samples hold, so a vocabulary-sized [V, q] (for LAI's embedding term [V, V])
+    is never formed. ``lookup`` maps an id to its row (-1: none), built when first read."""
+
+    ids: Tensor
+    rows: Tensor
+    size: int
+    _lookup: Tensor | None = None
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (1, self.size, self.rows.shape[1])
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.rows.dtype
+
+    def scaled(self, c: float) -> "RowSparse":
+        return RowSparse(self.ids, self.rows * c, self.size)
+
+    def lookup(self) -> Tensor:
+        if self._lookup is None:
+            self._lookup = torch.full((self.size,), -1, dtype=torch.int64, device=self.ids.device)
+            self._lookup[self.ids] = torch.arange(len(self.ids), device=self.ids.device)
+        return self._lookup
+
+    def dense(self) -> Tensor:
+        out = self.rows.new_zeros(self.size, self.rows.shape[1])
+        out[self.ids] = self.rows
+        return out.unsqueeze(0)
+
+
+def add_matrices(a: "Tensor | RowSparse", b: "Tensor | RowSparse") -> "Tensor | RowSparse":
+    """a + b for reference matrices, dense or ``RowSparse`` (row-sparse stays row-sparse over the union of ids)."""
+    if isinstance(a, RowSparse) and isinstance(b, RowSparse):
+        ids, inv = torch.unique(torch.cat([a.ids, b.ids]), return_inverse=True)
+        rows = a.rows.new_zeros(len(ids), a.rows.shape[1]).index_add_(0, inv, torch.cat([a.rows, b.rows]))
+        return RowSparse(ids, rows, a.size)
+    if isinstance(a, RowSparse):
+        a, b = b, a
+    if isinstance(b, RowSparse):
+        out = a.clone()
+        out[0].index_add_(0, b.ids, b.rows.to(out.dtype))
+        return out
+    return a + b
+
+
+def dense_matrix(m: "Tensor | RowSparse") -> Tensor:
+    return m.dense() if isinstance(m, RowSparse) else m
+
+
+def _index_matrix(left: Index, right: Dense, weights: Tensor | None) -> RowSparse:
+    r = right.x if weights is None else right.x * weights.view(-1, 1, 1, 1).to(right.dtype)
+    keep = left.ids >= 0
+    ids, inv = torch.unique(left.ids[keep], return_inverse=True)
+    rows = r.new_zeros(len(ids), r.shape[-1]).index_add_(0, inv, r[:, :, 0, :][keep])
+    return RowSparse(ids, rows, left.size)
+
+
 def segment_matrix(seg: Segment, weights: Tensor | None = None) -> Tensor:
     """sum_i w_i sum_t L_{i,t} (x) R_{i,t} as [G, p, q] (L oriented so that an Index factor is on the left).
     ``weights`` [n] defaults to ones."""
@@ -349,12 +411,15 @@ def segment_matrix(seg: Segment, weights: Tensor | None = None) -> Tensor:
     left, right = _dense_like(left), _dense_like(right)
     if isinstance(left, Dense):
         return _dense_matrix(left, right, weights)
-    r = right.x if weights is None else right.x * weights.view(-1, 1, 1, 1).to(right.dtype)
-    q = r.shape[-1]
-    out = r.new_zeros(left.size, q)
-    keep = left.ids >= 0
-    out.index_add_(0, left.ids[keep], r[:, :, 0, :][keep])
-    return out.unsqueeze(0)
+    return _index_matrix(left, right, weights).dense()
+
+
+def segment_reference_matrix(seg: Segment) -> "Tensor | RowSparse":
+    """``segment_matrix`` for a reference side: ``RowSparse`` where the left factor is one-hot ids."""
+    left, right, _ = _oriented(seg)
+    if isinstance(left, Index):
+        return _index_matrix(left, _dense_like(right), None)
+    return segment_matrix(seg)
 
 
 def segment_contract(seg: Segment, m: Tensor, views: dict | None = None) -> Tensor:
@@ -366,8 +431,14 @@ def segment_contract(seg: Segment, m: Tensor, views: dict | None = None) -> Tens
     left, right = _dense_like(left), _dense_like(right)
     if isinstance(left, Dense):
         return _dense_contract(left, m, right, views)
-    rows = m[0][left.ids.clamp(min=0)]  # [n, T, q]
-    rows = rows.mul_((left.ids >= 0).unsqueeze(-1).to(rows.dtype)).mul_(right.x[:, :, 0, :])
+    if isinstance(m, RowSparse):
+        pos = m.lookup()[left.ids.clamp(min=0)]
+        keep = (pos >= 0) & (left.ids >= 0)
+        rows = m.rows[pos.clamp(min=0)]  # [n, T, q]: the reference row of each token's id
+    else:
+        keep = left.ids >= 0
+        rows = m[0][left.ids.clamp(min=0)]  # [n, T, q]
+    rows = rows.mul_(keep.unsqueeze(-1).to(rows.dtype)).mul_(right.x[:, :, 0, :])
     return rows.sum((1, 2))
 
 
@@ -422,6 +493,16 @@ class Block:
         """sum_i w_i G_i, [G, p, q]."""
         return add_all(segment_matrix(s, weights) for s in self.segments)
 
+    def reference_matrix(self) -> "Tensor | RowSparse":
+        """sum_i G_i for a reference side: ``RowSparse`` when every segment's left factor is one-hot ids."""
+        if all(isinstance(_oriented(s)[0], Index) for s in self.segments):
+            out = None
+            for s in self.segments:
+                m = segment_reference_matrix(s)
+                out = m if out is None else add_matrices(out, m)
+            return out
+        return self.matrix()
+
     def contract(self, m: Tensor, views: dict | None = None) -> Tensor:
         """<G_i, M> for every sample, [n]. ``views``: a dict kept with M across calls (``_dense_contract``)."""
         return add_all(segment_contract(s, m, views) for s in self.segments)
@@ -450,14 +531,18 @@ class Block:
             left, right, _ = _oriented(s)
             p = 1 if isinstance(left, Index) else left.dim
             cost += s.tokens * left.groups * p * right.dim
-        # the reference matrix M [G, p, q] is built and read whole: it dominates for one-hot factors, whose p is
-        # the vocabulary (times T over a flattened, aligned token space)
-        return float(n_i + n_v) * cost + self.matrix_size()
+        # the reference matrix M [G, p, q] is built and read whole (for one-hot factors only the rows of the ids
+        # present, ``RowSparse``)
+        return float(n_i + n_v) * cost + self.matrix_size(n_v)
 
-    def matrix_size(self) -> float:
-        """Entries of the block's reference matrix M [G, p, q] (an ``Index`` factor counts its whole space)."""
+    def matrix_size(self, n_v: int | None = None) -> float:
+        """Entries of the block's reference matrix M [G, p, q]; for one-hot left factors (``RowSparse``) at most
+        one row per reference token (given ``n_v`` reference samples), else the whole space."""
         left, right, _ = _oriented(self.segments[0])
-        return float(left.groups) * left.dim * right.dim
+        p = left.dim
+        if n_v is not None and all(isinstance(_oriented(s)[0], Index) for s in self.segments):
+            p = min(p, n_v * sum(s.tokens for s in self.segments))
+        return float(left.groups) * p * right.dim
 
     def materialize_cost(self, n_i: int, n_v: int) -> float:
         return self.contract_cost(n_i, n_v) + float(n_i) * n_v * self.matrix_size()

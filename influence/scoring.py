@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from .errors import InfluenceError
-from .factors import Block, Index, _gram_width, shared_grams
+from .factors import Block, Index, RowSparse, _gram_width, add_matrices, shared_grams
 from .memory import MemoryBudgetError, mib, require_fits, resolve_budget
 
 MODES = ("auto", "gram", "materialize")
@@ -57,8 +57,9 @@ def fits(block: Block, form: str, n_train: int, n_ref: int, pairwise: bool, budg
     item = _itemsize(block)
     if form == "gram":
         return gram_row_bytes(block, n_ref) <= budget
-    size = block.matrix_size() * item
-    return (size * (n_ref + 1) if pairwise else size) <= budget
+    if pairwise:  # materialised per-sample gradients: the whole space per sample
+        return block.matrix_size() * item * (n_ref + 1) <= budget
+    return block.matrix_size(n_ref) * item <= budget
 
 
 def choose_mode(block: Block, n_train: int, n_ref: int, pairwise: bool, mode: str, ref_sum: bool = False,
@@ -76,7 +77,8 @@ def choose_mode(block: Block, n_train: int, n_ref: int, pairwise: bool, mode: st
     forms = ("gram", "materialize") if check_mode(mode) == "auto" else (mode,)
     ok = [f for f in forms if budget is None or fits(block, f, n_train, n_ref, pairwise, budget)]
     if not ok:
-        m = block.matrix_size() * _itemsize(block) * ((n_ref + 1) if pairwise else 1)
+        m = block.matrix_size() * _itemsize(block) * (n_ref + 1) if pairwise else \
+            block.matrix_size(n_ref) * _itemsize(block)
         need = {"gram": gram_row_bytes(block, n_ref), "materialize": m}
         raise MemoryBudgetError(f"{block.name}: no form of this block fits memory_budget = {mib(budget)} "
                                 f"({', '.join(f'{f}: {mib(need[f])}' for f in forms)}); raise memory_budget, score "
@@ -210,8 +212,8 @@ class ReferenceSide:
             elif self.pairwise:
                 self.parts.setdefault(key, []).append(block.per_sample())
             else:
-                mat = sums[key] if key in sums else block.matrix()
-                self.sums[key] = self.sums[key] + mat if key in self.sums else mat
+                mat = sums[key] if key in sums else block.reference_matrix()
+                self.sums[key] = add_matrices(self.sums[key], mat) if key in self.sums else mat
                 if self.preconditioner:
                     self.blocks_seen.setdefault(key, block.rows(slice(0, 0)))
             del block
@@ -220,8 +222,12 @@ class ReferenceSide:
                 self.parts[key].append(_ZeroColumns(n))
         self.n_ref += n
 
-    def _mean(self, key: Hashable) -> Tensor:
-        m = self._per_ref(self.sums[key])
+    def _mean(self, key: Hashable) -> "Tensor | RowSparse":
+        m = self.sums[key]
+        if isinstance(m, RowSparse):
+            return m.scaled(self.scale / self.n_ref) if not self.preconditioner else \
+                precondition_matrix(self.blocks_seen[key], self._per_ref(m.dense()), self.preconditioner)
+        m = self._per_ref(m)
         if self.preconditioner:
             m = precondition_matrix(self.blocks_seen[key], m, self.preconditioner)
         return m

@@ -88,3 +88,19 @@ def test_default_budget_is_half_the_free_memory():
     assert 0 < budget <= free_bytes()
     with pytest.raises(influence.MemoryBudgetError, match="positive"):
         resolve_budget(0)
+
+
+def test_lai_embedding_term_is_an_index_lookup(lm):
+    """LAI's embedding term in contracted form keeps one reference row per id the reference holds (RowSparse), never
+    the dense [50257, 50257] matrix (10 GB): same scores as the Gram form, and the profiled peak far below one
+    vocabulary-squared matrix."""
+    model, loss_fn, train, ref = lm
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        gram = influence.lai(model, loss_fn, train, ref, 1e-3, mode="gram").per_layer
+        contracted = influence.lai(model, loss_fn, train, ref, 1e-3, mode="materialize").per_layer
+        peak = cpu_peak_bytes(lambda: influence.lai(model, loss_fn, train, ref, 1e-3, mode="materialize"))
+    assert set(gram) == set(contracted) and "transformer.wte" in gram
+    for name in gram:
+        assert torch.allclose(contracted[name], gram[name], rtol=1e-4, atol=1e-10), name
+    assert peak < VOCAB * VOCAB * 4 / 20
