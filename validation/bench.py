@@ -1,9 +1,9 @@
 """``lai bench``: cost of the influence estimators against a forward pass and a training step.
 
     lai bench                                    # the three workloads, about 5-10 min on 2 cores
-    lai bench --workload mlp --repeats 3 --no-curated
+    lai bench --models mlp --repeats 3 --no-curated
     lai bench --sizes default --big              # also the scaling in n_train and a 4,096-sample batch
-    lai bench --resume --out results/bench/X     # keep the finished sections of an interrupted run
+    lai bench --resume results/bench/X           # keep the finished sections of an interrupted run
     lai bench --clock cpu --tasks none           # process CPU time (shared machine); no curation-task timing
 
 Per workload (validation/bench_workloads.py), every estimator's median wall and CPU time over interleaved
@@ -39,7 +39,8 @@ from .bench_floor import floor_calls
 from .bench_workloads import WORKLOADS, Workload, build_workload, curated_steps, estimator_call
 from .estimator_cost import estimator_costs
 from .measure import measure_many
-from .options import add_common, check_device, info, make_parser, split_list, torch_threads
+from .options import (add_common, add_models, add_not_applicable, add_resume, check_device, info, make_parser,
+                      split_list, torch_threads)
 
 ALL_ESTIMATORS = ("exact", "ghost", "lai", "lai-last", "tracin-last")
 BIG_BATCH = 4096
@@ -132,7 +133,7 @@ def ops_section(w: Workload, estimators: tuple[str, ...], out: Path, rows: int =
 
 def build_parser(prog: str = "lai bench") -> argparse.ArgumentParser:
     p = make_parser(prog, __doc__)
-    p.add_argument("--workload", default="all", help=f"comma-separated, from {', '.join(WORKLOADS)}, or all")
+    add_models(p, WORKLOADS, what="workloads", dest="workload")
     p.add_argument("--repeats", type=int, default=7, help="timed calls per row (median reported)")
     p.add_argument("--estimators", default=",".join(ALL_ESTIMATORS), help="comma-separated estimator names")
     p.add_argument("--sizes", default=None,
@@ -154,7 +155,8 @@ def build_parser(prog: str = "lai bench") -> argparse.ArgumentParser:
                    help="time the ratios and targets use: wall or process CPU time (robust on a shared machine "
                         "with --threads 1)")
     add_common(p, out=(None, "results folder (default: results/bench/<timestamp>)"))
-    p.add_argument("--resume", action="store_true", help="keep finished sections of an existing --out/bench.json")
+    add_resume(p, "keep the finished sections of an interrupted benchmark's bench.json", into_out=True)
+    add_not_applicable(p, {"--seeds": "timings do not depend on a seed (the workloads are built with fixed seeds)"})
     return p
 
 
