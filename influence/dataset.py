@@ -86,6 +86,7 @@ class DatasetScores:
 
     @staticmethod
     def load(path: str | os.PathLike) -> "DatasetScores":
+        """The scores :meth:`save` (or ``score_dataset(..., out=)``, as ``scores.pt``) wrote."""
         return DatasetScores(**torch.load(path, weights_only=True))
 
 

@@ -69,6 +69,7 @@ from .optim import is_adaptive
 from .session import OptimizerWarning, Session
 
 MIN_TRANSFORMERS = "4.46.3"
+"""The lowest ``transformers`` release supported (and tested in CI: scripts/test_min_versions.sh)."""
 
 
 class TransformersVersionError(ImportError):
@@ -200,10 +201,12 @@ class CurationGuard(transformers.TrainerCallback):
         self.steps = 0
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        """Start counting the optimizer steps of this ``train()`` call."""
         self.steps = 0
         self.trainer._curated_steps = 0
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        """Raise :class:`CurationNotAppliedError` unless every step so far was scored and selected."""
         self.steps += 1
         if self.trainer._curated_steps < self.steps:
             raise CurationNotAppliedError(

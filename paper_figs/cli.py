@@ -173,6 +173,10 @@ def main(argv: Sequence[str] | None = None, prog: str = "lai figures") -> int:
     if args.paper:
         from .stored_run import STORED_CURATION, STORED_RUN
 
+        if not STORED_RUN.is_dir():
+            p.error(f"the stored paper-scale results ({STORED_RUN}) are not installed with the wheel (kept small): "
+                    "run `lai figures --paper` from a clone of the repository (pip install -e .)")
+
         args.results, args.curate = str(STORED_RUN), args.curate or str(STORED_CURATION)
         args.out = args.out or str(Path("results") / "paper-figures")
     root, src = resolve(args.results, args.curate)
