@@ -1,10 +1,10 @@
-"""``lai figures`` (also ``python -m paper_figs``): every paper figure from stored results, in seconds.
+"""``lai figures`` (also ``python -m paper_figs``): every paper figure from stored results (about a minute of CPU).
 
     lai figures                                  # newest run folder under results/ (+ results/curate)
     lai figures --results results/quick-1a2b3c4d5e
     lai figures --run quick                      # first run the quick validation and curated training
     lai figures --only 2,3 --formats png
-    lai figures --paper                          # the stored paper-scale results (paper_figs/data), ~70 s of CPU
+    lai figures --paper                          # the stored paper-scale results (paper_figs/data), ~1 min of CPU
 
 Figures go to ``<run folder>/figures/figN_<name>.png|.pdf|.csv`` (the CSV is the exact data plotted), each
 written atomically. A figure whose results are missing is skipped with the command that produces them (run

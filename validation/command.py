@@ -7,9 +7,12 @@
     lai tightness  how tight the error bounds are on an MLP, a CNN and a transformer
     lai score      score a whole data set against a reference set with each estimator (throughput, memory)
 
-``lai <command> --help`` lists a command's options with their defaults. Options shared by every command:
---out, --seeds (a list: 0-4 or 0,3,7), --threads (default 1), --device, --no-progress, --quiet.
-Exit status: 0 success, 1 a check failed (or a crash, with a traceback), 2 a usage error.
+``lai <command> --help`` lists a command's options with their defaults (also without the optional extras).
+Options every command parses: --out, --seeds (a list: 0-4 or 0,3,7), --threads (default 1), --device,
+--no-progress, --quiet; where one means nothing for a command, using it is a usage error that says why.
+One spelling per idea: --models, --resume DIR, --profile quick|full (validation/options.py).
+Exit status: 0 success, 1 a check failed (or a crash, with a traceback), 2 a usage error (one line on stderr,
+including a missing optional extra: the line says what to install).
 ``python -m validation <command>`` is the same command.
 """
 

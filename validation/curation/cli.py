@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+from typing import Any
 
 from ..options import add_common, add_not_applicable, make_parser, progress_enabled, split_list, torch_threads
 from .methods import METHODS
@@ -29,6 +30,20 @@ from .tasks import TASKS, get_task
 PROFILES = {"quick": "quick", "full": "paper", "paper": "paper"}
 
 DEFAULT_METHODS = "vanilla,lai,ghost,small-loss,loss-threshold,random,oracle"
+
+
+def run_comparison(*args: Any, **kwargs: Any) -> Any:
+    """``validation.curation.experiment.run_comparison``, imported when called (it needs the validation extra)."""
+    from .experiment import run_comparison as run
+
+    return run(*args, **kwargs)
+
+
+def run_profile(*args: Any, **kwargs: Any) -> Any:
+    """``validation.curation.runner.run_profile``, imported when called (it needs the validation extra)."""
+    from .runner import run_profile as run
+
+    return run(*args, **kwargs)
 
 
 def build_parser(prog: str = "lai curate") -> argparse.ArgumentParser:
@@ -89,8 +104,7 @@ def main(argv: list[str] | None = None, prog: str = "lai curate") -> int:
 def _curate(args: argparse.Namespace, methods: list[str]) -> int:
     import torch
 
-    from .experiment import format_table, run_comparison
-    from .runner import run_profile
+    from .experiment import format_table
     from .timing import format_timing
 
     progress = progress_enabled(args)
