@@ -3,17 +3,22 @@
     scorer = functools.partial(influence.ghost, model, loss_fn, ref=ref_batch, lr=0.1)   # or a session's .score
     ds = influence.score_dataset(scorer, train_set, batch_size=256, out="scores/ghost")
     ds.scores            # Tensor [N]: score of sample ds.indices[k] (indices are positions in the data set)
-    ds.proponents(10)    # the 10 samples whose SGD step lowers the reference loss most (largest scores)
-    ds.opponents(10)     # the 10 that raise it most (smallest scores)
+    ds.proponents(10)    # (indices, scores) of the 10 samples whose SGD step lowers the reference loss most
+    ds.opponents(10)     # ... of the 10 that raise it most (smallest scores), worst first
+    # pairwise=True (with a scorer that returns the [n, n_ref] matrix, e.g. Session(..., pairwise=True)):
+    ds.pairwise          # Tensor [N, n_ref]: the score of each sample against each reference sample
+    ds.proponents(10, reference=3)   # the top 10 against reference sample 3 alone
 
 ``data`` is an ``(inputs, targets)`` pair of tensors (or pytrees of tensors) too big for one batch, a map-style
 ``torch.utils.data.Dataset`` whose items are ``(input, target)``, or a ``DataLoader``. A loader that shuffles is
 re-read in order (same data set, batch size and ``collate_fn``) so that every score keeps its sample index.
 
 Memory: one batch of ``batch_size`` samples is scored at a time; what is kept is [N] scores (and [N] per layer
-with ``per_layer=True``) on the CPU. With ``out``, every scored batch is written to its own file (atomically)
-next to a manifest; a rerun with the same ``out`` and the same settings skips the batches already on disk, so a
-killed run resumes where it stopped. Under ``torch.distributed`` (or with ``shard=(rank, world)``) batch k is
+with ``per_layer=True``; [N, n_ref] with ``pairwise=True``) on the CPU. With ``out``, every scored batch is written to
+its own file (atomically) next to a manifest; a rerun with the same ``out`` and the same settings skips the batches
+already on disk, so a killed run resumes where it stopped; it says so on stderr (how many batches and samples were
+read back) and ``DatasetScores.reused`` counts the samples read back. The progress bar counts samples (its rate
+reads in samples/s). Under ``torch.distributed`` (or with ``shard=(rank, world)``) batch k is
 scored by rank k mod world and the scores are gathered to every rank in sample order, equal to one process.
 """
 
@@ -21,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +39,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset
 from .atomic import atomic_torch_save, atomic_write_json
 from .batch import Batch, check_batch, take
 from .errors import InfluenceError
-from .result import InfluenceResult
+from .result import InfluenceResult, Ranking, column, rank
 
 Scorer = Callable[[Batch], InfluenceResult]
 MANIFEST = "manifest.json"
@@ -46,21 +52,29 @@ class ResumeMismatchError(InfluenceError):
 @dataclass
 class DatasetScores:
     """Scores of a data set. ``indices`` [N] int64 (positions in the data set, ascending), ``scores`` [N] in the
-    estimator's units (lr * <grad l_i, grad L_ref>), ``per_layer``: module name -> [N] (when asked for)."""
+    estimator's units (lr * <grad l_i, grad L_ref>), ``per_layer``: module name -> [N] (when asked for),
+    ``pairwise`` [N, n_ref] (when asked for: ``scores`` is its row mean), ``reused``: samples read back from a
+    previous run's files instead of scored."""
 
     indices: Tensor
     scores: Tensor
     per_layer: dict[str, Tensor] | None
     estimator: str
     lr: float
+    pairwise: Tensor | None = None
+    reused: int = 0
 
-    def proponents(self, k: int) -> Tensor:
-        """Data-set indices of the k largest scores (the samples that help the reference set most), best first."""
-        return self.indices[self.scores.topk(min(k, len(self.scores))).indices]
+    def proponents(self, k: int, reference: int | None = None) -> Ranking:
+        """``(indices, scores)`` of the k largest scores (the samples that help the reference set most), best
+        first; ``reference=v``: against reference sample v alone (needs ``pairwise=True``)."""
+        scores = column(self.pairwise, reference, "score_dataset(..., pairwise=True)")
+        return rank(self.indices, self.scores if scores is None else scores, k, largest=True)
 
-    def opponents(self, k: int) -> Tensor:
-        """Data-set indices of the k smallest scores (the samples that hurt the reference set most), worst first."""
-        return self.indices[(-self.scores).topk(min(k, len(self.scores))).indices]
+    def opponents(self, k: int, reference: int | None = None) -> Ranking:
+        """``(indices, scores)`` of the k smallest scores (the samples that hurt the reference set most), worst
+        first; ``reference`` as in :meth:`proponents`."""
+        scores = column(self.pairwise, reference, "score_dataset(..., pairwise=True)")
+        return rank(self.indices, self.scores if scores is None else scores, k, largest=False)
 
     def save(self, path: str | os.PathLike) -> None:
         """One file readable by :meth:`load` (``torch.load(weights_only=True)``), written atomically."""
@@ -68,10 +82,11 @@ class DatasetScores:
 
     def _state(self) -> dict[str, Any]:
         return {"indices": self.indices, "scores": self.scores, "per_layer": self.per_layer,
-                "estimator": self.estimator, "lr": self.lr}
+                "estimator": self.estimator, "lr": self.lr, "pairwise": self.pairwise}
 
     @staticmethod
     def load(path: str | os.PathLike) -> "DatasetScores":
+        """The scores :meth:`save` (or ``score_dataset(..., out=)``, as ``scores.pt``) wrote."""
         return DatasetScores(**torch.load(path, weights_only=True))
 
 
@@ -176,14 +191,18 @@ def _progress(total: int, enabled: bool, desc: str) -> Any:
             def update(self, k: int) -> None: ...
             def close(self) -> None: ...
         return _Null()
-    return tqdm(total=total, desc=desc, unit="sample", leave=True)
+    return tqdm(total=total, desc=desc, unit="sample", unit_scale=True, leave=True)  # rate in samples/s
 
 
-def _entry(r: InfluenceResult, start: int, per_layer: bool) -> dict[str, Any]:
+def _entry(r: InfluenceResult, start: int, per_layer: bool, pairwise: bool = False) -> dict[str, Any]:
     n = r.scores.shape[0]
+    if pairwise and r.pairwise is None:
+        raise InfluenceError("score_dataset(pairwise=True) needs a scorer that returns the per-reference matrix: "
+                             "influence.Session(..., pairwise=True) or an estimator called with pairwise=True")
     return {"indices": torch.arange(start, start + n), "scores": r.scores.detach().cpu(),
             "per_layer": {k: v.detach().cpu() for k, v in r.per_layer.items()} if per_layer else None,
-            "estimator": r.estimator, "lr": float(r.lr)}
+            "estimator": r.estimator, "lr": float(r.lr),
+            "pairwise": r.pairwise.detach().cpu() if pairwise else None}
 
 
 def _gather(entries: list[dict[str, Any]], world: int) -> list[dict[str, Any]]:
@@ -196,7 +215,7 @@ def _gather(entries: list[dict[str, Any]], world: int) -> list[dict[str, Any]]:
 
 
 def score_dataset(scorer: Scorer, data: Any, *, batch_size: int | None = None, per_layer: bool = False,
-                  out: str | os.PathLike | None = None, fingerprint: str | None = None, progress: bool = True,
+                  pairwise: bool = False, out: str | os.PathLike | None = None, fingerprint: str | None = None, progress: bool = True,
                   shard: tuple[int, int] | None = None, num_workers: int = 0) -> DatasetScores:
     """Score every sample of ``data`` with ``scorer(batch) -> InfluenceResult``, ``batch_size`` samples at a time.
 
@@ -204,7 +223,8 @@ def score_dataset(scorer: Scorer, data: Any, *, batch_size: int | None = None, p
     ``fingerprint``: any string that identifies the model state and reference set (default: a session's own),
     stored in the manifest so that a resume with a different one is refused (``ResumeMismatchError``).
     ``shard=(rank, world)``: score only batches k with k % world == rank and gather (default: from
-    ``torch.distributed`` when initialised). Returns scores in ascending sample order.
+    ``torch.distributed`` when initialised). ``pairwise``: also keep the [N, n_ref] per-reference score matrix
+    (the scorer must return it). Returns scores in ascending sample order.
     """
     if batch_size is not None and (not isinstance(batch_size, int) or batch_size <= 0):
         raise InfluenceError(f"batch_size must be a positive integer, got {batch_size!r}")
@@ -219,17 +239,25 @@ def score_dataset(scorer: Scorer, data: Any, *, batch_size: int | None = None, p
         if fingerprint is None and callable(getattr(scorer, "fingerprint", None)):
             fingerprint = scorer.fingerprint()
         manifest = {"n": n, "batch_size": bs, "per_layer": per_layer, "fingerprint": fingerprint,
+                    **({"pairwise": True} if pairwise else {}),
                     "scorer": getattr(scorer, "describe", lambda: _describe(scorer))()}
         store = _Store(Path(out), manifest)
+    stored = [s for s in mine if store is not None and store.part(s).exists()]
+    if stored and progress and rank == 0:
+        samples = sum(min(bs, n - s) for s in stored)
+        print(f"score_dataset: resuming {out}: {len(stored)} of {len(mine)} batches ({samples:,} samples) read back "
+              "from its files, the rest scored now", file=sys.stderr, flush=True)
     bar = _progress(sum(min(bs, n - s) for s in mine), progress and rank == 0, "scoring")
-    entries = []
+    entries, reused = [], 0
     try:
         for start in mine:
             entry = store.read(start) if store is not None else None
             if entry is None:
-                entry = _entry(scorer(batch_at(start)), start, per_layer)
+                entry = _entry(scorer(batch_at(start)), start, per_layer, pairwise)
                 if store is not None:
                     atomic_torch_save(store.part(start), entry)
+            else:
+                reused += len(entry["scores"])
             entries.append(entry)
             bar.update(len(entry["scores"]))
     finally:
@@ -237,7 +265,8 @@ def score_dataset(scorer: Scorer, data: Any, *, batch_size: int | None = None, p
     entries = sorted(_gather(entries, world), key=lambda e: int(e["indices"][0]))
     result = DatasetScores(torch.cat([e["indices"] for e in entries]), torch.cat([e["scores"] for e in entries]),
                            {k: torch.cat([e["per_layer"][k] for e in entries]) for k in entries[0]["per_layer"]}
-                           if per_layer else None, entries[0]["estimator"], entries[0]["lr"])
+                           if per_layer else None, entries[0]["estimator"], entries[0]["lr"],
+                           torch.cat([e["pairwise"] for e in entries]) if pairwise else None, reused)
     if store is not None and rank == 0:
         result.save(store.root / "scores.pt")
     return result

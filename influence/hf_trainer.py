@@ -1,24 +1,29 @@
 """Curated training inside a Hugging Face ``transformers.Trainer``: score every batch, keep samples by a policy.
 
-    from influence.hf_trainer import CuratedTrainer
-    trainer = CuratedTrainer(model=model, args=args, train_dataset=train, data_collator=collate,
-                             reference=ref_inputs, loss_fn=influence.hf.causal_lm_loss(), estimator="lai")
+Any ``Trainer`` — the stock one, TRL's, your own subclass — is curated by one call::
+
+    from influence.hf_trainer import curate
+    trainer = curate(MyTrainer(model=model, args=args, train_dataset=train), reference=ref_batch)
     trainer.train()
     trainer.curation_log        # per optimizer step: step, scored, kept (this process), kept_global, lr, score_dtype,
-                                # passes (1: scored and trained from one forward, 2: scoring pass + training pass)
-                                # (and "ids", "dropped": the scored and the dropped samples' ids when index_key
-                                # names a batch entry that holds them)
+                                # passes, preconditioned (and ids/dropped with index_key)
+
+``curate`` puts :class:`CurationMixin` in front of the trainer's own class (its other methods, and its
+``compute_loss`` for evaluation, are untouched) and adds :class:`CurationGuard`, a callback that raises
+:class:`CurationNotAppliedError` at the end of any optimizer step that was not curated — curation cannot stop
+silently (a subclass that bypasses the hooks, a training loop that does not call them). ``CuratedTrainer`` is the
+same mixin on ``transformers.Trainer`` itself.
 
 What one optimizer step does (``gradient_accumulation_steps`` = A micro-batches, on W processes):
 
 0. LAI without gradient accumulation, mixed precision or DDP (and with no active dropout) scores and trains from ONE
    forward: ``influence.Session.score(batch, keep_graph=True)`` keeps the scoring forward's graph and the loss of
    the kept samples is backpropagated through it (``one_pass=False`` turns this off). Otherwise:
-1. Before the first micro-batch of the step, every micro-batch of the step is scored against the reference batch
-   with the parameters of this step (which do not change within the step), in eval mode and outside autocast
-   (scores in the model's dtype, never cast down), and ``policy(scores) -> keep mask`` decides what is kept.
-   The kept count K is summed over micro-batches and processes.
-2. Each micro-batch's loss is sum_{kept i} l_i * W / K (per-sample losses from ``loss_fn``, in the Trainer's
+1. Before the first micro-batch of the step (in ``Trainer.get_batch_samples``), every micro-batch of the step is
+   scored against the reference with the parameters of this step, in eval mode and outside autocast (scores in
+   the model's dtype, never cast down), and ``policy(scores) -> keep mask`` decides what is kept. The kept count
+   K is summed over micro-batches and processes.
+2. Each micro-batch's loss is sum_{kept i} l_i * W / K (the per-sample loss that was scored, in the Trainer's
    autocast context), and the Trainer backpropagates it as usual (its ``GradScaler``, ``no_sync`` and DDP
    averaging included). The accumulated gradient is then exactly the mean gradient over all kept samples of the
    global step, as one process with one big batch would compute it; the Trainer's own division by A is turned
@@ -26,32 +31,81 @@ What one optimizer step does (``gradient_accumulation_steps`` = A micro-batches,
 3. A step whose policy keeps nothing contributes a zero gradient (the optimizer still steps, with zero gradient).
 
 Inputs are the Trainer's dict batches; ``label_key`` (default ``"labels"``) is popped from them to form the
-``(inputs, targets)`` pair the estimators take (``index_key``, if given, names an entry holding sample ids that
-is removed too and logged for the dropped samples), and the model is called without labels (the loss is ``loss_fn``'s
-per-sample loss, not the model's batch-mean loss). ``reference``: a dict batch like the training batches, or a
-callable returning one per step (for a fresh reference subset each step).
+``(inputs, targets)`` pair the estimators take, and the model is called without labels. ``loss_fn(outputs,
+targets) -> [n]`` is optional: for a causal LM, a sequence/token/image classifier (``transformers``' auto
+classes) the model's own loss is used per sample (:func:`model_loss_fn`); any other model raises
+:class:`LossNotDerivableError` naming it. ``reference``: every form ``influence.Session`` takes — an ``(inputs,
+targets)`` pair, a list of batches, a ``DataLoader`` — plus the Trainer's dict batches (with ``label_key``), or a
+callable returning any of these each step (a fresh reference subset per step).
 
-Optimizer: the scores are ``lr * <grad l_i, grad L_ref>``, the first-order change of the reference loss under
-an SGD step. The Trainer's default optimizer is AdamW, whose update is preconditioned; ranking by the SGD score
-then approximates the Adam update's effect, and a warning says so once (keep >= 0 is unaffected by the lr scale).
+``index_key`` names a batch entry holding sample ids, logged for the scored and the dropped samples and removed
+before the model sees the batch. The Trainer's default ``remove_unused_columns=True`` drops columns the model's
+``forward`` does not take; ``curate`` adds ``index_key`` to the columns kept, and a batch that still lacks it
+raises :class:`IndexKeyError` saying what to set (``TrainingArguments(remove_unused_columns=False)``).
+
+Optimizer: with Adam/AdamW (the Trainer's default) the scores of Ghost and Exact are Adam-aware — the first-order
+change of the reference loss under Adam's update, through ``influence.Session(optimizer=...)`` — from the second
+step on (before its first step Adam has no second moment; that step is scored by the SGD formula, and the log's
+``preconditioned`` says which); LAI keeps the SGD formula under Adam and says so (``OptimizerWarning``).
+
+Requires ``transformers >= 4.46.3`` (:data:`MIN_TRANSFORMERS`, the lowest release tested; 4.46 is the first whose
+training loop fetches a step's micro-batches through ``Trainer.get_batch_samples``); an older one is refused at
+import with :class:`TransformersVersionError`.
 """
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from .batch import Batch, LossFn, call_model, output_tensor
-from .session import Session
+from .batch import Batch, LossFn, call_model, output_tensor, to_device
+from .errors import InfluenceError
+from .losses import cross_entropy, mse
+from .optim import is_adaptive
+from .session import OptimizerWarning, Session
+
+MIN_TRANSFORMERS = "4.46.3"
+"""The lowest ``transformers`` release supported (and tested in CI: scripts/test_min_versions.sh)."""
+
+
+class TransformersVersionError(ImportError):
+    """The installed ``transformers`` is older than :data:`MIN_TRANSFORMERS` (its training loop would not call the
+    hooks curation works through, and training would run on every sample)."""
+
+
+class CurationNotAppliedError(InfluenceError):
+    """An optimizer step of a curated trainer trained on samples that were not scored and selected."""
+
+
+class LossNotDerivableError(InfluenceError):
+    """No ``loss_fn`` was given and the model's own per-sample loss cannot be derived from its class."""
+
+
+class IndexKeyError(InfluenceError):
+    """The training batch has no ``index_key`` entry."""
+
+
+def check_transformers(module: Any) -> None:
+    """Raise :class:`TransformersVersionError` unless ``module`` (``transformers``) is at least
+    :data:`MIN_TRANSFORMERS` and its ``Trainer`` has ``get_batch_samples``."""
+    from packaging.version import Version  # a dependency of transformers
+    version = str(getattr(module, "__version__", "0"))
+    if Version(version) < Version(MIN_TRANSFORMERS) or not hasattr(module.Trainer, "get_batch_samples"):
+        raise TransformersVersionError(
+            f"influence.hf_trainer needs transformers >= {MIN_TRANSFORMERS} (found {version}): older training loops do "
+            "not fetch a step's batches through Trainer.get_batch_samples, so curation would silently not happen; "
+            f'pip install "transformers>={MIN_TRANSFORMERS}"')
+
 
 try:
     import transformers
 except ImportError as e:  # pragma: no cover - exercised only without the extra
     raise ImportError('influence.hf_trainer needs the Hugging Face extra: pip install "lai[hf]"') from e
+check_transformers(transformers)
 
 Policy = Callable[[Tensor], Tensor]
 
@@ -77,28 +131,115 @@ def keep_top_fraction(fraction: float) -> Policy:
 ESTIMATORS = ("lai", "lai-last", "ghost", "exact")  # influence.Session's names that need no checkpoints
 
 
-class CuratedTrainer(transformers.Trainer):
-    """A ``transformers.Trainer`` that trains each step on the samples ``policy`` keeps (see the module docs).
+# ---------------------------------------------------------------- the model's own per-sample loss
 
-    ``reference``: dict batch (or a callable returning one); ``loss_fn(logits, targets) -> [n]`` per-sample
-    losses (e.g. ``influence.hf.causal_lm_loss()``); ``estimator``: ``"lai"``, ``"lai-last"``, ``"ghost"`` or
-    ``"exact"``; ``policy``: scores [n] -> bool mask [n] (default keep score >= 0)."""
+def _auto_classes(kind: str) -> set[str]:
+    """Class names of ``transformers``' auto mapping ``MODEL_FOR_<kind>_MAPPING_NAMES`` (empty if absent)."""
+    from transformers.models.auto import modeling_auto
+    names: set[str] = set()
+    for value in getattr(modeling_auto, f"MODEL_FOR_{kind}_MAPPING_NAMES", {}).values():
+        names.update([value] if isinstance(value, str) else value)
+    return names
 
-    def __init__(self, *args: Any, reference: dict[str, Tensor] | Callable[[], dict[str, Tensor]],
-                 loss_fn: LossFn, estimator: str = "lai", policy: Policy = keep_nonnegative,
-                 label_key: str = "labels", index_key: str | None = None, one_pass: bool = True,
-                 **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.reference, self.loss_fn, self.policy, self.label_key = reference, loss_fn, policy, label_key
-        self.index_key, self.one_pass = index_key, one_pass
+
+def _classification_loss(config: Any) -> LossFn:
+    """``transformers``' classification loss per sample: regression (one label) -> squared error, integer labels ->
+    cross-entropy, float labels (multi-label) -> binary cross-entropy averaged over the labels."""
+    problem = getattr(config, "problem_type", None)
+
+    def loss_fn(logits: Tensor, labels: Tensor) -> Tensor:
+        kind = problem or ("regression" if getattr(config, "num_labels", 2) == 1 else
+                           "single_label_classification" if not labels.is_floating_point() else
+                           "multi_label_classification")
+        if kind == "regression":
+            return mse(logits, labels.to(logits.dtype))
+        if kind == "single_label_classification":
+            return cross_entropy(logits, labels)
+        bce = nn.functional.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype), reduction="none")
+        return bce.reshape(len(bce), -1).mean(1)
+    loss_fn.__name__ = "classification_loss"
+    return loss_fn
+
+
+def model_loss_fn(model: nn.Module) -> LossFn:
+    """The per-sample form of the loss a ``transformers`` model computes itself: next-token cross-entropy for a
+    causal LM (mean over each sample's counted tokens), the classification loss of a sequence or image classifier
+    (by ``config.problem_type``, as ``transformers`` decides it), per-token cross-entropy averaged per sample for a
+    token classifier. Raises :class:`LossNotDerivableError` for any other model."""
+    from .hf import causal_lm_loss
+    inner = getattr(model, "module", model)
+    name = type(inner).__name__
+    if name in _auto_classes("CAUSAL_LM") or name.endswith("ForCausalLM"):
+        return causal_lm_loss()
+    if name in _auto_classes("SEQUENCE_CLASSIFICATION") | _auto_classes("IMAGE_CLASSIFICATION") or \
+            name.endswith(("ForSequenceClassification", "ForImageClassification")):
+        return _classification_loss(getattr(inner, "config", None))
+    if name in _auto_classes("TOKEN_CLASSIFICATION") or name.endswith("ForTokenClassification"):
+        return cross_entropy
+    raise LossNotDerivableError(
+        f"no loss_fn given and the per-sample loss of a {name} cannot be derived (derived for causal LMs and "
+        "sequence, token and image classifiers): pass loss_fn=f(outputs, targets) -> per-sample losses [n]")
+
+
+# ---------------------------------------------------------------- the reference
+
+class _Mapped:
+    """A re-iterable of ``fn(batch)`` over a re-iterable of batches (a ``DataLoader`` of dict batches)."""
+
+    def __init__(self, batches: Iterable[Any], fn: Callable[[Any], Batch]) -> None:
+        self.batches, self.fn = batches, fn
+
+    def __iter__(self) -> Iterator[Batch]:
+        return (self.fn(b) for b in self.batches)
+
+
+class CurationGuard(transformers.TrainerCallback):
+    """Raises :class:`CurationNotAppliedError` at the end of an optimizer step that the trainer did not curate."""
+
+    def __init__(self, trainer: "CurationMixin") -> None:
+        self.trainer = trainer
+        self.steps = 0
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        """Start counting the optimizer steps of this ``train()`` call."""
+        self.steps = 0
+        self.trainer._curated_steps = 0
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        """Raise :class:`CurationNotAppliedError` unless every step so far was scored and selected."""
+        self.steps += 1
+        if self.trainer._curated_steps < self.steps:
+            raise CurationNotAppliedError(
+                f"optimizer step {state.global_step} trained on samples that were not scored: the training loop did "
+                f"not go through CurationMixin's get_batch_samples/compute_loss (a subclass overriding them without "
+                f"calling super(), or an unsupported transformers {transformers.__version__})")
+
+
+class CurationMixin:
+    """Curation hooks for any ``transformers.Trainer`` subclass (put in front of it by :func:`curate`)."""
+
+    def _setup_curation(self, reference: Any, loss_fn: LossFn | None = None, estimator: str = "lai",
+                        policy: Policy = keep_nonnegative, label_key: str = "labels", index_key: str | None = None,
+                        one_pass: bool = True) -> None:
         if estimator not in ESTIMATORS:
             raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
-        self.estimator_name = estimator
-        self.loss_is_scaled_for_ga = True  # compute_loss already normalises over the whole accumulation window
+        model = getattr(self.model, "module", self.model)
+        self.reference, self.policy, self.label_key = reference, policy, label_key
+        self.loss_fn = loss_fn if loss_fn is not None else model_loss_fn(model)
+        self.index_key, self.one_pass, self.estimator_name = index_key, one_pass, estimator
+        self.loss_is_scaled_for_ga = True  # the curated loss already normalises over the whole accumulation window
         self.curation_log: list[dict[str, Any]] = []
         self._masks: list[Tensor] = []
         self._scale = 1.0
-        self._warned_adam = False
+        self._curated_steps = 0
+        self._batch_ids: Tensor | None = None
+        self._preconditioned = False
+        self._warned_optimizer = False
+        if index_key is not None and self.args.remove_unused_columns:
+            self._set_signature_columns_if_needed()
+            if index_key not in self._signature_columns:
+                self._signature_columns = [*self._signature_columns, index_key]
+        self.add_callback(CurationGuard(self))
 
     # ---------------------------------------------------------------- helpers
 
@@ -108,9 +249,34 @@ class CuratedTrainer(transformers.Trainer):
         x = {k: v for k, v in inputs.items() if k not in (self.label_key, self.index_key)}
         return x, inputs[self.label_key]
 
-    def _reference_batch(self) -> Batch:
+    def _ids(self, inputs: dict[str, Any]) -> Tensor:
+        if self.index_key not in inputs:
+            raise IndexKeyError(
+                f"the training batch has no {self.index_key!r} entry: the Trainer removes columns the model's forward "
+                f"does not take unless TrainingArguments(remove_unused_columns=False), and the dataset's items must "
+                f"hold it (keys seen: {', '.join(map(str, inputs))})")
+        return torch.as_tensor(inputs[self.index_key]).cpu()
+
+    def _reference_batch(self) -> Any:
+        """The reference as ``influence.Session`` takes it, on the Trainer's device (dict batches split)."""
         ref = self.reference() if callable(self.reference) else self.reference
-        return self._split(self._prepare_inputs(dict(ref)))
+        device = self.args.device
+
+        def one(batch: Any) -> Batch:
+            if isinstance(batch, dict):
+                return self._split(to_device({k: v for k, v in batch.items() if k != self.index_key}, device))
+            if isinstance(batch, (tuple, list)) and len(batch) == 2:
+                return to_device(batch[0], device), to_device(batch[1], device)
+            raise InfluenceError(f"a reference batch must be a dict with {self.label_key!r} or an (inputs, targets) "
+                                 f"pair; got {type(batch).__name__}")
+        if isinstance(ref, dict) or (isinstance(ref, (tuple, list)) and len(ref) == 2 and isinstance(ref[1], Tensor)):
+            return one(ref)
+        if isinstance(ref, (tuple, list)):
+            return [one(b) for b in ref]
+        if isinstance(ref, Iterable) and not isinstance(ref, (Tensor, str)):
+            return _Mapped(ref, one)
+        raise InfluenceError(f"reference must be a batch (a dict with {self.label_key!r}, or (inputs, targets)), a "
+                             f"list of batches, a DataLoader, or a callable returning one; got {type(ref).__name__}")
 
     def _current_lr(self) -> float:
         try:
@@ -118,15 +284,27 @@ class CuratedTrainer(transformers.Trainer):
         except Exception:  # before the scheduler exists
             return float(self.args.learning_rate)
 
-    def _warn_optimizer(self) -> None:
-        if self._warned_adam or self.optimizer is None:
-            return
-        if isinstance(self.optimizer, (torch.optim.Adam, torch.optim.AdamW)) or "adam" in \
-                type(getattr(self.optimizer, "optimizer", self.optimizer)).__name__.lower():
-            warnings.warn("CuratedTrainer scores with the SGD first-order formula lr * <grad l_i, grad L_ref>, but "
-                          "the optimizer is Adam-type (preconditioned update): the scores rank samples by their "
-                          "effect under an SGD step, an approximation of the Adam step's effect", stacklevel=3)
-            self._warned_adam = True
+    def _adam(self, model: nn.Module) -> torch.optim.Optimizer | None:
+        """The torch optimizer when Ghost/Exact can score under it exactly: Adam/AdamW holding a second moment for
+        every trainable parameter it updates (from its second step on); else None (the SGD formula), with a
+        warning, once, when the optimizer is adaptive."""
+        opt = getattr(self.optimizer, "optimizer", self.optimizer)
+        if isinstance(opt, (torch.optim.Adam, torch.optim.AdamW)) and self.estimator_name in ("ghost", "exact"):
+            held = {id(p) for g in opt.param_groups for p in g["params"]}
+            trainable = [p for p in model.parameters() if p.requires_grad and id(p) in held]
+            return opt if trainable and all("exp_avg_sq" in opt.state.get(p, {}) for p in trainable) else None
+        if is_adaptive(opt) and not self._warned_optimizer:
+            warnings.warn(f"curated training scores with the SGD formula lr * <grad l_i, grad L_ref>, but the optimizer "
+                          f"({type(opt).__name__}) preconditions its update: {self.estimator_name} cannot carry the "
+                          "preconditioner (Adam-aware scores: estimator='ghost' or 'exact' with Adam/AdamW)",
+                          OptimizerWarning, stacklevel=3)
+            self._warned_optimizer = True
+        return None
+
+    def _session(self, model: nn.Module, ref: Any, lr: float) -> Session:
+        opt = self._adam(model)
+        self._preconditioned = opt is not None
+        return Session(model, self.loss_fn, ref, estimator=self.estimator_name, lr=lr, optimizer=opt)
 
     def _single_pass(self, model: nn.Module) -> bool:
         """Score and train from ONE forward (LAI's scoring forward, kept with its graph): for LAI without gradient
@@ -137,6 +315,10 @@ class CuratedTrainer(transformers.Trainer):
             return False
         if self.args.gradient_accumulation_steps != 1 or self.args.fp16 or self.args.bf16 or self._world() > 1:
             return False
+        # the mixed precision the accelerator actually runs (older accelerate keeps it in a state shared between
+        # Accelerator instances, whatever these arguments say) and an autocast wrapper around model.forward
+        if str(getattr(self.accelerator, "mixed_precision", "no")) != "no" or "_original_forward" in model.__dict__:
+            return False
         return not any((isinstance(m, STOCHASTIC) and getattr(m, "p", 1) > 0)
                        or isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
@@ -145,7 +327,7 @@ class CuratedTrainer(transformers.Trainer):
         return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
     @torch.no_grad()
-    def _scores(self, model: nn.Module, batch: Batch, ref: Batch, lr: float) -> Tensor:
+    def _scores(self, model: nn.Module, batch: Batch, ref: Any, lr: float) -> Tensor:
         """Scores in eval mode and the model's own dtype: outside autocast, and past the autocast wrapper that
         ``accelerate`` puts around ``model.forward`` for mixed precision (its unwrapped forward is kept in
         ``model._original_forward``)."""
@@ -158,22 +340,34 @@ class CuratedTrainer(transformers.Trainer):
         try:
             device = self.args.device.type if hasattr(self.args.device, "type") else "cpu"
             with torch.autocast(device_type=device, enabled=False), torch.enable_grad():
-                r = Session(model, self.loss_fn, ref, estimator=self.estimator_name, lr=lr).score(batch)
+                r = self._session(model, ref, lr).score(batch)
         finally:
             model.train(was_training)
             if original is not None:
                 model.forward = wrapped
         return r.scores.detach()
 
+    def _check_mask(self, mask: Tensor, scores: Tensor) -> Tensor:
+        mask = mask.to(torch.bool)
+        if mask.shape != scores.shape:
+            raise ValueError(f"policy returned a mask of shape {tuple(mask.shape)} for {len(scores)} scores")
+        return mask
+
     # ---------------------------------------------------------------- Trainer hooks
 
-    def get_batch_samples(self, epoch_iterator: Iterator, num_batches: int, device: torch.device
-                          ) -> tuple[list, Any]:
+    def _prepare_inputs(self, inputs: Any) -> Any:
+        """The Trainer's own preparation, with ``index_key`` taken out (kept for the log) so the model never sees it."""
+        prepared = super()._prepare_inputs(inputs)
+        if self.index_key is not None and isinstance(prepared, dict) and self.index_key in prepared:
+            prepared = dict(prepared)
+            self._batch_ids = torch.as_tensor(prepared.pop(self.index_key)).cpu()
+        return prepared
+
+    def get_batch_samples(self, epoch_iterator: Iterator, num_batches: int, *args: Any, **kwargs: Any) -> tuple[list, Any]:
         """Fetch the step's micro-batches (as the Trainer does), then score and select all of them."""
-        batch_samples, num_items = super().get_batch_samples(epoch_iterator, num_batches, device)
+        batch_samples, num_items = super().get_batch_samples(epoch_iterator, num_batches, *args, **kwargs)
         if not batch_samples:
             return batch_samples, num_items
-        self._warn_optimizer()
         model = self.accelerator.unwrap_model(self.model)
         if self._single_pass(model):
             self._masks = []
@@ -182,17 +376,17 @@ class CuratedTrainer(transformers.Trainer):
         ref = self._reference_batch()
         masks, scored, dtypes, ids, dropped = [], 0, set(), [], []
         for inputs in batch_samples:
+            if self.index_key is not None:
+                batch_ids = self._ids(inputs)
             batch = self._split(self._prepare_inputs(dict(inputs)))
             scores = self._scores(model, batch, ref, lr)
-            mask = self.policy(scores).to(torch.bool)
-            if mask.shape != scores.shape:
-                raise ValueError(f"policy returned a mask of shape {tuple(mask.shape)} for {len(scores)} scores")
+            mask = self._check_mask(self.policy(scores), scores)
             masks.append(mask)
             scored += len(scores)
             dtypes.add(str(scores.dtype).removeprefix("torch."))
             if self.index_key is not None:
-                ids += inputs[self.index_key].tolist()
-                dropped += inputs[self.index_key][~mask.cpu()].tolist()
+                ids += batch_ids.tolist()
+                dropped += batch_ids[~mask.cpu()].tolist()
         kept = torch.tensor(float(sum(int(m.sum()) for m in masks)), device=self.args.device)
         world = self._world()
         if world > 1:
@@ -201,21 +395,26 @@ class CuratedTrainer(transformers.Trainer):
         total = float(kept)
         self._masks = masks
         self._scale = world / total if total > 0 else 0.0
+        self._curated_steps += 1
         self.curation_log.append({"step": self.state.global_step, "scored": scored, "kept_global": int(total),
                                   "kept": int(sum(int(m.sum()) for m in masks)), "lr": lr,
                                   "score_dtype": ",".join(sorted(dtypes)), "passes": 2,
+                                  "preconditioned": self._preconditioned,
                                   **({"ids": ids, "dropped": dropped} if self.index_key is not None else {})})
         return batch_samples, num_items
 
     def compute_loss(self, model: nn.Module, inputs: dict[str, Any], return_outputs: bool = False,
-                     num_items_in_batch: Any = None) -> Any:
-        if model.training and self._single_pass(self.accelerator.unwrap_model(model)):
+                     *args: Any, **kwargs: Any) -> Any:
+        """Training: the mean over the step's kept samples of the scored per-sample loss. Evaluation: the
+        trainer's own ``compute_loss``."""
+        if not model.training:
+            return super().compute_loss(model, inputs, return_outputs, *args, **kwargs)
+        if self._single_pass(self.accelerator.unwrap_model(model)):
             return self._one_pass_loss(self.accelerator.unwrap_model(model), inputs, return_outputs)
-        if not model.training or not self._masks:  # evaluation, or a call outside the curated loop
-            x, y = self._split(inputs)
-            out = call_model(model, x)
-            loss = self.loss_fn(output_tensor(out), y).mean()
-            return (loss, out) if return_outputs else loss
+        if not self._masks:
+            raise CurationNotAppliedError(
+                "compute_loss got a training batch that was not scored: get_batch_samples did not run for this step "
+                "(a subclass overriding it without calling super(), or a training loop that does not call it)")
         mask = self._masks.pop(0)
         x, y = self._split(inputs)
         out = call_model(model, x)
@@ -230,17 +429,57 @@ class CuratedTrainer(transformers.Trainer):
         """LAI scores and the training loss from one forward: ``Session.score(batch, keep_graph=True)`` records the
         activations and keeps the per-sample losses on the forward's graph; the loss is the mean over kept samples."""
         batch, lr = self._split(inputs), self._current_lr()
-        r = Session(model, self.loss_fn, self._reference_batch(), estimator=self.estimator_name, lr=lr
-                    ).score(batch, keep_graph=True)
-        mask = self.policy(r.scores.detach()).to(torch.bool)
-        if mask.shape != r.scores.shape:
-            raise ValueError(f"policy returned a mask of shape {tuple(mask.shape)} for {len(r.scores)} scores")
+        ids = self._batch_ids
+        if self.index_key is not None and ids is None:
+            self._ids(inputs)  # raises IndexKeyError
+        self._batch_ids = None
+        r = self._session(model, self._reference_batch(), lr).score(batch, keep_graph=True)
+        mask = self._check_mask(self.policy(r.scores.detach()), r.scores)
         kept = int(mask.sum())
         entry = {"step": self.state.global_step, "scored": len(mask), "kept_global": kept, "kept": kept, "lr": lr,
-                 "score_dtype": str(r.scores.dtype).removeprefix("torch."), "passes": 1}
-        if self.index_key is not None:
-            entry.update(ids=inputs[self.index_key].tolist(), dropped=inputs[self.index_key][~mask.cpu()].tolist())
+                 "score_dtype": str(r.scores.dtype).removeprefix("torch."), "passes": 1,
+                 "preconditioned": self._preconditioned}
+        if ids is not None:
+            entry.update(ids=ids.tolist(), dropped=ids[~mask.cpu()].tolist())
+        self._curated_steps += 1
         self.curation_log.append(entry)
         losses = r.graph_losses
         loss = (losses * mask.to(losses.dtype)).sum() / kept if kept else losses.sum() * 0.0
         return (loss, r.train_outputs) if return_outputs else loss
+
+
+_CURATED: dict[type, type] = {}
+
+
+def curate(trainer: transformers.Trainer, reference: Any, *, loss_fn: LossFn | None = None, estimator: str = "lai",
+           policy: Policy = keep_nonnegative, label_key: str = "labels", index_key: str | None = None,
+           one_pass: bool = True) -> transformers.Trainer:
+    """Curate ``trainer`` (any ``transformers.Trainer`` or subclass instance) in place and return it: every optimizer
+    step trains on the samples ``policy`` keeps (see the module docs for the arguments)."""
+    if not isinstance(trainer, transformers.Trainer):
+        raise TypeError(f"curate needs a transformers.Trainer (or subclass) instance, got {type(trainer).__name__}")
+    if isinstance(trainer, CurationMixin):
+        raise ValueError("this trainer is already curated")
+    cls = type(trainer)
+    if cls not in _CURATED:
+        _CURATED[cls] = type(f"Curated{cls.__name__}", (CurationMixin, cls), {"__module__": cls.__module__})
+    trainer.__class__ = _CURATED[cls]
+    trainer._setup_curation(reference, loss_fn, estimator, policy, label_key, index_key, one_pass)
+    return trainer
+
+
+class CuratedTrainer(CurationMixin, transformers.Trainer):
+    """``transformers.Trainer`` curated from construction: ``CuratedTrainer(..., reference=..., loss_fn=None,
+    estimator="lai", policy=keep_nonnegative, label_key="labels", index_key=None, one_pass=True)`` is
+    ``curate(Trainer(...), reference, ...)``."""
+
+    def __init__(self, *args: Any, reference: Any, loss_fn: LossFn | None = None, estimator: str = "lai",
+                 policy: Policy = keep_nonnegative, label_key: str = "labels", index_key: str | None = None,
+                 one_pass: bool = True, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._setup_curation(reference, loss_fn, estimator, policy, label_key, index_key, one_pass)
+
+
+__all__ = ["curate", "CuratedTrainer", "CurationMixin", "CurationGuard", "model_loss_fn", "keep_nonnegative",
+           "keep_top_fraction", "check_transformers", "MIN_TRANSFORMERS", "ESTIMATORS", "TransformersVersionError",
+           "CurationNotAppliedError", "LossNotDerivableError", "IndexKeyError"]

@@ -3,11 +3,37 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
+import torch
 from torch import Tensor, nn
 
 from .factors import add_all
+
+
+class Ranking(NamedTuple):
+    """The top samples of a ranking: ``indices`` [k] (batch positions, or data-set indices) and their ``scores`` [k],
+    best first. Unpacks as ``indices, scores = result.proponents(k)``."""
+
+    indices: Tensor
+    scores: Tensor
+
+
+def rank(indices: Tensor, scores: Tensor, k: int, largest: bool) -> Ranking:
+    """The ``k`` largest (or smallest) of ``scores`` [N] with their ``indices`` [N], best first."""
+    if not isinstance(k, int) or k < 0:
+        raise ValueError(f"k must be a non-negative integer, got {k!r}")
+    top = scores.topk(min(k, len(scores)), largest=largest)
+    return Ranking(indices[top.indices.to(indices.device)], top.values)
+
+
+def column(pairwise: Tensor | None, reference: int | None, what: str) -> Tensor | None:
+    """Column ``reference`` of the [N, n_ref] score matrix (None: no column asked for)."""
+    if reference is None:
+        return None
+    if pairwise is None:
+        raise ValueError(f"scores against one reference sample need the per-reference matrix: {what}")
+    return pairwise[:, reference]
 
 
 @dataclass
@@ -41,6 +67,21 @@ class InfluenceResult:
     graph_losses: Tensor | None = field(default=None, repr=False)
     pairwise_within: Callable[[], Tensor] | None = field(default=None, repr=False)
     self_products: Callable[[], Tensor] | None = field(default=None, repr=False)
+
+    def proponents(self, k: int, reference: int | None = None) -> Ranking:
+        """The ``k`` training samples (batch positions) with the largest scores — those whose step lowers the
+        reference loss most — and their scores, best first. ``reference=v``: against reference sample v alone
+        (needs ``pairwise=True``)."""
+        scores = column(self.pairwise, reference, "score with pairwise=True")
+        scores = self.scores if scores is None else scores
+        return rank(torch.arange(len(scores), device=scores.device), scores, k, largest=True)
+
+    def opponents(self, k: int, reference: int | None = None) -> Ranking:
+        """The ``k`` training samples with the smallest scores (those that raise the reference loss most), worst
+        first, with their scores; ``reference`` as in :meth:`proponents`."""
+        scores = column(self.pairwise, reference, "score with pairwise=True")
+        scores = self.scores if scores is None else scores
+        return rank(torch.arange(len(scores), device=scores.device), scores, k, largest=False)
 
 
 def assemble(estimator: str, lr: float, named: dict[str, Tensor], losses: Tensor, pairwise: bool,

@@ -1,10 +1,10 @@
-"""``lai figures`` (also ``python -m paper_figs``): every paper figure from stored results, in seconds.
+"""``lai figures`` (also ``python -m paper_figs``): every paper figure from stored results (about a minute of CPU).
 
     lai figures                                  # newest run folder under results/ (+ results/curate)
     lai figures --results results/quick-1a2b3c4d5e
     lai figures --run quick                      # first run the quick validation and curated training
     lai figures --only 2,3 --formats png
-    lai figures --paper                          # the stored paper-scale results (paper_figs/data), in seconds
+    lai figures --paper                          # the stored paper-scale results (paper_figs/data), ~1 min of CPU
 
 Figures go to ``<run folder>/figures/figN_<name>.png|.pdf|.csv`` (the CSV is the exact data plotted), each
 written atomically. A figure whose results are missing is skipped with the command that produces them (run
@@ -25,9 +25,15 @@ import threading
 from pathlib import Path
 from typing import Sequence
 
-from validation.options import add_output_control, info, make_parser, progress_enabled, split_list
+from typing import TYPE_CHECKING
 
-from .figures import CURATION_COMMANDS, FIGURES, Outcome, Sources, render
+from validation.options import (add_out, add_output_control, add_seeds, info, make_parser, progress_enabled,
+                                split_list, threads_arg)
+
+if TYPE_CHECKING:  # the figures need matplotlib (the validation extra): imported when a command runs, so that
+    from .figures import Outcome, Sources  # `lai figures --help` works without it
+
+RUN_PROFILES = ("quick", "full")  # --run: the keys of figures.CURATION_COMMANDS
 
 
 def is_run_folder(path: Path) -> bool:
@@ -42,8 +48,10 @@ def newest_run(root: Path) -> Path | None:
     return max(runs, key=lambda p: (p / "summary.json").stat().st_mtime, default=None)
 
 
-def resolve(results: str | None, curate: str | None, root_default: str = "results") -> tuple[Path, Sources]:
+def resolve(results: str | None, curate: str | None, root_default: str = "results") -> tuple[Path, "Sources"]:
     """(results root, sources) for ``--results`` (a run folder or a results root) and ``--curate``."""
+    from .figures import Sources
+
     path = Path(results or root_default)
     if is_run_folder(path):
         run, root = path, path.parent
@@ -71,17 +79,19 @@ def _status(code: int) -> str:
 
 
 def produce(profile: str, root: Path, extra: Sequence[str] = (), curation: bool = True,
-            quiet: bool = False) -> tuple[Path | None, list[str]]:
+            quiet: bool = False, curate_extra: Sequence[str] = ()) -> tuple[Path | None, list[str]]:
     """Run the validation suites (``lai run --profile <profile> --out <root>``) and, at the same time in a second
     process, the curated-training commands of ``CURATION_COMMANDS[profile]`` (``--out <root>``, one after the
     other): both are single-threaded by default, so on two cores they take the time of the longer one.
     Returns (run folder, problems)."""
+    from .figures import CURATION_COMMANDS
+
     lai = [sys.executable, "-m", "validation"]
     curation_problems: list[str] = []
 
     def curate() -> None:
         for args in CURATION_COMMANDS[profile]:
-            code, _ = _run([*lai, "curate", *args, "--out", str(root)], quiet)
+            code, _ = _run([*lai, "curate", *args, *curate_extra, "--out", str(root)], quiet)
             if code != 0:
                 curation_problems.append(f"`lai curate {' '.join(args)}` exited with {_status(code)}")
 
@@ -97,7 +107,7 @@ def produce(profile: str, root: Path, extra: Sequence[str] = (), curation: bool 
     return run, problems + curation_problems
 
 
-def report(outcomes: list[Outcome], out_dir: Path | None) -> str:
+def report(outcomes: list["Outcome"], out_dir: Path | None) -> str:
     lines = [f"figures in {out_dir}:" if out_dir else "figures:"]
     for o in outcomes:
         head = f"  {o.status:<8}{o.spec.stem:<18}"
@@ -114,12 +124,13 @@ def report(outcomes: list[Outcome], out_dir: Path | None) -> str:
 
 def build_parser(prog: str = "lai figures") -> argparse.ArgumentParser:
     p = make_parser(prog, __doc__)
-    p.add_argument("--results", default="results", metavar="DIR",
-                   help="a run folder, or a results root whose newest run folder is used")
+    p.add_argument("--results", default=None, metavar="DIR",
+                   help="a run folder, or a results root whose newest run folder is used (default: results; a "
+                        "folder given here must exist)")
     p.add_argument("--curate", default=None, metavar="DIR",
                    help="curated-training results (default: <results root>/curate)")
-    p.add_argument("--out", default=None, metavar="DIR", help="output folder (default: <run folder>/figures)")
-    p.add_argument("--run", choices=sorted(CURATION_COMMANDS), default=None,
+    add_out(p, None, "output folder (default: <run folder>/figures)")
+    p.add_argument("--run", choices=RUN_PROFILES, default=None,
                    help="first produce the results: `lai run --profile X` and the curated training commands of "
                         "that profile, into the results root")
     p.add_argument("--no-curate", action="store_true", help="with --run: skip the curated-training commands")
@@ -132,6 +143,10 @@ def build_parser(prog: str = "lai figures") -> argparse.ArgumentParser:
     p.add_argument("--only", default=None, metavar="LIST", help="comma-separated figure numbers, e.g. 2,3")
     p.add_argument("--formats", default="png,pdf", help="comma-separated image formats")
     p.add_argument("--dpi", type=float, default=300.0, help="PNG resolution")
+    add_seeds(p, None, "with --run: the seeds of `lai run` and `lai curate`")
+    p.add_argument("--threads", type=threads_arg, default=None, metavar="N",
+                   help="with --run: torch CPU threads of `lai run` and `lai curate` (default: theirs, 1)")
+    p.add_argument("--device", default=None, help="with --run: the device of `lai run`, e.g. cpu, cuda")
     add_output_control(p)
     return p
 
@@ -139,6 +154,14 @@ def build_parser(prog: str = "lai figures") -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None, prog: str = "lai figures") -> int:
     p = build_parser(prog)
     args = p.parse_args(argv)
+    passed = {"--seeds": args.seeds, "--threads": args.threads, "--device": args.device}
+    for option, value in passed.items():
+        if value is not None and not args.run:
+            p.error(f"{option} applies only with --run (the figures themselves are drawn from stored results)")
+    if args.results is not None and not args.run and not Path(args.results).is_dir():  # --run creates it
+        p.error(f"--results {args.results!r}: no such folder")
+    from .figures import FIGURES, Sources, render
+
     numbers = sorted({s.number for s in FIGURES})
     try:
         only = None if args.only is None else [int(x) for x in split_list(args.only, tuple(map(str, numbers)),
@@ -150,13 +173,21 @@ def main(argv: Sequence[str] | None = None, prog: str = "lai figures") -> int:
     if args.paper:
         from .stored_run import STORED_CURATION, STORED_RUN
 
+        if not STORED_RUN.is_dir():
+            p.error(f"the stored paper-scale results ({STORED_RUN}) are not installed with the wheel (kept small): "
+                    "run `lai figures --paper` from a clone of the repository (pip install -e .)")
+
         args.results, args.curate = str(STORED_RUN), args.curate or str(STORED_CURATION)
         args.out = args.out or str(Path("results") / "paper-figures")
     root, src = resolve(args.results, args.curate)
     problems: list[str] = []
     if args.run:
-        extra = list(args.run_arg) + ([] if progress_enabled(args) else ["--no-progress"])
-        run, problems = produce(args.run, root, extra, curation=not args.no_curate, quiet=args.quiet)
+        shared = ([f"--seeds={','.join(map(str, args.seeds))}"] if args.seeds is not None else []) + \
+            ([f"--threads={args.threads}"] if args.threads is not None else [])
+        extra = list(args.run_arg) + ([] if progress_enabled(args) else ["--no-progress"]) + shared + \
+            ([f"--device={args.device}"] if args.device is not None else [])
+        run, problems = produce(args.run, root, extra, curation=not args.no_curate, quiet=args.quiet,
+                                curate_extra=shared)
         if run is not None:
             src = Sources(run, src.curate)
             if not args.no_curate:  # the run's report.md gains its curated-training section

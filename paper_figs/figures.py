@@ -66,7 +66,7 @@ class Sources:
 #: drawn from the stored paper-scale tables (``paper_figs/data/curation``).
 CURATION_COMMANDS: dict[str, list[list[str]]] = {
     "quick": [["--profile", "quick", "--no-progress"]],
-    "full": [["--profile", "paper", "--no-progress"]],
+    "full": [["--profile", "full", "--no-progress"]],
 }
 
 

@@ -55,9 +55,10 @@ def test_proponents_and_opponents():
     model, data, ref = problem()
     ds = score_dataset(scorer_for(model, ref), data, batch_size=8, progress=False)
     order = ds.scores.argsort(descending=True)
-    assert torch.equal(ds.proponents(3), ds.indices[order[:3]])
-    assert torch.equal(ds.opponents(3), ds.indices[order.flip(0)[:3]])
-    assert ds.scores[ds.proponents(1)] == ds.scores.max()
+    assert torch.equal(ds.proponents(3).indices, ds.indices[order[:3]])
+    assert torch.equal(ds.opponents(3).indices, ds.indices[order.flip(0)[:3]])
+    idx, scores = ds.proponents(1)
+    assert ds.scores[idx] == ds.scores.max() == scores
 
 
 class Killed(RuntimeError):

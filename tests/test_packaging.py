@@ -35,6 +35,8 @@ def test_metadata_license_version_and_extras():
     assert {"validation", "hf", "test", "all"} <= set(extras)
     assert any(d.startswith("matplotlib") for d in extras["validation"])
     assert project["scripts"] == {"lai": "validation.command:main"}
+    assert "paper_figs/data" in _pyproject()["tool"]["hatch"]["build"]["targets"]["wheel"]["exclude"]
+    assert {"mkdocs", "mkdocstrings[python]"} <= {d.split(">")[0] for d in extras["docs"]}
     assert influence.__version__.count(".") == 2
 
 
@@ -71,6 +73,8 @@ def test_wheel_builds_offline_without_warnings_or_tree_litter_and_installs_elsew
         meta = z.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
     assert {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")} == set(PACKAGES)
     assert not [n for n in names if n.startswith("tests/") or "__pycache__" in n]
+    assert not [n for n in names if n.startswith("paper_figs/data/")]  # the stored paper data: sdist and clone only
+    assert wheel.stat().st_size < 2 * 2 ** 20, wheel.stat().st_size
     assert "License-Expression: MIT" in meta and f"Version: {influence.__version__}" in meta
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
 

@@ -481,8 +481,12 @@ def test_cli_reports_missing_results(tmp_path, capsys, monkeypatch):
     # only the curated-training figure missing: still exit status 0
     write_run(folder, models=("mlp",))
     assert main(["--results", str(folder), "--formats", "png", "--dpi", "30", "--only", "3,6"]) == 0
-    assert main(["--results", str(tmp_path / "empty")]) == 1
+    (tmp_path / "empty").mkdir()
+    assert main(["--results", str(tmp_path / "empty")]) == 1  # a results root without runs: the commands to run
     assert "lai run --profile quick" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exc:  # a folder that does not exist: a usage error
+        main(["--results", str(tmp_path / "missing")])
+    assert exc.value.code == 2 and "no such folder" in capsys.readouterr().err
 
 
 def test_pdf_output(run, tmp_path):

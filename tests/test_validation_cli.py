@@ -20,7 +20,7 @@ from validation.results import RunDir, read_csv
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-ARGS = ["--profile", "tiny", "--model", "mlp", "--no-progress", "--set", "cost.repeats=1",
+ARGS = ["--profile", "tiny", "--models", "mlp", "--no-progress", "--set", "cost.repeats=1",
         "--set", "mlp.cost_widths=[8]"]
 
 
@@ -87,7 +87,7 @@ def test_resume_by_folder_uses_its_config(run):
     _, folder = run
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        assert run_main(["--resume", str(folder), "--suite", "fidelity", "--model", "mlp", "--no-progress"]) == 0
+        assert run_main(["--resume", str(folder), "--suite", "fidelity", "--models", "mlp", "--no-progress"]) == 0
     assert out.getvalue().strip().splitlines()[-1] == str(folder)
 
 

@@ -1,11 +1,11 @@
 """``lai bench``: cost of the influence estimators against a forward pass and a training step.
 
     lai bench                                    # the three workloads, about 5-10 min on 2 cores
-    lai bench --workload mlp --repeats 3 --no-curated
+    lai bench --models mlp --repeats 3 --no-curated
     lai bench --sizes default --big              # also the scaling in n_train and a 4,096-sample batch
-    lai bench --resume --out results/bench/X     # keep the finished sections of an interrupted run
+    lai bench --resume results/bench/X           # keep the finished sections of an interrupted run
     lai bench --clock cpu --tasks none           # process CPU time (shared machine); no curation-task timing
-    lai bench --workload gpt2-small,pythia-160m --clock cpu   # real-size models (validation/bench_realsize.py)
+    lai bench --models gpt2-small,pythia-160m --clock cpu   # real-size models (validation/bench_realsize.py)
 
 Per workload (validation/bench_workloads.py), every estimator's median wall and CPU time over interleaved
 repeats and its peak extra memory (validation/measure.py: public profiler APIs), with its ratio to one
@@ -14,7 +14,7 @@ forward pass over train+reference, one forward+backward over train+reference and
 the LAI targets next to the floor that plain torch ops computing the same scores cost (validation/bench_floor.py);
 then the per-call overhead of a scoring call on a tiny model (validation/bench_overhead.py) and a curated step
 against a vanilla step on the curation tasks (validation/bench_tasks.py).
-Real-size workloads (``--workload gpt2-small,gpt2-small-512,pythia-160m,resnet18,vit-s``; not part of ``all``):
+Real-size workloads (``--models gpt2-small,gpt2-small-512,pythia-160m,resnet18,vit-s``; not part of ``all``):
 one guarded child process per (workload, estimator) row with each estimator's first and steady call, a forward
 and a forward+backward, and peak memory side by side, plus a curated step and ``score_dataset`` throughput on
 gpt2-small (validation/bench_realsize_run.py, bench_rows.py, bench_isolate.py); a row that is refused, fails,
@@ -48,7 +48,8 @@ from .bench_realsize import REALSIZE
 from .bench_realsize_run import RealSettings, default_estimators, plan_rows, run_rows
 from .estimator_cost import estimator_costs
 from .measure import measure_many
-from .options import add_common, check_device, info, make_parser, split_list, torch_threads
+from .options import (add_common, add_models, add_not_applicable, add_resume, check_device, info, make_parser,
+                      split_list, torch_threads)
 
 ALL_ESTIMATORS = ("exact", "ghost", "lai", "lai-last", "tracin-last")
 BIG_BATCH = 4096
@@ -141,9 +142,8 @@ def ops_section(w: Workload, estimators: tuple[str, ...], out: Path, rows: int =
 
 def build_parser(prog: str = "lai bench") -> argparse.ArgumentParser:
     p = make_parser(prog, __doc__)
-    p.add_argument("--workload", default="all",
-                   help=f"comma-separated, from {', '.join(WORKLOADS)} or all (these three), and the real-size "
-                        f"{', '.join(REALSIZE)}")
+    add_models(p, (*WORKLOADS, *REALSIZE), what=f"workloads (all: {', '.join(WORKLOADS)}; the real-size ones are "
+               "named)", dest="workload")
     p.add_argument("--repeats", type=int, default=7, help="timed calls per row (median reported)")
     p.add_argument("--estimators", default=None,
                    help=f"comma-separated estimator names (default: {','.join(ALL_ESTIMATORS)}; real-size "
@@ -183,7 +183,8 @@ def build_parser(prog: str = "lai bench") -> argparse.ArgumentParser:
                       "row's process is killed and recorded as killed")
     real.add_argument("--vocab", type=int, default=None, help=argparse.SUPPRESS)  # tests: a tiny LM's vocabulary
     add_common(p, out=(None, "results folder (default: results/bench/<timestamp>)"))
-    p.add_argument("--resume", action="store_true", help="keep finished sections of an existing --out/bench.json")
+    add_resume(p, "keep the finished sections of an interrupted benchmark's bench.json", into_out=True)
+    add_not_applicable(p, {"--seeds": "timings do not depend on a seed (the workloads are built with fixed seeds)"})
     return p
 
 
@@ -223,7 +224,7 @@ def run(argv: list[str] | None = None, prog: str = "lai bench") -> dict[str, Any
 
 
 def workload_names(text: str) -> list[str]:
-    """The workloads of ``--workload``: ``all`` is the three toy workloads; real-size names only by name."""
+    """The workloads of ``--models``: ``all`` is the three toy workloads; real-size names only by name."""
     out: list[str] = []
     for item in split_list(text):
         if item != "all" and item not in (*WORKLOADS, *REALSIZE):

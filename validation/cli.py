@@ -1,7 +1,7 @@
 """``lai run``: the validation suites (bound, fidelity, cost) into a resumable run folder, with a report.
 
     lai run                                      # quick profile, every suite and model (~3-5 min on 2 cores)
-    lai run --suite fidelity --model transformer,mlp
+    lai run --suite fidelity --models transformer,mlp
     lai run --profile full --seeds 0-4
     lai run --resume results/quick-1a2b3c4d5e    # finish an interrupted run
     lai run --set mlp.steps=100 --set cost.repeats=1
@@ -19,8 +19,8 @@ import argparse
 import json
 from typing import Any, Sequence
 
-from .options import (EXIT_CHECK_FAILED, EXIT_OK, add_common, check_device, fail, info, make_parser,
-                      progress_enabled, split_list, torch_threads)
+from .options import (EXIT_CHECK_FAILED, EXIT_OK, add_common, add_models, add_resume, check_device, fail, info,
+                      make_parser, progress_enabled, split_list, torch_threads)
 from .profiles import MODELS, PROFILES, SUITES, field_names, get_profile
 from .results import ResumeMismatchError, RunDir, code_revision, default_run_dir, provenance
 
@@ -59,13 +59,12 @@ def build_parser(prog: str = "lai run") -> argparse.ArgumentParser:
     p.add_argument("--profile", default="quick", choices=sorted(PROFILES),
                    help="quick: minutes on 2 CPU cores; full: paper scale (hours); tiny: seconds (tests)")
     p.add_argument("--suite", default="all", help=f"comma-separated, from {', '.join(SUITES)}, or all")
-    p.add_argument("--model", default="all", help=f"comma-separated, from {', '.join(MODELS)}, or all")
+    add_models(p, MODELS)
     add_common(p, out=("results", "parent folder of the run folders"),
                seeds=(None, "seeds to run (default: the profile's: 0 for quick, 0-4 for full)"))
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override one setting, e.g. mlp.steps=100, *.n_score=32, cost.repeats=1")
-    p.add_argument("--resume", metavar="RUN_DIR", default=None,
-                   help="continue this run folder with its own config (refused under other code or threads)")
+    add_resume(p, "continue this run folder with its own config (refused under other code or threads)")
     p.add_argument("--fresh", action="store_true",
                    help="recompute the selected suites and models (delete their finished units first)")
     return p
@@ -89,7 +88,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "lai run") -> int:
     args = p.parse_args(argv)
     try:
         suites = split_list(args.suite, SUITES, "suite")
-        models = split_list(args.model, MODELS, "model")
+        models = split_list(args.models, MODELS, "model")
         config = None if args.resume else make_config(args)
     except argparse.ArgumentTypeError as exc:
         p.error(str(exc))
@@ -116,13 +115,18 @@ def _run(args: argparse.Namespace, rd: RunDir, config: dict[str, Any], suites: l
         for suite in suites:
             for m in models:
                 rd.remove_units(suite, m)
+    reused = sum(1 for suite in suites for m in models if (rd.root / "units" / suite / m).is_dir()
+                 for _ in (rd.root / "units" / suite / m).rglob("*.json"))
     rd.add_provenance({**provenance(), "suites": suites, "models": models})
+    if reused:
+        info(args, f"resuming {rd.root}: {reused} finished units of these suites and models are reused, not "
+                   "recomputed")
     info(args, f"run folder: {rd.root} (suites {', '.join(suites)}; models {', '.join(models)}; "
                f"threads {config['threads']}; code {config['code']})")
     written = run_suites(rd, config, suites, models, progress=progress_enabled(args))
     summary = report.write_report(rd)
     failed = report.failed_theory_checks(summary)
-    info(args, f"units computed now: {written}; report: {rd.root / 'report.md'}")
+    info(args, f"units computed now: {written}, reused: {reused}; report: {rd.root / 'report.md'}")
     if failed:
         print(f"FAILED theory checks: {', '.join(failed)} (see {rd.root / 'report.md'})")
     print(rd.root)

@@ -7,9 +7,12 @@
     lai tightness  how tight the error bounds are on an MLP, a CNN and a transformer
     lai score      score a whole data set against a reference set with each estimator (throughput, memory)
 
-``lai <command> --help`` lists a command's options with their defaults. Options shared by every command:
---out, --seeds (a list: 0-4 or 0,3,7), --threads (default 1), --device, --no-progress, --quiet.
-Exit status: 0 success, 1 a check failed (or a crash, with a traceback), 2 a usage error.
+``lai <command> --help`` lists a command's options with their defaults (also without the optional extras).
+Options every command parses: --out, --seeds (a list: 0-4 or 0,3,7), --threads (default 1), --device,
+--no-progress, --quiet; where one means nothing for a command, using it is a usage error that says why.
+One spelling per idea: --models, --resume DIR, --profile quick|full (validation/options.py).
+Exit status: 0 success, 1 a check failed (or a crash, with a traceback), 2 a usage error (one line on stderr,
+including a missing optional extra: the line says what to install).
 ``python -m validation <command>`` is the same command.
 """
 
@@ -31,6 +34,16 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "score": ("validation.score", "score a whole data set with each estimator: throughput and peak memory"),
 }
 EXTRAS_HINT = 'pip install "lai[validation]"'
+HF_MODULES = ("transformers", "datasets", "accelerate", "tokenizers", "huggingface_hub")  # the hf extra
+OWN = ("influence", "theory", "validation", "paper_figs")
+
+
+def missing_extra(exc: ModuleNotFoundError) -> str | None:
+    """The install hint for a missing optional package (None when the missing module is this package's own)."""
+    top = (exc.name or "").split(".")[0]
+    if not top or top in OWN:
+        return None
+    return 'pip install "lai[hf]"' if top in HF_MODULES else EXTRAS_HINT
 
 
 def usage(prog: str = "lai") -> str:
@@ -56,14 +69,15 @@ def main(argv: Sequence[str] | None = None, prog: str = "lai") -> int:
         print(f"{prog}: error: unknown command {name!r}; choose from {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
     module_name = COMMANDS[name][0]
-    try:
+    try:  # every command's --help works on the core install (its module imports its extras when it runs)
         module = importlib.import_module(module_name)
+        status = module.main(rest, prog=f"{prog} {name}")
     except ModuleNotFoundError as exc:
-        if exc.name and not exc.name.split(".")[0] in ("influence", "theory", "validation", "paper_figs"):
-            print(f"{prog} {name}: needs the optional package {exc.name!r}: {EXTRAS_HINT}", file=sys.stderr)
-            return 2
-        raise
-    status = module.main(rest, prog=f"{prog} {name}")
+        hint = missing_extra(exc)
+        if hint is None:
+            raise
+        print(f"{prog} {name}: error: needs the optional package {exc.name.split('.')[0]!r}: {hint}", file=sys.stderr)
+        return 2
     return status if isinstance(status, int) else 0
 
 

@@ -10,6 +10,12 @@
     --no-progress   no progress bars
     --quiet         only the results (implies --no-progress)
 
+One spelling per idea: ``--models LIST`` names the models (or workloads) a command runs (``--model`` and
+``--workload`` are accepted as old spellings), ``--resume DIR`` continues an interrupted command's results folder,
+``--profile NAME`` picks a scale preset (``quick``, ``full``; ``tiny`` for tests). A shared option that means
+nothing for a command is still accepted by its parser, and using it is a usage error saying why
+(:func:`add_not_applicable`).
+
 Every parser made here shows its defaults in ``--help``. Exit statuses of every subcommand: 0 success, 1 a
 check failed (or the command crashed, with a traceback on stderr), 2 a usage error.
 """
@@ -18,11 +24,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import sys
-from typing import Iterator
+from pathlib import Path
+from typing import Any, Iterator, NoReturn, Sequence
 
 DEFAULT_THREADS = 1
 EXIT_OK, EXIT_CHECK_FAILED, EXIT_USAGE = 0, 1, 2
+SHARED = ("--out", "--seeds", "--threads", "--device", "--no-progress", "--quiet")  # every subcommand parses these
+PROFILE_NAMES = ("quick", "full", "tiny")  # the scale presets --profile may name, in every command
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -37,9 +47,76 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         return text
 
 
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line on stderr (``prog: error: ... (see prog --help)``), exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def make_parser(prog: str, doc: str | None) -> argparse.ArgumentParser:
     """A parser named ``prog`` whose description is ``doc`` (a module docstring) and that shows defaults."""
-    return argparse.ArgumentParser(prog=prog, description=(doc or "").strip(), formatter_class=HelpFormatter)
+    return Parser(prog=prog, description=(doc or "").strip(), formatter_class=HelpFormatter)
+
+
+def out_dir(text: str) -> str:
+    """``--out``'s type: a folder that exists or can be created and written (not a regular file, not under one)."""
+    path = Path(text).expanduser()
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} is a file, not a folder")
+    parent = path
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} cannot be created: {str(parent)!r} is a file")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise argparse.ArgumentTypeError(f"{text!r} is not writable ({str(parent)!r} is not writable by this user)")
+    return text
+
+
+class NotApplicable(argparse.Action):
+    """A shared option that means nothing for this command: parsed (with or without a value), then refused."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, reason: str = "", **kwargs: Any) -> None:
+        self.reason = reason
+        super().__init__(option_strings, dest, nargs="?", default=argparse.SUPPRESS,
+                         help=f"not applicable: {reason}", **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        parser.error(f"{option_string} does not apply to this command: {self.reason}")
+
+
+def add_not_applicable(p: argparse.ArgumentParser, reasons: dict[str, str]) -> None:
+    """Shared options (``{"--seeds": why}``) this command accepts only to refuse them with the reason (exit 2)."""
+    for option, reason in reasons.items():
+        p.add_argument(option, action=NotApplicable, reason=reason, metavar="-")
+
+
+def add_models(p: argparse.ArgumentParser, choices: Sequence[str], default: str = "all", what: str = "models",
+               dest: str = "models") -> None:
+    """``--models LIST`` (old spellings ``--model``, ``--workload``): the models or workloads a command runs."""
+    p.add_argument("--models", "--model", "--workload", dest=dest, default=default, metavar="LIST",
+                   help=f"{what}: comma-separated, from {', '.join(choices)}, or all (--model and --workload are "
+                        "old spellings)")
+
+
+class _ResumeInto(argparse.Action):
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        namespace.resume = True
+        if values is not None:
+            namespace.out = out_dir(values)
+
+
+def add_resume(p: argparse.ArgumentParser, what: str, *, into_out: bool = False) -> None:
+    """``--resume DIR``: continue the interrupted results in DIR. ``into_out``: the command's results folder is
+    ``--out`` (``--resume DIR`` sets it; a bare ``--resume`` continues ``--out``), and ``args.resume`` is a flag."""
+    if into_out:
+        p.add_argument("--resume", nargs="?", const=None, default=False, action=_ResumeInto, metavar="DIR",
+                       help=f"{what} (DIR: the folder to continue; without DIR, --out's)")
+    else:
+        p.add_argument("--resume", metavar="DIR", default=None, help=what)
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -72,7 +149,7 @@ def threads_arg(text: str) -> int:
 
 
 def add_out(p: argparse.ArgumentParser, default: str | None, what: str) -> None:
-    p.add_argument("--out", default=default, metavar="DIR", help=what)
+    p.add_argument("--out", type=out_dir, default=default, metavar="DIR", help=what)
 
 
 def add_seeds(p: argparse.ArgumentParser, default: str | None, what: str = "seeds to run") -> None:
@@ -169,6 +246,7 @@ def split_list(text: str, allowed: tuple[str, ...] | None = None, what: str = "i
     return out
 
 
-__all__ = ["split_list", "DEFAULT_THREADS", "EXIT_OK", "EXIT_CHECK_FAILED", "EXIT_USAGE", "HelpFormatter", "make_parser",
+__all__ = ["SHARED", "PROFILE_NAMES", "Parser", "out_dir", "NotApplicable", "add_not_applicable", "add_models",
+           "add_resume", "split_list", "DEFAULT_THREADS", "EXIT_OK", "EXIT_CHECK_FAILED", "EXIT_USAGE", "HelpFormatter", "make_parser",
            "parse_seeds", "add_common", "add_out", "add_seeds", "add_threads", "add_device", "add_output_control",
            "progress_enabled", "info", "check_device", "torch_threads", "fail"]

@@ -156,7 +156,8 @@ def main(argv: Sequence[str] | None = None, prog: str = "lai score") -> int:
             row = {"estimator": name, "samples_per_s": args.n_train / seconds, "forward_backward_per_s": fb,
                    "ratio": fb / (args.n_train / seconds), "seconds": seconds,
                    "peak_mb": None if mem.peak is None else mem.peak / 2 ** 20,
-                   "proponents": ds.proponents(5).tolist(), "opponents": ds.opponents(5).tolist(),
+                   "proponents": ds.proponents(5).indices.tolist(), "opponents": ds.opponents(5).indices.tolist(),
+                   "reused_samples": ds.reused,
                    "positive_fraction": float((ds.scores > 0).float().mean())}
             rows.append(row)
             peak = "n/a" if row["peak_mb"] is None else f"{row['peak_mb']:.0f} MB"

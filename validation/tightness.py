@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,7 +38,7 @@ from theory.analysis import analyse
 from theory.ranking import filter_agreement, guaranteed_filter_accuracy, kendall_lower_bound
 
 from .models import CNN2d, MLP, CausalTransformer
-from .options import add_common, make_parser, split_list, torch_threads
+from .options import add_common, add_models, add_not_applicable, make_parser, split_list, torch_threads
 
 ALPHABET = "abcdefghijklmnopqrstuvwxyz .,\n()"  # 32 symbols; every other character maps to the space
 
@@ -171,8 +172,10 @@ def build_parser(prog: str = "lai tightness") -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=32, help="train and reference samples for the MLP and CNN")
     p.add_argument("--n-seq", type=int, default=8, help="train and reference sequences for the transformer")
     p.add_argument("--seq-len", type=int, default=8, help="tokens per transformer sequence")
-    p.add_argument("--models", default=",".join(MODELS), help="comma-separated, from " + ", ".join(MODELS))
-    add_common(p, seeds=("0", "seeds (one row per model and seed)"), device=False)
+    add_models(p, MODELS)
+    add_common(p, out=(None, "also write the rows to DIR/tightness.json (default: print only)"),
+               seeds=("0", "seeds (one row per model and seed)"), device=False)
+    add_not_applicable(p, {"--device": "the bounds are measured in float64 on the CPU"})
     return p
 
 
@@ -185,6 +188,7 @@ def main(argv: list[str] | None = None, prog: str = "lai tightness") -> int:
     except argparse.ArgumentTypeError as exc:
         p.error(str(exc))
     violated = False
+    rows: list[dict[str, Any]] = []
     with torch_threads(args.threads):
         for seed in args.seeds:
             torch.manual_seed(seed)
@@ -195,12 +199,19 @@ def main(argv: list[str] | None = None, prog: str = "lai tightness") -> int:
                 if s.name not in wanted:
                     continue
                 r = measure(s, args.steps, seed)
+                rows.append({"model": s.name, "seed": seed, **r})
                 print(format_row(r), flush=True)
                 if r["apriori_note"]:
                     print(f"{'':<12} a-priori bound n/a: {r['apriori_note']}")
                 if r["data_violations"] or r["apriori_violations"]:
                     violated = True
                     print(f"{'':<12} VIOLATIONS: data {r['data_violations']}, apriori {r['apriori_violations']}")
+    if args.out is not None:
+        from influence.atomic import atomic_write_json
+
+        path = Path(args.out) / "tightness.json"
+        atomic_write_json(path, {"steps": args.steps, "rows": rows})
+        print(f"written: {path}")
     return 1 if violated else 0
 
 

@@ -173,8 +173,8 @@ def train(task: Task, hook: Callable[[int, nn.Module], None] | None = None, stop
     schedule = BatchSchedule(len(task.x_train), task.settings.batch_size, task.seed)
     last = stops[-1] if stops else start_step
     pending = list(stops)
-    bar = tqdm(total=last - start_step, desc=desc or f"train {task.name} seed {task.seed}", disable=not progress,
-               leave=False, unit="step")
+    bar = tqdm(total=(last - start_step) * task.settings.batch_size, desc=desc or f"train {task.name} seed {task.seed}",
+               disable=not progress, leave=False, unit="sample", unit_scale=True)  # the rate reads in samples/s
     step = start_step
     try:
         while True:
@@ -187,7 +187,7 @@ def train(task: Task, hook: Callable[[int, nn.Module], None] | None = None, stop
             idx = schedule.indices(step)
             loss = sgd_step(model, task.loss_fn, (task.x_train[idx], task.y_train[idx]), task.lr)
             step += 1
-            bar.update(1)
+            bar.update(len(idx))
             bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
     finally:
         bar.close()

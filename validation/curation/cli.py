@@ -4,7 +4,7 @@ method (mean, std over seeds, kept fraction, noise recall, time per step against
     lai curate --task mnist1d-noisy40 --seeds 0-2        # a few minutes on 2 cores
     lai curate --task digits-noisy20-classdep --methods vanilla,lai,ghost,greats --epochs 10
     lai curate --list
-    lai curate --profile paper                           # the paper's curation runs (validation.profiles)
+    lai curate --profile full                            # the paper's curation runs (validation.profiles)
 
 Run folders: ``<out>/curate/<task>-<protocol>-<config id>/`` (``lai figures`` reads ``<results>/curate``).
 Units already finished in the run folder are skipped, so an interrupted command resumes when rerun.
@@ -15,29 +15,44 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+from typing import Any
 
-import torch
-
-from ..options import add_common, make_parser, progress_enabled, split_list, torch_threads
-from .experiment import format_table, run_comparison
-from .timing import format_timing
+from ..options import add_common, add_not_applicable, make_parser, progress_enabled, split_list, torch_threads
 from .methods import METHODS
 from ..profiles import CURATION_PROFILES
 from .protocols import CHOICES, apply_protocol, expand
-from .runner import run_profile
 from .reference import KINDS
 from .step import ON_EMPTY
 from .tasks import TASKS, get_task
 
+# --profile names the same scale presets as `lai run --profile`; the curation profile each one runs ("paper" is
+# the old name of "full")
+PROFILES = {"quick": "quick", "full": "paper", "paper": "paper"}
+
 DEFAULT_METHODS = "vanilla,lai,ghost,small-loss,loss-threshold,random,oracle"
 
 
-def parser(prog: str = "lai curate") -> argparse.ArgumentParser:
+def run_comparison(*args: Any, **kwargs: Any) -> Any:
+    """``validation.curation.experiment.run_comparison``, imported when called (it needs the validation extra)."""
+    from .experiment import run_comparison as run
+
+    return run(*args, **kwargs)
+
+
+def run_profile(*args: Any, **kwargs: Any) -> Any:
+    """``validation.curation.runner.run_profile``, imported when called (it needs the validation extra)."""
+    from .runner import run_profile as run
+
+    return run(*args, **kwargs)
+
+
+def build_parser(prog: str = "lai curate") -> argparse.ArgumentParser:
     ap = make_parser(prog, __doc__)
     ap.add_argument("--task", default="mnist1d-noisy40", help="task name (see --list)")
-    ap.add_argument("--profile", choices=sorted(CURATION_PROFILES),
-                    help="run a curation profile (tasks, seeds, methods and protocols of "
-                         "validation.profiles.CURATION_PROFILES) seed by seed; --seeds/--epochs override it")
+    ap.add_argument("--profile", choices=[k for k in PROFILES if PROFILES[k] in CURATION_PROFILES],
+                    help="run a scale preset: quick, or full (the paper's curation runs; 'paper' is its old name): "
+                         "the tasks, seeds, methods and protocols of validation.profiles.CURATION_PROFILES, seed by "
+                         "seed; --seeds/--epochs override it")
     ap.add_argument("--methods", default=DEFAULT_METHODS, help=f"comma-separated, from {', '.join(METHODS)}")
     ap.add_argument("--epochs", type=int, help="override the task's epochs")
     ap.add_argument("--batch-size", type=int, help="override the task's batch size")
@@ -62,12 +77,13 @@ def parser(prog: str = "lai curate") -> argparse.ArgumentParser:
                     help="steps of the interleaved per-step timing after the runs (0: skip)")
     add_common(ap, out=("results", "results root: run folders go to <out>/curate/"),
                seeds=(None, "seeds (default: 0-2, or the profile's with --profile)"), device=False)
+    add_not_applicable(ap, {"--device": "curated training runs on the CPU (the curation tasks' models are small)"})
     ap.add_argument("--list", action="store_true", help="list tasks and methods, then exit")
     return ap
 
 
 def main(argv: list[str] | None = None, prog: str = "lai curate") -> int:
-    p = parser(prog)
+    p = build_parser(prog)
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
     if args.list:
         print("tasks:", ", ".join(sorted(TASKS)))
@@ -86,10 +102,15 @@ def main(argv: list[str] | None = None, prog: str = "lai curate") -> int:
 
 
 def _curate(args: argparse.Namespace, methods: list[str]) -> int:
+    import torch
+
+    from .experiment import format_table
+    from .timing import format_timing
+
     progress = progress_enabled(args)
     log = (lambda _: None) if args.quiet else print
     if args.profile:
-        run_profile(args.profile, args.out, seeds=args.seeds, progress=progress, log=log,
+        run_profile(PROFILES[args.profile], args.out, seeds=args.seeds, progress=progress, log=log,
                     overrides={"epochs": args.epochs} if args.epochs else None)
         return 0
     base = get_task(args.task)
@@ -117,6 +138,8 @@ def _curate(args: argparse.Namespace, methods: list[str]) -> int:
         print(format_timing(timing))
     return 0
 
+
+parser = build_parser  # the name used before
 
 if __name__ == "__main__":
     sys.exit(main(prog="python -m validation.curation.cli"))

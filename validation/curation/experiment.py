@@ -108,7 +108,8 @@ def train_unit(prep: Prepared, method: Method, seed: int, on_empty: str, init: d
     rows, curve = [], []
     start, cpu0 = time.perf_counter(), time.process_time()
     total = spec.epochs * per_epoch
-    bar = tqdm(total=total, desc=f"{spec.name} {method.name} seed{seed}", leave=False, disable=not progress)
+    bar = tqdm(total=spec.epochs * len(y), desc=f"{spec.name} {method.name} seed{seed}", leave=False,
+               disable=not progress, unit="sample", unit_scale=True)  # the rate reads in samples/s
     step = 0
     for epoch in range(spec.epochs):
         if method.ramp:  # co-teaching schedule: drop min(tau * epoch / T_k, tau), tau = the task's noise rate
@@ -118,7 +119,7 @@ def train_unit(prep: Prepared, method: Method, seed: int, on_empty: str, init: d
             info = curator.step(model, opt, (x[idx], y[idx]), is_noisy=prep.is_noisy[idx])
             rows.append({"epoch": epoch, "step": step, **info.row()})
             step += 1
-            bar.update()
+            bar.update(len(idx))
         curve.append(evaluate(model, prep.test, prep.metric))
     bar.close()
     curated = rows[warmup:] or rows
