@@ -133,7 +133,8 @@ def test_real_vocab_rows_are_measured_and_saved(real_vocab_run):
     out, report = real_vocab_run
     data = json.loads((out / "bench.json").read_text())
     rows = data["realsize"]["rows"]
-    assert set(rows) == {"gpt2-small/lai-last", "gpt2-small/curated-lai@8", "gpt2-small/dataset-lai-last"}
+    assert set(rows) == {"gpt2-small/lai-last", "gpt2-small/curated-lai@8", "gpt2-small/curated-lai-last@8",
+                         "gpt2-small/dataset-lai-last"}
     assert rows == json.loads(json.dumps(report["realsize"]["rows"]))
     assert "workloads" in data and not data["workloads"] and "overhead" not in data  # no toy sections
     for row in rows.values():
