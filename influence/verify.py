@@ -55,6 +55,7 @@ from torch.utils._pytree import tree_flatten
 from .batch import Batch, LossFn
 from .checks import tensor_pair
 from .capture import Capture, Plan, capture_backward, factor_blocks
+from .coupling import check_independent
 from .factors import Block, _oriented
 from .layers import registry_version
 from .projection import bilinear, directions, factored, pack, projected, projectors
@@ -306,6 +307,8 @@ def verified_capture(model: nn.Module, loss_fn: LossFn, batch: Batch, pl: Plan, 
         PROBES[0] += 1
     else:
         params = pl.scored_params(set(routed) | known) if check else []
+    if probe:  # a new signature: batch independence first (a coupled batch has no per-sample gradients)
+        check_independent(model, loss_fn, batch, n, where)
     samples = sorted({0, n - 1}) if probe and n > 1 else []
     cap = capture_backward(model, loss_fn, batch, pl.modules, n, where, params, samples, pl.rules,
                            paths=pl.factoring() if paths and not probe else None)

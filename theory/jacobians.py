@@ -23,6 +23,7 @@ from torch.func import jacrev, vmap
 from torch.utils._pytree import tree_map
 
 from influence.batch import call_model, output_tensor
+from influence.errors import TheoryScopeError
 
 
 @contextmanager
@@ -73,7 +74,7 @@ def output_shapes(model: nn.Module, inputs: Any, modules: dict[str, nn.Module]) 
             h.remove()
     reused = [name for name, c in calls.items() if c > 1]
     if reused:
-        raise NotImplementedError(f"theory: modules {reused} run more than once per forward pass; the per-layer "
+        raise TheoryScopeError(f"theory: modules {reused} run more than once per forward pass; the per-layer "
                                   "Jacobian J^l is defined for a layer with one call (untie or unroll them)")
     return {name: shapes[name] for name in modules if name in shapes}
 
