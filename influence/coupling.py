@@ -27,6 +27,7 @@ from torch.utils._pytree import tree_map
 
 from .batch import Batch, LossFn, call_model, output_tensor
 from .errors import BatchCouplingError
+from .layers.attention import unfused_attention
 from .losses import per_sample_losses
 
 _CHECKED: "weakref.WeakKeyDictionary[nn.Module, set]" = weakref.WeakKeyDictionary()
@@ -73,7 +74,7 @@ def _rows(model: nn.Module, loss_fn: LossFn, batch: Batch, n: int, where: str,
     def hook(name: str):
         def record(module: nn.Module, args: tuple, out: Any) -> None:
             t = _first_tensor(out)
-            if t is not None and t.dim() > 0 and t.shape[0] == n:
+            if t is not None and not t.is_nested and t.dim() > 0 and t.shape[0] == n:
                 seen.append((name, t.detach()[rows].clone()))
         return record
 
@@ -81,7 +82,7 @@ def _rows(model: nn.Module, loss_fn: LossFn, batch: Batch, n: int, where: str,
         for name, m in model.named_modules():
             if name:
                 handles.append(m.register_forward_hook(hook(name)))
-        with torch.no_grad():
+        with torch.no_grad(), unfused_attention():  # the paths the capture runs (no nested-tensor fast path)
             f = output_tensor(call_model(model, batch[0]))
             losses = per_sample_losses(loss_fn, f, batch[1], n, where)
     finally:

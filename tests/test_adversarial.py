@@ -122,6 +122,32 @@ CASES = [
     Case("exact_params_unknown_name", kw(plain_mlp, params=["0.wieght"]), {X: E.UnknownParameterError}),
     Case("exact_params_frozen_name", lambda: frozen_bias(), {X: E.UnknownParameterError}),
     Case("exact_params_subset", kw(plain_mlp, params=["0.weight", "2.bias"]), {X: EXACT}),
+    # issue 26: recording never changes the model (a [1, d] call serving the whole batch)
+    Case("context_call_reduced_over_leading_dim", lambda: context_setup("reduce"), WITH_HEAD),
+    Case("context_call_broadcast_added", lambda: context_setup("add"), WITH_HEAD),
+    Case("context_call_broadcast_subtracted", lambda: context_setup("sub"), WITH_HEAD),
+    Case("context_call_multiplied", lambda: context_setup("mul"), WITH_HEAD),
+    Case("context_call_expanded", lambda: context_setup("expand"), WITH_HEAD),
+    Case("micro_batched_forward_of_one", lambda: mlp_setup(MicroBatched(1)), {**ALL_EXACT, L: E.InfluenceError}),
+    Case("micro_batched_forward_of_two", lambda: mlp_setup(MicroBatched(2), n=7), {**ALL_EXACT, L: E.InfluenceError}),
+    # issue 26: batch coupling other than BatchNorm, refused by every estimator
+    Case("batch_mean_subtracted", lambda: mlp_setup(Coupled("mean")),
+         {**refused(E.BatchCouplingError), L: E.BatchCouplingError}),
+    Case("neighbour_sample_mixed_in", lambda: mlp_setup(Coupled("roll")),
+         {**refused(E.BatchCouplingError), L: E.BatchCouplingError}),
+    Case("running_sum_over_batch", lambda: mlp_setup(Coupled("cumsum")),
+         {**refused(E.BatchCouplingError), L: E.BatchCouplingError}),
+    Case("uncoupled_control", lambda: mlp_setup(Coupled("none")), WITH_HEAD),
+    # issue 26: Exact and Ghost agree on every input where either refuses
+    Case("zero_dim_parameters", lambda: mlp_setup(Gated()), ALL_EXACT),
+    Case("batchnorm_eval_without_running_stats", batchnorm_without_stats, refused(E.UndefinedGradientError)),
+    Case("embedding_scale_grad_by_freq", lambda: token_setup(FreqEmbedding()), refused(E.UndefinedGradientError)),
+    # issue 26: last-layer LAI on a head tied to the embedding (found by the fuzzer: 60-100 % off)
+    Case("tied_head_lai_last", lambda: token_setup(TiedHead()), {L: E.InfluenceError}),
+    Case("tied_head_with_bias_lai_last", tied_bias_setup, {L: EXACT}),
+    # issue 26: named errors for arguments
+    Case("model_not_a_module", not_a_module, refused(E.InvalidArgumentError)),
+    Case("loss_fn_a_string", loss_is_a_string, refused(E.InvalidArgumentError)),
 ]
 
 

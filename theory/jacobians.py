@@ -101,5 +101,13 @@ def jacobians(model: nn.Module, inputs: Any, modules: dict[str, nn.Module],
         jac = jacrev(f_of)(zeros)
         return {name: j.reshape(j.shape[0], *shapes[name][1:]) for name, j in jac.items()}
 
-    with torch.no_grad():
-        return vmap(one_sample, chunk_size=chunk_size)(inputs)
+    try:
+        with torch.no_grad():
+            return vmap(one_sample, chunk_size=chunk_size)(inputs)
+    except TheoryScopeError:
+        raise
+    except Exception as e:  # torch.func cannot run the model (a custom autograd.Function without setup_context, ...)
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+        raise TheoryScopeError(f"theory: torch.func cannot compute the per-sample Jacobians of "
+                               f"{type(model).__name__} ({type(e).__name__}: {first}); the decomposition and the "
+                               "data bound need them (influence's estimators do not)") from e
