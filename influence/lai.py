@@ -160,10 +160,6 @@ class LaiBackend:
         self.estimator = f"lai[{layers},{token_pairing}]"
         self.pl = plan(model, fallback)
         self.routed: Routed = dict(self.pl.routed)
-        if layers == "last":  # a weight the output layer shares with another module gets gradient from both uses:
-            self.routed.update({pid: ("shared", f"{self.pl.names[pid]}: shared with another module, so its gradient "
-                                                "is not the output layer's g (x) a alone")
-                                for pid in self.pl.shared if pid not in self.routed})  # not last-layer LAI's term
         self.names: list[str] | None = None
         self.skipped: list[str] = []
         self.side: ReferenceSide | None = None

@@ -505,8 +505,7 @@ class FreqEmbedding(nn.Module):
 
 
 class TiedHeadBias(nn.Module):
-    """A biased head sharing its weight with the embedding: last-layer LAI covers the bias only (the weight's
-    gradient also has the embedding's use) and lists the weight in ``skipped``."""
+    """A biased head sharing its weight with the embedding (GPT-2's ``lm_head``/``wte`` with a bias)."""
 
     def __init__(self, v: int = 9, d: int = 5) -> None:
         super().__init__()
@@ -519,12 +518,6 @@ class TiedHeadBias(nn.Module):
 
 def context_setup(how: str) -> Setup:
     s = mlp_setup(Context(how))
-    return s
-
-
-def tied_bias_setup() -> Setup:
-    s = token_setup(TiedHeadBias())
-    s.head = ["head.bias"]
     return s
 
 

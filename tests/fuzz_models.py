@@ -14,7 +14,7 @@ Outcomes (per estimator: ghost, exact, lai, lai_last, theory): ``exact`` (the nu
 ``influence.InfluenceError``), ``wrong`` (a number that is not the reference's, a non-finite LAI, any number for a
 coupled model), ``obscure`` (any other exception). The reference is a per-sample autograd loop
 (``tests/reference.py``); LAI over all layers must be finite, last-layer LAI equal to the reference restricted to
-the head's parameters, ``theory.decomposition`` must sum to Ghost - LAI and ``theory.data_bound`` bound |Ghost -
+the head's parameters (the head's own use of them: a weight tied to the embedding is untied first, ``untied_head``), ``theory.decomposition`` must sum to Ghost - LAI and ``theory.data_bound`` bound |Ghost -
 LAI|.
 """
 
@@ -257,8 +257,7 @@ def build(s: Spec) -> Built:
     if s.head in ("linear", "tied_module"):
         if s.freeze_head_bias:
             model.head.bias.requires_grad_(False)
-        names = {id(p): k for k, p in model.named_parameters()}  # a tied weight is named once, as the embedding's
-        head = [names[id(p)] for p in model.head.parameters() if p.requires_grad]
+        head = [f"head.{k}" for k, p in model.head.named_parameters() if p.requires_grad]
     model.eval()
     n = s.n_train + s.n_ref
     out = vocab if s.head != "linear" else s.classes
@@ -272,6 +271,17 @@ def build(s: Spec) -> Built:
 
 
 # ---------------------------------------------------------------- running and classifying
+
+
+def untied_head(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` whose ``head`` owns its parameters (a weight tied to the embedding is copied into a
+    parameter of its own): last-layer LAI scores the output layer's own use of its parameters, which is Exact on
+    this copy's head."""
+    import copy
+    m = copy.deepcopy(model)
+    for k, p in list(m.head.named_parameters(recurse=False)):
+        setattr(m.head, k, nn.Parameter(p.detach().clone(), requires_grad=p.requires_grad))
+    return m
 
 
 def _rel(a: Tensor, b: Tensor) -> float:
@@ -303,10 +313,11 @@ def run(b: Built, est: str, got: dict[str, Any]) -> tuple[str, str]:
                 r = influence.lai(m, loss, tr, rf, LR, layers="last")
                 if b.truth.head is None:
                     return "wrong", "a number where no Linear produces the output"
-                covered = [k for k in b.truth.head if k not in r.skipped]  # e.g. a weight tied to the embedding
+                covered = [k for k in b.truth.head if k not in r.skipped]
                 if not covered:
                     return "wrong", f"a number though every head parameter is skipped ({r.skipped})"
-                kind, want = "exact", None if b.truth.coupled else reference_scores(m, loss, tr, rf, LR, covered)
+                kind, want = "exact", None if b.truth.coupled else \
+                    reference_scores(untied_head(m), loss, tr, rf, LR, covered)
             else:
                 if "ghost" not in got or "lai" not in got:
                     return "named", "skipped: Ghost or LAI refused"
