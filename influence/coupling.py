@@ -3,17 +3,18 @@
 Per-sample influence needs per-sample losses l_i that depend on sample i alone (and the weights). BatchNorm in
 train mode is refused by its mode (``capture.check_batchnorm``); any other coupling (batch-mean subtraction
 ``h - h.mean(0)``, in-batch negatives in the loss, attention across the batch dimension, statistics over the
-batch) is found here by running the model three times without autograd: on the batch, on the batch with every
-sample but the first replaced (the other samples rotated), and with every sample but the last replaced. The
-first sample's output and loss in the second run, and the last sample's in the third, must equal those of the
-first run (to a few units of rounding); where they do not, :class:`influence.errors.BatchCouplingError` names the
-first module (in order of completion) whose output row of that sample changed, or the loss, or the code outside
-any module.
+batch) is found here by running the model once more without autograd on the batch with every sample but the first
+and the last replaced (for n = 2: twice, each run keeping one of the two samples and replacing the other): the
+kept samples' outputs and losses must equal those of the batch itself (to ``TOL_EPS`` units of rounding). Where
+they do not, :class:`influence.errors.BatchCouplingError` names the first module (in order of completion) whose
+output rows of those samples changed (two more forwards with module hooks, on the error path only), or the loss,
+or code outside any module.
 
 Every estimator runs it once per model and input signature (``influence.verify.signature``): Ghost and LAI in the
 verification capture of a new signature (``verify.verified_capture``), Exact and TracIn when they see a new
-signature (:func:`check_cached`), ``theory`` through Ghost's verdict. A coupling that shows only among samples
-other than the first and the last is not seen.
+signature (:func:`check_cached`), ``theory`` through Ghost's verdict; the verification passes the capture's own
+outputs and losses as the unperturbed run. A coupling that reaches neither the first nor the last sample is not
+seen.
 """
 
 from __future__ import annotations
@@ -49,12 +50,18 @@ def _first_tensor(out: Any) -> Tensor | None:
     return None
 
 
-def _permuted(batch: Batch, n: int, keep: int) -> Batch:
-    """``batch`` with sample ``keep`` unchanged and every other sample j replaced by sample (j + 1) mod n: every
-    tensor leaf whose leading dimension is n is indexed (others, such as [1, T] position ids, stay)."""
-    idx = [keep if j == keep else (j + 1) % n for j in range(n)]
-    if n == 2:  # the rotation would swap the kept sample in: replace the other one by a copy of it
-        idx = [keep, keep]
+def _perturbations(n: int) -> list[tuple[list[int], list[int]]]:
+    """(sample index of every row, the rows kept unchanged) of each perturbed batch: for n >= 3 one batch whose first
+    and last samples stay and whose others are replaced (sample j by sample j + 1); for n = 2 two batches, each
+    keeping one sample and replacing the other by a copy of it."""
+    if n == 2:
+        return [([0, 0], [0]), ([1, 1], [1])]
+    return [([0] + [j + 1 for j in range(1, n - 1)] + [n - 1], [0, n - 1])]
+
+
+def _permuted(batch: Batch, n: int, idx: list[int]) -> Batch:
+    """``batch`` with row j replaced by sample ``idx[j]`` in every tensor leaf whose leading dimension is n (others,
+    such as [1, T] position ids, stay)."""
     index = torch.tensor(idx)
 
     def pick(t: Any) -> Any:
@@ -64,10 +71,10 @@ def _permuted(batch: Batch, n: int, keep: int) -> Batch:
     return tree_map(pick, batch)
 
 
-def _rows(model: nn.Module, loss_fn: LossFn, batch: Batch, n: int, where: str,
-          rows: list[int]) -> dict[int, tuple[list, Tensor, Any]]:
-    """For each of ``rows``: ([(module name, its output row)] in order of completion, model output row, loss of
-    the row), from one forward without autograd."""
+def _run(model: nn.Module, loss_fn: LossFn, batch: Batch, n: int, where: str,
+         hooks: bool = False) -> tuple[list[tuple[str, Tensor]], Tensor, Tensor]:
+    """(with ``hooks``: [(module name, its output [n, ...])] in order of completion, else []; the model output f;
+    the per-sample losses [n]), from one forward without autograd through the paths the capture runs."""
     seen: list[tuple[str, Tensor]] = []
     handles = []
 
@@ -75,22 +82,25 @@ def _rows(model: nn.Module, loss_fn: LossFn, batch: Batch, n: int, where: str,
         def record(module: nn.Module, args: tuple, out: Any) -> None:
             t = _first_tensor(out)
             if t is not None and not t.is_nested and t.dim() > 0 and t.shape[0] == n:
-                seen.append((name, t.detach()[rows].clone()))
+                seen.append((name, t.detach()))
         return record
 
     try:
-        for name, m in model.named_modules():
-            if name:
-                handles.append(m.register_forward_hook(hook(name)))
-        with torch.no_grad(), unfused_attention():  # the paths the capture runs (no nested-tensor fast path)
+        if hooks:
+            for name, m in model.named_modules():
+                if name:
+                    handles.append(m.register_forward_hook(hook(name)))
+        with torch.no_grad(), unfused_attention():  # no nested-tensor fast path (the capture's paths)
             f = output_tensor(call_model(model, batch[0]))
             losses = per_sample_losses(loss_fn, f, batch[1], n, where)
     finally:
         for h in handles:
             h.remove()
-    batched = f.dim() > 0 and f.shape[0] == n
-    return {row: ([(name, t[k]) for name, t in seen], f[row] if batched else f, losses[row])
-            for k, row in enumerate(rows)}
+    return seen, f, losses
+
+
+def _rows(t: Tensor, rows: list[int], n: int) -> Tensor:
+    return t[rows] if t.dim() > 0 and t.shape[0] == n else t
 
 
 def _same(a: Tensor, b: Tensor) -> bool:
@@ -103,32 +113,42 @@ def _same(a: Tensor, b: Tensor) -> bool:
     return bool(torch.allclose(a, b, rtol=0.0, atol=tol, equal_nan=True))
 
 
-def check_independent(model: nn.Module, loss_fn: LossFn, batch: Batch, n: int, where: str) -> None:
-    """Raise ``BatchCouplingError`` when sample 0's or sample n - 1's output or loss depends on the other samples
-    of ``batch`` (see the module docstring). Batches of one sample pass."""
+def check_independent(model: nn.Module, loss_fn: LossFn, batch: Batch, n: int, where: str,
+                      base: tuple[Tensor, Tensor] | None = None) -> None:
+    """Raise ``BatchCouplingError`` when the first or the last sample's output or loss depends on the other samples
+    of ``batch`` (see the module docstring). ``base``: (f, losses) of ``batch`` already computed by a forward
+    that computes what the model computes (a capture's); one is run otherwise. Costs one forward without autograd
+    (two for n = 2) besides ``base``; when a coupling is found, two more with module hooks name where it first
+    shows. Batches of one sample pass."""
     if n < 2:
         return
     RUNS[0] += 1
-    rows = sorted({0, n - 1})
-    base = _rows(model, loss_fn, batch, n, where, rows)
-    for row in rows:
-        mods, f, loss = _rows(model, loss_fn, _permuted(batch, n, row), n, where, [row])[row]
-        b_mods, b_f, b_loss = base[row]
-        if _same(f, b_f) and _same(loss, b_loss):
+    f0, l0 = base if base is not None else _run(model, loss_fn, batch, n, where)[1:]
+    for idx, kept in _perturbations(n):
+        _, f, losses = _run(model, loss_fn, _permuted(batch, n, idx), n, where)
+        out_same = _same(_rows(f, kept, n), _rows(f0.detach(), kept, n))
+        if out_same and _same(losses[kept], l0.detach()[kept]):
             continue
-        where_it = "the loss function (the model outputs do not depend on the other samples)"
-        if not _same(f, b_f):
-            where_it = "code outside any module (no module's output row changed)"
-            for (name, a), (name_b, b) in zip(b_mods, mods):
-                if name != name_b or not _same(a, b):
-                    where_it = (f"the output of module {name!r} ({type(model.get_submodule(name)).__name__}: in it, or "
-                                "in the code that computes its input)")
-                    break
         raise BatchCouplingError(
-            f"the {where} batch: sample {row}'s {'output' if not _same(f, b_f) else 'loss'} changes when the other "
-            f"samples change, so per-sample gradients (and influence) are undefined; the coupling first shows in "
-            f"{where_it}. Make every sample's computation independent of the others (no statistics over the batch "
-            "dimension, no in-batch negatives), or score samples one at a time.")
+            f"the {where} batch: the {'loss' if out_same else 'output'} of "
+            f"{'samples 0 and ' + str(kept[1]) if len(kept) == 2 else 'sample ' + str(kept[0])} changes when the other samples change, so per-sample gradients (and "
+            f"influence) are undefined; the coupling first shows in "
+            f"{'the loss function (the outputs do not change)' if out_same else _where(model, loss_fn, batch, n, where, idx, kept)}"
+            ". Make every sample's computation independent of the others (no statistics over the batch dimension, "
+            "no in-batch negatives), or score samples one at a time.")
+
+
+def _where(model: nn.Module, loss_fn: LossFn, batch: Batch, n: int, where: str, idx: list[int],
+           kept: list[int]) -> str:
+    """The first module (in order of completion) whose output rows ``kept`` differ between ``batch`` and its
+    perturbation ``idx``, in words."""
+    mods, _, _ = _run(model, loss_fn, batch, n, where, hooks=True)
+    other, _, _ = _run(model, loss_fn, _permuted(batch, n, idx), n, where, hooks=True)
+    for (name, a), (name_b, b) in zip(mods, other):
+        if name != name_b or not _same(a[kept], b[kept]):
+            return (f"the output of module {name!r} ({type(model.get_submodule(name)).__name__}: in it, or in the "
+                    "code that computes its input)")
+    return "code outside any module (no module's output row changed)"
 
 
 def check_cached(model: nn.Module, loss_fn: LossFn, batch: Batch, n: int, where: str) -> None:

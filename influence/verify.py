@@ -307,12 +307,11 @@ def verified_capture(model: nn.Module, loss_fn: LossFn, batch: Batch, pl: Plan, 
         PROBES[0] += 1
     else:
         params = pl.scored_params(set(routed) | known) if check else []
-    if probe:  # a new signature: batch independence first (a coupled batch has no per-sample gradients)
-        check_independent(model, loss_fn, batch, n, where)
     samples = sorted({0, n - 1}) if probe and n > 1 else []
     cap = capture_backward(model, loss_fn, batch, pl.modules, n, where, params, samples, pl.rules,
                            paths=pl.factoring() if paths and not probe else None)
-    if probe:
+    if probe:  # a new signature: the samples must be independent (else no per-sample gradient exists)
+        check_independent(model, loss_fn, batch, n, where, base=(cap.f, cap.losses))
         blocks, failed = factor_blocks(cap, pl, pl.context())
         failures.update(failed)
         for k, why in {**probe_check(blocks, cap, pl), **sum_check(blocks, cap, pl)}.items():
