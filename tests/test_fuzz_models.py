@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 
 import fuzz_models as fm
 
-EXAMPLES_DEFAULT, EXAMPLES_SLOW = 150, 3000
+EXAMPLES_DEFAULT, EXAMPLES_SLOW = 300, 3000
 
 
 def _assert_clean(spec: fm.Spec) -> None:
