@@ -354,6 +354,9 @@ class Recorder:
                 self.inputs[name].append(input_nodes(args, kwargs))
             if self.keep_output and replaced is None and getattr(rule, "protect_output", False):
                 replaced = output.clone()  # in-place ops downstream (x += residual, ReLU(inplace)) modify the copy
+                if shared:  # the copy is what the model broadcasts: read its per-sample gradients there
+                    last = self.calls[name][-1]
+                    last.out, last.versions = replaced, (last.versions[0], replaced._version)
             if rebuild is not None:  # e.g. a tuple output, or a seq-first output read transposed
                 return rebuild(output if replaced is None else replaced)
             return replaced
