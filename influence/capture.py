@@ -35,6 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from .batch import LossFn, call_model, output_tensor
+from .checks import check_loss_fn, check_model
 from .errors import (InPlaceModificationError, SharedParameterError, StochasticModuleError,
                      TrainModeBatchNormError, UndefinedGradientError, UnsupportedLayerError, named_checkpointing_errors)
 from .factors import Block
@@ -184,6 +185,7 @@ def plan(model: nn.Module, fallback: str | None = "auto") -> Plan:
     Cached per model (weakly) and fallback: a call whose :func:`plan_key` equals the cached plan's returns a copy
     of it without walking the registry again; any change the key sees (a module swapped, a parameter replaced
     or frozen, train/eval, a setting, a rule registered) plans again."""
+    check_model(model)
     fallback = check_fallback(fallback)
     key = plan_key(model)
     hit = _PLANS.get(model, {}).get(fallback)
@@ -445,6 +447,7 @@ def capture_forward(model: nn.Module, loss_fn: LossFn, batch: tuple[Any, Any], m
     in ``Capture.graph_losses`` (a training step then backpropagates the scoring forward). ``rules``: the rule of
     each module (a plan's ``rules``; looked up in the registry when not given)."""
     x, y = batch
+    check_loss_fn(loss_fn)
     graph_losses = None
     with torch.set_grad_enabled(keep_graph), unfused_attention(), Recorder(modules, n, False, rules) as rec:
         f = output_tensor(call_model(model, x))
@@ -467,6 +470,7 @@ def capture_backward(model: nn.Module, loss_fn: LossFn, batch: tuple[Any, Any], 
     and take autograd's gradient only of those whose paths the layer calls do not explain, with every parameter
     of their layers (``Capture.param_grads`` holds those; none when the graph explains every path)."""
     x, y = batch
+    check_loss_fn(loss_fn)
     params = list(params)
     with torch.enable_grad(), unfused_attention(), \
             Recorder(modules, n, True, rules, track_inputs=paths is not None and bool(params)) as rec:
@@ -474,18 +478,23 @@ def capture_backward(model: nn.Module, loss_fn: LossFn, batch: tuple[Any, Any], 
         producer = rec.producer(f)
         losses = per_sample_losses(loss_fn, f, y, n, where)
         rec.check_versions()
-        if rec.track_inputs:
-            params = _unexplained(losses, rec, params, paths)
         names = [name for name in rec.order for _ in rec.calls[name]]
         outs = [c.out for name in rec.order for c in rec.calls[name]]
+        shared = {k: o for k, (o, c) in enumerate(zip(outs, (c for name in rec.order for c in rec.calls[name])))
+                  if c.shared and o.requires_grad}
+        split = _broadcast_gradients(losses, shared, n) if shared else None
+        if rec.track_inputs:
+            requested = params
+            params = _unexplained(losses, rec, params, paths)
+            if split is not None and split.other:  # a shared call used other than broadcast: its layer's
+                unsplit = {names[k] for k in split.other}  # parameters are flagged like an unexplained path
+                flag = {id(p) for name in unsplit for p in paths.params_of.get(name, ())} - {id(p) for p in params}
+                params = params + [p for p in requested if id(p) in flag]
         wanted = [o for o in outs if o.requires_grad]
         f_in = [f] if f.requires_grad else []
         probe = list(probe) if params else []
         inputs = wanted + f_in + params
         rec.in_backward = True
-        shared = {k: o for k, (o, c) in enumerate(zip(outs, (c for name in rec.order for c in rec.calls[name])))
-                  if c.shared and o.requires_grad}
-        split = _broadcast_gradients(losses, shared, n) if shared else None
         with named_checkpointing_errors(f"the {where} batch's backward"):
             try:
                 got = torch.autograd.grad(losses.sum(), inputs, allow_unused=True, retain_graph=bool(probe)) \
