@@ -54,13 +54,20 @@ def _each(x: Tensor | tuple[Tensor, ...], f: Any) -> Any:
 
 
 def check_batchnorm(model: nn.Module) -> None:
-    """Refuse BatchNorm in train mode: it couples the samples of a batch, so per-sample influence is undefined."""
+    """Refuse BatchNorm in train mode, or without running statistics (batch statistics in eval mode too, trainable
+    or frozen): it couples the samples of a batch, so per-sample influence is undefined."""
     for name, m in model.named_modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training:
             raise TrainModeBatchNormError(
                 f"{name or 'model'}: {type(m).__name__} is in train mode; it couples the samples of a batch so "
                 "per-sample influence is undefined. Call model.eval() (or put the BatchNorm layers in eval mode) "
                 "before scoring.")
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and (m.running_mean is None or m.running_var is None):
+            # trainable or frozen alike (a frozen one still couples the samples, and with one sample torch raises)
+            raise UndefinedGradientError(
+                f"{name or 'model'}: {type(m).__name__} without running statistics normalises with batch statistics "
+                "even in eval mode, so it couples the samples of a batch and per-sample influence is undefined. "
+                "Construct it with track_running_stats=True (and compute or load running statistics).")
 
 
 def check_stochastic(model: nn.Module) -> None:

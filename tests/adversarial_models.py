@@ -535,3 +535,12 @@ def loss_is_a_string() -> Setup:
 
 def batchnorm_without_stats() -> Setup:
     return mlp_setup(nn.Sequential(nn.Linear(4, 5), nn.BatchNorm1d(5, track_running_stats=False), nn.Linear(5, 3)))
+
+
+def frozen_batchnorm_without_stats_one_sample() -> Setup:
+    """Found by the fuzzer: a frozen BatchNorm without running statistics (no trainable parameter, so no layer
+    rule's check ran) on batches of one sample: torch's raw "Expected more than 1 value per channel"."""
+    s = mlp_setup(nn.Sequential(nn.Linear(4, 5), nn.BatchNorm1d(5, track_running_stats=False), nn.Linear(5, 3)),
+                  n=2, n_train=1)
+    s.model[1].requires_grad_(False)
+    return s

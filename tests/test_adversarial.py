@@ -141,6 +141,8 @@ CASES = [
     # issue 26: Exact and Ghost agree on every input where either refuses
     Case("zero_dim_parameters", lambda: mlp_setup(Gated()), ALL_EXACT),
     Case("batchnorm_eval_without_running_stats", batchnorm_without_stats, refused(E.UndefinedGradientError)),
+    Case("frozen_batchnorm_without_stats_batch_of_one", frozen_batchnorm_without_stats_one_sample,
+         {**refused(E.UndefinedGradientError), L: E.UndefinedGradientError}),
     Case("embedding_scale_grad_by_freq", lambda: token_setup(FreqEmbedding()), refused(E.UndefinedGradientError)),
     # issue 26: named errors for arguments
     Case("model_not_a_module", not_a_module, refused(E.InvalidArgumentError)),
