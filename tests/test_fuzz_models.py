@@ -4,6 +4,7 @@ reused inside and outside their modules, tied heads, reshapes and transposes tha
 micro-batching), each checked in float64 for Ghost, Exact, LAI, last-layer LAI and theory: the exact number or a
 named error, never a wrong number, never an obscure error.
 
+    python tests/test_fuzz_models.py --default           # the default suite's examples, with the count table
     python tests/test_fuzz_models.py --examples 300      # prints the count table (examples, exact, routed, ...)
     bash scripts/test.sh --slow -k fuzz                   # thousands of examples, with the table
 
@@ -61,14 +62,20 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--max-blocks", type=int, default=4)
     ap.add_argument("--verbose", action="store_true", help="print every wrong or obscure outcome")
+    ap.add_argument("--default", action="store_true",
+                    help="the default suite's examples (derandomized, EXAMPLES_DEFAULT, at most 4 blocks)")
     a = ap.parse_args()
     torch.set_num_threads(1)
     from hypothesis import seed
 
     bad = []
+    if a.default:
+        a.examples, a.max_blocks = EXAMPLES_DEFAULT, 4
+    chosen = settings(max_examples=a.examples, deadline=None, database=None, derandomize=a.default,
+                      suppress_health_check=list(HealthCheck))
 
-    @seed(a.seed)
-    @settings(max_examples=a.examples, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+    @(lambda f: f) if a.default else seed(a.seed)
+    @chosen
     @given(fm.specs(max_blocks=a.max_blocks))
     def sweep(spec: fm.Spec) -> None:
         out = fm.check(spec)
