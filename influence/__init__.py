@@ -18,6 +18,7 @@ from .errors import (BatchSizeError, InfluenceError, InPlaceModificationError, L
                      UndefinedGradientError, UnsupportedLayerError, VerificationError)
 from .errors import (EmptyBatchError, InvalidArgumentError, ModelOutputError, NonFiniteInputError,
                      NoTrainableParameterError, TargetShapeError, UnknownParameterError, CheckpointingError)
+from .errors import BatchCouplingError, TheoryScopeError
 from .batch import select_output
 from .gradients import VmapFallbackWarning
 from . import hf  # transformers is imported only inside its functions
@@ -41,5 +42,5 @@ __all__ = [
     "UndefinedGradientError", "VerificationError", "RoutedToExactWarning", "LayerRule", "register_layer",
     "EmptyBatchError", "InvalidArgumentError", "ModelOutputError", "NonFiniteInputError", "NoTrainableParameterError",
     "TargetShapeError", "UnknownParameterError", "VmapFallbackWarning", "select_output", "CheckpointingError",
-    "MemoryBudgetError",
+    "MemoryBudgetError", "BatchCouplingError", "TheoryScopeError",
 ]

@@ -11,9 +11,16 @@ optionally with autograd's batch gradient of some parameters and per-sample grad
 (the verification in ``influence.verify``).
 
 Every recorded call must have the batch as the leading dimension of its input and output: a leading 1 on both
-(position ids built with shape [1, T] and broadcast) is expanded to n, and for rules with ``fold_tokens`` a
-leading k * n on both is read as [n, k, ...] (flattened tokens, confirmed by the verification). Any other call
-is listed in ``Capture.bad`` and its module's parameters are not factored.
+(position ids built with shape [1, T] and broadcast) is read as one call serving every sample, and for rules with
+``fold_tokens`` a leading k * n on both is read as [n, k, ...] (flattened tokens, confirmed by the verification).
+Any other call is listed in ``Capture.bad`` and its module's parameters are not factored.
+
+Recording never changes what the model computes: the recorder returns the module's own output (or, for rules
+with ``protect_output``, a copy of it with equal values). What a rule needs in another layout is kept on the side:
+a shared call's input expanded to n; its per-sample output gradients are read in the backward at the operations
+that broadcast the output against the batch (``_broadcast_gradients``: additions, subtractions, ``expand``),
+and a shared call whose output is used any other way (reduced over its leading dimension, multiplied, ...) is
+listed in ``Capture.bad``.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from .batch import LossFn, call_model, output_tensor
+from .checks import check_loss_fn, check_model
 from .errors import (InPlaceModificationError, SharedParameterError, StochasticModuleError,
                      TrainModeBatchNormError, UndefinedGradientError, UnsupportedLayerError, named_checkpointing_errors)
 from .factors import Block
@@ -46,13 +54,20 @@ def _each(x: Tensor | tuple[Tensor, ...], f: Any) -> Any:
 
 
 def check_batchnorm(model: nn.Module) -> None:
-    """Refuse BatchNorm in train mode: it couples the samples of a batch, so per-sample influence is undefined."""
+    """Refuse BatchNorm in train mode, or without running statistics (batch statistics in eval mode too, trainable
+    or frozen): it couples the samples of a batch, so per-sample influence is undefined."""
     for name, m in model.named_modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training:
             raise TrainModeBatchNormError(
                 f"{name or 'model'}: {type(m).__name__} is in train mode; it couples the samples of a batch so "
                 "per-sample influence is undefined. Call model.eval() (or put the BatchNorm layers in eval mode) "
                 "before scoring.")
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and (m.running_mean is None or m.running_var is None):
+            # trainable or frozen alike (a frozen one still couples the samples, and with one sample torch raises)
+            raise UndefinedGradientError(
+                f"{name or 'model'}: {type(m).__name__} without running statistics normalises with batch statistics "
+                "even in eval mode, so it couples the samples of a batch and per-sample influence is undefined. "
+                "Construct it with track_running_stats=True (and compute or load running statistics).")
 
 
 def check_stochastic(model: nn.Module) -> None:
@@ -177,6 +192,7 @@ def plan(model: nn.Module, fallback: str | None = "auto") -> Plan:
     Cached per model (weakly) and fallback: a call whose :func:`plan_key` equals the cached plan's returns a copy
     of it without walking the registry again; any change the key sees (a module swapped, a parameter replaced
     or frozen, train/eval, a setting, a rule registered) plans again."""
+    check_model(model)
     fallback = check_fallback(fallback)
     key = plan_key(model)
     hit = _PLANS.get(model, {}).get(fallback)
@@ -247,13 +263,15 @@ class Call:
     """One recorded call: ``inp`` [n, ...] (what the rule reads), ``out`` the output while a backward needs it,
     ``versions`` of input and output at record time, ``out_ref`` a weak reference to the output tensor object
     (identity with the model output, never a pointer comparison), ``fold`` k when a leading k * n was read as
-    [n, k, ...]."""
+    [n, k, ...], ``shared`` when one call with leading dimension 1 served the whole batch (``inp`` is then the
+    input expanded to n; the output is the module's own, [1, ...])."""
 
     inp: Tensor
     out: Tensor | None
     versions: tuple[int, int]
     out_ref: Any = None
     fold: int = 0
+    shared: bool = False
 
 
 @dataclass
@@ -318,12 +336,14 @@ class Recorder:
                 self.bad.setdefault(name, "the call's input or output is not a tensor with a batch dimension")
                 return None
             n, li, lo = self.n, xs[0].shape[0], output.shape[0]
-            replaced, fold = None, 0
+            replaced, fold, shared = None, 0, False
             if lo == n and (li == n if single else all(t.shape[0] == n for t in xs)):
                 pass
             elif single and n > 1 and li == 1 and lo == 1:
-                x = x.expand(n, *x.shape[1:])
-                replaced = output = output.expand(n, *output.shape[1:])
+                # one call for the whole batch (position ids [1, T]): the rule reads the input expanded to n, kept
+                # here; the module's output stays its own (the per-sample output gradients are read where the
+                # output is broadcast against the batch, ``_broadcast_gradients``)
+                x, shared = x.expand(n, *x.shape[1:]), True
             elif single and rule.fold_tokens and li == lo and li % n == 0:
                 fold = li // n
                 x = x.reshape(n, fold, *x.shape[1:])
@@ -338,11 +358,14 @@ class Recorder:
                 versions, inp = (x._version, output._version), _kept(x)
             else:
                 versions, inp = (tuple(t._version for t in x), output._version), tuple(_kept(t) for t in x)
-            self.calls[name].append(Call(inp, out, versions, weakref.ref(output), fold))
+            self.calls[name].append(Call(inp, out, versions, weakref.ref(output), fold, shared))
             if self.track_inputs:
                 self.inputs[name].append(input_nodes(args, kwargs))
             if self.keep_output and replaced is None and getattr(rule, "protect_output", False):
                 replaced = output.clone()  # in-place ops downstream (x += residual, ReLU(inplace)) modify the copy
+                if shared:  # the copy is what the model broadcasts: read its per-sample gradients there
+                    last = self.calls[name][-1]
+                    last.out, last.versions = replaced, (last.versions[0], replaced._version)
             if rebuild is not None:  # e.g. a tuple output, or a seq-first output read transposed
                 return rebuild(output if replaced is None else replaced)
             return replaced
@@ -431,6 +454,7 @@ def capture_forward(model: nn.Module, loss_fn: LossFn, batch: tuple[Any, Any], m
     in ``Capture.graph_losses`` (a training step then backpropagates the scoring forward). ``rules``: the rule of
     each module (a plan's ``rules``; looked up in the registry when not given)."""
     x, y = batch
+    check_loss_fn(loss_fn)
     graph_losses = None
     with torch.set_grad_enabled(keep_graph), unfused_attention(), Recorder(modules, n, False, rules) as rec:
         f = output_tensor(call_model(model, x))
@@ -453,6 +477,7 @@ def capture_backward(model: nn.Module, loss_fn: LossFn, batch: tuple[Any, Any], 
     and take autograd's gradient only of those whose paths the layer calls do not explain, with every parameter
     of their layers (``Capture.param_grads`` holds those; none when the graph explains every path)."""
     x, y = batch
+    check_loss_fn(loss_fn)
     params = list(params)
     with torch.enable_grad(), unfused_attention(), \
             Recorder(modules, n, True, rules, track_inputs=paths is not None and bool(params)) as rec:
@@ -460,18 +485,30 @@ def capture_backward(model: nn.Module, loss_fn: LossFn, batch: tuple[Any, Any], 
         producer = rec.producer(f)
         losses = per_sample_losses(loss_fn, f, y, n, where)
         rec.check_versions()
-        if rec.track_inputs:
-            params = _unexplained(losses, rec, params, paths)
         names = [name for name in rec.order for _ in rec.calls[name]]
         outs = [c.out for name in rec.order for c in rec.calls[name]]
+        shared = {k: o for k, (o, c) in enumerate(zip(outs, (c for name in rec.order for c in rec.calls[name])))
+                  if c.shared and o.requires_grad}
+        split = _broadcast_gradients(losses, shared, n) if shared else None
+        if rec.track_inputs:
+            requested = params
+            params = _unexplained(losses, rec, params, paths)
+            if split is not None and split.other:  # a shared call used other than broadcast: its layer's
+                unsplit = {names[k] for k in split.other}  # parameters are flagged like an unexplained path
+                flag = {id(p) for name in unsplit for p in paths.params_of.get(name, ())} - {id(p) for p in params}
+                params = params + [p for p in requested if id(p) in flag]
         wanted = [o for o in outs if o.requires_grad]
         f_in = [f] if f.requires_grad else []
         probe = probe if params else None
         inputs = wanted + f_in + params
         rec.in_backward = True
         with named_checkpointing_errors(f"the {where} batch's backward"):
-            got = torch.autograd.grad(losses.sum(), inputs, allow_unused=True, retain_graph=probe is not None) \
-                if inputs else ()
+            try:
+                got = torch.autograd.grad(losses.sum(), inputs, allow_unused=True,
+                                          retain_graph=probe is not None) if inputs else ()
+            finally:
+                if split is not None:
+                    split.remove()
             probed = []
             if probe is not None:
                 gw = torch.autograd.grad((probe.to(losses.dtype) * losses).sum(), params, allow_unused=True)
@@ -479,8 +516,13 @@ def capture_backward(model: nn.Module, loss_fn: LossFn, batch: tuple[Any, Any], 
     got_iter = iter(got)
     grads: dict[str, list[Tensor]] = defaultdict(list)
     calls: dict[str, list[Call]] = {}
-    for name, o, c in zip(names, outs, (c for name in rec.order for c in rec.calls[name])):
+    for k, (name, o, c) in enumerate(zip(names, outs, (c for name in rec.order for c in rec.calls[name]))):
         gr = next(got_iter) if o.requires_grad else None
+        if c.shared:  # per-sample gradients [n, ...] of a call serving the whole batch
+            gr, why = split.per_sample(k) if split is not None and k in shared else (None, None)
+            if why is not None:
+                rec.bad.setdefault(name, why)
+            gr = o.new_zeros(n, *o.shape[1:]) if gr is None else gr
         gr = torch.zeros_like(o) if gr is None else gr
         grads[name].append(gr.reshape(n, c.fold, *gr.shape[1:]) if c.fold else gr)
         calls.setdefault(name, []).append(Call(c.inp, None, c.versions, c.out_ref, c.fold))
@@ -489,6 +531,90 @@ def capture_backward(model: nn.Module, loss_fn: LossFn, batch: tuple[Any, Any], 
     param_grads = {id(p): dense_grad(p, v) for p, v in zip(params, got_iter)}
     return Capture(calls, rec.order, f.detach(), g, losses.detach(), dict(grads), dict(rec.bad), producer,
                    param_grads, probed)
+
+
+class _Broadcasts:
+    """The per-sample output gradients of shared calls (outputs [1, ...] serving the whole batch), read during one
+    backward at the nodes that take such an output as an input: ``AddBackward0``, ``SubBackward0`` (the output's
+    gradient is +-alpha times the node's incoming gradient, summed over broadcast dimensions) and
+    ``ExpandBackward0``. The incoming gradient [n, ...] of such a node holds each sample's share in its own row,
+    so d l_i / d o = coefficient * (row i summed to o's shape). The per-sample probe of the verification checks the
+    result. Any other use makes the call not factorable."""
+
+    SPLIT = {"AddBackward0", "SubBackward0", "ExpandBackward0"}
+
+    def __init__(self, outs: dict[int, Tensor], n: int) -> None:
+        self.outs, self.n = outs, n
+        self.uses: dict[int, list[tuple[Any, float]]] = {k: [] for k in outs}  # call -> (node, coefficient)
+        self.other: dict[int, str] = {}  # call -> a node that uses the output in a way that cannot be split
+        self.seen: dict[Any, Tensor | None] = {}
+        self.handles: list[Any] = []
+
+    def find(self, root: Any) -> None:
+        """Walk the graph from ``root``; hook every node that takes a shared call's output as an input."""
+        want = {(o.grad_fn, o.output_nr): k for k, o in self.outs.items() if o.grad_fn is not None}
+        seen, stack = {root}, [root]
+        while stack:
+            u = stack.pop()
+            for j, (nxt, nr) in enumerate(u.next_functions):
+                if nxt is None:
+                    continue
+                k = want.get((nxt, nr))
+                if k is not None:
+                    kind = u.name()
+                    if kind not in self.SPLIT:
+                        self.other.setdefault(k, kind)
+                    else:
+                        sign = -1.0 if kind == "SubBackward0" and j == 1 else 1.0
+                        alpha = float(getattr(u, "_saved_alpha", 1)) if j == 1 and kind != "ExpandBackward0" else 1.0
+                        self.uses[k].append((u, sign * alpha))
+                        if u not in self.seen:
+                            self.seen[u] = None
+                            self.handles.append(u.register_prehook(self._keep(u)))
+                if nxt not in seen:
+                    seen.add(nxt)
+                    stack.append(nxt)
+
+    def _keep(self, u: Any):
+        def hook(grad_outputs: tuple) -> None:
+            self.seen[u] = grad_outputs[0]
+        return hook
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+        self.handles = []
+
+    def per_sample(self, k: int) -> tuple[Tensor | None, str | None]:
+        """(d l_i / d o for every sample i as [n, *o.shape[1:]] (None: o unused), or why it cannot be read)."""
+        o, n = self.outs[k], self.n
+        if k in self.other:
+            return None, (f"its output [1, ...] serves the whole batch and is used by {self.other[k]}, which does "
+                          "not broadcast it against the batch (per-sample output gradients cannot be read)")
+        total = None
+        for u, coef in self.uses[k]:
+            g = self.seen.get(u)
+            if g is None:
+                continue
+            if g.dim() < o.dim() or g.shape[0] != n:
+                return None, (f"its output [1, ...] serves the whole batch, but {u.name()} does not broadcast it "
+                              f"to the batch (gradient {tuple(g.shape)}, n={n})")
+            if g.dim() == o.dim():
+                part = g.sum_to_size(n, *o.shape[1:])
+            else:
+                part = g.sum_to_size(n, *([1] * (g.dim() - o.dim() - 1)), *o.shape).reshape(n, *o.shape[1:])
+            part = part * coef if coef != 1.0 else part
+            total = part if total is None else total + part
+        return total, None
+
+
+def _broadcast_gradients(losses: Tensor, outs: dict[int, Tensor], n: int) -> _Broadcasts:
+    """Hooks reading the per-sample output gradients of shared calls (``outs``: call index -> output [1, ...]) in
+    the next backward from ``losses`` (``_Broadcasts``); call ``remove`` after it."""
+    split = _Broadcasts(outs, n)
+    if losses.grad_fn is not None:
+        split.find(losses.grad_fn)
+    return split
 
 
 def dense_grad(p: Tensor, g: Tensor | None) -> Tensor:

@@ -145,7 +145,9 @@ def trainable_names(model: nn.Module, params: Iterable[str] | None = None) -> li
     """Names of the trainable parameters to score (all of them, or the selected ``params`` in model order).
 
     Raises ``NoTrainableParameterError`` when there is none and ``UnknownParameterError`` for a selected name
-    that is not a trainable parameter of ``model``."""
+    that is not a trainable parameter of ``model`` (``InvalidArgumentError`` when ``model`` is not an
+    ``nn.Module``)."""
+    check_model(model)
     named = dict(model.named_parameters())
     trainable = [n for n, p in named.items() if p.requires_grad]
     if not trainable:
@@ -169,6 +171,23 @@ def trainable_names(model: nn.Module, params: Iterable[str] | None = None) -> li
     if not selected:
         raise NoTrainableParameterError("params selects no parameter")
     return selected
+
+
+def check_model(model: Any) -> None:
+    """``InvalidArgumentError`` unless ``model`` is a ``torch.nn.Module`` (the estimators read its parameters and
+    call it)."""
+    if not isinstance(model, nn.Module):
+        raise InvalidArgumentError(f"model must be a torch.nn.Module; got {type(model).__name__} {model!r:.60}. "
+                                   "Wrap a function of parameters in an nn.Module that holds them")
+
+
+def check_loss_fn(loss_fn: Any) -> None:
+    """``InvalidArgumentError`` unless ``loss_fn`` is callable as ``loss_fn(outputs, targets) -> [n] losses``
+    (e.g. ``influence.cross_entropy``; a name such as ``"ce"`` is not a loss)."""
+    if not callable(loss_fn):
+        raise InvalidArgumentError(f"loss_fn must be a function loss_fn(outputs, targets) returning per-sample "
+                                   f"losses [n]; got {type(loss_fn).__name__} {loss_fn!r:.60}. Use e.g. "
+                                   "influence.cross_entropy or influence.mse")
 
 
 def check_arguments(model: nn.Module, train: Any, ref: Any, lr: Any, chunk_size: Any = None,

@@ -106,3 +106,15 @@ def named_checkpointing_errors(who: str) -> Iterator[None]:
                 "scoring (model.gradient_checkpointing_disable() for transformers models) or pass "
                 "use_reentrant=False.") from e
         raise
+
+
+class BatchCouplingError(InfluenceError):
+    """One sample's output (or loss) depends on the other samples of the batch (batch-mean subtraction, in-batch
+    negatives, attention across samples, ...): per-sample gradients, hence per-sample influence, are undefined.
+    The message names the module where the coupling first appears (``influence.coupling``)."""
+
+
+class TheoryScopeError(InfluenceError, NotImplementedError):
+    """``theory`` (decomposition, bounds) does not cover this model: a layer it cannot split per sample, a
+    parameter the capture's verification does not vouch for, weights shared between layers, a layer called
+    several times. (Also a ``NotImplementedError``, what ``theory`` raised before.)"""

@@ -13,7 +13,8 @@ from torch.func import functional_call, grad, vmap
 from torch.utils._pytree import tree_map
 
 from .batch import Batch, LossFn, batch_size, output_tensor, selected_output, take
-from .capture import check_modes, dense_grad
+from .capture import dense_grad, plan
+from .coupling import check_cached
 from .checks import check_chunk_size, trainable_names
 from .errors import InfluenceError, named_checkpointing_errors
 from .losses import per_sample_losses
@@ -173,7 +174,7 @@ class ExactBackend:
     def __init__(self, model: nn.Module, loss_fn: LossFn, lr: float, *, params: Iterable[str] | None = None,
                  state: dict[str, Tensor] | None = None, chunk_size: int = DEFAULT_CHUNK,
                  preconditioner: Mapping[str, Tensor] | None = None, memory_budget: int | None = None) -> None:
-        check_modes(model)
+        plan(model)  # the modes, and layer options whose per-sample gradients are undefined: refused as by Ghost
         self.lr, self.chunk = lr, check_chunk_size(chunk_size, optional=False)
         self.fn = _Functional(model, loss_fn, params, state)
         self.precond = _check_preconditioner(preconditioner, self.fn)
@@ -203,10 +204,11 @@ class ExactBackend:
     def add_reference(self, batch: Batch, n: int) -> None:
         self.fn.check(batch, n, "ref")
         self._kept(n)
+        check_cached(self.fn.model, self.fn.loss_fn, batch, n, "ref")
         if self.pairwise:
             for i in range(0, n, self.chunk):
                 for k, v in self.fn.per_sample(take(batch, slice(i, i + self.chunk))).items():
-                    v = v.flatten(1)
+                    v = v.reshape(v.shape[0], -1)  # [n, numel]; a 0-dim parameter gives [n, 1]
                     self.ref.setdefault(k, []).append(v * self.precond[k].flatten() if k in self.precond else v)
         else:
             g = self.fn.mean_gradient(batch, n, self.chunk)
@@ -223,6 +225,7 @@ class ExactBackend:
     def score(self, batch: Batch, n: int, keep_graph: bool = False) -> Chunk:
         """Scores of ``batch`` ([n] samples) against the reference; ``keep_graph`` has nothing to keep here (the
         per-sample gradients come from their own passes)."""
+        check_cached(self.fn.model, self.fn.loss_fn, batch, n, "train")
         ref = self._reference()
         per_param: dict[str, list[Tensor]] = {k: [] for k in self.fn.names}
         losses = []
@@ -231,16 +234,17 @@ class ExactBackend:
             losses.append(self.fn.check(part, min(self.chunk, n - i), "train"))
             g = self.fn.per_sample(part)
             for k in self.fn.names:
-                gk = g[k].flatten(1)
+                gk = g[k].reshape(g[k].shape[0], -1)  # [n, numel] (a 0-dim parameter: [n, 1])
                 per_param[k].append(gk @ ref[k].T if self.pairwise else gk @ ref[k].flatten())
         named = _group({k: self.lr * torch.cat(v) for k, v in per_param.items()})
         return Chunk(named, torch.cat(losses))
 
     def self_products(self, batch: Batch, n: int) -> Tensor:
         """[n]: lr * ||grad l_i||^2 (preconditioned: lr * <P (.) grad l_i, grad l_i>)."""
+        check_cached(self.fn.model, self.fn.loss_fn, batch, n, "train")
         out = []
         for i in range(0, n, self.chunk):
             g = self.fn.per_sample(take(batch, slice(i, i + self.chunk)))
-            out.append(sum(((g[k] * self.precond[k] if k in self.precond else g[k]) * g[k]).flatten(1).sum(1)
+            out.append(sum(((g[k] * self.precond[k] if k in self.precond else g[k]) * g[k]).reshape(g[k].shape[0], -1).sum(1)
                            for k in self.fn.names))
         return self.lr * torch.cat(out)

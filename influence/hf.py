@@ -225,7 +225,9 @@ def prepare(model: nn.Module, dtype: torch.dtype | None = None) -> nn.Module:
     construction (causal and sliding-window structure).
 
     A float64 model computes in float64 throughout (:class:`KeepFloat64`, entered by a forward pre-hook while
-    the model runs): ``transformers``' float32 upcasts would otherwise round its activations to float32.
+    the model runs): ``transformers``' float32 upcasts would otherwise round its activations to float32; a
+    mixture-of-experts model runs its experts eagerly (``experts_implementation="eager"``: the default grouped
+    kernels take no float64), or ``InvalidArgumentError`` says how to load it so.
     Fully masked attention rows (padding queries under left padding) stay finite: every mask here adds
     ``finfo(dtype).min`` once, so a row of masked scores is uniform after the softmax, never NaN."""
     if hasattr(model, "set_attn_implementation"):
@@ -236,6 +238,8 @@ def prepare(model: nn.Module, dtype: torch.dtype | None = None) -> nn.Module:
         model.config.use_cache = False
     if dtype is not None:
         model.to(dtype)
+    if _is_float64(model):
+        _eager_experts(model)
     if not getattr(model, "_influence_float64_hook", False):
         model.register_forward_pre_hook(_enter_float64, with_kwargs=True)
         model.register_forward_hook(_exit_float64, with_kwargs=True, always_call=True)
@@ -246,6 +250,29 @@ def prepare(model: nn.Module, dtype: torch.dtype | None = None) -> nn.Module:
         _add_mask_hook(model.get_encoder(), "attention_mask")
         _add_mask_hook(model.get_decoder(), "encoder_attention_mask")
     return model.eval()
+
+
+def _eager_experts(model: nn.Module) -> None:
+    """Mixture-of-experts models run their experts with ``transformers``' eager loop in float64: the default
+    kernels (``grouped_mm``) take float32/bfloat16/float16 only and failed inside the forward with the kernel's
+    message. Where the model cannot switch, say what to do (``InvalidArgumentError``) instead of failing later."""
+    from .errors import InvalidArgumentError
+    config = getattr(model, "config", None)
+    current = getattr(config, "_experts_implementation", None) if config is not None else None
+    if current in (None, "eager"):
+        return
+    can = getattr(model, "_can_set_experts_implementation", None)
+    try:
+        if can is None or not can():
+            raise ValueError("the model class cannot switch its experts implementation")
+        model.set_experts_implementation("eager")
+    except Exception as e:  # noqa: BLE001 - reported with what to do
+        raise InvalidArgumentError(
+            f"hf.prepare(model, torch.float64): {type(model).__name__} runs its experts with "
+            f"experts_implementation={current!r}, whose kernels take float32/bfloat16/float16 only, and switching "
+            f"to 'eager' failed ({type(e).__name__}: {e}). Load it with "
+            "from_pretrained(..., experts_implementation='eager') (or config._experts_implementation = 'eager'), "
+            "or score it in float32") from e
 
 
 def _build(model_cls: Any, config: Any, seed: int, dtype: torch.dtype | None) -> nn.Module:

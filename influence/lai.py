@@ -221,12 +221,22 @@ class LaiBackend:
                                      "one output layer")
         return cap
 
+    def _layers(self, cap: Capture, ctx: Context) -> tuple[list[str], list[str], set[int]]:
+        """``lai_layers``; for ``layers="last"`` the parameters the verification does not vouch for, wherever they
+        are, are listed in ``skipped`` and reported too (the output layer's input depends on them)."""
+        names, skipped, relevant = lai_layers(self.pl, cap, self.layers, ctx)
+        if self.layers == "last":
+            failed = [k for k, (kind, _) in self.routed.items() if kind == "verify" and k in self.pl.names]
+            skipped += [self.pl.names[k] for k in failed if self.pl.names[k] not in skipped]
+            relevant = relevant | set(failed)
+        return names, skipped, relevant
+
     def add_reference(self, batch: Batch, n: int) -> None:
         self._verdict(batch, n, "ref")
         cap = self._capture(batch, n, "ref")
         ctx = self.pl.context(self.routed)
         if self.names is None:
-            self.names, self.skipped, self.relevant = lai_layers(self.pl, cap, self.layers, ctx)
+            self.names, self.skipped, self.relevant = self._layers(cap, ctx)
             if self.layers == "last" and not any(ctx.scored(p) for p in _direct(self.pl, self.names[0])):
                 raise InfluenceError(f"{self.names[0]}: none of the output layer's trainable parameters can be "
                                      "factored")
@@ -241,7 +251,7 @@ class LaiBackend:
         cap = self._capture(batch, n, "train", keep_graph)
         ctx = self.pl.context(self.routed)
         if self_reference:
-            self.names, self.skipped, self.relevant = lai_layers(self.pl, cap, self.layers, ctx)
+            self.names, self.skipped, self.relevant = self._layers(cap, ctx)
             self.side.add(LazyBlocks(cap, self.pl, self.names, self.token_pairing, ctx), n)
         blocks = LazyBlocks(cap, self.pl, self.names, self.token_pairing, ctx)
         named = self.side.by_name(self.side.score(blocks, n, cap.losses))  # scaled by lr on the reference side

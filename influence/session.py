@@ -38,7 +38,8 @@ import torch
 from torch import Tensor, nn
 
 from .batch import Batch, LossFn, take, without_inference_tensors
-from .checks import check_batch, check_chunk_size, check_lr, check_positive_int, trainable_names
+from .checks import (check_batch, check_chunk_size, check_loss_fn, check_lr, check_positive_int,
+                     trainable_names)
 from .errors import InfluenceError
 from .gradients import DEFAULT_CHUNK, ExactBackend
 from .ghost import GhostBackend, weighted_gradient
@@ -182,6 +183,7 @@ class Session:
             self.checkpoints = list(checkpoints)
         self.lr = None if self.kind == "tracin" else check_lr(lr)  # the learning rate of the step being scored
         trainable_names(model, params if self.kind == "exact" else None)
+        check_loss_fn(loss_fn)
         device = next((p.device for p in model.parameters()), None)
         self.budget = resolve_budget(memory_budget, device)  # fixed for the session (influence.memory)
         self.pairwise, self.mode, self.fallback = bool(pairwise), mode, fallback

@@ -59,6 +59,7 @@ from torch.utils._pytree import tree_flatten
 from .batch import Batch, LossFn, take
 from .checks import tensor_pair
 from .capture import Capture, Plan, capture_backward, factor_blocks
+from .coupling import check_independent
 from .factors import Block, _oriented
 from .layers import registry_version
 from .projection import bilinear, directions, factored, pack, projected, projectors
@@ -367,7 +368,8 @@ def verified_capture(model: nn.Module, loss_fn: LossFn, batch: Batch, pl: Plan, 
     weights = probe_weights(n, params[0].device) if probe and n > 1 and params else None
     cap = capture_backward(model, loss_fn, batch, pl.modules, n, where, params, weights, pl.rules,
                            paths=pl.factoring() if paths and not probe else None)
-    if probe:
+    if probe:  # a new signature: the samples must be independent (else no per-sample gradient exists)
+        check_independent(model, loss_fn, batch, n, where, base=(cap.f, cap.losses))
         blocks, failed = factor_blocks(cap, pl, pl.context())
         failures.update(failed)
         for k, why in {**probe_check(blocks, cap, pl), **sum_check(blocks, cap, pl)}.items():

@@ -415,3 +415,132 @@ def sparse_embedding_setup() -> Setup:
     s = token_setup(SparseEmbedding())
     s.head = ["head.weight", "head.bias"]
     return s
+
+
+# ---------------------------------------------------------------- issue 26: recording, coupling, 0-dim, contracts
+
+
+class Context(nn.Module):
+    """A Linear applied to a [1, d] buffer (one call for the whole batch), its output then used as ``how``:
+    ``"reduce"`` summed over its leading dimension (the capture used to return the call's output expanded to the
+    batch, so the sum was n times too big: Ghost 87 % off, last-layer LAI 62 %), ``"add"`` broadcast against the
+    batch (exact natively; ``"sub"`` subtracted), ``"mul"`` multiplied (not factorable: routed), ``"expand"`` expanded explicitly. The
+    forward asserts the call's output is the module's own ([1, ...])."""
+
+    def __init__(self, how: str, d: int = 4, k: int = 3) -> None:
+        super().__init__()
+        self.how = how
+        self.register_buffer("c", torch.randn(1, d, generator=gen(5), dtype=torch.float64))
+        self.ctx, self.a, self.head = nn.Linear(d, 5), nn.Linear(d, 5), nn.Linear(5, k)
+
+    def forward(self, x):
+        c = self.ctx(self.c)
+        assert c.shape[0] == 1, "recording changed the model: the module's output is not its own"
+        if self.how == "reduce":
+            h = self.a(x) + c.sum(0)
+        elif self.how == "add":
+            h = self.a(x) + c
+        elif self.how == "sub":
+            h = self.a(x) - c
+        elif self.how == "mul":
+            h = self.a(x) * c
+        else:
+            h = self.a(x) + c.expand(x.shape[0], -1)
+        return self.head(torch.tanh(h))
+
+
+class MicroBatched(nn.Module):
+    """The forward runs in micro-batches of ``k`` samples (layer calls of k rows: not the batch)."""
+
+    def __init__(self, k: int = 1) -> None:
+        super().__init__()
+        self.k, self.a, self.head = k, nn.Linear(4, 5), nn.Linear(5, 3)
+
+    def forward(self, x):
+        return torch.cat([self.head(torch.tanh(self.a(c))) for c in x.split(self.k)])
+
+
+class Coupled(nn.Module):
+    """One sample's output depends on the others: ``"mean"`` (h - 0.5 h.mean(0)), ``"roll"`` (mixing in the
+    neighbouring sample), ``"cumsum"`` (a running sum over the batch: only the last sample sees the others),
+    ``"none"`` (the same model without coupling)."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how, self.a, self.b, self.head = how, nn.Linear(4, 5), nn.Linear(5, 5), nn.Linear(5, 3)
+
+    def forward(self, x):
+        h = torch.tanh(self.a(x))
+        if self.how == "mean":
+            h = h - 0.5 * h.mean(0)
+        elif self.how == "roll":
+            h = h + 0.3 * h.roll(1, 0)
+        elif self.how == "cumsum":
+            h = h.cumsum(0) / 2
+        return self.head(torch.tanh(self.b(h)))
+
+
+class Gated(nn.Module):
+    """A 0-dim parameter (a ReZero gate) and a 0-dim temperature (Exact raised a raw IndexError)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.head = nn.Linear(4, 5), nn.Linear(5, 3)
+        self.gate, self.temp = nn.Parameter(torch.tensor(0.7)), nn.Parameter(torch.tensor(1.3))
+
+    def forward(self, x):
+        return self.head(self.gate * torch.tanh(self.a(x))) / self.temp
+
+
+class FreqEmbedding(nn.Module):
+    """``nn.Embedding(scale_grad_by_freq=True)``: gradients scaled by batch frequencies (Exact returned numbers,
+    Ghost called it undefined)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb, self.head = nn.Embedding(9, 4, scale_grad_by_freq=True), nn.Linear(4, 9)
+
+    def forward(self, ids):
+        return self.head(self.emb(ids))
+
+
+class TiedHeadBias(nn.Module):
+    """A biased head sharing its weight with the embedding (GPT-2's ``lm_head``/``wte`` with a bias)."""
+
+    def __init__(self, v: int = 9, d: int = 5) -> None:
+        super().__init__()
+        self.emb, self.fc, self.head = nn.Embedding(v, d), nn.Linear(d, d), nn.Linear(d, v)
+        self.head.weight = self.emb.weight
+
+    def forward(self, ids):
+        return self.head(torch.tanh(self.fc(self.emb(ids))))
+
+
+def context_setup(how: str) -> Setup:
+    s = mlp_setup(Context(how))
+    return s
+
+
+def not_a_module() -> Setup:
+    s = plain_mlp()
+    s.model = lambda x: x  # a function, not an nn.Module
+    return s
+
+
+def loss_is_a_string() -> Setup:
+    s = plain_mlp()
+    s.loss_fn = "ce"
+    return s
+
+
+def batchnorm_without_stats() -> Setup:
+    return mlp_setup(nn.Sequential(nn.Linear(4, 5), nn.BatchNorm1d(5, track_running_stats=False), nn.Linear(5, 3)))
+
+
+def frozen_batchnorm_without_stats_one_sample() -> Setup:
+    """Found by the fuzzer: a frozen BatchNorm without running statistics (no trainable parameter, so no layer
+    rule's check ran) on batches of one sample: torch's raw "Expected more than 1 value per channel"."""
+    s = mlp_setup(nn.Sequential(nn.Linear(4, 5), nn.BatchNorm1d(5, track_running_stats=False), nn.Linear(5, 3)),
+                  n=2, n_train=1)
+    s.model[1].requires_grad_(False)
+    return s

@@ -122,6 +122,31 @@ CASES = [
     Case("exact_params_unknown_name", kw(plain_mlp, params=["0.wieght"]), {X: E.UnknownParameterError}),
     Case("exact_params_frozen_name", lambda: frozen_bias(), {X: E.UnknownParameterError}),
     Case("exact_params_subset", kw(plain_mlp, params=["0.weight", "2.bias"]), {X: EXACT}),
+    # issue 26: recording never changes the model (a [1, d] call serving the whole batch)
+    Case("context_call_reduced_over_leading_dim", lambda: context_setup("reduce"), WITH_HEAD),
+    Case("context_call_broadcast_added", lambda: context_setup("add"), WITH_HEAD),
+    Case("context_call_broadcast_subtracted", lambda: context_setup("sub"), WITH_HEAD),
+    Case("context_call_multiplied", lambda: context_setup("mul"), WITH_HEAD),
+    Case("context_call_expanded", lambda: context_setup("expand"), WITH_HEAD),
+    Case("micro_batched_forward_of_one", lambda: mlp_setup(MicroBatched(1)), {**ALL_EXACT, L: E.InfluenceError}),
+    Case("micro_batched_forward_of_two", lambda: mlp_setup(MicroBatched(2), n=7), {**ALL_EXACT, L: E.InfluenceError}),
+    # issue 26: batch coupling other than BatchNorm, refused by every estimator
+    Case("batch_mean_subtracted", lambda: mlp_setup(Coupled("mean")),
+         {**refused(E.BatchCouplingError), L: E.BatchCouplingError}),
+    Case("neighbour_sample_mixed_in", lambda: mlp_setup(Coupled("roll")),
+         {**refused(E.BatchCouplingError), L: E.BatchCouplingError}),
+    Case("running_sum_over_batch", lambda: mlp_setup(Coupled("cumsum")),
+         {**refused(E.BatchCouplingError), L: E.BatchCouplingError}),
+    Case("uncoupled_control", lambda: mlp_setup(Coupled("none")), WITH_HEAD),
+    # issue 26: Exact and Ghost agree on every input where either refuses
+    Case("zero_dim_parameters", lambda: mlp_setup(Gated()), ALL_EXACT),
+    Case("batchnorm_eval_without_running_stats", batchnorm_without_stats, refused(E.UndefinedGradientError)),
+    Case("frozen_batchnorm_without_stats_batch_of_one", frozen_batchnorm_without_stats_one_sample,
+         {**refused(E.UndefinedGradientError), L: E.UndefinedGradientError}),
+    Case("embedding_scale_grad_by_freq", lambda: token_setup(FreqEmbedding()), refused(E.UndefinedGradientError)),
+    # issue 26: named errors for arguments
+    Case("model_not_a_module", not_a_module, refused(E.InvalidArgumentError)),
+    Case("loss_fn_a_string", loss_is_a_string, refused(E.InvalidArgumentError)),
 ]
 
 
@@ -193,6 +218,22 @@ def test_mha_cases_are_native(f64, freeze_in: bool) -> None:
     assert not r.routed_to_exact
     want = reference_scores(s.model, s.loss_fn, s.train, s.ref, LR)
     assert (r.scores - want).abs().max() < TOL * want.abs().max()
+
+
+@pytest.mark.parametrize("model", [TiedHead, TiedHeadBias], ids=["tied_head", "tied_head_with_bias"])
+def test_lai_last_on_a_tied_head_is_exact_on_the_heads_own_use(f64, model: type) -> None:
+    """A head whose weight is tied to the embedding: last-layer LAI scores the output layer's own use of its
+    parameters, lr * mean_v (g_i . g_v)(a_i . a_v [+ 1]), which is Exact on a copy whose head owns an untied copy of
+    the weight (the embedding's use of the weight belongs to another layer). The fuzzer's first tied-head finding
+    compared it with the tied weight's whole gradient."""
+    from fuzz_models import untied_head
+    s = token_setup(model())
+    r = influence.lai(s.model, s.loss_fn, s.train, s.ref, lr=LR, layers="last")
+    head = [f"head.{k}" for k, _ in s.model.head.named_parameters()]
+    want = reference_scores(untied_head(s.model), s.loss_fn, s.train, s.ref, LR, head)
+    assert (r.scores - want).abs().max() <= TOL * want.abs().max()
+    tied = reference_scores(s.model, s.loss_fn, s.train, s.ref, LR, ["emb.weight"])  # the weight's whole gradient
+    assert not torch.allclose(r.scores, tied)
 
 
 def test_dropout_in_eval_mode_is_deterministic(f64) -> None:

@@ -130,6 +130,10 @@ tr.train()
 if dist.get_rank() == 0:
     torch.save({{"params": {{k: v.detach() for k, v in model.named_parameters()}}, "log": tr.curation_log}},
                {out!r} + "/ddp.pt")
+# every rank waits for rank 0's save, then tears the process group down: a rank that exits while its peer still
+# holds the Gloo group open aborted with SIGABRT ("terminate called without an active exception"), at random
+dist.barrier()
+dist.destroy_process_group()
 """
 
 

@@ -23,6 +23,7 @@ from torch.func import jacrev, vmap
 from torch.utils._pytree import tree_map
 
 from influence.batch import call_model, output_tensor
+from influence.errors import TheoryScopeError
 
 
 @contextmanager
@@ -73,7 +74,7 @@ def output_shapes(model: nn.Module, inputs: Any, modules: dict[str, nn.Module]) 
             h.remove()
     reused = [name for name, c in calls.items() if c > 1]
     if reused:
-        raise NotImplementedError(f"theory: modules {reused} run more than once per forward pass; the per-layer "
+        raise TheoryScopeError(f"theory: modules {reused} run more than once per forward pass; the per-layer "
                                   "Jacobian J^l is defined for a layer with one call (untie or unroll them)")
     return {name: shapes[name] for name in modules if name in shapes}
 
@@ -100,5 +101,13 @@ def jacobians(model: nn.Module, inputs: Any, modules: dict[str, nn.Module],
         jac = jacrev(f_of)(zeros)
         return {name: j.reshape(j.shape[0], *shapes[name][1:]) for name, j in jac.items()}
 
-    with torch.no_grad():
-        return vmap(one_sample, chunk_size=chunk_size)(inputs)
+    try:
+        with torch.no_grad():
+            return vmap(one_sample, chunk_size=chunk_size)(inputs)
+    except TheoryScopeError:
+        raise
+    except Exception as e:  # torch.func cannot run the model (a custom autograd.Function without setup_context, ...)
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+        raise TheoryScopeError(f"theory: torch.func cannot compute the per-sample Jacobians of "
+                               f"{type(model).__name__} ({type(e).__name__}: {first}); the decomposition and the "
+                               "data bound need them (influence's estimators do not)") from e

@@ -39,7 +39,9 @@ import torch
 from torch import Tensor, nn
 
 from influence.batch import Batch, LossFn, check_batch
-from influence.capture import capture_forward, plan
+from influence.capture import Plan, capture_forward, plan
+from influence.checks import check_loss_fn, check_model
+from influence.errors import TheoryScopeError
 from influence.factors import Dense, Index
 from influence.layers import Context, LayerRule, rule_for
 
@@ -122,19 +124,40 @@ class Side:
         return self.g.shape[1] // self.tokens
 
 
-def layer_modules(model: nn.Module) -> dict[str, nn.Module]:
-    """The trainable layers the estimators score; raises for layers or sharing the theory does not cover."""
+def layer_plan(model: nn.Module) -> Plan:
+    """The plan of the trainable layers the estimators score; ``TheoryScopeError`` for layers or sharing the
+    theory does not cover."""
+    check_model(model)
     pl = plan(model)
     if pl.shared:
-        raise NotImplementedError("theory: parameters shared between modules (tied weights) make one Ghost block "
-                                  "span several layers; the per-layer decomposition needs untied layers")
+        raise TheoryScopeError("theory: parameters shared between modules (tied weights) make one Ghost block "
+                               "span several layers; the per-layer decomposition needs untied layers")
     if pl.routed:
-        raise NotImplementedError("theory: no per-layer structure for "
-                                  f"{sorted({why for _, why in pl.routed.values()})}")
+        raise TheoryScopeError("theory: no per-layer structure for "
+                               f"{sorted({why for _, why in pl.routed.values()})}")
     bare = [name for name, rule in pl.rules.items() if type(rule).theory_factor is LayerRule.theory_factor]
     if bare:  # e.g. attention: several maps per call, no one Jacobian layout
-        raise NotImplementedError(f"theory: no per-layer structure for {bare}")
-    return pl.modules
+        raise TheoryScopeError(f"theory: no per-layer structure for {bare}")
+    return pl
+
+
+def layer_modules(model: nn.Module) -> dict[str, nn.Module]:
+    """The trainable layers the estimators score; raises ``TheoryScopeError`` for layers or sharing the theory does
+    not cover."""
+    return layer_plan(model).modules
+
+
+def vouched(model: nn.Module, loss_fn: LossFn, batch: Batch, pl: Plan, n: int, where: str) -> None:
+    """Raise ``TheoryScopeError`` unless the capture's verification (``influence.verify``, cached per model and
+    input signature; it also checks that the samples are independent, ``influence.coupling``) vouches for every
+    trainable parameter: the theory's per-layer terms are Ghost's only where Ghost's factors are exact."""
+    from influence.verify import verdict_for
+    failed = verdict_for(model, loss_fn, batch, pl, n, where)
+    if failed:
+        whys = sorted({why for _, why in failed.values()})
+        raise TheoryScopeError(f"theory: the verification does not vouch for {sorted(pl.names[k] for k in failed)} "
+                               f"on the {where} batch ({'; '.join(whys)[:400]}); the per-layer decomposition and "
+                               "the bounds hold only where every parameter is factored exactly")
 
 
 def layer_term(name: str, module: nn.Module, inp: Tensor, jac: Tensor | None, f_tokens: int,
@@ -145,7 +168,7 @@ def layer_term(name: str, module: nn.Module, inp: Tensor, jac: Tensor | None, f_
     ctx = Context()
     tf = None if rule is None else rule.theory_factor(module, inp, ctx)
     if tf is None:
-        raise NotImplementedError(f"theory: no per-layer structure for {name} ({type(module).__name__})")
+        raise TheoryScopeError(f"theory: no per-layer structure for {name} ({type(module).__name__})")
     j = None if jac is None else tf.jac(jac)
     if tf.kind == "norm":
         return LayerTerm(name, module, "norm", j, tf.left, None, dtype)
@@ -163,11 +186,17 @@ def build_side(model: nn.Module, loss_fn: LossFn, batch: Batch, token_pairing: s
     if token_pairing not in PAIRINGS:
         raise ValueError(f"token_pairing must be one of {PAIRINGS}, got {token_pairing!r}")
     n = check_batch(batch, where)
-    modules = layer_modules(model)
+    check_loss_fn(loss_fn)
+    pl = layer_plan(model)
+    modules = pl.modules
+    vouched(model, loss_fn, batch, pl, n, where)
     cap = capture_forward(model, loss_fn, batch, modules, n, where)
     reused = [name for name, calls in cap.calls.items() if len(calls) > 1]
     if reused:
-        raise NotImplementedError(f"theory: modules {reused} run more than once per forward pass")
+        raise TheoryScopeError(f"theory: modules {reused} run more than once per forward pass")
+    if cap.bad:
+        raise TheoryScopeError(f"theory: no per-sample layer structure for {sorted(cap.bad)} "
+                               f"({'; '.join(sorted(set(cap.bad.values())))[:400]})")
     jac = jacobians(model, batch[0], {name: modules[name] for name in cap.order}, chunk_size) \
         if with_jacobians else {}
     tokens = cap.f.shape[1] if cap.f.dim() == 3 else 1
