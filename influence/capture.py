@@ -471,8 +471,9 @@ def capture_backward(model: nn.Module, loss_fn: LossFn, batch: tuple[Any, Any], 
                      n: int, where: str, params: Sequence[nn.Parameter] = (), probe: Tensor | None = None,
                      rules: dict[str, LayerRule] | None = None, paths: Factoring | None = None) -> Capture:
     """Forward and one truncated backward of sum_i l_i: inputs and output gradients of every layer; in the same
-    ``autograd.grad`` call the batch gradient of ``params``, and with ``probe`` (weights w [n]) the gradient of
-    sum_i w_i l_i (one more backward pass through the retained graph). ``rules``: as in ``capture_forward``.
+    ``autograd.grad`` call the batch gradient of ``params``; with ``probe`` (weights w [n]) instead the gradient
+    of sum_i w_i l_i, in a second backward pass through the retained graph (``param_grads`` is then empty: the
+    weighted comparison subsumes the sum check, and the first pass computes no weight gradient). ``rules``: as in ``capture_forward``.
     ``paths`` (the plan's ``factoring()``): first check ``params`` on the forward's graph (``influence.paths``)
     and take autograd's gradient only of those whose paths the layer calls do not explain, with every parameter
     of their layers (``Capture.param_grads`` holds those; none when the graph explains every path)."""
@@ -500,7 +501,7 @@ def capture_backward(model: nn.Module, loss_fn: LossFn, batch: tuple[Any, Any], 
         wanted = [o for o in outs if o.requires_grad]
         f_in = [f] if f.requires_grad else []
         probe = probe if params else None
-        inputs = wanted + f_in + params
+        inputs = wanted + f_in + (params if probe is None else [])  # with a probe, its backward takes them
         rec.in_backward = True
         with named_checkpointing_errors(f"the {where} batch's backward"):
             try:
@@ -528,7 +529,7 @@ def capture_backward(model: nn.Module, loss_fn: LossFn, batch: tuple[Any, Any], 
         calls.setdefault(name, []).append(Call(c.inp, None, c.versions, c.out_ref, c.fold))
     g = next(got_iter, None) if f_in else None
     g = torch.zeros_like(f) if g is None else g
-    param_grads = {id(p): dense_grad(p, v) for p, v in zip(params, got_iter)}
+    param_grads = {id(p): dense_grad(p, v) for p, v in zip(params, got_iter)} if probe is None else {}
     return Capture(calls, rec.order, f.detach(), g, losses.detach(), dict(grads), dict(rec.bad), producer,
                    param_grads, probed)
 

@@ -17,9 +17,10 @@
   [p, n T] x [n T, q] product per block, reused where the reference side needs the block's sum anyway) plus
   O(n T (p + q)) per block (``python -m validation.verify_cost`` measures both).
 * Shape check (``influence.capture``): every recorded call has the batch as its leading dimension.
-* Per-sample probe (first call per model and input signature): autograd's gradient of sum_i w_i l_i, with random
-  weights w, against the factored sum_i w_i G_i (one more backward, screened by the same projections as the sum
-  check). It catches what sums and shapes cannot: a non-batch leading dimension that happens to equal n, a
+* Per-sample probe (first call per model and input signature, in place of its sum check): autograd's gradient
+  of sum_i w_i l_i, with random weights w, against the factored sum_i w_i G_i (a second backward; the first one
+  then computes no weight gradient), screened by the same projections as the sum check. It catches what the sum
+  check catches and what sums and shapes cannot: a non-batch leading dimension that happens to equal n, a
   sample whose factored gradient is another's: where any per-sample difference is nonzero, the weighted sums
   differ with probability 1.
 
@@ -332,8 +333,9 @@ def probe_check(blocks: dict[Any, Block], cap: Capture, pl: Plan) -> dict[int, s
     with probability 1."""
     out: dict[int, str] = {}
     for weights, grads in cap.probe:
-        out.update(_compare(blocks, grads, weights, pl, None, "the factored gradient of a random weighting of the "
-                            "samples (is a non-batch dimension equal to the batch size?)", None))
+        out.update(_compare(blocks, grads, weights, pl, None, "the factored batch gradient, with the samples "
+                            "weighted at random, (is the parameter used outside its module, or a non-batch "
+                            "dimension equal to the batch size?)", None))
     return out
 
 
