@@ -140,22 +140,20 @@ def render_realsize(section: dict[str, Any], clock: str) -> list[str]:
                              f"{res['forward_backward_peak_bytes'] / MB:>8.1f}{_f(q['peak_over_fb_peak']):>9}"
                              f"{r['rss_peak_bytes'] / GIB:>8.2f}")
         for r in wrows:
+            if r["kind"] not in ("curated", "dataset"):
+                continue
+            if r["status"] != "ok":
+                lines.append(f"   {r['name']}: {r['text']}")
+                continue
+            res, q = r["result"], row_ratios(r, clock)
             if r["kind"] == "curated":
-                if r["status"] != "ok":
-                    lines.append(f"   {r['name']}: {r['text']}")
-                    continue
-                res, q = r["result"], row_ratios(r, clock)
                 lines.append(f"   {r['name']} (batch {res['n_train']}, reference {res['n_ref']}, statistics kept "
                              f"{res['k']} steps, kept {res['kept_fraction']:.2f}): mean {pre}step "
                              f"{_t(res, 'curated', clock):.3f} s vs plain {_t(res, 'plain', clock):.3f} s = "
                              f"{_f(q['curated_over_plain'])}x over {res['steps']} steps; first curated step "
                              f"{_t(res, 'first_curated', clock):.3f} s ({_f(q['first_curated_over_plain'])}x a "
                              "plain step)")
-            elif r["kind"] == "dataset":
-                if r["status"] != "ok":
-                    lines.append(f"   {r['name']}: {r['text']}")
-                    continue
-                res, q = r["result"], row_ratios(r, clock)
+            else:
                 lines.append(f"   {r['name']} ({res['n']} samples, batches of {res['batch_size']}, reference "
                              f"{res['n_ref']}): {_f(q['score_samples_per_s'])} samples/s "
                              f"({_f(q['with_session_samples_per_s'])} with the session build) vs forward+backward "
