@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.utils._pytree import tree_map
+from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
 
 from .batch import Batch, LossFn, call_model, output_tensor
 from .errors import BatchCouplingError
@@ -61,14 +61,40 @@ def _perturbations(n: int) -> list[tuple[list[int], list[int]]]:
 
 def _permuted(batch: Batch, n: int, idx: list[int]) -> Batch:
     """``batch`` with row j replaced by sample ``idx[j]`` in every tensor leaf whose leading dimension is n (others,
-    such as [1, T] position ids, stay)."""
+    such as [1, T] position ids, stay). A replaced row whose inputs come out unchanged (duplicate samples, a batch
+    of copies) is changed in one input leaf so that the check still sees other data: the first floating leaf gets
+    0.5 (|x| + 1) added, or else the first integer leaf's values become 0 where nonzero and 1 where zero (valid
+    indices of any table of two or more rows), or else a boolean leaf is negated."""
     index = torch.tensor(idx)
 
     def pick(t: Any) -> Any:
         if isinstance(t, Tensor) and t.dim() > 0 and t.shape[0] == n:
             return t.index_select(0, index.to(t.device))
         return t
-    return tree_map(pick, batch)
+    out = tree_map(pick, batch)
+    kept = [j for j in range(n) if idx[j] == j]
+    leaves, spec = tree_flatten(out[0])
+    old = tree_flatten(batch[0])[0]
+    rows = [i for i, t in enumerate(leaves) if isinstance(t, Tensor) and t.dim() > 0 and t.shape[0] == n]
+    if not rows:
+        return out
+    same = torch.ones(n, dtype=torch.bool)
+    for i in rows:
+        same &= (leaves[i] == old[i]).reshape(n, -1).all(1).cpu()
+    same[kept] = False
+    if not bool(same.any()):
+        return out
+    order = sorted(rows, key=lambda i: (not leaves[i].is_floating_point(), leaves[i].dtype == torch.bool))
+    t = leaves[order[0]].clone()
+    r = same.nonzero().flatten().to(t.device)
+    if t.is_floating_point() or t.is_complex():
+        t[r] = t[r] + 0.5 * (t[r].abs() + 1)
+    elif t.dtype == torch.bool:
+        t[r] = ~t[r]
+    else:
+        t[r] = (t[r] == 0).to(t.dtype)
+    leaves[order[0]] = t
+    return (tree_unflatten(leaves, spec), *out[1:])
 
 
 def _run(model: nn.Module, loss_fn: LossFn, batch: Batch, n: int, where: str,

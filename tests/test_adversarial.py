@@ -236,6 +236,18 @@ def test_lai_last_on_a_tied_head_is_exact_on_the_heads_own_use(f64, model: type)
     assert not torch.allclose(r.scores, tied)
 
 
+def test_lai_last_lists_and_reports_what_the_verification_does_not_vouch_for(f64) -> None:
+    """Last-layer LAI reads Ghost's verdict: a parameter that fails verification anywhere (here a context Linear
+    whose [1, d] output is summed over its first dimension) is listed in ``skipped`` and named in the warning; the
+    head's score is Exact's on the head (it was 62 % off, without a warning, when the capture expanded the call)."""
+    s = context_setup("reduce")
+    with pytest.warns(influence.RoutedToExactWarning, match="ctx.weight"):
+        r = influence.lai(s.model, s.loss_fn, s.train, s.ref, lr=LR, layers="last")
+    assert {"ctx.weight", "ctx.bias"} <= set(r.skipped)
+    want = reference_scores(s.model, s.loss_fn, s.train, s.ref, LR, s.head)
+    assert (r.scores - want).abs().max() <= TOL * want.abs().max()
+
+
 def test_dropout_in_eval_mode_is_deterministic(f64) -> None:
     s = mlp_setup(nn.Sequential(nn.Linear(4, 5), nn.Dropout(0.5), nn.Linear(5, 3)))
     a = influence.ghost(s.model, s.loss_fn, s.train, s.ref, lr=LR).scores

@@ -79,3 +79,29 @@ def test_batch_of_one_is_not_checked() -> None:
     before = coupling.RUNS[0]
     coupling.check_independent(model, influence.cross_entropy, data(1), 1, "train")
     assert coupling.RUNS[0] == before
+
+
+class TokenMixer(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb, self.head = nn.Embedding(7, 4), nn.Linear(4, 3)
+
+    def forward(self, ids):
+        h = torch.tanh(self.emb(ids)).mean(1)
+        return self.head(h - 0.5 * h.mean(0))
+
+
+@pytest.mark.parametrize("kind", ["float", "ids"])
+def test_a_batch_of_identical_samples_is_still_checked(kind: str) -> None:
+    """Found by the fuzzer: two identical samples (one token of a 7-word vocabulary) left the rotated batch equal
+    to the original, so the coupling went unseen and every estimator returned a number. The replaced rows are now
+    changed even then."""
+    torch.manual_seed(0)
+    if kind == "float":
+        model, x = Mixer("mean").double().eval(), torch.randn(1, 4, dtype=torch.float64).repeat(2, 1)
+    else:
+        model, x = TokenMixer().double().eval(), torch.tensor([[3], [3]])
+    y = torch.tensor([1, 1])
+    for est in ("ghost", "exact", "lai"):
+        with pytest.raises(influence.BatchCouplingError):
+            getattr(influence, est)(model, influence.cross_entropy, (x, y), (x, y), LR)
