@@ -63,7 +63,8 @@ def fits(block: Block, form: str, n_train: int, n_ref: int, pairwise: bool, budg
 
 
 def choose_mode(block: Block, n_train: int, n_ref: int, pairwise: bool, mode: str, ref_sum: bool = False,
-                budget: int | None = None, prefer: str | None = None, paid: set | None = None) -> str:
+                budget: int | None = None, prefer: str | None = None, paid: set | None = None,
+                sharing: int = 1) -> str:
     """The form of ``block``: ``mode`` when it is not ``"auto"``, else the cheaper of the two that fit ``budget``
     (bytes; ``fits``). ``prefer`` ("materialize" when the reference is streamed or preconditioned) is taken
     whenever it fits. ``ref_sum``: the block's sum over the reference samples is already known (autograd's,
@@ -72,7 +73,8 @@ def choose_mode(block: Block, n_train: int, n_ref: int, pairwise: bool, mode: st
     130 us against a contraction's 25 us for a block of 8 samples and width 16 x 9 on one CPU thread, which runs
     15-45 multiply-adds per ns), so small blocks take the contracted form. ``paid``: the ``shared`` factors
     whose Gram an earlier block's Gram form already pays for (``Block.shared_grams``); the others' Gram costs are
-    counted here, and a block that takes the Gram form adds them to ``paid``. Raises ``MemoryBudgetError`` before
+    counted here, shared out over the ``sharing`` blocks that read the factor (LAI: every scored layer), and a
+    block that takes the Gram form adds them to ``paid``. Raises ``MemoryBudgetError`` before
     allocating when no allowed form fits."""
     forms = ("gram", "materialize") if check_mode(mode) == "auto" else (mode,)
     ok = [f for f in forms if budget is None or fits(block, f, n_train, n_ref, pairwise, budget)]
@@ -91,11 +93,21 @@ def choose_mode(block: Block, n_train: int, n_ref: int, pairwise: bool, mode: st
     else:
         other = block.materialize_cost(n_train, n_ref) if pairwise else \
             block.contract_cost(n_train, 0 if ref_sum else n_ref)
-        unpaid = sum(c for k, c in shared.items() if paid is None or k not in paid)
+        unpaid = sum(c for k, c in shared.items() if paid is None or k not in paid) / max(1, sharing)
         form = "gram" if block.gram_cost(n_train, n_ref) + unpaid + GRAM_FIXED <= other else "materialize"
     if form == "gram" and paid is not None:
         paid.update(shared)
     return form
+
+
+def kept_bytes(block: Block, form: str, n_ref: int, pairwise: bool) -> float:
+    """Bytes a reference side allocates to keep ``block`` in ``form``: the reference matrix (contracted) or the
+    reference samples' gradients (pairwise materialised). The Gram form keeps the captured factors themselves,
+    the tensors the forward and backward made, and allocates nothing."""
+    if form == "gram":
+        return 0.0
+    item = _itemsize(block)
+    return block.matrix_size() * item * n_ref if pairwise else block.matrix_size(n_ref) * item
 
 
 def chunked_gram(train: Block, ref: Block, budget: int) -> Tensor:
@@ -177,6 +189,7 @@ class ReferenceSide:
         self.n_ref = 0
         self.modes: dict[Hashable, str] = {}
         self.paid: set = set()  # shared factors whose Gram the Gram-form blocks compute once (``choose_mode``)
+        self.kept = 0.0  # bytes the reference matrices take so far (``kept_bytes``): later blocks fit what is left
         self.names: dict[Hashable, str] = {}
         self.parts: dict[Hashable, list] = {}  # gram: reference blocks; pairwise materialize: [n_v, size] tensors
         self.sums: dict[Hashable, Tensor] = {}  # contracted: sum over reference samples of G_v
@@ -201,8 +214,10 @@ class ReferenceSide:
                     raise InfluenceError("the Gram form needs the whole reference set in memory; with several "
                                          "reference batches use mode='auto' or 'materialize'")
                 streamed = self.streamed and not self.pairwise  # contracted unless its matrix does not fit
-                m = choose_mode(block, self.n_train, n, self.pairwise, mode, key in sums, self.budget,
-                                "materialize" if streamed else None, self.paid)
+                m = choose_mode(block, self.n_train, n, self.pairwise, mode, key in sums,
+                                max(1, self.budget - self.kept), "materialize" if streamed else None, self.paid,
+                                len(blocks))
+                self.kept += kept_bytes(block, m, n, self.pairwise)
                 self.modes[key], self.names[key] = m, block.name
                 if not first and (m == "gram" or self.pairwise):  # a layer absent from earlier batches
                     self.parts[key] = [_ZeroColumns(self.n_ref)]

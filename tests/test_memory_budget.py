@@ -104,3 +104,21 @@ def test_lai_embedding_term_is_an_index_lookup(lm):
     for name in gram:
         assert torch.allclose(contracted[name], gram[name], rtol=1e-4, atol=1e-10), name
     assert peak < VOCAB * VOCAB * 4 / 20
+
+
+@pytest.mark.parametrize("budget_mib", [8, 64])
+def test_reference_matrices_fit_the_budget_together(lm, budget_mib):
+    """The budget bounds the reference matrices of all blocks together, not each one: later blocks take the Gram
+    form once the earlier ones' matrices have used it up; scores equal the all-Gram scores."""
+    model, loss_fn, train, ref = lm
+    budget = budget_mib << 20
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        s = influence.Session(model, loss_fn, ref, estimator="lai", lr=1e-3, memory_budget=budget, mode="auto",
+                              n_train=64)
+        got = s.score(train).per_layer
+        want = influence.lai(model, loss_fn, train, ref, 1e-3, mode="gram").per_layer
+    side = s.backend.side
+    assert side.kept <= budget and set(side.modes.values()) <= {"gram", "materialize"}
+    for name in want:
+        assert torch.allclose(got[name], want[name], rtol=1e-4, atol=1e-10), name
