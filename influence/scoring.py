@@ -54,12 +54,15 @@ def fits(block: Block, form: str, n_train: int, n_ref: int, pairwise: bool, budg
     """Whether ``form`` ("gram" or "materialize") of ``block`` stays within ``budget`` bytes: the Gram form in
     chunks of at least one training row; the contracted form's reference matrix M (read whole); pairwise
     materialised products the reference samples' gradients (kept) and one training sample's at a time."""
+    need = gram_row_bytes(block, n_ref) if form == "gram" else matrix_bytes(block, n_ref, pairwise)
+    return need <= budget
+
+
+def matrix_bytes(block: Block, n_ref: int, pairwise: bool) -> float:
+    """Bytes of the contracted form: the reference matrix (row-sparse for one-hot factors), or for pairwise
+    products the reference samples' gradients and one training sample's (the whole space per sample)."""
     item = _itemsize(block)
-    if form == "gram":
-        return gram_row_bytes(block, n_ref) <= budget
-    if pairwise:  # materialised per-sample gradients: the whole space per sample
-        return block.matrix_size() * item * (n_ref + 1) <= budget
-    return block.matrix_size(n_ref) * item <= budget
+    return block.matrix_size() * item * (n_ref + 1) if pairwise else block.matrix_size(n_ref) * item
 
 
 def choose_mode(block: Block, n_train: int, n_ref: int, pairwise: bool, mode: str, ref_sum: bool = False,
@@ -79,9 +82,7 @@ def choose_mode(block: Block, n_train: int, n_ref: int, pairwise: bool, mode: st
     forms = ("gram", "materialize") if check_mode(mode) == "auto" else (mode,)
     ok = [f for f in forms if budget is None or fits(block, f, n_train, n_ref, pairwise, budget)]
     if not ok:
-        m = block.matrix_size() * _itemsize(block) * (n_ref + 1) if pairwise else \
-            block.matrix_size(n_ref) * _itemsize(block)
-        need = {"gram": gram_row_bytes(block, n_ref), "materialize": m}
+        need = {"gram": gram_row_bytes(block, n_ref), "materialize": matrix_bytes(block, n_ref, pairwise)}
         raise MemoryBudgetError(f"{block.name}: no form of this block fits memory_budget = {mib(budget)} "
                                 f"({', '.join(f'{f}: {mib(need[f])}' for f in forms)}); raise memory_budget, score "
                                 "fewer reference samples or shorter sequences, or use mode='auto'")
@@ -106,8 +107,7 @@ def kept_bytes(block: Block, form: str, n_ref: int, pairwise: bool) -> float:
     the tensors the forward and backward made, and allocates nothing."""
     if form == "gram":
         return 0.0
-    item = _itemsize(block)
-    return block.matrix_size() * item * n_ref if pairwise else block.matrix_size(n_ref) * item
+    return matrix_bytes(block, n_ref - 1, True) if pairwise else matrix_bytes(block, n_ref, False)
 
 
 def chunked_gram(train: Block, ref: Block, budget: int) -> Tensor:
