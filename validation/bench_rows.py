@@ -32,6 +32,7 @@ import influence
 from influence.batch import Batch, call_model, concat, output_tensor, take
 
 from .bench_realsize import RealWorkload, build_real, real_spec
+from .estimator_cost import pass_calls
 from .estimators import get as get_estimator
 from .measure import measure_many, peak_bytes
 from .options import torch_threads
@@ -57,20 +58,8 @@ def _clock(fn: Callable[[], Any]) -> tuple[float, float]:
 
 
 def baselines(w: RealWorkload, batch: Batch) -> dict[str, Callable[[], Any]]:
-    """``forward`` (no graph) and ``forward_backward`` (mean loss; gradients cleared before and after) over
-    ``batch``."""
-    model, loss_fn = w.model, w.loss_fn
-
-    def forward() -> Any:
-        with torch.no_grad():
-            return output_tensor(call_model(model, batch[0]))
-
-    def forward_backward() -> None:
-        model.zero_grad(set_to_none=True)
-        loss_fn(output_tensor(call_model(model, batch[0])), batch[1]).mean().backward()
-        model.zero_grad(set_to_none=True)
-
-    return {"forward": forward, "forward_backward": forward_backward}
+    """``forward`` and ``forward_backward`` over ``batch`` (``estimator_cost.pass_calls``)."""
+    return pass_calls(w.model, w.loss_fn, batch)
 
 
 def _throwaway_call(job: dict[str, Any], est: Any) -> None:

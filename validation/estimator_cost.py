@@ -35,6 +35,21 @@ def _sgd_step(model: nn.Module, loss_fn: LossFn, batch: Batch, lr: float) -> Cal
     return step
 
 
+def pass_calls(model: nn.Module, loss_fn: LossFn, batch: Batch) -> dict[str, Callable[[], Any]]:
+    """``forward`` (no graph) and ``forward_backward`` (mean loss; gradients cleared before and after) over
+    ``batch``: the baselines every cost ratio divides by."""
+    def forward() -> Any:
+        with torch.no_grad():
+            return output_tensor(call_model(model, batch[0]))
+
+    def forward_backward() -> None:
+        model.zero_grad(set_to_none=True)
+        loss_fn(output_tensor(call_model(model, batch[0])), batch[1]).mean().backward()
+        model.zero_grad(set_to_none=True)
+
+    return {"forward": forward, "forward_backward": forward_backward}
+
+
 def estimator_fns(model: nn.Module, loss_fn: LossFn, train: Batch, ref: Batch, lr: float,
                   extra: dict[str, Callable[[], Any]] | None = None) -> dict[str, Callable[[], Any]]:
     """Zero-argument callables for every name ``estimator_costs`` knows. The training step runs on a deep copy
@@ -42,21 +57,8 @@ def estimator_fns(model: nn.Module, loss_fn: LossFn, train: Batch, ref: Batch, l
     original model is never updated (``forward_backward`` clears the gradients it writes)."""
     both = (concat(train[0], ref[0]), concat(train[1], ref[1]))
     stepped = copy.deepcopy(model)
-
-    def forward() -> Any:
-        with torch.no_grad():
-            return output_tensor(call_model(model, both[0]))
-
-    def forward_backward() -> None:
-        model.zero_grad(set_to_none=True)
-        loss_fn(output_tensor(call_model(model, both[0])), both[1]).mean().backward()
-        model.zero_grad(set_to_none=True)
-
-    fns: dict[str, Callable[[], Any]] = {
-        "forward": forward,
-        "forward_backward": forward_backward,
-        "train_step": _sgd_step(stepped, loss_fn, train, lr),
-    }
+    fns: dict[str, Callable[[], Any]] = {**pass_calls(model, loss_fn, both),
+                                         "train_step": _sgd_step(stepped, loss_fn, train, lr)}
     for name, est in ESTIMATORS.items():  # every estimator of validation.estimators; TracIn at the current weights
         fns[name] = lambda est=est: est(model, loss_fn, train, ref, lr).scores
     fns.update(extra or {})
