@@ -390,15 +390,11 @@ def add_matrices(a: "Tensor | RowSparse", b: "Tensor | RowSparse") -> "Tensor | 
     return a + b
 
 
-def dense_matrix(m: "Tensor | RowSparse") -> Tensor:
-    return m.dense() if isinstance(m, RowSparse) else m
-
-
-def _index_matrix(left: Index, right: Dense, weights: Tensor | None) -> RowSparse:
-    r = right.x if weights is None else right.x * weights.view(-1, 1, 1, 1).to(right.dtype)
+def _index_matrix(left: Index, right: Dense) -> RowSparse:
+    """sum_i sum_t onehot(id_{i,t}) (x) R_{i,t} with a row only for the ids present."""
     keep = left.ids >= 0
     ids, inv = torch.unique(left.ids[keep], return_inverse=True)
-    rows = r.new_zeros(len(ids), r.shape[-1]).index_add_(0, inv, r[:, :, 0, :][keep])
+    rows = right.data.new_zeros(len(ids), right.dim).index_add_(0, inv, right.x[:, :, 0, :][keep])
     return RowSparse(ids, rows, left.size)
 
 
@@ -411,14 +407,18 @@ def segment_matrix(seg: Segment, weights: Tensor | None = None) -> Tensor:
     left, right = _dense_like(left), _dense_like(right)
     if isinstance(left, Dense):
         return _dense_matrix(left, right, weights)
-    return _index_matrix(left, right, weights).dense()
+    r = right.x if weights is None else right.x * weights.view(-1, 1, 1, 1).to(right.dtype)
+    out = r.new_zeros(left.size, r.shape[-1])
+    keep = left.ids >= 0
+    out.index_add_(0, left.ids[keep], r[:, :, 0, :][keep])  # dense: no sort of the ids (``_index_matrix``)
+    return out.unsqueeze(0)
 
 
 def segment_reference_matrix(seg: Segment) -> "Tensor | RowSparse":
     """``segment_matrix`` for a reference side: ``RowSparse`` where the left factor is one-hot ids."""
     left, right, _ = _oriented(seg)
     if isinstance(left, Index):
-        return _index_matrix(left, _dense_like(right), None)
+        return _index_matrix(left, _dense_like(right))
     return segment_matrix(seg)
 
 
