@@ -170,10 +170,10 @@ class Session:
                  state: dict[str, Tensor] | None = None, checkpoints: Iterable[Any] | None = None,
                  preconditioner: Mapping[str, Tensor] | None = None, optimizer: torch.optim.Optimizer | None = None,
                  refresh_every: int | None = None, n_train: int | None = None, verify: str = "paths") -> None:
-        if estimator not in ESTIMATORS:
-            raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
-        if estimator == "lai-last":
-            estimator, layers = "lai", "last"
+        from .estimators import get_estimator
+        fixed = dict(get_estimator(estimator).options)  # temporary, until the backends are built by the registry
+        if estimator.startswith("lai"):
+            estimator, layers, token_pairing = "lai", fixed.get("layers", layers), fixed.get("token_pairing", token_pairing)
         model = unwrapped(model)
         self.model, self.loss_fn, self.estimator = model, loss_fn, estimator
         self.kind = estimator.split("-")[0]
