@@ -24,6 +24,9 @@ from .gradients import VmapFallbackWarning
 from . import hf  # transformers is imported only inside its functions
 from .dataset import DatasetScores, score_dataset
 from .exact import exact
+from .functions import estimate
+from . import estimators
+from .estimators import Capabilities, Estimator, register_estimator
 from .ghost import ghost
 from .lai import lai
 from .layers import LayerRule, register_layer
@@ -35,7 +38,7 @@ from .session import OptimizerWarning, Session
 from .tracin import tracin
 
 __all__ = [
-    "__version__", "hf", "Session", "score_dataset", "DatasetScores", "exact", "ghost", "lai", "tracin",
+    "__version__", "hf", "Session", "estimate", "estimators", "Estimator", "Capabilities", "register_estimator", "score_dataset", "DatasetScores", "exact", "ghost", "lai", "tracin",
     "InfluenceResult", "cross_entropy", "mse", "adam_preconditioner", "OptimizerWarning",
     "InfluenceError", "UnsupportedLayerError", "TrainModeBatchNormError", "SharedParameterError",
     "LossShapeError", "BatchSizeError", "NonFiniteLossError", "InPlaceModificationError", "StochasticModuleError",
