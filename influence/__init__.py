@@ -23,19 +23,15 @@ from .batch import select_output
 from .gradients import VmapFallbackWarning
 from . import hf  # transformers is imported only inside its functions
 from .dataset import DatasetScores, score_dataset
-from .exact import exact
-from .functions import estimate
+from .functions import estimate, exact, ghost, lai, tracin
 from . import estimators
 from .estimators import Capabilities, Estimator, register_estimator
-from .ghost import ghost
-from .lai import lai
 from .layers import LayerRule, register_layer
 from .losses import cross_entropy, mse
 from .memory import MemoryBudgetError
 from .optim import adam_preconditioner
 from .result import InfluenceResult
 from .session import OptimizerWarning, Session
-from .tracin import tracin
 
 __all__ = [
     "__version__", "hf", "Session", "estimate", "estimators", "Estimator", "Capabilities", "register_estimator", "score_dataset", "DatasetScores", "exact", "ghost", "lai", "tracin",

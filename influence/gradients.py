@@ -1,11 +1,11 @@
 """Per-sample parameter gradients from ``torch.func`` (vmap of grad of functional_call, or an autograd loop where
-vmap cannot run the model) and the backend that scores with them: Exact's, which TracIn sums over checkpoints and a
-session uses for the parameters Ghost cannot factor."""
+vmap cannot run the model): what Exact scores with (``influence.estimators.exact``), which TracIn sums over
+checkpoints and a session uses for the parameters Ghost cannot factor."""
 
 from __future__ import annotations
 
 import warnings
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable
 
 import torch
 from torch import Tensor, nn
@@ -13,23 +13,16 @@ from torch.func import functional_call, grad, vmap
 from torch.utils._pytree import tree_map
 
 from .batch import Batch, LossFn, batch_size, output_tensor, selected_output, take
-from .capture import dense_grad, plan
-from .coupling import check_cached
-from .checks import check_chunk_size, trainable_names
+from .capture import dense_grad
+from .checks import trainable_names
 from .errors import InfluenceError, named_checkpointing_errors
 from .losses import per_sample_losses
-from .memory import require_fits, resolve_budget
-from .result import Chunk
 
 
 class VmapFallbackWarning(UserWarning):
     """``torch.func.vmap`` could not run the model; Exact used a per-sample autograd loop (same numbers)."""
 
 DEFAULT_CHUNK = 64
-
-
-def _module_of(param_name: str) -> str:
-    return param_name.rpartition(".")[0]
 
 
 def _functional_output(model: nn.Module, state: dict[str, Tensor], x: Any) -> Tensor:
@@ -42,7 +35,7 @@ def _functional_output(model: nn.Module, state: dict[str, Tensor], x: Any) -> Te
     return output_tensor(selected_output(model, out))
 
 
-class _Functional:
+class Functional:
     """The model as a function of a subset of its trainable parameters (others and buffers held fixed)."""
 
     def __init__(self, model: nn.Module, loss_fn: LossFn, names: Iterable[str] | None,
@@ -132,119 +125,3 @@ class _Functional:
             for k, g in self._autograd(lambda leaves: self.losses(leaves, xi, yi)[0]).items():
                 rows[k].append(g)
         return {k: torch.stack(v) for k, v in rows.items()}
-
-
-def _check_preconditioner(preconditioner: Mapping[str, Tensor] | None, fn: _Functional) -> dict[str, Tensor]:
-    """The preconditioner restricted to the scored parameters, each checked against its parameter's shape."""
-    if preconditioner is None:
-        return {}
-    unknown = sorted(set(preconditioner) - set(dict(fn.model.named_parameters())))
-    if unknown:
-        raise InfluenceError(f"preconditioner names parameters the model does not have: {unknown[:5]}")
-    out = {}
-    for k, p in preconditioner.items():
-        if k not in fn.params:
-            continue
-        if tuple(p.shape) != tuple(fn.params[k].shape):
-            raise InfluenceError(f"preconditioner[{k!r}] has shape {tuple(p.shape)}; the parameter has "
-                                 f"{tuple(fn.params[k].shape)}")
-        if not torch.isfinite(p).all():
-            raise InfluenceError(f"preconditioner[{k!r}] holds non-finite values")
-        out[k] = p.to(fn.params[k].device, fn.params[k].dtype)
-    return out
-
-
-def _group(per_param: dict[str, Tensor]) -> dict[str, Tensor]:
-    out: dict[str, Tensor] = {}
-    for name, v in per_param.items():
-        m = _module_of(name)
-        out[m] = out[m] + v if m in out else v
-    return out
-
-
-class ExactBackend:
-    """Exact's reference gradient (mean over the reference samples, streamed batch by batch; per-sample when
-    ``pairwise``) and training-batch scores from per-sample gradients in chunks of ``chunk_size``.
-
-    ``params``: parameter names to score (default all trainable); ``state``: evaluate at these parameter and buffer
-    values (a checkpoint) instead of the model's own; ``preconditioner``: {name: P} (Adam's update)."""
-
-    estimator = "exact"
-
-    def __init__(self, model: nn.Module, loss_fn: LossFn, lr: float, *, params: Iterable[str] | None = None,
-                 state: dict[str, Tensor] | None = None, chunk_size: int = DEFAULT_CHUNK,
-                 preconditioner: Mapping[str, Tensor] | None = None, memory_budget: int | None = None) -> None:
-        plan(model)  # the modes, and layer options whose per-sample gradients are undefined: refused as by Ghost
-        self.lr, self.chunk = lr, check_chunk_size(chunk_size, optional=False)
-        self.fn = _Functional(model, loss_fn, params, state)
-        self.precond = _check_preconditioner(preconditioner, self.fn)
-        self.pairwise = False
-        self.budget = resolve_budget(memory_budget, next(iter(self.fn.params.values()), torch.zeros(())).device)
-        # one sample's gradient of every scored parameter: chunks of per-sample gradients fit the budget
-        self.sample_bytes = sum(v.numel() * v.element_size() for v in self.fn.params.values())
-        require_fits(self.sample_bytes, self.budget, "influence.exact: one sample's gradient",
-                     "score fewer parameters (params=...) or use ghost / lai")
-        self.chunk = max(1, min(self.chunk, self.budget // max(1, self.sample_bytes)))
-
-    def routed_names(self) -> list[str]:
-        return []
-
-    def start(self, n_train: int, pairwise: bool, streamed: bool) -> None:
-        self.pairwise, self.n_ref = pairwise, 0
-        self.ref: dict[str, Tensor] | dict[str, list[Tensor]] = {}
-
-    def _kept(self, n: int) -> None:
-        """Pairwise products keep every reference sample's gradient: refuse before the ``n`` next ones would take
-        the budget (with one chunk of training gradients beside them)."""
-        if self.pairwise:
-            require_fits((self.n_ref + n + self.chunk) * self.sample_bytes, self.budget,
-                         f"influence.exact(pairwise=True): the gradients of {self.n_ref + n} reference samples",
-                         "use fewer reference samples, pairwise=False, or ghost / lai")
-
-    def add_reference(self, batch: Batch, n: int) -> None:
-        self.fn.check(batch, n, "ref")
-        self._kept(n)
-        check_cached(self.fn.model, self.fn.loss_fn, batch, n, "ref")
-        if self.pairwise:
-            for i in range(0, n, self.chunk):
-                for k, v in self.fn.per_sample(take(batch, slice(i, i + self.chunk))).items():
-                    v = v.reshape(v.shape[0], -1)  # [n, numel]; a 0-dim parameter gives [n, 1]
-                    self.ref.setdefault(k, []).append(v * self.precond[k].flatten() if k in self.precond else v)
-        else:
-            g = self.fn.mean_gradient(batch, n, self.chunk)
-            for k, v in g.items():
-                self.ref[k] = self.ref[k] + v * n if k in self.ref else v * n
-        self.n_ref += n
-
-    def _reference(self) -> dict[str, Tensor]:
-        if self.pairwise:
-            return {k: torch.cat(v) for k, v in self.ref.items()}
-        return {k: (v / self.n_ref) * self.precond[k] if k in self.precond else v / self.n_ref
-                for k, v in self.ref.items()}
-
-    def score(self, batch: Batch, n: int, keep_graph: bool = False) -> Chunk:
-        """Scores of ``batch`` ([n] samples) against the reference; ``keep_graph`` has nothing to keep here (the
-        per-sample gradients come from their own passes)."""
-        check_cached(self.fn.model, self.fn.loss_fn, batch, n, "train")
-        ref = self._reference()
-        per_param: dict[str, list[Tensor]] = {k: [] for k in self.fn.names}
-        losses = []
-        for i in range(0, n, self.chunk):
-            part = take(batch, slice(i, i + self.chunk))
-            losses.append(self.fn.check(part, min(self.chunk, n - i), "train"))
-            g = self.fn.per_sample(part)
-            for k in self.fn.names:
-                gk = g[k].reshape(g[k].shape[0], -1)  # [n, numel] (a 0-dim parameter: [n, 1])
-                per_param[k].append(gk @ ref[k].T if self.pairwise else gk @ ref[k].flatten())
-        named = _group({k: self.lr * torch.cat(v) for k, v in per_param.items()})
-        return Chunk(named, torch.cat(losses))
-
-    def self_products(self, batch: Batch, n: int) -> Tensor:
-        """[n]: lr * ||grad l_i||^2 (preconditioned: lr * <P (.) grad l_i, grad l_i>)."""
-        check_cached(self.fn.model, self.fn.loss_fn, batch, n, "train")
-        out = []
-        for i in range(0, n, self.chunk):
-            g = self.fn.per_sample(take(batch, slice(i, i + self.chunk)))
-            out.append(sum(((g[k] * self.precond[k] if k in self.precond else g[k]) * g[k]).reshape(g[k].shape[0], -1).sum(1)
-                           for k in self.fn.names))
-        return self.lr * torch.cat(out)

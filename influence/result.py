@@ -111,15 +111,12 @@ class Chunk:
     """One training chunk scored by an estimator's backend: ``named`` per-layer products (scaled by lr), [n] or
     [n, n_ref]; ``losses`` [n]; ``outputs`` the model output when the backend computed it; ``blocks`` the factored
     per-sample gradients (Ghost) or pseudo-gradients (LAI, a mapping built on access); ``graph_losses`` [n] losses
-    attached to the scoring forward's graph (LAI with ``keep_graph``)."""
+    attached to the scoring forward's graph (LAI with ``keep_graph``); ``reroute`` instead of scores: parameters the
+    chunk revealed as unfactorable ({param id: (kind, reason)}; the session routes them and scores again)."""
 
     named: dict[str, Tensor]
-    losses: Tensor
+    losses: Tensor | None
     outputs: Tensor | None = None
     blocks: Any = None
     graph_losses: Tensor | None = None
-
-
-class Reroute(Exception):
-    """A capture found parameters that cannot be factored ({param id: (kind, reason)} in ``args[0]``): the session
-    routes them and builds its reference side again."""
+    reroute: dict[int, tuple[str, str]] | None = None

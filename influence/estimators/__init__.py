@@ -1,14 +1,29 @@
 """The estimators, one module each, and the registry every consumer reads (``influence.estimators.registry``).
 
-Adding an estimator is one module here that defines its backend and its :class:`Estimator` entries, plus its line
-in ``BUILTIN`` below; or, from outside the package, one call of :func:`register_estimator`.
+Adding an estimator is one module here that defines its backend and its :class:`Estimator` entries (``ENTRIES``),
+plus its line in ``BUILTIN`` below; or, from outside the package, one call of :func:`register_estimator`. It then
+appears in ``Session(estimator=...)``, ``influence.estimate``, ``lai run --estimators``, ``lai curate --methods``,
+``lai bench``, the report and the figures.
 """
 
 from __future__ import annotations
 
+import importlib
+
+from .protocol import Backend, Settings
 from .registry import (Capabilities, Estimator, UnknownEstimatorError, estimator_names, estimators, get_estimator,
                        register_estimator, unregister_estimator)
-from . import builtin  # noqa: F401  (registers the built-in entries)
 
-__all__ = ["Capabilities", "Estimator", "UnknownEstimatorError", "estimator_names", "estimators", "get_estimator",
-           "register_estimator", "unregister_estimator"]
+BUILTIN = (
+    "exact",   # per-sample gradients (torch.func)
+    "ghost",   # Gram products of layer inputs and output gradients
+    "lai",     # layer-aware influence and its variants (forward only)
+    "tracin",  # sums over checkpoints
+)
+
+for _module in BUILTIN:
+    for _entry in importlib.import_module(f"{__name__}.{_module}").ENTRIES:
+        register_estimator(_entry)
+
+__all__ = ["Backend", "Capabilities", "Estimator", "Settings", "UnknownEstimatorError", "estimator_names",
+           "estimators", "get_estimator", "register_estimator", "unregister_estimator"]

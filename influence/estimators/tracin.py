@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import os
-from typing import Iterable, Union
+from typing import Any, Iterable, Union
 
 import torch
 from torch import Tensor, nn
 
-from .batch import Batch, LossFn, model_device
-from .capture import capture_forward, output_layer, plan
-from .checks import check_batch, check_lr
-from .gradients import DEFAULT_CHUNK, ExactBackend
-from .memory import require_fits
-from .result import Chunk, InfluenceResult
+from ..batch import Batch, LossFn, model_device
+from ..capture import capture_forward, output_layer, plan
+from ..checks import check_batch, check_lr
+from ..errors import InvalidArgumentError
+from ..gradients import DEFAULT_CHUNK
+from ..memory import require_fits
+from ..result import Chunk
+from .exact import ExactBackend
+from .protocol import Routed, Settings
+from .registry import Capabilities, Estimator
 
 Checkpoint = tuple[Union[dict[str, Tensor], str, os.PathLike], float]
 
@@ -47,20 +51,33 @@ class TracInBackend:
         self.checkpoints = list(checkpoints)
         self.budget = memory_budget
         if not self.checkpoints:
-            raise ValueError("tracin needs at least one (state_dict, lr) checkpoint")
+            raise InvalidArgumentError("tracin needs at least one (state_dict, lr) checkpoint")
         self.model, self.loss_fn, self.last, self.chunk = model, loss_fn, last_layer, chunk_size
         self.estimator = "tracin-last" if last_layer else "tracin"
         self.lr = float(sum(check_lr(lr) for _, lr in self.checkpoints))
         self.parts: list[ExactBackend] | None = None
 
+    routed: Routed = {}
+    skipped: list[str] = []
+
     def routed_names(self) -> list[str]:
         return []
+
+    def report(self) -> None:
+        pass
+
+    def attach(self, result: Any, chunk: Chunk, n: int) -> None:
+        pass
+
+    def self_products(self, batch: Batch, n: int) -> Tensor:
+        """[n]: sum over checkpoints of lr_k * ||grad l(w_k, z_i)||^2."""
+        return sum(part.self_products(batch, n) for part in self.parts)
 
     def start(self, n_train: int, pairwise: bool, streamed: bool) -> None:
         self.args = (n_train, pairwise, streamed)
         self.parts = None
 
-    def add_reference(self, batch: Batch, n: int) -> None:
+    def add_reference(self, batch: Batch, n: int) -> Routed:
         if self.parts is None:
             names = last_layer_params(self.model, self.loss_fn, batch) if self.last else None
             device = model_device(self.model)
@@ -75,8 +92,9 @@ class TracInBackend:
                 part.start(*self.args)
         for part in self.parts:
             part.add_reference(batch, n)
+        return {}
 
-    def score(self, batch: Batch, n: int, keep_graph: bool = False) -> Chunk:
+    def score(self, batch: Batch, n: int, self_reference: bool = False, keep_graph: bool = False) -> Chunk:
         """Scores of ``batch`` ([n] samples) against the reference; ``keep_graph`` has nothing to keep here (the
         per-sample gradients come from their own passes)."""
         chunks = [part.score(batch, n) for part in self.parts]
@@ -87,14 +105,15 @@ class TracInBackend:
         return Chunk(named, chunks[-1].losses)
 
 
-def tracin(model: nn.Module, loss_fn: LossFn, train: Batch, ref: Batch, checkpoints: Iterable[Checkpoint], *,
-           last_layer: bool = False, pairwise: bool = False, chunk_size: int = DEFAULT_CHUNK,
-           memory_budget: int | None = None) -> InfluenceResult:
-    """TracIn over ``checkpoints`` = [(state_dict or path, lr), ...]; ``last_layer=True`` restricts every
-    checkpoint's gradients to the output layer (the cheap variant). ``lr`` of the result is the sum of lrs;
-    ``train_losses`` are the losses at the last checkpoint. ``memory_budget``: as for ``influence.exact`` (the
-    kept checkpoints and their reference gradients count too)."""
-    from .session import Session
-    check_batch(train, "train")
-    return Session(model, loss_fn, ref, estimator="tracin-last" if last_layer else "tracin", checkpoints=checkpoints,
-                   pairwise=pairwise, chunk_size=chunk_size, memory_budget=memory_budget).score(train)
+def build(model: nn.Module, loss_fn: LossFn, s: Settings, routed: Routed) -> TracInBackend:
+    return TracInBackend(model, loss_fn, s.checkpoints, last_layer=s.last_layer, chunk_size=s.chunk,
+                         memory_budget=s.budget)
+
+
+CAPS = Capabilities(per_sample_gradients=True, checkpoints=True)
+ENTRIES = (
+    Estimator("tracin", "TracIn", build, CAPS, family="tracin",
+              description="sum over checkpoints of lr_k <grad l(w_k, z_i), grad L_ref(w_k)>"),
+    Estimator("tracin-last", "TracIn (last layer)", build, CAPS, {"last_layer": True}, family="tracin",
+              description="TracIn on the output layer's parameters only"),
+)

@@ -22,16 +22,18 @@ from collections.abc import Iterator, Mapping
 
 from torch import nn
 
-from .batch import Batch, LossFn
-from .capture import Capture, Plan, capture_forward, output_layer, plan
-from .routing import report_routed
-from .checks import size_hint
-from .errors import InfluenceError
-from .factors import Block, Dense, Segment
-from .layers import Context, factored
-from .result import Chunk, InfluenceResult, Reroute
-from .scoring import DEFAULT_BUDGET, ReferenceSide
-from .verify import Routed, verdict_for
+from ..batch import Batch, LossFn
+from ..capture import Capture, Plan, capture_forward, output_layer, plan
+from ..errors import InfluenceError, InvalidArgumentError
+from ..factors import Block, Dense, Segment
+from ..layers import Context, factored
+from ..result import Chunk, InfluenceResult
+from ..routing import report_routed
+from ..scoring import DEFAULT_BUDGET, ReferenceSide
+from ..verify import verdict_for
+from .factored import FactoredBackend, graph_gradient
+from .protocol import Routed, Settings
+from .registry import Capabilities, Estimator
 
 PAIRINGS = ("all_pairs", "aligned")
 
@@ -161,7 +163,7 @@ def lai_routed(model: nn.Module, loss_fn: LossFn, batches: list[tuple[Batch, int
 _OUTPUT_LAYER: "weakref.WeakKeyDictionary[nn.Module, str]" = weakref.WeakKeyDictionary()  # a hint, always checked
 
 
-class LaiBackend:
+class LaiBackend(FactoredBackend):
     """LAI's reference statistics and training-batch scores: forward passes only (the verification verdict of a
     new input signature costs one verification capture, cached per model and signature)."""
 
@@ -169,9 +171,9 @@ class LaiBackend:
                  token_pairing: str = "all_pairs", mode: str = "auto", fallback: str | None = "auto",
                  memory_budget: int | None = DEFAULT_BUDGET) -> None:
         if layers not in ("all", "last"):
-            raise ValueError(f"layers must be 'all' or 'last', got {layers!r}")
+            raise InvalidArgumentError(f"layers must be 'all' or 'last', got {layers!r}")
         if token_pairing not in PAIRINGS:
-            raise ValueError(f"token_pairing must be one of {PAIRINGS}, got {token_pairing!r}")
+            raise InvalidArgumentError(f"token_pairing must be one of {PAIRINGS}, got {token_pairing!r}")
         self.model, self.loss_fn, self.lr = model, loss_fn, lr
         self.layers, self.token_pairing, self.mode, self.budget = layers, token_pairing, mode, memory_budget
         self.estimator = f"lai[{layers},{token_pairing}]"
@@ -189,11 +191,10 @@ class LaiBackend:
         report_routed(self.pl, {k: v for k, v in self.routed.items() if k in self.relevant}, "lai",
                       "not factorable, skipped by LAI")
 
-    def _verdict(self, batch: Batch, n: int, where: str) -> None:
-        new = {k: v for k, v in lai_routed(self.model, self.loss_fn, [(batch, n, where)], self.pl).items()
-               if k not in self.routed}
-        if new:
-            raise Reroute(new)
+    def _verdict(self, batch: Batch, n: int, where: str) -> Routed:
+        """Parameters the cached verdict of ``batch``'s signature rejects that are not routed yet."""
+        return {k: v for k, v in lai_routed(self.model, self.loss_fn, [(batch, n, where)], self.pl).items()
+                if k not in self.routed}
 
     def start(self, n_train: int, pairwise: bool, streamed: bool) -> None:
         self.side = ReferenceSide(n_train, pairwise, self.mode, self.budget, streamed, scale=self.lr)
@@ -231,8 +232,10 @@ class LaiBackend:
             relevant = relevant | set(failed)
         return names, skipped, relevant
 
-    def add_reference(self, batch: Batch, n: int) -> None:
-        self._verdict(batch, n, "ref")
+    def add_reference(self, batch: Batch, n: int) -> Routed:
+        new = self._verdict(batch, n, "ref")
+        if new:
+            return new
         cap = self._capture(batch, n, "ref")
         ctx = self.pl.context(self.routed)
         if self.names is None:
@@ -241,11 +244,14 @@ class LaiBackend:
                 raise InfluenceError(f"{self.names[0]}: none of the output layer's trainable parameters can be "
                                      "factored")
         self.side.add(LazyBlocks(cap, self.pl, self.names, self.token_pairing, ctx), n)
+        return {}
 
     def score(self, batch: Batch, n: int, self_reference: bool = False, keep_graph: bool = False) -> Chunk:
         """Scores of ``batch`` against the reference side, or (``self_reference``) against the batch itself from
         the same forward; ``keep_graph`` runs that forward with autograd and returns its graph-attached losses."""
-        self._verdict(batch, n, "train")
+        new = self._verdict(batch, n, "train")
+        if new:
+            return Chunk({}, None, reroute=new)
         if self_reference:
             self.start(n, self.side.pairwise, False)
         cap = self._capture(batch, n, "train", keep_graph)
@@ -258,22 +264,34 @@ class LaiBackend:
         return Chunk(named, cap.losses, outputs=cap.f, blocks=blocks, graph_losses=cap.graph_losses)
 
 
-def lai(model: nn.Module, loss_fn: LossFn, train: Batch, ref: Batch, lr: float, *, layers: str = "all",
-        token_pairing: str = "all_pairs", pairwise: bool = False, mode: str = "auto", fallback: str | None = "auto",
-        chunk_size: int | None = None, memory_budget: int | None = DEFAULT_BUDGET) -> InfluenceResult:
-    """Layer-aware influence from one forward pass over train and reference samples.
+    def train_blocks(self, batch: Batch, n: int) -> dict:
+        """The pseudo-gradients g_i (x) a_i of ``batch`` per layer (self-influence)."""
+        cap = capture_forward(self.model, self.loss_fn, batch, self.pl.modules, n, "train", rules=self.pl.rules)
+        return lai_blocks(cap, self.pl, self.names, self.token_pairing, self.pl.context(self.routed))
 
-    ``layers``: ``"all"`` (every layer with an LAI term and trainable parameters) or ``"last"`` (the layer
-    whose output is the model output, exact; nothing else about the model matters). ``fallback`` has Ghost's
-    meaning for parameters the layer registry does not cover or the verification (``influence.verify``) rejects:
-    they are skipped with one warning (``"auto"``), silently (``"exact"``) or refused (``"error"``).
-    ``result.skipped`` lists the trainable parameters that contribute nothing (for ``"last"``: only the output
-    layer's). ``result.train_outputs`` holds the model output on the training batch when it was scored in one
-    chunk. Under an adaptive optimizer LAI still scores the SGD formula (it has no per-parameter gradient to
-    precondition): see ``influence.optim``.
-    """
-    from .session import Session
-    n_train = size_hint(train)  # the session's score checks the batch
-    return Session(model, loss_fn, ref, estimator="lai", lr=lr, layers=layers, token_pairing=token_pairing,
-                   pairwise=pairwise, mode=mode, fallback=fallback, chunk_size=chunk_size,
-                   memory_budget=memory_budget, n_train=n_train).score(train)
+    def update_gradient(self, result: InfluenceResult, chunk: Chunk):
+        if chunk.graph_losses is None:
+            return None
+        result.graph_losses = chunk.graph_losses
+        return graph_gradient(self.model, chunk.graph_losses)
+
+
+def build(model: nn.Module, loss_fn: LossFn, s: Settings, routed: Routed) -> LaiBackend:
+    b = LaiBackend(model, loss_fn, s.lr, layers=s.layers, token_pairing=s.token_pairing, mode=s.mode,
+                   fallback=s.fallback, memory_budget=s.budget)
+    b.routed.update(routed)
+    return b
+
+
+def _entry(name: str, label: str, layers: str, pairing: str, description: str) -> Estimator:
+    return Estimator(name, label, build, Capabilities(needs_backward=False, self_reference=True,
+                                                     sequence_only=pairing == "aligned"),
+                     {"layers": layers, "token_pairing": pairing}, family="lai", description=description)
+
+
+ENTRIES = (
+    _entry("lai", "LAI", "all", "all_pairs", "layer-aware influence over every layer (tokens paired all against all)"),
+    _entry("lai-last", "LAI (last layer)", "last", "all_pairs", "LAI on the output layer only (exact there)"),
+    _entry("lai-aligned", "LAI (aligned tokens)", "all", "aligned", "LAI, token t paired with token t only"),
+    _entry("lai-last-aligned", "LAI last (aligned)", "last", "aligned", "the same on the output layer only"),
+)

@@ -1,0 +1,80 @@
+"""The global modes estimators run outside of, and the eager module under training wrappers.
+
+``scoring_mode`` switches off, while an estimator runs, the caller's modes that would change what it computes
+(autocast, inference mode, cached parametrizations); ``unwrapped`` finds the module that DataParallel, DDP and
+``torch.compile`` wrap.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+from torch import nn
+
+
+def scoring_mode(method: Callable) -> Callable:
+    """Run ``method`` outside the global modes of the caller's code that would change what an estimator computes:
+    ``torch.autocast`` is switched off (estimators compute in the parameters' dtype: autocast would run layers in
+    another dtype than the factors they record; to score in lower precision, convert the model), so is
+    ``torch.inference_mode`` (Ghost's backward needs autograd; inference-tensor batches are copied by
+    ``without_inference_tensors``) and ``torch.nn.utils.parametrize.cached()`` (``uncached_parametrizations``)."""
+    @functools.wraps(method)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        autocast = [device for device in AUTOCAST_DEVICES if torch.is_autocast_enabled(device)]
+        inference = torch.is_inference_mode_enabled()
+        if not (autocast or inference or _parametrization_cache_depth()):
+            return method(*args, **kwargs)  # nothing to switch off (the common case, without the context stack)
+        with contextlib.ExitStack() as stack:
+            for device in autocast:
+                stack.enter_context(torch.autocast(device, enabled=False))
+            if inference:
+                stack.enter_context(torch.inference_mode(False))
+            stack.enter_context(uncached_parametrizations())
+            return method(*args, **kwargs)
+    return wrapper
+
+
+@contextlib.contextmanager
+def uncached_parametrizations() -> Iterator[None]:
+    """Parametrized weights computed afresh on every access while estimators run, even inside
+    ``parametrize.cached()``: a cached weight is a tensor computed once from the real parameters, which
+    ``torch.func.functional_call`` (Exact) cannot replace, so Exact's per-sample gradients would silently miss
+    it. The cache is only a speed-up; it is restored on exit. (torch keeps the switch in the module-level counter
+    ``_cache_enabled``; if a torch version lacks it, there is nothing to switch.)"""
+    from torch.nn.utils import parametrize
+    depth = _parametrization_cache_depth()
+    if not depth:
+        yield
+        return
+    parametrize._cache_enabled = 0
+    try:
+        yield
+    finally:
+        parametrize._cache_enabled = depth
+
+
+AUTOCAST_DEVICES = ("cpu", "cuda", "xpu", "mps")
+
+
+def _parametrization_cache_depth() -> int:
+    """How many ``parametrize.cached()`` contexts are open (0 when the torch version has no such counter)."""
+    from torch.nn.utils import parametrize
+    return getattr(parametrize, "_cache_enabled", 0)
+
+
+def unwrapped(model: nn.Module) -> nn.Module:
+    """The eager module under training wrappers that compute the same function: ``nn.DataParallel`` and
+    ``DistributedDataParallel`` (``.module``: their forward would scatter or synchronise gradients, and
+    ``functional_call`` refuses them) and ``torch.compile`` (``._orig_mod``: compiled code runs no module hooks).
+    Parameter names are the inner module's (without the ``module.`` / ``_orig_mod.`` prefix)."""
+    while True:
+        if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+            model = model.module
+        elif type(model).__name__ == "OptimizedModule" and isinstance(getattr(model, "_orig_mod", None), nn.Module):
+            model = model._orig_mod
+        else:
+            return model
