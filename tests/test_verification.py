@@ -175,22 +175,22 @@ def test_verdict_is_cached_per_model_and_signature(f64):
     torch.manual_seed(0)
     model = PositionsNoBatch().eval()
     train, ref = token_data(4, 4, n_ref=4)
-    start = verify.PROBES[0]
+    start = verify.probe_count()
     first, _ = ghost_routed(model, train, ref)
-    after_first = verify.PROBES[0]
+    after_first = verify.probe_count()
     assert after_first - start == 1  # train and ref share the signature here
     second, caught = ghost_routed(model, train, ref)
-    assert verify.PROBES[0] == after_first  # cached: no new probe
+    assert verify.probe_count() == after_first  # cached: no new probe
     assert second.routed_to_exact == first.routed_to_exact == ["pos.weight"] and len(caught) == 1
     assert rel_err(second.scores, first.scores) < 1e-12
     ghost_routed(model, *token_data(4, 6, n_ref=4))  # a new input signature is probed again
-    assert verify.PROBES[0] == after_first + 1
+    assert verify.probe_count() == after_first + 1
     model.head.weight.requires_grad_(False)  # which parameters are trainable is part of the signature
     ghost_routed(model, train, ref)
-    assert verify.PROBES[0] == after_first + 2
+    assert verify.probe_count() == after_first + 2
     other = PositionsNoBatch().eval()  # and so is the model object
     ghost_routed(other, train, ref)
-    assert verify.PROBES[0] == after_first + 3
+    assert verify.probe_count() == after_first + 3
 
 
 def test_lai_reads_the_same_verdict(f64):
@@ -199,10 +199,10 @@ def test_lai_reads_the_same_verdict(f64):
     train, ref = clf_data()
     with pytest.raises(influence.VerificationError, match=r"b\.weight"):
         influence.lai(model, CE, train, ref, lr=0.1, fallback="error")
-    start = verify.PROBES[0]
+    start = verify.probe_count()
     with pytest.warns(influence.RoutedToExactWarning, match=r"skipped by LAI: b\.weight"):
         la = influence.lai(model, CE, train, ref, lr=0.1)
-    assert verify.PROBES[0] == start  # the verdict computed above is reused
+    assert verify.probe_count() == start  # the verdict computed above is reused
     assert la.skipped == ["b.weight"] and set(la.per_layer) == {"a", "b"}
     # b's remaining term is its bias: (0 + 1)(g_i . g_v)
     _, g_tr = influence.losses.output_gradient(CE, model(train[0]).detach(), train[1])
@@ -296,9 +296,9 @@ def test_a_use_outside_the_module_that_depends_on_the_data_is_caught_on_the_call
                            _gated_batch(4, True, 2, dtype))
     first, caught = ghost_routed(model, train, clean)
     assert not caught and first.routed_to_exact == []
-    probes = verify.PROBES[0]
+    probes = verify.probe_count()
     r, caught = ghost_routed(model, train, dirty)
-    assert verify.PROBES[0] == probes and len(caught) == 1 and r.routed_to_exact == ["b.weight"]
+    assert verify.probe_count() == probes and len(caught) == 1 and r.routed_to_exact == ["b.weight"]
     if dtype == torch.float64:
         assert rel_err(r.scores, loop_scores(model, CE, train, dirty, 0.1)) < TOL
 
@@ -329,12 +329,12 @@ def test_float32_models_pass_the_sum_check(name):
                            pl.rules)
     blocks, failed = factor_blocks(cap, pl, pl.context())
     flagged = []
-    compare = verify._mismatches
-    verify._mismatches = lambda blocks, *a: flagged.extend(blocks) or compare(blocks, *a)
+    compare = verify.compare._mismatches
+    verify.compare._mismatches = lambda blocks, *a: flagged.extend(blocks) or compare(blocks, *a)
     try:
         assert not failed and verify.sum_check(blocks, cap, pl) == {} and set(cap.checked) == set(blocks)
     finally:
-        verify._mismatches = compare
+        verify.compare._mismatches = compare
     assert not flagged
     r, caught = ghost_routed(w.model, train, ref, loss_fn=w.loss_fn)
     assert not caught and r.routed_to_exact == [] and torch.isfinite(r.scores).all()

@@ -169,7 +169,7 @@ def test_projected_gradients_equal_the_packed_matrix(f64, case):
 
 def test_checked_matrices_are_packed_only_when_read(f64, monkeypatch):
     packed = []
-    monkeypatch.setattr(verify, "pack", lambda *a: packed.append(a[0].name) or pack(*a))
+    monkeypatch.setattr(verify.compare, "pack", lambda *a: packed.append(a[0].name) or pack(*a))
     model, (_, ref) = _mlp(), clf_data(n_ref=5)
     verify.clear(model)
     pl = plan(model, "auto")
@@ -186,15 +186,15 @@ def test_checked_matrices_are_packed_only_when_read(f64, monkeypatch):
 def test_a_flag_from_rounding_is_cleared_by_the_full_comparison(f64, monkeypatch):
     """With a zero screening tolerance every block is flagged by rounding alone; the full comparison passes them
     all: nothing is routed and every block is still reused."""
-    monkeypatch.setattr(verify, "SCREEN_EPS", 0)
     full = []
-    compare = verify._mismatches
-    monkeypatch.setattr(verify, "_mismatches", lambda blocks, *a: full.extend(blocks) or compare(blocks, *a))
+    compare = verify.compare._mismatches
+    monkeypatch.setattr(verify.compare, "_mismatches", lambda blocks, *a: full.extend(blocks) or compare(blocks, *a))
     model, (train, ref) = _mlp(), clf_data(n=6, n_ref=5)
     pl = plan(model, "auto")
     cap = capture_backward(model, CE, ref, pl.modules, 5, "ref", pl.scored_params(), None)
     blocks, _ = factor_blocks(cap, pl, pl.context())
-    assert verify.sum_check(blocks, cap, pl) == {} and set(cap.checked) == set(blocks)
+    assert verify.sum_check(blocks, cap, pl, settings=verify.Verification(screen_eps=0)) == {}
+    assert set(cap.checked) == set(blocks)
     assert full  # flagged (rounding), then passed in full
     verify.clear(model)
     assert rel_err(influence.ghost(model, CE, train, ref, 0.1).scores, loop_scores(model, CE, train, ref, 0.1)) < 1e-8
@@ -231,7 +231,7 @@ def test_grouped_conv_weight_used_outside_its_module_is_caught(f64):
 def test_directions_per_block_follow_the_precision(dtype, k, monkeypatch):
     """One direction where the screening tolerance is far below sqrt(eps) (float64), two in float32."""
     calls = []
-    monkeypatch.setattr(verify, "factored", lambda block, ds, w=None: calls.extend([block.name] * len(ds)) or
+    monkeypatch.setattr(verify.compare, "factored", lambda block, ds, w=None: calls.extend([block.name] * len(ds)) or
                         factored(block, ds, w))
     model, (_, (x, y)) = _mlp().to(dtype), clf_data(n_ref=5)
     pl = plan(model, "auto")
@@ -251,7 +251,7 @@ def test_rounding_stays_far_below_the_screening_tolerance(family):
     for dtype in (torch.float32, torch.float64):
         model.to(dtype)
         cast = tree_map(lambda t: t.to(dtype) if isinstance(t, torch.Tensor) and t.is_floating_point() else t, batch)
-        assert 0 < rounding(model, loss_fn, cast, n) < verify.SCREEN_EPS / 8
+        assert 0 < rounding(model, loss_fn, cast, n) < verify.DEFAULT.screen_eps / 8
 
 
 def test_verify_cost_reports_the_parts_of_the_overhead(capsys):

@@ -12,7 +12,7 @@ sequences of 128 tokens), interleaved repeats (``validation.measure.measure_many
   its default per-call check ``verify="paths"`` included: the graph check of ``influence.paths`` on both captures);
 * ``ghost every`` / ``ghost reference``: the same call with ``verify="every"`` (the numeric sum check on both
   captures) and ``verify="reference"`` (on the reference capture only);
-* ``no sum check``: the same with every per-call check switched off (``influence.verify.SUM_CHECK``);
+* ``no sum check``: the same with every per-call check switched off (``influence.verify.Verification(sum_check=False)``);
 * ``first call``: the verdict cache cleared first, so the call also runs the per-sample probe (once per model
   and input signature);
 * ``ref capture`` / ``ref capture + grads`` (and the same for ``train``): the reference (training) batch's forward
@@ -61,11 +61,7 @@ def measure(name: str, repeats: int, tiny: bool, clock: str = "wall") -> dict[st
         influence.ghost(w.model, w.loss_fn, train, ref, w.spec.lr, verify=mode)
 
     def unchecked() -> None:
-        verify.SUM_CHECK = False
-        try:
-            call()
-        finally:
-            verify.SUM_CHECK = True
+        influence.ghost(w.model, w.loss_fn, train, ref, w.spec.lr, verify=verify.Verification(sum_check=False))
 
     def first() -> None:
         verify.clear(w.model)
@@ -119,7 +115,7 @@ def measure(name: str, repeats: int, tiny: bool, clock: str = "wall") -> dict[st
 def rounding(model: torch.nn.Module, loss_fn, batch, n: int, k: int = 8) -> float:
     """The largest rounding ratio |factored - autograd| / (sum |t_r| + |autograd|) of the sum check's projection
     (``influence.verify``) over the blocks of ``model`` on ``batch`` (n samples) and ``k`` directions each, in
-    units of the parameters' eps: what the screening tolerance (``SCREEN_EPS`` eps) must stay above."""
+    units of the parameters' eps: what the screening tolerance (``Verification.screen_eps``) must stay above."""
     pl = plan(model, "auto")
     cap = capture_backward(model, loss_fn, batch, pl.modules, n, "ref", pl.scored_params(), None, pl.rules)
     blocks, _ = factor_blocks(cap, pl, pl.context())
@@ -177,7 +173,7 @@ def print_rounding(name: str, tiny: bool) -> dict[str, float]:
         x = x.to(dtype) if x.is_floating_point() else x
         out[str(dtype)] = rounding(w.model, w.loss_fn, (x, y), w.spec.n_ref)
         print(f"{name:<12} {dtype!s:<14} largest rounding ratio {out[str(dtype)]:6.2f} eps "
-              f"(screening tolerance {verify.SCREEN_EPS} eps)")
+              f"(screening tolerance {verify.DEFAULT.screen_eps} eps)")
     return out
 
 

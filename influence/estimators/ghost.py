@@ -17,7 +17,7 @@ from ..factors import Block
 from ..result import Chunk, InfluenceResult
 from ..routing import raise_routed, report_routed
 from ..scoring import DEFAULT_BUDGET, ReferenceSide
-from ..verify import check_verify, verified_capture
+from ..verify import Verification, Verifier, check_verify
 from .factored import FactoredBackend
 from .protocol import Routed, Settings
 from .registry import Capabilities, Estimator
@@ -45,10 +45,11 @@ class GhostBackend(FactoredBackend):
 
     def __init__(self, model: nn.Module, loss_fn: LossFn, lr: float, *, mode: str = "auto",
                  fallback: str | None = "auto", memory_budget: int | None = DEFAULT_BUDGET,
-                 preconditioner: Mapping[str, Tensor] | None = None, verify: str = "paths") -> None:
+                 preconditioner: Mapping[str, Tensor] | None = None,
+                 verify: str | Verification = "paths") -> None:
         self.model, self.loss_fn, self.lr, self.mode, self.budget = model, loss_fn, lr, mode, memory_budget
-        self.verify = check_verify(verify)
         self.pl = plan(model, fallback)
+        self.verifier = Verifier(model, loss_fn, self.pl, check_verify(verify))
         if self.pl.fallback == "error":
             raise_routed(self.pl, self.pl.routed)
         self.routed: Routed = dict(self.pl.routed)
@@ -68,27 +69,17 @@ class GhostBackend(FactoredBackend):
         self.side = ReferenceSide(n_train, pairwise, self.mode, self.budget, streamed, pre)
 
     def add_reference(self, batch: Batch, n: int) -> Routed:
-        cap, blocks, new = verified_capture(self.model, self.loss_fn, batch, self.pl, n, "ref", self.routed,
-                                            check=self.capture_check(reference=True))
+        cap, blocks, new = self.verifier.capture(batch, n, "ref", self.routed, reference=True)
         if not new:
             self.side.add(blocks, n, cap.checked)
         return new
 
-    def capture_check(self, reference: bool) -> bool | str:
-        """How a capture is checked once its signature's verdict is cached (``verified_capture``'s ``check``) under
-        this backend's ``verify``: a reference capture (or a training batch that is its own reference, or scored
-        against itself) always, a training capture unless ``verify="reference"``."""
-        if self.verify == "paths":
-            return "paths"
-        return self.verify == "every" or reference
-
     def score(self, batch: Batch, n: int, self_reference: bool = False, keep_graph: bool = False) -> Chunk:
         """Scores of ``batch`` against the reference side, or (``self_reference``) against the batch itself from
         the same capture. ``keep_graph`` is not needed: the update is built from the recorded factors. (A cached
-        verdict naming parameters not yet routed comes back from ``verified_capture`` as new failures, returned in
+        verdict naming parameters not yet routed comes back from the verifier as new failures, returned in
         ``Chunk.reroute`` like a failure found now.)"""
-        cap, blocks, new = verified_capture(self.model, self.loss_fn, batch, self.pl, n, "train", self.routed,
-                                            check=self.capture_check(reference=self_reference))
+        cap, blocks, new = self.verifier.capture(batch, n, "train", self.routed, reference=self_reference)
         if new:
             return Chunk({}, cap.losses, reroute=new)
         if self_reference:
@@ -100,8 +91,7 @@ class GhostBackend(FactoredBackend):
 
     def train_blocks(self, batch: Batch, n: int) -> dict:
         """The factored per-sample gradients of ``batch`` (self-influence), verified like a reference capture."""
-        _, blocks, new = verified_capture(self.model, self.loss_fn, batch, self.pl, n, "train", self.routed,
-                                          check=self.capture_check(reference=True))
+        _, blocks, new = self.verifier.capture(batch, n, "train", self.routed, reference=True)
         if new:
             raise InfluenceError("self-influence: parameters became unfactorable on this batch; use Exact")
         return blocks

@@ -26,7 +26,7 @@ class Settings:
 
     ``lr``: the step's learning rate (None for estimators that take it from ``checkpoints``); ``budget``: bytes
     (``influence.memory``); ``chunk``: training samples per chunk (None: the whole batch); ``preconditioner``:
-    {parameter name: P} or None; ``verify``: Ghost's verification of its captures (``influence.verify``);
+    {parameter name: P} or None; ``verify``: Ghost's verification of its captures (``influence.verify.Verification``);
     ``layers`` / ``token_pairing``: LAI's; ``params`` / ``state``: Exact's parameter subset and evaluation point;
     ``checkpoints``: TracIn's [(state or path, lr), ...]; ``last_layer``: TracIn restricted to the output layer."""
 
@@ -37,7 +37,7 @@ class Settings:
     budget: int | None = None
     chunk: int | None = None
     preconditioner: Mapping[str, Tensor] | None = None
-    verify: str = "paths"
+    verify: Any = "paths"
     layers: str = "all"
     token_pairing: str = "all_pairs"
     params: Iterable[str] | None = None
