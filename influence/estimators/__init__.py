@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import importlib
 
-from .protocol import Backend, Settings
+from .protocol import Backend, BaseBackend, Settings
 from .registry import (Capabilities, Estimator, UnknownEstimatorError, estimator_names, estimators, get_estimator,
                        register_estimator, unregister_estimator)
 
@@ -25,5 +25,5 @@ for _module in BUILTIN:
     for _entry in importlib.import_module(f"{__name__}.{_module}").ENTRIES:
         register_estimator(_entry)
 
-__all__ = ["Backend", "Capabilities", "Estimator", "Settings", "UnknownEstimatorError", "estimator_names",
+__all__ = ["Backend", "BaseBackend", "Capabilities", "Estimator", "Settings", "UnknownEstimatorError", "estimator_names",
            "estimators", "get_estimator", "register_estimator", "unregister_estimator"]

@@ -21,7 +21,7 @@ from ..errors import InfluenceError
 from ..gradients import DEFAULT_CHUNK, Functional
 from ..memory import require_fits, resolve_budget
 from ..result import Chunk
-from .protocol import Routed, Settings
+from .protocol import BaseBackend, Routed, Settings
 from .registry import Capabilities, Estimator
 
 
@@ -57,7 +57,7 @@ def _group(per_param: dict[str, Tensor]) -> dict[str, Tensor]:
     return out
 
 
-class ExactBackend:
+class ExactBackend(BaseBackend):
     """Exact's reference gradient (mean over the reference samples, streamed batch by batch; per-sample when
     ``pairwise``) and training-batch scores from per-sample gradients in chunks of ``chunk_size``.
 
@@ -80,18 +80,6 @@ class ExactBackend:
         require_fits(self.sample_bytes, self.budget, "influence.exact: one sample's gradient",
                      "score fewer parameters (params=...) or use ghost / lai")
         self.chunk = max(1, min(self.chunk, self.budget // max(1, self.sample_bytes)))
-
-    routed: Routed = {}
-    skipped: list[str] = []
-
-    def routed_names(self) -> list[str]:
-        return []
-
-    def report(self) -> None:
-        pass
-
-    def attach(self, result: Any, chunk: Chunk, n: int) -> None:
-        result.train_outputs = chunk.outputs
 
     def start(self, n_train: int, pairwise: bool, streamed: bool) -> None:
         self.pairwise, self.n_ref = pairwise, 0

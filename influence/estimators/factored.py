@@ -12,10 +12,10 @@ from torch import Tensor, nn
 from ..batch import Batch
 from ..result import Chunk, InfluenceResult
 from ..scoring import ReferenceSide, self_products
-from .protocol import Routed
+from .protocol import BaseBackend, Routed
 
 
-class FactoredBackend:
+class FactoredBackend(BaseBackend):
     """Base of Ghost's and LAI's backends (``lr``, ``mode``, ``budget``, ``model`` and ``pl`` set by them).
 
     Subclasses provide ``train_blocks(batch, n)`` (the factored blocks of a batch) and ``update_gradient(chunk)``
@@ -26,7 +26,6 @@ class FactoredBackend:
     budget: int | None
     model: nn.Module
     routed: Routed
-    skipped: list[str] = []
 
     def train_blocks(self, batch: Batch, n: int) -> Mapping:
         raise NotImplementedError

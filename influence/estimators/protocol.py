@@ -86,3 +86,20 @@ class Backend(Protocol):
 
     def attach(self, result: Any, chunk: Chunk, n: int) -> None:
         """Put on ``result`` what a training step can reuse from a batch scored in one chunk."""
+
+
+class BaseBackend:
+    """Defaults for a backend that routes nothing, skips nothing and offers no reusable products: a new estimator
+    subclasses it and writes ``start``, ``add_reference``, ``score`` and ``self_products``."""
+
+    routed: Routed = {}
+    skipped: list[str] = []
+
+    def routed_names(self) -> list[str]:
+        return []
+
+    def report(self) -> None:
+        return None
+
+    def attach(self, result: Any, chunk: Chunk, n: int) -> None:
+        return None

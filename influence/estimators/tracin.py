@@ -16,7 +16,7 @@ from ..gradients import DEFAULT_CHUNK
 from ..memory import require_fits
 from ..result import Chunk
 from .exact import ExactBackend
-from .protocol import Routed, Settings
+from .protocol import BaseBackend, Routed, Settings
 from .registry import Capabilities, Estimator
 
 Checkpoint = tuple[Union[dict[str, Tensor], str, os.PathLike], float]
@@ -41,7 +41,7 @@ def last_layer_params(model: nn.Module, loss_fn: LossFn, ref: Batch) -> list[str
     return [n for n, p in model.named_parameters() if p.requires_grad and id(p) in own]
 
 
-class TracInBackend:
+class TracInBackend(BaseBackend):
     """TracIn as a sum over checkpoints of Exact backends, each evaluated at its checkpoint's parameters with its
     learning rate; ``last_layer`` restricts every checkpoint to the output layer's parameters (found on the first
     reference batch). All checkpoints are loaded once and kept with their reference gradients."""
@@ -56,18 +56,6 @@ class TracInBackend:
         self.estimator = "tracin-last" if last_layer else "tracin"
         self.lr = float(sum(check_lr(lr) for _, lr in self.checkpoints))
         self.parts: list[ExactBackend] | None = None
-
-    routed: Routed = {}
-    skipped: list[str] = []
-
-    def routed_names(self) -> list[str]:
-        return []
-
-    def report(self) -> None:
-        pass
-
-    def attach(self, result: Any, chunk: Chunk, n: int) -> None:
-        pass
 
     def self_products(self, batch: Batch, n: int) -> Tensor:
         """[n]: sum over checkpoints of lr_k * ||grad l(w_k, z_i)||^2."""
