@@ -46,8 +46,8 @@ class Estimator:
     checkpoints: bool = False
 
     def session_options(self) -> dict[str, Any]:
-        """Keyword arguments of ``influence.Session`` for this estimator (its function's name and options)."""
-        return {"estimator": self.fn.__name__, **self.options}
+        """Keyword arguments of ``influence.Session`` for this estimator (its registered name)."""
+        return {"estimator": self.name}
 
     def __call__(self, model: nn.Module, loss_fn: LossFn, train: Batch, ref: Batch, lr: float,
                  checkpoints: Checkpoints | None = None, **kw: Any) -> InfluenceResult:
