@@ -29,7 +29,10 @@ class Capabilities:
     (``preconditioner=`` / an Adam ``optimizer=``). ``self_reference``: accepts ``ref=None`` (each batch against
     itself). ``checkpoints``: scores over ``checkpoints=[(state, lr), ...]`` instead of one ``lr``.
     ``parameter_subset``: accepts ``params=``/``state=``. ``sequence_only``: meaningful only for token-sequence
-    outputs. ``exact``: equal to Exact wherever it returns a number (a reference for the others)."""
+    outputs. ``exact``: equal to Exact wherever it returns a number (a reference for the others). ``influence``: the
+    scores estimate the first-order influence lr * <grad l_i, grad L_ref>, so their sign says whether a step on the
+    sample helps (curation's "keep score >= 0" applies); False for per-sample rankings that ignore the reference
+    (loss, EL2N, gradient norm: select by rank)."""
 
     needs_backward: bool = True
     per_sample_gradients: bool = False
@@ -39,6 +42,7 @@ class Capabilities:
     parameter_subset: bool = False
     sequence_only: bool = False
     exact: bool = False
+    influence: bool = True
 
 
 @dataclass(frozen=True)
