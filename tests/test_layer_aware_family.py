@@ -229,3 +229,31 @@ def test_a_top_parameter_the_verification_rejects_is_scored_by_exact():
     assert close(r.scores, ex.per_layer["2.lin"] + ex.per_layer["4"])
     with pytest.raises(influence.InfluenceError, match="need Exact"):
         influence.Session(model, CE, None, estimator="exact-top2", lr=LR).score(train)
+
+
+class Tap(nn.Module):
+    """Identity that counts the backward passes reaching its output."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reached = 0
+
+    def forward(self, x):
+        if x.requires_grad:
+            x.register_hook(self._count)
+        return x
+
+    def _count(self, grad):
+        self.reached += 1
+
+
+@pytest.mark.parametrize("name, reached", [("exact-top2", 0), ("exact-top2-lai-below", 0), ("ghost", 2)])
+def test_the_backward_stops_below_the_top_layers(name, reached):
+    torch.manual_seed(9)
+    tap = Tap()
+    model = nn.Sequential(nn.Linear(6, 5), tap, nn.Tanh(), nn.Linear(5, 4), nn.Tanh(), nn.Linear(4, 3))
+    train, ref = (torch.randn(7, 6), torch.randint(0, 3, (7,))), (torch.randn(5, 6), torch.randint(0, 3, (5,)))
+    influence.estimate(name, model, CE, train, ref, lr=LR)  # the first capture of a signature verifies it (a full
+    tap.reached = 0  # backward of a few samples), cached after
+    influence.estimate(name, model, CE, train, ref, lr=LR)
+    assert tap.reached == reached  # Ghost: the reference and the training backward reach the lowest layer
