@@ -257,3 +257,14 @@ def test_the_backward_stops_below_the_top_layers(name, reached):
     tap.reached = 0  # backward of a few samples), cached after
     influence.estimate(name, model, CE, train, ref, lr=LR)
     assert tap.reached == reached  # Ghost: the reference and the training backward reach the lowest layer
+
+
+@pytest.mark.parametrize("name", ["exact-top2", "exact-top2-lai-below"])
+def test_several_reference_batches_equal_their_concatenation(name):
+    model, train, ref = cnn_data(10)
+    halves = [(ref[0][:2], ref[1][:2]), (ref[0][2:], ref[1][2:])]
+    one = influence.Session(model, CE, ref, estimator=name, lr=LR).score(train)
+    two = influence.Session(model, CE, halves, estimator=name, lr=LR).score(train)
+    assert close(two.scores, one.scores)
+    pair = influence.Session(model, CE, halves, estimator=name, lr=LR, pairwise=True).score(train)
+    assert close(pair.scores, one.scores)

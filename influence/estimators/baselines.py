@@ -30,7 +30,7 @@ from ..capture import plan
 from ..errors import InfluenceError
 from ..losses import output_gradient
 from ..result import Chunk
-from ..scoring import DEFAULT_BUDGET
+from ..scoring import DEFAULT_BUDGET, self_products
 from .exact import ExactBackend
 from .ghost import GhostBackend
 from .protocol import BaseBackend, Routed, Settings
@@ -64,6 +64,16 @@ class OutputScoreBackend(BaseBackend):
 
     def self_products(self, batch: Batch, n: int) -> Tensor:
         raise InfluenceError(f"{self.kind} has no per-sample gradient products (self-influence): use grad-norm")
+
+
+def squared_norms(block, budget: int | None, rows: int = 64) -> Tensor:
+    """[n]: <G_i, G_i> of a block. Blocks without tokens (one token per segment): the diagonal of the Gram
+    products of row chunks of ``rows`` samples against themselves (a few einsums per block instead of one per
+    sample); others as ``influence.scoring.self_products``."""
+    if any(seg.tokens != 1 for seg in block.segments):
+        return self_products(block, budget)
+    return torch.cat([(b := block.rows(slice(i, i + rows))).gram(b).diagonal()
+                      for i in range(0, block.n, rows)])
 
 
 class GradNormBackend(BaseBackend):
@@ -102,7 +112,8 @@ class GradNormBackend(BaseBackend):
             ghost.routed.update(new)
         else:
             raise InfluenceError("grad-norm: the factorisation kept finding new unfactorable parameters; use Exact")
-        total = ghost.block_self_products(blocks, cap.losses)
+        parts = [squared_norms(blocks[key], self.budget) for key in blocks]
+        total = self.lr * sum(parts) if parts else cap.losses.new_zeros(n)
         names = ghost.routed_names()
         if names:
             exact = ExactBackend(self.model, self.loss_fn, self.lr, params=names, memory_budget=self.budget)
