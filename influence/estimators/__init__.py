@@ -19,6 +19,8 @@ BUILTIN = (
     "ghost",   # Gram products of layer inputs and output gradients
     "lai",     # layer-aware influence and its variants (forward only)
     "tracin",  # sums over checkpoints
+    "top_layers",  # exact terms of the top k layers (truncated backward), with or without LAI below
+    "baselines",  # loss, EL2N, gradient norm: per-sample rankings that ignore the reference
 )
 
 for _module in BUILTIN:
