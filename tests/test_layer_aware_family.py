@@ -268,3 +268,10 @@ def test_several_reference_batches_equal_their_concatenation(name):
     assert close(two.scores, one.scores)
     pair = influence.Session(model, CE, halves, estimator=name, lr=LR, pairwise=True).score(train)
     assert close(pair.scores, one.scores)
+
+
+def test_rankings_are_not_influence():
+    """The baselines say that their sign means nothing (curation's "keep score >= 0" must not read them)."""
+    from influence.estimators import estimator_names
+    assert set(estimator_names(influence=False)) == {"loss", "el2n", "grad-norm"}
+    assert {"exact-top2", "exact-top2-lai-below", "exact-top1-lai-below"} <= set(estimator_names(influence=True))

@@ -144,12 +144,12 @@ def build(model: nn.Module, loss_fn: LossFn, s: Settings, routed: Routed, *, kin
 IGNORES = "; the reference batch is ignored (a ranking, larger = keep; never positive, so not for the sign rule)"
 ENTRIES = (
     Estimator("loss", "Loss", functools.partial(build, kind="loss"),
-              Capabilities(needs_backward=False, self_reference=True), family="baseline",
+              Capabilities(needs_backward=False, self_reference=True, influence=False), family="baseline",
               description="-loss_i: small loss ranks high" + IGNORES),
     Estimator("el2n", "EL2N", functools.partial(build, kind="el2n"),
-              Capabilities(needs_backward=False, self_reference=True), family="baseline",
+              Capabilities(needs_backward=False, self_reference=True, influence=False), family="baseline",
               description="-||dl_i/df_i||_2 (cross-entropy: -||softmax - onehot||_2)" + IGNORES),
     Estimator("grad-norm", "Gradient norm", functools.partial(build, kind="grad-norm"),
-              Capabilities(needs_backward=True, self_reference=True), family="baseline",
+              Capabilities(needs_backward=True, self_reference=True, influence=False), family="baseline",
               description="-lr * ||grad l_i||^2 (self-influence, from Ghost's per-sample products)" + IGNORES),
 )
