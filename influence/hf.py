@@ -36,6 +36,8 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
 from .batch import LossFn
+from .errors import InvalidArgumentError
+from .layers import register_float64_mode
 from .losses import cross_entropy, cross_entropy_gradient
 
 IGNORE_INDEX = -100
@@ -115,14 +117,14 @@ def pad(sequences: Sequence[Sequence[int] | Tensor], pad_id: int, side: str = "r
     """Pad token id lists to one length: (input_ids [n, L], attention_mask [n, L]) with ``side`` in
     {"right", "left"}; ``length`` defaults to the longest sequence (longer sequences raise)."""
     if side not in ("right", "left"):
-        raise ValueError(f"side must be 'right' or 'left', got {side!r}")
+        raise InvalidArgumentError(f"side must be 'right' or 'left', got {side!r}")
     seqs = [torch.as_tensor(s, dtype=torch.long) for s in sequences]
     width = max(len(s) for s in seqs) if length is None else length
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     mask = torch.zeros(len(seqs), width, dtype=torch.long)
     for i, s in enumerate(seqs):
         if len(s) > width:
-            raise ValueError(f"sequence {i} has {len(s)} tokens, more than length={width}")
+            raise InvalidArgumentError(f"sequence {i} has {len(s)} tokens, more than length={width}")
         cols = slice(0, len(s)) if side == "right" else slice(width - len(s), width)
         ids[i, cols], mask[i, cols] = s, 1
     return ids, mask
@@ -194,6 +196,8 @@ class KeepFloat64(TorchFunctionMode):
             kwargs = {**kwargs, "dtype": torch.float64}
         return func(*args, **kwargs)
 
+
+register_float64_mode(KeepFloat64)  # the layer rules re-run float64 modules under it (``layers.local``)
 
 def _is_float64(model: nn.Module) -> bool:
     return any(p.dtype == torch.float64 for p in model.parameters() if p.is_floating_point())
