@@ -3,8 +3,8 @@
 Everything ``influence`` (and ``theory``, ``validation``) reads from torch outside its public API goes through the
 names below: the pytree utilities (``torch.utils._pytree``), the private base classes of the normalisation and
 dropout modules, the ``parametrize.cached()`` counter, ``torch.compile``'s wrapped module, a module's own
-parameter and buffer dicts, a tensor's version counter and the instance attribute that shadows a module's
-``forward``. ``tests/test_compat.py`` lists any use elsewhere.
+parameter and buffer dicts, a tensor's version counter, the instance attribute that shadows a module's
+``forward`` and the attributes ``influence`` keeps on a user's objects (:func:`marks`). ``tests/test_compat.py`` lists any use elsewhere.
 
 Uses still outside this module (files owned by other work, to be switched to the names here; file:line at the
 commit that added this module):
@@ -126,6 +126,14 @@ def version(t: Tensor) -> int:
 _MISSING = object()
 
 
+def marks(obj: Any) -> dict[str, Any]:
+    """Where ``influence`` keeps its own attributes on a user's object (a model's output selector, a forward
+    pre-hook flag, a rule's note about a module): the instance dict, written directly so that neither
+    ``nn.Module.__setattr__`` (which registers parameters and submodules) nor a user's ``__setattr__`` runs. Every
+    such key starts with ``_influence``."""
+    return obj.__dict__
+
+
 def instance_forward(module: nn.Module) -> Callable[..., Any] | None:
     """The ``forward`` set on the module instance (``module.__dict__["forward"]``, as ``accelerate``'s hooks and
     :func:`shadow_forward` set it), or None when the class's ``forward`` is used."""
@@ -150,5 +158,5 @@ def shadow_forward(module: nn.Module, forward: Callable[..., Any]) -> Callable[[
 __all__ = [
     "tree_flatten", "tree_unflatten", "tree_map", "tree_leaves", "tree_flatten_with_path", "keystr", "BATCHNORM",
     "INSTANCENORM", "DROPOUT", "parametrization_cache_depth", "uncached_parametrizations", "compiled_inner",
-    "own_parameters", "own_buffers", "own_children", "version", "instance_forward", "shadow_forward",
+    "own_parameters", "own_buffers", "own_children", "version", "marks", "instance_forward", "shadow_forward",
 ]

@@ -36,6 +36,7 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
 from .batch import LossFn
+from .compat import marks
 from .errors import InvalidArgumentError
 from .layers import register_float64_mode
 from .losses import cross_entropy, cross_entropy_gradient
@@ -163,9 +164,9 @@ class PaddingMaskHook:
 
 def _add_mask_hook(module: nn.Module, key: str) -> None:
     flag = f"_influence_mask_hook_{key}"
-    if not module.__dict__.get(flag, False):
+    if not marks(module).get(flag, False):
         module.register_forward_pre_hook(PaddingMaskHook(key), with_kwargs=True)
-        module.__dict__[flag] = True
+        marks(module)[flag] = True
 
 
 LOWER_FLOATS = (torch.float32, torch.float16, torch.bfloat16)
@@ -199,6 +200,7 @@ class KeepFloat64(TorchFunctionMode):
 
 register_float64_mode(KeepFloat64)  # the layer rules re-run float64 modules under it (``layers.local``)
 
+
 def _is_float64(model: nn.Module) -> bool:
     return any(p.dtype == torch.float64 for p in model.parameters() if p.is_floating_point())
 
@@ -207,11 +209,11 @@ def _enter_float64(model: nn.Module, args: tuple, kwargs: dict) -> None:
     mode = KeepFloat64() if _is_float64(model) else None
     if mode is not None:
         mode.__enter__()
-    model.__dict__.setdefault("_influence_modes", []).append(mode)
+    marks(model).setdefault("_influence_modes", []).append(mode)
 
 
 def _exit_float64(model: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
-    mode = model.__dict__.get("_influence_modes", [None]).pop() if model.__dict__.get("_influence_modes") else None
+    mode = marks(model).get("_influence_modes", [None]).pop() if marks(model).get("_influence_modes") else None
     if mode is not None:
         mode.__exit__(None, None, None)
 

@@ -78,6 +78,8 @@ def test_compat_names_match_torch() -> None:
     t.add_(1)
     assert compat.version(t) == v + 1
     assert compat.compiled_inner(lin) is None
+    compat.marks(lin)["_influence_test"] = 1
+    assert lin._influence_test == 1 and "_influence_test" not in dict(lin.named_parameters())
 
 
 def test_parametrization_cache_switched_off_and_restored() -> None:
