@@ -25,6 +25,7 @@ from typing import Iterator
 import torch
 from torch import Tensor
 
+from ..errors import InvalidArgumentError
 from ..patches import Patches
 
 
@@ -71,7 +72,7 @@ class Dense:
     def with_ones(self) -> "Dense":
         """[data, 1]: the factor augmented by a column of ones (a bias), without copying."""
         if self.ones:
-            raise ValueError("factor already carries a ones column")
+            raise InvalidArgumentError("factor already carries a ones column")
         return Dense(self.data, True)
 
     def flatten_tokens(self) -> "Dense":

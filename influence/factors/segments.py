@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..errors import InvalidArgumentError
 from ..patches import Patches, conv_contract, conv_matrix, conv_rows_times
 from .factor import Dense, Factor, Index, _dense_like, gram
 from .matrices import RowSparse, _index_matrix
@@ -53,7 +54,7 @@ def _expanded(seg: Segment) -> Segment:
         return Segment(left.expand_tokens(right.tokens), right)
     if right.tokens == 1 and isinstance(right, Dense):
         return Segment(left, right.expand_tokens(left.tokens))
-    raise ValueError(f"a segment pairs {left.tokens} tokens with {right.tokens}")
+    raise InvalidArgumentError(f"a segment pairs {left.tokens} tokens with {right.tokens}")
 
 
 def _oriented(seg: Segment) -> tuple[Factor, Factor, bool]:
