@@ -1,23 +1,18 @@
 """Factorisation of a capture: every scored parameter's per-sample gradient as a block of outer products
-(``factor_blocks``, merged across calls and across modules sharing a parameter), the parameters whose autograd
-paths the recorded calls do not explain (``_unexplained``), and autograd's gradients as dense tensors."""
+(``factor_blocks``, merged across calls and across modules sharing a parameter), and autograd's gradients as dense
+tensors (``dense_grad``)."""
 
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import TYPE_CHECKING
-
 import torch
 from torch import Tensor, nn
 
 from ..errors import UnsupportedLayerError
 from ..factors import Block
 from ..layers import Context, GhostPiece, make_block
-from ..paths import unexplained
-from .planning import Factoring, Plan
-
-if TYPE_CHECKING:
-    from .record import Capture, Recorder
+from .calls import Capture
+from .planning import Plan
 
 
 def dense_grad(p: Tensor, g: Tensor | None) -> Tensor:
@@ -26,24 +21,6 @@ def dense_grad(p: Tensor, g: Tensor | None) -> Tensor:
     if g is None:
         return torch.zeros_like(p)
     return g.to_dense() if g.layout != torch.strided else g
-
-
-def _unexplained(losses: Tensor, rec: Recorder, params: list[nn.Parameter], fac: Factoring) -> list[nn.Parameter]:
-    """The parameters among ``params`` whose autograd paths the recorded calls do not explain
-    (``influence.paths``), with every trainable parameter of the layers that factor them (a block is compared
-    whole)."""
-    layers_of, params_of = fac
-    wanted = {id(p) for p in params}
-    calls = {name: [(c.out, nodes) for c, nodes in zip(rec.calls[name], rec.inputs[name])] for name in rec.order}
-    bad = unexplained(losses, calls, {pid: layers_of.get(pid, ()) for pid in wanted})
-    todo = list(bad)
-    while todo:  # close over the layers that share a flagged parameter
-        for name in layers_of.get(todo.pop(), ()):
-            for p in params_of[name]:
-                if id(p) in wanted and id(p) not in bad:
-                    bad.add(id(p))
-                    todo.append(id(p))
-    return [p for p in params if id(p) in bad]
 
 
 def factor_blocks(cap: Capture, pl: Plan, ctx: Context) -> tuple[dict[tuple[int, ...], Block], dict[int, str]]:

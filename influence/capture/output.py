@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from ..errors import InfluenceError
+from .calls import Capture
 from .planning import Plan
 
-if TYPE_CHECKING:
-    from .record import Capture
 
-
-def output_layer(cap: "Capture", pl: Plan) -> str:
+def output_layer(cap: Capture, pl: Plan) -> str:
     """The layer whose output tensor IS the model output (checked by object identity), so its output gradient
     is g; it must have an LAI term (last-layer LAI, last-layer TracIn)."""
     name = cap.producer

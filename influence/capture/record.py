@@ -3,8 +3,10 @@
 ``capture_forward`` records layer inputs under ``no_grad`` (LAI); ``capture_backward`` also reads every
 recorded layer output's gradient with one ``autograd.grad`` call that never writes ``.grad`` (Ghost, theory),
 optionally with autograd's batch gradient of some parameters and per-sample gradients of a few samples
-(the verification in ``influence.verify``). Contexts the layer rules need around a pass (attention's unfused path)
-come from the registry (``influence.layers.capture_context``); this module names no rule.
+(the verification in ``influence.verify``; given the plan's factoring, only of the parameters whose autograd paths
+the recorded calls do not explain: ``_unexplained``, ``influence.paths``). Contexts the layer rules need around a
+pass (attention's unfused path) come from the registry (``influence.layers.capture_context``); this module names no
+rule.
 
 Every recorded call must have the batch as the leading dimension of its input and output: a leading 1 on both
 (position ids built with shape [1, T] and broadcast) is read as one call serving every sample, and for rules with
@@ -24,7 +26,6 @@ from __future__ import annotations
 import functools
 import weakref
 from collections import defaultdict
-from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import torch
@@ -36,58 +37,16 @@ from ..compat import shadow_forward, version
 from ..errors import InPlaceModificationError, named_checkpointing_errors
 from ..layers import LayerRule, capture_context, rule_for
 from ..losses import output_gradient, per_sample_losses
-from ..paths import input_nodes
+from ..paths import input_nodes, unexplained
 from .broadcast import _broadcast_gradients
-from .factorise import _unexplained, dense_grad
+from .calls import Call, Capture
+from .factorise import dense_grad
 from .planning import Factoring
 
 
 def _each(x: Tensor | tuple[Tensor, ...], f: Any) -> Any:
     """``f`` of a recorded input, or of each of its tensors when a rule records several."""
     return tuple(f(t) for t in x) if isinstance(x, tuple) else f(x)
-
-
-@dataclass
-class Call:
-    """One recorded call: ``inp`` [n, ...] (what the rule reads), ``out`` the output while a backward needs it,
-    ``versions`` of input and output at record time, ``out_ref`` a weak reference to the output tensor object
-    (identity with the model output, never a pointer comparison), ``fold`` k when a leading k * n was read as
-    [n, k, ...], ``shared`` when one call with leading dimension 1 served the whole batch (``inp`` is then the
-    input expanded to n; the output is the module's own, [1, ...])."""
-
-    inp: Tensor
-    out: Tensor | None
-    versions: tuple[int, int]
-    out_ref: Any = None
-    fold: int = 0
-    shared: bool = False
-
-
-@dataclass
-class Capture:
-    """What one pass over a batch recorded.
-
-    ``calls[name]``: one entry per call of the layer (input [n, ...], output gradient [n, ...] in ``grads`` after
-    ``capture_backward``); ``order``: layer names in order of first call; ``f``: model output [n, ...];
-    ``g``: dl_i/df_i, same shape; ``losses``: [n]; ``bad``: layer name -> why a call could not be recorded;
-    ``producer``: the recorded layer whose output tensor IS the model output (or None); ``param_grads``:
-    id(param) -> autograd's gradient of sum_i l_i; ``probe``: [(weights w [n], {id(param): gradient of
-    sum_i w_i l_i})]; ``graph_losses``: [n] losses attached to the forward's autograd graph (``capture_forward(keep_graph=True)``); ``checked``: block key -> autograd's
-    gradient of sum_i l_i laid out as the block's [G, p, q] matrix, for the blocks that passed the sum check
-    (``influence.verify``; a reference side uses it instead of summing the factors)."""
-
-    calls: dict[str, list[Call]]
-    order: list[str]
-    f: Tensor
-    g: Tensor
-    losses: Tensor
-    grads: dict[str, list[Tensor]] = field(default_factory=dict)
-    bad: dict[str, str] = field(default_factory=dict)
-    producer: str | None = None
-    param_grads: dict[int, Tensor] = field(default_factory=dict)
-    probe: list[tuple[Tensor, dict[int, Tensor]]] = field(default_factory=list)
-    graph_losses: Tensor | None = None
-    checked: dict[Any, Tensor] = field(default_factory=dict)
 
 
 class Recorder:
@@ -312,3 +271,21 @@ def capture_backward(model: nn.Module, loss_fn: LossFn, batch: tuple[Any, Any], 
     param_grads = {id(p): dense_grad(p, v) for p, v in zip(params, got_iter)} if probe is None else {}
     return Capture(calls, rec.order, f.detach(), g, losses.detach(), dict(grads), dict(rec.bad), producer,
                    param_grads, probed)
+
+
+def _unexplained(losses: Tensor, rec: Recorder, params: list[nn.Parameter], fac: Factoring) -> list[nn.Parameter]:
+    """The parameters among ``params`` whose autograd paths the recorded calls do not explain
+    (``influence.paths``), with every trainable parameter of the layers that factor them (a block is compared
+    whole)."""
+    layers_of, params_of = fac
+    wanted = {id(p) for p in params}
+    calls = {name: [(c.out, nodes) for c, nodes in zip(rec.calls[name], rec.inputs[name])] for name in rec.order}
+    bad = unexplained(losses, calls, {pid: layers_of.get(pid, ()) for pid in wanted})
+    todo = list(bad)
+    while todo:  # close over the layers that share a flagged parameter
+        for name in layers_of.get(todo.pop(), ()):
+            for p in params_of[name]:
+                if id(p) in wanted and id(p) not in bad:
+                    bad.add(id(p))
+                    todo.append(id(p))
+    return [p for p in params if id(p) in bad]
