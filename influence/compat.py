@@ -4,7 +4,8 @@ Everything ``influence`` (and ``theory``, ``validation``) reads from torch outsi
 names below: the pytree utilities (``torch.utils._pytree``), the private base classes of the normalisation and
 dropout modules, the ``parametrize.cached()`` counter, ``torch.compile``'s wrapped module, a module's own
 parameter and buffer dicts, a tensor's version counter, the instance attribute that shadows a module's
-``forward`` and the attributes ``influence`` keeps on a user's objects (:func:`marks`). ``tests/test_compat.py`` lists any use elsewhere.
+``forward`` and the attributes ``influence`` keeps on a user's objects (:func:`marks`). ``tests/test_compat.py``
+lists any use elsewhere.
 
 Uses still outside this module (files owned by other work, to be switched to the names here; file:line at the
 commit that added this module):

@@ -33,9 +33,10 @@ class Capture:
     ``g``: dl_i/df_i, same shape; ``losses``: [n]; ``bad``: layer name -> why a call could not be recorded;
     ``producer``: the recorded layer whose output tensor IS the model output (or None); ``param_grads``:
     id(param) -> autograd's gradient of sum_i l_i; ``probe``: [(weights w [n], {id(param): gradient of
-    sum_i w_i l_i})]; ``graph_losses``: [n] losses attached to the forward's autograd graph (``capture_forward(keep_graph=True)``); ``checked``: block key -> autograd's
-    gradient of sum_i l_i laid out as the block's [G, p, q] matrix, for the blocks that passed the sum check
-    (``influence.verify``; a reference side uses it instead of summing the factors)."""
+    sum_i w_i l_i})]; ``graph_losses``: [n] losses attached to the forward's autograd graph
+    (``capture_forward(keep_graph=True)``); ``checked``: block key -> autograd's gradient of sum_i l_i laid out
+    as the block's [G, p, q] matrix, for the blocks that passed the sum check (``influence.verify``; a reference
+    side uses it instead of summing the factors)."""
 
     calls: dict[str, list[Call]]
     order: list[str]

@@ -212,10 +212,11 @@ def capture_backward(model: nn.Module, loss_fn: LossFn, batch: tuple[Any, Any], 
     """Forward and one truncated backward of sum_i l_i: inputs and output gradients of every layer; in the same
     ``autograd.grad`` call the batch gradient of ``params``; with ``probe`` (weights w [n]) instead the gradient
     of sum_i w_i l_i, in a second backward pass through the retained graph (``param_grads`` is then empty: the
-    weighted comparison subsumes the sum check, and the first pass computes no weight gradient). ``rules``: as in ``capture_forward``.
-    ``paths`` (the plan's ``factoring()``): first check ``params`` on the forward's graph (``influence.paths``)
-    and take autograd's gradient only of those whose paths the layer calls do not explain, with every parameter
-    of their layers (``Capture.param_grads`` holds those; none when the graph explains every path)."""
+    weighted comparison subsumes the sum check, and the first pass computes no weight gradient). ``rules``: as in
+    ``capture_forward``. ``paths`` (the plan's ``factoring()``): first check ``params`` on the forward's graph
+    (``influence.paths``) and take autograd's gradient only of those whose paths the layer calls do not explain,
+    with every parameter of their layers (``Capture.param_grads`` holds those; none when the graph explains every
+    path)."""
     x, y = batch
     check_loss_fn(loss_fn)
     params = list(params)
