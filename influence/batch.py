@@ -13,10 +13,10 @@ from typing import Any, Callable, Union
 
 import torch
 from torch import Tensor, nn
-from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
 
 from .checks import batch_size, check_batch, tensor_pair  # noqa: F401  (batch_size, check_batch re-exported)
-from .errors import ModelOutputError
+from .compat import marks, tree_flatten, tree_map, tree_unflatten
+from .errors import ArgumentTypeError, ModelOutputError
 
 Batch = tuple[Any, Any]
 LossFn = Callable[[Tensor, Any], Tensor]
@@ -59,8 +59,8 @@ def select_output(model: nn.Module, which: Selector | None) -> nn.Module:
     output (``1`` for a model returning ``(aux, logits)``), a key or attribute name (``"logits"``), or a
     function of the output returning the tensor; None restores the default rule. Returns the same model."""
     if which is not None and not (callable(which) or isinstance(which, (int, str))) or isinstance(which, bool):
-        raise TypeError(f"select_output takes an int, a str, a callable or None; got {type(which).__name__}")
-    model.__dict__[SELECTOR_ATTR] = which
+        raise ArgumentTypeError(f"select_output takes an int, a str, a callable or None; got {type(which).__name__}")
+    marks(model)[SELECTOR_ATTR] = which
     return model
 
 
@@ -87,7 +87,7 @@ def call_model(model: nn.Module, x: Any) -> Any:
 
 def selected_output(model: nn.Module, out: Any) -> Any:
     """``out`` itself, or the part of it named by :func:`select_output` (checked to be a tensor)."""
-    which = model.__dict__.get(SELECTOR_ATTR)
+    which = marks(model).get(SELECTOR_ATTR)
     if which is None:
         return out
     try:

@@ -19,14 +19,14 @@ from typing import Any, Iterable
 
 import torch
 from torch import Tensor, nn
-from torch.utils._pytree import tree_flatten_with_path, keystr
 
+from .compat import keystr, tree_flatten_with_path, tree_leaves
 from .errors import (BatchSizeError, EmptyBatchError, InvalidArgumentError, NonFiniteInputError,
                      NoTrainableParameterError, UnknownParameterError)
 
 
 def _tensor_leaves(tree: Any) -> list[Tensor]:
-    return [x for x in torch.utils._pytree.tree_leaves(tree) if isinstance(x, Tensor)]
+    return [x for x in tree_leaves(tree) if isinstance(x, Tensor)]
 
 
 def batch_size(tree: Any, what: str = "batch", leaves: list[Tensor] | None = None) -> int:

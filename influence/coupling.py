@@ -19,19 +19,19 @@ seen.
 
 from __future__ import annotations
 
-import weakref
 from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
 
 from .batch import Batch, LossFn, call_model, output_tensor
+from .caches import ModelCache
+from .compat import tree_flatten, tree_map, tree_unflatten
 from .errors import BatchCouplingError
-from .layers.attention import unfused_attention
+from .layers import capture_context
 from .losses import per_sample_losses
 
-_CHECKED: "weakref.WeakKeyDictionary[nn.Module, set]" = weakref.WeakKeyDictionary()
+_CHECKED = ModelCache("coupling checks", set)  # model -> signatures checked
 RUNS = [0]  # number of checks run (observable by tests)
 TOL_EPS = 64  # allowed difference in units of eps of the compared tensor's dtype, relative to its largest entry
 
@@ -116,7 +116,7 @@ def _run(model: nn.Module, loss_fn: LossFn, batch: Batch, n: int, where: str,
             for name, m in model.named_modules():
                 if name:
                     handles.append(m.register_forward_hook(hook(name)))
-        with torch.no_grad(), unfused_attention():  # no nested-tensor fast path (the capture's paths)
+        with torch.no_grad(), capture_context():  # no nested-tensor fast path (the capture's paths)
             f = output_tensor(call_model(model, batch[0]))
             losses = per_sample_losses(loss_fn, f, batch[1], n, where)
     finally:
@@ -181,7 +181,7 @@ def check_cached(model: nn.Module, loss_fn: LossFn, batch: Batch, n: int, where:
     """``check_independent`` once per model and input signature (``influence.verify.signature``)."""
     from .verify import signature
     sig = signature(model, batch)
-    done = _CHECKED.setdefault(model, set())
+    done = _CHECKED.entry(model)
     if sig in done:
         return
     check_independent(model, loss_fn, batch, n, where)
@@ -190,7 +190,4 @@ def check_cached(model: nn.Module, loss_fn: LossFn, batch: Batch, n: int, where:
 
 def clear(model: nn.Module | None = None) -> None:
     """Forget which signatures were checked (of one model, or of all)."""
-    if model is None:
-        _CHECKED.clear()
-    else:
-        _CHECKED.pop(model, None)
+    _CHECKED.clear(model)

@@ -278,7 +278,7 @@ def fingerprint(*things: Any) -> str:
     reference set is refused."""
     import hashlib
 
-    from torch.utils._pytree import tree_flatten
+    from .compat import tree_flatten
     h = hashlib.sha256()
     for thing in things:
         tensors = [t for _, t in sorted(thing.state_dict().items())] if isinstance(thing, torch.nn.Module) \

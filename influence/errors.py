@@ -62,6 +62,14 @@ class InvalidArgumentError(InfluenceError):
     """An argument has a value no estimator can use (``lr`` not a finite real number, ``chunk_size`` <= 0, ...)."""
 
 
+class ArgumentTypeError(InvalidArgumentError, TypeError):
+    """An argument has a type the function cannot use (also a ``TypeError``, what was raised before)."""
+
+
+class MissingOptimizerStateError(InfluenceError):
+    """The optimizer has not taken a step yet, so its second moment (and the preconditioner) does not exist."""
+
+
 class NonFiniteInputError(InfluenceError):
     """An input or target holds NaN or infinite values (scores would be NaN, or silently dominated by them)."""
 

@@ -36,6 +36,9 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
 from .batch import LossFn
+from .compat import marks
+from .errors import InvalidArgumentError
+from .layers import register_float64_mode
 from .losses import cross_entropy, cross_entropy_gradient
 
 IGNORE_INDEX = -100
@@ -115,14 +118,14 @@ def pad(sequences: Sequence[Sequence[int] | Tensor], pad_id: int, side: str = "r
     """Pad token id lists to one length: (input_ids [n, L], attention_mask [n, L]) with ``side`` in
     {"right", "left"}; ``length`` defaults to the longest sequence (longer sequences raise)."""
     if side not in ("right", "left"):
-        raise ValueError(f"side must be 'right' or 'left', got {side!r}")
+        raise InvalidArgumentError(f"side must be 'right' or 'left', got {side!r}")
     seqs = [torch.as_tensor(s, dtype=torch.long) for s in sequences]
     width = max(len(s) for s in seqs) if length is None else length
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     mask = torch.zeros(len(seqs), width, dtype=torch.long)
     for i, s in enumerate(seqs):
         if len(s) > width:
-            raise ValueError(f"sequence {i} has {len(s)} tokens, more than length={width}")
+            raise InvalidArgumentError(f"sequence {i} has {len(s)} tokens, more than length={width}")
         cols = slice(0, len(s)) if side == "right" else slice(width - len(s), width)
         ids[i, cols], mask[i, cols] = s, 1
     return ids, mask
@@ -161,9 +164,9 @@ class PaddingMaskHook:
 
 def _add_mask_hook(module: nn.Module, key: str) -> None:
     flag = f"_influence_mask_hook_{key}"
-    if not module.__dict__.get(flag, False):
+    if not marks(module).get(flag, False):
         module.register_forward_pre_hook(PaddingMaskHook(key), with_kwargs=True)
-        module.__dict__[flag] = True
+        marks(module)[flag] = True
 
 
 LOWER_FLOATS = (torch.float32, torch.float16, torch.bfloat16)
@@ -195,6 +198,9 @@ class KeepFloat64(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
+register_float64_mode(KeepFloat64)  # the layer rules re-run float64 modules under it (``layers.local``)
+
+
 def _is_float64(model: nn.Module) -> bool:
     return any(p.dtype == torch.float64 for p in model.parameters() if p.is_floating_point())
 
@@ -203,11 +209,11 @@ def _enter_float64(model: nn.Module, args: tuple, kwargs: dict) -> None:
     mode = KeepFloat64() if _is_float64(model) else None
     if mode is not None:
         mode.__enter__()
-    model.__dict__.setdefault("_influence_modes", []).append(mode)
+    marks(model).setdefault("_influence_modes", []).append(mode)
 
 
 def _exit_float64(model: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
-    mode = model.__dict__.get("_influence_modes", [None]).pop() if model.__dict__.get("_influence_modes") else None
+    mode = marks(model).get("_influence_modes", [None]).pop() if marks(model).get("_influence_modes") else None
     if mode is not None:
         mode.__exit__(None, None, None)
 

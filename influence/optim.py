@@ -27,16 +27,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-
-class MissingOptimizerStateError(ValueError):
-    """The optimizer has not taken a step yet, so its second moment (and the preconditioner) does not exist."""
+from .errors import ArgumentTypeError, MissingOptimizerStateError  # noqa: F401 (re-exported)
 
 
 def adam_preconditioner(optimizer: torch.optim.Optimizer, model: nn.Module) -> dict[str, Tensor]:
     """{parameter name in ``model``: P} for every parameter of ``model`` that ``optimizer`` (Adam or AdamW) holds
     state for. Raises :class:`MissingOptimizerStateError` before the first step (v does not exist yet)."""
     if not isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW)):
-        raise TypeError(f"adam_preconditioner needs torch.optim.Adam or AdamW, got {type(optimizer).__name__}")
+        raise ArgumentTypeError(f"adam_preconditioner needs torch.optim.Adam or AdamW, got {type(optimizer).__name__}")
     names = {id(p): n for n, p in model.named_parameters()}
     out: dict[str, Tensor] = {}
     for group in optimizer.param_groups:

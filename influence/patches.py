@@ -15,6 +15,8 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
+from .errors import InvalidArgumentError
+
 
 @dataclass
 class Patches:
@@ -73,7 +75,7 @@ class Patches:
 
     def with_ones(self) -> "Patches":
         if self.ones:
-            raise ValueError("factor already carries a ones column")
+            raise InvalidArgumentError("factor already carries a ones column")
         return Patches(self.inp, self.kernel, self.stride, self.dilation, self.n_groups, True, self.padding)
 
 

@@ -17,7 +17,7 @@ from typing import Hashable, Mapping
 import torch
 from torch import Tensor
 
-from .errors import InfluenceError
+from .errors import InfluenceError, InvalidArgumentError
 from .factors import Block, Index, RowSparse, _gram_width, add_matrices, shared_grams
 from .memory import MemoryBudgetError, mib, require_fits, resolve_budget
 
@@ -27,7 +27,7 @@ DEFAULT_BUDGET: int | None = None  # bytes (influence.memory): None is half of t
 
 def check_mode(mode: str) -> str:
     if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        raise InvalidArgumentError(f"mode must be one of {MODES}, got {mode!r}")
     return mode
 
 

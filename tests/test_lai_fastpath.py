@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 import influence
-import influence.capture as capture
+import influence.capture.planning as capture
 from conftest import rel_err
 from influence.checks import all_finite
 from influence.errors import NonFiniteInputError, StochasticModuleError, UndefinedGradientError

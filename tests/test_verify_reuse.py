@@ -245,7 +245,7 @@ def test_directions_per_block_follow_the_precision(dtype, k, monkeypatch):
 def test_rounding_stays_far_below_the_screening_tolerance(family):
     """The sum check's projection differs from autograd's by rounding only, in float32 and float64, by at most
     1/8 of the screening tolerance (so a flag from rounding, which costs a full comparison, stays rare)."""
-    from torch.utils._pytree import tree_map
+    from influence.compat import tree_map
     from validation.verify_cost import rounding
     model, loss_fn, batch, n = _zoo_case(family)
     for dtype in (torch.float32, torch.float64):

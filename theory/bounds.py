@@ -43,6 +43,7 @@ import torch
 from torch import Tensor, nn
 
 from influence.batch import Batch, LossFn
+from influence.errors import InvalidArgumentError
 from influence.losses import cross_entropy
 
 from .decomposition import lai_flat_gram, pairwise_terms
@@ -155,8 +156,8 @@ def apriori_pairs(model: nn.Module, loss_fn: LossFn, s_tr: Side, s_rf: Side, tra
     g_tr, g_rf = s_tr.g.norm(dim=1), s_rf.g.norm(dim=1)
     if worst_case_output_gradient:
         if loss_fn is not cross_entropy:
-            raise ValueError("worst_case_output_gradient needs influence.cross_entropy (||softmax - onehot|| <= "
-                             "sqrt 2); for other losses use the measured ||g||")
+            raise InvalidArgumentError("worst_case_output_gradient needs influence.cross_entropy (||softmax - onehot|| "
+                                       "<= sqrt 2); for other losses use the measured ||g||")
         g_tr = cross_entropy_gradient_norm_bound(train[1]).to(g_tr)
         g_rf = cross_entropy_gradient_norm_bound(ref[1]).to(g_rf)
     return {name: abs(lr) * apriori_pair_bound(tr, s_rf.terms[name], g_tr, g_rf, j_tr, j_rf)

@@ -20,9 +20,9 @@ from typing import Any, Iterator
 import torch
 from torch import Tensor, nn
 from torch.func import jacrev, vmap
-from torch.utils._pytree import tree_map
 
 from influence.batch import call_model, output_tensor
+from influence.compat import tree_map
 from influence.errors import TheoryScopeError
 
 

@@ -43,9 +43,9 @@ import torch
 from torch import Tensor, nn
 from torch.fx import Interpreter, Node
 from torch.fx.experimental.proxy_tensor import make_fx
-from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from influence.batch import call_model, output_tensor
+from influence.compat import tree_flatten, tree_unflatten
 
 from .jacobians import perturbed, single_thread
 

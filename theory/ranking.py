@@ -20,11 +20,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from influence.errors import InvalidArgumentError
+
 
 def _as_float64(x: Tensor | np.ndarray) -> Tensor:
     t = torch.as_tensor(np.asarray(x.detach().cpu() if isinstance(x, Tensor) else x), dtype=torch.float64)
     if t.dim() != 1:
-        raise ValueError(f"expected a vector [n], got shape {tuple(t.shape)}")
+        raise InvalidArgumentError(f"expected a vector [n], got shape {tuple(t.shape)}")
     return t
 
 
@@ -32,9 +34,9 @@ def guaranteed_concordant(ghost_scores: Tensor | np.ndarray, bounds: Tensor | np
     """[n, n] bool: pairs (i, j) with |G_i - G_j| > Delta_i + Delta_j (their order is the same under LAI)."""
     g, d = _as_float64(ghost_scores), _as_float64(bounds)
     if g.shape != d.shape:
-        raise ValueError(f"ghost_scores {tuple(g.shape)} and bounds {tuple(d.shape)} differ in shape")
+        raise InvalidArgumentError(f"ghost_scores {tuple(g.shape)} and bounds {tuple(d.shape)} differ in shape")
     if (d < 0).any():
-        raise ValueError("bounds must be non-negative")
+        raise InvalidArgumentError("bounds must be non-negative")
     return (g[:, None] - g[None, :]).abs() > d[:, None] + d[None, :]
 
 
@@ -44,7 +46,7 @@ def kendall_lower_bound(ghost_scores: Tensor | np.ndarray, bounds: Tensor | np.n
     ok = guaranteed_concordant(ghost_scores, bounds)
     n = ok.shape[0]
     if n < 2:
-        raise ValueError("Kendall's tau needs at least two samples")
+        raise InvalidArgumentError("Kendall's tau needs at least two samples")
     total = n * (n - 1) // 2
     k = int(torch.triu(ok, diagonal=1).sum())
     return (2 * k - total) / total
@@ -55,7 +57,7 @@ def guaranteed_filter_accuracy(ghost_scores: Tensor | np.ndarray, bounds: Tensor
     Ghost: the fraction with |G_i| > Delta_i."""
     g, d = _as_float64(ghost_scores), _as_float64(bounds)
     if g.shape != d.shape or g.numel() == 0:
-        raise ValueError("ghost_scores and bounds must be non-empty vectors of the same shape")
+        raise InvalidArgumentError("ghost_scores and bounds must be non-empty vectors of the same shape")
     return float((g.abs() > d).double().mean())
 
 

@@ -24,6 +24,8 @@ from typing import Callable
 import sympy as sp
 from sympy.polys.rings import ring
 
+from influence.errors import InvalidArgumentError
+
 
 @dataclass
 class Check:
@@ -77,7 +79,7 @@ def _activation(net: _Net, kind: str, hidden: int) -> tuple[Callable, Callable]:
         return (lambda z, k: alpha * z + beta * z**2), (lambda z, k: alpha + 2 * beta * z)
     if kind == "piecewise_linear":
         return (lambda z, k: net.sym[f"m_{k}"] * z), (lambda z, k: net.sym[f"m_{k}"])
-    raise ValueError(f"activation must be 'polynomial' or 'piecewise_linear', got {kind!r}")
+    raise InvalidArgumentError(f"activation must be 'polynomial' or 'piecewise_linear', got {kind!r}")
 
 
 def _activation_names(kind: str, hidden: int) -> list[str]:

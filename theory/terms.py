@@ -41,7 +41,7 @@ from torch import Tensor, nn
 from influence.batch import Batch, LossFn, check_batch
 from influence.capture import Plan, capture_forward, plan
 from influence.checks import check_loss_fn, check_model
-from influence.errors import TheoryScopeError
+from influence.errors import InvalidArgumentError, TheoryScopeError
 from influence.factors import Dense, Index
 from influence.layers import Context, LayerRule, rule_for
 
@@ -184,7 +184,7 @@ def build_side(model: nn.Module, loss_fn: LossFn, batch: Batch, token_pairing: s
     """Forward capture (layer inputs, f, g) plus, with ``with_jacobians``, per-sample Jacobians of every scored
     layer for one batch (``torch.func``; the only part that differentiates through the network)."""
     if token_pairing not in PAIRINGS:
-        raise ValueError(f"token_pairing must be one of {PAIRINGS}, got {token_pairing!r}")
+        raise InvalidArgumentError(f"token_pairing must be one of {PAIRINGS}, got {token_pairing!r}")
     n = check_batch(batch, where)
     check_loss_fn(loss_fn)
     pl = layer_plan(model)

@@ -40,17 +40,20 @@ Rule API (``influence.layers.base``), for a module ``m`` of the family, n = batc
   embedding/output weights; pieces of all uses merge into one block when their orientations agree).
 
 ``Context(shared, excluded)``: parameter ids used by several modules / routed away; ``ctx.scored(p)`` says whether
-to factor ``p``. Helpers for rules: ``tokens``, ``weight_bias_pieces``, ``with_bias``, ``padded_ids``,
-``reshaper``.
+to factor ``p``. Hooks for what a family needs around the passes: ``register_capture_context`` (entered around every
+recording pass, ``capture_context``; attention's unfused path) and ``register_float64_mode`` (entered while a rule
+re-runs a float64 module, ``float64_mode``; ``influence.hf`` registers ``KeepFloat64``). Helpers for rules:
+``tokens``, ``weight_bias_pieces``, ``with_bias``, ``padded_ids``, ``reshaper``.
 """
 
 from __future__ import annotations
 
 from torch import Tensor, nn
 
-from .base import (Context, GhostPiece, LayerRule, TheoryFactor, factored, make_block, owner_names, padded_ids,
-                   register_layer, registered_rules, registry_version, reshaper, rule_for, tokens, trainable,
-                   weight_bias_pieces, with_bias)
+from .base import (Context, GhostPiece, LayerRule, TheoryFactor, capture_context, factored, float64_mode, make_block,
+                   owner_names, padded_ids, register_capture_context, register_float64_mode, register_layer,
+                   registered_rules, registry_version, reshaper, rule_for, tokens, trainable, weight_bias_pieces,
+                   with_bias)
 from .linear import HFConv1D, HFConv1DRule, LinearRule
 from .conv import ConvRule, conv_pads, unfold_conv_input
 from .embedding import EmbeddingRule
@@ -94,5 +97,5 @@ __all__ = [
     "owner_names", "factored", "HFConv1D", "conv_pads", "unfold_conv_input", "check_supported", "ghost_pieces",
     "lai_activation", "LinearRule", "HFConv1DRule", "ConvRule", "EmbeddingRule", "AffineNormRule", "LayerNormRule",
     "RMSNormRule", "AnyNormRule", "EmbeddingLookupRule", "AdditiveParameterRule",
-    "MultiheadAttentionRule",
+    "MultiheadAttentionRule", "register_capture_context", "capture_context", "register_float64_mode", "float64_mode",
 ]

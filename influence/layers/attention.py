@@ -31,12 +31,13 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from ..factors import Dense, Segment, ones_factor
-from .base import Context, GhostPiece, LayerRule, register_layer, reshaper, tokens, unsupported, weight_bias_pieces, \
-    with_bias
+from .base import (Context, GhostPiece, LayerRule, register_capture_context, register_layer, reshaper, tokens,
+                   unsupported, weight_bias_pieces, with_bias)
 
 _SIGNATURE = inspect.signature(nn.MultiheadAttention.forward)
 
 
+@register_capture_context
 @contextlib.contextmanager
 def unfused_attention() -> Iterator[None]:
     """torch's fused attention paths off (``torch.backends.mha``) while a capture runs: without autograd, eval-mode

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, ContextManager, Iterator
 
 import torch
 from torch import Tensor, nn
 
-from ..errors import UnsupportedLayerError
+from ..errors import ArgumentTypeError, UnsupportedLayerError
 from ..factors import Block, Dense, Factor, Index, Patches, Segment, ones_factor
 
 
@@ -135,7 +136,7 @@ def register_layer(rule: LayerRule | type[LayerRule]) -> LayerRule | type[LayerR
     works as a class decorator; returns its argument."""
     instance = rule() if isinstance(rule, type) else rule
     if not isinstance(instance, LayerRule):
-        raise TypeError(f"register_layer expects a LayerRule, got {type(instance).__name__}")
+        raise ArgumentTypeError(f"register_layer expects a LayerRule, got {type(instance).__name__}")
     _RULES.append(instance)
     _VERSION[0] += 1
     return rule
@@ -157,6 +158,42 @@ def rule_for(module: nn.Module) -> LayerRule | None:
         if rule.matches(module):
             return rule
     return None
+
+
+_CAPTURE_CONTEXTS: list[Callable[[], ContextManager]] = []
+_FLOAT64_MODES: list[Callable[[], ContextManager]] = []
+
+
+def register_capture_context(factory: Callable[[], ContextManager]) -> Callable[[], ContextManager]:
+    """Have ``factory()`` entered around every pass that records layer calls (``influence.capture``) or runs the
+    model again to compare samples (``influence.coupling``): a rule whose layers torch would otherwise run another
+    way (attention's fused fast path, ``layers.attention.unfused_attention``) registers what switches that off, so
+    the generic recorder names no rule. Returns ``factory`` (usable as a decorator)."""
+    _CAPTURE_CONTEXTS.append(factory)
+    return factory
+
+
+@contextlib.contextmanager
+def capture_context() -> Iterator[None]:
+    """Every registered capture context (:func:`register_capture_context`), entered in order of registration."""
+    with contextlib.ExitStack() as stack:
+        for factory in _CAPTURE_CONTEXTS:
+            stack.enter_context(factory())
+        yield
+
+
+def register_float64_mode(factory: Callable[[], ContextManager]) -> Callable[[], ContextManager]:
+    """Have ``factory()`` entered while a rule re-runs a module on a float64 input (``layers.local.module_vjp``),
+    so code inside the module that casts to float32 stays in float64 (``influence.hf`` registers its
+    ``KeepFloat64``); the latest registration is used. Returns ``factory``."""
+    _FLOAT64_MODES.append(factory)
+    return factory
+
+
+def float64_mode() -> ContextManager:
+    """The latest registered float64 mode (:func:`register_float64_mode`), entered as a context, or a context
+    that does nothing when none is registered."""
+    return _FLOAT64_MODES[-1]() if _FLOAT64_MODES else contextlib.nullcontext()
 
 
 # ------------------------------------------------------------------ helpers shared by rules

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.overrides import TorchFunctionMode
 
+from ..compat import marks
 from ..factors import Dense, Segment
 from .base import Context, GhostPiece, TheoryFactor, register_layer, reshaper, tokens, unsupported
 from .embedding import EmbeddingRule
@@ -76,11 +77,11 @@ class EmbeddingLookupRule(EmbeddingRule):
             looked * scale.to(looked.dtype), output.detach())
         if not (plain or scaled):
             raise unsupported(type(module).__name__, "its output is not the lookup (or the lookup times embed_scale)")
-        module.__dict__["_influence_lookup_scaled"] = bool(scaled and not plain)
+        marks(module)["_influence_lookup_scaled"] = bool(scaled and not plain)
         return ids
 
     def _factor_scale(self, module: nn.Module, like: Tensor) -> Tensor | float:
-        if module.__dict__.get("_influence_lookup_scaled"):
+        if marks(module).get("_influence_lookup_scaled"):
             return _scale(module).to(like.dtype)
         return 1.0
 

@@ -10,7 +10,8 @@ so rules use it for small parameters (norm scales, class tokens, position parame
 :class:`LocalRule` is the base of such rules: ``record`` accepts calls with one tensor argument (keyword
 arguments only at their defaults, None or False), ``ghost_pieces`` returns one materialised piece for the
 scored parameters, and there is no LAI term (``lai = False``). A float64 input is re-run in float64 throughout
-(``influence.hf.KeepFloat64``), as ``influence.hf.prepare`` runs float64 models.
+(the registry's ``float64_mode``: ``influence.hf`` registers its ``KeepFloat64``), as ``influence.hf.prepare``
+runs float64 models.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, vjp, vmap
 
 from ..factors import Dense, Segment
-from .base import Context, GhostPiece, LayerRule, reshaper, unsupported
+from .base import Context, GhostPiece, LayerRule, float64_mode, reshaper, unsupported
 
 
 def direct_params(module: nn.Module, ctx: Context) -> list[tuple[str, nn.Parameter]]:
@@ -35,8 +36,7 @@ def direct_params(module: nn.Module, ctx: Context) -> list[tuple[str, nn.Paramet
 def _precision(x: Tensor):
     if x.dtype != torch.float64:
         return contextlib.nullcontext()
-    from ..hf import KeepFloat64  # noqa: PLC0415 - only torch at import time, no circular import
-    return KeepFloat64()
+    return float64_mode()
 
 
 def module_vjp(module: nn.Module, params: list[tuple[str, nn.Parameter]], x: Tensor, grad_out: Tensor

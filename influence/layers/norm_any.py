@@ -14,12 +14,12 @@ from __future__ import annotations
 
 from torch import nn
 
+from ..compat import BATCHNORM, INSTANCENORM
 from ..errors import UndefinedGradientError
 from .base import register_layer
 from .local import LocalRule
 
-TORCH_NORMS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.modules.instancenorm._InstanceNorm,
-               nn.LayerNorm, *((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ()))
+TORCH_NORMS = (BATCHNORM, nn.GroupNorm, INSTANCENORM, nn.LayerNorm, *((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ()))
 CLOSED_FORM = tuple(c.forward for c in (nn.LayerNorm, *((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ())))
 
 
@@ -37,7 +37,7 @@ class AnyNormRule(LocalRule):
         return isinstance(module, TORCH_NORMS) or type(module).__name__.lower().endswith("norm")
 
     def check(self, name: str, module: nn.Module) -> None:
-        if isinstance(module, nn.modules.batchnorm._BatchNorm) and (
+        if isinstance(module, BATCHNORM) and (
                 not module.track_running_stats or module.running_mean is None):
             raise UndefinedGradientError(f"{name}: {type(module).__name__} without running statistics normalises "
                                          "with batch statistics even in eval mode, coupling the samples: "
