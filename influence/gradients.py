@@ -10,10 +10,10 @@ from typing import Any, Iterable
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
-from torch.utils._pytree import tree_map
 
 from .batch import Batch, LossFn, batch_size, output_tensor, selected_output, take
 from .capture import dense_grad
+from .compat import tree_map
 from .checks import trainable_names
 from .errors import InfluenceError, named_checkpointing_errors
 from .losses import per_sample_losses

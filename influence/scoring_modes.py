@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
+
+from .compat import compiled_inner, parametrization_cache_depth, uncached_parametrizations
 
 
 def scoring_mode(method: Callable) -> Callable:
@@ -26,7 +28,7 @@ def scoring_mode(method: Callable) -> Callable:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         autocast = [device for device in AUTOCAST_DEVICES if torch.is_autocast_enabled(device)]
         inference = torch.is_inference_mode_enabled()
-        if not (autocast or inference or _parametrization_cache_depth()):
+        if not (autocast or inference or parametrization_cache_depth()):
             return method(*args, **kwargs)  # nothing to switch off (the common case, without the context stack)
         with contextlib.ExitStack() as stack:
             for device in autocast:
@@ -38,32 +40,7 @@ def scoring_mode(method: Callable) -> Callable:
     return wrapper
 
 
-@contextlib.contextmanager
-def uncached_parametrizations() -> Iterator[None]:
-    """Parametrized weights computed afresh on every access while estimators run, even inside
-    ``parametrize.cached()``: a cached weight is a tensor computed once from the real parameters, which
-    ``torch.func.functional_call`` (Exact) cannot replace, so Exact's per-sample gradients would silently miss
-    it. The cache is only a speed-up; it is restored on exit. (torch keeps the switch in the module-level counter
-    ``_cache_enabled``; if a torch version lacks it, there is nothing to switch.)"""
-    from torch.nn.utils import parametrize
-    depth = _parametrization_cache_depth()
-    if not depth:
-        yield
-        return
-    parametrize._cache_enabled = 0
-    try:
-        yield
-    finally:
-        parametrize._cache_enabled = depth
-
-
 AUTOCAST_DEVICES = ("cpu", "cuda", "xpu", "mps")
-
-
-def _parametrization_cache_depth() -> int:
-    """How many ``parametrize.cached()`` contexts are open (0 when the torch version has no such counter)."""
-    from torch.nn.utils import parametrize
-    return getattr(parametrize, "_cache_enabled", 0)
 
 
 def unwrapped(model: nn.Module) -> nn.Module:
@@ -74,7 +51,7 @@ def unwrapped(model: nn.Module) -> nn.Module:
     while True:
         if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
             model = model.module
-        elif type(model).__name__ == "OptimizedModule" and isinstance(getattr(model, "_orig_mod", None), nn.Module):
-            model = model._orig_mod
+        elif compiled_inner(model) is not None:
+            model = compiled_inner(model)
         else:
             return model

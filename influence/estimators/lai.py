@@ -17,12 +17,12 @@ verification in ``influence.verify`` routes away) are skipped and listed in ``re
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Iterator, Mapping
 
 from torch import nn
 
 from ..batch import Batch, LossFn
+from ..caches import ModelCache
 from ..capture import Capture, Plan, capture_forward, output_layer, plan
 from ..errors import InfluenceError, InvalidArgumentError
 from ..factors import Block, Dense, Segment
@@ -160,7 +160,7 @@ def lai_routed(model: nn.Module, loss_fn: LossFn, batches: list[tuple[Batch, int
     return routed
 
 
-_OUTPUT_LAYER: "weakref.WeakKeyDictionary[nn.Module, str]" = weakref.WeakKeyDictionary()  # a hint, always checked
+_OUTPUT_LAYER = ModelCache("LAI's output layer: {'name': module name} (a hint, always checked)")
 
 
 class LaiBackend(FactoredBackend):
@@ -206,7 +206,7 @@ class LaiBackend(FactoredBackend):
         identity of its output with the model output); every layer when that is not confirmed."""
         modules = self.pl.modules
         if self.layers == "last":
-            name = self.names[0] if self.names else _OUTPUT_LAYER.get(self.model)
+            name = self.names[0] if self.names else _OUTPUT_LAYER.get(self.model, {}).get("name")
             if name in modules:
                 cap = capture_forward(self.model, self.loss_fn, batch, {name: modules[name]}, n, where, keep_graph,
                                       self.pl.rules)
@@ -215,7 +215,7 @@ class LaiBackend(FactoredBackend):
         cap = capture_forward(self.model, self.loss_fn, batch, modules, n, where, keep_graph, self.pl.rules)
         if self.layers == "last":
             if cap.producer is not None:
-                _OUTPUT_LAYER[self.model] = cap.producer
+                _OUTPUT_LAYER.entry(self.model)["name"] = cap.producer
             if self.names and cap.producer != self.names[0]:
                 raise InfluenceError(f"the model output comes from layer {cap.producer!r} on the {where} batch but "
                                      f"from {self.names[0]!r} on the first reference batch; last-layer LAI needs "

@@ -3,17 +3,17 @@ per model (weakly) and signature."""
 
 from __future__ import annotations
 
-import weakref
 from typing import Any
 
 from torch import Tensor, nn
-from torch.utils._pytree import tree_flatten
 
 from ..batch import Batch
+from ..caches import ModelCache
 from ..checks import tensor_pair
+from ..compat import own_children, own_parameters, tree_flatten
 from ..layers import registry_version
 
-_CACHE: weakref.WeakKeyDictionary[nn.Module, dict[tuple, dict[str, str]]] = weakref.WeakKeyDictionary()
+_CACHE = ModelCache("verification verdicts: {signature: {parameter name: reason}}")
 
 
 def signature(model: nn.Module, batch: Batch) -> tuple:
@@ -73,11 +73,11 @@ def model_state(model: nn.Module) -> tuple:
             continue
         seen.add(id(m))
         state.append((type(m), m.training))
-        for k, p in m._parameters.items():
+        for k, p in own_parameters(m).items():
             if p is not None:
                 state.append((k, p.requires_grad, p.dtype))
                 dims.update(p.shape)
-        stack += [c for c in reversed(m._modules.values()) if c is not None]
+        stack += [c for c in reversed(own_children(m).values()) if c is not None]
     state.append(frozenset(dims))
     return tuple(state)
 
@@ -88,12 +88,9 @@ def cached(model: nn.Module, sig: tuple) -> dict[str, str] | None:
 
 
 def store(model: nn.Module, sig: tuple, failures: dict[str, str]) -> None:
-    _CACHE.setdefault(model, {})[sig] = dict(failures)
+    _CACHE.entry(model)[sig] = dict(failures)
 
 
 def clear(model: nn.Module | None = None) -> None:
     """Forget cached verdicts (of one model, or of all)."""
-    if model is None:
-        _CACHE.clear()
-    else:
-        _CACHE.pop(model, None)
+    _CACHE.clear(model)
