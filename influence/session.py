@@ -172,7 +172,7 @@ class Session:
                  refresh_every: int | None = None, n_train: int | None = None, verify: str = "paths") -> None:
         from .estimators import get_estimator
         fixed = dict(get_estimator(estimator).options)  # temporary, until the backends are built by the registry
-        if estimator.startswith("lai"):
+        if estimator.startswith("lai-"):  # a registered variant fixes its options; plain "lai" keeps the caller's
             estimator, layers, token_pairing = "lai", fixed.get("layers", layers), fixed.get("token_pairing", token_pairing)
         model = unwrapped(model)
         self.model, self.loss_fn, self.estimator = model, loss_fn, estimator
