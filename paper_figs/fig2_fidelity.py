@@ -19,7 +19,7 @@ from matplotlib.ticker import MultipleLocator
 
 from .plotdata import MissingResults, PlotData, mean_std, panel_label
 from .style import DOUBLE, GREY, estimator_style, model_style, new_figure, style
-from .tables import Table
+from validation.report.tables import Table
 
 NAME = "fidelity"
 ESTIMATORS = ("lai", "lai-last", "lai-fit", "ghost", "tracin")

@@ -23,7 +23,7 @@ from .fig2_fidelity import MODEL_ORDER, ordered
 from .plotdata import MissingResults, PlotData, panel_label
 from .style import (DOUBLE, GREY, MODEL_WIDTH_KEY, WIDTH_UNITS, estimator_style, model_style, new_figure,
                     readable_log_ticks, style)
-from .tables import Table
+from validation.report.tables import Table
 
 NAME = "cost"
 ESTIMATORS = ("forward", "lai", "lai-last", "lai-aligned", "ghost", "tracin-last", "exact")

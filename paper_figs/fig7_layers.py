@@ -2,8 +2,8 @@
 layers' terms hurt?
 
 (a) Spearman vs Exact of all-layer LAI, last-layer LAI and LAI-fit (last layer plus lower-layer terms weighted
-against Ghost on a small probe, validation/lai_variants.py) per model, mean over scored steps and seeds with the
-95 % interval of validation/report_evidence.py (bootstrap over the scored samples for one or two seeds, t over
+against Ghost on a small probe, validation/suites/lai_variants.py) per model, mean over scored steps and seeds with the
+95 % interval of validation/report/evidence.py (bootstrap over the scored samples for one or two seeds, t over
 seeds from three); Ghost equals Exact (ρ = 1, dashed).
 (b) per layer: how much LAI's Spearman vs Exact would rise if that layer's term were exact (``rho_fixed`` of
 the layer minus LAI's own, mean over steps and seeds), labelled with the Spearman of the layer's LAI term vs
@@ -21,13 +21,13 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from validation.report_evidence import canon, rank_evidence
+from validation.report.evidence import canon, rank_evidence
 
 from .fig2_fidelity import MODEL_ORDER, ordered
 from .fig3_bound import short_layer_name
 from .plotdata import MissingResults, PlotData, panel_label
 from .style import DOUBLE, GREY, SMALL_PT, estimator_style, model_style, new_figure, style
-from .tables import Table
+from validation.report.tables import Table
 
 NAME = "layers"
 ESTIMATORS = ("lai", "lai-last", "lai-fit")

@@ -16,10 +16,10 @@ from scipy.stats import rankdata, spearmanr
 from paper_figs import (fig1_dynamics, fig2_fidelity, fig3_bound, fig4_scatter, fig5_cost, fig6_curation,
                         fig7_layers)
 from paper_figs.cli import main, newest_run
-from paper_figs.curation_results import family_of, load_curation
+from validation.report.curation import family_of, load_curation
 from paper_figs.style import CLEAN_COLOR, DOUBLE, NOISY_COLOR, SMALL_PT
-from paper_figs.tables import Table
-from validation.results import TABLES, atomic_write_csv, atomic_write_json
+from validation.report.tables import Table
+from validation.report.results import TABLES, atomic_write_csv, atomic_write_json
 
 MODELS = ("mlp", "cnn1d", "transformer")
 STEPS = (10, 20, 30, 40, 50)
@@ -520,7 +520,7 @@ def test_cli_run_produces_results_first(tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert code == 0
     # the curation commands run in a second process next to the validation run
-    assert [c for c in calls if c[2] == "run"] == [["-m", "validation", "run", "--profile", "quick", "--out", str(root)]]
+    assert [c for c in calls if c[2] == "run"] == [["-m", "lai", "run", "--profile", "quick", "--out", str(root)]]
     assert [c[3:] for c in calls if c[2] == "curate"] == [[*a, "--out", str(root)] for a in CURATION_COMMANDS["quick"]]
     assert (root / "quick-dddddddddd" / "figures" / "fig1_dynamics.png").is_file()
     # the failed curation command is reported; figure 6 then falls back to the stored curation tables, if any

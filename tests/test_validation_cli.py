@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from validation.command import COMMANDS, main as dispatch
-from validation.cli import apply_override, build_parser, make_config, run_main
-from validation.options import parse_seeds, split_list
-from validation.profiles import get_profile
-from validation.results import RunDir, read_csv
+from lai.command import COMMANDS, main as dispatch
+from validation.cli.run import apply_override, build_parser, make_config, run_main
+from validation.cli.options import parse_seeds, split_list
+from validation.settings.profiles import get_profile
+from validation.report.results import RunDir, read_csv
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -95,7 +95,7 @@ def test_resume_refuses_other_threads_or_code(run, capsys, monkeypatch):
     _, folder = run
     assert run_main(["--resume", str(folder), "--threads", "2", "--no-progress"]) == 2
     assert "--threads 1" in capsys.readouterr().err
-    import validation.cli as cli
+    import validation.cli.run as cli
 
     monkeypatch.setattr(cli, "code_revision", lambda: "git:other")
     assert run_main(["--resume", str(folder), "--no-progress"]) == 2
@@ -103,7 +103,7 @@ def test_resume_refuses_other_threads_or_code(run, capsys, monkeypatch):
 
 
 def test_failed_theory_check_exits_1(tmp_path, monkeypatch):
-    import validation.report as report
+    import validation.report.summary as report
 
     monkeypatch.setattr(report, "failed_theory_checks", lambda summary: ["bound holds"])
     out = io.StringIO()
@@ -163,7 +163,7 @@ def test_every_command_has_the_shared_vocabulary_and_its_own_name(name, capsys):
 
 
 def test_module_entry_point_runs():
-    out = subprocess.run([sys.executable, "-m", "validation", "--help"], capture_output=True, text=True, timeout=120)
+    out = subprocess.run([sys.executable, "-m", "lai", "--help"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "run" in out.stdout and "bench" in out.stdout and not out.stderr
     help_text = build_parser().format_help()
     assert "--suite" in help_text and "--resume" in help_text and "--device" in help_text
@@ -181,7 +181,7 @@ def test_curation_hint_writes_where_figures_look(tmp_path):
 def test_estimator_registry_one_spelling_and_the_same_numbers_as_influence(f64):
     import influence
     from validation import estimators as registry
-    from validation.models import MLP
+    from validation.training.models import MLP
 
     torch.manual_seed(0)
     model = MLP(6, (5,), 3).double().eval()
@@ -200,7 +200,8 @@ def test_estimator_registry_one_spelling_and_the_same_numbers_as_influence(f64):
     assert "lai-aligned" not in registry.names(sequence=False)
     # every table of estimator names in the package uses the registry's spelling
     from paper_figs import fig2_fidelity, fig5_cost
-    from validation import bench, estimator_cost
+    from validation.bench import command as bench
+    from validation.bench import estimator_cost
     from validation.curation.signals import ESTIMATORS as CURATION_SIGNALS
     from validation.suites import context
     from validation.suites import cost as cost_suite

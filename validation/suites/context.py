@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from influence import InfluenceResult
 from influence.batch import Batch, LossFn
 
-from ..lai_variants import fit_layer_weights, weighted_lai
+from validation.suites.lai_variants import fit_layer_weights, weighted_lai
 from .. import estimators as registry
 from ..estimators import names as estimator_names
 from .counterfactual import one_step_counterfactual

@@ -1,6 +1,6 @@
 """Cost suite: wall time and peak memory of each estimator next to a plain training step, over widths and batch sizes.
 
-A thin sweep over ``validation.estimator_cost.estimator_costs`` (which measures every estimator and the baselines —
+A thin sweep over ``validation.bench.estimator_cost.estimator_costs`` (which measures every estimator and the baselines —
 forward, forward+backward, SGD training step — side by side in this process, on the same model and batches).
 One unit per (model, width, batch): the model at that width (seeded initialisation, float32), the first
 ``batch`` training samples of the task (noisy labels included) and the task's reference batch. Adds
@@ -13,9 +13,9 @@ from typing import Any, Iterable
 
 import torch
 
-from ..models import build_model
-from ..profiles import with_width
-from ..training import Task
+from validation.training.models import build_model
+from validation.settings.profiles import with_width
+from validation.training.task import Task
 
 ESTIMATORS = ("exact", "ghost", "lai", "lai-last", "tracin-last")  # names of validation.estimators
 
@@ -23,7 +23,7 @@ ESTIMATORS = ("exact", "ghost", "lai", "lai-last", "tracin-last")  # names of va
 def cost_point(task: Task, width: int, batch: int, repeats: int = 3, warmup: int = 1,
                estimators: Iterable[str] = ESTIMATORS) -> list[dict[str, Any]]:
     """Rows of the ``cost`` table for ``task``'s architecture at ``width`` on a train batch of ``batch``."""
-    from .. import estimator_cost as vcost  # imported when the suite runs
+    from validation.bench import estimator_cost as vcost  # imported when the suite runs
 
     s = task.settings
     if batch > len(task.x_train):

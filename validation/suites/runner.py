@@ -14,9 +14,9 @@ from typing import Any, Iterable
 import torch
 from tqdm.auto import tqdm
 
-from ..profiles import ModelSettings, model_settings
-from ..results import RunDir
-from ..training import Task, build_task, cast_batch, scoring_copy, train
+from validation.settings.profiles import ModelSettings, model_settings
+from validation.report.results import RunDir
+from validation.training.task import Task, build_task, cast_batch, scoring_copy, train
 from .bound import bound_step
 from .context import StepContext
 from .cost import cost_point

@@ -1,0 +1,5 @@
+"""``lai bench``, the cost benchmark of the estimators: ``command`` (the command), ``workloads`` (what is timed),
+``measure`` (timing and peak memory), ``estimator_cost`` (one cost row per estimator and its baselines),
+``floor`` / ``overhead`` / ``tasks`` (sections), ``realsize*`` and ``rows`` / ``isolate`` (real-size rows in a
+guarded child process), ``targets`` (the bounds checked), ``report`` (bench.json / bench.txt) and
+``verify_cost`` (what Ghost's verification costs)."""
