@@ -10,7 +10,7 @@
 ``lai <command> --help`` lists a command's options with their defaults (also without the optional extras).
 Options every command parses: --out, --seeds (a list: 0-4 or 0,3,7), --threads (default 1), --device,
 --no-progress, --quiet; where one means nothing for a command, using it is a usage error that says why.
-One spelling per idea: --models, --resume DIR, --profile quick|full (validation/cli/options.py).
+One spelling per idea: --models, --resume DIR, --profile quick|full (validation/options.py).
 Exit status: 0 success, 1 a check failed (or a crash, with a traceback), 2 a usage error (one line on stderr,
 including a missing optional extra: the line says what to install).
 ``python -m lai <command>`` is the same command.
@@ -26,12 +26,12 @@ from typing import Sequence
 # command runs, so ``lai --help`` is instant and works without the optional extras. A new command (e.g.
 # ``score``) is one entry here and a module with that ``main``.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "run": ("validation.cli.run", "validation suites into a resumable run folder, with report.md"),
+    "run": ("validation.suites.command", "validation suites into a resumable run folder, with report.md"),
     "curate": ("validation.curation.cli", "curated-training comparison on a noisy-label task"),
     "bench": ("validation.bench.command", "cost benchmark of the estimators"),
     "figures": ("paper_figs.cli", "paper figures from stored results"),
     "tightness": ("validation.suites.tightness", "how tight the error bounds are"),
-    "score": ("validation.cli.score", "score a whole data set with each estimator: throughput and peak memory"),
+    "score": ("validation.bench.score", "score a whole data set with each estimator: throughput and peak memory"),
 }
 EXTRAS_HINT = 'pip install "lai[validation]"'
 HF_MODULES = ("transformers", "datasets", "accelerate", "tokenizers", "huggingface_hub")  # the hf extra

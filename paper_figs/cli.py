@@ -27,7 +27,7 @@ from typing import Sequence
 
 from typing import TYPE_CHECKING
 
-from validation.cli.options import (add_out, add_output_control, add_seeds, info, make_parser, progress_enabled,
+from validation.options import (add_out, add_output_control, add_seeds, info, make_parser, progress_enabled,
                                 split_list, threads_arg)
 
 if TYPE_CHECKING:  # the figures need matplotlib (the validation extra): imported when a command runs, so that

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from lai.command import COMMANDS, main as dispatch
-from validation.cli.options import PROFILE_NAMES, SHARED, NotApplicable
+from validation.options import PROFILE_NAMES, SHARED, NotApplicable
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from lai.command import COMMANDS, main as dispatch
-from validation.cli.run import apply_override, build_parser, make_config, run_main
-from validation.cli.options import parse_seeds, split_list
+from validation.suites.command import apply_override, build_parser, make_config, run_main
+from validation.options import parse_seeds, split_list
 from validation.settings.profiles import get_profile
 from validation.report.results import RunDir, read_csv
 
@@ -95,7 +95,7 @@ def test_resume_refuses_other_threads_or_code(run, capsys, monkeypatch):
     _, folder = run
     assert run_main(["--resume", str(folder), "--threads", "2", "--no-progress"]) == 2
     assert "--threads 1" in capsys.readouterr().err
-    import validation.cli.run as cli
+    import validation.suites.command as cli
 
     monkeypatch.setattr(cli, "code_revision", lambda: "git:other")
     assert run_main(["--resume", str(folder), "--no-progress"]) == 2

@@ -20,7 +20,7 @@ from scipy import stats
 
 import influence
 from influence.atomic import atomic_write_json
-from validation.cli.options import add_common, info, make_parser, progress_enabled, split_list, torch_threads
+from validation.options import add_common, info, make_parser, progress_enabled, split_list, torch_threads
 
 
 def staleness_curve(task: Any, estimator: str, ks: Sequence[int], steps: int, warmup: int,

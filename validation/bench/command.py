@@ -49,7 +49,7 @@ from validation.bench.realsize import REALSIZE
 from validation.bench.realsize_run import RealSettings, default_estimators, plan_rows, run_rows
 from validation.bench.estimator_cost import estimator_costs
 from validation.bench.measure import measure_many
-from validation.cli.options import (add_common, add_models, add_not_applicable, add_resume, check_device, info, make_parser,
+from validation.options import (add_common, add_models, add_not_applicable, add_resume, check_device, info, make_parser,
                       split_list, torch_threads)
 
 ALL_ESTIMATORS = ("exact", "ghost", "lai", "lai-last", "tracin-last")

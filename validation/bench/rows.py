@@ -35,7 +35,7 @@ from validation.bench.realsize import RealWorkload, build_real, real_spec
 from validation.bench.estimator_cost import pass_calls
 from validation.estimators import get as get_estimator
 from validation.bench.measure import measure_many, peak_bytes
-from validation.cli.options import torch_threads
+from validation.options import torch_threads
 
 
 def _workload(job: dict[str, Any]) -> RealWorkload:

@@ -17,7 +17,7 @@ import dataclasses
 import sys
 from typing import Any
 
-from ..cli.options import add_common, add_not_applicable, make_parser, progress_enabled, split_list, torch_threads
+from ..options import add_common, add_not_applicable, make_parser, progress_enabled, split_list, torch_threads
 from .methods import METHODS
 from ..settings.profiles import CURATION_PROFILES
 from .protocols import CHOICES, apply_protocol, expand

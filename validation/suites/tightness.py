@@ -38,7 +38,7 @@ from theory.analysis import analyse
 from theory.ranking import filter_agreement, guaranteed_filter_accuracy, kendall_lower_bound
 
 from validation.training.models import CNN2d, MLP, CausalTransformer
-from validation.cli.options import add_common, add_models, add_not_applicable, make_parser, split_list, torch_threads
+from validation.options import add_common, add_models, add_not_applicable, make_parser, split_list, torch_threads
 
 ALPHABET = "abcdefghijklmnopqrstuvwxyz .,\n()"  # 32 symbols; every other character maps to the space
 

@@ -28,7 +28,7 @@ import torch
 import influence
 from influence.atomic import atomic_write_json
 from validation.estimators import ESTIMATORS as REGISTRY
-from validation.cli.options import add_common, info, make_parser, progress_enabled, split_list, torch_threads
+from validation.options import add_common, info, make_parser, progress_enabled, split_list, torch_threads
 
 CHOICES = ("lai", "lai-last", "ghost", "exact")
 
