@@ -257,7 +257,7 @@ def test_fig2_means_bands_and_labels(run):
     assert axes[0, 0].get_ylabel() == "Spearman ρ vs\nExact" and "counterfactual" in axes[1, 0].get_ylabel()
     assert axes[1, 0].get_xlabel() == "training step (SGD steps)"
     legend = fig.legends[0]
-    assert [t.get_text() for t in legend.get_texts()] == ["LAI (all layers)", "LAI (last layer)", "Ghost", "TracIn"]
+    assert [t.get_text() for t in legend.get_texts()] == ["Ghost", "LAI", "LAI (last layer)", "TracIn"]  # registry order and labels
     assert "mean over 3 seeds, band ± one standard deviation" == legend.get_title().get_text()
     check_style(fig)
 
@@ -343,7 +343,7 @@ def test_fig4_pairs_steps_and_markers(run):
             assert ax.get_title(loc="right").endswith(f"step {step}")
             rho = spearmanr([get("ghost", s) for s in SAMPLES], [get("lai", s) for s in SAMPLES]).statistic
             assert ax.texts[0].get_text() == f"ρ = {rho:.2f}"
-    assert axes[-1, 0].get_xlabel() == "Ghost score (nats)" and axes[0, 0].get_ylabel() == "LAI (all layers) score (nats)"
+    assert axes[-1, 0].get_xlabel() == "Ghost score (nats)" and axes[0, 0].get_ylabel() == "LAI score (nats)"
     check_style(fig)
 
 
@@ -377,7 +377,7 @@ def test_fig5_sweeps(run):
                                        else f"width ({ {'mlp': 'hidden units', 'cnn1d': 'channels', 'transformer': 'd_model'}[model]})")
     assert "time / training step" in axes[0, 0].get_ylabel() and "peak memory" in axes[0, 2].get_ylabel()
     labels = [t.get_text() for t in fig.legends[0].get_texts()]
-    assert {"LAI (all layers)", "Ghost", "Exact", "training step"} <= set(labels)
+    assert {"LAI", "Ghost", "Exact", "training step"} <= set(labels)
     check_style(fig)
 
 
@@ -509,7 +509,7 @@ def test_cli_run_produces_results_first(tmp_path, monkeypatch, capsys):
 
     def fake_run(cmd, quiet=False):
         calls.append(cmd[1:])
-        if cmd[2:4] == ["validation", "run"]:
+        if cmd[2:4] == ["lai", "run"]:
             folder = root / "quick-dddddddddd"
             write_run(folder, models=("mlp",))
             return 0, f"progress\n{folder}\n"

@@ -180,7 +180,7 @@ def test_curation_hint_writes_where_figures_look(tmp_path):
 
 def test_estimator_registry_one_spelling_and_the_same_numbers_as_influence(f64):
     import influence
-    from validation import estimators as registry
+    from influence.estimators import estimator_names, get_estimator
     from validation.training.models import MLP
 
     torch.manual_seed(0)
@@ -192,25 +192,26 @@ def test_estimator_registry_one_spelling_and_the_same_numbers_as_influence(f64):
                                               last_layer=True),
               "ghost": influence.ghost(model, influence.cross_entropy, train, ref, 0.1)}
     for name, r in direct.items():
-        got = registry.score(name, model, influence.cross_entropy, train, ref, 0.1).scores
+        got = influence.estimate(name, model, influence.cross_entropy, train, ref, 0.1).scores
         assert torch.allclose(got, r.scores, rtol=1e-12, atol=0)
-    assert all(n == n.lower() and "_" not in n for n in registry.ESTIMATORS)
+    assert all(n == n.lower() and "_" not in n for n in estimator_names())
     with pytest.raises(KeyError, match="spelled 'lai-last'"):
-        registry.get("lai_last")
-    assert "lai-aligned" not in registry.names(sequence=False)
-    # every table of estimator names in the package uses the registry's spelling
+        get_estimator("lai_last")
+    assert "lai-aligned" not in estimator_names(sequence_only=False)
+    # every list of estimator names validation and the figures use comes from the registry (plus lai-fit and the
+    # baselines)
     from paper_figs import fig2_fidelity, fig5_cost
     from validation.bench import command as bench
-    from validation.bench import estimator_cost
+    from validation.bench import estimator_cost, realsize_run, score, tasks
     from validation.curation.signals import ESTIMATORS as CURATION_SIGNALS
-    from validation.suites import context
-    from validation.suites import cost as cost_suite
+    from validation.settings import estimators as chosen
+    from validation.suites.context import fidelity_estimators
 
-    baselines = {"forward", "forward_backward", "train_step", "loss", "counterfactual", "counterfactual_small_lr",
-                 "lai_fit", "lai-fit"}
-    for names in (CURATION_SIGNALS, context.ESTIMATORS, cost_suite.ESTIMATORS, estimator_cost.DEFAULT, bench.ALL_ESTIMATORS,
-                  fig2_fidelity.ESTIMATORS, fig5_cost.ESTIMATORS):
-        assert set(names) - baselines <= set(registry.ESTIMATORS), names
+    baselines = {"forward", "forward_backward", "train_step", *chosen.BASELINES, *chosen.RESEARCH}
+    for names in (CURATION_SIGNALS, fidelity_estimators(), chosen.timed(True), estimator_cost.DEFAULT,
+                  bench.ALL_ESTIMATORS, fig2_fidelity.default_estimators(), fig5_cost.default_estimators(),
+                  realsize_run.REAL_ESTIMATORS, realsize_run.DATASET_ESTIMATORS, score.CHOICES, tasks.METHODS):
+        assert set(names) - baselines <= set(estimator_names()), names
 
 
 def test_tightness_prints_a_row_per_model_and_seed(capsys):

@@ -38,6 +38,7 @@ import torch
 
 from influence.atomic import atomic_write_text
 from influence.batch import Batch
+from influence.estimators import estimator_names
 
 from validation.bench.report import environment, loadavg, render, save
 from validation.bench.targets import CLOCKS, MB, check_targets
@@ -49,16 +50,17 @@ from validation.bench.realsize import REALSIZE
 from validation.bench.realsize_run import RealSettings, default_estimators, plan_rows, run_rows
 from validation.bench.estimator_cost import estimator_costs
 from validation.bench.measure import measure_many
+from validation.settings import estimators as chosen
 from validation.options import (add_common, add_models, add_not_applicable, add_resume, check_device, info, make_parser,
                       split_list, torch_threads)
 
-ALL_ESTIMATORS = ("exact", "ghost", "lai", "lai-last", "tracin-last")
+ALL_ESTIMATORS = tuple(chosen.timed())  # the default rows: every registered estimator but chosen.UNTIMED
 BIG_BATCH = 4096
 
 
 def _floors(w: Workload, train: Batch, ref: Batch, estimators: tuple[str, ...]) -> dict[str, Any]:
     """LAI's floor calls (``validation.bench.floor``) when LAI is measured and the workload has a floor, else {}."""
-    if not {"lai", "lai-last"} & set(estimators):
+    if not any(chosen.family(e) == "lai" for e in estimators):
         return {}
     return floor_calls(w.model, w.loss_fn, train, ref, w.spec.lr)
 
@@ -147,8 +149,8 @@ def build_parser(prog: str = "lai bench") -> argparse.ArgumentParser:
                "named)", dest="workload")
     p.add_argument("--repeats", type=int, default=7, help="timed calls per row (median reported)")
     p.add_argument("--estimators", default=None,
-                   help=f"comma-separated estimator names (default: {','.join(ALL_ESTIMATORS)}; real-size "
-                        "workloads also lai-aligned)")
+                   help=f"comma-separated, from {', '.join(estimator_names())} (default: {','.join(ALL_ESTIMATORS)}; "
+                        "real-size language models also the token-sequence-only ones)")
     p.add_argument("--sizes", default=None,
                    help="train batch sizes for the scaling fit, e.g. 256,512,1024 (or 'default')")
     p.add_argument("--scaling-estimators", default="ghost,lai,exact", help="estimators timed for the scaling fit")
@@ -204,12 +206,11 @@ def run(argv: list[str] | None = None, prog: str = "lai bench") -> dict[str, Any
         p.error("--resume needs --out")
     check_device(p, args.device)
     try:
-        from validation.estimators import ESTIMATORS
-        scaling_estimators = tuple(split_list(args.scaling_estimators, tuple(ESTIMATORS), "estimator"))
+        registered = tuple(estimator_names())
+        scaling_estimators = tuple(split_list(args.scaling_estimators, registered, "estimator"))
         names = workload_names(args.workload)
         real = [n for n in names if n in REALSIZE]
-        given = None if args.estimators is None else tuple(split_list(args.estimators, tuple(ESTIMATORS),
-                                                                      "estimator"))
+        given = None if args.estimators is None else tuple(split_list(args.estimators, registered, "estimator"))
         estimators = given or ALL_ESTIMATORS
         real_estimators = given or default_estimators(real)
         sizes = None if args.sizes in (None, "default") else tuple(int(s) for s in split_list(args.sizes))

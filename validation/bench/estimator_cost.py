@@ -17,12 +17,15 @@ from torch import nn
 
 from influence.batch import Batch, LossFn, call_model, concat, output_tensor
 
-from validation.estimators import ESTIMATORS
+import influence
+from influence.estimators import estimator_names
+
+from validation.settings import estimators as chosen
 from validation.bench.measure import Measurement, measure_many
 
 MB = float(1 << 20)
 BASELINES = ("forward", "forward_backward", "train_step")
-DEFAULT = ("forward", "train_step", "exact", "ghost", "lai", "lai-last", "tracin-last")  # baselines + estimators
+DEFAULT = ("forward", "train_step", *chosen.timed())  # baselines + the timed registered estimators
 
 
 def _sgd_step(model: nn.Module, loss_fn: LossFn, batch: Batch, lr: float) -> Callable[[], None]:
@@ -59,8 +62,8 @@ def estimator_fns(model: nn.Module, loss_fn: LossFn, train: Batch, ref: Batch, l
     stepped = copy.deepcopy(model)
     fns: dict[str, Callable[[], Any]] = {**pass_calls(model, loss_fn, both),
                                          "train_step": _sgd_step(stepped, loss_fn, train, lr)}
-    for name, est in ESTIMATORS.items():  # every estimator of validation.estimators; TracIn at the current weights
-        fns[name] = lambda est=est: est(model, loss_fn, train, ref, lr).scores
+    for name in estimator_names():  # every registered estimator (influence.estimate); TracIn at the current weights
+        fns[name] = lambda name=name: influence.estimate(name, model, loss_fn, train, ref, lr).scores
     fns.update(extra or {})
     return fns
 

@@ -256,9 +256,9 @@ def build_real(spec: RealSpec, seed: int = 0, device: str | torch.device = "cpu"
 
 def estimators_for(spec: RealSpec, estimators: tuple[str, ...] | list[str]) -> list[str]:
     """The estimators of ``estimators`` that apply to ``spec`` (the token-sequence-only ones on LMs only)."""
-    from validation.estimators import get
+    from influence.estimators import get_estimator
 
-    return [e for e in estimators if spec.kind == "lm" or not get(e).sequence_only]
+    return [e for e in estimators if spec.kind == "lm" or not get_estimator(e).caps.sequence_only]
 
 
 __all__ = ["hf_config", "REALSIZE", "LM_WORKLOADS", "RealSpec", "RealWorkload", "real_spec", "build_real", "describe",

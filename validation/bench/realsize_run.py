@@ -22,15 +22,19 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from influence.estimators import estimator_names
+
 from validation.bench.isolate import GIB, run_isolated
 from validation.bench.realsize import LM_WORKLOADS, real_spec, estimators_for
 from validation.bench.realsize_report import row_ratios, row_targets
+from validation.settings import estimators as chosen
 
-REAL_ESTIMATORS = ("exact", "ghost", "lai", "lai-last", "lai-aligned", "tracin-last")
+REAL_ESTIMATORS = tuple(chosen.timed(sequence=True))  # every registered estimator but chosen.UNTIMED
 CURATED_WORKLOADS = ("gpt2-small",)
-DATASET_ESTIMATORS = ("lai", "lai-last", "ghost")
+#: the data-set scoring rows: the registered estimators without per-sample gradients
+DATASET_ESTIMATORS = tuple(estimator_names(per_sample_gradients=False, sequence_only=False))
 KEPT = 8  # steps the curated row keeps its reference statistics (issue 23: k = 8)
-CURATED_METHODS = ("lai", "lai-last")  # curation methods timed against a plain step
+CURATED_METHODS = tuple(chosen.forward_only())  # curation methods timed against a plain step
 CURATED_BATCH, CURATED_REF = 8, 32  # sequences (issue 23)
 TINY_CURATED = (4, 4)
 ROWS = "validation.bench.rows"
@@ -130,10 +134,10 @@ def run_rows(plan: list[PlannedRow], section: dict[str, Any], s: RealSettings, c
 
 
 def default_estimators(workloads: list[str]) -> tuple[str, ...]:
-    """``REAL_ESTIMATORS`` (``lai-aligned`` only matters when a language model is among ``workloads``)."""
+    """``REAL_ESTIMATORS`` (the token-sequence-only ones only when a language model is among ``workloads``)."""
     if any(w in LM_WORKLOADS for w in workloads):
         return REAL_ESTIMATORS
-    return tuple(e for e in REAL_ESTIMATORS if e != "lai-aligned")
+    return tuple(e for e in REAL_ESTIMATORS if not chosen.is_sequence_only(e))
 
 
 __all__ = ["RealSettings", "PlannedRow", "plan_rows", "run_rows", "default_estimators", "REAL_ESTIMATORS",

@@ -30,10 +30,10 @@ import torch
 
 import influence
 from influence.batch import Batch, call_model, concat, output_tensor, take
+from influence.estimators import get_estimator
 
 from validation.bench.realsize import RealWorkload, build_real, real_spec
 from validation.bench.estimator_cost import pass_calls
-from validation.estimators import get as get_estimator
 from validation.bench.measure import measure_many, peak_bytes
 from validation.options import torch_threads
 
@@ -62,12 +62,12 @@ def baselines(w: RealWorkload, batch: Batch) -> dict[str, Callable[[], Any]]:
     return pass_calls(w.model, w.loss_fn, batch)
 
 
-def _throwaway_call(job: dict[str, Any], est: Any) -> None:
-    """One call of ``est`` on the tiny version of the job's workload (then dropped): the process's one-time
+def _throwaway_call(job: dict[str, Any], name: str) -> None:
+    """One call of estimator ``name`` on the tiny version of the job's workload (then dropped): the process's one-time
     costs, before the measured first call."""
     w = build_real(real_spec(job["workload"], tiny=True), seed=1, device=job.get("device", "cpu"))
     gen = torch.Generator().manual_seed(0)
-    est(w.model, w.loss_fn, w.make(2, gen), w.make(2, gen), w.spec.lr)
+    influence.estimate(name, w.model, w.loss_fn, w.make(2, gen), w.make(2, gen), w.spec.lr)
 
 
 def estimator_row(job: dict[str, Any]) -> dict[str, Any]:
@@ -79,10 +79,9 @@ def estimator_row(job: dict[str, Any]) -> dict[str, Any]:
         train, ref = w.make(w.spec.n_score, gen), w.make(w.spec.n_ref, gen)
         both = (concat(train[0], ref[0]), concat(train[1], ref[1]))
         fns = baselines(w, both)
-        est = get_estimator(job["estimator"])
-        name = est.name
-        fns[name] = lambda: est(w.model, w.loss_fn, train, ref, w.spec.lr).scores
-        warm_s, warm_cpu_s = _clock(lambda: _throwaway_call(job, est))
+        name = get_estimator(job["estimator"]).name
+        fns[name] = lambda: influence.estimate(name, w.model, w.loss_fn, train, ref, w.spec.lr).scores
+        warm_s, warm_cpu_s = _clock(lambda: _throwaway_call(job, name))
         fns["forward"]()
         fns["forward_backward"]()
         influence.verify.clear(w.model)

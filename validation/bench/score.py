@@ -27,10 +27,13 @@ import torch
 
 import influence
 from influence.atomic import atomic_write_json
-from validation.estimators import ESTIMATORS as REGISTRY
+from influence.estimators import estimator_names, get_estimator
+
 from validation.options import add_common, info, make_parser, progress_enabled, split_list, torch_threads
 
-CHOICES = ("lai", "lai-last", "ghost", "exact")
+#: the registered estimators that score a data set at the current weights (not the checkpoint ones, not the
+#: token-sequence-only ones: the data are MNIST-1D)
+CHOICES = tuple(estimator_names(checkpoints=False, sequence_only=False))
 
 
 def mnist1d(n: int, seed: int, cache: Path) -> tuple[torch.Tensor, torch.Tensor]:
@@ -114,7 +117,7 @@ def train(model: torch.nn.Module, data: tuple, epochs: int, lr: float, batch_siz
 
 def build_parser(prog: str):
     p = make_parser(prog, __doc__)
-    p.add_argument("--estimators", type=lambda t: split_list(t, CHOICES, "estimator"), default="lai,lai-last,ghost,exact",
+    p.add_argument("--estimators", type=lambda t: split_list(t, CHOICES, "estimator"), default=",".join(CHOICES),
                    help=f"comma-separated, from {', '.join(CHOICES)}")
     p.add_argument("--n-train", type=int, default=50_000, help="training samples scored")
     p.add_argument("--n-ref", type=int, default=1_000, help="reference samples")
@@ -145,7 +148,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "lai score") -> int:
                    f"{args.batch_size}, {threads} thread(s); plain forward+backward: {fb:,.0f} samples/s")
         rows = []
         for name in args.estimators:
-            estimator = REGISTRY[name].session_options()
+            estimator = get_estimator(name).session_options()
             t0 = time.perf_counter()
             with PeakMemory() as mem:
                 session = influence.Session(model, influence.cross_entropy, ref_batches, lr=args.lr,

@@ -12,15 +12,21 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from influence.estimators import estimator_names
+
 from validation.bench.targets import CURATED_OVER_STEP, target, target_lines
+from validation.curation.methods import METHODS as CURATION_METHODS
 from validation.curation.tasks import get_task, prepare
 from validation.curation.timing import time_methods
+from validation.settings import estimators as chosen
 
 TASKS = ("mnist1d-noisy40", "digits-noisy40")
-METHODS = ("lai", "lai-last", "ghost")
+#: the curation methods timed: every registered estimator without per-sample gradients that is a curation method
+METHODS = tuple(n for n in estimator_names(per_sample_gradients=False, sequence_only=False) if n in CURATION_METHODS)
 KEPT = 8
-BOUNDS = {"lai": CURATED_OVER_STEP["curated-lai"], "lai-last": CURATED_OVER_STEP["curated-lai"],
-          "ghost": CURATED_OVER_STEP["curated-ghost"]}  # curated step / vanilla step
+#: curated step / vanilla step, by the estimator's family (CURATED_OVER_STEP["curated-<family>"])
+BOUNDS = {m: CURATED_OVER_STEP[f"curated-{chosen.family(m)}"] for m in METHODS
+          if f"curated-{chosen.family(m)}" in CURATED_OVER_STEP}
 
 
 def tasks_section(task: str, steps: int, tiny: bool = False) -> dict[str, Any]:

@@ -21,8 +21,8 @@ from torch import nn
 
 import influence
 from influence.batch import Batch, LossFn
+from influence.estimators import get_estimator
 
-from validation.estimators import get as get_estimator
 from validation.training.models import build_model
 
 WORKLOADS = ("mlp", "transformer", "cnn")
@@ -127,11 +127,12 @@ def build_workload(name: str, tiny: bool = False, seed: int = 0, device: str | t
 
 def estimator_call(w: Workload, name: str, train: Batch, ref: Batch, chunk: int | None = None
                    ) -> Callable[[], Any]:
-    """A zero-argument call of estimator ``name`` (``validation.estimators``) on ``w`` returning the scores;
-    ``chunk`` is passed as ``chunk_size`` to Ghost and LAI (Exact and TracIn keep their own chunking)."""
-    est = get_estimator(name)
-    kw = {"chunk_size": chunk} if chunk is not None and est.fn in (influence.ghost, influence.lai) else {}
-    return lambda: est(w.model, w.loss_fn, train, ref, w.spec.lr, **kw).scores
+    """A zero-argument call of the registered estimator ``name`` (``influence.estimate``) on ``w`` returning the
+    scores; ``chunk`` is passed as ``chunk_size`` to those without per-sample gradients (Ghost, LAI: Exact and
+    TracIn keep their own chunking)."""
+    per_sample = get_estimator(name).caps.per_sample_gradients
+    kw = {"chunk_size": chunk} if chunk is not None and not per_sample else {}
+    return lambda: influence.estimate(name, w.model, w.loss_fn, train, ref, w.spec.lr, **kw).scores
 
 
 def curated_steps(w: Workload, train: Batch, ref: Batch) -> dict[str, Callable[[], Any]]:

@@ -23,21 +23,17 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from validation.settings import estimators as chosen
 from validation.report.stats import (AurocEstimate, Estimate, auroc_ci, mean_ci, mean_spearman, paired_difference, spearman_ci,
                     spearman_difference_ci, within)
 
-#: Old result files spell estimators with underscores; the report uses validation.estimators' spelling.
-ALIASES = {"lai_last": "lai-last", "lai_aligned": "lai-aligned", "lai_last_aligned": "lai-last-aligned",
-           "tracin_last": "tracin-last", "lai_fit": "lai-fit"}
-#: Scores that estimate influence (for "which estimator..." claims); loss and counterfactuals are not estimators.
-INFLUENCE = ("ghost", "lai", "lai-last", "lai-fit", "lai-aligned", "lai-last-aligned", "tracin", "tracin-last")
-CHEAP = ("lai", "lai-last", "lai-fit", "lai-aligned", "lai-last-aligned", "tracin-last")
 SEED_T_MIN = 3  # seeds from which intervals are t intervals over seeds
 N_BOOT = 1000
 
 
 def canon(name: Any) -> str:
-    return ALIASES.get(str(name), str(name))
+    """The registered spelling (``validation.settings.estimators.canonical``: old files use underscores)."""
+    return chosen.canonical(name)
 
 
 def _score_grid(rows: Iterable[dict[str, Any]]) -> dict[str, dict[int, dict[int, dict[str, dict[int, Any]]]]]:
@@ -228,4 +224,4 @@ def layer_evidence(layer_rows: list[dict[str, Any]]) -> dict[str, list[dict[str,
     return out
 
 
-__all__ = ["rank_evidence", "auroc_evidence", "bound_evidence", "layer_evidence", "canon", "INFLUENCE", "CHEAP"]
+__all__ = ["rank_evidence", "auroc_evidence", "bound_evidence", "layer_evidence", "canon"]

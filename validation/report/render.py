@@ -9,12 +9,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from validation.report.evidence import CHEAP, INFLUENCE
+from validation.settings import estimators as chosen
 
-LABELS = {"exact": "Exact", "ghost": "Ghost", "lai": "LAI", "lai-last": "last-layer LAI", "lai-fit": "LAI-fit",
-          "lai-aligned": "LAI (aligned)", "lai-last-aligned": "last-layer LAI (aligned)", "tracin": "TracIn",
-          "tracin-last": "last-layer TracIn", "loss": "loss-only baseline", "counterfactual": "counterfactual",
-          "counterfactual_small_lr": "counterfactual (lr/10)"}
 MARK = {"pass": "PASS", "fail": "**FAIL**", "not run": "not run", "no guarantee": "no guarantee",
         "inconclusive": "inconclusive"}
 # the README's cost column: estimator -> (the pass it is compared with, in words, (low, high) ratio on 1 thread);
@@ -33,7 +29,7 @@ def _e(e: dict[str, Any] | None, digits: int = 2) -> str:
 
 
 def _label(name: str) -> str:
-    return LABELS.get(name, name)
+    return chosen.label(name)  # the registry's label (research variants' and baselines' from validation.settings)
 
 
 def _models(d: dict[str, Any]) -> list[str]:
@@ -59,8 +55,8 @@ def _rank_lines(s: dict[str, Any]) -> list[str]:
     like, closer, sig_closer = [], [], []
     for model in _models(sp):
         est = sp[model]
-        shown = [e for e in ("lai", "lai-last", "lai-fit", "lai-aligned", "tracin", "tracin-last", "loss") if e in est]
-        best = max((e for e in CHEAP if e in est and est[e]["value"] is not None), key=lambda e: est[e]["value"],
+        shown = [e for e in (*chosen.influence_estimators(), "loss") if e in est and not chosen.is_exact(e)]
+        best = max((e for e in chosen.cheap() if e in est and est[e]["value"] is not None), key=lambda e: est[e]["value"],
                    default=None)
         lines.append(f"  - {model}: " + "; ".join(f"{_label(e)} {_e(est[e])}" for e in shown)
                      + (f" — closest cheap estimator: {_label(best)}" if best else ""))
@@ -111,7 +107,7 @@ def _auroc_lines(s: dict[str, Any]) -> list[str]:
             continue
         txt = f"{model} {_e(lai)}, {lai.get('n_positive')} noisy of {lai.get('n')}"
         (better if _above(lai, 0.5) else worse if _below(lai, 0.5) else chance).append(txt)
-        infl = {e: v for e, v in est.items() if e in INFLUENCE and v.get("value") is not None}
+        infl = {e: v for e, v in est.items() if e in chosen.influence_estimators() and v.get("value") is not None}
         loss = est.get("loss")
         if loss and infl and loss["value"] > max(v["value"] for v in infl.values()):
             top = max(infl, key=lambda e: infl[e]["value"])
@@ -268,7 +264,7 @@ def _layer_section(s: dict[str, Any]) -> list[str]:
              "Exact). LAI-fit (validation/suites/lai_variants.py): last-layer LAI plus the lower layers' LAI terms "
              "weighted by least squares against Ghost on a small probe outside the scored batch, refitted at every "
              "scored step (LAI's cost at scoring time).", ""]
-    cols = ["lai", "lai-last", "lai-fit", "ghost"]
+    cols = [*chosen.layer_variants(), "ghost"]
     data = {m: {**{c: sp[m].get(c) for c in cols}, **diff.get(m, {})} for m in sp}
     dcols = ["lai-last-vs-lai", "lai-fit-vs-lai", "lai-fit-vs-lai-last"]
     lines += _table("Fidelity to Exact by layer choice", data, cols + dcols, fmt=_e)

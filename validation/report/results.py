@@ -50,11 +50,11 @@ bound the theory does not provide for the architecture):
   estimator, median_s, peak_mb, ratio_to_forward, ratio_to_forward_backward, ratio_to_train_step,
   peak_ratio_to_train_step, times_s (JSON list).
 
-Estimator names: exact, ghost, lai (all layers), lai-last (last layer only), lai-aligned / lai-last-aligned
-(transformer, ``token_pairing="aligned"``), tracin (sum over the checkpoints of the scored steps up to the
-current one), tracin-last (the same, output layer only), loss (the loss-only baseline: score = -loss_i),
-counterfactual (the actual one-step effect at the training lr, see suites/counterfactual.py),
-counterfactual_small_lr (the same at lr / 10, rescaled by 10; tends to exact as the step shrinks). Sign
+Estimator names: the registry's (``influence.estimators.estimator_names()``: exact, ghost, lai, lai-last, ...; TracIn
+entries sum over the checkpoints of the scored steps up to the current one), the research-only variants of
+``validation.settings.estimators.RESEARCH`` (lai-fit), and the baselines loss (score = -loss_i), counterfactual
+(the actual one-step effect at the training lr, see suites/counterfactual.py) and counterfactual_small_lr (the
+same at lr / 10, rescaled by 10; tends to exact as the step shrinks). Sign
 convention everywhere: positive = the sample helps (lowers the reference loss).
 """
 

@@ -5,6 +5,7 @@
     lai run --profile full --seeds 0-4
     lai run --resume results/quick-1a2b3c4d5e    # finish an interrupted run
     lai run --set mlp.steps=100 --set cost.repeats=1
+    lai run --estimators ghost,lai-last          # the fidelity suite scores these (and Exact, its target)
 
 The run folder is ``<out>/<profile>-<config id>``; the id hashes the whole configuration, including the code
 revision and the torch thread count, so the same command on the same code finds the same folder and skips
@@ -21,6 +22,7 @@ from typing import Any, Sequence
 
 from validation.options import (EXIT_CHECK_FAILED, EXIT_OK, add_common, add_models, add_resume, check_device, fail, info,
                       make_parser, progress_enabled, split_list, torch_threads)
+from validation.settings import estimators as chosen
 from validation.settings.profiles import MODELS, PROFILES, SUITES, field_names, get_profile
 from validation.report.results import ResumeMismatchError, RunDir, code_revision, default_run_dir, provenance
 
@@ -64,6 +66,9 @@ def build_parser(prog: str = "lai run") -> argparse.ArgumentParser:
                seeds=(None, "seeds to run (default: the profile's: 0 for quick, 0-4 for full)"))
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override one setting, e.g. mlp.steps=100, *.n_score=32, cost.repeats=1")
+    p.add_argument("--estimators", default=None, metavar="LIST",
+                   help=f"comma-separated, from {', '.join(chosen.scored())}, or all: what the fidelity suite scores "
+                        "against Exact (default: all; the token-sequence-only ones on token-sequence models)")
     add_resume(p, "continue this run folder with its own config (refused under other code or threads)")
     p.add_argument("--fresh", action="store_true",
                    help="recompute the selected suites and models (delete their finished units first)")
@@ -78,6 +83,8 @@ def make_config(args: argparse.Namespace) -> dict[str, Any]:
         config["seeds"] = list(args.seeds)
     for assignment in args.overrides:
         apply_override(config, assignment)
+    if args.estimators is not None:
+        config["estimators"] = split_list(args.estimators, tuple(chosen.scored()), "estimator")
     return {"profile": args.profile, "device": args.device, **config, "threads": args.threads,
             "code": code_revision()}
 
@@ -89,6 +96,8 @@ def main(argv: Sequence[str] | None = None, prog: str = "lai run") -> int:
     try:
         suites = split_list(args.suite, SUITES, "suite")
         models = split_list(args.models, MODELS, "model")
+        if args.resume and args.estimators is not None:
+            raise argparse.ArgumentTypeError("--estimators sets up a new run; a resumed run keeps its own")
         config = None if args.resume else make_config(args)
     except argparse.ArgumentTypeError as exc:
         p.error(str(exc))

@@ -1,5 +1,7 @@
-"""Layer-aware influence variants evaluated next to LAI (not part of ``influence``; a candidate moves there only
-if it ranks closer to Exact than both all-layer and last-layer LAI at LAI's cost).
+"""Research-only layer-aware influence variants evaluated next to LAI: not registered estimators (not part of
+``influence``; named in ``validation.settings.estimators.RESEARCH``, scored only by ``lai run``'s fidelity suite).
+A candidate moves to ``influence.estimators`` only if it ranks closer to Exact than both all-layer and last-layer
+LAI at LAI's cost.
 
 LAI's score is a sum of per-layer terms, ``lai_i = sum_l lai_l,i`` (``InfluenceResult.per_layer``), each
 approximating Ghost's term ``ghost_l,i`` (whose sum equals Exact). The last layer's term is exact (its output
