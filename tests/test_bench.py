@@ -10,6 +10,7 @@ import pytest
 from validation.bench import command as bench
 
 from validation.bench import workloads as bench_workloads
+from validation.settings import estimators as chosen
 
 
 ARGS = ["--workload", "mlp", "--tiny", "--repeats", "1", "--sizes", "default", "--big", "--tasks", "none"]
@@ -36,7 +37,7 @@ def test_bench_main_tiny_writes_json_and_text(tiny_run):
     assert len(sec["scaling"]["sizes"]) >= 4
     assert set(sec["scaling"]["exponent"]) == {"ghost", "lai", "exact", "lai-floor", "lai-last-floor"}
     assert len(sec["scaling"]["median_s"]["lai-floor"]) == len(sec["scaling"]["sizes"])
-    assert {r["estimator"] for r in sec["big"]["rows"]} == set(bench.ALL_ESTIMATORS)
+    assert {r["estimator"] for r in sec["big"]["rows"]} == set(chosen.timed())
     targets = {t["target"]: t for t in sec["targets"]}
     assert "lai time / forward(train+ref)" in targets and "exact time / ghost time" in targets
     assert not any("floor scaling" in t for t in targets)  # the floor is a reference, not a target

@@ -201,16 +201,15 @@ def test_estimator_registry_one_spelling_and_the_same_numbers_as_influence(f64):
     # every list of estimator names validation and the figures use comes from the registry (plus lai-fit and the
     # baselines)
     from paper_figs import fig2_fidelity, fig5_cost
-    from validation.bench import command as bench
     from validation.bench import estimator_cost, realsize_run, score, tasks
     from validation.curation.signals import ESTIMATORS as CURATION_SIGNALS
     from validation.settings import estimators as chosen
     from validation.suites.context import fidelity_estimators
 
     baselines = {"forward", "forward_backward", "train_step", *chosen.BASELINES, *chosen.RESEARCH}
-    for names in (CURATION_SIGNALS, fidelity_estimators(), chosen.timed(True), estimator_cost.DEFAULT,
-                  bench.ALL_ESTIMATORS, fig2_fidelity.default_estimators(), fig5_cost.default_estimators(),
-                  realsize_run.REAL_ESTIMATORS, realsize_run.DATASET_ESTIMATORS, score.CHOICES, tasks.METHODS):
+    for names in (CURATION_SIGNALS, fidelity_estimators(), chosen.timed(True), estimator_cost.default_names(),
+                  fig2_fidelity.default_estimators(), fig5_cost.default_estimators(),
+                  realsize_run.REAL_ESTIMATORS, realsize_run.DATASET_ESTIMATORS, score.choices(), tasks.METHODS):
         assert set(names) - baselines <= set(estimator_names()), names
 
 

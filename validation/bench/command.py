@@ -54,7 +54,6 @@ from validation.settings import estimators as chosen
 from validation.options import (add_common, add_models, add_not_applicable, add_resume, check_device, info, make_parser,
                       split_list, torch_threads)
 
-ALL_ESTIMATORS = tuple(chosen.timed())  # the default rows: every registered estimator but chosen.UNTIMED
 BIG_BATCH = 4096
 
 
@@ -149,7 +148,8 @@ def build_parser(prog: str = "lai bench") -> argparse.ArgumentParser:
                "named)", dest="workload")
     p.add_argument("--repeats", type=int, default=7, help="timed calls per row (median reported)")
     p.add_argument("--estimators", default=None,
-                   help=f"comma-separated, from {', '.join(estimator_names())} (default: {','.join(ALL_ESTIMATORS)}; "
+                   help=f"comma-separated, from {', '.join(estimator_names())} (default: {','.join(chosen.timed())}: all but "
+                        f"{', '.join(chosen.UNTIMED)}; "
                         "real-size language models also the token-sequence-only ones)")
     p.add_argument("--sizes", default=None,
                    help="train batch sizes for the scaling fit, e.g. 256,512,1024 (or 'default')")
@@ -211,7 +211,7 @@ def run(argv: list[str] | None = None, prog: str = "lai bench") -> dict[str, Any
         names = workload_names(args.workload)
         real = [n for n in names if n in REALSIZE]
         given = None if args.estimators is None else tuple(split_list(args.estimators, registered, "estimator"))
-        estimators = given or ALL_ESTIMATORS
+        estimators = given or tuple(chosen.timed())  # every registered estimator but chosen.UNTIMED
         real_estimators = given or default_estimators(real)
         sizes = None if args.sizes in (None, "default") else tuple(int(s) for s in split_list(args.sizes))
     except (argparse.ArgumentTypeError, ValueError) as exc:
@@ -313,7 +313,7 @@ def _bench(args: argparse.Namespace, estimators: tuple[str, ...], scaling_estima
 
 
 __all__ = ["main", "run", "build_parser", "costs_section", "scaling_section", "big_section", "ops_section",
-           "fit_exponent", "check_targets", "ALL_ESTIMATORS"]
+           "fit_exponent", "check_targets"]
 
 if __name__ == "__main__":
     sys.exit(main(prog="python -m validation.bench.command"))

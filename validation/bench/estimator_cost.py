@@ -25,7 +25,12 @@ from validation.bench.measure import Measurement, measure_many
 
 MB = float(1 << 20)
 BASELINES = ("forward", "forward_backward", "train_step")
-DEFAULT = ("forward", "train_step", *chosen.timed())  # baselines + the timed registered estimators
+
+
+def default_names() -> tuple[str, ...]:
+    """The baselines ``forward`` and ``train_step`` and the timed registered estimators
+    (``validation.settings.estimators.timed``)."""
+    return ("forward", "train_step", *chosen.timed())
 
 
 def _sgd_step(model: nn.Module, loss_fn: LossFn, batch: Batch, lr: float) -> Callable[[], None]:
@@ -88,7 +93,7 @@ def rows_from(measurements: dict[str, Measurement]) -> list[dict[str, Any]]:
 
 
 def estimator_costs(model: nn.Module, loss_fn: LossFn, train: Batch, ref: Batch, lr: float,
-                    estimators: Iterable[str] = DEFAULT, repeats: int = 5, warmup: int = 1,
+                    estimators: Iterable[str] | None = None, repeats: int = 5, warmup: int = 1,
                     memory: bool = True, extra: dict[str, Callable[[], Any]] | None = None,
                     measurements: dict[str, Measurement] | None = None) -> list[dict[str, Any]]:
     """Time and peak memory of each estimator and baseline on one model and batch, in one process.
@@ -107,6 +112,7 @@ def estimator_costs(model: nn.Module, loss_fn: LossFn, train: Batch, ref: Batch,
     model.eval()
     try:
         fns = estimator_fns(model, loss_fn, train, ref, lr, extra)
+        estimators = default_names() if estimators is None else estimators
         wanted = list(BASELINES) + [e for e in estimators if e not in BASELINES]
         unknown = [e for e in wanted if e not in fns]
         if unknown:

@@ -31,9 +31,12 @@ from influence.estimators import estimator_names, get_estimator
 
 from validation.options import add_common, info, make_parser, progress_enabled, split_list, torch_threads
 
-#: the registered estimators that score a data set at the current weights (not the checkpoint ones, not the
-#: token-sequence-only ones: the data are MNIST-1D)
-CHOICES = tuple(estimator_names(checkpoints=False, sequence_only=False))
+
+
+def choices() -> tuple[str, ...]:
+    """The registered estimators that score a data set at the current weights (not the checkpoint ones, not the
+    token-sequence-only ones: the data are MNIST-1D)."""
+    return tuple(estimator_names(checkpoints=False, sequence_only=False))
 
 
 def mnist1d(n: int, seed: int, cache: Path) -> tuple[torch.Tensor, torch.Tensor]:
@@ -117,8 +120,9 @@ def train(model: torch.nn.Module, data: tuple, epochs: int, lr: float, batch_siz
 
 def build_parser(prog: str):
     p = make_parser(prog, __doc__)
-    p.add_argument("--estimators", type=lambda t: split_list(t, CHOICES, "estimator"), default=",".join(CHOICES),
-                   help=f"comma-separated, from {', '.join(CHOICES)}")
+    names = choices()
+    p.add_argument("--estimators", type=lambda t: split_list(t, names, "estimator"), default=",".join(names),
+                   help=f"comma-separated, from {', '.join(names)}")
     p.add_argument("--n-train", type=int, default=50_000, help="training samples scored")
     p.add_argument("--n-ref", type=int, default=1_000, help="reference samples")
     p.add_argument("--batch-size", type=int, default=500, help="samples per scored batch (and reference batch)")
