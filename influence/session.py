@@ -173,7 +173,8 @@ class Session:
         from .estimators import get_estimator
         fixed = dict(get_estimator(estimator).options)  # temporary, until the backends are built by the registry
         if estimator.startswith("lai-"):  # a registered variant fixes its options; plain "lai" keeps the caller's
-            estimator, layers, token_pairing = "lai", fixed.get("layers", layers), fixed.get("token_pairing", token_pairing)
+            layers, token_pairing = fixed.get("layers", layers), fixed.get("token_pairing", token_pairing)
+            estimator = "lai"
         model = unwrapped(model)
         self.model, self.loss_fn, self.estimator = model, loss_fn, estimator
         self.kind = estimator.split("-")[0]

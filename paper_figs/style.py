@@ -237,5 +237,6 @@ def new_figure(width: float = SINGLE, height: float | None = None) -> Figure:
 
 
 __all__ = ["SINGLE", "DOUBLE", "FONT_PT", "SMALL_PT", "RC", "OKABE_ITO", "CYCLE", "MARKERS", "GREY",
-           "NOISY_COLOR", "CLEAN_COLOR", "NOISY_MARKER", "CLEAN_MARKER", "FAMILIES", "SHADES", "NOT_ESTIMATORS", "estimator_styles", "MODELS", "WIDTH_UNITS",
+           "NOISY_COLOR", "CLEAN_COLOR", "NOISY_MARKER", "CLEAN_MARKER", "FAMILIES", "SHADES", "NOT_ESTIMATORS",
+           "estimator_styles", "MODELS", "WIDTH_UNITS",
            "MODEL_WIDTH_KEY", "METHODS", "METHOD_DASHED", "DATASETS", "estimator_style", "model_style", "method_style", "plain_log_ticks", "readable_log_ticks", "style", "new_figure"]

@@ -8,7 +8,6 @@ import sys
 import pytest
 
 from validation.bench import command as bench
-
 from validation.bench import workloads as bench_workloads
 from validation.settings import estimators as chosen
 

@@ -6,7 +6,7 @@ import torch
 
 from validation.data import datasets as data
 from validation.data.datasets import (ArrayDataset, TextDataset, decode, encode, get_dataset, lm_pairs, load_digits,
-                             load_mnist1d, load_pydoc_text, split_documents, tokenize_documents)
+                                      load_mnist1d, load_pydoc_text, split_documents, tokenize_documents)
 
 
 @pytest.fixture(scope="module")

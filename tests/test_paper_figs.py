@@ -257,7 +257,7 @@ def test_fig2_means_bands_and_labels(run):
     assert axes[0, 0].get_ylabel() == "Spearman ρ vs\nExact" and "counterfactual" in axes[1, 0].get_ylabel()
     assert axes[1, 0].get_xlabel() == "training step (SGD steps)"
     legend = fig.legends[0]
-    assert [t.get_text() for t in legend.get_texts()] == ["Ghost", "LAI", "LAI (last layer)", "TracIn"]  # registry order and labels
+    assert [t.get_text() for t in legend.get_texts()] == ["Ghost", "LAI", "LAI (last layer)", "TracIn"]  # the registry's
     assert "mean over 3 seeds, band ± one standard deviation" == legend.get_title().get_text()
     check_style(fig)
 

@@ -10,7 +10,8 @@
 Per workload (validation/bench/workloads.py), every estimator's median wall and CPU time over interleaved
 repeats and its peak extra memory (validation/bench/measure.py: public profiler APIs), with its ratio to one
 forward pass over train+reference, one forward+backward over train+reference and one vanilla training step
-(see validation/bench/estimator_cost.py), and the targets of the cost issue marked MET / MISSED (validation/bench/report.py),
+(see validation/bench/estimator_cost.py), and the targets of the cost issue marked MET / MISSED
+(validation/bench/targets.py),
 the LAI targets next to the floor that plain torch ops computing the same scores cost (validation/bench/floor.py);
 then the per-call overhead of a scoring call on a tiny model (validation/bench/overhead.py) and a curated step
 against a vanilla step on the curation tasks (validation/bench/tasks.py).
@@ -52,7 +53,7 @@ from validation.bench.estimator_cost import estimator_costs
 from validation.bench.measure import measure_many
 from validation.settings import estimators as chosen
 from validation.options import (add_common, add_models, add_not_applicable, add_resume, check_device, info, make_parser,
-                      split_list, torch_threads)
+                                split_list, torch_threads)
 
 BIG_BATCH = 4096
 
@@ -148,8 +149,8 @@ def build_parser(prog: str = "lai bench") -> argparse.ArgumentParser:
                "named)", dest="workload")
     p.add_argument("--repeats", type=int, default=7, help="timed calls per row (median reported)")
     p.add_argument("--estimators", default=None,
-                   help=f"comma-separated, from {', '.join(estimator_names())} (default: {','.join(chosen.timed())}: all but "
-                        f"{', '.join(chosen.UNTIMED)}; "
+                   help=f"comma-separated, from {', '.join(estimator_names())} (default: "
+                        f"{','.join(chosen.timed())}: all but {', '.join(chosen.UNTIMED)}; "
                         "real-size language models also the token-sequence-only ones)")
     p.add_argument("--sizes", default=None,
                    help="train batch sizes for the scaling fit, e.g. 256,512,1024 (or 'default')")

@@ -4,7 +4,8 @@
     lai score --n-train 5000 --estimators lai,ghost --out results/score
 
 Data: MNIST-1D generated locally at the requested size (``mnist1d``, cached under ``--out``), split into training
-and reference samples. Model: the validation MLP (``validation.training.models``), trained ``--epochs`` epochs of SGD first
+and reference samples. Model: the validation MLP (``validation.training.models``), trained ``--epochs`` epochs of
+SGD first
 so the scores are those of a model in training. For every estimator one ``influence.Session`` holds the reference
 statistics (streamed over the reference set in batches) and ``influence.score_dataset`` scores the training set
 batch by batch with a progress bar, resumable (per-batch files under ``--out/<estimator>``).

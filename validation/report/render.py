@@ -56,8 +56,8 @@ def _rank_lines(s: dict[str, Any]) -> list[str]:
     for model in _models(sp):
         est = sp[model]
         shown = [e for e in (*chosen.influence_estimators(), "loss") if e in est and not chosen.is_exact(e)]
-        best = max((e for e in chosen.cheap() if e in est and est[e]["value"] is not None), key=lambda e: est[e]["value"],
-                   default=None)
+        best = max((e for e in chosen.cheap() if e in est and est[e]["value"] is not None),
+                   key=lambda e: est[e]["value"], default=None)
         lines.append(f"  - {model}: " + "; ".join(f"{_label(e)} {_e(est[e])}" for e in shown)
                      + (f" — closest cheap estimator: {_label(best)}" if best else ""))
         if _above(est.get("lai"), 0.5):

@@ -1,5 +1,5 @@
-"""``lai run`` (``command``) and the experiments: the validation suites bound (theory's error bounds), fidelity (agreement with Exact and the
-one-step counterfactual, noisy-sample AUROC) and cost (time and memory against a training step); ``tightness``
+"""``lai run`` (``command``) and the experiments: the validation suites bound (theory's error bounds), fidelity
+(agreement with Exact and the one-step counterfactual, noisy-sample AUROC) and cost (time and memory against a training step); ``tightness``
 (``lai tightness``: how tight the bounds are); ``counterfactual`` (the one-step retraining target) and
 ``lai_variants`` (research-only LAI variants such as ``lai-fit``, scored beside the registered estimators).
 

@@ -1,7 +1,7 @@
 """Cost suite: wall time and peak memory of each estimator next to a plain training step, over widths and batch sizes.
 
-A thin sweep over ``validation.bench.estimator_cost.estimator_costs`` (which measures every estimator and the baselines —
-forward, forward+backward, SGD training step — side by side in this process, on the same model and batches).
+A thin sweep over ``validation.bench.estimator_cost.estimator_costs`` (which measures every estimator and the
+baselines — forward, forward+backward, SGD training step — side by side in this process, on the same model and batches).
 One unit per (model, width, batch): the model at that width (seeded initialisation, float32), the first
 ``batch`` training samples of the task (noisy labels included) and the task's reference batch. Adds
 ``peak_ratio_to_train_step`` = peak bytes / the training step's peak bytes.
