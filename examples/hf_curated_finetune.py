@@ -6,7 +6,7 @@
 Data: every paragraph of ``pydoc_data.topics`` (shipped with CPython, nothing is downloaded) becomes one
 byte-level sample of up to ``--max-len`` tokens, right-padded with an attention mask (labels -100 on the
 padding). Topics are split into train and held-out sets; a fraction ``--noise`` of the training paragraphs
-is replaced by random printable bytes (``validation.noise.corrupt_documents``, mode ``random_bytes``).
+is replaced by random printable bytes (``validation.data.noise.corrupt_documents``, mode ``random_bytes``).
 
 Two runs from the same random tiny GPT-2 (``influence.hf.tiny_gpt2``: Conv1D layers, tied embeddings) and
 the same batches: ``vanilla`` trains on every sample; the curated run calls
@@ -32,8 +32,8 @@ from tqdm import tqdm
 import influence.hf as H
 from influence.batch import Batch, take
 from validation.curation import Curator, ReferencePolicy
-from validation.data import encode, pydoc_documents, split_documents
-from validation.noise import corrupt_documents
+from validation.data.datasets import encode, pydoc_documents, split_documents
+from validation.data.noise import corrupt_documents
 
 PAD_ID = 0  # NUL never occurs in the text; padded positions are masked anyway
 

@@ -20,8 +20,8 @@ import transformers
 
 import influence.hf as H
 from influence.hf_trainer import CuratedTrainer
-from validation.data import encode, pydoc_documents, split_documents
-from validation.noise import corrupt_documents
+from validation.data.datasets import encode, pydoc_documents, split_documents
+from validation.data.noise import corrupt_documents
 
 PAD_ID = 0
 

@@ -67,7 +67,7 @@ def ghost(model: nn.Module, loss_fn: LossFn, train: Batch, ref: Batch, lr: float
     (``influence.paths``), and sum-checks numerically only the parameters it finds otherwise; ``"every"``
     sum-checks every capture numerically; ``"reference"`` only the reference captures, at the price of not
     seeing a weight used outside its module only for some training inputs (costs: ``python -m
-    validation.verify_cost``).
+    validation.bench.verify_cost``).
     Parameters that cannot be factored (no layer rule, used outside their module, a layer whose leading
     dimension is not the batch, ...) are scored by ``influence.exact``: ``fallback="auto"`` (default) warns once
     naming them, ``"exact"`` does the same silently, ``"error"`` raises the named error instead; they are listed

@@ -86,7 +86,7 @@ def produce(profile: str, root: Path, extra: Sequence[str] = (), curation: bool 
     Returns (run folder, problems)."""
     from .figures import CURATION_COMMANDS
 
-    lai = [sys.executable, "-m", "validation"]
+    lai = [sys.executable, "-m", "lai"]
     curation_problems: list[str] = []
 
     def curate() -> None:
@@ -191,7 +191,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "lai figures") -> int:
         if run is not None:
             src = Sources(run, src.curate)
             if not args.no_curate:  # the run's report.md gains its curated-training section
-                from validation.report import refresh_report
+                from validation.report.summary import refresh_report
 
                 try:
                     refresh_report(run, src.curate)

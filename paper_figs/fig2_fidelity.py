@@ -17,12 +17,13 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MultipleLocator
 
+from validation.report.tables import Table
+from validation.settings import estimators as chosen
+
 from .plotdata import MissingResults, PlotData, mean_std, panel_label
 from .style import DOUBLE, GREY, estimator_style, model_style, new_figure, style
-from .tables import Table
 
 NAME = "fidelity"
-ESTIMATORS = ("lai", "lai-last", "lai-fit", "ghost", "tracin")
 TARGETS = ("exact", "counterfactual")
 MODEL_ORDER = ("mlp", "cnn1d", "cnn2d", "transformer")
 COLUMNS = ["model", "target", "estimator", "step", "mean", "std", "lo", "hi", "n_seeds"]
@@ -35,9 +36,17 @@ def ordered(values: Sequence[str], order: Sequence[str]) -> list[str]:
     return [v for v in order if v in values] + [v for v in values if v not in order]
 
 
-def data(fidelity: Table, estimators: Sequence[str] = ESTIMATORS, targets: Sequence[str] = TARGETS,
+def default_estimators() -> list[str]:
+    """Every influence estimator ``lai run`` scores but the token-sequence-only ones (the registry's and the
+    research variants, ``validation.settings.estimators.influence_estimators``)."""
+    return chosen.influence_estimators(sequence=False)
+
+
+def data(fidelity: Table, estimators: Sequence[str] | None = None, targets: Sequence[str] = TARGETS,
          metric: str = "spearman") -> PlotData:
-    """Mean and std over seeds of ``metric`` per (model, target, estimator, step)."""
+    """Mean and std over seeds of ``metric`` per (model, target, estimator, step) (``estimators``: default
+    :func:`default_estimators`)."""
+    estimators = default_estimators() if estimators is None else list(estimators)
     fidelity.require("model", "seed", "step", "estimator", "target", metric)
     t = fidelity.where(estimator=list(estimators), target=list(targets))
     if not len(t):

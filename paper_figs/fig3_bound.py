@@ -25,7 +25,7 @@ from matplotlib.figure import Figure
 from .fig2_fidelity import MODEL_ORDER, ordered
 from .plotdata import MissingResults, PlotData, mean_std, panel_label
 from .style import DOUBLE, GREY, SMALL_PT, model_style, new_figure, style
-from .tables import Table
+from validation.report.tables import Table
 
 NAME = "bound"
 COLUMNS = ["panel", "model", "seed", "step", "sample", "is_noisy", "bound", "abs_error", "layer", "layer_index",

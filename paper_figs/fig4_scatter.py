@@ -19,7 +19,7 @@ from .fig2_fidelity import MODEL_ORDER, ordered
 from .plotdata import MissingResults, PlotData, panel_label, spearman
 from .style import (CLEAN_COLOR, CLEAN_MARKER, DOUBLE, GREY, NOISY_COLOR, NOISY_MARKER, SMALL_PT,
                     estimator_style, model_style, new_figure, style)
-from .tables import Table
+from validation.report.tables import Table
 
 NAME = "scatter"
 COLUMNS = ["model", "seed", "step", "column", "sample", "is_noisy", "x", "y"]

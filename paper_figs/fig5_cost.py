@@ -19,22 +19,30 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter
 
+from validation.report.tables import Table
+from validation.settings import estimators as chosen
+
 from .fig2_fidelity import MODEL_ORDER, ordered
 from .plotdata import MissingResults, PlotData, panel_label
 from .style import (DOUBLE, GREY, MODEL_WIDTH_KEY, WIDTH_UNITS, estimator_style, model_style, new_figure,
                     readable_log_ticks, style)
-from .tables import Table
 
 NAME = "cost"
-ESTIMATORS = ("forward", "lai", "lai-last", "lai-aligned", "ghost", "tracin-last", "exact")
 COLUMNS = ["model", "sweep", "x", "width", "batch", "estimator", "time_ratio", "memory_ratio", "median_s",
            "peak_mb"]
 PANELS = (("time_ratio", "batch"), ("time_ratio", "width"), ("memory_ratio", "batch"), ("memory_ratio", "width"))
 
 
-def data(cost: Table, estimators: Sequence[str] = ESTIMATORS,
+def default_estimators() -> list[str]:
+    """The forward pass and the estimators the cost rows time (``validation.settings.estimators.timed``)."""
+    return ["forward", *chosen.timed(sequence=True)]
+
+
+def data(cost: Table, estimators: Sequence[str] | None = None,
          width_units: dict[str, str] | None = None) -> PlotData:
-    """The batch sweep at each model's largest width and the width sweep at its largest batch."""
+    """The batch sweep at each model's largest width and the width sweep at its largest batch (``estimators``:
+    default :func:`default_estimators`)."""
+    estimators = default_estimators() if estimators is None else list(estimators)
     cost.require("model", "width", "batch", "estimator", "ratio_to_train_step", "peak_ratio_to_train_step")
     t = cost.where(estimator=list(estimators))
     if not len(t):

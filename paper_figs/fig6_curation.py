@@ -2,14 +2,14 @@
 
 Top row, one panel per task: for every method, the paired difference of final test accuracy to vanilla
 training (method − vanilla at the same seed, percentage points; perplexity differences for language
-modelling, where lower is better) with its 95 % t confidence interval (``validation.stats``), one mark per
+modelling, where lower is better) with its 95 % t confidence interval (``validation.report.stats``), one mark per
 protocol (filled: ours — curation from step 0 against a fixed reference batch; open: original — a warm-up
 of a third of the epochs, then a fresh random reference subset each step), and the seeds the method beat
 vanilla on ("wins/seeds", one per protocol in legend order) at the right. Bottom row: test accuracy after
 every epoch under our protocol, mean over seeds with its 95 % t band.
 
-Inputs: the ``final`` and ``curves`` tables of :func:`paper_figs.curation_results.load_curation` (run folders
-of ``python -m validation curate`` or the stored folder ``paper_figs/data/curation``).
+Inputs: the ``final`` and ``curves`` tables of :func:`validation.report.curation.load_curation` (run folders
+of ``python -m lai curate`` or the stored folder ``paper_figs/data/curation``).
 
 Plotted data (CSV): panel (diff | curve), task, family, metric, protocol, method, x (difference for ``diff``,
 epoch for ``curve``), mean (= x for ``diff``; the mean metric for ``curve``), low, high (95 % CI), p
@@ -25,11 +25,11 @@ from typing import Any, Sequence
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from .curation_results import METHOD_ORDER, paired
+from validation.report.curation import METHOD_ORDER, paired
 from .plotdata import MissingResults, PlotData, panel_label
 from .style import DATASETS, DOUBLE, GREY, OKABE_ITO, SMALL_PT, model_style, new_figure, style
 from .style import method_style as _base_style
-from .tables import Table
+from validation.report.tables import Table
 
 NAME = "curation"
 COLUMNS = ["panel", "task", "family", "metric", "protocol", "method", "x", "mean", "low", "high", "p", "wins",
@@ -60,7 +60,7 @@ def _scale(metric: str) -> float:
 
 
 def _mean_ci(values: list[float]) -> tuple[float, float, float]:
-    from validation.stats import mean_ci
+    from validation.report.stats import mean_ci
 
     e = mean_ci(values)
     return e.value, e.low, e.high

@@ -2,8 +2,8 @@
 layers' terms hurt?
 
 (a) Spearman vs Exact of all-layer LAI, last-layer LAI and LAI-fit (last layer plus lower-layer terms weighted
-against Ghost on a small probe, validation/lai_variants.py) per model, mean over scored steps and seeds with the
-95 % interval of validation/report_evidence.py (bootstrap over the scored samples for one or two seeds, t over
+against Ghost on a small probe, validation/suites/lai_variants.py) per model, mean over scored steps and seeds with the
+95 % interval of validation/report/evidence.py (bootstrap over the scored samples for one or two seeds, t over
 seeds from three); Ghost equals Exact (ρ = 1, dashed).
 (b) per layer: how much LAI's Spearman vs Exact would rise if that layer's term were exact (``rho_fixed`` of
 the layer minus LAI's own, mean over steps and seeds), labelled with the Spearman of the layer's LAI term vs
@@ -21,16 +21,16 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from validation.report_evidence import canon, rank_evidence
+from validation.report.evidence import canon, rank_evidence
+from validation.settings import estimators as chosen
 
 from .fig2_fidelity import MODEL_ORDER, ordered
 from .fig3_bound import short_layer_name
 from .plotdata import MissingResults, PlotData, panel_label
 from .style import DOUBLE, GREY, SMALL_PT, estimator_style, model_style, new_figure, style
-from .tables import Table
+from validation.report.tables import Table
 
 NAME = "layers"
-ESTIMATORS = ("lai", "lai-last", "lai-fit")
 COLUMNS = ["panel", "model", "estimator", "value", "low", "high", "method", "layer", "layer_index", "gain",
            "term_spearman", "error_share", "n"]
 
@@ -38,14 +38,15 @@ COLUMNS = ["panel", "model", "estimator", "value", "low", "high", "method", "lay
 def data(scores: Table, layer_terms: Table | None = None) -> PlotData:
     """Spearman-vs-Exact intervals of the LAI variants, and each layer's gain when its term is made exact."""
     scores.require("model", "seed", "step", "sample", "is_noisy", "estimator", "score")
-    keep = [r for r in scores.rows if canon(r["estimator"]) in (*ESTIMATORS, "exact")]
+    variants = chosen.layer_variants()
+    keep = [r for r in scores.rows if canon(r["estimator"]) in (*variants, "exact")]
     ev = rank_evidence(keep, pairs=())
     if not ev:
         raise MissingResults("scores.csv has no exact and LAI scores")
     models = ordered(list(ev), MODEL_ORDER)
     rows: list[dict[str, Any]] = []
     for m in models:
-        for e in ESTIMATORS:
+        for e in variants:
             est = ev[m]["spearman"].get(e)
             if est is not None:
                 rows.append({"panel": "fidelity", "model": m, "estimator": e, "value": est.value, "low": est.low,
@@ -78,14 +79,15 @@ def draw(pd: PlotData) -> Figure:
         axes = fig.subplots(1, 2 if n_layers else 1, squeeze=False,
                             gridspec_kw={"width_ratios": [1, 1.25] if n_layers else [1]})[0]
         ax = axes[0]
-        width = 0.8 / len(ESTIMATORS)
+        variants = chosen.layer_variants()
+        width = 0.8 / len(variants)
         ax.axhline(1.0, color=GREY, lw=0.8, ls="--", label="Ghost (= Exact)", zorder=0)
-        for k, e in enumerate(ESTIMATORS):
+        for k, e in enumerate(variants):
             sub = fid.where(estimator=e)
             if not len(sub):
                 continue
             label, colour, marker = estimator_style(e, k)
-            xs = np.array([models.index(m) for m in sub.values("model")]) + (k - (len(ESTIMATORS) - 1) / 2) * width
+            xs = np.array([models.index(m) for m in sub.values("model")]) + (k - (len(variants) - 1) / 2) * width
             v, lo, hi = sub.array("value"), sub.array("low"), sub.array("high")
             err = np.vstack([np.where(np.isfinite(lo), v - lo, 0), np.where(np.isfinite(hi), hi - v, 0)])
             ax.errorbar(xs, v, yerr=err, fmt=marker, color=colour, ms=4, capsize=2, lw=1.0, label=label,

@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from . import fig1_dynamics, fig2_fidelity, fig3_bound, fig4_scatter, fig5_cost, fig6_curation, fig7_layers
-from .curation_results import STORED, has_results, load_curation
+from validation.report.curation import STORED, has_results, load_curation
 from .plotdata import MissingResults, PlotData, save_figure
 from .style import MODEL_WIDTH_KEY, WIDTH_UNITS
-from .tables import Table, read_table
+from validation.report.tables import Table, read_table
 
 
 @dataclass
@@ -60,7 +60,7 @@ class Sources:
 
 
 #: Curated-training commands behind figure 6: ``--run quick`` and ``--run full`` execute these (with
-#: ``--out <results root>`` appended): the curation profiles of ``validation.profiles.CURATION_PROFILES``
+#: ``--out <results root>`` appended): the curation profiles of ``validation.settings.profiles.CURATION_PROFILES``
 #: (quick: MNIST-1D MLP at its full 30 epochs, 3 seeds, a few methods, both protocols, ~2 min of CPU; paper:
 #: three tasks, 10 seeds, every baseline, both protocols, hours). Without results of its own, figure 6 is
 #: drawn from the stored paper-scale tables (``paper_figs/data/curation``).

@@ -21,7 +21,7 @@ from matplotlib.figure import Figure
 from influence.atomic import atomic_path, atomic_write_text, csv_cell
 
 from .style import RC, style
-from .tables import Table
+from validation.report.tables import Table
 
 
 class MissingResults(LookupError):

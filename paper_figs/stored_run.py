@@ -9,7 +9,7 @@ just those (no per-unit files, no checkpoints) is a run folder it can draw from,
 ``export`` copies ``*.csv``, ``config.json``, ``summary.json``, ``report.md`` and ``provenance.json`` (the run's
 invocations, plus an ``export`` entry: source folder, time, this package's revision and the ``--note``), each
 written atomically. A table over ``--gzip-mb`` is stored gzip-compressed as ``<name>.csv.gz`` (byte-reproducible:
-no file name or time in the header), which ``paper_figs.tables.read_table`` reads in its place; a stored file
+no file name or time in the header), which ``validation.report.tables.read_table`` reads in its place; a stored file
 still over ``--max-mb`` is refused (the stored data must stay small). Tables only figures plot (``ROUNDED``:
 ``scores.csv``) keep 8 significant digits of their value column.
 """
@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Sequence
 
 from influence.atomic import atomic_path
-from validation.results import atomic_write_json, code_revision, read_json
+from validation.report.results import atomic_write_json, code_revision, read_json
 
 HERE = Path(__file__).resolve().parent
 STORED_RUN = HERE / "data" / "validation"

@@ -21,6 +21,8 @@ matplotlib.use("Agg")  # headless: figures are only ever written to files
 from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from validation.settings import estimators as chosen  # noqa: E402
+
 SINGLE = 3.4  # in, one column
 DOUBLE = 7.0  # in, two columns
 FONT_PT = 8.0
@@ -72,23 +74,45 @@ CLEAN_COLOR = OKABE_ITO["blue"]
 NOISY_MARKER = "x"
 CLEAN_MARKER = "o"
 
-ESTIMATORS: dict[str, tuple[str, str, str]] = {
-    # name: (label, colour, marker)
-    "lai": ("LAI (all layers)", OKABE_ITO["blue"], "o"),
-    "lai-last": ("LAI (last layer)", OKABE_ITO["sky"], "s"),
-    "lai-aligned": ("LAI (aligned tokens)", OKABE_ITO["purple"], "v"),
-    "lai-last-aligned": ("LAI last (aligned)", OKABE_ITO["yellow"], "<"),
-    "lai-fit": ("LAI-fit (layer weights)", "#332288", "d"),
-    "ghost": ("Ghost", OKABE_ITO["vermillion"], "^"),
-    "exact": ("Exact", OKABE_ITO["black"], "D"),
-    "tracin": ("TracIn", OKABE_ITO["green"], "P"),
-    "tracin-last": ("TracIn (last layer)", OKABE_ITO["orange"], "X"),
+#: Each estimator family's colour and marker (``influence.estimators``' ``family``), worn by its first entry.
+FAMILIES: dict[str, tuple[str, str]] = {
+    "exact": (OKABE_ITO["black"], "D"), "ghost": (OKABE_ITO["vermillion"], "^"), "lai": (OKABE_ITO["blue"], "o"),
+    "tracin": (OKABE_ITO["green"], "P"),
+}
+#: Colours of the other entries, in order: each entry gets one no other entry has, far from the family colours.
+SHADES = [OKABE_ITO["orange"], OKABE_ITO["purple"], "#882255", "#44AA99", OKABE_ITO["sky"], "#999933", "#332288",
+          "#AA4499", "#661100", "#6699CC"]
+#: Scores drawn that are not estimators: label, colour, marker.
+NOT_ESTIMATORS: dict[str, tuple[str, str, str]] = {
     "loss": ("Loss only", GREY, ">"),
     "counterfactual": ("Counterfactual", OKABE_ITO["purple"], "*"),
     "forward": ("Forward pass", GREY, "."),
     "forward_backward": ("Forward+backward", GREY, "1"),
     "train_step": ("Training step", GREY, "|"),
 }
+
+
+def estimator_styles() -> dict[str, tuple[str, str, str]]:
+    """(label, colour, marker) of every estimator ``lai run`` scores (the registry's and the research variants,
+    ``validation.settings.estimators.scored``) and of the scores that are not estimators. Labels are the
+    registry's; the first entry of a family wears the family's colour and marker (:data:`FAMILIES`), every other
+    entry the next colour of :data:`SHADES` no entry has yet (the non-sequence entries first, so the panels
+    of every model show distinct colours), with its own marker."""
+    names = chosen.scored(sequence=False)
+    names += [n for n in chosen.scored() if n not in names]
+    out: dict[str, tuple[str, str, str]] = {}
+    used: set[str] = set()
+    for i, name in enumerate(names):
+        fam = FAMILIES.get(chosen.family(name))
+        if fam is not None and fam[0] not in used:
+            colour, marker = fam
+        else:
+            colour = next((c for c in SHADES + CYCLE if c not in used), CYCLE[i % len(CYCLE)])
+            marker = next((m for m in MARKERS if m not in {v[2] for v in out.values()}), MARKERS[i % len(MARKERS)])
+        used.add(colour)
+        out[name] = (chosen.label(name), colour, marker)
+    return {**out, **NOT_ESTIMATORS}
+
 
 MODELS: dict[str, tuple[str, str, str]] = {
     "mlp": ("MLP", OKABE_ITO["blue"], "o"),
@@ -109,8 +133,9 @@ def _lookup(table: dict[str, tuple[str, str, str]], name: str, index: int) -> tu
 
 
 def estimator_style(name: str, index: int = 0) -> tuple[str, str, str]:
-    """(label, colour, marker) of an estimator; unknown names get the ``index``-th palette entry."""
-    return _lookup(ESTIMATORS, name, index)
+    """(label, colour, marker) of an estimator (:func:`estimator_styles`); unknown names get the ``index``-th
+    palette entry."""
+    return _lookup(estimator_styles(), name, index)
 
 
 def model_style(name: str, index: int = 0) -> tuple[str, str, str]:
@@ -212,5 +237,6 @@ def new_figure(width: float = SINGLE, height: float | None = None) -> Figure:
 
 
 __all__ = ["SINGLE", "DOUBLE", "FONT_PT", "SMALL_PT", "RC", "OKABE_ITO", "CYCLE", "MARKERS", "GREY",
-           "NOISY_COLOR", "CLEAN_COLOR", "NOISY_MARKER", "CLEAN_MARKER", "ESTIMATORS", "MODELS", "WIDTH_UNITS",
+           "NOISY_COLOR", "CLEAN_COLOR", "NOISY_MARKER", "CLEAN_MARKER", "FAMILIES", "SHADES", "NOT_ESTIMATORS",
+           "estimator_styles", "MODELS", "WIDTH_UNITS",
            "MODEL_WIDTH_KEY", "METHODS", "METHOD_DASHED", "DATASETS", "estimator_style", "model_style", "method_style", "plain_log_ticks", "readable_log_ticks", "style", "new_figure"]

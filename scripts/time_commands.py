@@ -21,7 +21,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "docs" / "timings.md"
-LAI = [sys.executable, "-m", "validation"]
+LAI = [sys.executable, "-m", "lai"]
 COMMANDS: dict[str, list[str]] = {
     "figures-paper": ["figures", "--paper", "--out", "{tmp}/figs", "--quiet"],
     "tightness": ["tightness", "--out", "{tmp}/tight"],

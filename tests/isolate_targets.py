@@ -1,4 +1,4 @@
-"""Functions ``validation.bench_isolate`` runs in a child process in ``tests/test_bench_realsize.py``: one per
+"""Functions ``validation.bench.isolate`` runs in a child process in ``tests/test_bench_realsize.py``: one per
 outcome the guard must record (each takes the job dict)."""
 
 import os

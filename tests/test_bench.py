@@ -7,7 +7,9 @@ import sys
 
 import pytest
 
-from validation import bench, bench_workloads
+from validation.bench import command as bench
+from validation.bench import workloads as bench_workloads
+from validation.settings import estimators as chosen
 
 
 ARGS = ["--workload", "mlp", "--tiny", "--repeats", "1", "--sizes", "default", "--big", "--tasks", "none"]
@@ -34,7 +36,7 @@ def test_bench_main_tiny_writes_json_and_text(tiny_run):
     assert len(sec["scaling"]["sizes"]) >= 4
     assert set(sec["scaling"]["exponent"]) == {"ghost", "lai", "exact", "lai-floor", "lai-last-floor"}
     assert len(sec["scaling"]["median_s"]["lai-floor"]) == len(sec["scaling"]["sizes"])
-    assert {r["estimator"] for r in sec["big"]["rows"]} == set(bench.ALL_ESTIMATORS)
+    assert {r["estimator"] for r in sec["big"]["rows"]} == set(chosen.timed())
     targets = {t["target"]: t for t in sec["targets"]}
     assert "lai time / forward(train+ref)" in targets and "exact time / ghost time" in targets
     assert not any("floor scaling" in t for t in targets)  # the floor is a reference, not a target
@@ -90,7 +92,7 @@ def test_check_targets_flags_met_and_missed():
 def test_bench_keeps_stderr_clean_and_rejects_bad_usage(tmp_path):
     """No profiler trace lines or allocator notices on stderr (the memory measurement filters exactly those),
     and usage errors exit with status 2."""
-    cmd = [sys.executable, "-m", "validation", "bench", "--workload", "mlp", "--tiny", "--repeats", "1",
+    cmd = [sys.executable, "-m", "lai", "bench", "--workload", "mlp", "--tiny", "--repeats", "1",
            "--estimators", "ghost,lai-last", "--no-progress", "--out", str(tmp_path / "b")]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr

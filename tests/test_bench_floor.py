@@ -5,8 +5,8 @@ import torch
 from torch import nn
 
 import influence
-from validation import bench_floor
-from validation.bench_workloads import build_workload
+from validation.bench import floor as bench_floor
+from validation.bench.workloads import build_workload
 
 
 def _batches(d_in=6, classes=4, n=9, m=5, dtype=torch.float64):

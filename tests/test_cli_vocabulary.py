@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from validation.command import COMMANDS, main as dispatch
+from lai.command import COMMANDS, main as dispatch
 from validation.options import PROFILE_NAMES, SHARED, NotApplicable
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -113,7 +113,7 @@ class Block(importlib.abc.MetaPathFinder):  # the core install: none of the opti
                                   "accelerate"}:
             raise ModuleNotFoundError(f"No module named {name!r}", name=name)
 sys.meta_path.insert(0, Block())
-from validation.command import main
+from lai.command import main
 sys.exit(main(sys.argv[1:]))
 """
 

@@ -1,4 +1,4 @@
-"""validation.config: one settings vocabulary for the suites (ModelSettings), the benchmark (WorkloadSpec) and
+"""validation.settings.config: one settings vocabulary for the suites (ModelSettings), the benchmark (WorkloadSpec) and
 curated training (TaskSpec); stored settings of earlier code still read."""
 
 from __future__ import annotations
@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from validation import bench_workloads
-from validation import noise as vnoise
-from validation.config import LEGACY, ConfigError, NoiseSpec, upgrade
+from validation.bench import workloads as bench_workloads
+from validation.data import noise as vnoise
+from validation.settings.config import LEGACY, ConfigError, NoiseSpec, upgrade
 from validation.curation import cli as curate_cli
 from validation.curation.protocols import apply_protocol
 from validation.curation.tasks import TASKS, TaskSpec, get_task
-from validation.profiles import MODELS, PROFILES, ModelSettings, get_profile, model_settings
+from validation.settings.profiles import MODELS, PROFILES, ModelSettings, get_profile, model_settings
 
 STORED = Path(__file__).resolve().parents[1] / "paper_figs" / "data" / "curation" / "provenance.json"
 SYSTEMS = (ModelSettings, bench_workloads.WorkloadSpec, TaskSpec)
@@ -178,8 +178,8 @@ def test_bench_workload_batches_fit_the_built_models(tiny):
 
 
 def test_figures_read_curation_folders_of_both_vocabularies(tmp_path):
-    from paper_figs.curation_results import load_curation
-    from validation.results import atomic_write_json
+    from validation.report.curation import load_curation
+    from validation.report.results import atomic_write_json
 
     spec = get_task("digits-noisy20-classdep")
     old = {k: v for k, v in spec.to_dict().items() if k not in ("noise", "n_ref", "data_kw")}
@@ -198,7 +198,7 @@ def test_figures_read_curation_folders_of_both_vocabularies(tmp_path):
 
 
 def test_seeds_are_lists_in_every_profile():
-    from validation.profiles import CURATION_PROFILES
+    from validation.settings.profiles import CURATION_PROFILES
     from validation.curation.runner import profile_specs
 
     for name in PROFILES:

@@ -4,9 +4,9 @@ import pytest
 import torch
 
 import influence
-from validation.estimator_cost import Measurement, estimator_costs, measure_many, rows_from
-from validation.measure import measure
-from validation.models import MLP
+from validation.bench.estimator_cost import Measurement, estimator_costs, measure_many, rows_from
+from validation.bench.measure import measure
+from validation.training.models import MLP
 
 MB = 1 << 20
 
@@ -83,7 +83,7 @@ def test_measure_many_interleaves_and_rows_from_handles_missing_baselines():
 
 
 def test_memory_kept_by_an_earlier_measured_call_is_not_counted_again():
-    from validation.measure import peak_bytes
+    from validation.bench.measure import peak_bytes
     keep = []
     assert peak_bytes(lambda: keep.append(torch.ones(25_000_000)), settle=False) >= 90 * MB  # 100 MB kept alive
     assert peak_bytes(lambda: torch.ones(1000).sum()) < 1 * MB

@@ -16,8 +16,8 @@ from validation.curation.methods import ramped_drop_rate
 from validation.curation.protocols import apply_protocol, expand
 from validation.curation.seeds import generator, stream
 from validation.curation.tasks import get_task, prepare, stratified_subset
-from validation.models import MLP
-from validation.results import read_csv, read_json
+from validation.training.models import MLP
+from validation.report.results import read_csv, read_json
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -153,7 +153,7 @@ def test_corrupt_or_empty_units_are_recomputed(tmp_path, capsys):
 
 
 def test_curation_profiles():
-    from validation.profiles import get_curation_profile
+    from validation.settings.profiles import get_curation_profile
 
     paper, quick = get_curation_profile("paper"), get_curation_profile("quick")
     assert paper["seeds"] == list(range(10)) and set(paper["methods"]) == {"ours", "original"}

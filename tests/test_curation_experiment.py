@@ -6,7 +6,7 @@ import torch
 from validation.curation import cli
 from validation.curation.experiment import SUITE, STEP_COLUMNS, TABLE_COLUMNS
 from validation.curation.tasks import TASKS, evaluate, get_task, prepare
-from validation.results import read_csv, read_json
+from validation.report.results import read_csv, read_json
 
 
 def _run(tmp_path, capsys, methods, task="digits-noisy40", extra=()):

@@ -1,4 +1,4 @@
-"""Curation results as paired differences to vanilla (validation.stats), the stored compact tables, and figure 6
+"""Curation results as paired differences to vanilla (validation.report.stats), the stored compact tables, and figure 6
 drawn from them (both protocols, 95 % CIs)."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import pytest
 from scipy import stats
 
 from paper_figs import fig6_curation, figures
-from paper_figs.curation_results import (PAIRED_COLUMNS, export, has_results, load_curation, paired)
+from validation.report.curation import (PAIRED_COLUMNS, export, has_results, load_curation, paired)
 from paper_figs.style import DOUBLE, SMALL_PT
-from validation.results import atomic_write_json
+from validation.report.results import atomic_write_json
 
 SEEDS = range(5)
 TASKS = {"mnist1d-noisy40": ("mnist1d", "mlp"), "digits-noisy40": ("digits", "cnn2d")}

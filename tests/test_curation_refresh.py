@@ -7,7 +7,7 @@ import torch
 
 import influence
 from validation.curation import Curator, ReferencePolicy
-from validation.models import MLP
+from validation.training.models import MLP
 
 CE = influence.cross_entropy
 LR = 0.1

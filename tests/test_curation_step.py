@@ -9,7 +9,7 @@ import influence
 from validation.curation import (Curator, EmptyReferenceError, EmptySelectionError, Method, ReferencePolicy,
                                  curation_step, get_method)
 from validation.curation.signals import score_batch
-from validation.models import MLP, CausalTransformer
+from validation.training.models import MLP, CausalTransformer
 
 CE = influence.cross_entropy
 LR = 0.1

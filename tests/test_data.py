@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from validation import data
-from validation.data import (ArrayDataset, TextDataset, decode, encode, get_dataset, lm_pairs, load_digits,
-                             load_mnist1d, load_pydoc_text, split_documents, tokenize_documents)
+from validation.data import datasets as data
+from validation.data.datasets import (ArrayDataset, TextDataset, decode, encode, get_dataset, lm_pairs, load_digits,
+                                      load_mnist1d, load_pydoc_text, split_documents, tokenize_documents)
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ from torch.nn import functional as F
 
 import influence
 from conftest import rel_err
-from validation.models import CNN1d, CNN2d, MLP, CausalTransformer
+from validation.training.models import CNN1d, CNN2d, MLP, CausalTransformer
 
 TOL = 1e-8
 CE = influence.cross_entropy

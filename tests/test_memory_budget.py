@@ -9,7 +9,7 @@ import torch
 import influence
 from influence import hf
 from influence.memory import free_bytes, resolve_budget
-from validation.measure import cpu_peak_bytes
+from validation.bench.measure import cpu_peak_bytes
 
 transformers = pytest.importorskip("transformers")
 

@@ -6,7 +6,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from validation.noise import class_dependent_label_noise, corrupt_documents, symmetric_label_noise
+from validation.data.noise import class_dependent_label_noise, corrupt_documents, symmetric_label_noise
 
 labels = st.integers(2, 12).flatmap(
     lambda k: st.tuples(st.just(k), st.lists(st.integers(0, k - 1), min_size=0, max_size=300)))

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 
 import influence
-from validation.command import COMMANDS
+from lai.command import COMMANDS
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("influence", "theory", "validation", "paper_figs")
+PACKAGES = ("influence", "theory", "validation", "paper_figs", "lai")
 OPTIONAL = ("tqdm", "matplotlib", "sklearn", "mnist1d", "transformers", "datasets")
 
 
@@ -34,7 +34,7 @@ def test_metadata_license_version_and_extras():
     extras = project["optional-dependencies"]
     assert {"validation", "hf", "test", "all"} <= set(extras)
     assert any(d.startswith("matplotlib") for d in extras["validation"])
-    assert project["scripts"] == {"lai": "validation.command:main"}
+    assert project["scripts"] == {"lai": "lai.command:main"}
     assert "paper_figs/data" in _pyproject()["tool"]["hatch"]["build"]["targets"]["wheel"]["exclude"]
     assert {"mkdocs", "mkdocstrings[python]"} <= {d.split(">")[0] for d in extras["docs"]}
     assert influence.__version__.count(".") == 2
@@ -50,7 +50,7 @@ def test_core_imports_without_the_validation_extras_and_theory_imports_no_valida
 
 
 def test_lai_help_is_instant_and_lists_every_command():
-    proc = subprocess.run([sys.executable, "-c", "import sys; from validation.command import main; "
+    proc = subprocess.run([sys.executable, "-c", "import sys; from lai.command import main; "
                            "main(['--help']); print(sorted(m for m in sys.modules if m in ('torch', 'matplotlib')))"],
                           capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert proc.returncode == 0 and all(name in proc.stdout for name in COMMANDS)
@@ -92,7 +92,7 @@ def test_wheel_builds_offline_without_warnings_or_tree_litter_and_installs_elsew
     elsewhere.mkdir()
     (elsewhere / "validation.py").write_text("raise SystemExit('the local file was imported')\n")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    code = ("import influence, theory, validation.command, paper_figs.cli, validation.tightness, sys; "
+    code = ("import influence, theory, lai.command, paper_figs.cli, validation.suites.tightness, sys; "
             "print(influence.__file__); print(influence.__version__)")
     proc = subprocess.run([str(py), "-I", "-c", code], capture_output=True, text=True, cwd=elsewhere, env=env,
                           timeout=300)

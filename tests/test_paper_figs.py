@@ -16,10 +16,10 @@ from scipy.stats import rankdata, spearmanr
 from paper_figs import (fig1_dynamics, fig2_fidelity, fig3_bound, fig4_scatter, fig5_cost, fig6_curation,
                         fig7_layers)
 from paper_figs.cli import main, newest_run
-from paper_figs.curation_results import family_of, load_curation
+from validation.report.curation import family_of, load_curation
 from paper_figs.style import CLEAN_COLOR, DOUBLE, NOISY_COLOR, SMALL_PT
-from paper_figs.tables import Table
-from validation.results import TABLES, atomic_write_csv, atomic_write_json
+from validation.report.tables import Table
+from validation.report.results import TABLES, atomic_write_csv, atomic_write_json
 
 MODELS = ("mlp", "cnn1d", "transformer")
 STEPS = (10, 20, 30, 40, 50)
@@ -257,7 +257,7 @@ def test_fig2_means_bands_and_labels(run):
     assert axes[0, 0].get_ylabel() == "Spearman ρ vs\nExact" and "counterfactual" in axes[1, 0].get_ylabel()
     assert axes[1, 0].get_xlabel() == "training step (SGD steps)"
     legend = fig.legends[0]
-    assert [t.get_text() for t in legend.get_texts()] == ["LAI (all layers)", "LAI (last layer)", "Ghost", "TracIn"]
+    assert [t.get_text() for t in legend.get_texts()] == ["Ghost", "LAI", "LAI (last layer)", "TracIn"]  # the registry's
     assert "mean over 3 seeds, band ± one standard deviation" == legend.get_title().get_text()
     check_style(fig)
 
@@ -343,7 +343,7 @@ def test_fig4_pairs_steps_and_markers(run):
             assert ax.get_title(loc="right").endswith(f"step {step}")
             rho = spearmanr([get("ghost", s) for s in SAMPLES], [get("lai", s) for s in SAMPLES]).statistic
             assert ax.texts[0].get_text() == f"ρ = {rho:.2f}"
-    assert axes[-1, 0].get_xlabel() == "Ghost score (nats)" and axes[0, 0].get_ylabel() == "LAI (all layers) score (nats)"
+    assert axes[-1, 0].get_xlabel() == "Ghost score (nats)" and axes[0, 0].get_ylabel() == "LAI score (nats)"
     check_style(fig)
 
 
@@ -377,7 +377,7 @@ def test_fig5_sweeps(run):
                                        else f"width ({ {'mlp': 'hidden units', 'cnn1d': 'channels', 'transformer': 'd_model'}[model]})")
     assert "time / training step" in axes[0, 0].get_ylabel() and "peak memory" in axes[0, 2].get_ylabel()
     labels = [t.get_text() for t in fig.legends[0].get_texts()]
-    assert {"LAI (all layers)", "Ghost", "Exact", "training step"} <= set(labels)
+    assert {"LAI", "Ghost", "Exact", "training step"} <= set(labels)
     check_style(fig)
 
 
@@ -509,7 +509,7 @@ def test_cli_run_produces_results_first(tmp_path, monkeypatch, capsys):
 
     def fake_run(cmd, quiet=False):
         calls.append(cmd[1:])
-        if cmd[2:4] == ["validation", "run"]:
+        if cmd[2:4] == ["lai", "run"]:
             folder = root / "quick-dddddddddd"
             write_run(folder, models=("mlp",))
             return 0, f"progress\n{folder}\n"
@@ -520,7 +520,7 @@ def test_cli_run_produces_results_first(tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert code == 0
     # the curation commands run in a second process next to the validation run
-    assert [c for c in calls if c[2] == "run"] == [["-m", "validation", "run", "--profile", "quick", "--out", str(root)]]
+    assert [c for c in calls if c[2] == "run"] == [["-m", "lai", "run", "--profile", "quick", "--out", str(root)]]
     assert [c[3:] for c in calls if c[2] == "curate"] == [[*a, "--out", str(root)] for a in CURATION_COMMANDS["quick"]]
     assert (root / "quick-dddddddddd" / "figures" / "fig1_dynamics.png").is_file()
     # the failed curation command is reported; figure 6 then falls back to the stored curation tables, if any

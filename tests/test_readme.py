@@ -42,7 +42,7 @@ def lai_lines() -> list[list[str]]:
 def test_every_lai_command_line_parses():
     import importlib
 
-    from validation.command import COMMANDS
+    from lai.command import COMMANDS
 
     lines = lai_lines()
     assert len(lines) >= 10 and {w[0] for w in lines} >= {"run", "curate", "bench", "figures"}
@@ -58,7 +58,7 @@ def test_every_script_named_exists_and_the_command_table_is_complete():
     for block in SHELL_BLOCKS:
         for script in re.findall(r"bash (scripts/[\w./-]+)", block):
             assert (ROOT / script).is_file(), script
-    from validation.command import COMMANDS
+    from lai.command import COMMANDS
 
     table = README.split("| command | what it does", 1)[1].split("\n\n", 1)[0]
     assert all(f"| `lai {name}`" in table for name in COMMANDS)
@@ -91,7 +91,7 @@ def test_score_your_own_dataset_runs_as_written(tmp_path):
 def test_the_report_checks_the_cost_claims_the_readme_makes():
     """The report's "cost vs the README" check reads its ranges from ``README_COST``: the README's cost column
     must state the same ones."""
-    from validation.report_render import README_COST
+    from validation.report.render import README_COST
 
     readme = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
     for est, (_, words, (lo, hi)) in README_COST.items():

@@ -1,4 +1,4 @@
-"""validation.report on synthetic run folders: vacuous guarantees are "no guarantee", counts cover only steps
+"""validation.report.summary on synthetic run folders: vacuous guarantees are "no guarantee", counts cover only steps
 where the quantity exists, claims need intervals that clear their threshold, winning baselines are named, a
 violated bound is a failed theory check, and curated-training results get their own section."""
 
@@ -9,9 +9,9 @@ import json
 import numpy as np
 import pytest
 
-import validation.report as report
-from validation.report import failed_theory_checks, summarize, write_report
-from validation.results import RunDir
+import validation.report.summary as report
+from validation.report.summary import failed_theory_checks, summarize, write_report
+from validation.report.results import RunDir
 
 STEPS = (10, 20)
 N = 48
@@ -153,7 +153,7 @@ def test_three_seeds_use_t_intervals_over_seeds(tmp_path, rng):
 def test_cost_claims_are_judged_against_the_readme_ranges_with_the_forward_time_shown():
     """"Cost vs the README" misses a model only beyond CLAIM_SLACK times the README's upper end, per estimator
     (LAI's range ends at 2.1, Ghost's at 1.3), and shows each model's forward time."""
-    from validation.report_render import CLAIM_SLACK, README_COST, _cost_lines
+    from validation.report.render import CLAIM_SLACK, README_COST, _cost_lines
 
     lai_hi, ghost_hi = README_COST["lai"][2][1], README_COST["ghost"][2][1]
     ratios = {"mlp": {"forward": 0.1, "lai": 0.1 * (CLAIM_SLACK * lai_hi + 0.5), "forward_backward": 0.3,

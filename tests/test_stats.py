@@ -1,4 +1,4 @@
-"""validation.stats against scipy.stats / sklearn and direct computations on known inputs."""
+"""validation.report.stats against scipy.stats / sklearn and direct computations on known inputs."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 from scipy import stats
 from sklearn.metrics import roc_auc_score
 
-from validation.stats import (auroc_ci, kendall_ci, mean_ci, paired_difference, paired_table, spearman_ci,
-                              spearman_difference_ci)
+from validation.report.stats import (auroc_ci, kendall_ci, mean_ci, paired_difference, paired_table, spearman_ci,
+                                     spearman_difference_ci)
 
 
 def test_paired_difference_matches_direct_t_interval():
@@ -148,7 +148,7 @@ def test_auroc_ci_single_class_and_mismatch():
 
 
 def test_within_clips_a_bounded_quantity_and_says_so():
-    from validation.stats import AurocEstimate, Estimate, mean_ci, within
+    from validation.report.stats import AurocEstimate, Estimate, mean_ci, within
 
     e = mean_ci([0.6, 0.9, 0.95])  # three seeds: the t interval reaches past 1
     assert e.high > 1.0 and e.low > 0.0

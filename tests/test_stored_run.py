@@ -62,7 +62,7 @@ def test_figures_paper_draws_from_the_stored_folders(tmp_path, monkeypatch, caps
 
 
 def test_export_compresses_large_tables_and_figures_read_them(tmp_path):
-    from paper_figs.tables import read_table
+    from validation.report.tables import read_table
 
     run = tmp_path / "run"
     write_run(run, models=("mlp",))
@@ -105,7 +105,7 @@ def assert_rounded_scores(plain, stored) -> None:
 
 
 def test_scores_are_stored_with_8_significant_digits_and_other_tables_unchanged(tmp_path):
-    from paper_figs.tables import read_table
+    from validation.report.tables import read_table
 
     run = tmp_path / "run"
     write_run(run, models=("mlp",))

@@ -11,7 +11,7 @@ from torch.nn import functional as F
 
 import influence
 import theory
-from validation import toy_models as ex
+import toy_models as ex
 from theory.bounds import spectral_norm, token_epsilons
 from theory.decomposition import sides
 from theory.lipschitz import conv_operator_bound, gelu_lipschitz, sigmoid_lipschitz

@@ -7,7 +7,7 @@ from torch.func import functional_call, jacrev
 
 import influence
 import theory
-from validation import toy_models as ex
+import toy_models as ex
 from theory.decomposition import ghost_pair, sides
 from theory.terms import build_side
 

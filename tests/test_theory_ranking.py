@@ -10,7 +10,7 @@ from torch import nn
 
 import influence
 import theory
-from validation import toy_models as ex
+import toy_models as ex
 
 
 @settings(max_examples=60, deadline=None)

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from validation.command import COMMANDS, main as dispatch
-from validation.cli import apply_override, build_parser, make_config, run_main
+from lai.command import COMMANDS, main as dispatch
+from validation.suites.command import apply_override, build_parser, make_config, run_main
 from validation.options import parse_seeds, split_list
-from validation.profiles import get_profile
-from validation.results import RunDir, read_csv
+from validation.settings.profiles import get_profile
+from validation.report.results import RunDir, read_csv
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -95,7 +95,7 @@ def test_resume_refuses_other_threads_or_code(run, capsys, monkeypatch):
     _, folder = run
     assert run_main(["--resume", str(folder), "--threads", "2", "--no-progress"]) == 2
     assert "--threads 1" in capsys.readouterr().err
-    import validation.cli as cli
+    import validation.suites.command as cli
 
     monkeypatch.setattr(cli, "code_revision", lambda: "git:other")
     assert run_main(["--resume", str(folder), "--no-progress"]) == 2
@@ -103,7 +103,7 @@ def test_resume_refuses_other_threads_or_code(run, capsys, monkeypatch):
 
 
 def test_failed_theory_check_exits_1(tmp_path, monkeypatch):
-    import validation.report as report
+    import validation.report.summary as report
 
     monkeypatch.setattr(report, "failed_theory_checks", lambda summary: ["bound holds"])
     out = io.StringIO()
@@ -163,7 +163,7 @@ def test_every_command_has_the_shared_vocabulary_and_its_own_name(name, capsys):
 
 
 def test_module_entry_point_runs():
-    out = subprocess.run([sys.executable, "-m", "validation", "--help"], capture_output=True, text=True, timeout=120)
+    out = subprocess.run([sys.executable, "-m", "lai", "--help"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "run" in out.stdout and "bench" in out.stdout and not out.stderr
     help_text = build_parser().format_help()
     assert "--suite" in help_text and "--resume" in help_text and "--device" in help_text
@@ -180,8 +180,8 @@ def test_curation_hint_writes_where_figures_look(tmp_path):
 
 def test_estimator_registry_one_spelling_and_the_same_numbers_as_influence(f64):
     import influence
-    from validation import estimators as registry
-    from validation.models import MLP
+    from influence.estimators import estimator_names, get_estimator
+    from validation.training.models import MLP
 
     torch.manual_seed(0)
     model = MLP(6, (5,), 3).double().eval()
@@ -192,24 +192,25 @@ def test_estimator_registry_one_spelling_and_the_same_numbers_as_influence(f64):
                                               last_layer=True),
               "ghost": influence.ghost(model, influence.cross_entropy, train, ref, 0.1)}
     for name, r in direct.items():
-        got = registry.score(name, model, influence.cross_entropy, train, ref, 0.1).scores
+        got = influence.estimate(name, model, influence.cross_entropy, train, ref, 0.1).scores
         assert torch.allclose(got, r.scores, rtol=1e-12, atol=0)
-    assert all(n == n.lower() and "_" not in n for n in registry.ESTIMATORS)
+    assert all(n == n.lower() and "_" not in n for n in estimator_names())
     with pytest.raises(KeyError, match="spelled 'lai-last'"):
-        registry.get("lai_last")
-    assert "lai-aligned" not in registry.names(sequence=False)
-    # every table of estimator names in the package uses the registry's spelling
+        get_estimator("lai_last")
+    assert "lai-aligned" not in estimator_names(sequence_only=False)
+    # every list of estimator names validation and the figures use comes from the registry (plus lai-fit and the
+    # baselines)
     from paper_figs import fig2_fidelity, fig5_cost
-    from validation import bench, estimator_cost
+    from validation.bench import estimator_cost, realsize_run, score, tasks
     from validation.curation.signals import ESTIMATORS as CURATION_SIGNALS
-    from validation.suites import context
-    from validation.suites import cost as cost_suite
+    from validation.settings import estimators as chosen
+    from validation.suites.context import fidelity_estimators
 
-    baselines = {"forward", "forward_backward", "train_step", "loss", "counterfactual", "counterfactual_small_lr",
-                 "lai_fit", "lai-fit"}
-    for names in (CURATION_SIGNALS, context.ESTIMATORS, cost_suite.ESTIMATORS, estimator_cost.DEFAULT, bench.ALL_ESTIMATORS,
-                  fig2_fidelity.ESTIMATORS, fig5_cost.ESTIMATORS):
-        assert set(names) - baselines <= set(registry.ESTIMATORS), names
+    baselines = {"forward", "forward_backward", "train_step", *chosen.BASELINES, *chosen.RESEARCH}
+    for names in (CURATION_SIGNALS, fidelity_estimators(), chosen.timed(True), estimator_cost.default_names(),
+                  fig2_fidelity.default_estimators(), fig5_cost.default_estimators(),
+                  realsize_run.REAL_ESTIMATORS, realsize_run.DATASET_ESTIMATORS, score.choices(), tasks.METHODS):
+        assert set(names) - baselines <= set(estimator_names()), names
 
 
 def test_tightness_prints_a_row_per_model_and_seed(capsys):

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import influence
-from validation.models import MLP, CausalTransformer
+from validation.training.models import MLP, CausalTransformer
 from validation.suites.counterfactual import one_step_counterfactual, per_sample_gradients
 
 from conftest import rel_err

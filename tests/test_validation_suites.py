@@ -7,11 +7,11 @@ import pytest
 import torch
 
 import influence
-from validation.profiles import get_profile, model_settings
+from validation.settings.profiles import get_profile, model_settings
 from validation.suites import StepContext, bound_step, cost_point, fidelity_step
 from validation.suites.fidelity import TARGETS
 from validation.suites.runner import bound_context
-from validation.training import build_task, cast_batch, scoring_copy, train
+from validation.training.task import build_task, cast_batch, scoring_copy, train
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -170,7 +170,7 @@ def test_cost_point_rows():
 # ------------------------------------------------------------------------------------ lai-fit and layer terms
 
 def test_weighted_lai_spans_last_layer_and_all_layer_lai(mlp_ctx):
-    from validation.lai_variants import last_layer_name, weighted_lai
+    from validation.suites.lai_variants import last_layer_name, weighted_lai
 
     lai = mlp_ctx.result("lai")
     last = last_layer_name(mlp_ctx.result("lai-last"))
@@ -183,7 +183,7 @@ def test_weighted_lai_spans_last_layer_and_all_layer_lai(mlp_ctx):
 def test_fit_layer_weights_minimises_the_probe_error(mlp_ctx):
     """In-sample, the joint least-squares weights (tiny ridge) fit Ghost's lower-layer sum at least as well as
     all-layer (w = 1) and last-layer (w = 0) LAI on the same probe and reference chunks."""
-    from validation.lai_variants import fit_layer_weights, weighted_lai
+    from validation.suites.lai_variants import fit_layer_weights, weighted_lai
 
     m, f, tr, rf, lr = mlp_ctx.model, mlp_ctx.loss_fn, mlp_ctx.train, mlp_ctx.ref, mlp_ctx.lr
     w = fit_layer_weights(m, f, tr, rf, lr, ref_chunks=1, ridge=0.0)

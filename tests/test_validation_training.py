@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from validation.profiles import get_profile, model_settings, with_width
-from validation.training import BatchSchedule, build_task, stratified_probe, train
+from validation.settings.profiles import get_profile, model_settings, with_width
+from validation.training.task import BatchSchedule, build_task, stratified_probe, train
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -42,7 +42,7 @@ def test_task_is_seeded_and_marks_exactly_the_corrupted_samples(name):
         assert a.x_train.dtype == torch.int64 and torch.equal(a.x_train[:, 1:], a.y_train[:, :-1])
         assert a.noise["noisy_indices"] and 0 < a.noise["sequence_noise_rate"] < 1
     else:
-        clean = __import__("validation.data", fromlist=["get_dataset"]).get_dataset(s.dataset, seed=3, **s.data_kw)
+        clean = __import__("validation.data.datasets", fromlist=["get_dataset"]).get_dataset(s.dataset, seed=3, **s.data_kw)
         assert torch.equal(a.is_noisy, a.y_train != clean.y_train)
         assert abs(float(a.is_noisy.float().mean()) - s.noise.rate) < 0.05
 

@@ -319,7 +319,7 @@ def test_float32_models_pass_the_sum_check(name):
     """No false alarm from rounding in float32: every block passes the projection (none needs the full
     comparison) and is kept for reuse; Ghost routes nothing."""
     from influence.capture import capture_backward, factor_blocks, plan
-    from validation.bench_workloads import build_workload
+    from validation.bench.workloads import build_workload
     w = build_workload(name, tiny=True)
     gen = torch.Generator().manual_seed(0)
     train, ref = w.make(w.spec.n_score, gen), w.make(w.spec.n_ref, gen)

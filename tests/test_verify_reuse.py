@@ -246,7 +246,7 @@ def test_rounding_stays_far_below_the_screening_tolerance(family):
     """The sum check's projection differs from autograd's by rounding only, in float32 and float64, by at most
     1/8 of the screening tolerance (so a flag from rounding, which costs a full comparison, stays rare)."""
     from influence.compat import tree_map
-    from validation.verify_cost import rounding
+    from validation.bench.verify_cost import rounding
     model, loss_fn, batch, n = _zoo_case(family)
     for dtype in (torch.float32, torch.float64):
         model.to(dtype)
@@ -255,7 +255,7 @@ def test_rounding_stays_far_below_the_screening_tolerance(family):
 
 
 def test_verify_cost_reports_the_parts_of_the_overhead(capsys):
-    from validation import verify_cost
+    from validation.bench import verify_cost
     out = verify_cost.main(["--tiny", "--repeats", "1", "--workloads", "mlp", "--clock", "cpu"])["mlp"]
     for key in ("ghost", "no sum check", "ref capture", "ref capture + grads", "train capture",
                 "train capture + grads", "ref check ops", "train check ops", "sum check overhead",

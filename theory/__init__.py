@@ -7,7 +7,7 @@
     theory.guaranteed_filter_accuracy(ghost_scores, bounds)
 
 Batches and ``loss_fn`` as in ``influence``. ``python -m theory.symbolic`` runs the sympy check and prints the
-statements as LaTeX; ``lai tightness`` (validation/tightness.py) measures how tight the bounds are on trained
+statements as LaTeX; ``lai tightness`` (validation/suites/tightness.py) measures how tight the bounds are on trained
 models. This package imports nothing from ``validation``.
 """
 

@@ -26,7 +26,7 @@ from validation.options import add_common, info, make_parser, progress_enabled, 
 def staleness_curve(task: Any, estimator: str, ks: Sequence[int], steps: int, warmup: int,
                     progress: bool = False) -> dict[int, dict[str, float]]:
     """{k: {"rho": mean Spearman, "lo", "hi": 95 % t interval over steps, "flips": mean fraction of keep flips}}."""
-    from validation.training import BatchSchedule, sgd_step
+    from validation.training.task import BatchSchedule, sgd_step
     import copy
     model = copy.deepcopy(task.model)
     opts = {"estimator": estimator, "lr": task.lr, "fallback": "exact"}
@@ -71,8 +71,8 @@ def build_parser(prog: str):
 
 def main(argv: Sequence[str] | None = None, prog: str = "python -m validation.staleness") -> int:
     args = build_parser(prog).parse_args(argv)
-    from validation.profiles import get_profile, model_settings
-    from validation.training import build_task
+    from validation.settings.profiles import get_profile, model_settings
+    from validation.training.task import build_task
     results: dict[str, Any] = {}
     with torch_threads(args.threads):
         profile = get_profile("quick")

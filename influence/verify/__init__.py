@@ -15,7 +15,7 @@
   capture is checked too: the factored update ``weighted_gradient`` builds from it is then right as well).
   Its cost is autograd's weight gradients of each captured batch (what the check cannot do without: one
   [p, n T] x [n T, q] product per block, reused where the reference side needs the block's sum anyway) plus
-  O(n T (p + q)) per block (``python -m validation.verify_cost`` measures both).
+  O(n T (p + q)) per block (``python -m validation.bench.verify_cost`` measures both).
 * Shape check (``influence.capture``): every recorded call has the batch as its leading dimension.
 * Per-sample probe (first call per model and input signature, in place of its sum check): autograd's gradient
   of sum_i w_i l_i, with random weights w, against the factored sum_i w_i G_i (a second backward; the first one

@@ -19,7 +19,7 @@ from typing import Any
 
 from ..options import add_common, add_not_applicable, make_parser, progress_enabled, split_list, torch_threads
 from .methods import METHODS
-from ..profiles import CURATION_PROFILES
+from ..settings.profiles import CURATION_PROFILES
 from .protocols import CHOICES, apply_protocol, expand
 from .reference import KINDS
 from .step import ON_EMPTY

@@ -35,8 +35,8 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ..results import (RunDir, atomic_torch_save, atomic_write_csv, atomic_write_text, code_revision, config_id,
-                       git_revision, provenance, read_json)
+from ..report.results import (RunDir, atomic_torch_save, atomic_write_csv, atomic_write_text, code_revision, config_id,
+                              git_revision, provenance, read_json)
 from .methods import Method, get_method, ramped_drop_rate
 from .seeds import generator, stream
 from .step import Curator

@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 import torch
 
-from ..profiles import get_curation_profile
+from ..settings.profiles import get_curation_profile
 from .experiment import RunDir, run_comparison
 from .protocols import apply_protocol
 from .tasks import TaskSpec, get_task

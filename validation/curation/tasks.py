@@ -25,9 +25,9 @@ from torch import Tensor, nn
 import influence
 from influence.batch import Batch
 
-from .. import data as vdata
-from ..config import ConfigError, NoiseSpec, upgrade
-from ..models import build_model
+from ..data import datasets as vdata
+from ..settings.config import ConfigError, NoiseSpec, upgrade
+from ..training.models import build_model
 from .reference import ReferencePolicy
 from .seeds import generator, stream
 

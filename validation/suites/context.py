@@ -4,27 +4,37 @@ every estimator's result, so the bound and fidelity suites computing the same es
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Hashable
+from typing import Any, Callable, Hashable, Sequence
 
 import torch
 from torch import Tensor, nn
 
+import influence
 from influence import InfluenceResult
 from influence.batch import Batch, LossFn
 
-from ..lai_variants import fit_layer_weights, weighted_lai
-from .. import estimators as registry
-from ..estimators import names as estimator_names
+from validation.settings import estimators as chosen
+from validation.suites.lai_variants import fit_layer_weights, weighted_lai
 from .counterfactual import one_step_counterfactual
 
-#: Estimators scored by the fidelity suite on every model; SEQUENCE_ONLY are added for token-sequence outputs.
-ESTIMATORS = ("exact", "ghost", "lai", "lai-last", "lai-fit", "tracin", "tracin-last", "loss",
-              "counterfactual", "counterfactual_small_lr")
 #: lr factor of ``counterfactual_small_lr``: the counterfactual of a step at lr * SMALL_LR_FACTOR, divided by the
 #: factor (same scale as the scores). It tends to Exact as the factor -> 0, so comparing both targets separates
 #: the estimators' error from the curvature of the actual step at the training lr.
 SMALL_LR_FACTOR = 0.1
-SEQUENCE_ONLY = tuple(n for n in estimator_names() if registry.get(n).sequence_only)
+
+
+def fidelity_estimators(selected: Sequence[str] | None = None, sequence: bool = True,
+                        fit: bool = True) -> list[str]:
+    """The names the fidelity suite scores, in table order: Exact (the first target) and the ``selected``
+    estimators (default: every registered one and the research variants, ``validation.settings.estimators.scored``;
+    the token-sequence-only ones when ``sequence``; ``lai-fit`` when ``fit``), then the baselines ``loss``,
+    ``counterfactual`` and ``counterfactual_small_lr``."""
+    names = chosen.scored(sequence)
+    if selected is not None:
+        names = [n for n in names if n == "exact" or n in set(selected)]
+    if not fit:
+        names = [n for n in names if n != "lai-fit"]
+    return names + list(chosen.BASELINES)
 
 
 @dataclass
@@ -45,6 +55,7 @@ class StepContext:
     checkpoints: list[tuple[dict[str, Tensor], float]] = field(default_factory=list)
     fit_probe: Batch | None = None
     fit_ref_chunks: int = 8
+    selected: Sequence[str] | None = None
     _memo: dict[Hashable, Any] = field(default_factory=dict, repr=False)
 
     @property
@@ -60,19 +71,15 @@ class StepContext:
         return self._memo["_seq"]
 
     def estimators(self) -> list[str]:
-        """The estimators the fidelity suite scores at this step."""
-        names = list(ESTIMATORS)
-        if self.fit_probe is None:
-            names.remove("lai-fit")
-        if self.is_sequence:
-            names[names.index("lai-last") + 1:names.index("lai-last") + 1] = list(SEQUENCE_ONLY)
-        return names
+        """The estimators the fidelity suite scores at this step (``fidelity_estimators``)."""
+        return fidelity_estimators(self.selected, self.is_sequence, self.fit_probe is not None)
 
     def result(self, name: str) -> InfluenceResult:
-        """The influence result of estimator ``name`` (``validation.estimators``; computed once per step)."""
+        """The influence result of the registered estimator ``name`` (``influence.estimate``; computed once per
+        step; TracIn entries over the step's checkpoints)."""
         if name not in self._memo:
-            est = registry.get(name)
-            self._memo[name] = est(self.model, self.loss_fn, self.train, self.ref, self.lr, self.checkpoints)
+            self._memo[name] = influence.estimate(name, self.model, self.loss_fn, self.train, self.ref, self.lr,
+                                                  checkpoints=self.checkpoints)
         return self._memo[name]
 
     def scores(self, name: str) -> Tensor:
@@ -107,4 +114,4 @@ class StepContext:
         return self._memo[key]
 
 
-__all__ = ["StepContext", "ESTIMATORS", "SEQUENCE_ONLY"]
+__all__ = ["StepContext", "fidelity_estimators", "SMALL_LR_FACTOR"]

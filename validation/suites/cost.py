@@ -1,7 +1,7 @@
 """Cost suite: wall time and peak memory of each estimator next to a plain training step, over widths and batch sizes.
 
-A thin sweep over ``validation.estimator_cost.estimator_costs`` (which measures every estimator and the baselines —
-forward, forward+backward, SGD training step — side by side in this process, on the same model and batches).
+A thin sweep over ``validation.bench.estimator_cost.estimator_costs`` (which measures every estimator and the
+baselines — forward, forward+backward, SGD training step — side by side in this process, on the same model and batches).
 One unit per (model, width, batch): the model at that width (seeded initialisation, float32), the first
 ``batch`` training samples of the task (noisy labels included) and the task's reference batch. Adds
 ``peak_ratio_to_train_step`` = peak bytes / the training step's peak bytes.
@@ -13,17 +13,18 @@ from typing import Any, Iterable
 
 import torch
 
-from ..models import build_model
-from ..profiles import with_width
-from ..training import Task
-
-ESTIMATORS = ("exact", "ghost", "lai", "lai-last", "tracin-last")  # names of validation.estimators
+from validation.settings import estimators as chosen
+from validation.settings.profiles import with_width
+from validation.training.models import build_model
+from validation.training.task import Task
 
 
 def cost_point(task: Task, width: int, batch: int, repeats: int = 3, warmup: int = 1,
-               estimators: Iterable[str] = ESTIMATORS) -> list[dict[str, Any]]:
-    """Rows of the ``cost`` table for ``task``'s architecture at ``width`` on a train batch of ``batch``."""
-    from .. import estimator_cost as vcost  # imported when the suite runs
+               estimators: Iterable[str] | None = None) -> list[dict[str, Any]]:
+    """Rows of the ``cost`` table for ``task``'s architecture at ``width`` on a train batch of ``batch``.
+    ``estimators``: default ``validation.settings.estimators.timed`` (with the token-sequence-only ones on token
+    ids)."""
+    from validation.bench import estimator_cost as vcost  # imported when the suite runs
 
     s = task.settings
     if batch > len(task.x_train):
@@ -32,9 +33,8 @@ def cost_point(task: Task, width: int, batch: int, repeats: int = 3, warmup: int
     torch.manual_seed(task.seed)
     model = build_model(s.model, **with_width(s.model_kw, s.width_key, width)).eval().to(device)
     train = (task.x_train[:batch], task.y_train[:batch])
-    names = list(estimators)
-    if task.x_train.dim() == 2 and not task.x_train.is_floating_point():  # token ids: also the aligned pairing
-        names.append("lai-aligned")
+    tokens = task.x_train.dim() == 2 and not task.x_train.is_floating_point()
+    names = list(estimators) if estimators is not None else chosen.timed(sequence=tokens)
     rows = vcost.estimator_costs(model, task.loss_fn, train, task.ref, task.lr, estimators=names,
                                  repeats=repeats, warmup=warmup)
     step_peak = next(r["peak_bytes"] for r in rows if r["estimator"] == "train_step")
@@ -49,4 +49,4 @@ def cost_point(task: Task, width: int, batch: int, repeats: int = 3, warmup: int
     return out
 
 
-__all__ = ["cost_point", "ESTIMATORS"]
+__all__ = ["cost_point"]

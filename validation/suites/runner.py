@@ -9,14 +9,14 @@ per (model, width, batch).
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import torch
 from tqdm.auto import tqdm
 
-from ..profiles import ModelSettings, model_settings
-from ..results import RunDir
-from ..training import Task, build_task, cast_batch, scoring_copy, train
+from validation.settings.profiles import ModelSettings, model_settings
+from validation.report.results import RunDir
+from validation.training.task import Task, build_task, cast_batch, scoring_copy, train
 from .bound import bound_step
 from .context import StepContext
 from .cost import cost_point
@@ -60,8 +60,9 @@ def bound_context(ctx: StepContext, settings: ModelSettings) -> StepContext:
 
 def run_training_suites(rd: RunDir, name: str, settings: ModelSettings, seed: int, suites: Iterable[str],
                         device: str = "cpu", progress: bool = True, theory: Any = None,
-                        task: Task | None = None) -> dict[str, int]:
-    """Bound and/or fidelity units of one (model, seed). Returns {suite: units written now}."""
+                        task: Task | None = None, estimators: Sequence[str] | None = None) -> dict[str, int]:
+    """Bound and/or fidelity units of one (model, seed). Returns {suite: units written now}. ``estimators``: what
+    the fidelity suite scores against Exact (default: ``context.fidelity_estimators``'s)."""
     suites = [s for s in TRAINING_SUITES if s in set(suites)]
     steps = settings.score_steps()
     todo = {s: [u for u in suites if not rd.has_unit(u, name, f"step{s}", seed)] for s in steps}
@@ -86,7 +87,7 @@ def run_training_suites(rd: RunDir, name: str, settings: ModelSettings, seed: in
         ckpts = [(rd.load_checkpoint(name, seed, s), settings.lr) for s in steps if s <= step]
         ctx = StepContext(name, seed, step, m64, task.loss_fn, cast_batch(task.scored_batch(), torch.float64),
                           cast_batch(task.ref, torch.float64), settings.lr, task.probe, task.is_noisy[task.probe],
-                          ckpts)
+                          ckpts, selected=estimators)
         if settings.fit_probe > 0 and settings.fit_ref_chunks > 0:
             ctx.fit_probe = cast_batch(fit_probe_batch(task, step, settings.fit_probe), torch.float64)
             ctx.fit_ref_chunks = settings.fit_ref_chunks
@@ -140,7 +141,8 @@ def run_cost(rd: RunDir, name: str, settings: ModelSettings, seed: int, cost_cfg
 
 def run_suites(rd: RunDir, config: dict[str, Any], suites: Iterable[str], models: Iterable[str],
                progress: bool = True, theory: Any = None) -> dict[str, int]:
-    """Every requested suite for every requested model of ``config`` (a profile dict plus ``device``)."""
+    """Every requested suite for every requested model of ``config`` (a profile dict plus ``device``, and
+    ``estimators``: the fidelity suite's selection, when ``lai run --estimators`` gave one)."""
     suites, models = list(suites), list(models)
     device = config.get("device", "cpu")
     seeds = list(config["seeds"])
@@ -150,7 +152,7 @@ def run_suites(rd: RunDir, config: dict[str, Any], suites: Iterable[str], models
         for seed in seeds:
             if any(s in TRAINING_SUITES for s in suites):
                 for suite, k in run_training_suites(rd, name, settings, seed, suites, device, progress,
-                                                    theory).items():
+                                                    theory, estimators=config.get("estimators")).items():
                     written[suite] = written.get(suite, 0) + k
         if "cost" in suites:
             written["cost"] = written.get("cost", 0) + run_cost(rd, name, settings, seeds[0], config["cost"],

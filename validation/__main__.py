@@ -1,8 +1,0 @@
-"""``python -m validation <command>``: the same as the ``lai`` command (see validation/command.py)."""
-
-import sys
-
-from .command import main
-
-if __name__ == "__main__":
-    sys.exit(main(prog="python -m validation"))
