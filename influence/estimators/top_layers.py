@@ -220,11 +220,11 @@ def entry(k: int, lai_below: bool) -> Estimator:
     layers = "the output layer" if k == 1 else f"the top {k} layers"
     if lai_below:
         return Estimator(f"exact-top{k}-lai-below", f"Exact top {k} + LAI below",
-                         functools.partial(build, k=k, lai_below=True), CAPS, family="lai",
+                         functools.partial(build, k=k, lai_below=True), CAPS, family="top-layers",
                          description=f"exact terms of {layers} (a backward truncated below them) plus LAI's terms "
                                      "of the layers below" + (" (on a linear head: LAI itself, with a backward)"
                                                              if k == 1 else ""))
-    return Estimator(f"exact-top{k}", f"Exact top {k}", functools.partial(build, k=k), CAPS, family="lai",
+    return Estimator(f"exact-top{k}", f"Exact top {k}", functools.partial(build, k=k), CAPS, family="top-layers",
                      description=f"exact terms of {layers} only (a backward truncated below them; equal to Exact's "
                                  "per-layer scores there)")
 

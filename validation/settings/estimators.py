@@ -48,8 +48,10 @@ UNTIMED = SAME_AS_EXACT + ("lai-last-aligned",)
 
 
 def registered(sequence: bool = True) -> list[str]:
-    """The registered names in registration order (``sequence=False`` leaves out the token-sequence-only ones)."""
-    return estimator_names() if sequence else estimator_names(sequence_only=False)
+    """The registered names in registration order (``sequence=False`` leaves out the token-sequence-only ones),
+    but those the suites compute themselves as :data:`BASELINES` (``loss``: -l_i from the training losses)."""
+    names = estimator_names() if sequence else estimator_names(sequence_only=False)
+    return [n for n in names if n not in BASELINES]
 
 
 def scored(sequence: bool = True, research: bool = True) -> list[str]:
