@@ -1,4 +1,5 @@
-"""validation.real_images: real MNIST digits offline, pair-flip and instance-dependent noise, the small CNN."""
+"""Real MNIST digits offline (``validation.data.mnist_real``), pair-flip and instance-dependent label noise
+(``validation.data.instance_noise``) and the small CNN (``validation.training.small_cnn``)."""
 
 import json
 import socket
@@ -11,9 +12,11 @@ from hypothesis import strategies as st
 
 import influence
 from conftest import rel_err
-from validation.real_images import (empirical_transition, instance_dependent_label_noise, load_mnist_real,
-                                    pair_flip_label_noise, small_cnn, weak_classifier_proba)
-from validation.real_images import mnist as mnist_module
+from validation.data.instance_noise import (empirical_transition, instance_dependent_label_noise,
+                                            pair_flip_label_noise, weak_classifier_proba)
+from validation.data.mnist_real import load_mnist_real
+from validation.training.small_cnn import SmallCNN, small_cnn
+from validation.data import mnist_real as mnist_module
 
 RATE = 0.3
 

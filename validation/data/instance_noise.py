@@ -7,7 +7,7 @@ Instance-dependent noise (:func:`instance_dependent_label_noise`) flips labels t
 confuses. A deliberately weak classifier is fitted on the clean labels of a seeded, stratified subset of
 ``fit_size`` samples (default 500): by default ``"pca-logreg"``, a multinomial logistic regression (C = 1) on
 the first 10 principal components of the flattened pixels, which on the 4,000 real MNIST training digits of
-:func:`validation.real_images.load_mnist_real` is right on about 78 % of them. Its predicted
+:func:`validation.data.mnist_real.load_mnist_real` is right on about 78 % of them. Its predicted
 probabilities p(. | x) give each sample a confusion 1 - p(y_clean | x). Exactly round(rate * n) samples are
 drawn without replacement with probability proportional to their confusion (a seeded sequential weighted draw),
 and each drawn sample's label becomes the class the classifier finds most probable among the wrong ones,
@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from validation.noise import NoiseRecord, _check_rate, _labels
+from .noise import NoiseRecord, _check_rate, _labels
 
 CLASSIFIERS = ("pca-logreg", "logreg")
 DEFAULT_FIT_SIZE = 500
