@@ -201,7 +201,8 @@ def test_estimator_registry_one_spelling_and_the_same_numbers_as_influence(f64):
     # every table of estimator names in the package uses the registry's spelling
     from paper_figs import fig2_fidelity, fig5_cost
     from validation import bench, estimator_cost
-    from validation.curation.signals import ESTIMATORS as CURATION_SIGNALS
+    from influence.curation import METHODS
+    CURATION_SIGNALS = {m.signal for m in METHODS.values() if m.needs_reference and m.policy != "loss_threshold"}
     from validation.suites import context
     from validation.suites import cost as cost_suite
 

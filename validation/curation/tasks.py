@@ -24,11 +24,11 @@ from torch import Tensor, nn
 
 import influence
 from influence.batch import Batch
+from influence.curation.reference import ReferencePolicy
 
 from .. import data as vdata
 from ..config import ConfigError, NoiseSpec, upgrade
 from ..models import build_model
-from .reference import ReferencePolicy
 from .seeds import generator, stream
 
 
