@@ -10,7 +10,7 @@ is replaced by random printable bytes (``validation.data.noise.corrupt_documents
 
 Two runs from the same random tiny GPT-2 (``influence.hf.tiny_gpt2``: Conv1D layers, tied embeddings) and
 the same batches: ``vanilla`` trains on every sample; the curated run calls
-``validation.curation.curation_step`` with ``--method`` (default ``lai``: LAI scores of each batch against a
+``influence.curation.curation_step`` with ``--method`` (default ``lai``: LAI scores of each batch against a
 fresh held-out reference batch, keep samples with score >= 0, one backward over the kept samples). The
 example prints the held-out loss of both runs and how many noisy/clean samples the curated run kept.
 
@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 import influence.hf as H
 from influence.batch import Batch, take
-from validation.curation import Curator, ReferencePolicy
+from influence.curation import Curator, ReferencePolicy
 from validation.data.datasets import encode, pydoc_documents, split_documents
 from validation.data.noise import corrupt_documents
 
@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     ap.add_argument("--ref", type=int, default=16, help="held-out reference samples per step")
     ap.add_argument("--max-len", type=int, default=64)
     ap.add_argument("--noise", type=float, default=0.3, help="fraction of training paragraphs corrupted")
-    ap.add_argument("--method", default="lai", help="curation method (validation.curation.METHODS)")
+    ap.add_argument("--method", default="lai", help="curation method (influence.curation.METHODS)")
     ap.add_argument("--warmup", type=int, default=20, help="uncurated steps before curation starts")
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--n-embd", type=int, default=64)

@@ -10,9 +10,10 @@ Any ``Trainer`` — the stock one, TRL's, your own subclass — is curated by on
 
 ``curate`` puts :class:`CurationMixin` in front of the trainer's own class (its other methods, and its
 ``compute_loss`` for evaluation, are untouched) and adds :class:`CurationGuard`, a callback that raises
-:class:`CurationNotAppliedError` at the end of any optimizer step that was not curated — curation cannot stop
-silently (a subclass that bypasses the hooks, a training loop that does not call them). ``CuratedTrainer`` is the
-same mixin on ``transformers.Trainer`` itself.
+:class:`CurationNotAppliedError` at the end of any optimizer step that was not curated (a subclass that bypasses
+the hooks, a loop that does not call them). ``CuratedTrainer`` is the mixin on ``transformers.Trainer`` itself.
+This module adapts the Trainer to the library ``influence.curation``: its policies (``keep_nonnegative``,
+``keep_top_fraction``), the estimators of the registry, its DDP collectives and the model's own loss.
 
 What one optimizer step does (``gradient_accumulation_steps`` = A micro-batches, on W processes):
 
@@ -38,33 +39,36 @@ classes) the model's own loss is used per sample (:func:`model_loss_fn`); any ot
 targets)`` pair, a list of batches, a ``DataLoader`` — plus the Trainer's dict batches (with ``label_key``), or a
 callable returning any of these each step (a fresh reference subset per step).
 
-``index_key`` names a batch entry holding sample ids, logged for the scored and the dropped samples and removed
-before the model sees the batch. The Trainer's default ``remove_unused_columns=True`` drops columns the model's
-``forward`` does not take; ``curate`` adds ``index_key`` to the columns kept, and a batch that still lacks it
-raises :class:`IndexKeyError` saying what to set (``TrainingArguments(remove_unused_columns=False)``).
+``index_key`` names a batch entry of sample ids, logged for the scored and dropped samples and removed before the
+model sees the batch; ``curate`` adds it to the columns ``remove_unused_columns=True`` keeps, and a batch that
+still lacks it raises :class:`IndexKeyError` (set ``TrainingArguments(remove_unused_columns=False)``).
 
 Optimizer: with Adam/AdamW (the Trainer's default) the scores of Ghost and Exact are Adam-aware — the first-order
 change of the reference loss under Adam's update, through ``influence.Session(optimizer=...)`` — from the second
 step on (before its first step Adam has no second moment; that step is scored by the SGD formula, and the log's
 ``preconditioned`` says which); LAI keeps the SGD formula under Adam and says so (``OptimizerWarning``).
 
-Requires ``transformers >= 4.46.3`` (:data:`MIN_TRANSFORMERS`, the lowest release tested; 4.46 is the first whose
-training loop fetches a step's micro-batches through ``Trainer.get_batch_samples``); an older one is refused at
-import with :class:`TransformersVersionError`.
+Requires ``transformers >= 4.46.3`` (:data:`MIN_TRANSFORMERS`; 4.46 first fetches a step's micro-batches through
+``Trainer.get_batch_samples``); an older one is refused at import with :class:`TransformersVersionError`.
 """
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from .batch import Batch, LossFn, call_model, output_tensor, to_device
+from .curation.distributed import Shards, sum_across
+from .curation.errors import LossNotDerivableError
+from .curation.hf_loss import model_loss_fn
+from .curation.policies import Policy, keep_nonnegative, keep_top_fraction
+from .curation.reference import map_reference
 from .errors import InfluenceError
-from .losses import cross_entropy, mse
+from .estimators import estimator_names, get_estimator
 from .optim import is_adaptive
 from .session import OptimizerWarning, Session
 
@@ -79,10 +83,6 @@ class TransformersVersionError(ImportError):
 
 class CurationNotAppliedError(InfluenceError):
     """An optimizer step of a curated trainer trained on samples that were not scored and selected."""
-
-
-class LossNotDerivableError(InfluenceError):
-    """No ``loss_fn`` was given and the model's own per-sample loss cannot be derived from its class."""
 
 
 class IndexKeyError(InfluenceError):
@@ -107,90 +107,13 @@ except ImportError as e:  # pragma: no cover - exercised only without the extra
     raise ImportError('influence.hf_trainer needs the Hugging Face extra: pip install "lai[hf]"') from e
 check_transformers(transformers)
 
-Policy = Callable[[Tensor], Tensor]
 
-
-def keep_nonnegative(scores: Tensor) -> Tensor:
-    """The reference policy: keep samples whose step does not raise the reference loss (score >= 0)."""
-    return scores >= 0
-
-
-def keep_top_fraction(fraction: float) -> Policy:
-    """Keep the ``ceil(fraction * n)`` highest-scoring samples of every micro-batch."""
-    if not 0 < fraction <= 1:
-        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
-
-    def policy(scores: Tensor) -> Tensor:
-        k = max(1, int(-(-fraction * len(scores) // 1)))
-        mask = torch.zeros_like(scores, dtype=torch.bool)
-        mask[scores.topk(k).indices] = True
-        return mask
-    return policy
-
-
-ESTIMATORS = ("lai", "lai-last", "ghost", "exact")  # influence.Session's names that need no checkpoints
-
-
-# ---------------------------------------------------------------- the model's own per-sample loss
-
-def _auto_classes(kind: str) -> set[str]:
-    """Class names of ``transformers``' auto mapping ``MODEL_FOR_<kind>_MAPPING_NAMES`` (empty if absent)."""
-    from transformers.models.auto import modeling_auto
-    names: set[str] = set()
-    for value in getattr(modeling_auto, f"MODEL_FOR_{kind}_MAPPING_NAMES", {}).values():
-        names.update([value] if isinstance(value, str) else value)
-    return names
-
-
-def _classification_loss(config: Any) -> LossFn:
-    """``transformers``' classification loss per sample: regression (one label) -> squared error, integer labels ->
-    cross-entropy, float labels (multi-label) -> binary cross-entropy averaged over the labels."""
-    problem = getattr(config, "problem_type", None)
-
-    def loss_fn(logits: Tensor, labels: Tensor) -> Tensor:
-        kind = problem or ("regression" if getattr(config, "num_labels", 2) == 1 else
-                           "single_label_classification" if not labels.is_floating_point() else
-                           "multi_label_classification")
-        if kind == "regression":
-            return mse(logits, labels.to(logits.dtype))
-        if kind == "single_label_classification":
-            return cross_entropy(logits, labels)
-        bce = nn.functional.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype), reduction="none")
-        return bce.reshape(len(bce), -1).mean(1)
-    loss_fn.__name__ = "classification_loss"
-    return loss_fn
-
-
-def model_loss_fn(model: nn.Module) -> LossFn:
-    """The per-sample form of the loss a ``transformers`` model computes itself: next-token cross-entropy for a
-    causal LM (mean over each sample's counted tokens), the classification loss of a sequence or image classifier
-    (by ``config.problem_type``, as ``transformers`` decides it), per-token cross-entropy averaged per sample for a
-    token classifier. Raises :class:`LossNotDerivableError` for any other model."""
-    from .hf import causal_lm_loss
-    inner = getattr(model, "module", model)
-    name = type(inner).__name__
-    if name in _auto_classes("CAUSAL_LM") or name.endswith("ForCausalLM"):
-        return causal_lm_loss()
-    if name in _auto_classes("SEQUENCE_CLASSIFICATION") | _auto_classes("IMAGE_CLASSIFICATION") or \
-            name.endswith(("ForSequenceClassification", "ForImageClassification")):
-        return _classification_loss(getattr(inner, "config", None))
-    if name in _auto_classes("TOKEN_CLASSIFICATION") or name.endswith("ForTokenClassification"):
-        return cross_entropy
-    raise LossNotDerivableError(
-        f"no loss_fn given and the per-sample loss of a {name} cannot be derived (derived for causal LMs and "
-        "sequence, token and image classifiers): pass loss_fn=f(outputs, targets) -> per-sample losses [n]")
-
-
-# ---------------------------------------------------------------- the reference
-
-class _Mapped:
-    """A re-iterable of ``fn(batch)`` over a re-iterable of batches (a ``DataLoader`` of dict batches)."""
-
-    def __init__(self, batches: Iterable[Any], fn: Callable[[Any], Batch]) -> None:
-        self.batches, self.fn = batches, fn
-
-    def __iter__(self) -> Iterator[Batch]:
-        return (self.fn(b) for b in self.batches)
+def __getattr__(name: str) -> Any:
+    """``ESTIMATORS``: the registered estimators a Trainer can score with (those that need no checkpoints),
+    read from ``influence.estimators`` at every access."""
+    if name == "ESTIMATORS":
+        return tuple(estimator_names(checkpoints=False))
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class CurationGuard(transformers.TrainerCallback):
@@ -221,8 +144,9 @@ class CurationMixin:
     def _setup_curation(self, reference: Any, loss_fn: LossFn | None = None, estimator: str = "lai",
                         policy: Policy = keep_nonnegative, label_key: str = "labels", index_key: str | None = None,
                         one_pass: bool = True) -> None:
-        if estimator not in ESTIMATORS:
-            raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
+        names = estimator_names(checkpoints=False)
+        if estimator not in names:
+            raise ValueError(f"estimator must be one of {tuple(names)}, got {estimator!r}")
         model = getattr(self.model, "module", self.model)
         self.reference, self.policy, self.label_key = reference, policy, label_key
         self.loss_fn = loss_fn if loss_fn is not None else model_loss_fn(model)
@@ -230,11 +154,8 @@ class CurationMixin:
         self.loss_is_scaled_for_ga = True  # the curated loss already normalises over the whole accumulation window
         self.curation_log: list[dict[str, Any]] = []
         self._masks: list[Tensor] = []
-        self._scale = 1.0
-        self._curated_steps = 0
-        self._batch_ids: Tensor | None = None
-        self._preconditioned = False
-        self._warned_optimizer = False
+        self._scale, self._curated_steps, self._batch_ids = 1.0, 0, None
+        self._preconditioned = self._warned_optimizer = False
         if index_key is not None and self.args.remove_unused_columns:
             self._set_signature_columns_if_needed()
             if index_key not in self._signature_columns:
@@ -269,14 +190,7 @@ class CurationMixin:
                 return to_device(batch[0], device), to_device(batch[1], device)
             raise InfluenceError(f"a reference batch must be a dict with {self.label_key!r} or an (inputs, targets) "
                                  f"pair; got {type(batch).__name__}")
-        if isinstance(ref, dict) or (isinstance(ref, (tuple, list)) and len(ref) == 2 and isinstance(ref[1], Tensor)):
-            return one(ref)
-        if isinstance(ref, (tuple, list)):
-            return [one(b) for b in ref]
-        if isinstance(ref, Iterable) and not isinstance(ref, (Tensor, str)):
-            return _Mapped(ref, one)
-        raise InfluenceError(f"reference must be a batch (a dict with {self.label_key!r}, or (inputs, targets)), a "
-                             f"list of batches, a DataLoader, or a callable returning one; got {type(ref).__name__}")
+        return map_reference(ref, one)
 
     def _current_lr(self) -> float:
         try:
@@ -289,15 +203,16 @@ class CurationMixin:
         every trainable parameter it updates (from its second step on); else None (the SGD formula), with a
         warning, once, when the optimizer is adaptive."""
         opt = getattr(self.optimizer, "optimizer", self.optimizer)
-        if isinstance(opt, (torch.optim.Adam, torch.optim.AdamW)) and self.estimator_name in ("ghost", "exact"):
+        carries = get_estimator(self.estimator_name).caps.preconditioner
+        if isinstance(opt, (torch.optim.Adam, torch.optim.AdamW)) and carries:
             held = {id(p) for g in opt.param_groups for p in g["params"]}
             trainable = [p for p in model.parameters() if p.requires_grad and id(p) in held]
             return opt if trainable and all("exp_avg_sq" in opt.state.get(p, {}) for p in trainable) else None
         if is_adaptive(opt) and not self._warned_optimizer:
             warnings.warn(f"curated training scores with the SGD formula lr * <grad l_i, grad L_ref>, but the optimizer "
                           f"({type(opt).__name__}) preconditions its update: {self.estimator_name} cannot carry the "
-                          "preconditioner (Adam-aware scores: estimator='ghost' or 'exact' with Adam/AdamW)",
-                          OptimizerWarning, stacklevel=3)
+                          f"preconditioner (Adam-aware scores: estimator in {estimator_names(preconditioner=True)} "
+                          "with Adam/AdamW)", OptimizerWarning, stacklevel=3)
             self._warned_optimizer = True
         return None
 
@@ -307,24 +222,26 @@ class CurationMixin:
         return Session(model, self.loss_fn, ref, estimator=self.estimator_name, lr=lr, optimizer=opt)
 
     def _single_pass(self, model: nn.Module) -> bool:
-        """Score and train from ONE forward (LAI's scoring forward, kept with its graph): for LAI without gradient
-        accumulation (the kept count of the step is known after one micro-batch), without mixed precision (the
-        scores must not be computed under autocast), on one process, with no active stochastic module."""
+        """Score and train from ONE forward (LAI's scoring forward, kept with its graph): for an estimator without a
+        backward pass (LAI) without gradient accumulation (the kept count of the step is known after one
+        micro-batch), without mixed precision (the scores must not be computed under autocast), on one process,
+        with no active stochastic module."""
         from .capture import STOCHASTIC
-        if not (self.one_pass and self.estimator_name in ("lai", "lai-last")):
+        if not (self.one_pass and not get_estimator(self.estimator_name).caps.needs_backward):
             return False
         if self.args.gradient_accumulation_steps != 1 or self.args.fp16 or self.args.bf16 or self._world() > 1:
             return False
         # the mixed precision the accelerator actually runs (older accelerate keeps it in a state shared between
         # Accelerator instances, whatever these arguments say) and an autocast wrapper around model.forward
-        if str(getattr(self.accelerator, "mixed_precision", "no")) != "no" or "_original_forward" in model.__dict__:
+        if str(getattr(self.accelerator, "mixed_precision", "no")) != "no" or \
+                "_original_forward" in model.__dict__:  # compat: accelerate's patch of the user's module
             return False
         return not any((isinstance(m, STOCHASTIC) and getattr(m, "p", 1) > 0)
-                       or isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+                       or isinstance(m, nn.modules.batchnorm._BatchNorm)  # compat: private torch API (_BatchNorm)
+                       for m in model.modules())
 
     def _world(self) -> int:
-        import torch.distributed as dist
-        return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+        return getattr(Shards.default(), "world", 1)  # processes of the default group (1: not distributed)
 
     @torch.no_grad()
     def _scores(self, model: nn.Module, batch: Batch, ref: Any, lr: float) -> Tensor:
@@ -332,11 +249,11 @@ class CurationMixin:
         ``accelerate`` puts around ``model.forward`` for mixed precision (its unwrapped forward is kept in
         ``model._original_forward``)."""
         was_training = model.training
-        wrapped = model.__dict__.get("forward")
-        original = model.__dict__.get("_original_forward")
+        wrapped = model.__dict__.get("forward")  # compat: patches of the user's module (accelerate's autocast forward)
+        original = model.__dict__.get("_original_forward")  # compat: (accelerate's unwrapped forward)
         model.eval()
         if original is not None:
-            model.forward = original
+            model.forward = original  # compat: a patch of the user's module, undone below
         try:
             device = self.args.device.type if hasattr(self.args.device, "type") else "cpu"
             with torch.autocast(device_type=device, enabled=False), torch.enable_grad():
@@ -344,7 +261,7 @@ class CurationMixin:
         finally:
             model.train(was_training)
             if original is not None:
-                model.forward = wrapped
+                model.forward = wrapped  # compat: restores the patched forward
         return r.scores.detach()
 
     def _check_mask(self, mask: Tensor, scores: Tensor) -> Tensor:
@@ -388,13 +305,10 @@ class CurationMixin:
                 ids += batch_ids.tolist()
                 dropped += batch_ids[~mask.cpu()].tolist()
         kept = torch.tensor(float(sum(int(m.sum()) for m in masks)), device=self.args.device)
-        world = self._world()
-        if world > 1:
-            import torch.distributed as dist
-            dist.all_reduce(kept)
-        total = float(kept)
+        sh = Shards.default()  # the kept count K of the step over every process (DDP)
+        total = float(kept if sh is None else sum_across(kept, sh))
         self._masks = masks
-        self._scale = world / total if total > 0 else 0.0
+        self._scale = getattr(sh, "world", 1) / total if total > 0 else 0.0
         self._curated_steps += 1
         self.curation_log.append({"step": self.state.global_step, "scored": scored, "kept_global": int(total),
                                   "kept": int(sum(int(m.sum()) for m in masks)), "lr": lr,

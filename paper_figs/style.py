@@ -144,7 +144,7 @@ def model_style(name: str, index: int = 0) -> tuple[str, str, str]:
 
 
 METHODS: dict[str, tuple[str, str, str]] = {
-    # curated-training methods (validation.curation.methods): label, colour, marker
+    # curated-training methods (influence.curation.methods): label, colour, marker
     "vanilla": ("Vanilla (no curation)", OKABE_ITO["black"], "o"),
     "lai": ("LAI", OKABE_ITO["blue"], "s"),
     "lai-last": ("LAI (last layer)", OKABE_ITO["sky"], "v"),

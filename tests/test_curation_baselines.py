@@ -10,9 +10,10 @@ import torch
 from scipy.stats import binomtest
 
 import influence
-from validation.curation import cli, curation_step, get_method
+from influence.curation import curation_step, get_method
+from influence.curation.methods import ramped_drop_rate
+from validation.curation import cli
 from validation.curation.experiment import SUITE, run_comparison, unit_problem
-from validation.curation.methods import ramped_drop_rate
 from validation.curation.protocols import apply_protocol, expand
 from validation.curation.seeds import generator, stream
 from validation.curation.tasks import get_task, prepare, stratified_subset

@@ -5,9 +5,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from validation.curation import (Method, choose, get_method, greats_select, keep_bottom_k, keep_count, keep_random,
+from influence.curation import (Method, choose, get_method, greats_select, keep_bottom_k, keep_count, keep_random,
                                  keep_threshold, keep_top_k)
-from validation.curation.errors import EmptySelectionError
+from influence.curation.errors import EmptySelectionError
 
 
 def test_threshold_keeps_scores_at_or_above():

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import influence
-from validation.curation import Curator, ReferencePolicy
+from influence.curation import Curator, ReferencePolicy
 from validation.training.models import MLP
 
 CE = influence.cross_entropy
@@ -100,7 +100,7 @@ def test_other_signals_and_self_reference_build_their_own_session(f64):
     batches, pool = _data(2)
     for method, reference in [("exact", ReferencePolicy("fixed", pool, size=8)), ("lai", None),
                               ("small-loss-fixed", ReferencePolicy("fixed", pool, size=8))]:
-        from validation.curation import get_method
+        from influence.curation import get_method
         m = get_method(method, keep_fraction=0.5) if method == "small-loss-fixed" else method
         cur = Curator(CE, m, reference=reference, lr=LR, on_empty="best")
         cur.step(model, None, batches[0])

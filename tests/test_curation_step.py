@@ -6,9 +6,9 @@ import torch
 from torch import nn
 
 import influence
-from validation.curation import (Curator, EmptyReferenceError, EmptySelectionError, Method, ReferencePolicy,
+from influence.curation import (Curator, EmptyReferenceError, EmptySelectionError, Method, ReferencePolicy,
                                  curation_step, get_method)
-from validation.curation.signals import score_batch
+from influence.curation.signals import score_batch
 from validation.training.models import MLP, CausalTransformer
 
 CE = influence.cross_entropy

@@ -98,7 +98,7 @@ def test_registered_user_rule_is_read_by_every_consumer(f64):
         assert diff.abs().max() < 1e-8 * gh.per_layer[name].abs().max()
     assert dec["0"].abs().max() > 1e-6 * gh.per_layer["0"].abs().max()  # a real, nonzero term
     # curation signals
-    from validation.curation.signals import score_batch
+    from influence.curation.signals import score_batch
     for signal, want in (("ghost", gh.scores), ("lai", la.scores)):
         assert rel_err(score_batch(model, CE, train, ref, signal, 0.1).values, want) < 1e-10
 

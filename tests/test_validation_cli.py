@@ -201,10 +201,11 @@ def test_estimator_registry_one_spelling_and_the_same_numbers_as_influence(f64):
     # every list of estimator names validation and the figures use comes from the registry (plus lai-fit and the
     # baselines)
     from paper_figs import fig2_fidelity, fig5_cost
+    from influence.curation import METHODS
     from validation.bench import estimator_cost, realsize_run, score, tasks
-    from validation.curation.signals import ESTIMATORS as CURATION_SIGNALS
     from validation.settings import estimators as chosen
     from validation.suites.context import fidelity_estimators
+    CURATION_SIGNALS = {m.signal for m in METHODS.values() if m.needs_reference and m.policy != "loss_threshold"}
 
     baselines = {"forward", "forward_backward", "train_step", *chosen.BASELINES, *chosen.RESEARCH}
     for names in (CURATION_SIGNALS, fidelity_estimators(), chosen.timed(True), estimator_cost.default_names(),

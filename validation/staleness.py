@@ -6,8 +6,8 @@ refreshed every k steps, against fresh statistics, along a training run.
 
 For each model (the quick validation profile's task) and estimator, the model is trained with SGD; at every step
 t >= warmup the current batch is scored (a) against reference statistics computed at step t (fresh) and (b) for
-each k against statistics computed at the last step t0 <= t with (t0 - warmup) % k == 0, i.e. ``influence.Session``
-with ``refresh_every=k``. Printed per k: mean Spearman rho(stale, fresh) over the scored steps with a 95 % t
+each k against statistics computed at the last step t0 <= t with (t0 - warmup) % k == 0: curated training's
+cadence (``influence.curation.KeptSession``, an ``influence.Session`` built at step warmup with ``refresh_every=k``). Printed per k: mean Spearman rho(stale, fresh) over the scored steps with a 95 % t
 interval over steps, and the fraction of samples whose keep decision (score >= 0) changes. k = 1 is fresh (rho = 1).
 """
 
@@ -20,6 +20,9 @@ from scipy import stats
 
 import influence
 from influence.atomic import atomic_write_json
+from influence.curation import KeptSession
+from influence.curation.signals import keeps_session
+from influence.estimators import estimator_names
 from validation.options import add_common, info, make_parser, progress_enabled, split_list, torch_threads
 
 
@@ -30,7 +33,7 @@ def staleness_curve(task: Any, estimator: str, ks: Sequence[int], steps: int, wa
     import copy
     model = copy.deepcopy(task.model)
     opts = {"estimator": estimator, "lr": task.lr, "fallback": "exact"}
-    sessions = {k: influence.Session(model, task.loss_fn, task.ref, **opts) for k in ks}
+    kept = {k: KeptSession(refresh_every=k) for k in ks}
     schedule = BatchSchedule(len(task.x_train), task.settings.batch_size, task.seed)
     rhos: dict[int, list[float]] = {k: [] for k in ks}
     flips: dict[int, list[float]] = {k: [] for k in ks}
@@ -39,10 +42,8 @@ def staleness_curve(task: Any, estimator: str, ks: Sequence[int], steps: int, wa
         batch = (task.x_train[idx], task.y_train[idx])
         if step >= warmup:
             fresh = influence.Session(model, task.loss_fn, task.ref, **opts).score(batch).scores
-            for k, s in sessions.items():
-                if (step - warmup) % k == 0:
-                    s.refresh()
-                stale = s.score(batch).scores
+            for k, s in kept.items():  # built at step warmup, refreshed by the session every k scored steps
+                stale = s.get(model, task.loss_fn, task.ref, estimator, task.lr, fallback="exact").score(batch).scores
                 rhos[k].append(float(stats.spearmanr(stale.double().numpy(), fresh.double().numpy()).statistic))
                 flips[k].append(float(((stale >= 0) != (fresh >= 0)).float().mean()))
         sgd_step(model, task.loss_fn, batch, task.lr)
@@ -57,10 +58,11 @@ def staleness_curve(task: Any, estimator: str, ks: Sequence[int], steps: int, wa
 
 def build_parser(prog: str):
     p = make_parser(prog, __doc__)
+    keeps = [n for n in estimator_names() if keeps_session(n)]  # estimators whose statistics a session keeps
     p.add_argument("--models", type=lambda t: split_list(t, ("mlp", "cnn1d", "cnn2d", "transformer"), "model"),
                    default="mlp,transformer", help="comma-separated validation models")
-    p.add_argument("--estimators", type=lambda t: split_list(t, ("lai", "lai-last", "ghost"), "estimator"),
-                   default="lai,ghost", help="comma-separated")
+    p.add_argument("--estimators", type=lambda t: split_list(t, tuple(keeps), "estimator"), default="lai,ghost",
+                   help=f"comma-separated, from {', '.join(keeps)}")
     p.add_argument("--ks", type=lambda t: [int(v) for v in split_list(t)], default="1,2,4,8,16",
                    help="refresh intervals k")
     p.add_argument("--steps", type=int, default=48, help="scored steps per run")

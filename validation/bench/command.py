@@ -72,7 +72,7 @@ def costs_section(w: Workload, repeats: int, estimators: tuple[str, ...], curate
     extra.update(_floors(w, train, ref, estimators))
     rows = estimator_costs(w.model, w.loss_fn, train, ref, w.spec.lr, (*estimators, *extra), repeats=repeats,
                            extra=extra)
-    how = "validation.curation.step.curation_step (threshold 0)" if curated else None
+    how = "influence.curation.curation_step (threshold 0)" if curated else None
     return {"n_train": w.spec.n_score, "n_ref": w.spec.n_ref, "rows": rows, "curated_step": how,
             "loadavg_after": loadavg()}
 

@@ -111,8 +111,7 @@ def curated_row(job: dict[str, Any]) -> dict[str, Any]:
     """A curated step (method ``job["method"]``, default ``lai``: keep score >= 0, statistics kept ``job["k"]``
     steps) against a plain SGD step, each on its own copy of the model, on the same ``k + 1`` batches in
     alternating order. Times in seconds (wall and process CPU)."""
-    from validation.curation.reference import ReferencePolicy
-    from validation.curation.step import Curator
+    from influence.curation import Curator, ReferencePolicy
 
     k, method = int(job.get("k", 8)), job.get("method", "lai")
     with torch_threads(int(job.get("threads", 1))):

@@ -15,7 +15,7 @@ from typing import Any
 from influence.estimators import estimator_names
 
 from validation.bench.targets import CURATED_OVER_STEP, target, target_lines
-from validation.curation.methods import METHODS as CURATION_METHODS
+from influence.curation.methods import METHODS as CURATION_METHODS
 from validation.curation.tasks import get_task, prepare
 from validation.curation.timing import time_methods
 from validation.settings import estimators as chosen

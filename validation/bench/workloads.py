@@ -136,9 +136,9 @@ def estimator_call(w: Workload, name: str, train: Batch, ref: Batch, chunk: int 
 
 
 def curated_steps(w: Workload, train: Batch, ref: Batch) -> dict[str, Callable[[], Any]]:
-    """``CURATED``: one curated SGD step each (``validation.curation.step.curation_step``, keep score >= 0,
+    """``CURATED``: one curated SGD step each (``influence.curation.curation_step``, keep score >= 0,
     the whole batch when nothing is kept) on a private copy of the model."""
-    from validation.curation.step import curation_step
+    from influence.curation import curation_step
 
     def step_fn(method: str) -> Callable[[], Any]:
         model = copy.deepcopy(w.model)

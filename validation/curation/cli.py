@@ -4,7 +4,7 @@ method (mean, std over seeds, kept fraction, noise recall, time per step against
     lai curate --task mnist1d-noisy40 --seeds 0-2        # a few minutes on 2 cores
     lai curate --task digits-noisy20-classdep --methods vanilla,lai,ghost,greats --epochs 10
     lai curate --list
-    lai curate --profile full                            # the paper's curation runs (validation.profiles)
+    lai curate --profile full                            # the paper's curation runs (validation.settings.profiles)
 
 Run folders: ``<out>/curate/<task>-<protocol>-<config id>/`` (``lai figures`` reads ``<results>/curate``).
 Units already finished in the run folder are skipped, so an interrupted command resumes when rerun.
@@ -17,12 +17,13 @@ import dataclasses
 import sys
 from typing import Any
 
+from influence.curation.methods import METHODS
+from influence.curation.reference import KINDS
+from influence.curation.step import ON_EMPTY
+
 from ..options import add_common, add_not_applicable, make_parser, progress_enabled, split_list, torch_threads
-from .methods import METHODS
 from ..settings.profiles import CURATION_PROFILES
 from .protocols import CHOICES, apply_protocol, expand
-from .reference import KINDS
-from .step import ON_EMPTY
 from .tasks import TASKS, get_task
 
 # --profile names the same scale presets as `lai run --profile`; the curation profile each one runs ("paper" is
@@ -30,6 +31,12 @@ from .tasks import TASKS, get_task
 PROFILES = {"quick": "quick", "full": "paper", "paper": "paper"}
 
 DEFAULT_METHODS = "vanilla,lai,ghost,small-loss,loss-threshold,random,oracle"
+
+
+def check_methods(*args: Any, **kwargs: Any) -> None:
+    """``validation.curation.experiment.check_methods``, imported when called (it needs the validation extra)."""
+    from .experiment import check_methods as check
+    check(*args, **kwargs)
 
 
 def run_comparison(*args: Any, **kwargs: Any) -> Any:
@@ -51,7 +58,7 @@ def build_parser(prog: str = "lai curate") -> argparse.ArgumentParser:
     ap.add_argument("--task", default="mnist1d-noisy40", help="task name (see --list)")
     ap.add_argument("--profile", choices=[k for k in PROFILES if PROFILES[k] in CURATION_PROFILES],
                     help="run a scale preset: quick, or full (the paper's curation runs; 'paper' is its old name): "
-                         "the tasks, seeds, methods and protocols of validation.profiles.CURATION_PROFILES, seed by "
+                         "the tasks, seeds, methods and protocols of validation.settings.profiles.CURATION_PROFILES, seed by "
                          "seed; --seeds/--epochs override it")
     ap.add_argument("--methods", default=DEFAULT_METHODS, help=f"comma-separated, from {', '.join(METHODS)}")
     ap.add_argument("--epochs", type=int, help="override the task's epochs")
@@ -97,6 +104,11 @@ def main(argv: list[str] | None = None, prog: str = "lai curate") -> int:
         p.error(f"unknown task {args.task!r}; choose from {', '.join(sorted(TASKS))}")
     if args.refresh_every < 1:
         p.error(f"--refresh-every must be >= 1, got {args.refresh_every}")
+    if not args.profile:
+        try:
+            check_methods(get_task(args.task), methods)
+        except ValueError as exc:
+            p.error(str(exc))
     with torch_threads(args.threads):
         return _curate(args, methods)
 

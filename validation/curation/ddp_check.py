@@ -21,9 +21,8 @@ from torch import nn
 import influence
 from influence.atomic import atomic_torch_save
 from influence.batch import Batch, take, to_device
-
-from .methods import get_method
-from .step import curation_step
+from influence.curation.methods import get_method
+from influence.curation.step import curation_step
 
 DEFAULT_METHODS = ("vanilla", "lai", "lai-last", "ghost", "exact", "lai-batchref", "small-loss:0.5", "random:0.5",
                    "large-grad:0.5", "lai-topk:0.4", "greats:0.4")

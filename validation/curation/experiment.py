@@ -35,11 +35,12 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from influence.curation.methods import Method, get_method, ramped_drop_rate
+from influence.curation.step import Curator
+
 from ..report.results import (RunDir, atomic_torch_save, atomic_write_csv, atomic_write_text, code_revision, config_id,
                               git_revision, provenance, read_json)
-from .methods import Method, get_method, ramped_drop_rate
 from .seeds import generator, stream
-from .step import Curator
 from .tasks import Prepared, TaskSpec, evaluate, prepare
 from .timing import TIMING_COLUMNS, format_timing, time_methods
 
@@ -56,7 +57,7 @@ def run_config(spec: TaskSpec, keep_fraction: float | None, match: str, on_empty
                refresh_every: int | None = 1) -> dict[str, Any]:
     """Everything that changes a unit's result (hashed into the run folder's id): task settings (protocol
     included), rate matching, the empty-selection fallback, the torch thread count and the code revision
-    (``validation.results.code_revision``), so a run resumes only under the code and threads it started with;
+    (``validation.report.results.code_revision``), so a run resumes only under the code and threads it started with;
     other code starts a folder of its own instead of mixing units."""
     return {"profile": spec.name, "task": spec.to_dict(), "keep_fraction": keep_fraction, "match": match,
             "on_empty": on_empty, "refresh_every": refresh_every, "threads": torch.get_num_threads(), "code": _CODE}
@@ -176,12 +177,21 @@ def _match_fraction(run: RunDir, task: str, seed: int, match: str) -> float:
     return float(read_json(path)["kept_fraction"])
 
 
+def check_methods(spec: TaskSpec, methods: list[str]) -> None:
+    """ValueError for a method whose estimator is meaningful only on token sequences (``sequence_only``) on a task
+    that has none (classification)."""
+    wrong = [m for m in methods if spec.kind == "classification" and get_method(m).sequence_only]
+    if wrong:
+        raise ValueError(f"{', '.join(wrong)}: token-sequence estimators; task {spec.name!r} classifies vectors")
+
+
 def run_comparison(spec: TaskSpec, methods: list[str], seeds: list[int], results: str | Path = "results",
                    keep_fraction: float | None = None, match: str = "lai", on_empty: str = "best",
                    progress: bool = True, log=print, timing_steps: int = 0, refresh_every: int | None = 1
                    ) -> tuple[RunDir, list[dict[str, Any]], list[dict[str, Any]]]:
     """Run (or resume) every unit, then (``timing_steps`` > 0) the interleaved timing. Returns the run folder,
     the table rows and the timing rows (both also written there)."""
+    check_methods(spec, methods)
     config = run_config(spec, keep_fraction, match, on_empty, refresh_every)
     run = RunDir(Path(results) / SUITE / f"{spec.name}-{spec.protocol}-{config_id(config)}")
     run.init(config)

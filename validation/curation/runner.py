@@ -1,4 +1,4 @@
-"""Run a curated-training profile (``validation.profiles.CURATION_PROFILES``) seed by seed.
+"""Run a curated-training profile (``validation.settings.profiles.CURATION_PROFILES``) seed by seed.
 
     lai curate --profile paper --out results          # resumable; rerun to continue
     lai curate --profile quick --seeds 0-1            # other seeds than the profile's

@@ -24,18 +24,18 @@ from torch import Tensor, nn
 
 import influence
 from influence.batch import Batch
+from influence.curation.reference import ReferencePolicy
 
 from ..data import datasets as vdata
 from ..settings.config import ConfigError, NoiseSpec, upgrade
 from ..training.models import build_model
-from .reference import ReferencePolicy
 from .seeds import generator, stream
 
 
 @dataclass(frozen=True)
 class TaskSpec:
     """Everything that defines a task's data, model and optimisation (JSON-ready via ``to_dict``). Field names
-    and shapes follow ``validation.config`` (dataset/data_kw, model/model_kw, noise, lr, batch_size, n_ref)."""
+    and shapes follow ``validation.settings.config`` (dataset/data_kw, model/model_kw, noise, lr, batch_size, n_ref)."""
 
     name: str
     kind: str  # "classification" | "lm-pretrain" | "lm-finetune"
@@ -68,7 +68,7 @@ class TaskSpec:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TaskSpec":
-        """A ``TaskSpec`` from ``to_dict`` output, also as written by earlier code (``validation.config.upgrade``:
+        """A ``TaskSpec`` from ``to_dict`` output, also as written by earlier code (``validation.settings.config.upgrade``:
         ``noise`` + ``rate`` + ``doc_mode``, ``ref_size``, ``seq_len``)."""
         d = upgrade(d)
         unknown = sorted(set(d) - {f.name for f in fields(cls)})

@@ -16,8 +16,9 @@ from typing import Any
 
 import torch
 
-from .methods import get_method
-from .step import Curator
+from influence.curation.methods import get_method
+from influence.curation.step import Curator
+
 from .tasks import Prepared
 
 TIMING_COLUMNS = ["method", "steps", "step_ms", "score_ms", "update_ms", "time_vs_vanilla"]

@@ -77,7 +77,7 @@ CONTROL = "vanilla"
 #: display order of methods (tables and figure 6)
 METHOD_ORDER = ("lai", "lai-last", "ghost", "exact", "tracin", "lai-topk", "ghost-topk", "lai-greats", "greats",
                 "loss-threshold", "small-loss", "small-loss-fixed", "large-grad", "random", "oracle", "vanilla")
-#: methods whose kept fraction is the matched method's (validation.curation.methods.Method.rate_matched)
+#: methods whose kept fraction is the matched method's (influence.curation.methods.Method.rate_matched)
 RATE_MATCHED = ("random", "small-loss-fixed", "large-grad", "lai-topk", "ghost-topk", "lai-greats", "greats")
 
 

@@ -1,26 +1,26 @@
 """What each method scores a batch with, and which part of that scoring pass its update reuses.
 
-Every influence signal goes through the package's public scoring API (``influence.Session``, ``influence.exact``):
-``score_batch`` returns a :class:`Scored`: per-sample values (influence scores, losses or gradient norms),
-the per-sample losses, and ``gradient(weights)`` = [(param, sum_i w_i grad l_i)] for the update. Reuse:
+Every registered estimator (``influence.estimators``) is a signal, plus the baselines ``loss``, ``gradnorm``,
+``random`` and ``none``. Every influence signal goes through the package's public scoring API (``influence.Session``,
+``influence.estimate``): ``score_batch`` returns a :class:`Scored`: per-sample values (influence scores, losses or
+gradient norms), the per-sample losses, and ``gradient(weights)`` = [(param, sum_i w_i grad l_i)] for the update.
+Reuse:
 
-* ``lai`` / ``lai-last``: ONE forward pass with autograd on the batch (``Session.score(batch, keep_graph=True)``),
-  with hooks recording every layer's input. The LAI scores come from those recorded activations and g = dl/df of
-  the same logits; the update (``result.weighted_gradient``) is one backward of sum_i w_i l_i through that same
-  graph (no second forward).
-* ``ghost`` (and ``gradnorm``): one forward and one truncated backward, which never writes ``.grad``; the update is
-  sum_i w_i a_i (x) b_i assembled from the recorded factors (``result.weighted_gradient``): no second backward.
+* estimators that factor the gradient (no per-sample gradients, no checkpoints: ``lai``, ``lai-last``, ``ghost``,
+  ...; :func:`keeps_session`) score through a session. Without a backward pass (LAI): ONE forward with autograd
+  (``Session.score(batch, keep_graph=True)``), with hooks recording every layer's input; the update
+  (``result.weighted_gradient``) is one backward of sum_i w_i l_i through that same graph (no second forward).
+  With one (Ghost, and ``gradnorm``): one forward and one truncated backward, which never writes ``.grad``; the
+  update is sum_i w_i a_i (x) b_i assembled from the recorded factors: no second backward.
 * ``loss`` / ``random`` / ``none``: one forward with autograd; the update backpropagates that graph.
-* ``exact`` (= ``tracin``: online TracIn at the current checkpoint is Exact): ``influence.exact`` scores with
-  per-sample gradients from torch.func; nothing is reused, the update is a second forward and backward on
-  the kept samples only.
+* the others (``exact``; ``tracin`` at the current weights, which is Exact): ``influence.estimate`` scores with
+  per-sample gradients; nothing is reused, the update is a second forward and backward on the kept samples only.
 
 Sessions run with ``fallback='error'``: curation refuses, with the named error, whatever the factorisation does not
-cover (its updates reuse the factors). The reference side of LAI/Ghost/Exact is one extra pass over the reference
-batch (forward only for LAI, forward + truncated backward for Ghost), at every step, or every k steps for LAI and
-Ghost when the caller keeps the session (``Curator(refresh_every=k)``); ``ref=None`` scores against the batch itself
-from the batch's own capture. ``pairwise()`` (greedy selection) is ``result.pairwise_within()``, from the same
-factors.
+cover (its updates reuse the factors). The reference side is one extra pass over the reference batch (forward only
+for LAI, forward + truncated backward for Ghost), at every step, or every k steps when the caller keeps the session
+(``influence.curation.cadence``); ``ref=None`` scores against the batch itself from the batch's own capture.
+``pairwise()`` (greedy selection) is ``result.pairwise_within()``, from the same factors.
 """
 
 from __future__ import annotations
@@ -34,14 +34,32 @@ from torch import Tensor, nn
 import influence
 from influence.batch import Batch, LossFn, call_model, check_batch, output_tensor, take
 from influence.errors import EmptyBatchError
+from influence.estimators import Estimator, estimator_names, get_estimator
 from influence.losses import per_sample_losses
 
 from .errors import EmptyReferenceError
 
-ESTIMATORS = ("lai", "lai-last", "ghost", "exact", "tracin")
-SIGNALS = (*ESTIMATORS, "loss", "gradnorm", "random", "none")
+BASELINE_SIGNALS = ("loss", "gradnorm", "random", "none")
 
 Gradient = list[tuple[nn.Parameter, Tensor]]
+
+
+def estimator_entry(signal: str) -> Estimator | None:
+    """The registry entry of an estimator signal, None for a baseline signal."""
+    return None if signal in BASELINE_SIGNALS else get_estimator(signal)
+
+
+def signals() -> tuple[str, ...]:
+    """Every signal: the registered estimators (registration order), then the baselines."""
+    return (*estimator_names(), *BASELINE_SIGNALS)
+
+
+def keeps_session(signal: str) -> bool:
+    """Whether ``signal`` scores through a session whose reference statistics can be kept across steps and whose
+    update reuses the scoring pass: registered estimators that neither materialise per-sample gradients nor score
+    over checkpoints (LAI, Ghost)."""
+    entry = estimator_entry(signal)
+    return entry is not None and not entry.caps.per_sample_gradients and not entry.caps.checkpoints
 
 
 @dataclass
@@ -65,6 +83,7 @@ class Scored:
 
 
 def trainable_params(model: nn.Module) -> list[nn.Parameter]:
+    """The parameters with ``requires_grad``, in ``model.parameters()`` order."""
     return [p for p in model.parameters() if p.requires_grad]
 
 
@@ -101,7 +120,8 @@ def _subset_gradient(model: nn.Module, loss_fn: LossFn, batch: Batch) -> Callabl
     return gradient
 
 
-def _reference_size(ref: Batch | None) -> int | None:
+def reference_size(ref: Batch | None) -> int | None:
+    """Samples in ``ref`` (None for ``ref=None``); ``EmptyReferenceError`` for an empty reference batch."""
     if ref is None:
         return None
     try:
@@ -123,26 +143,30 @@ def _graph_forward(model: nn.Module, loss_fn: LossFn, batch: Batch, n: int) -> t
     return f, losses
 
 
-SESSION_SIGNALS = ("lai", "lai-last", "ghost")  # signals whose reference statistics a session can keep
-
-
-def session_for(model: nn.Module, loss_fn: LossFn, ref: Batch | None, estimator: str, lr: float,
-                mode: str) -> influence.Session:
+def session_for(model: nn.Module, loss_fn: LossFn, ref: Any, estimator: str, lr: float, mode: str,
+                refresh_every: int | None = None) -> influence.Session:
     """The public scoring session; curation refuses what the factorisation does not cover (``fallback='error'``:
-    its updates reuse the factors or the scoring forward). ``ref=None`` scores the batch against itself."""
-    return influence.Session(model, loss_fn, ref, estimator=estimator, lr=lr, mode=mode, fallback="error")
+    its updates reuse the factors or the scoring forward). ``ref=None`` scores the batch against itself;
+    ``refresh_every=k``: the session recomputes its reference statistics every k calls of ``score``."""
+    return influence.Session(model, loss_fn, ref, estimator=estimator, lr=lr, mode=mode, fallback="error",
+                             refresh_every=refresh_every)
 
 
-_REUSED = {"lai": "the scoring forward pass (activations and logits): the update backpropagates its graph",
-           "ghost": "the scoring backward pass: the update is sum_i w_i a_i (x) b_i from its recorded factors"}
+_REUSED = {False: "the scoring forward pass (activations and logits): the update backpropagates its graph",
+           True: "the scoring backward pass: the update is sum_i w_i a_i (x) b_i from its recorded factors"}
 
 
-def _score_session(session: influence.Session, batch: Batch, signal: str) -> Scored:
-    """LAI (one forward kept with its graph) or Ghost (the recorded factors) through ``session``."""
-    lai = signal != "ghost"
-    r = session.score(batch, keep_graph=lai)
-    return Scored(signal, r.scores, r.train_losses, r.weighted_gradient, r.pairwise_within,
-                  _REUSED["lai" if lai else "ghost"])
+def _score_session(session: influence.Session, model: nn.Module, loss_fn: LossFn, batch: Batch,
+                   signal: str) -> Scored:
+    """A factoring estimator through ``session``: without a backward (LAI) one forward kept with its graph, with
+    one (Ghost) the recorded factors; an estimator whose result offers neither is updated by a second pass."""
+    backward = get_estimator(signal).caps.needs_backward
+    r = session.score(batch, keep_graph=not backward)
+    if r.weighted_gradient is None:
+        return Scored(signal, r.scores, r.train_losses, _subset_gradient(model, loss_fn, batch),
+                      r.pairwise_within or (lambda: session.pairwise_within(batch)),
+                      "nothing: the update is a second forward and backward on the kept samples")
+    return Scored(signal, r.scores, r.train_losses, r.weighted_gradient, r.pairwise_within, _REUSED[backward])
 
 
 def _score_gradnorm(model, loss_fn, batch, n, lr, mode) -> Scored:
@@ -152,11 +176,13 @@ def _score_gradnorm(model, loss_fn, batch, n, lr, mode) -> Scored:
                   "the backward pass that gave the gradient norms (Ghost factors)")
 
 
-def _score_exact(model, loss_fn, batch, ref, lr, n, name) -> Scored:
-    _reference_size(ref)
-    r = influence.exact(model, loss_fn, batch, batch if ref is None else ref, lr)
-    return Scored(name, r.scores, r.train_losses, _subset_gradient(model, loss_fn, batch),
-                  lambda: influence.exact(model, loss_fn, batch, batch, lr, pairwise=True).pairwise,
+def _score_estimate(model, loss_fn, batch, ref, lr, signal) -> Scored:
+    """Estimators with per-sample gradients or checkpoints, one call each (``influence.estimate``; an estimator
+    over checkpoints scores the current weights at ``lr``: online TracIn is Exact)."""
+    reference_size(ref)
+    r = influence.estimate(signal, model, loss_fn, batch, batch if ref is None else ref, lr)
+    return Scored(signal, r.scores, r.train_losses, _subset_gradient(model, loss_fn, batch),
+                  lambda: influence.estimate(signal, model, loss_fn, batch, batch, lr, pairwise=True).pairwise,
                   "nothing: the update is a second forward and backward on the kept samples")
 
 
@@ -164,25 +190,25 @@ def score_batch(model: nn.Module, loss_fn: LossFn, batch: Batch, ref: Batch | No
                 mode: str = "auto", session: influence.Session | None = None) -> Scored:
     """Score ``batch`` ([n] samples) against ``ref`` (None: the batch itself) with ``signal``; see module doc.
 
-    ``session``: a persistent ``influence.Session`` of ``signal`` (``lai``, ``lai-last`` or ``ghost``) whose
+    ``session``: a persistent ``influence.Session`` of ``signal`` (one that :func:`keeps_session`) whose
     reference statistics the caller keeps (``Curator`` with ``refresh_every``); ``ref`` is then not read.
 
     ``model`` must be the plain module (unwrap DDP first). Raises ``influence.UnsupportedLayerError`` (and the
     other ``influence`` errors) when the estimator cannot score the model, ``EmptyReferenceError`` for an empty
     reference batch.
     """
-    if signal not in SIGNALS:
-        raise ValueError(f"unknown signal {signal!r}; choose from {SIGNALS}")
+    if signal not in signals():
+        raise ValueError(f"unknown signal {signal!r}; choose from {signals()}")
     n = check_batch(batch, "train")
-    if signal in SESSION_SIGNALS:
+    if keeps_session(signal):
         if session is None:
-            _reference_size(ref)
+            reference_size(ref)
             session = session_for(model, loss_fn, ref, signal, lr, mode)
-        return _score_session(session, batch, signal)
+        return _score_session(session, model, loss_fn, batch, signal)
     if signal == "gradnorm":
         return _score_gradnorm(model, loss_fn, batch, n, lr, mode)
-    if signal in ("exact", "tracin"):
-        return _score_exact(model, loss_fn, batch, ref, lr, n, signal)
+    if estimator_entry(signal) is not None:
+        return _score_estimate(model, loss_fn, batch, ref, lr, signal)
     _, losses = _graph_forward(model, loss_fn, batch, n)
     values = losses.detach() if signal == "loss" else None
     return Scored(signal, values, losses.detach(), _graph_gradient(model, losses), None,
@@ -191,14 +217,8 @@ def score_batch(model: nn.Module, loss_fn: LossFn, batch: Batch, ref: Batch | No
 
 def global_pairwise(model: nn.Module, loss_fn: LossFn, batch: Batch, signal: str, lr: float) -> Tensor:
     """[n, n] lr * <grad l_i, grad l_j> over ``batch`` from the public estimator of ``signal`` (train = ref =
-    batch, ``pairwise=True``); used when the batch was scored in shards (DDP)."""
-    if signal in ("lai", "lai-last"):
-        r = influence.lai(model, loss_fn, batch, batch, lr, layers="all" if signal == "lai" else "last",
-                          pairwise=True)
-    elif signal in ("ghost", "gradnorm"):
-        r = influence.ghost(model, loss_fn, batch, batch, lr, pairwise=True)
-    elif signal in ("exact", "tracin"):
-        r = influence.exact(model, loss_fn, batch, batch, lr, pairwise=True)
-    else:
+    batch, ``pairwise=True``; ``gradnorm``: Ghost's); used when the batch was scored in shards (DDP)."""
+    name = "ghost" if signal == "gradnorm" else signal
+    if estimator_entry(name) is None:
         raise ValueError(f"signal {signal!r} has no pairwise form; GREATS needs an influence estimator")
-    return r.pairwise
+    return influence.estimate(name, model, loss_fn, batch, batch, lr, pairwise=True).pairwise

@@ -1,7 +1,9 @@
 """Named curation methods: a scoring signal plus a selection policy.
 
-Influence methods keep samples with score >= threshold (default 0, the reference rule), or the top k, or
-a GREATS greedy set. Baselines:
+Every registered estimator (``influence.estimators``) is a method of the same name keeping samples with
+score >= threshold (default 0, the reference rule); the variants keep the top k (``lai-topk``, ``ghost-topk``) or a
+GREATS greedy set (``lai-greats``, ``greats`` = Ghost's). The table (:data:`METHODS`) is read from the registry at
+every access, so an estimator registered later is a method too. Baselines:
 
 * ``vanilla``: no curation;
 * ``oracle``: trains on the clean samples of each batch only (needs the injected-noise mask): the upper bound
@@ -23,9 +25,12 @@ methods choose their own kept fraction.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 
-from .signals import ESTIMATORS, SIGNALS
+from influence.estimators import estimator_names
+
+from .signals import estimator_entry, signals
 
 POLICIES = ("all", "threshold", "top_k", "bottom_k", "greats", "random", "loss_threshold", "oracle")
 RATE_POLICIES = ("top_k", "bottom_k", "greats", "random")
@@ -43,11 +48,11 @@ class Method:
     ramp: bool = False  # keep fraction set per epoch by a drop-rate schedule (small-loss), not rate-matched
 
     def __post_init__(self) -> None:
-        if self.signal not in SIGNALS:
-            raise ValueError(f"{self.name}: unknown signal {self.signal!r}; choose from {SIGNALS}")
+        if self.signal not in signals():
+            raise ValueError(f"{self.name}: unknown signal {self.signal!r}; choose from {signals()}")
         if self.policy not in POLICIES:
             raise ValueError(f"{self.name}: unknown policy {self.policy!r}; choose from {POLICIES}")
-        if self.policy in ("threshold", "greats") and self.signal not in ESTIMATORS:
+        if self.policy in ("threshold", "greats") and estimator_entry(self.signal) is None:
             raise ValueError(f"{self.name}: policy {self.policy!r} needs an influence estimator, got {self.signal!r}")
         if self.policy in ("loss_threshold", "oracle") and self.signal != "loss":
             raise ValueError(f"{self.name}: policy {self.policy!r} needs the 'loss' signal, got {self.signal!r}")
@@ -58,7 +63,14 @@ class Method:
 
     @property
     def needs_reference(self) -> bool:
-        return self.signal in ESTIMATORS or self.policy == "loss_threshold"
+        """Scores against a reference batch (influence estimators, the loss threshold)."""
+        return estimator_entry(self.signal) is not None or self.policy == "loss_threshold"
+
+    @property
+    def sequence_only(self) -> bool:
+        """Its estimator is meaningful only for token-sequence outputs (``Capabilities.sequence_only``)."""
+        entry = estimator_entry(self.signal)
+        return entry is not None and entry.caps.sequence_only
 
     @property
     def needs_fraction(self) -> bool:
@@ -71,35 +83,61 @@ class Method:
         return self.needs_fraction and not self.ramp
 
     def with_fraction(self, keep_fraction: float) -> "Method":
+        """This method keeping ``keep_fraction`` of each batch (rate policies)."""
         return replace(self, keep_fraction=keep_fraction)
 
 
-METHODS: dict[str, Method] = {m.name: m for m in [
-    Method("vanilla", "none", "all"),
-    Method("lai", "lai", "threshold"),
-    Method("lai-last", "lai-last", "threshold"),
-    Method("ghost", "ghost", "threshold"),
-    Method("exact", "exact", "threshold"),
-    Method("tracin", "tracin", "threshold"),
+VARIANTS = (  # the top-k and GREATS forms of the estimators that have them
     Method("lai-topk", "lai", "top_k"),
     Method("ghost-topk", "ghost", "top_k"),
     Method("lai-greats", "lai", "greats"),
     Method("greats", "ghost", "greats"),
+)
+BASELINES = (
     Method("random", "random", "random"),
     Method("small-loss", "loss", "bottom_k", ramp=True),
     Method("small-loss-fixed", "loss", "bottom_k"),
     Method("loss-threshold", "loss", "loss_threshold"),
     Method("oracle", "loss", "oracle"),
     Method("large-grad", "gradnorm", "top_k"),
-]}
+)
+
+
+def method_table() -> dict[str, Method]:
+    """name -> Method: ``vanilla``, one threshold method per registered estimator (registration order), the variants
+    of the estimators registered, then the baselines."""
+    names = estimator_names()
+    table = [Method("vanilla", "none", "all"), *(Method(n, n, "threshold") for n in names),
+             *(m for m in VARIANTS if m.signal in names), *BASELINES]
+    return {m.name: m for m in table}
+
+
+class _Methods(Mapping):
+    """The live method table: :func:`method_table` read at every access."""
+
+    def __getitem__(self, name: str) -> Method:
+        return method_table()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(method_table())
+
+    def __len__(self) -> int:
+        return len(method_table())
+
+    def __repr__(self) -> str:
+        return f"METHODS({', '.join(self)})"
+
+
+METHODS: Mapping[str, Method] = _Methods()
 
 
 def get_method(method: str | Method, keep_fraction: float | None = None) -> Method:
     """A registered method by name (or a Method as is), with ``keep_fraction`` set when given."""
     if isinstance(method, str):
-        if method not in METHODS:
-            raise ValueError(f"unknown method {method!r}; choose from {sorted(METHODS)}")
-        method = METHODS[method]
+        table = method_table()
+        if method not in table:
+            raise ValueError(f"unknown method {method!r}; choose from {sorted(table)}")
+        method = table[method]
     return method.with_fraction(keep_fraction) if keep_fraction is not None else method
 
 

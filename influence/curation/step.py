@@ -28,7 +28,6 @@ import torch
 from torch import Tensor, nn
 
 import influence
-
 from influence.batch import Batch, LossFn, call_model, check_batch, model_device, output_tensor
 from influence.losses import per_sample_losses
 
@@ -37,7 +36,8 @@ from .errors import CurationError, EmptySelectionError
 from .methods import Method, get_method
 from .policies import greats_select, keep_count, keep_random, keep_threshold, keep_top_k
 from .reference import ReferencePolicy
-from .signals import SESSION_SIGNALS, global_pairwise, score_batch, session_for, trainable_params
+from .cadence import KeptSession, check_refresh_every
+from .signals import global_pairwise, keeps_session, score_batch, trainable_params
 
 ON_EMPTY = ("error", "keep_all", "best")
 REDUCTIONS = ("mean", "sum", "batch_mean")
@@ -249,9 +249,10 @@ class Curator:
     ``method``. Every call draws its reference batch from ``reference`` (default: the batch itself).
 
     ``refresh_every=k`` (LAI and Ghost against a held-out reference, one process): the reference statistics (LAI's
-    per-layer mean of a_v (x) g_v, Ghost's reference gradient) are kept in one ``influence.Session`` and recomputed
-    every k curated steps, from a new ``reference.sample()`` (so a ``resample`` reference changes every k steps);
-    between refreshes they are up to k - 1 steps old. k = 1 (default) recomputes them at every step, which gives the
+    per-layer mean of a_v (x) g_v, Ghost's reference gradient) are kept in one ``influence.Session`` (``cadence``)
+    whose own counter (``Session(refresh_every=k)``) recomputes them every k curated steps, from a new
+    ``reference.sample()`` (so a ``resample`` reference changes every k steps); between refreshes they are up to
+    k - 1 steps old. k = 1 (default) recomputes them at every step, which gives the
     scores of a fresh session at every step (tested) without rebuilding the session. ``None``: a new session per
     step (what DDP and the other signals always do).
     """
@@ -259,41 +260,37 @@ class Curator:
     def __init__(self, loss_fn: LossFn, method: str | Method = "lai", *, reference: ReferencePolicy | None = None,
                  warmup_steps: int = 0, lr: float | None = None, on_empty: str = "error",
                  reduction: str = "mean", seed: int = 0, mode: str = "auto", refresh_every: int | None = 1) -> None:
-        if refresh_every is not None and (isinstance(refresh_every, bool) or not isinstance(refresh_every, int)
-                                          or refresh_every <= 0):
-            raise ValueError(f"refresh_every must be a positive integer or None, got {refresh_every!r}")
         self.loss_fn, self.method = loss_fn, get_method(method)
         self.reference = reference or ReferencePolicy("batch")
         self.warmup_steps, self.lr, self.on_empty, self.reduction, self.mode = warmup_steps, lr, on_empty, \
             reduction, mode
-        self.refresh_every = refresh_every
+        self.refresh_every = check_refresh_every(refresh_every)
         self.generator = torch.Generator().manual_seed(seed)
         self.calls = 0
-        self.session: influence.Session | None = None
-        self._key: tuple | None = None
-        self._age = 0
+        self.kept = KeptSession(refresh_every)
+
+    @property
+    def session(self) -> influence.Session | None:
+        """The kept session (None until a step keeps one)."""
+        return self.kept.session
 
     def _session(self, model: nn.Module, optimizer: torch.optim.Optimizer | None, method: Method
                  ) -> influence.Session | None:
-        """The kept session of ``method`` (refreshed when due), or None when the step builds its own."""
-        if (self.refresh_every is None or method.signal not in SESSION_SIGNALS or self.reference.kind == "batch"
+        """The kept session of ``method`` (its own counter refreshes it when due, from a new
+        ``reference.sample()``), or None when the step builds its own."""
+        if (self.refresh_every is None or not keeps_session(method.signal) or self.reference.kind == "batch"
                 or Shards.of(model, "auto") is not None):
             return None
         lr = step_lr(self.lr, optimizer)
         if lr is None:
             return None  # curation_step names the missing lr
-        key = (id(model), method.signal, lr, self.mode)
-        if self.session is None or key != self._key:
-            self.session = session_for(model, self.loss_fn, self.reference.sample(), method.signal, lr, self.mode)
-            self._key, self._age = key, 0
-        elif self._age >= self.refresh_every:
-            self.session.refresh(self.reference.sample())
-            self._age = 0
-        self._age += 1
-        return self.session
+        return self.kept.get(model, self.loss_fn, self.reference.stream(), method.signal, lr, mode=self.mode,
+                             fallback="error")
 
     def step(self, model: nn.Module, optimizer: torch.optim.Optimizer | None, batch: Batch, *,
              is_noisy: Tensor | None = None, step: bool = True, loss_scale: float = 1.0) -> StepInfo:
+        """One curated step on ``batch`` (``vanilla`` during the warm-up), against this curator's reference and
+        kept statistics; the arguments are ``curation_step``'s."""
         warm = self.calls < self.warmup_steps
         self.calls += 1
         method = get_method("vanilla") if warm else self.method

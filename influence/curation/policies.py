@@ -1,15 +1,20 @@
 """Selection policies: plain functions from scores to a boolean keep mask.
 
 Every function takes scores ``[n]`` (higher = more useful) and returns a bool mask ``[n]``; none of them
-looks at the model. ``keep_count`` turns a keep fraction into a sample count.
+looks at the model. ``keep_count`` turns a keep fraction into a sample count. A :data:`Policy` is a callable
+``scores [n] -> keep mask [n]`` (what ``influence.hf_trainer.curate(policy=...)`` takes): :func:`keep_nonnegative`,
+:func:`keep_top_fraction`.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
+
+Policy = Callable[[Tensor], Tensor]
 
 
 def keep_count(n: int, fraction: float) -> int:
@@ -22,6 +27,25 @@ def keep_count(n: int, fraction: float) -> int:
 def keep_threshold(scores: Tensor, threshold: float = 0.0) -> Tensor:
     """Keep samples with score >= threshold (the reference rule with threshold 0: keep what does not hurt)."""
     return scores >= threshold
+
+
+def keep_nonnegative(scores: Tensor) -> Tensor:
+    """The reference policy: keep samples whose step does not raise the reference loss (score >= 0)."""
+    return scores >= 0
+
+
+def keep_top_fraction(fraction: float) -> Policy:
+    """A policy keeping the ``ceil(fraction * n)`` highest-scoring samples of every batch (at least one);
+    ``fraction`` in (0, 1]."""
+    if not 0 < fraction <= 1:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+
+    def policy(scores: Tensor) -> Tensor:
+        k = max(1, int(-(-fraction * len(scores) // 1)))
+        mask = torch.zeros_like(scores, dtype=torch.bool)
+        mask[scores.topk(k).indices] = True
+        return mask
+    return policy
 
 
 def keep_top_k(scores: Tensor, k: int) -> Tensor:

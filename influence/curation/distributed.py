@@ -27,7 +27,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
-from torch.utils._pytree import tree_flatten, tree_unflatten
+from torch.utils._pytree import tree_flatten, tree_unflatten  # compat: private torch API (torch.utils._pytree)
 
 
 @dataclass
@@ -46,9 +46,18 @@ class Shards:
                 return None
             group = model.process_group
         if group is None or not dist.is_available() or not dist.is_initialized():
-            return None
+            return None  # (an explicit None: one process)
         world = dist.get_world_size(group)
         return Shards(group, dist.get_rank(group), world) if world > 1 else None
+
+    @staticmethod
+    def default() -> "Shards | None":
+        """The default process group when torch.distributed is initialised with more than one process, else None
+        (what a ``transformers.Trainer`` under DDP reduces over)."""
+        if not dist.is_available() or not dist.is_initialized():
+            return None
+        world = dist.get_world_size()
+        return Shards(None, dist.get_rank(), world) if world > 1 else None
 
 
 def unwrap(model: nn.Module) -> nn.Module:
