@@ -30,7 +30,7 @@ from dataclasses import dataclass, replace
 
 from influence.estimators import estimator_names
 
-from .signals import estimator_entry, signals
+from .signals import BASELINE_SIGNALS, estimator_entry, signals
 
 POLICIES = ("all", "threshold", "top_k", "bottom_k", "greats", "random", "loss_threshold", "oracle")
 RATE_POLICIES = ("top_k", "bottom_k", "greats", "random")
@@ -104,11 +104,14 @@ BASELINES = (
 
 
 def method_table() -> dict[str, Method]:
-    """name -> Method: ``vanilla``, one threshold method per registered estimator (registration order), the variants
-    of the estimators registered, then the baselines."""
-    names = estimator_names()
+    """name -> Method: ``vanilla``, one "keep score >= 0" method per registered influence estimator (registration
+    order), one rate-matched top-k method per registered ranking (``Capabilities.influence`` False: its sign means
+    nothing) that is not a baseline signal already, the variants of the estimators registered, then the
+    baselines."""
+    names = estimator_names(influence=True)
+    rankings = [n for n in estimator_names(influence=False) if n not in BASELINE_SIGNALS]
     table = [Method("vanilla", "none", "all"), *(Method(n, n, "threshold") for n in names),
-             *(m for m in VARIANTS if m.signal in names), *BASELINES]
+             *(Method(n, n, "top_k") for n in rankings), *(m for m in VARIANTS if m.signal in names), *BASELINES]
     return {m.name: m for m in table}
 
 

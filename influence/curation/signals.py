@@ -51,7 +51,7 @@ def estimator_entry(signal: str) -> Estimator | None:
 
 def signals() -> tuple[str, ...]:
     """Every signal: the registered estimators (registration order), then the baselines."""
-    return (*estimator_names(), *BASELINE_SIGNALS)
+    return (*(n for n in estimator_names() if n not in BASELINE_SIGNALS), *BASELINE_SIGNALS)
 
 
 def keeps_session(signal: str) -> bool:
