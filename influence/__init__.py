@@ -12,20 +12,40 @@ Only parameters with ``requires_grad=True`` count.
     s.score(batch); s.self_influence(batch); influence.score_dataset(s, train_set)
 """
 
+from . import (
+                     estimators,
+                     hf,  # transformers is imported only inside its functions
+)
 from ._version import __version__
-from .errors import (BatchSizeError, InfluenceError, InPlaceModificationError, LossShapeError, NonFiniteLossError,
-                     RoutedToExactWarning, SharedParameterError, StochasticModuleError, TrainModeBatchNormError,
-                     UndefinedGradientError, UnsupportedLayerError, VerificationError)
-from .errors import (EmptyBatchError, InvalidArgumentError, ModelOutputError, NonFiniteInputError,
-                     NoTrainableParameterError, TargetShapeError, UnknownParameterError, CheckpointingError)
-from .errors import BatchCouplingError, TheoryScopeError
 from .batch import select_output
-from .gradients import VmapFallbackWarning
-from . import hf  # transformers is imported only inside its functions
 from .dataset import DatasetScores, score_dataset
-from .functions import estimate, exact, ghost, lai, tracin
-from . import estimators
+from .errors import (
+                     BatchCouplingError,
+                     BatchSizeError,
+                     CheckpointingError,
+                     EmptyBatchError,
+                     InfluenceError,
+                     InPlaceModificationError,
+                     InvalidArgumentError,
+                     LossShapeError,
+                     ModelOutputError,
+                     NonFiniteInputError,
+                     NonFiniteLossError,
+                     NoTrainableParameterError,
+                     RoutedToExactWarning,
+                     SharedParameterError,
+                     StochasticModuleError,
+                     TargetShapeError,
+                     TheoryScopeError,
+                     TrainModeBatchNormError,
+                     UndefinedGradientError,
+                     UnknownParameterError,
+                     UnsupportedLayerError,
+                     VerificationError,
+)
 from .estimators import Capabilities, Estimator, register_estimator
+from .functions import estimate, exact, ghost, lai, tracin
+from .gradients import VmapFallbackWarning
 from .layers import LayerRule, register_layer
 from .losses import cross_entropy, mse
 from .memory import MemoryBudgetError

@@ -21,8 +21,14 @@ import torch
 from torch import Tensor, nn
 
 from .compat import keystr, tree_flatten_with_path, tree_leaves
-from .errors import (BatchSizeError, EmptyBatchError, InvalidArgumentError, NonFiniteInputError,
-                     NoTrainableParameterError, UnknownParameterError)
+from .errors import (
+    BatchSizeError,
+    EmptyBatchError,
+    InvalidArgumentError,
+    NonFiniteInputError,
+    NoTrainableParameterError,
+    UnknownParameterError,
+)
 
 
 def _tensor_leaves(tree: Any) -> list[Tensor]:

@@ -126,3 +126,51 @@ class TheoryScopeError(InfluenceError, NotImplementedError):
     """``theory`` (decomposition, bounds) does not cover this model: a layer it cannot split per sample, a
     parameter the capture's verification does not vouch for, weights shared between layers, a layer called
     several times. (Also a ``NotImplementedError``, what ``theory`` raised before.)"""
+
+
+class MemoryBudgetError(InfluenceError):
+    """A tensor the estimator needs does not fit ``memory_budget`` and cannot be split into chunks that do; raised
+    before it is allocated."""
+
+
+class UnknownEstimatorError(InvalidArgumentError, KeyError):
+    """An estimator name that is not registered (``influence.estimators``)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class CheckpointMismatchError(InvalidArgumentError, KeyError):
+    """A checkpoint (a state dict to evaluate at) lacks entries the model has."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class NotPairwiseError(InfluenceError):
+    """A per-sample ranking (loss, EL2N, gradient norm) was asked for pairwise train-reference products."""
+
+
+class CurationError(InvalidArgumentError):
+    """Curated training cannot go on with this input without doing something silently different."""
+
+
+class EmptySelectionError(CurationError):
+    """The selection policy kept no sample and no fallback was asked for (``on_empty='error'``)."""
+
+
+class EmptyReferenceError(CurationError):
+    """The reference batch holds no sample, so there is nothing to score against."""
+
+
+class LossNotDerivableError(InfluenceError):
+    """No ``loss_fn`` was given and the model's own per-sample loss cannot be derived from its class."""
+
+
+class OptimizerWarning(UserWarning):
+    """The optimizer's update is preconditioned, but the estimator scores the plain SGD formula."""
+
+
+class VmapFallbackWarning(UserWarning):
+    """``torch.func.vmap`` could not run the model; Exact used a per-sample autograd loop (same numbers)."""
+

@@ -12,12 +12,13 @@ from torch import Tensor, nn
 
 from .batch import Batch, LossFn
 from .checks import check_batch, size_hint
-from .estimators.tracin import Checkpoint
 from .errors import InvalidArgumentError
+from .estimators.tracin import Checkpoint
 from .gradients import DEFAULT_CHUNK
 from .result import InfluenceResult
 from .scoring import DEFAULT_BUDGET
 from .session import Session
+
 
 def estimate(estimator: str, model: nn.Module, loss_fn: LossFn, train: Batch, ref: Batch, lr: float | None = None, *,
              checkpoints: Iterable[Checkpoint] | None = None, **options: Any) -> InfluenceResult:

@@ -13,14 +13,10 @@ from torch.func import functional_call, grad, vmap
 
 from .batch import Batch, LossFn, batch_size, output_tensor, selected_output, take
 from .capture import dense_grad
-from .compat import tree_map
 from .checks import trainable_names
-from .errors import InfluenceError, named_checkpointing_errors
+from .compat import tree_map
+from .errors import CheckpointMismatchError, InfluenceError, VmapFallbackWarning, named_checkpointing_errors
 from .losses import per_sample_losses
-
-
-class VmapFallbackWarning(UserWarning):
-    """``torch.func.vmap`` could not run the model; Exact used a per-sample autograd loop (same numbers)."""
 
 DEFAULT_CHUNK = 64
 
@@ -48,7 +44,7 @@ class Functional:
             state = {**{k: v for k, v in values.items() if k not in persistent}, **state}
             missing = [k for k in values if k not in state]
             if missing:
-                raise KeyError(f"checkpoint lacks entries for {missing[:5]}{'...' if len(missing) > 5 else ''}")
+                raise CheckpointMismatchError(f"checkpoint lacks entries for {missing[:5]}{'...' if len(missing) > 5 else ''}")
             values = {k: state[k].to(values[k].device, values[k].dtype) for k in values}
         wanted = trainable_names(model, names)
         self.names = wanted

@@ -67,7 +67,7 @@ from .curation.errors import LossNotDerivableError
 from .curation.hf_loss import model_loss_fn
 from .curation.policies import Policy, keep_nonnegative, keep_top_fraction
 from .curation.reference import map_reference
-from .errors import InfluenceError
+from .errors import ArgumentTypeError, InfluenceError, InvalidArgumentError
 from .estimators import estimator_names, get_estimator
 from .optim import is_adaptive
 from .session import OptimizerWarning, Session
@@ -146,7 +146,7 @@ class CurationMixin:
                         one_pass: bool = True) -> None:
         names = estimator_names(checkpoints=False)
         if estimator not in names:
-            raise ValueError(f"estimator must be one of {tuple(names)}, got {estimator!r}")
+            raise InvalidArgumentError(f"estimator must be one of {tuple(names)}, got {estimator!r}")
         model = getattr(self.model, "module", self.model)
         self.reference, self.policy, self.label_key = reference, policy, label_key
         self.loss_fn = loss_fn if loss_fn is not None else model_loss_fn(model)
@@ -267,7 +267,7 @@ class CurationMixin:
     def _check_mask(self, mask: Tensor, scores: Tensor) -> Tensor:
         mask = mask.to(torch.bool)
         if mask.shape != scores.shape:
-            raise ValueError(f"policy returned a mask of shape {tuple(mask.shape)} for {len(scores)} scores")
+            raise InvalidArgumentError(f"policy returned a mask of shape {tuple(mask.shape)} for {len(scores)} scores")
         return mask
 
     # ---------------------------------------------------------------- Trainer hooks
@@ -334,7 +334,7 @@ class CurationMixin:
         out = call_model(model, x)
         losses = self.loss_fn(output_tensor(out), y)
         if losses.shape != mask.shape:
-            raise ValueError(f"loss_fn returned shape {tuple(losses.shape)}; expected per-sample losses "
+            raise InvalidArgumentError(f"loss_fn returned shape {tuple(losses.shape)}; expected per-sample losses "
                              f"{tuple(mask.shape)}")
         loss = (losses * mask.to(losses.dtype)).sum() * self._scale
         return (loss, out) if return_outputs else loss
@@ -371,9 +371,9 @@ def curate(trainer: transformers.Trainer, reference: Any, *, loss_fn: LossFn | N
     """Curate ``trainer`` (any ``transformers.Trainer`` or subclass instance) in place and return it: every optimizer
     step trains on the samples ``policy`` keeps (see the module docs for the arguments)."""
     if not isinstance(trainer, transformers.Trainer):
-        raise TypeError(f"curate needs a transformers.Trainer (or subclass) instance, got {type(trainer).__name__}")
+        raise ArgumentTypeError(f"curate needs a transformers.Trainer (or subclass) instance, got {type(trainer).__name__}")
     if isinstance(trainer, CurationMixin):
-        raise ValueError("this trainer is already curated")
+        raise InvalidArgumentError("this trainer is already curated")
     cls = type(trainer)
     if cls not in _CURATED:
         _CURATED[cls] = type(f"Curated{cls.__name__}", (CurationMixin, cls), {"__module__": cls.__module__})
@@ -394,6 +394,6 @@ class CuratedTrainer(CurationMixin, transformers.Trainer):
         self._setup_curation(reference, loss_fn, estimator, policy, label_key, index_key, one_pass)
 
 
-__all__ = ["curate", "CuratedTrainer", "CurationMixin", "CurationGuard", "model_loss_fn", "keep_nonnegative",
+__all__ = ["curate", "CuratedTrainer", "CurationMixin", "CurationGuard", "model_loss_fn", "keep_nonnegative",  # noqa: F822
            "keep_top_fraction", "check_transformers", "MIN_TRANSFORMERS", "ESTIMATORS", "TransformersVersionError",
-           "CurationNotAppliedError", "LossNotDerivableError", "IndexKeyError"]
+           "CurationNotAppliedError", "LossNotDerivableError", "IndexKeyError"]  # ESTIMATORS: module __getattr__

@@ -16,14 +16,11 @@ import os
 
 import torch
 
-from .errors import InfluenceError
+from .errors import MemoryBudgetError
 
 FREE_FRACTION = 0.5
 
 
-class MemoryBudgetError(InfluenceError):
-    """A tensor the estimator needs does not fit ``memory_budget`` and cannot be split into chunks that do; raised
-    before it is allocated."""
 
 
 def free_bytes(device: torch.device | str | None = None) -> int:

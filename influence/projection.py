@@ -17,7 +17,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from .factors import Block, Dense, Index, Patches, _oriented, rows_times
+from .factors import Block, Dense, Index, Patches, oriented, rows_times
 
 
 class Side(NamedTuple):
@@ -84,7 +84,7 @@ def factored(block: Block, dirs: Sequence[Direction], weights: Tensor | None = N
     fact = mag = None
     one_group = dirs[0].v.flat is not None
     for seg in block.segments:
-        left, right, _ = _oriented(seg)
+        left, right, _ = oriented(seg)
         right_times = _times(right, one_group)
         if isinstance(left, Index):
             ids = left.ids.reshape(-1)

@@ -8,6 +8,7 @@ from typing import Any, Callable, NamedTuple
 import torch
 from torch import Tensor, nn
 
+from .errors import InvalidArgumentError
 from .factors import add_all
 
 
@@ -22,7 +23,7 @@ class Ranking(NamedTuple):
 def rank(indices: Tensor, scores: Tensor, k: int, largest: bool) -> Ranking:
     """The ``k`` largest (or smallest) of ``scores`` [N] with their ``indices`` [N], best first."""
     if not isinstance(k, int) or k < 0:
-        raise ValueError(f"k must be a non-negative integer, got {k!r}")
+        raise InvalidArgumentError(f"k must be a non-negative integer, got {k!r}")
     top = scores.topk(min(k, len(scores)), largest=largest)
     return Ranking(indices[top.indices.to(indices.device)], top.values)
 
@@ -32,7 +33,7 @@ def column(pairwise: Tensor | None, reference: int | None, what: str) -> Tensor 
     if reference is None:
         return None
     if pairwise is None:
-        raise ValueError(f"scores against one reference sample need the per-reference matrix: {what}")
+        raise InvalidArgumentError(f"scores against one reference sample need the per-reference matrix: {what}")
     return pairwise[:, reference]
 
 

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from .errors import InfluenceError, InvalidArgumentError
-from .factors import Block, Index, RowSparse, _gram_width, add_matrices, shared_grams
+from .factors import Block, Index, RowSparse, add_matrices, gram_width, shared_grams
 from .memory import MemoryBudgetError, mib, require_fits, resolve_budget
 
 MODES = ("auto", "gram", "materialize")
@@ -137,7 +137,7 @@ def self_products(block: Block, budget: int | None = DEFAULT_BUDGET) -> Tensor:
     size, item = block.matrix_size(), _itemsize(block)
     tok = sum(s.tokens for s in block.segments)
     seg = block.segments[0]
-    cheaper = size <= tok * tok * (_gram_width(seg.left) + _gram_width(seg.right) + 1) * 4
+    cheaper = size <= tok * tok * (gram_width(seg.left) + gram_width(seg.right) + 1) * 4
     if cheaper and size * item <= budget:
         rows = max(1, int(budget // max(1, size * item)))
         return torch.cat([block.rows(slice(i, i + rows)).per_sample().pow(2).sum(1) for i in range(0, block.n, rows)])

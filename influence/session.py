@@ -42,7 +42,7 @@ from torch import Tensor, nn
 
 from .batch import Batch, LossFn, take, without_inference_tensors
 from .checks import check_batch, check_chunk_size, check_loss_fn, check_lr, check_positive_int, trainable_names
-from .errors import InfluenceError
+from .errors import InfluenceError, OptimizerWarning
 from .estimators import Settings, get_estimator
 from .estimators.exact import ExactBackend
 from .gradients import DEFAULT_CHUNK
@@ -54,10 +54,6 @@ from .scoring_modes import scoring_mode, unwrapped
 from .verify import check_verify
 
 TOO_MANY_REROUTES = "the factorisation kept finding new unfactorable parameters; use estimator='exact'"
-
-
-class OptimizerWarning(UserWarning):
-    """The optimizer's update is preconditioned, but the estimator scores the plain SGD formula."""
 
 
 def reference_batches(ref: Any) -> list[Batch] | Iterable[Batch]:

@@ -23,12 +23,18 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
-from typing import TYPE_CHECKING
-
-from validation.options import (add_out, add_output_control, add_seeds, info, make_parser, progress_enabled,
-                                split_list, threads_arg)
+from validation.options import (
+    add_out,
+    add_output_control,
+    add_seeds,
+    info,
+    make_parser,
+    progress_enabled,
+    split_list,
+    threads_arg,
+)
 
 if TYPE_CHECKING:  # the figures need matplotlib (the validation extra): imported when a command runs, so that
     from .figures import Outcome, Sources  # `lai figures --help` works without it

@@ -21,10 +21,21 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, MaxNLocator, NullLocator
 
-from .plotdata import MissingResults, PlotData, panel_label, ranks_desc, spearman
-from .style import (CLEAN_COLOR, CLEAN_MARKER, DOUBLE, GREY, NOISY_COLOR, NOISY_MARKER, estimator_style,
-                    model_style, new_figure, style)
 from validation.report.tables import Table
+
+from .plotdata import MissingResults, PlotData, panel_label, ranks_desc, spearman
+from .style import (
+    CLEAN_COLOR,
+    CLEAN_MARKER,
+    DOUBLE,
+    GREY,
+    NOISY_COLOR,
+    NOISY_MARKER,
+    estimator_style,
+    model_style,
+    new_figure,
+    style,
+)
 
 NAME = "dynamics"
 MODEL_PREFERENCE = ("mlp", "cnn1d", "cnn2d", "transformer")

@@ -22,10 +22,11 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
+from validation.report.tables import Table
+
 from .fig2_fidelity import MODEL_ORDER, ordered
 from .plotdata import MissingResults, PlotData, mean_std, panel_label
 from .style import DOUBLE, GREY, SMALL_PT, model_style, new_figure, style
-from validation.report.tables import Table
 
 NAME = "bound"
 COLUMNS = ["panel", "model", "seed", "step", "sample", "is_noisy", "bound", "abs_error", "layer", "layer_index",

@@ -15,11 +15,23 @@ from typing import Any, Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
+from validation.report.tables import Table
+
 from .fig2_fidelity import MODEL_ORDER, ordered
 from .plotdata import MissingResults, PlotData, panel_label, spearman
-from .style import (CLEAN_COLOR, CLEAN_MARKER, DOUBLE, GREY, NOISY_COLOR, NOISY_MARKER, SMALL_PT,
-                    estimator_style, model_style, new_figure, style)
-from validation.report.tables import Table
+from .style import (
+    CLEAN_COLOR,
+    CLEAN_MARKER,
+    DOUBLE,
+    GREY,
+    NOISY_COLOR,
+    NOISY_MARKER,
+    SMALL_PT,
+    estimator_style,
+    model_style,
+    new_figure,
+    style,
+)
 
 NAME = "scatter"
 COLUMNS = ["model", "seed", "step", "column", "sample", "is_noisy", "x", "y"]

@@ -24,8 +24,17 @@ from validation.settings import estimators as chosen
 
 from .fig2_fidelity import MODEL_ORDER, ordered
 from .plotdata import MissingResults, PlotData, panel_label
-from .style import (DOUBLE, GREY, MODEL_WIDTH_KEY, WIDTH_UNITS, estimator_style, model_style, new_figure,
-                    readable_log_ticks, style)
+from .style import (
+    DOUBLE,
+    GREY,
+    MODEL_WIDTH_KEY,
+    WIDTH_UNITS,
+    estimator_style,
+    model_style,
+    new_figure,
+    readable_log_ticks,
+    style,
+)
 
 NAME = "cost"
 COLUMNS = ["model", "sweep", "x", "width", "batch", "estimator", "time_ratio", "memory_ratio", "median_s",

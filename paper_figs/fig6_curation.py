@@ -26,10 +26,11 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from validation.report.curation import METHOD_ORDER, paired
+from validation.report.tables import Table
+
 from .plotdata import MissingResults, PlotData, panel_label
 from .style import DATASETS, DOUBLE, GREY, OKABE_ITO, SMALL_PT, model_style, new_figure, style
 from .style import method_style as _base_style
-from validation.report.tables import Table
 
 NAME = "curation"
 COLUMNS = ["panel", "task", "family", "metric", "protocol", "method", "x", "mean", "low", "high", "p", "wins",

@@ -22,13 +22,13 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from validation.report.evidence import canon, rank_evidence
+from validation.report.tables import Table
 from validation.settings import estimators as chosen
 
 from .fig2_fidelity import MODEL_ORDER, ordered
 from .fig3_bound import short_layer_name
 from .plotdata import MissingResults, PlotData, panel_label
 from .style import DOUBLE, GREY, SMALL_PT, estimator_style, model_style, new_figure, style
-from validation.report.tables import Table
 
 NAME = "layers"
 COLUMNS = ["panel", "model", "estimator", "value", "low", "high", "method", "layer", "layer_index", "gain",

@@ -14,11 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from . import fig1_dynamics, fig2_fidelity, fig3_bound, fig4_scatter, fig5_cost, fig6_curation, fig7_layers
 from validation.report.curation import STORED, has_results, load_curation
+from validation.report.tables import Table, read_table
+
+from . import fig1_dynamics, fig2_fidelity, fig3_bound, fig4_scatter, fig5_cost, fig6_curation, fig7_layers
 from .plotdata import MissingResults, PlotData, save_figure
 from .style import MODEL_WIDTH_KEY, WIDTH_UNITS
-from validation.report.tables import Table, read_table
 
 
 @dataclass

@@ -19,9 +19,9 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from influence.atomic import atomic_path, atomic_write_text, csv_cell
+from validation.report.tables import Table
 
 from .style import RC, style
-from validation.report.tables import Table
 
 
 class MissingResults(LookupError):

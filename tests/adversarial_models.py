@@ -3,18 +3,14 @@ kinds (additive, norms, recurrent, parametrized, detached); batches and argument
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import pytest
 import torch
+from adversarial_setup import *  # noqa: F401,F403 - Setup, data helpers, shared models
 from torch import nn
-from torch.nn import functional as F
 
 import influence
-from adversarial_setup import *  # noqa: F401,F403 - Setup, data helpers, shared models
-
 
 # ---------------------------------------------------------------- models: outputs, losses, modes
 

@@ -3,11 +3,9 @@ weights used outside their module, and layers whose leading dimension is not the
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-import pytest
 import torch
 from torch import nn
 from torch.nn import functional as F

@@ -20,20 +20,19 @@ LAI|.
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from hypothesis import strategies as st
+from reference import reference_scores
 from torch import Tensor, nn
 from torch.nn import functional as F
 
 import influence
 import theory
-from reference import reference_scores
 
 LR, TOL = 0.1, 1e-7
 BLOCKS = ("linear", "conv", "layernorm", "rmsnorm", "groupnorm", "batchnorm_eval", "batchnorm_nostats", "attention",

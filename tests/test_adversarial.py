@@ -16,13 +16,13 @@ import warnings
 
 import pytest
 import torch
+from adversarial_models import *  # noqa: F401,F403 - the model builders the cases name
+from adversarial_setup import *  # noqa: F401,F403 - Setup, Case, helpers and the first models
+from reference import reference_pairwise, reference_scores
 from torch import nn
 
 import influence
 from influence import errors as E
-from reference import reference_pairwise, reference_scores
-from adversarial_setup import *  # noqa: F401,F403 - Setup, Case, helpers and the first models
-from adversarial_models import *  # noqa: F401,F403 - the model builders the cases name
 
 # ---------------------------------------------------------------- the cases
 

@@ -12,14 +12,14 @@ import warnings
 
 import pytest
 import torch
+from conftest import rel_err
+from reference import reference_scores
 from torch import nn
 
 import influence
 from influence import errors as E
 from influence import verify
 from influence.layers import MultiheadAttentionRule, rule_for
-from conftest import rel_err
-from reference import reference_scores
 
 LR, TOL, N_TRAIN = 0.1, 1e-8, 4
 CE = influence.cross_entropy

@@ -11,7 +11,6 @@ from validation.bench import command as bench
 from validation.bench import workloads as bench_workloads
 from validation.settings import estimators as chosen
 
-
 ARGS = ["--workload", "mlp", "--tiny", "--repeats", "1", "--sizes", "default", "--big", "--tasks", "none"]
 
 

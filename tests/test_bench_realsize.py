@@ -10,10 +10,23 @@ import torch
 from validation.bench import command as bench
 from validation.bench import realsize_run as bench_realsize_run
 from validation.bench.isolate import GIB, STATUSES, run_isolated
-from validation.bench.realsize import (GPT2_VOCAB, PYTHIA_VOCAB, REALSIZE, CifarResNet18, build_real, hf_config,
-                                       real_spec)
-from validation.bench.realsize_report import (CURATED_OVER_PLAIN, OVER_FORWARD, OVER_FORWARD_BACKWARD,
-                                              PEAK_OVER_FB_PEAK, estimator_ratios, row_targets)
+from validation.bench.realsize import (
+    GPT2_VOCAB,
+    PYTHIA_VOCAB,
+    REALSIZE,
+    CifarResNet18,
+    build_real,
+    hf_config,
+    real_spec,
+)
+from validation.bench.realsize_report import (
+    CURATED_OVER_PLAIN,
+    OVER_FORWARD,
+    OVER_FORWARD_BACKWARD,
+    PEAK_OVER_FB_PEAK,
+    estimator_ratios,
+    row_targets,
+)
 
 HERE = str(Path(__file__).parent)
 

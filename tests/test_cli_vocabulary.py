@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from lai.command import COMMANDS, main as dispatch
+from lai.command import COMMANDS
+from lai.command import main as dispatch
 from validation.options import PROFILE_NAMES, SHARED, NotApplicable
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -12,11 +12,11 @@ import pytest
 import torch
 
 from validation.bench import workloads as bench_workloads
-from validation.data import noise as vnoise
-from validation.settings.config import LEGACY, ConfigError, NoiseSpec, upgrade
 from validation.curation import cli as curate_cli
 from validation.curation.protocols import apply_protocol
 from validation.curation.tasks import TASKS, TaskSpec, get_task
+from validation.data import noise as vnoise
+from validation.settings.config import LEGACY, ConfigError, NoiseSpec, upgrade
 from validation.settings.profiles import MODELS, PROFILES, ModelSettings, get_profile, model_settings
 
 STORED = Path(__file__).resolve().parents[1] / "paper_figs" / "data" / "curation" / "provenance.json"
@@ -198,8 +198,8 @@ def test_figures_read_curation_folders_of_both_vocabularies(tmp_path):
 
 
 def test_seeds_are_lists_in_every_profile():
-    from validation.settings.profiles import CURATION_PROFILES
     from validation.curation.runner import profile_specs
+    from validation.settings.profiles import CURATION_PROFILES
 
     for name in PROFILES:
         assert isinstance(get_profile(name)["seeds"], list)

@@ -6,6 +6,7 @@ of the input with an unstored ones column) equal their materialised forms."""
 
 import pytest
 import torch
+from conftest import rel_err
 from torch import nn
 from torch.nn import functional as F
 
@@ -13,8 +14,6 @@ import influence
 from influence.factors import Dense, Patches, rows_times
 from influence.layers import Context, ConvRule, lai_activation, unfold_conv_input
 from influence.layers.conv import conv_patches
-
-from conftest import rel_err
 
 CE = influence.cross_entropy
 TOL = 1e-8

@@ -13,12 +13,12 @@ import influence
 from influence.curation import curation_step, get_method
 from influence.curation.methods import ramped_drop_rate
 from validation.curation import cli
-from validation.curation.experiment import SUITE, run_comparison, unit_problem
+from validation.curation.experiment import SUITE, unit_problem
 from validation.curation.protocols import apply_protocol, expand
 from validation.curation.seeds import generator, stream
 from validation.curation.tasks import get_task, prepare, stratified_subset
-from validation.training.models import MLP
 from validation.report.results import read_csv, read_json
+from validation.training.models import MLP
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

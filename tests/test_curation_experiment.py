@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from validation.curation import cli
-from validation.curation.experiment import SUITE, STEP_COLUMNS, TABLE_COLUMNS
+from validation.curation.experiment import STEP_COLUMNS, SUITE, TABLE_COLUMNS
 from validation.curation.tasks import TASKS, evaluate, get_task, prepare
 from validation.report.results import read_csv, read_json
 

@@ -11,8 +11,8 @@ import pytest
 from scipy import stats
 
 from paper_figs import fig6_curation, figures
-from validation.report.curation import (PAIRED_COLUMNS, export, has_results, load_curation, paired)
 from paper_figs.style import DOUBLE, SMALL_PT
+from validation.report.curation import PAIRED_COLUMNS, export, has_results, load_curation, paired
 from validation.report.results import atomic_write_json
 
 SEEDS = range(5)

@@ -5,8 +5,17 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from influence.curation import (Method, choose, get_method, greats_select, keep_bottom_k, keep_count, keep_random,
-                                 keep_threshold, keep_top_k)
+from influence.curation import (
+    Method,
+    choose,
+    get_method,
+    greats_select,
+    keep_bottom_k,
+    keep_count,
+    keep_random,
+    keep_threshold,
+    keep_top_k,
+)
 from influence.curation.errors import EmptySelectionError
 
 

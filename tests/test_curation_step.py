@@ -6,8 +6,15 @@ import torch
 from torch import nn
 
 import influence
-from influence.curation import (Curator, EmptyReferenceError, EmptySelectionError, Method, ReferencePolicy,
-                                 curation_step, get_method)
+from influence.curation import (
+    Curator,
+    EmptyReferenceError,
+    EmptySelectionError,
+    Method,
+    ReferencePolicy,
+    curation_step,
+    get_method,
+)
 from influence.curation.signals import score_batch
 from validation.training.models import MLP, CausalTransformer
 

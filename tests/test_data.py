@@ -5,8 +5,19 @@ import pytest
 import torch
 
 from validation.data import datasets as data
-from validation.data.datasets import (ArrayDataset, TextDataset, decode, encode, get_dataset, lm_pairs, load_digits,
-                                      load_mnist1d, load_pydoc_text, split_documents, tokenize_documents)
+from validation.data.datasets import (
+    ArrayDataset,
+    TextDataset,
+    decode,
+    encode,
+    get_dataset,
+    lm_pairs,
+    load_digits,
+    load_mnist1d,
+    load_pydoc_text,
+    split_documents,
+    tokenize_documents,
+)
 
 
 @pytest.fixture(scope="module")

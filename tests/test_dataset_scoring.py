@@ -7,11 +7,11 @@ import textwrap
 
 import pytest
 import torch
+from conftest import run_torchrun
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import influence
-from conftest import run_torchrun
 from influence.dataset import DatasetScores, ResumeMismatchError, fingerprint, score_dataset
 
 

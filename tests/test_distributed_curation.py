@@ -2,8 +2,8 @@
 one process on the same global batches, for every method (float64)."""
 
 import torch
-
 from conftest import run_torchrun
+
 from validation.curation.ddp_check import DEFAULT_METHODS, make_problem, run_curated
 
 

@@ -9,8 +9,16 @@ from torch import nn
 
 import influence
 from influence.batch import call_model, output_tensor
-from influence.estimators import (BaseBackend, Capabilities, Estimator, UnknownEstimatorError, estimator_names,
-                                  get_estimator, register_estimator, unregister_estimator)
+from influence.estimators import (
+    BaseBackend,
+    Capabilities,
+    Estimator,
+    UnknownEstimatorError,
+    estimator_names,
+    get_estimator,
+    register_estimator,
+    unregister_estimator,
+)
 from influence.result import Chunk
 
 CE = influence.cross_entropy

@@ -7,13 +7,12 @@
 
 import pytest
 import torch
+from conftest import rel_err
 from torch import nn
 from torch.nn import functional as F
 
 from influence.factors import Block, Dense, Patches, Segment, ones_factor
 from influence.layers import conv_pads, unfold_conv_input
-
-from conftest import rel_err
 
 
 def _cat_ones(x):

@@ -4,13 +4,13 @@ samples still catches what the per-sample probe caught."""
 
 import pytest
 import torch
+from conftest import rel_err
+from test_verification import CE, PositionsNoBatch, ghost_routed, loop_scores, token_data
 from torch import nn
 
 import influence
 from influence import verify
 from influence.batch import take
-from conftest import rel_err
-from test_verification import CE, PositionsNoBatch, ghost_routed, loop_scores, token_data
 
 TOL = 1e-9
 

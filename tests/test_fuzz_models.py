@@ -17,11 +17,10 @@ from __future__ import annotations
 import argparse
 import sys
 
+import fuzz_models as fm
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
-
-import fuzz_models as fm
 
 EXAMPLES_DEFAULT, EXAMPLES_SLOW = 300, 3000
 

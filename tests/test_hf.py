@@ -13,10 +13,11 @@ from torch import nn
 transformers = pytest.importorskip(
     "transformers", reason='Hugging Face tests need the optional extra: pip install -e ".[hf]"')
 
-import influence  # noqa: E402
-import influence.hf as H  # noqa: E402
 from conftest import rel_err  # noqa: E402
 from reference import reference_scores  # noqa: E402
+
+import influence  # noqa: E402
+import influence.hf as H  # noqa: E402
 from influence.batch import call_model, output_tensor, take  # noqa: E402
 from influence.layers import HFConv1D  # noqa: E402
 

@@ -8,10 +8,10 @@ import warnings
 
 import pytest
 import torch
+from reference import reference_scores
 
 import influence
 import influence.hf as hf
-from reference import reference_scores
 
 tf = pytest.importorskip("transformers")
 

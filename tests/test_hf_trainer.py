@@ -14,10 +14,19 @@ transformers = pytest.importorskip("transformers")
 
 import influence  # noqa: E402
 import influence.hf as H  # noqa: E402
-from influence.hf_trainer import (CuratedTrainer, CurationNotAppliedError, IndexKeyError,  # noqa: E402
-                                  LossNotDerivableError, MIN_TRANSFORMERS, TransformersVersionError,
-                                  check_transformers, curate,
-                                  keep_nonnegative, keep_top_fraction, model_loss_fn)
+from influence.hf_trainer import (  # noqa: E402
+    MIN_TRANSFORMERS,
+    CuratedTrainer,
+    CurationNotAppliedError,
+    IndexKeyError,
+    LossNotDerivableError,
+    TransformersVersionError,
+    check_transformers,
+    curate,
+    keep_nonnegative,
+    keep_top_fraction,
+    model_loss_fn,
+)
 
 V, T, N = 40, 8, 16
 
@@ -139,6 +148,7 @@ dist.destroy_process_group()
 
 def test_two_process_ddp_equals_one_process(tmp_path):
     import os
+
     from conftest import run_torchrun
     script = tmp_path / "ddp.py"
     script.write_text(DDP.format(tests=os.path.dirname(__file__), out=str(tmp_path)))

@@ -2,12 +2,12 @@
 
 import pytest
 import torch
+from conftest import rel_err
 from torch import nn
 from torch.nn import functional as F
 
 import influence
-from conftest import rel_err
-from validation.training.models import CNN1d, CNN2d, MLP, CausalTransformer
+from validation.training.models import MLP, CausalTransformer, CNN1d, CNN2d
 
 TOL = 1e-8
 CE = influence.cross_entropy

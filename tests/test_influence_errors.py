@@ -2,10 +2,10 @@
 
 import pytest
 import torch
+from conftest import rel_err
 from torch import nn
 
 import influence
-from conftest import rel_err
 
 CE = influence.cross_entropy
 ESTIMATORS = [influence.exact, influence.ghost, influence.lai]

@@ -2,11 +2,10 @@
 
 import pytest
 import torch
+from conftest import rel_err
 from torch import nn
-from torch.nn import functional as F
 
 import influence
-from conftest import rel_err
 
 TOL = 1e-8
 CE = influence.cross_entropy

@@ -2,12 +2,12 @@
 LAI(last) == Exact(head), per-layer terms sum to the score, pairwise rows average to the score."""
 
 import torch
+from conftest import rel_err
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
 import influence
-from conftest import rel_err
 
 CE = influence.cross_entropy
 SETTINGS = dict(max_examples=12, deadline=None)

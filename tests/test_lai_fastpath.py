@@ -8,11 +8,11 @@ import weakref
 
 import pytest
 import torch
+from conftest import rel_err
 from torch import nn
 
 import influence
 import influence.capture.planning as capture
-from conftest import rel_err
 from influence.checks import all_finite
 from influence.errors import NonFiniteInputError, StochasticModuleError, UndefinedGradientError
 from influence.factors import Dense, Segment, segment_contract, segment_matrix

@@ -16,11 +16,12 @@ import torch
 
 pytest.importorskip("transformers", reason='the model zoo needs the optional extra: pip install -e ".[hf]"')
 
-import influence  # noqa: E402
 import zoo  # noqa: E402
 from conftest import rel_err  # noqa: E402
-from influence.batch import call_model, output_tensor  # noqa: E402
 from reference import reference_scores  # noqa: E402
+
+import influence  # noqa: E402
+from influence.batch import call_model, output_tensor  # noqa: E402
 
 TOL, LR = 1e-8, 0.1
 FAMILIES = list(zoo.FAMILIES)

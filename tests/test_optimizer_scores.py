@@ -5,8 +5,8 @@ import copy
 
 import pytest
 import torch
-from torch import nn
 from scipy import stats
+from torch import nn
 
 import influence
 from influence.optim import MissingOptimizerStateError, adam_preconditioner, is_adaptive

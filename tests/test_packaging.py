@@ -5,11 +5,11 @@ import os
 import subprocess
 import sys
 import sysconfig
-import tomllib
 import zipfile
 from pathlib import Path
 
 import pytest
+import tomllib
 
 import influence
 from lai.command import COMMANDS

@@ -13,13 +13,12 @@ import pytest
 from matplotlib.colors import to_hex
 from scipy.stats import rankdata, spearmanr
 
-from paper_figs import (fig1_dynamics, fig2_fidelity, fig3_bound, fig4_scatter, fig5_cost, fig6_curation,
-                        fig7_layers)
+from paper_figs import fig1_dynamics, fig2_fidelity, fig3_bound, fig4_scatter, fig5_cost, fig6_curation, fig7_layers
 from paper_figs.cli import main, newest_run
-from validation.report.curation import family_of, load_curation
 from paper_figs.style import CLEAN_COLOR, DOUBLE, NOISY_COLOR, SMALL_PT
-from validation.report.tables import Table
+from validation.report.curation import family_of, load_curation
 from validation.report.results import TABLES, atomic_write_csv, atomic_write_json
+from validation.report.tables import Table
 
 MODELS = ("mlp", "cnn1d", "transformer")
 STEPS = (10, 20, 30, 40, 50)

@@ -7,16 +7,20 @@ import socket
 import numpy as np
 import pytest
 import torch
+from conftest import rel_err
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import influence
-from conftest import rel_err
-from validation.data.instance_noise import (empirical_transition, instance_dependent_label_noise,
-                                            pair_flip_label_noise, weak_classifier_proba)
-from validation.data.mnist_real import load_mnist_real
-from validation.training.small_cnn import SmallCNN, small_cnn
 from validation.data import mnist_real as mnist_module
+from validation.data.instance_noise import (
+    empirical_transition,
+    instance_dependent_label_noise,
+    pair_flip_label_noise,
+    weak_classifier_proba,
+)
+from validation.data.mnist_real import load_mnist_real
+from validation.training.small_cnn import small_cnn
 
 RATE = 0.3
 

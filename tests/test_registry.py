@@ -5,13 +5,22 @@ import warnings
 
 import pytest
 import torch
+from conftest import rel_err
 from torch import nn
 
 import influence
 from influence.factors import Dense
-from influence.layers import (EmbeddingRule, LayerRule, LinearRule, TheoryFactor, registered_rules, rule_for, tokens,
-                              weight_bias_pieces, with_bias)
-from conftest import rel_err
+from influence.layers import (
+    EmbeddingRule,
+    LayerRule,
+    LinearRule,
+    TheoryFactor,
+    registered_rules,
+    rule_for,
+    tokens,
+    weight_bias_pieces,
+    with_bias,
+)
 
 CE = influence.cross_entropy
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 import validation.report.summary as report
-from validation.report.summary import failed_theory_checks, summarize, write_report
 from validation.report.results import RunDir
+from validation.report.summary import failed_theory_checks, summarize, write_report
 
 STEPS = (10, 20)
 N = 48

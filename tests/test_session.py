@@ -9,11 +9,11 @@ import warnings
 
 import pytest
 import torch
+from conftest import rel_err
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import influence
-from conftest import rel_err
 
 CE = influence.cross_entropy
 TOL = 1e-10

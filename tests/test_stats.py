@@ -9,8 +9,15 @@ import pytest
 from scipy import stats
 from sklearn.metrics import roc_auc_score
 
-from validation.report.stats import (auroc_ci, kendall_ci, mean_ci, paired_difference, paired_table, spearman_ci,
-                                     spearman_difference_ci)
+from validation.report.stats import (
+    auroc_ci,
+    kendall_ci,
+    mean_ci,
+    paired_difference,
+    paired_table,
+    spearman_ci,
+    spearman_difference_ci,
+)
 
 
 def test_paired_difference_matches_direct_t_interval():

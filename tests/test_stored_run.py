@@ -5,10 +5,10 @@ import json
 import shutil
 
 import pytest
+from test_paper_figs import write_run
 
 from paper_figs import stored_run
 from paper_figs.cli import is_run_folder, main
-from test_paper_figs import write_run
 
 
 def test_export_keeps_tables_and_provenance(tmp_path):

@@ -5,17 +5,16 @@ dimension, ``torch.func`` on a custom ``autograd.Function``) and never numbers t
 
 from __future__ import annotations
 
-import sys
 import warnings
 
 import pytest
 import torch
+from adversarial_models import Context, Coupled, Gated
+from adversarial_setup import NanoPositions, mlp_setup, token_setup
 from torch import nn
 
 import influence
 import theory
-from adversarial_models import Context, Coupled, Gated
-from adversarial_setup import NanoPositions, mlp_setup, token_setup
 
 LR = 0.1
 

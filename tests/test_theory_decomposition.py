@@ -2,12 +2,12 @@
 
 import pytest
 import torch
+import toy_models as ex
 from torch import nn
 from torch.func import functional_call, jacrev
 
 import influence
 import theory
-import toy_models as ex
 from theory.decomposition import ghost_pair, sides
 from theory.terms import build_side
 
@@ -79,14 +79,13 @@ def test_explicit_jacobian_form_on_mlp(f64):
     """(a_i.a_v + 1) g_i^T (J_i J_v^T - I) g_v with J from the closed form W^L D^{L-1} ... D^l."""
     torch.manual_seed(3)
     model = ex.mlp(d_in=5, widths=(4, 3), n_classes=3)
-    (x, y), ref = ex.classification_batch((5,), 5, 3, 0), ex.classification_batch((5,), 4, 3, 1)
+    (x, _), ref = ex.classification_batch((5,), 5, 3, 0), ex.classification_batch((5,), 4, 3, 1)
     l0, l1, l2 = model[0], model[2], model[4]
 
     def jac_and_acts(inp):
         s0 = l0(inp)
         h0 = s0.relu()
         s1 = l1(h0)
-        h1 = s1.relu()
         j1 = l2.weight[None] * (s1 > 0)[:, None, :].to(inp.dtype)  # d f / d s1
         j0 = j1 @ (l1.weight[None] * (s0 > 0)[:, None, :].to(inp.dtype))  # d f / d s0
         return [j0, j1], [inp, h0]

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+import toy_models as ex
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.stats import kendalltau
@@ -10,7 +11,6 @@ from torch import nn
 
 import influence
 import theory
-import toy_models as ex
 
 
 @settings(max_examples=60, deadline=None)

@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from lai.command import COMMANDS, main as dispatch
-from validation.suites.command import apply_override, build_parser, make_config, run_main
+from lai.command import COMMANDS
+from lai.command import main as dispatch
 from validation.options import parse_seeds, split_list
-from validation.settings.profiles import get_profile
 from validation.report.results import RunDir, read_csv
-
+from validation.settings.profiles import get_profile
+from validation.suites.command import apply_override, build_parser, make_config, run_main
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -200,8 +200,8 @@ def test_estimator_registry_one_spelling_and_the_same_numbers_as_influence(f64):
     assert "lai-aligned" not in estimator_names(sequence_only=False)
     # every list of estimator names validation and the figures use comes from the registry (plus lai-fit and the
     # baselines)
-    from paper_figs import fig2_fidelity, fig5_cost
     from influence.curation import METHODS
+    from paper_figs import fig2_fidelity, fig5_cost
     from validation.bench import estimator_cost, realsize_run, score, tasks
     from validation.settings import estimators as chosen
     from validation.suites.context import fidelity_estimators

@@ -4,13 +4,11 @@ import copy
 
 import pytest
 import torch
-
-import influence
-from validation.training.models import MLP, CausalTransformer
-from validation.suites.counterfactual import one_step_counterfactual, per_sample_gradients
-
 from conftest import rel_err
 
+import influence
+from validation.suites.counterfactual import one_step_counterfactual, per_sample_gradients
+from validation.training.models import MLP, CausalTransformer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -8,11 +8,23 @@ import subprocess
 import pytest
 import torch
 
-from validation.report.results import (PACKAGE_ROOT, TABLES, ResumeMismatchError, RunDir, atomic_write_csv,
-                                       atomic_write_json, code_revision, config_id, default_run_dir, git_revision,
-                                       jsonable, provenance, read_csv, read_json)
+from validation.report.results import (
+    PACKAGE_ROOT,
+    TABLES,
+    ResumeMismatchError,
+    RunDir,
+    atomic_write_csv,
+    atomic_write_json,
+    code_revision,
+    config_id,
+    default_run_dir,
+    git_revision,
+    jsonable,
+    provenance,
+    read_csv,
+    read_json,
+)
 from validation.suites.metrics import kendall, noisy_auroc, sign_agreement, spearman, topk_overlap, topk_size
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

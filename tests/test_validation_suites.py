@@ -13,7 +13,6 @@ from validation.suites.fidelity import TARGETS
 from validation.suites.runner import bound_context
 from validation.training.task import build_task, cast_batch, scoring_copy, train
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 

@@ -6,7 +6,6 @@ import torch
 from validation.settings.profiles import get_profile, model_settings, with_width
 from validation.training.task import BatchSchedule, build_task, stratified_probe, train
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 

@@ -7,12 +7,12 @@ import warnings
 
 import pytest
 import torch
+from conftest import rel_err
 from torch import nn
 from torch.nn import functional as F
 
 import influence
 from influence import verify
-from conftest import rel_err
 
 CE = influence.cross_entropy
 TOL = 1e-8

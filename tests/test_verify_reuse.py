@@ -8,16 +8,16 @@ instead of summing the factors (same scores, float64); a block that fails the ch
 
 import pytest
 import torch
+from conftest import rel_err
+from test_verification import OutsideUse, clf_data, loop_scores
 from torch import nn
 
 import influence
 from influence import verify
 from influence.capture import capture_backward, factor_blocks, plan
-from influence.factors import _oriented
+from influence.factors import oriented
 from influence.projection import bilinear, directions, factored, pack, projected, projectors
 from influence.scoring import ReferenceSide
-from conftest import rel_err
-from test_verification import OutsideUse, clf_data, loop_scores
 
 CE = influence.cross_entropy
 
@@ -148,7 +148,7 @@ def test_projected_gradients_equal_the_packed_matrix(f64, case):
     assert not failed and blocks
     names = set()
     for block in blocks.values():
-        left, right, _ = _oriented(block.segments[0])
+        left, right, _ = oriented(block.segments[0])
         shape = (left.groups, left.dim, right.dim)
         gs = [cap.param_grads[id(p)] for p in block.params]
         projs = projectors(block, shape, 2, torch.float64, gs[0].device)

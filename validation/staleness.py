@@ -29,8 +29,9 @@ from validation.options import add_common, info, make_parser, progress_enabled, 
 def staleness_curve(task: Any, estimator: str, ks: Sequence[int], steps: int, warmup: int,
                     progress: bool = False) -> dict[int, dict[str, float]]:
     """{k: {"rho": mean Spearman, "lo", "hi": 95 % t interval over steps, "flips": mean fraction of keep flips}}."""
-    from validation.training.task import BatchSchedule, sgd_step
     import copy
+
+    from validation.training.task import BatchSchedule, sgd_step
     model = copy.deepcopy(task.model)
     opts = {"estimator": estimator, "lr": task.lr, "fallback": "exact"}
     kept = {k: KeptSession(refresh_every=k) for k in ks}

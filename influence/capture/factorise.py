@@ -5,8 +5,9 @@ tensors (``dense_grad``)."""
 from __future__ import annotations
 
 from collections import defaultdict
+
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from ..errors import UnsupportedLayerError
 from ..factors import Block

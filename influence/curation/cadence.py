@@ -16,16 +16,18 @@ from __future__ import annotations
 
 from typing import Any
 
+from torch import nn
+
 import influence
 from influence.batch import LossFn
-from torch import nn
+from influence.errors import InvalidArgumentError
 
 
 def check_refresh_every(refresh_every: int | None) -> int | None:
     """``refresh_every`` as given: a positive int, or None; ValueError otherwise (booleans included)."""
     if refresh_every is not None and (isinstance(refresh_every, bool) or not isinstance(refresh_every, int)
                                       or refresh_every <= 0):
-        raise ValueError(f"refresh_every must be a positive integer or None, got {refresh_every!r}")
+        raise InvalidArgumentError(f"refresh_every must be a positive integer or None, got {refresh_every!r}")
     return refresh_every
 
 

@@ -1,20 +1,7 @@
-"""Errors of curated training: ``CurationError`` (a ``ValueError``) and its subclasses for what the step cannot
-do with its input; ``LossNotDerivableError`` (an ``influence.InfluenceError``) when no per-sample loss is known."""
+"""Errors of curated training, defined with the package's others in ``influence.errors``: ``CurationError`` (an
+``InvalidArgumentError``) and its subclasses for what the step cannot do with its input; ``LossNotDerivableError``
+when no per-sample loss is known."""
 
-from influence.errors import InfluenceError
+from influence.errors import CurationError, EmptyReferenceError, EmptySelectionError, LossNotDerivableError
 
-
-class CurationError(ValueError):
-    """Curated training cannot go on with this input without doing something silently different."""
-
-
-class EmptySelectionError(CurationError):
-    """The selection policy kept no sample and no fallback was asked for (``on_empty='error'``)."""
-
-
-class EmptyReferenceError(CurationError):
-    """The reference batch holds no sample, so there is nothing to score against."""
-
-
-class LossNotDerivableError(InfluenceError):
-    """No ``loss_fn`` was given and the model's own per-sample loss cannot be derived from its class."""
+__all__ = ["CurationError", "EmptyReferenceError", "EmptySelectionError", "LossNotDerivableError"]

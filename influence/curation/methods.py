@@ -28,6 +28,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 
+from influence.errors import InvalidArgumentError
 from influence.estimators import estimator_names
 
 from .signals import BASELINE_SIGNALS, estimator_entry, signals
@@ -49,17 +50,17 @@ class Method:
 
     def __post_init__(self) -> None:
         if self.signal not in signals():
-            raise ValueError(f"{self.name}: unknown signal {self.signal!r}; choose from {signals()}")
+            raise InvalidArgumentError(f"{self.name}: unknown signal {self.signal!r}; choose from {signals()}")
         if self.policy not in POLICIES:
-            raise ValueError(f"{self.name}: unknown policy {self.policy!r}; choose from {POLICIES}")
+            raise InvalidArgumentError(f"{self.name}: unknown policy {self.policy!r}; choose from {POLICIES}")
         if self.policy in ("threshold", "greats") and estimator_entry(self.signal) is None:
-            raise ValueError(f"{self.name}: policy {self.policy!r} needs an influence estimator, got {self.signal!r}")
+            raise InvalidArgumentError(f"{self.name}: policy {self.policy!r} needs an influence estimator, got {self.signal!r}")
         if self.policy in ("loss_threshold", "oracle") and self.signal != "loss":
-            raise ValueError(f"{self.name}: policy {self.policy!r} needs the 'loss' signal, got {self.signal!r}")
+            raise InvalidArgumentError(f"{self.name}: policy {self.policy!r} needs the 'loss' signal, got {self.signal!r}")
         if self.ramp and self.policy not in RATE_POLICIES:
-            raise ValueError(f"{self.name}: a ramped schedule needs a rate policy {RATE_POLICIES}")
+            raise InvalidArgumentError(f"{self.name}: a ramped schedule needs a rate policy {RATE_POLICIES}")
         if self.keep_fraction is not None and not 0.0 < self.keep_fraction <= 1.0:
-            raise ValueError(f"{self.name}: keep_fraction must be in (0, 1], got {self.keep_fraction}")
+            raise InvalidArgumentError(f"{self.name}: keep_fraction must be in (0, 1], got {self.keep_fraction}")
 
     @property
     def needs_reference(self) -> bool:
@@ -139,7 +140,7 @@ def get_method(method: str | Method, keep_fraction: float | None = None) -> Meth
     if isinstance(method, str):
         table = method_table()
         if method not in table:
-            raise ValueError(f"unknown method {method!r}; choose from {sorted(table)}")
+            raise InvalidArgumentError(f"unknown method {method!r}; choose from {sorted(table)}")
         method = table[method]
     return method.with_fraction(keep_fraction) if keep_fraction is not None else method
 
@@ -148,7 +149,7 @@ def ramped_drop_rate(epoch: int, tau: float, ramp_epochs: int) -> float:
     """Co-teaching's drop-rate schedule: min(tau * epoch / ramp_epochs, tau) (epoch 0-based; ramp_epochs 0 = tau
     from the start)."""
     if not 0.0 <= tau < 1.0:
-        raise ValueError(f"drop rate tau must be in [0, 1), got {tau}")
+        raise InvalidArgumentError(f"drop rate tau must be in [0, 1), got {tau}")
     if epoch < 0 or ramp_epochs < 0:
-        raise ValueError(f"epoch and ramp_epochs must be >= 0, got {epoch}, {ramp_epochs}")
+        raise InvalidArgumentError(f"epoch and ramp_epochs must be >= 0, got {epoch}, {ramp_epochs}")
     return tau if ramp_epochs == 0 else min(tau * epoch / ramp_epochs, tau)

@@ -14,13 +14,15 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from influence.errors import InvalidArgumentError
+
 Policy = Callable[[Tensor], Tensor]
 
 
 def keep_count(n: int, fraction: float) -> int:
     """round(fraction * n), at least 1 for a non-empty batch and a positive fraction; fraction in (0, 1]."""
     if not 0.0 < fraction <= 1.0:
-        raise ValueError(f"keep fraction must be in (0, 1], got {fraction}")
+        raise InvalidArgumentError(f"keep fraction must be in (0, 1], got {fraction}")
     return min(n, max(1, int(math.floor(fraction * n + 0.5)))) if n else 0
 
 
@@ -38,7 +40,7 @@ def keep_top_fraction(fraction: float) -> Policy:
     """A policy keeping the ``ceil(fraction * n)`` highest-scoring samples of every batch (at least one);
     ``fraction`` in (0, 1]."""
     if not 0 < fraction <= 1:
-        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+        raise InvalidArgumentError(f"fraction must be in (0, 1], got {fraction}")
 
     def policy(scores: Tensor) -> Tensor:
         k = max(1, int(-(-fraction * len(scores) // 1)))
@@ -52,7 +54,7 @@ def keep_top_k(scores: Tensor, k: int) -> Tensor:
     """Keep the k highest scores (ties broken by the lower index, so the choice is deterministic)."""
     n = scores.shape[0]
     if not 0 <= k <= n:
-        raise ValueError(f"k must be in 0..{n}, got {k}")
+        raise InvalidArgumentError(f"k must be in 0..{n}, got {k}")
     order = torch.sort(scores, descending=True, stable=True).indices
     mask = torch.zeros(n, dtype=torch.bool, device=scores.device)
     mask[order[:k]] = True
@@ -67,7 +69,7 @@ def keep_bottom_k(values: Tensor, k: int) -> Tensor:
 def keep_random(n: int, k: int, generator: torch.Generator | None = None) -> Tensor:
     """Keep k of n samples chosen uniformly at random (``generator`` seeds it; same seed = same choice)."""
     if not 0 <= k <= n:
-        raise ValueError(f"k must be in 0..{n}, got {k}")
+        raise InvalidArgumentError(f"k must be in 0..{n}, got {k}")
     mask = torch.zeros(n, dtype=torch.bool)
     mask[torch.randperm(n, generator=generator)[:k]] = True
     return mask
@@ -83,9 +85,9 @@ def greats_select(scores: Tensor, pairwise: Tensor, k: int, lr: float) -> Tensor
     """
     n = scores.shape[0]
     if pairwise.shape != (n, n):
-        raise ValueError(f"pairwise must be [{n}, {n}], got {tuple(pairwise.shape)}")
+        raise InvalidArgumentError(f"pairwise must be [{n}, {n}], got {tuple(pairwise.shape)}")
     if not 0 <= k <= n:
-        raise ValueError(f"k must be in 0..{n}, got {k}")
+        raise InvalidArgumentError(f"k must be in 0..{n}, got {k}")
     current = scores.clone()
     mask = torch.zeros(n, dtype=torch.bool, device=scores.device)
     for _ in range(k):

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from influence.batch import Batch, check_batch, take
-from influence.errors import EmptyBatchError, InfluenceError
+from influence.errors import EmptyBatchError, InfluenceError, InvalidArgumentError
 
 from .errors import EmptyReferenceError
 
@@ -31,14 +31,14 @@ class ReferencePolicy:
     def __init__(self, kind: str = "fixed", data: Batch | None = None, size: int | None = None,
                  seed: int = 0) -> None:
         if kind not in KINDS:
-            raise ValueError(f"reference kind must be one of {KINDS}, got {kind!r}")
+            raise InvalidArgumentError(f"reference kind must be one of {KINDS}, got {kind!r}")
         self.kind, self.data, self.size = kind, data, size
         self.generator = torch.Generator().manual_seed(seed)
         self._fixed: Batch | None = None
         if kind == "batch":
             return
         if data is None:
-            raise ValueError(f"reference kind {kind!r} needs a held-out data set (data=(x, y)); "
+            raise InvalidArgumentError(f"reference kind {kind!r} needs a held-out data set (data=(x, y)); "
                              "use kind='batch' when there is none")
         try:
             self.n = check_batch(data, "reference data")
@@ -47,7 +47,7 @@ class ReferencePolicy:
         if self.n == 0:
             raise EmptyReferenceError("the reference data set is empty")
         if size is not None and not 0 < size <= self.n:
-            raise ValueError(f"reference size must be in 1..{self.n}, got {size}")
+            raise InvalidArgumentError(f"reference size must be in 1..{self.n}, got {size}")
         if kind == "fixed":
             self._fixed = data if size is None else self._draw()
 
@@ -66,7 +66,7 @@ class ReferencePolicy:
     def stream(self) -> "ReferenceStream":
         """This policy as a re-iterable reference for ``influence.Session`` (one ``sample()`` per iteration)."""
         if self.kind == "batch":
-            raise ValueError("a 'batch' reference is the incoming batch itself; score with ref=None instead")
+            raise InvalidArgumentError("a 'batch' reference is the incoming batch itself; score with ref=None instead")
         return ReferenceStream(self)
 
 

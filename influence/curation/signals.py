@@ -33,8 +33,9 @@ from torch import Tensor, nn
 
 import influence
 from influence.batch import Batch, LossFn, call_model, check_batch, output_tensor, take
-from influence.errors import EmptyBatchError
+from influence.errors import EmptyBatchError, InvalidArgumentError
 from influence.estimators import Estimator, estimator_names, get_estimator
+from influence.estimators.factored import graph_gradient
 from influence.losses import per_sample_losses
 
 from .errors import EmptyReferenceError
@@ -85,21 +86,6 @@ class Scored:
 def trainable_params(model: nn.Module) -> list[nn.Parameter]:
     """The parameters with ``requires_grad``, in ``model.parameters()`` order."""
     return [p for p in model.parameters() if p.requires_grad]
-
-
-def _graph_gradient(model: nn.Module, losses: Tensor) -> Callable[[Tensor], Gradient]:
-    """sum_i w_i grad l_i by one backward through the graph the scoring forward built (usable once)."""
-    params = trainable_params(model)
-    state = {"used": False}
-
-    def gradient(weights: Tensor) -> Gradient:
-        if state["used"]:
-            raise RuntimeError("the scoring pass's graph was already used for an update; score the batch again")
-        state["used"] = True
-        objective = (weights.to(losses.dtype) * losses).sum()
-        grads = torch.autograd.grad(objective, params, allow_unused=True)
-        return [(p, g) for p, g in zip(params, grads) if g is not None]
-    return gradient
 
 
 def _subset_gradient(model: nn.Module, loss_fn: LossFn, batch: Batch) -> Callable[[Tensor], Gradient]:
@@ -198,7 +184,7 @@ def score_batch(model: nn.Module, loss_fn: LossFn, batch: Batch, ref: Batch | No
     reference batch.
     """
     if signal not in signals():
-        raise ValueError(f"unknown signal {signal!r}; choose from {signals()}")
+        raise InvalidArgumentError(f"unknown signal {signal!r}; choose from {signals()}")
     n = check_batch(batch, "train")
     if keeps_session(signal):
         if session is None:
@@ -211,7 +197,7 @@ def score_batch(model: nn.Module, loss_fn: LossFn, batch: Batch, ref: Batch | No
         return _score_estimate(model, loss_fn, batch, ref, lr, signal)
     _, losses = _graph_forward(model, loss_fn, batch, n)
     values = losses.detach() if signal == "loss" else None
-    return Scored(signal, values, losses.detach(), _graph_gradient(model, losses), None,
+    return Scored(signal, values, losses.detach(), graph_gradient(model, losses), None,
                   "the forward pass: the update backpropagates its graph")
 
 
@@ -220,5 +206,5 @@ def global_pairwise(model: nn.Module, loss_fn: LossFn, batch: Batch, signal: str
     batch, ``pairwise=True``; ``gradnorm``: Ghost's); used when the batch was scored in shards (DDP)."""
     name = "ghost" if signal == "gradnorm" else signal
     if estimator_entry(name) is None:
-        raise ValueError(f"signal {signal!r} has no pairwise form; GREATS needs an influence estimator")
+        raise InvalidArgumentError(f"signal {signal!r} has no pairwise form; GREATS needs an influence estimator")
     return influence.estimate(name, model, loss_fn, batch, batch, lr, pairwise=True).pairwise

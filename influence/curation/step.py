@@ -29,14 +29,15 @@ from torch import Tensor, nn
 
 import influence
 from influence.batch import Batch, LossFn, call_model, check_batch, model_device, output_tensor
+from influence.errors import InvalidArgumentError
 from influence.losses import per_sample_losses
 
+from .cadence import KeptSession, check_refresh_every
 from .distributed import Shards, gather_batch, gather_rows, sum_gradients, unwrap
 from .errors import CurationError, EmptySelectionError
 from .methods import Method, get_method
 from .policies import greats_select, keep_count, keep_random, keep_threshold, keep_top_k
 from .reference import ReferencePolicy
-from .cadence import KeptSession, check_refresh_every
 from .signals import global_pairwise, keeps_session, score_batch, trainable_params
 
 ON_EMPTY = ("error", "keep_all", "best")
@@ -172,14 +173,14 @@ def curation_step(model: nn.Module, loss_fn: LossFn, optimizer: torch.optim.Opti
     """
     m = get_method(method)
     if m.needs_fraction and m.keep_fraction is None:
-        raise ValueError(f"{m.name}: policy {m.policy!r} needs keep_fraction (get_method(name, keep_fraction=...))")
+        raise InvalidArgumentError(f"{m.name}: policy {m.policy!r} needs keep_fraction (get_method(name, keep_fraction=...))")
     if on_empty not in ON_EMPTY:
-        raise ValueError(f"on_empty must be one of {ON_EMPTY}, got {on_empty!r}")
+        raise InvalidArgumentError(f"on_empty must be one of {ON_EMPTY}, got {on_empty!r}")
     if reduction not in REDUCTIONS:
-        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+        raise InvalidArgumentError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
     lr = step_lr(lr, optimizer)
     if lr is None:
-        raise ValueError("pass lr (the scores' step size) when no optimizer is given")
+        raise InvalidArgumentError("pass lr (the scores' step size) when no optimizer is given")
     sh = Shards.of(model, group)
     net = unwrap(model)
     n = check_batch(batch, "train")

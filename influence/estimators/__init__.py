@@ -11,8 +11,16 @@ from __future__ import annotations
 import importlib
 
 from .protocol import Backend, BaseBackend, Settings
-from .registry import (Capabilities, Estimator, UnknownEstimatorError, estimator_names, estimators, get_estimator,
-                       register_estimator, unregister_estimator)
+from .registry import (
+    Capabilities,
+    Estimator,
+    UnknownEstimatorError,
+    estimator_names,
+    estimators,
+    get_estimator,
+    register_estimator,
+    unregister_estimator,
+)
 
 BUILTIN = (
     "exact",   # per-sample gradients (torch.func)

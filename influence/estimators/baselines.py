@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from ..batch import Batch, LossFn, call_model, output_tensor
 from ..capture import plan
-from ..errors import InfluenceError
+from ..errors import InfluenceError, NotPairwiseError
 from ..losses import output_gradient
 from ..result import Chunk
 from ..scoring import DEFAULT_BUDGET, self_products
@@ -35,10 +35,6 @@ from .exact import ExactBackend
 from .ghost import GhostBackend
 from .protocol import BaseBackend, Routed, Settings
 from .registry import Capabilities, Estimator
-
-
-class NotPairwiseError(InfluenceError):
-    """A per-sample ranking (loss, EL2N, gradient norm) was asked for pairwise train-reference products."""
 
 
 class OutputScoreBackend(BaseBackend):

@@ -8,7 +8,7 @@ with one ``VmapFallbackWarning`` per call: the same numbers (each sample alone, 
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping
+from typing import Iterable, Mapping
 
 import torch
 from torch import Tensor, nn

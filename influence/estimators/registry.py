@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
-from ..errors import InvalidArgumentError
+from ..errors import InvalidArgumentError, UnknownEstimatorError
 
 
 @dataclass(frozen=True)
@@ -65,13 +65,6 @@ class Estimator:
     def session_options(self) -> dict[str, Any]:
         """Keyword arguments of ``influence.Session`` that select this estimator."""
         return {"estimator": self.name}
-
-
-class UnknownEstimatorError(InvalidArgumentError, KeyError):
-    """A name that is not registered."""
-
-    def __str__(self) -> str:
-        return str(self.args[0])
 
 
 _REGISTRY: dict[str, Estimator] = {}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Iterable, Union
+from typing import Iterable, Union
 
 import torch
 from torch import Tensor, nn

@@ -8,14 +8,23 @@
 """
 
 from ..patches import Patches
-from .block import Block, _gram_width, add_all
-from .factor import Dense, Factor, Index, _dense_like, gram, ones_factor, shared_grams
-from .matrices import RowSparse, _index_matrix, add_matrices
-from .segments import (NARROW, Segment, _dense_contract, _dense_matrix, _expanded, _oriented, _rows, rows_times,
-                       segment_contract, segment_gram, segment_matrix, segment_per_sample, segment_reference_matrix)
+from .block import Block, add_all, gram_width
+from .factor import Dense, Factor, Index, gram, ones_factor, shared_grams
+from .matrices import RowSparse, add_matrices
+from .segments import (
+                       NARROW,
+                       Segment,
+                       oriented,
+                       rows_times,
+                       segment_contract,
+                       segment_gram,
+                       segment_matrix,
+                       segment_per_sample,
+                       segment_reference_matrix,
+)
 
 __all__ = [
     "Patches", "Dense", "Index", "Factor", "ones_factor", "gram", "shared_grams", "Segment", "segment_gram",
     "segment_matrix", "segment_reference_matrix", "segment_contract", "segment_per_sample", "rows_times", "NARROW",
-    "RowSparse", "add_matrices", "Block", "add_all",
+    "RowSparse", "add_matrices", "Block", "add_all", "oriented", "gram_width",
 ]

@@ -10,8 +10,15 @@ from torch import Tensor, nn
 
 from .factor import Dense, Factor, Index
 from .matrices import RowSparse, add_matrices
-from .segments import (Segment, _oriented, segment_contract, segment_gram, segment_matrix, segment_per_sample,
-                       segment_reference_matrix)
+from .segments import (
+    Segment,
+    oriented,
+    segment_contract,
+    segment_gram,
+    segment_matrix,
+    segment_per_sample,
+    segment_reference_matrix,
+)
 
 
 def add_all(parts: Iterable[Tensor]) -> Tensor:
@@ -52,7 +59,7 @@ class Block:
 
     def reference_matrix(self) -> "Tensor | RowSparse":
         """sum_i G_i for a reference side: ``RowSparse`` when every segment's left factor is one-hot ids."""
-        if all(isinstance(_oriented(s)[0], Index) for s in self.segments):
+        if all(isinstance(oriented(s)[0], Index) for s in self.segments):
             out = None
             for s in self.segments:
                 m = segment_reference_matrix(s)
@@ -73,7 +80,7 @@ class Block:
         comparison (not its vocabulary) and a ``shared`` factor nothing (its Gram is computed once for all blocks,
         ``shared_grams``)."""
         tok = sum(s.tokens for s in self.segments)
-        width = sum(s.left.groups * (_gram_width(s.left) + _gram_width(s.right)) for s in self.segments)
+        width = sum(s.left.groups * (gram_width(s.left) + gram_width(s.right)) for s in self.segments)
         return float(n_i) * n_v * tok * tok * (width / len(self.segments) + 1)
 
     def shared_grams(self, n_i: int, n_v: int) -> dict[tuple, float]:
@@ -85,7 +92,7 @@ class Block:
     def contract_cost(self, n_i: int, n_v: int) -> float:
         cost = 0.0
         for s in self.segments:
-            left, right, _ = _oriented(s)
+            left, right, _ = oriented(s)
             p = 1 if isinstance(left, Index) else left.dim
             cost += s.tokens * left.groups * p * right.dim
         # the reference matrix M [G, p, q] is built and read whole (for one-hot factors only the rows of the ids
@@ -95,9 +102,9 @@ class Block:
     def matrix_size(self, n_v: int | None = None) -> float:
         """Entries of the block's reference matrix M [G, p, q]; for one-hot left factors (``RowSparse``) at most
         one row per reference token (given ``n_v`` reference samples), else the whole space."""
-        left, right, _ = _oriented(self.segments[0])
+        left, right, _ = oriented(self.segments[0])
         p = left.dim
-        if n_v is not None and all(isinstance(_oriented(s)[0], Index) for s in self.segments):
+        if n_v is not None and all(isinstance(oriented(s)[0], Index) for s in self.segments):
             p = min(p, n_v * sum(s.tokens for s in self.segments))
         return float(left.groups) * p * right.dim
 
@@ -105,7 +112,7 @@ class Block:
         return self.contract_cost(n_i, n_v) + float(n_i) * n_v * self.matrix_size()
 
 
-def _gram_width(f: Factor) -> int:
+def gram_width(f: Factor) -> int:
     """Multiply-adds per token pair of ``f``'s Gram (``Block.gram_cost``)."""
     if isinstance(f, Index):
         return 1

@@ -57,7 +57,7 @@ def _expanded(seg: Segment) -> Segment:
     raise InvalidArgumentError(f"a segment pairs {left.tokens} tokens with {right.tokens}")
 
 
-def _oriented(seg: Segment) -> tuple[Factor, Factor, bool]:
+def oriented(seg: Segment) -> tuple[Factor, Factor, bool]:
     """(index-or-dense, dense, swapped): put an Index factor on the left (tokens expanded, ``_expanded``)."""
     seg = _expanded(seg)
     if isinstance(seg.right, Index):
@@ -181,7 +181,7 @@ def rows_times(f: Dense | Patches, w: Tensor) -> Tensor:
 def segment_matrix(seg: Segment, weights: Tensor | None = None) -> Tensor:
     """sum_i w_i sum_t L_{i,t} (x) R_{i,t} as [G, p, q] (L oriented so that an Index factor is on the left).
     ``weights`` [n] defaults to ones."""
-    left, right, _ = _oriented(seg)
+    left, right, _ = oriented(seg)
     if isinstance(right, Patches) and isinstance(left, Dense) and not left.ones:
         return conv_matrix(left.data, right, weights)
     left, right = _dense_like(left), _dense_like(right)
@@ -196,7 +196,7 @@ def segment_matrix(seg: Segment, weights: Tensor | None = None) -> Tensor:
 
 def segment_reference_matrix(seg: Segment) -> "Tensor | RowSparse":
     """``segment_matrix`` for a reference side: ``RowSparse`` where the left factor is one-hot ids."""
-    left, right, _ = _oriented(seg)
+    left, right, _ = oriented(seg)
     if isinstance(left, Index):
         return _index_matrix(left, _dense_like(right))
     return segment_matrix(seg)
@@ -205,7 +205,7 @@ def segment_reference_matrix(seg: Segment) -> "Tensor | RowSparse":
 def segment_contract(seg: Segment, m: Tensor, views: dict | None = None) -> Tensor:
     """[n]: sum_t L_t^T M R_t for every sample, M [G, p, q] from ``segment_matrix`` (``views``: see
     ``_dense_contract``)."""
-    left, right, _ = _oriented(seg)
+    left, right, _ = oriented(seg)
     if isinstance(right, Patches) and isinstance(left, Dense) and not left.ones:
         return conv_contract(left.data, m, right)
     left, right = _dense_like(left), _dense_like(right)
@@ -224,7 +224,7 @@ def segment_contract(seg: Segment, m: Tensor, views: dict | None = None) -> Tens
 
 def segment_per_sample(seg: Segment) -> Tensor:
     """Materialised per-sample gradient blocks [n, G, p, q]."""
-    left, right, _ = _oriented(seg)
+    left, right, _ = oriented(seg)
     left, right = _dense_like(left), _dense_like(right)
     if isinstance(left, Dense):
         return torch.einsum("itgp,itgq->igpq", left.x, right.x)

@@ -50,21 +50,39 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from .base import (Context, GhostPiece, LayerRule, TheoryFactor, capture_context, factored, float64_mode, make_block,
-                   owner_names, padded_ids, register_capture_context, register_float64_mode, register_layer,
-                   registered_rules, registry_version, reshaper, rule_for, tokens, trainable, weight_bias_pieces,
-                   with_bias)
-from .linear import HFConv1D, HFConv1DRule, LinearRule
-from .conv import ConvRule, conv_pads, unfold_conv_input
-from .embedding import EmbeddingRule
-from .norm import AffineNormRule, LayerNormRule, RMSNormRule
-from .norm_any import AnyNormRule  # noqa: E402 - registered after the closed-form norms
-from .embedding_lookup import EmbeddingLookupRule  # noqa: E402
-from .additive import AdditiveParameterRule  # noqa: E402
-from .attention import MultiheadAttentionRule  # noqa: E402
-
 from ..errors import UnsupportedLayerError
 from ..factors import Factor
+from .additive import AdditiveParameterRule  # noqa: E402
+from .attention import MultiheadAttentionRule  # noqa: E402
+from .base import (
+    Context,
+    GhostPiece,
+    LayerRule,
+    TheoryFactor,
+    capture_context,
+    factored,
+    float64_mode,
+    make_block,
+    owner_names,
+    padded_ids,
+    register_capture_context,
+    register_float64_mode,
+    register_layer,
+    registered_rules,
+    registry_version,
+    reshaper,
+    rule_for,
+    tokens,
+    trainable,
+    weight_bias_pieces,
+    with_bias,
+)
+from .conv import ConvRule, conv_pads, unfold_conv_input
+from .embedding import EmbeddingRule
+from .embedding_lookup import EmbeddingLookupRule  # noqa: E402
+from .linear import HFConv1D, HFConv1DRule, LinearRule
+from .norm import AffineNormRule, LayerNormRule, RMSNormRule
+from .norm_any import AnyNormRule  # noqa: E402 - registered after the closed-form norms
 
 
 def _rule(module: nn.Module) -> LayerRule:

@@ -31,8 +31,18 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from ..factors import Dense, Segment, ones_factor
-from .base import (Context, GhostPiece, LayerRule, register_capture_context, register_layer, reshaper, tokens,
-                   unsupported, weight_bias_pieces, with_bias)
+from .base import (
+    Context,
+    GhostPiece,
+    LayerRule,
+    register_capture_context,
+    register_layer,
+    reshaper,
+    tokens,
+    unsupported,
+    weight_bias_pieces,
+    with_bias,
+)
 
 _SIGNATURE = inspect.signature(nn.MultiheadAttention.forward)
 

@@ -13,8 +13,17 @@ import abc
 from torch import Tensor, nn
 
 from ..factors import Dense
-from .base import (Context, GhostPiece, LayerRule, TheoryFactor, register_layer, tokens, weight_bias_pieces, with_bias,
-                   with_bias_factor)
+from .base import (
+    Context,
+    GhostPiece,
+    LayerRule,
+    TheoryFactor,
+    register_layer,
+    tokens,
+    weight_bias_pieces,
+    with_bias,
+    with_bias_factor,
+)
 
 
 class HFConv1D(abc.ABC):

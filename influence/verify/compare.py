@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from ..capture import Capture, Plan
-from ..factors import Block, _oriented
+from ..factors import Block, oriented
 from ..projection import bilinear, directions, factored, pack, projected, projectors
 from .settings import DEFAULT, Verification
 
@@ -140,7 +140,7 @@ def _compare(blocks: dict[Any, Block], grads: dict[int, Tensor], weights: Tensor
             if have:
                 raise RuntimeError(f"{block.name}: autograd's gradient of part of a block; compare blocks whole")
             continue
-        left, right, _ = _oriented(block.segments[0])
+        left, right, _ = oriented(block.segments[0])
         shape = (left.groups, left.dim, right.dim)
         gs = [grads[pid] for pid in pids]
         device = gs[0].device

@@ -40,20 +40,28 @@ import torch
 from influence.atomic import atomic_write_text
 from influence.batch import Batch
 from influence.estimators import estimator_names
-
-from validation.bench.report import environment, loadavg, render, save
-from validation.bench.targets import CLOCKS, MB, check_targets
-from validation.bench.overhead import overhead_section
-from validation.bench.tasks import TASKS, tasks_section
+from validation.bench.estimator_cost import estimator_costs
 from validation.bench.floor import floor_calls
-from validation.bench.workloads import WORKLOADS, Workload, build_workload, curated_steps, estimator_call
+from validation.bench.measure import measure_many
+from validation.bench.overhead import overhead_section
 from validation.bench.realsize import REALSIZE
 from validation.bench.realsize_run import RealSettings, default_estimators, plan_rows, run_rows
-from validation.bench.estimator_cost import estimator_costs
-from validation.bench.measure import measure_many
+from validation.bench.report import environment, loadavg, render, save
+from validation.bench.targets import CLOCKS, MB, check_targets
+from validation.bench.tasks import TASKS, tasks_section
+from validation.bench.workloads import WORKLOADS, Workload, build_workload, curated_steps, estimator_call
+from validation.options import (
+    add_common,
+    add_models,
+    add_not_applicable,
+    add_resume,
+    check_device,
+    info,
+    make_parser,
+    split_list,
+    torch_threads,
+)
 from validation.settings import estimators as chosen
-from validation.options import (add_common, add_models, add_not_applicable, add_resume, check_device, info, make_parser,
-                                split_list, torch_threads)
 
 BIG_BATCH = 4096
 

@@ -15,13 +15,11 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import nn
 
-from influence.batch import Batch, LossFn, call_model, concat, output_tensor
-
 import influence
+from influence.batch import Batch, LossFn, call_model, concat, output_tensor
 from influence.estimators import estimator_names
-
-from validation.settings import estimators as chosen
 from validation.bench.measure import Measurement, measure_many
+from validation.settings import estimators as chosen
 
 MB = float(1 << 20)
 BASELINES = ("forward", "forward_backward", "train_step")

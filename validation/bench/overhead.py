@@ -17,9 +17,8 @@ import torch
 from torch import nn
 
 import influence
-
-from validation.bench.targets import target, target_lines
 from validation.bench.measure import measure_many
+from validation.bench.targets import target, target_lines
 
 TARGET_MS = 0.3
 

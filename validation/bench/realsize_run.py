@@ -23,9 +23,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from influence.estimators import estimator_names
-
 from validation.bench.isolate import GIB, run_isolated
-from validation.bench.realsize import LM_WORKLOADS, real_spec, estimators_for
+from validation.bench.realsize import LM_WORKLOADS, estimators_for, real_spec
 from validation.bench.realsize_report import row_ratios, row_targets
 from validation.settings import estimators as chosen
 

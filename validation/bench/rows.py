@@ -31,10 +31,9 @@ import torch
 import influence
 from influence.batch import Batch, call_model, concat, output_tensor, take
 from influence.estimators import get_estimator
-
-from validation.bench.realsize import RealWorkload, build_real, real_spec
 from validation.bench.estimator_cost import pass_calls
 from validation.bench.measure import measure_many, peak_bytes
+from validation.bench.realsize import RealWorkload, build_real, real_spec
 from validation.options import torch_threads
 
 

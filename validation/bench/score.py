@@ -29,9 +29,7 @@ import torch
 import influence
 from influence.atomic import atomic_write_json
 from influence.estimators import estimator_names, get_estimator
-
 from validation.options import add_common, info, make_parser, progress_enabled, split_list, torch_threads
-
 
 
 def choices() -> tuple[str, ...]:

@@ -12,10 +12,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from influence.estimators import estimator_names
-
-from validation.bench.targets import CURATED_OVER_STEP, target, target_lines
 from influence.curation.methods import METHODS as CURATION_METHODS
+from influence.estimators import estimator_names
+from validation.bench.targets import CURATED_OVER_STEP, target, target_lines
 from validation.curation.tasks import get_task, prepare
 from validation.curation.timing import time_methods
 from validation.settings import estimators as chosen

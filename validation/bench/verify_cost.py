@@ -41,12 +41,11 @@ import torch
 import influence
 from influence import verify
 from influence.capture import capture_backward, factor_blocks, plan
-from influence.factors import _oriented
+from influence.factors import oriented
 from influence.projection import bilinear, directions, factored, pack
-
+from validation.bench.measure import measure_many
 from validation.bench.targets import CLOCKS
 from validation.bench.workloads import build_workload
-from validation.bench.measure import measure_many
 
 
 def measure(name: str, repeats: int, tiny: bool, clock: str = "wall") -> dict[str, float]:
@@ -121,7 +120,7 @@ def rounding(model: torch.nn.Module, loss_fn, batch, n: int, k: int = 8) -> floa
     blocks, _ = factor_blocks(cap, pl, pl.context())
     worst, eps = 0.0, 0.0
     for block in blocks.values():
-        left, right, _ = _oriented(block.segments[0])
+        left, right, _ = oriented(block.segments[0])
         shape = (left.groups, left.dim, right.dim)
         gs = [cap.param_grads[id(p)] for p in block.params]
         m = pack(block, gs, shape, gs[0].dtype, gs[0].device)

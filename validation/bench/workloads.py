@@ -22,7 +22,6 @@ from torch import nn
 import influence
 from influence.batch import Batch, LossFn
 from influence.estimators import get_estimator
-
 from validation.training.models import build_model
 
 WORKLOADS = ("mlp", "transformer", "cnn")

@@ -38,8 +38,17 @@ from tqdm.auto import tqdm
 from influence.curation.methods import Method, get_method, ramped_drop_rate
 from influence.curation.step import Curator
 
-from ..report.results import (RunDir, atomic_torch_save, atomic_write_csv, atomic_write_text, code_revision, config_id,
-                              git_revision, provenance, read_json)
+from ..report.results import (
+    RunDir,
+    atomic_torch_save,
+    atomic_write_csv,
+    atomic_write_text,
+    code_revision,
+    config_id,
+    git_revision,
+    provenance,
+    read_json,
+)
 from .seeds import generator, stream
 from .tasks import Prepared, TaskSpec, evaluate, prepare
 from .timing import TIMING_COLUMNS, format_timing, time_methods
@@ -108,7 +117,6 @@ def train_unit(prep: Prepared, method: Method, seed: int, on_empty: str, init: d
                       seed=stream(seed, "select"), refresh_every=refresh_every)
     rows, curve = [], []
     start, cpu0 = time.perf_counter(), time.process_time()
-    total = spec.epochs * per_epoch
     bar = tqdm(total=spec.epochs * len(y), desc=f"{spec.name} {method.name} seed{seed}", leave=False,
                disable=not progress, unit="sample", unit_scale=True)  # the rate reads in samples/s
     step = 0

@@ -23,8 +23,17 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from validation.report.stats import (AurocEstimate, Estimate, auroc_ci, mean_ci, mean_spearman, paired_difference,
-                                     spearman_ci, spearman_difference_ci, within)
+from validation.report.stats import (
+    AurocEstimate,
+    Estimate,
+    auroc_ci,
+    mean_ci,
+    mean_spearman,
+    paired_difference,
+    spearman_ci,
+    spearman_difference_ci,
+    within,
+)
 from validation.settings import estimators as chosen
 
 SEED_T_MIN = 3  # seeds from which intervals are t intervals over seeds

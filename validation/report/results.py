@@ -77,9 +77,15 @@ from typing import Any, Iterable, Iterator, Sequence
 import torch
 
 from influence._version import __version__
+from influence.atomic import (
+    atomic_path,
+    atomic_torch_save,
+    atomic_write_csv,
+    atomic_write_json,
+    atomic_write_text,
+    jsonable,
+)
 from influence.dataset import ResumeMismatchError  # one error for "results computed under other settings"
-from influence.atomic import (atomic_path, atomic_torch_save, atomic_write_csv, atomic_write_json,
-                              atomic_write_text, jsonable)
 
 TABLES: dict[str, tuple[tuple[str, ...], list[str]]] = {
     # table name -> (suites whose units hold its rows, columns)

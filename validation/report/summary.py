@@ -34,7 +34,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Iterable
 
-from validation.report.evidence import (auroc_evidence, bound_evidence, canon, layer_evidence, rank_evidence)
+from validation.report.evidence import auroc_evidence, bound_evidence, canon, layer_evidence, rank_evidence
 from validation.report.results import RunDir, atomic_write_json, atomic_write_text, config_id
 
 EXACT_TOL = 1e-8  # float64: Ghost vs Exact and the decomposition identity are equal up to rounding

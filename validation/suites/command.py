@@ -20,11 +20,23 @@ import argparse
 import json
 from typing import Any, Sequence
 
-from validation.options import (EXIT_CHECK_FAILED, EXIT_OK, add_common, add_models, add_resume, check_device, fail,
-                                info, make_parser, progress_enabled, split_list, torch_threads)
+from validation.options import (
+    EXIT_CHECK_FAILED,
+    EXIT_OK,
+    add_common,
+    add_models,
+    add_resume,
+    check_device,
+    fail,
+    info,
+    make_parser,
+    progress_enabled,
+    split_list,
+    torch_threads,
+)
+from validation.report.results import ResumeMismatchError, RunDir, code_revision, default_run_dir, provenance
 from validation.settings import estimators as chosen
 from validation.settings.profiles import MODELS, PROFILES, SUITES, field_names, get_profile
-from validation.report.results import ResumeMismatchError, RunDir, code_revision, default_run_dir, provenance
 
 
 def apply_override(config: dict[str, Any], assignment: str) -> None:

@@ -12,9 +12,9 @@ from torch import Tensor, nn
 import influence
 from influence import InfluenceResult
 from influence.batch import Batch, LossFn
-
 from validation.settings import estimators as chosen
 from validation.suites.lai_variants import fit_layer_weights, weighted_lai
+
 from .counterfactual import one_step_counterfactual
 
 #: lr factor of ``counterfactual_small_lr``: the counterfactual of a step at lr * SMALL_LR_FACTOR, divided by the

@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from validation.suites.lai_variants import last_layer_name, layer_diagnostics
+
 from .context import StepContext
 from .metrics import kendall, noisy_auroc, sign_agreement, spearman, topk_overlap, topk_size
 

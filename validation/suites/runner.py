@@ -14,9 +14,10 @@ from typing import Any, Iterable, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from validation.settings.profiles import ModelSettings, model_settings
 from validation.report.results import RunDir
+from validation.settings.profiles import ModelSettings, model_settings
 from validation.training.task import Task, build_task, cast_batch, scoring_copy, train
+
 from .bound import bound_step
 from .context import StepContext
 from .cost import cost_point

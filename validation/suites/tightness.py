@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import argparse
 import math
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -36,9 +36,8 @@ from torch import Tensor, nn
 import influence
 from theory.analysis import analyse
 from theory.ranking import filter_agreement, guaranteed_filter_accuracy, kendall_lower_bound
-
-from validation.training.models import CNN2d, MLP, CausalTransformer
 from validation.options import add_common, add_models, add_not_applicable, make_parser, split_list, torch_threads
+from validation.training.models import MLP, CausalTransformer, CNN2d
 
 ALPHABET = "abcdefghijklmnopqrstuvwxyz .,\n()"  # 32 symbols; every other character maps to the space
 

@@ -23,11 +23,9 @@ from tqdm.auto import tqdm
 
 import influence
 from influence.batch import Batch
-
 from validation.data import datasets as vdata
-from validation.training.models import build_model
 from validation.settings.profiles import MODELS, ModelSettings
-
+from validation.training.models import build_model
 
 
 @dataclass
