@@ -6,20 +6,6 @@ dropout modules, the ``parametrize.cached()`` counter, ``torch.compile``'s wrapp
 parameter and buffer dicts, a tensor's version counter, the instance attribute that shadows a module's
 ``forward`` and the attributes ``influence`` keeps on a user's objects (:func:`marks`). ``tests/test_compat.py``
 lists any use elsewhere.
-
-Uses still outside this module (files owned by other work, to be switched to the names here; file:line at the
-commit that added this module):
-
-* ``influence/session.py:89-109``: ``parametrize._cache_enabled`` in ``uncached_parametrizations`` and
-  ``_parametrization_cache_depth`` (use :func:`uncached_parametrizations`, :func:`parametrization_cache_depth`);
-  ``session.py:115-121``: ``model._orig_mod`` in ``unwrapped`` (use :func:`compiled_inner`).
-* ``influence/verify.py:58``: ``from torch.utils._pytree import tree_flatten`` (use :func:`tree_flatten`);
-  ``verify.py:147``: ``m._parameters.items()`` (use :func:`own_parameters`); ``verify.py:151``: ``m._modules``
-  (use :func:`own_children`).
-* ``influence/gradients.py:13``: ``from torch.utils._pytree import tree_map`` (use :func:`tree_map`).
-* ``influence/hf_trainer.py:323``: ``nn.modules.batchnorm._BatchNorm`` (use :data:`BATCHNORM`);
-  ``hf_trainer.py:335``: ``model.__dict__.get("forward")`` (use :func:`instance_forward`).
-* ``validation/curation/distributed.py:30``: ``from torch.utils._pytree import tree_flatten, tree_unflatten``.
 """
 
 from __future__ import annotations
@@ -141,6 +127,12 @@ def instance_forward(module: nn.Module) -> Callable[..., Any] | None:
     return module.__dict__.get("forward")
 
 
+def patched_original_forward(module: nn.Module) -> Callable[..., Any] | None:
+    """The module's own ``forward`` that ``accelerate`` keeps aside (``module._original_forward``) when it has put a
+    mixed-precision wrapper in the instance's ``forward``; None when there is no such patch."""
+    return module.__dict__.get("_original_forward")
+
+
 def shadow_forward(module: nn.Module, forward: Callable[..., Any]) -> Callable[[], None]:
     """Set ``forward`` as the module instance's ``forward`` (an instance attribute shadowing the class's, so
     ``nn.Module.__call__`` runs it with the module's own hooks around it); returns the function that restores the
@@ -160,4 +152,5 @@ __all__ = [
     "tree_flatten", "tree_unflatten", "tree_map", "tree_leaves", "tree_flatten_with_path", "keystr", "BATCHNORM",
     "INSTANCENORM", "DROPOUT", "parametrization_cache_depth", "uncached_parametrizations", "compiled_inner",
     "own_parameters", "own_buffers", "own_children", "version", "marks", "instance_forward", "shadow_forward",
+    "patched_original_forward",
 ]

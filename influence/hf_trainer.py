@@ -62,6 +62,7 @@ import torch
 from torch import Tensor, nn
 
 from .batch import Batch, LossFn, call_model, output_tensor, to_device
+from .compat import BATCHNORM, patched_original_forward, shadow_forward
 from .curation.distributed import Shards, sum_across
 from .curation.errors import LossNotDerivableError
 from .curation.hf_loss import model_loss_fn
@@ -234,10 +235,10 @@ class CurationMixin:
         # the mixed precision the accelerator actually runs (older accelerate keeps it in a state shared between
         # Accelerator instances, whatever these arguments say) and an autocast wrapper around model.forward
         if str(getattr(self.accelerator, "mixed_precision", "no")) != "no" or \
-                "_original_forward" in model.__dict__:  # compat: accelerate's patch of the user's module
+                patched_original_forward(model) is not None:
             return False
         return not any((isinstance(m, STOCHASTIC) and getattr(m, "p", 1) > 0)
-                       or isinstance(m, nn.modules.batchnorm._BatchNorm)  # compat: private torch API (_BatchNorm)
+                       or isinstance(m, BATCHNORM)
                        for m in model.modules())
 
     def _world(self) -> int:
@@ -249,19 +250,17 @@ class CurationMixin:
         ``accelerate`` puts around ``model.forward`` for mixed precision (its unwrapped forward is kept in
         ``model._original_forward``)."""
         was_training = model.training
-        wrapped = model.__dict__.get("forward")  # compat: patches of the user's module (accelerate's autocast forward)
-        original = model.__dict__.get("_original_forward")  # compat: (accelerate's unwrapped forward)
+        original = patched_original_forward(model)
         model.eval()
-        if original is not None:
-            model.forward = original  # compat: a patch of the user's module, undone below
+        restore = shadow_forward(model, original) if original is not None else None
         try:
             device = self.args.device.type if hasattr(self.args.device, "type") else "cpu"
             with torch.autocast(device_type=device, enabled=False), torch.enable_grad():
                 r = self._session(model, ref, lr).score(batch)
         finally:
             model.train(was_training)
-            if original is not None:
-                model.forward = wrapped  # compat: restores the patched forward
+            if restore is not None:
+                restore()
         return r.scores.detach()
 
     def _check_mask(self, mask: Tensor, scores: Tensor) -> Tensor:

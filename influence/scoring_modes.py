@@ -46,8 +46,8 @@ AUTOCAST_DEVICES = ("cpu", "cuda", "xpu", "mps")
 def unwrapped(model: nn.Module) -> nn.Module:
     """The eager module under training wrappers that compute the same function: ``nn.DataParallel`` and
     ``DistributedDataParallel`` (``.module``: their forward would scatter or synchronise gradients, and
-    ``functional_call`` refuses them) and ``torch.compile`` (``._orig_mod``: compiled code runs no module hooks).
-    Parameter names are the inner module's (without the ``module.`` / ``_orig_mod.`` prefix)."""
+    ``functional_call`` refuses them) and ``torch.compile`` (``compat.compiled_inner``: compiled code runs no module
+    hooks). Parameter names are the inner module's (without the wrappers' prefixes)."""
     while True:
         if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
             model = model.module

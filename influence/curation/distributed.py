@@ -27,7 +27,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
-from torch.utils._pytree import tree_flatten, tree_unflatten  # compat: private torch API (torch.utils._pytree)
+
+from influence.compat import tree_flatten, tree_unflatten
 
 
 @dataclass
