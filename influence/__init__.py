@@ -18,20 +18,25 @@ from . import (
 )
 from ._version import __version__
 from .batch import select_output
+from .caches import clear_caches
 from .dataset import DatasetScores, score_dataset
 from .errors import (
                      BatchCouplingError,
                      BatchSizeError,
                      CheckpointingError,
+                     CheckpointMismatchError,
                      EmptyBatchError,
                      InfluenceError,
                      InPlaceModificationError,
                      InvalidArgumentError,
                      LossShapeError,
+                     MemoryBudgetError,
                      ModelOutputError,
                      NonFiniteInputError,
                      NonFiniteLossError,
+                     NotPairwiseError,
                      NoTrainableParameterError,
+                     OptimizerWarning,
                      RoutedToExactWarning,
                      SharedParameterError,
                      StochasticModuleError,
@@ -39,27 +44,29 @@ from .errors import (
                      TheoryScopeError,
                      TrainModeBatchNormError,
                      UndefinedGradientError,
+                     UnknownEstimatorError,
                      UnknownParameterError,
                      UnsupportedLayerError,
                      VerificationError,
+                     VmapFallbackWarning,
 )
 from .estimators import Capabilities, Estimator, register_estimator
 from .functions import estimate, exact, ghost, lai, tracin
-from .gradients import VmapFallbackWarning
 from .layers import LayerRule, register_layer
 from .losses import cross_entropy, mse
-from .memory import MemoryBudgetError
 from .optim import adam_preconditioner
 from .result import InfluenceResult
-from .session import OptimizerWarning, Session
+from .session import Session
 
 __all__ = [
-    "__version__", "hf", "Session", "estimate", "estimators", "Estimator", "Capabilities", "register_estimator", "score_dataset", "DatasetScores", "exact", "ghost", "lai", "tracin",
-    "InfluenceResult", "cross_entropy", "mse", "adam_preconditioner", "OptimizerWarning",
-    "InfluenceError", "UnsupportedLayerError", "TrainModeBatchNormError", "SharedParameterError",
-    "LossShapeError", "BatchSizeError", "NonFiniteLossError", "InPlaceModificationError", "StochasticModuleError",
-    "UndefinedGradientError", "VerificationError", "RoutedToExactWarning", "LayerRule", "register_layer",
-    "EmptyBatchError", "InvalidArgumentError", "ModelOutputError", "NonFiniteInputError", "NoTrainableParameterError",
-    "TargetShapeError", "UnknownParameterError", "VmapFallbackWarning", "select_output", "CheckpointingError",
-    "MemoryBudgetError", "BatchCouplingError", "TheoryScopeError",
+    "__version__", "hf", "Session", "estimate", "estimators", "Estimator", "Capabilities", "register_estimator",
+    "score_dataset", "DatasetScores", "exact", "ghost", "lai", "tracin", "InfluenceResult", "cross_entropy", "mse",
+    "adam_preconditioner", "clear_caches", "select_output", "LayerRule", "register_layer",
+    "InfluenceError", "UnsupportedLayerError", "TrainModeBatchNormError", "SharedParameterError", "LossShapeError",
+    "BatchSizeError", "NonFiniteLossError", "InPlaceModificationError", "StochasticModuleError",
+    "UndefinedGradientError", "VerificationError", "EmptyBatchError", "InvalidArgumentError", "ModelOutputError",
+    "NonFiniteInputError", "NoTrainableParameterError", "TargetShapeError", "UnknownParameterError",
+    "CheckpointingError", "MemoryBudgetError", "BatchCouplingError", "TheoryScopeError", "CheckpointMismatchError",
+    "NotPairwiseError", "UnknownEstimatorError",
+    "RoutedToExactWarning", "OptimizerWarning", "VmapFallbackWarning",
 ]

@@ -9,6 +9,7 @@ Batch validation lives in ``influence.checks`` (``check_batch`` is re-exported h
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any, Callable, Union
 
 import torch
@@ -16,7 +17,7 @@ from torch import Tensor, nn
 
 from .checks import batch_size, check_batch, tensor_pair  # noqa: F401  (batch_size, check_batch re-exported)
 from .compat import marks, tree_flatten, tree_map, tree_unflatten
-from .errors import ArgumentTypeError, ModelOutputError
+from .errors import ArgumentTypeError, InvalidArgumentError, ModelOutputError
 
 Batch = tuple[Any, Any]
 LossFn = Callable[[Tensor, Any], Tensor]
@@ -123,3 +124,18 @@ def model_device(model: nn.Module) -> torch.device:
     for p in model.parameters():
         return p.device
     return torch.device("cpu")
+
+
+def reference_batches(ref: Any) -> list[Batch] | Iterable[Batch]:
+    """A reference given as one batch, a list/tuple of batches or a re-iterable of batches (``DataLoader``), as a
+    re-iterable of batches. A pair whose second element (the targets) is a tensor is one batch."""
+    if isinstance(ref, (tuple, list)) and len(ref) == 2 and isinstance(ref[1], Tensor):
+        return [ref]
+    if isinstance(ref, (tuple, list)):
+        if not ref:
+            raise InvalidArgumentError("the reference holds no batch")
+        return list(ref)
+    if isinstance(ref, Iterable) and not isinstance(ref, (Tensor, dict, str)):
+        return ref
+    raise InvalidArgumentError(f"ref must be a batch (inputs, targets), a list of batches or a DataLoader; got "
+                         f"{type(ref).__name__}")

@@ -68,10 +68,10 @@ from .curation.errors import LossNotDerivableError
 from .curation.hf_loss import model_loss_fn
 from .curation.policies import Policy, keep_nonnegative, keep_top_fraction
 from .curation.reference import map_reference
-from .errors import ArgumentTypeError, InfluenceError, InvalidArgumentError
+from .errors import ArgumentTypeError, InfluenceError, InvalidArgumentError, OptimizerWarning
 from .estimators import estimator_names, get_estimator
 from .optim import is_adaptive
-from .session import OptimizerWarning, Session
+from .session import Session
 
 MIN_TRANSFORMERS = "4.46.3"
 """The lowest ``transformers`` release supported (and tested in CI: scripts/test_min_versions.sh)."""

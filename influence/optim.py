@@ -24,10 +24,12 @@ gradient by g, so under Adam they rank by the SGD score (an approximation that i
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import Tensor, nn
 
-from .errors import ArgumentTypeError, MissingOptimizerStateError  # noqa: F401 (re-exported)
+from .errors import ArgumentTypeError, MissingOptimizerStateError, OptimizerWarning  # noqa: F401 (re-exported)
 
 
 def adam_preconditioner(optimizer: torch.optim.Optimizer, model: nn.Module) -> dict[str, Tensor]:
@@ -63,3 +65,22 @@ def is_adaptive(optimizer: torch.optim.Optimizer | None) -> bool:
     adaptive = (torch.optim.Adam, torch.optim.AdamW, torch.optim.Adamax, torch.optim.NAdam, torch.optim.RAdam,
                 torch.optim.RMSprop, torch.optim.Adagrad, torch.optim.Adadelta)
     return isinstance(optimizer, adaptive) or "adam" in type(optimizer).__name__.lower()
+
+
+def optimizer_preconditioner(optimizer: torch.optim.Optimizer | None, model: nn.Module, applies: bool
+                             ) -> dict[str, Tensor] | None:
+    """Adam's P from ``optimizer``'s current state where the estimator ``applies`` a preconditioner (its
+    ``Capabilities.preconditioner``), else None (the SGD formula)."""
+    if applies and isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW)):
+        return adam_preconditioner(optimizer, model)
+    return None
+
+
+def warn_sgd_formula(optimizer: torch.optim.Optimizer, estimator: str, applies: bool) -> None:
+    """Warn once (``OptimizerWarning``) when ``optimizer`` preconditions its update but ``estimator`` will score the
+    SGD formula: an adaptive optimizer, and not Adam under an estimator that ``applies`` a preconditioner."""
+    adam = isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW))
+    if is_adaptive(optimizer) and not (adam and applies):
+        warnings.warn(f"influence.Session: the optimizer ({type(optimizer).__name__}) preconditions its update, but "
+                      f"{estimator} scores the SGD formula lr * <grad l_i, grad L_ref>; the scores approximate the "
+                      "optimizer's effect (see influence.optim)", OptimizerWarning, stacklevel=3)

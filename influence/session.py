@@ -33,42 +33,26 @@ refresh, and warns once that the others score the SGD formula under it.
 from __future__ import annotations
 
 import dataclasses
-import warnings
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from .batch import Batch, LossFn, take, without_inference_tensors
+from .batch import Batch, LossFn, reference_batches, take, without_inference_tensors
 from .checks import check_batch, check_chunk_size, check_loss_fn, check_lr, check_positive_int, trainable_names
-from .errors import InfluenceError, OptimizerWarning
+from .errors import InfluenceError
 from .estimators import Settings, get_estimator
 from .estimators.exact import ExactBackend
 from .gradients import DEFAULT_CHUNK
 from .memory import resolve_budget
-from .optim import adam_preconditioner, is_adaptive
+from .optim import optimizer_preconditioner, warn_sgd_formula
 from .result import Chunk, InfluenceResult, assemble
 from .scoring import DEFAULT_BUDGET
 from .scoring_modes import scoring_mode, unwrapped
 from .verify import check_verify
 
 TOO_MANY_REROUTES = "the factorisation kept finding new unfactorable parameters; use estimator='exact'"
-
-
-def reference_batches(ref: Any) -> list[Batch] | Iterable[Batch]:
-    """A reference given as one batch, a list/tuple of batches or a re-iterable of batches (``DataLoader``), as a
-    re-iterable of batches. A pair whose second element (the targets) is a tensor is one batch."""
-    if isinstance(ref, (tuple, list)) and len(ref) == 2 and isinstance(ref[1], Tensor):
-        return [ref]
-    if isinstance(ref, (tuple, list)):
-        if not ref:
-            raise InfluenceError("the reference holds no batch")
-        return list(ref)
-    if isinstance(ref, Iterable) and not isinstance(ref, (Tensor, dict, str)):
-        return ref
-    raise InfluenceError(f"ref must be a batch (inputs, targets), a list of batches or a DataLoader; got "
-                         f"{type(ref).__name__}")
 
 
 class Session:
@@ -116,7 +100,8 @@ class Session:
             self.settings.chunk
         self.refresh_every, self.calls = check_positive_int(refresh_every, "refresh_every"), 0
         self.optimizer, self.user_preconditioner = optimizer, preconditioner
-        self._warn_optimizer()
+        if optimizer is not None and preconditioner is None:
+            warn_sgd_formula(optimizer, self.estimator, caps.preconditioner)
         self.self_reference = ref is None
         if self.self_reference and not caps.self_reference:
             raise InfluenceError(f"ref=None (each batch scored against itself) is available for "
@@ -126,23 +111,6 @@ class Session:
         self.refresh()
 
     # ------------------------------------------------------------------ reference side
-
-    def _warn_optimizer(self) -> None:
-        if self.optimizer is None or self.user_preconditioner is not None:
-            return
-        adam = isinstance(self.optimizer, (torch.optim.Adam, torch.optim.AdamW))
-        if is_adaptive(self.optimizer) and not (adam and self.entry.caps.preconditioner):
-            warnings.warn(f"influence.Session: the optimizer ({type(self.optimizer).__name__}) preconditions its "
-                          f"update, but {self.estimator} scores the SGD formula lr * <grad l_i, grad L_ref>; the "
-                          "scores approximate the optimizer's effect (see influence.optim)", OptimizerWarning,
-                          stacklevel=3)
-
-    def _preconditioner(self) -> Mapping[str, Tensor] | None:
-        if self.user_preconditioner is not None:
-            return self.user_preconditioner
-        if isinstance(self.optimizer, (torch.optim.Adam, torch.optim.AdamW)) and self.entry.caps.preconditioner:
-            return adam_preconditioner(self.optimizer, self.model)
-        return None
 
     @scoring_mode
     def refresh(self, ref: Any = None) -> None:
@@ -165,7 +133,8 @@ class Session:
     def _build(self, routed: dict) -> dict:
         """The backend and (for routed parameters) the Exact backend beside it; the new unfactorable parameters a
         reference batch revealed, or {}."""
-        settings = dataclasses.replace(self.settings, preconditioner=self._preconditioner())
+        settings = dataclasses.replace(self.settings, preconditioner=self.user_preconditioner or optimizer_preconditioner(
+            self.optimizer, self.model, self.entry.caps.preconditioner))
         backend = self.entry.build(self.model, self.loss_fn, settings, routed)
         batches = [(b, check_batch(b, "ref")) for b in map(without_inference_tensors, self.ref)]
         if not batches and not self.self_reference:
