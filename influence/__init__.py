@@ -13,42 +13,42 @@ Only parameters with ``requires_grad=True`` count.
 """
 
 from . import (
-                     estimators,
-                     hf,  # transformers is imported only inside its functions
+    estimators,
+    hf,  # transformers is imported only inside its functions
 )
 from ._version import __version__
 from .batch import select_output
 from .caches import clear_caches
 from .dataset import DatasetScores, score_dataset
 from .errors import (
-                     BatchCouplingError,
-                     BatchSizeError,
-                     CheckpointingError,
-                     CheckpointMismatchError,
-                     EmptyBatchError,
-                     InfluenceError,
-                     InPlaceModificationError,
-                     InvalidArgumentError,
-                     LossShapeError,
-                     MemoryBudgetError,
-                     ModelOutputError,
-                     NonFiniteInputError,
-                     NonFiniteLossError,
-                     NotPairwiseError,
-                     NoTrainableParameterError,
-                     OptimizerWarning,
-                     RoutedToExactWarning,
-                     SharedParameterError,
-                     StochasticModuleError,
-                     TargetShapeError,
-                     TheoryScopeError,
-                     TrainModeBatchNormError,
-                     UndefinedGradientError,
-                     UnknownEstimatorError,
-                     UnknownParameterError,
-                     UnsupportedLayerError,
-                     VerificationError,
-                     VmapFallbackWarning,
+    BatchCouplingError,
+    BatchSizeError,
+    CheckpointingError,
+    CheckpointMismatchError,
+    EmptyBatchError,
+    InfluenceError,
+    InPlaceModificationError,
+    InvalidArgumentError,
+    LossShapeError,
+    MemoryBudgetError,
+    ModelOutputError,
+    NonFiniteInputError,
+    NonFiniteLossError,
+    NotPairwiseError,
+    NoTrainableParameterError,
+    OptimizerWarning,
+    RoutedToExactWarning,
+    SharedParameterError,
+    StochasticModuleError,
+    TargetShapeError,
+    TheoryScopeError,
+    TrainModeBatchNormError,
+    UndefinedGradientError,
+    UnknownEstimatorError,
+    UnknownParameterError,
+    UnsupportedLayerError,
+    VerificationError,
+    VmapFallbackWarning,
 )
 from .estimators import Capabilities, Estimator, register_estimator
 from .functions import estimate, exact, ghost, lai, tracin

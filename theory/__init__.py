@@ -13,11 +13,11 @@ models. This package imports nothing from ``validation``.
 
 from .analysis import Analysis, analyse
 from .bounds import (
-                     apriori_bound,
-                     apriori_bound_pairwise,
-                     cross_entropy_gradient_norm_bound,
-                     data_bound,
-                     data_bound_pairwise,
+    apriori_bound,
+    apriori_bound_pairwise,
+    cross_entropy_gradient_norm_bound,
+    data_bound,
+    data_bound_pairwise,
 )
 from .decomposition import decomposition, decomposition_pairwise
 from .jacobians import jacobians

@@ -16,15 +16,15 @@ from .cadence import KeptSession
 from .errors import CurationError, EmptyReferenceError, EmptySelectionError
 from .methods import METHODS, Method, get_method, method_table, ramped_drop_rate
 from .policies import (
-                       Policy,
-                       greats_select,
-                       keep_bottom_k,
-                       keep_count,
-                       keep_nonnegative,
-                       keep_random,
-                       keep_threshold,
-                       keep_top_fraction,
-                       keep_top_k,
+    Policy,
+    greats_select,
+    keep_bottom_k,
+    keep_count,
+    keep_nonnegative,
+    keep_random,
+    keep_threshold,
+    keep_top_fraction,
+    keep_top_k,
 )
 from .reference import ReferencePolicy
 from .signals import Scored, score_batch, signals

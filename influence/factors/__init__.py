@@ -12,15 +12,15 @@ from .block import Block, add_all, gram_width
 from .factor import Dense, Factor, Index, gram, ones_factor, shared_grams
 from .matrices import RowSparse, add_matrices
 from .segments import (
-                       NARROW,
-                       Segment,
-                       oriented,
-                       rows_times,
-                       segment_contract,
-                       segment_gram,
-                       segment_matrix,
-                       segment_per_sample,
-                       segment_reference_matrix,
+    NARROW,
+    Segment,
+    oriented,
+    rows_times,
+    segment_contract,
+    segment_gram,
+    segment_matrix,
+    segment_per_sample,
+    segment_reference_matrix,
 )
 
 __all__ = [
