@@ -10,6 +10,7 @@ import torch
 from conftest import rel_err
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_noise import labels  # the property tests' label strategy (k classes, labels in 0..k-1)
 
 import influence
 from validation.data import mnist_real as mnist_module
@@ -99,10 +100,6 @@ def test_loader_pooling(digits):
 
 
 # --------------------------------------------------------------------------------------------- pair flip
-
-labels = st.integers(2, 12).flatmap(
-    lambda k: st.tuples(st.just(k), st.lists(st.integers(0, k - 1), min_size=0, max_size=300)))
-
 
 @settings(max_examples=60, deadline=None)
 @given(kl=labels, rate=st.floats(0.0, 1.0), seed=st.integers(0, 2**31 - 1))
