@@ -177,7 +177,7 @@ def test_bad_session_arguments_are_named():
 
 
 PUBLIC = {"influence", "influence.batch", "influence.losses", "influence.errors", "influence.atomic",
-          "influence.hf", "influence.optim", "influence.dataset", "influence.estimators"}
+          "influence.hf", "influence.optim", "influence.dataset", "influence.estimators", "influence.compat"}
 
 
 def test_curation_imports_only_the_public_api():

@@ -34,8 +34,7 @@ from torch import Tensor, nn
 import influence
 from influence.batch import Batch, LossFn, call_model, check_batch, output_tensor, take
 from influence.errors import EmptyBatchError, InvalidArgumentError
-from influence.estimators import Estimator, estimator_names, get_estimator
-from influence.estimators.factored import graph_gradient
+from influence.estimators import Estimator, estimator_names, get_estimator, graph_gradient
 from influence.losses import per_sample_losses
 
 from .errors import EmptyReferenceError

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 
+from .factored import graph_gradient
 from .protocol import Backend, BaseBackend, Settings
 from .registry import (
     Capabilities,
@@ -36,4 +37,4 @@ for _module in BUILTIN:
         register_estimator(_entry)
 
 __all__ = ["Backend", "BaseBackend", "Capabilities", "Estimator", "Settings", "UnknownEstimatorError", "estimator_names",
-           "estimators", "get_estimator", "register_estimator", "unregister_estimator"]
+           "estimators", "get_estimator", "register_estimator", "unregister_estimator", "graph_gradient"]

@@ -96,10 +96,13 @@ class BaseBackend:
     skipped: list[str] = []
 
     def routed_names(self) -> list[str]:
+        """No parameter is handed to Exact."""
         return []
 
     def report(self) -> None:
+        """Nothing is routed or skipped, so there is nothing to say."""
         return None
 
     def attach(self, result: Any, chunk: Chunk, n: int) -> None:
+        """Nothing from the scoring pass is offered for reuse (``result.weighted_gradient`` stays None)."""
         return None

@@ -80,9 +80,9 @@ def timed(sequence: bool = False) -> list[str]:
 
 
 def forward_only() -> list[str]:
-    """The registered estimators without a backward pass, not sequence-only (what curated training times against
-    a plain step)."""
-    return estimator_names(needs_backward=False, sequence_only=False)
+    """The registered influence estimators without a backward pass, not sequence-only (what curated training times
+    against a plain step; rankings such as ``loss`` are not influence)."""
+    return estimator_names(needs_backward=False, sequence_only=False, influence=True)
 
 
 def influence_estimators(sequence: bool = True) -> list[str]:
