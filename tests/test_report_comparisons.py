@@ -86,6 +86,21 @@ def test_last_layer_better_on_every_seed_is_said_with_an_interval_above_zero(tmp
     assert "the layer-aware sum (all-layer over last-layer LAI) does not help on 1 of 1 models" in text
 
 
+def test_each_top_layers_member_is_compared_with_lai(tmp_path, rng):
+    rows = _scores(rng, lai_noise=1.0)
+    extra = []
+    for r in rows:
+        if r["estimator"] == "exact":
+            extra.append({**r, "estimator": "exact-top2", "score": r["score"]})  # ranks exactly like Exact
+    s = summarize(_run(tmp_path, rows + extra))
+    c = _find(s, "fidelity", "exact-top2")
+    assert c["family"] == "top-layers" and c["finding"] == "a" and c["best"]  # also the best cheap estimator
+    assert "exact-top2" in report.top_layers() and "exact-top2" in report.cheap_rivals()
+    assert "el2n" not in report.cheap_rivals() and "lai" not in report.cheap_rivals()
+    text = "\n".join(s["verdict"])
+    assert "other estimators ranking closer to Exact than LAI (paired interval above 0): " in text
+
+
 def test_equal_estimators_cover_zero_and_show_no_difference(tmp_path, rng):
     s = summarize(_run(tmp_path, _scores(rng, last_noise=None)))
     c = _find(s, "fidelity", "lai-last")

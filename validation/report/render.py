@@ -123,7 +123,7 @@ def _auroc_lines(s: dict[str, Any]) -> list[str]:
         lai = est.get("lai")
         infl = {e: v for e, v in est.items() if e in chosen.influence_estimators() and v.get("value") is not None}
         top = max(infl, key=lambda e: infl[e]["value"], default=None)
-        parts = [f"LAI {_e(lai)}" if lai else "LAI not scored", f"loss {_e(est.get('loss'))}" if "loss" in est else "",
+        parts = [f"LAI {_e(lai)}, {lai.get('n_positive')} noisy of {lai.get('n')}" if lai else "LAI not scored", f"loss {_e(est.get('loss'))}" if "loss" in est else "",
                  f"best influence estimator {_label(top)} {_e(infl[top])}" if top else ""]
         c = _cmp(s, "detection", model)
         lines.append(f"  - {model}: " + "; ".join(p for p in parts if p)
