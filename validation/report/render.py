@@ -322,8 +322,10 @@ def _curation_bottom(s: dict[str, Any]) -> str:
     last = [c for c in vl if c["a"] == "lai-last"]
     last_over = [f"{c['where']} ({_d(c, 1)})" for c in last if good(c, True)]
     lai_over_last = [c["where"] for c in last if good(c, False)]
-    txt = (f"Curation: LAI beats vanilla on {len(beat_v)} of {len(vv)} task/protocols and is worse on "
-           f"{len(worse_v)}" + (f" ({_list(worse_v)})" if worse_v else ""))
+    flat_v = [f"{c['where']} ({_d(c, 1)})" for c in vv if c["finding"] == "none"]
+    txt = (f"Curation: LAI beats vanilla on {len(beat_v)} of {len(vv)} task/protocols, is worse on "
+           f"{len(worse_v)}" + (f" ({_list(worse_v)})" if worse_v else "")
+           + f" and shows no difference from vanilla on {len(flat_v)}" + (f" ({_list(flat_v)})" if flat_v else ""))
     if last:
         txt += (f"; the layer-aware sum beats last-layer LAI (paired interval excluding 0) on {len(lai_over_last)} "
                 f"of {len(last)}" + (f" ({_list(lai_over_last)})" if lai_over_last else "")
