@@ -1,7 +1,10 @@
 """report.md of a run folder: the verdict in plain words first, then the checks and the tables behind them.
 
-:func:`verdict` turns a summary (validation/report/summary.py) into markdown bullet lines; :func:`render` writes the
-whole report. Every claim carries its 95 % interval and what it was computed over.
+:func:`verdict` turns a summary (validation/report/summary.py) into markdown bullet lines: first the bottom lines
+(one sentence per question: fidelity, detection, curation, cost, the first-order caveat), then the paired
+comparisons behind them, the first-order caveat, the README's cost ranges (met only inside them, no slack), the
+bound, and last the software checks (regression tests of the implementation, not evidence for the paper's claim).
+:func:`render` writes the whole report. Every claim carries its 95 % interval and what it was computed over.
 """
 
 from __future__ import annotations
