@@ -1,6 +1,7 @@
 """validation.report.summary on synthetic run folders: vacuous guarantees are "no guarantee", counts cover only steps
-where the quantity exists, claims need intervals that clear their threshold, winning baselines are named, a
-violated bound is a failed theory check, and curated-training results get their own section."""
+where the quantity exists, expectations are paired comparisons decided by their intervals, winning baselines are
+named, a violated bound is a failed software (theory) check listed last, and curated-training results get their
+own section."""
 
 from __future__ import annotations
 
@@ -90,28 +91,32 @@ def test_violation_and_broken_guarantee_fail(tmp_path, rng):
     by = {c["name"]: c for c in s["checks"]}
     assert "1 of 1 steps with a non-trivial guarantee" in by["Kendall tau(LAI, Ghost) >= the bound's guarantee"][
         "detail"]
-    assert s["verdict"][0].startswith("- **Theory checks**: FAILED")
+    assert s["verdict"][0] == "- **Bottom lines**:"
+    assert s["verdict"][-1].startswith("- **Software checks (regression tests of the implementation), not evidence "
+                                       "for the paper's claim**: FAILED")
 
 
 def test_claims_need_intervals_and_winning_baselines_are_named(tmp_path, rng):
     rd = _make_run(tmp_path, {}, {"mlp": _scores("mlp", rng, 3.0, 0.05), "cnn1d": _scores("cnn1d", rng, 0.2, 10.0)})
     s = summarize(rd)
     by = {c["name"]: c for c in s["checks"]}
-    # a tiny shift of the noisy samples: AUROC near chance, interval covering 0.5 -> inconclusive, never PASS
+    # a tiny shift of the noisy samples: LAI near chance while the loss finds them -> the loss wins: FAIL
     mlp_auc = s["evidence"]["auroc"]["mlp"]["lai"]
     assert mlp_auc["low"] < 0.5 < mlp_auc["high"] and mlp_auc["n_positive"] == N // 4
-    assert by["mlp: LAI flags noisy samples better than chance (AUROC > 0.5)"]["status"] == "inconclusive"
-    # a strong shift: interval above 0.5 -> pass, with the number of noisy samples in the detail
-    c = by["cnn1d: LAI flags noisy samples better than chance (AUROC > 0.5)"]
-    assert c["status"] == "pass" and f"{N // 4} noisy of {N}" in c["detail"]
-    assert by["cnn1d: LAI ranks like Exact (Spearman > 0.5)"]["status"] == "pass"
-    assert by["mlp: LAI ranks like Exact (Spearman > 0.5)"]["status"] in ("inconclusive", "fail")
+    assert by["mlp: LAI flags noisy labels better than the loss-only baseline"]["status"] == "fail"
+    # a strong shift: LAI finds them too, the AUROC is kept (with the noisy count) in the verdict
+    assert s["evidence"]["auroc"]["cnn1d"]["lai"]["low"] > 0.5
+    # LAI at Spearman ~0.98 on cnn1d is at the 0.9 bar; ~0.3 on mlp is below it: FAIL
+    assert by["cnn1d: LAI ranks like Exact (mean Spearman >= 0.9)"]["status"] in ("pass", "inconclusive")
+    assert by["mlp: LAI ranks like Exact (mean Spearman >= 0.9)"]["status"] == "fail"
     text = "\n".join(s["verdict"])
-    assert "loss-only baseline beats every influence estimator on 1 of 2 models: mlp" in text
+    assert "the training loss alone finds the noisy labels better than LAI on 1 of 2 models (AUROC loss − LAI: mlp" \
+        in text
     # last-layer LAI has a third of the noise: it ranks closer, and the paired interval says so
     d = s["evidence"]["spearman_diff"]["mlp"]["lai-last-vs-lai"]
     assert d["low"] > 0
-    assert "Last-layer LAI ranks closer to Exact than all-layer LAI on 2 of 2 models" in text
+    assert by["mlp: LAI ranks closer to Exact than LAI (last layer) (the best cheap estimator)"]["status"] == "fail"
+    assert "last-layer LAI ranks closer to Exact on cnn1d (+" in text or "no difference shown on cnn1d" in text
 
 
 def test_curation_section_and_written_files(tmp_path, rng, monkeypatch):
@@ -124,6 +129,8 @@ def test_curation_section_and_written_files(tmp_path, rng, monkeypatch):
     md = (rd.root / "report.md").read_text()
     assert md.index("## Verdict") < md.index("## Checks") and "## Curated training" in md
     assert "+3.7 pp [+1.2, +6.2] *" in "\n".join(s["verdict"])
+    assert "LAI beats vanilla on 1 of 1 task/protocols" in "\n".join(s["verdict"])
+    assert "| mnist1d-noisy40 (ours): LAI curation beats vanilla | comparison | PASS |" in md
     assert "| mnist1d-noisy40 | ours | lai | 3 |" in md
     assert "PASS |" not in [ln for ln in md.splitlines() if "Kendall" in ln and ln.startswith("| Kendall")][0]
     saved = json.loads((rd.root / "summary.json").read_text())
@@ -151,20 +158,21 @@ def test_three_seeds_use_t_intervals_over_seeds(tmp_path, rng):
 
 
 def test_cost_claims_are_judged_against_the_readme_ranges_with_the_forward_time_shown():
-    """"Cost vs the README" misses a model only beyond CLAIM_SLACK times the README's upper end, per estimator
-    (LAI's range ends at 2.1, Ghost's at 1.3), and shows each model's forward time."""
-    from validation.report.render import CLAIM_SLACK, README_COST, _cost_lines
+    """"Cost vs the README" is met only inside the README's range, per estimator (LAI 1.3-2.1x a forward, Ghost
+    0.9-1.3x a forward+backward), says by how much a model misses, and shows each model's forward time."""
+    from validation.report.render import README_COST, _cost_lines
 
     lai_hi, ghost_hi = README_COST["lai"][2][1], README_COST["ghost"][2][1]
-    ratios = {"mlp": {"forward": 0.1, "lai": 0.1 * (CLAIM_SLACK * lai_hi + 0.5), "forward_backward": 0.3,
-                      "ghost": 0.3 * (CLAIM_SLACK * ghost_hi - 0.1)},
-              "cnn2d": {"forward": 0.2, "lai": 0.2 * (CLAIM_SLACK * lai_hi - 0.1), "forward_backward": 0.5,
-                        "ghost": 0.5 * (CLAIM_SLACK * ghost_hi + 0.2)}}
+    ratios = {"mlp": {"forward": 0.1, "lai": 0.1 * (lai_hi + 0.5), "forward_backward": 0.3,
+                      "ghost": 0.3 * (ghost_hi - 0.1)},
+              "cnn2d": {"forward": 0.2, "lai": 0.2 * (lai_hi - 0.1), "forward_backward": 0.5,
+                        "ghost": 0.5 * (ghost_hi + 0.2)}}
     lines = _cost_lines({"cost_ratio_to_train_step": ratios,
                          "cost_headline": {"mlp": {"width": 8, "batch": 4, "forward_ms": 0.31},
                                            "cnn2d": {"width": 8, "batch": 4, "forward_ms": 2.4}}})
     lai_line = next(x for x in lines if "LAI /" in x)
     ghost_line = next(x for x in lines if "Ghost /" in x)
     assert "claim not met on mlp" in lai_line and "cnn2d" not in lai_line.split("claim not met")[1]
+    assert "mlp 2.60x (forward 0.31 ms) misses by 0.50x (above 1.3-2.1x)" in lai_line
     assert "claim not met on cnn2d" in ghost_line and "mlp" not in ghost_line.split("claim not met")[1]
     assert "(forward 0.31 ms)" in lai_line and "(forward 2.4 ms)" in ghost_line

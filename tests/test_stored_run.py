@@ -114,3 +114,21 @@ def test_scores_are_stored_with_8_significant_digits_and_other_tables_unchanged(
     assert_rounded_scores(read_table(run / "scores.csv"), read_table(out / "scores.csv"))
     for table in ("fidelity.csv", "bound.csv"):
         assert (out / table).read_bytes() == (run / table).read_bytes()
+
+
+def test_the_report_is_recomputed_from_a_stored_folder(tmp_path):
+    """``python -m validation.report.summary --stored``: summary.json and report.md from the stored CSV tables
+    alone (no units), with the paired comparisons and the bottom lines first."""
+    from validation.report.summary import main as summary_main
+    from validation.report.summary import write_stored_report
+
+    run, stored = tmp_path / "run", tmp_path / "stored"
+    write_run(run, models=("mlp",))
+    stored_run.export(run, stored, gzip_mb=0.0)  # every table compressed: read in place of the plain ones
+    s = write_stored_report(stored, curate=tmp_path / "none", out=tmp_path / "again")
+    assert s["verdict"][0] == "- **Bottom lines**:" and s["evidence"]["spearman"]["mlp"]
+    assert any(c["question"] == "fidelity" for c in s["comparisons"])
+    md = (tmp_path / "again" / "report.md").read_text()
+    assert md.index("Bottom lines") < md.index("Software checks") and not (stored / "units").exists()
+    assert summary_main([str(stored), "--stored", "--out", str(tmp_path / "cli")]) == 0
+    assert (tmp_path / "cli" / "summary.json").is_file()

@@ -7,7 +7,10 @@ From a run folder's tables (rows as dicts, see validation/report/results.py):
 * :func:`auroc_evidence`: per model and score, the noisy-sample AUROC with its interval and positives;
 * :func:`bound_evidence`: per model, the bound's violations counted over the steps where it was computed, how
   loose it is and whether its ranking/filter guarantees say anything;
-* :func:`layer_evidence`: the per-layer comparison of LAI's terms with Ghost's (table ``layer_terms``).
+* :func:`layer_evidence`: the per-layer comparison of LAI's terms with Ghost's (table ``layer_terms``);
+* :func:`auroc_difference`: per model, paired AUROC differences between two scores (e.g. LAI minus the loss);
+* :func:`first_order_evidence`: per model, Spearman of Exact vs the actual one-step effect (the fidelity suite's
+  ``counterfactual`` targets: a step at the training lr, and at lr / 10), the first-order model's own accuracy.
 
 Intervals: with one or two seeds, a bootstrap over the scored samples (each sample's scores at every step
 resampled together); with three or more seeds, a t interval over the per-seed means (the seed-to-seed spread
@@ -22,6 +25,7 @@ from collections import defaultdict
 from typing import Any, Iterable
 
 import numpy as np
+from scipy.stats import rankdata
 
 from validation.report.stats import (
     AurocEstimate,
@@ -114,6 +118,94 @@ def rank_evidence(score_rows: list[dict[str, Any]], target: str = "exact",
                     spearman_difference_ci(_stack(seeds, a), _stack(seeds, b), tgt, n_resamples=N_BOOT),
                     f"paired bootstrap over {tgt.shape[1]} samples")
         out[model] = res
+    return out
+
+
+def _paired_estimate(a: list[float], b: list[float], what: str) -> Estimate:
+    d = paired_difference(a, b)
+    return Estimate(d.mean, d.low, d.high, d.n, d.confidence, f"paired t over {d.n} {what}")
+
+
+def _step_auroc(m: np.ndarray, noisy: np.ndarray) -> np.ndarray:
+    """AUROC of -score per scored step (rows of ``m``); NaN where a class is missing."""
+    n_pos, n_neg = int(noisy.sum()), int((~noisy).sum())
+    if n_pos == 0 or n_neg == 0:
+        return np.full(len(m), math.nan)
+    ranks = rankdata(-m, axis=1)  # Mann-Whitney: ties count one half
+    return (ranks[:, noisy].sum(1) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+
+
+def _boot_auroc_diff(xa: list, xb: list, n_resamples: int = N_BOOT, seed: int = 0) -> tuple[float, float]:
+    """Percentile interval of mean AUROC(a) - AUROC(b) with the samples of each seed resampled (stratified:
+    noisy and clean separately, a sample's scores at every step and under both scores moving together)."""
+    rng = np.random.default_rng(seed)
+    dist = np.empty(n_resamples)
+    for k in range(n_resamples):
+        per = []
+        for (ma, noisy), (mb, _) in zip(xa, xb):
+            pos, neg = np.flatnonzero(noisy), np.flatnonzero(~noisy)
+            idx = np.concatenate([rng.choice(pos, pos.size), rng.choice(neg, neg.size)])
+            y = noisy[idx]
+            per.append(np.nanmean(_step_auroc(ma[:, idx], y) - _step_auroc(mb[:, idx], y)))
+        dist[k] = np.nanmean(per)
+    q = (1 - 0.95) / 2
+    return float(np.nanquantile(dist, q)), float(np.nanquantile(dist, 1 - q))
+
+
+def auroc_difference(score_rows: list[dict[str, Any]], pairs: Iterable[tuple[str, str]] = (("lai", "loss"),)
+                     ) -> dict[str, dict[str, Estimate]]:
+    """{model: {"a-vs-b": Estimate of AUROC(a) - AUROC(b)}} (noisy = positive, -score detects; each seed's AUROC
+    averaged over its scored steps): a paired t interval over seeds with three or more seeds, else a paired
+    stratified bootstrap over the scored samples."""
+    out: dict[str, dict[str, Estimate]] = {}
+    for model, seeds in _score_grid(score_rows).items():
+        k = len(seeds)
+        res: dict[str, Estimate] = {}
+        for a, b in pairs:
+            xa = [_matrix(seeds[s], a) for s in sorted(seeds)]
+            xb = [_matrix(seeds[s], b) for s in sorted(seeds)]
+            if any(x is None for x in xa + xb) or any(p[0].shape != q[0].shape for p, q in zip(xa, xb)):
+                continue
+            ua = [float(np.nanmean(_step_auroc(m, noisy))) for m, noisy in xa]
+            ub = [float(np.nanmean(_step_auroc(m, noisy))) for m, noisy in xb]
+            if k >= SEED_T_MIN:
+                d = paired_difference(ua, ub)
+                res[f"{a}-vs-{b}"] = Estimate(d.mean, d.low, d.high, d.n, d.confidence, f"paired t over {k} seeds")
+            elif all(x[1].any() and (~x[1]).any() for x in xa):
+                lo, hi = _boot_auroc_diff(xa, xb)
+                n = xa[0][0].shape[1]
+                res[f"{a}-vs-{b}"] = Estimate(float(np.mean(ua) - np.mean(ub)), lo, hi, n, 0.95,
+                                              f"paired stratified bootstrap over {n} samples")
+        if res:
+            out[model] = res
+    return out
+
+
+def first_order_evidence(fidelity_rows: list[dict[str, Any]], estimator: str = "exact",
+                         targets: tuple[str, ...] = ("counterfactual", "counterfactual_small_lr")
+                         ) -> dict[str, dict[str, Estimate]]:
+    """{model: {target: Estimate}}: Spearman of ``estimator`` (Exact) vs each one-step counterfactual target,
+    mean over scored steps and seeds; t interval over the per-seed means with three or more seeds, else over the
+    (seed, step) values."""
+    vals: dict = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
+    for r in fidelity_rows:
+        if canon(r["estimator"]) != estimator or r.get("target") not in targets:
+            continue
+        v = r.get("spearman")
+        if v is None or v == "" or not math.isfinite(float(v)):
+            continue
+        vals[r["model"]][r["target"]][int(r["seed"])].append(float(v))
+    out: dict[str, dict[str, Estimate]] = {}
+    for model, by_t in vals.items():
+        out[model] = {}
+        for t, by_seed in by_t.items():
+            if len(by_seed) >= SEED_T_MIN:
+                e = _with_method(mean_ci([statistics.fmean(v) for v in by_seed.values()]),
+                                 f"t over {len(by_seed)} seeds")
+            else:
+                e = _with_method(mean_ci([x for v in by_seed.values() for x in v]),
+                                 f"t over {sum(map(len, by_seed.values()))} scored steps")
+            out[model][t] = within(e, -1.0, 1.0)
     return out
 
 
@@ -233,4 +325,4 @@ def layer_evidence(layer_rows: list[dict[str, Any]]) -> dict[str, list[dict[str,
     return out
 
 
-__all__ = ["rank_evidence", "auroc_evidence", "bound_evidence", "layer_evidence", "canon"]
+__all__ = ["rank_evidence", "auroc_evidence", "auroc_difference", "first_order_evidence", "bound_evidence", "layer_evidence", "canon"]
