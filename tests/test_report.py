@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 import validation.report.summary as report
+from validation.report.checks import failed_theory_checks
 from validation.report.results import RunDir
-from validation.report.summary import failed_theory_checks, summarize, write_report
+from validation.report.summary import summarize, write_report
 
 STEPS = (10, 20)
 N = 48
@@ -160,7 +161,8 @@ def test_three_seeds_use_t_intervals_over_seeds(tmp_path, rng):
 def test_cost_claims_are_judged_against_the_readme_ranges_with_the_forward_time_shown():
     """"Cost vs the README" is met only inside the README's range, per estimator (LAI 1.3-2.1x a forward, Ghost
     0.9-1.3x a forward+backward), says by how much a model misses, and shows each model's forward time."""
-    from validation.report.render import README_COST, _cost_lines
+    from validation.report.checks import README_COST
+    from validation.report.verdict import _cost_lines
 
     lai_hi, ghost_hi = README_COST["lai"][2][1], README_COST["ghost"][2][1]
     ratios = {"mlp": {"forward": 0.1, "lai": 0.1 * (lai_hi + 0.5), "forward_backward": 0.3,

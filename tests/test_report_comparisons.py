@@ -11,8 +11,9 @@ import pytest
 
 import validation.report.render as render
 import validation.report.summary as report
+from validation.report.checks import bar_status, best_cheap, comparisons, cost_claims
 from validation.report.results import RunDir
-from validation.report.summary import bar_status, best_cheap, comparisons, cost_claims, summarize
+from validation.report.summary import summarize
 
 SEEDS = (0, 1, 2, 3)
 STEPS = (10, 20)
