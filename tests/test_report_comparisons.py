@@ -1,4 +1,4 @@
-"""The report compares (validation/report/summary.py, render.py): on synthetic results where the answer is known,
+"""The report compares (validation/report: checks.py, verdict.py, summary.py): on synthetic results where the answer is known,
 each expectation is a paired comparison with its interval (a method better on every seed -> interval above 0;
 equal -> interval covers 0 -> "no difference shown"), "ranks like Exact" is judged at Spearman >= 0.9, the
 README's cost ranges are met only inside them, the first-order caveat and the bottom lines open the verdict, and
@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import validation.report.render as render
 import validation.report.summary as report
+import validation.report.verdict as render
 from validation.report.checks import bar_status, best_cheap, comparisons, cost_claims
 from validation.report.results import RunDir
 from validation.report.summary import summarize
