@@ -144,7 +144,8 @@ def _curate(args: argparse.Namespace, methods: list[str]) -> int:
         timing = timing or t
         print(f"\n{spec.name} ({protocol} protocol): {len(seeds)} seeds, {spec.epochs} epochs, run folder {run.root}")
         print(format_table(table))
-        if "vanilla" in methods:  # has vanilla plateaued (the convergence rule, on the clean validation curve)?
+        if any(r["method"] == "vanilla" for r in table):  # has vanilla plateaued (the convergence rule, on the
+            # clean validation curve)?
             print(plateau_line(run, spec.name, seeds))
     if timing:
         print(f"time per training step, interleaved over {args.timing_steps} steps (torch threads "
