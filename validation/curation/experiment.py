@@ -433,12 +433,15 @@ def plateau_line(run: RunDir, task: str, seeds: list[int], method: str = "vanill
     parts = []
     for u in units:
         g = u["plateau_gain"]
-        gain = "n/a (too few epochs)" if g is None else (f"{g * 100:+.2f} pp" if acc else f"{g:+.3f}")
-        parts.append(f"seed {u['seed']} gain {gain} over the last {u['plateau_window']} of {len(u['val_curve'])} "
-                     "epochs")
+        n = len(u["val_curve"])
+        if g is None:
+            parts.append(f"seed {u['seed']} n/a (too few epochs: {n}, the rule needs more than {u['plateau_window']})")
+            continue
+        gain = f"{g * 100:+.2f} pp" if acc else f"{g:+.3f}"
+        parts.append(f"seed {u['seed']} gain {gain} over the last {u['plateau_window']} of {n} epochs")
     held = sum(bool(u["plateau_held"]) for u in units)
     tol = f"{PLATEAU_TOL * 100:g} pp" if acc else f"{PLATEAU_TOL:g}"
-    verdict = "rule held" if held == len(units) else "rule FAILED"
+    verdict = "rule held" if held == len(units) else "rule NOT met"
     return (f"{method} plateau (rule: the best clean-validation {units[0]['metric']} of the last "
             f"{PLATEAU_FRACTION:.0%} of the epochs, at least {PLATEAU_MIN_EPOCHS}, beats the best before them by "
             f"< {tol}): " + "; ".join(parts) + f" — {verdict} ({held}/{len(units)} seeds)")
