@@ -43,7 +43,7 @@ def test_each_task_trains_one_epoch_with_vanilla_and_lai(tmp_path, capsys, task)
         assert unit["best_val_test"] == unit["final"] and unit["best_val_epoch"] == 0
         assert unit["noise"]["subset_noise_rate"] == pytest.approx(TASKS[task].noise.rate, abs=0.01)
         assert f"| {m} |" in out
-    assert "vanilla plateau" in out and "n/a (too few epochs)" in out  # 1 epoch: the rule cannot hold
+    assert "vanilla plateau" in out and "n/a (too few epochs: 1" in out and "rule NOT met" in out  # 1 epoch: the rule cannot hold
     assert read_csv(run / "table.csv")[0]["plateau_held"] == "0/1"
 
 
