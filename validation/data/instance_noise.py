@@ -65,6 +65,12 @@ def _features(x: Any) -> np.ndarray:
     return a.reshape(len(a), -1).astype(np.float64)
 
 
+def _sk_seed(seed: int) -> int:
+    """``seed`` as a scikit-learn ``random_state`` (which takes 0..2**32 - 1): reduced mod 2**32, so the 63-bit
+    streams of ``validation.curation.seeds`` work (a seed below 2**32 is unchanged)."""
+    return int(seed) % 2**32
+
+
 def _fit_subset(y: np.ndarray, fit_size: int, seed: int) -> np.ndarray:
     """Sorted indices of a seeded subset of ``fit_size`` samples, stratified by class where possible."""
     n = len(y)
@@ -72,7 +78,7 @@ def _fit_subset(y: np.ndarray, fit_size: int, seed: int) -> np.ndarray:
         return np.arange(n)
     from sklearn.model_selection import train_test_split
     try:
-        idx, _ = train_test_split(np.arange(n), train_size=fit_size, stratify=y, random_state=seed)
+        idx, _ = train_test_split(np.arange(n), train_size=fit_size, stratify=y, random_state=_sk_seed(seed))
     except ValueError:  # a class too small to stratify: a plain seeded subset
         idx = np.random.default_rng(seed).permutation(n)[:fit_size]
     return np.sort(idx)
@@ -86,7 +92,7 @@ def _make_classifier(classifier: Any, seed: int) -> tuple[Any, str, dict[str, An
 
     if classifier == "pca-logreg":
         params = {"pca_components": PCA_COMPONENTS, "C": 1.0}
-        return (make_pipeline(PCA(PCA_COMPONENTS, svd_solver="full", random_state=seed),
+        return (make_pipeline(PCA(PCA_COMPONENTS, svd_solver="full", random_state=_sk_seed(seed)),
                               LogisticRegression(C=1.0, max_iter=2000)), classifier, params)
     if classifier == "logreg":  # raw pixels, strongly regularised
         params = {"C": 0.01}

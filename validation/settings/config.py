@@ -38,10 +38,12 @@ from typing import Any, Mapping, Sequence
 
 from torch import Tensor
 
+from validation.data import instance_noise as vinstance
 from validation.data import noise as vnoise
 
-NOISE_KINDS = ("symmetric", "class_dependent", "documents")
-LABEL_NOISE = ("symmetric", "class_dependent")
+NOISE_KINDS = ("symmetric", "class_dependent", "pair_flip", "instance_dependent", "documents")
+LABEL_NOISE = ("symmetric", "class_dependent", "pair_flip", "instance_dependent")
+INPUT_NOISE = ("instance_dependent",)  # label noise that reads the inputs x as well as the labels
 
 #: Old field name -> where its value lives now (``a.b``: key ``b`` of field ``a``).
 LEGACY = {"ref_size": "n_ref", "rate": "noise.rate", "doc_mode": "noise.mode", "seq_len": "data_kw.seq_len"}
@@ -56,7 +58,11 @@ class NoiseSpec:
     """Noise injected into the training data.
 
     kind: "symmetric" (each of round(rate * n) labels flipped to another class drawn uniformly),
-    "class_dependent" (class c becomes ``mapping[c]`` with probability rate) or "documents" (round(rate * n)
+    "class_dependent" (class c becomes ``mapping[c]`` with probability rate), "pair_flip" (exactly
+    round(rate * n) labels, chosen by a seeded permutation, become c + 1 mod K;
+    ``validation.data.instance_noise.pair_flip_label_noise``), "instance_dependent" (exactly round(rate * n)
+    labels flipped toward what a weak classifier of the inputs confuses; needs ``x``;
+    ``validation.data.instance_noise.instance_dependent_label_noise``) or "documents" (round(rate * n)
     training documents corrupted); rate: fraction in [0, 1]; mode: documents only, a
     ``validation.data.noise.DOC_MODES`` corruption (default "shuffle"); mapping: class_dependent only, the class each
     class flips to, one entry per class (None: the pair flip c -> c + 1 mod K).
@@ -107,12 +113,27 @@ class NoiseSpec:
             raise ConfigError(f"noise dict needs keys kind and rate (optional: mode, mapping); got {sorted(value)}")
         return cls(**dict(value))
 
-    def apply_labels(self, y: Tensor, num_classes: int, seed: int) -> vnoise.NoiseRecord:
-        """Noisy labels of ``y`` (int [n]) by ``validation.data.noise``, seeded."""
+    @property
+    def needs_inputs(self) -> bool:
+        """The noise depends on the inputs x as well as the labels (``apply_labels`` needs ``x``)."""
+        return self.kind in INPUT_NOISE
+
+    def apply_labels(self, y: Tensor, num_classes: int, seed: int, x: Tensor | None = None) -> vnoise.NoiseRecord:
+        """Noisy labels of ``y`` (int [n]) by ``validation.data.noise`` / ``validation.data.instance_noise``,
+        seeded. ``x``: the inputs [n, ...] of those labels, read only by input-dependent kinds
+        (``needs_inputs``: "instance_dependent"), which raise ``ConfigError`` without it."""
         if self.kind == "symmetric":
             return vnoise.symmetric_label_noise(y, self.rate, num_classes, seed=seed)
         if self.kind == "class_dependent":
             return vnoise.class_dependent_label_noise(y, self.rate, num_classes, seed=seed, mapping=self.mapping)
+        if self.kind == "pair_flip":
+            return vinstance.pair_flip_label_noise(y, self.rate, num_classes, seed=seed)
+        if self.kind == "instance_dependent":
+            if x is None:
+                raise ConfigError("instance_dependent label noise needs the inputs x (apply_labels(..., x=...))")
+            if len(x) != len(y):
+                raise ConfigError(f"x has {len(x)} samples, y {len(y)}")
+            return vinstance.instance_dependent_label_noise(x, y, self.rate, num_classes, seed=seed)
         raise ConfigError(f"label noise kind must be one of {LABEL_NOISE}, got {self.kind!r}")
 
     def apply_documents(self, docs: Sequence[Any], seed: int) -> vnoise.DocumentNoiseRecord:
@@ -141,4 +162,4 @@ def upgrade(d: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-__all__ = ["NoiseSpec", "ConfigError", "NOISE_KINDS", "LEGACY", "upgrade"]
+__all__ = ["NoiseSpec", "ConfigError", "NOISE_KINDS", "LABEL_NOISE", "INPUT_NOISE", "LEGACY", "upgrade"]

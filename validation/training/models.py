@@ -137,8 +137,11 @@ class CausalTransformer(nn.Module):
 
 
 def build_model(name: str, **kwargs) -> nn.Module:
-    """Model by name: ``mlp``, ``cnn1d``, ``cnn2d`` or ``transformer``."""
-    registry = {"mlp": MLP, "cnn1d": CNN1d, "cnn2d": CNN2d, "transformer": CausalTransformer}
+    """Model by name: ``mlp``, ``cnn1d``, ``cnn2d``, ``small-cnn`` (:class:`validation.training.small_cnn.SmallCNN`,
+    for the real MNIST digits) or ``transformer``."""
+    from .small_cnn import SmallCNN
+
+    registry = {"mlp": MLP, "cnn1d": CNN1d, "cnn2d": CNN2d, "small-cnn": SmallCNN, "transformer": CausalTransformer}
     if name not in registry:
         raise ValueError(f"unknown model {name!r}; choose from {sorted(registry)}")
     return registry[name](**kwargs)
