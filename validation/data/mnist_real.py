@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from .datasets import ArrayDataset
+from .arrays import ArrayDataset
 
 SIDE = 28  # MNIST images are 28x28
 N_IMAGES = 5000
