@@ -57,7 +57,11 @@ class Settings:
 class Backend(Protocol):
     """The methods a session calls. ``estimator``: the name results carry; ``lr``: the learning rate results
     report; ``routed``: parameters found unfactorable so far; ``skipped``: parameter names that contribute
-    nothing (LAI)."""
+    nothing (LAI).
+
+    The learning rate: every product a backend returns (``Chunk.named``, ``self_products``) is already scaled by
+    lr, and the session never rescales. Each backend applies it where it is cheapest (Ghost and Exact on their
+    products, LAI on its reference side, TracIn per checkpoint with that checkpoint's lr)."""
 
     estimator: str
     lr: float
