@@ -99,9 +99,9 @@ def test_bench_keeps_stderr_clean_and_rejects_bad_usage(tmp_path):
     report = json.loads((tmp_path / "b" / "bench.json").read_text())
     for task in ("mnist1d-noisy40", "digits-noisy40"):  # curated step vs vanilla on the curation tasks
         rows = {r["method"]: r for r in report["tasks"][task]["rows"]}
-        from validation.bench.tasks import METHODS  # every registered estimator that keeps a session
-        assert {"lai", "lai-last", "ghost"} <= set(METHODS)
-        assert set(rows) == {"vanilla", *(f"{m}@{k}" for k in (1, 8) for m in METHODS)}
+        from validation.bench.tasks import methods  # every registered estimator that keeps a session
+        assert {"lai", "lai-last", "ghost"} <= set(methods())
+        assert set(rows) == {"vanilla", *(f"{m}@{k}" for k in (1, 8) for m in methods())}
         assert rows["vanilla"]["time_vs_vanilla"] == 1.0 and all(r["step_ms"] > 0 for r in rows.values())
         assert f"curated ghost step (statistics kept 8 steps) / vanilla step, {task}" in proc.stdout
     over = report["overhead"]

@@ -265,7 +265,7 @@ def test_real_size_workloads_end_to_end(tmp_path):
                         "--dataset-n", "16", "--clock", "cpu", "--no-progress", "--row-memory-gb", "6",
                         "--row-timeout", "1800", "--out", str(out)])
     rows = report["realsize"]["rows"]
-    plan = bench_realsize_run.plan_rows(list(REALSIZE), bench_realsize_run.REAL_ESTIMATORS,
+    plan = bench_realsize_run.plan_rows(list(REALSIZE), bench_realsize_run.real_estimators(),
                                         bench.realsize_settings(bench.build_parser().parse_args(
                                             ["--n-layers", "2", "--seq-len", "64", "--repeats", "1",
                                              "--dataset-n", "16", "--row-memory-gb", "6", "--row-timeout", "1800"])))

@@ -210,7 +210,7 @@ def test_estimator_registry_one_spelling_and_the_same_numbers_as_influence(f64):
     baselines = {"forward", "forward_backward", "train_step", *chosen.BASELINES, *chosen.RESEARCH}
     for names in (CURATION_SIGNALS, fidelity_estimators(), chosen.timed(True), estimator_cost.default_names(),
                   fig2_fidelity.default_estimators(), fig5_cost.default_estimators(),
-                  realsize_run.REAL_ESTIMATORS, realsize_run.DATASET_ESTIMATORS, score.choices(), tasks.METHODS):
+                  realsize_run.real_estimators(), realsize_run.dataset_estimators(), score.choices(), tasks.methods()):
         assert set(names) - baselines <= set(estimator_names()), names
 
 

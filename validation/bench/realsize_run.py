@@ -28,12 +28,19 @@ from validation.bench.realsize import LM_WORKLOADS, estimators_for, real_spec
 from validation.bench.realsize_report import row_ratios, row_targets
 from validation.settings import estimators as chosen
 
-REAL_ESTIMATORS = tuple(chosen.timed(sequence=True))  # every registered estimator but chosen.UNTIMED
+
+def real_estimators() -> tuple[str, ...]:
+    """Every registered estimator but ``chosen.UNTIMED`` (read from the registry when called)."""
+    return tuple(chosen.timed(sequence=True))
 CURATED_WORKLOADS = ("gpt2-small",)
 #: the data-set scoring rows: the registered estimators without per-sample gradients
-DATASET_ESTIMATORS = tuple(estimator_names(per_sample_gradients=False, sequence_only=False))
+def dataset_estimators() -> tuple[str, ...]:
+    """The estimators whose ``score_dataset`` throughput is measured (no per-sample gradients, not sequence-only)."""
+    return tuple(estimator_names(per_sample_gradients=False, sequence_only=False))
 KEPT = 8  # steps the curated row keeps its reference statistics (issue 23: k = 8)
-CURATED_METHODS = tuple(chosen.forward_only())  # curation methods timed against a plain step
+def curated_methods() -> tuple[str, ...]:
+    """The curation methods timed against a plain step (influence estimators without a backward)."""
+    return tuple(chosen.forward_only())
 CURATED_BATCH, CURATED_REF = 8, 32  # sequences (issue 23)
 TINY_CURATED = (4, 4)
 ROWS = "validation.bench.rows"
@@ -93,12 +100,12 @@ def plan_rows(workloads: list[str], estimators: tuple[str, ...] | list[str], s: 
         job = s.base_job(wl)
         job["overrides"].update(n_score=sizes[0], n_ref=sizes[1])
         if s.curated:
-            for method in CURATED_METHODS:
+            for method in curated_methods():
                 name = f"curated-{method}@{KEPT}"
                 rows.append(PlannedRow(f"{wl}/{name}", wl, "curated", name, f"{ROWS}:curated_row",
                                        {**job, "method": method, "k": KEPT}))
         if s.dataset_n > 0:
-            for e in (e for e in DATASET_ESTIMATORS if e in estimators):
+            for e in (e for e in dataset_estimators() if e in estimators):
                 rows.append(PlannedRow(f"{wl}/dataset-{e}", wl, "dataset", f"dataset-{e}", f"{ROWS}:dataset_row",
                                        {**job, "estimator": e, "n": s.dataset_n}))
     return rows
@@ -133,11 +140,11 @@ def run_rows(plan: list[PlannedRow], section: dict[str, Any], s: RealSettings, c
 
 
 def default_estimators(workloads: list[str]) -> tuple[str, ...]:
-    """``REAL_ESTIMATORS`` (the token-sequence-only ones only when a language model is among ``workloads``)."""
+    """``real_estimators()`` (the token-sequence-only ones only when a language model is among ``workloads``)."""
     if any(w in LM_WORKLOADS for w in workloads):
-        return REAL_ESTIMATORS
-    return tuple(e for e in REAL_ESTIMATORS if not chosen.is_sequence_only(e))
+        return real_estimators()
+    return tuple(e for e in real_estimators() if not chosen.is_sequence_only(e))
 
 
-__all__ = ["RealSettings", "PlannedRow", "plan_rows", "run_rows", "default_estimators", "REAL_ESTIMATORS",
-           "CURATED_WORKLOADS", "DATASET_ESTIMATORS", "KEPT"]
+__all__ = ["RealSettings", "PlannedRow", "plan_rows", "run_rows", "default_estimators", "real_estimators",
+           "CURATED_WORKLOADS", "dataset_estimators", "curated_methods", "KEPT"]

@@ -20,20 +20,23 @@ from validation.curation.timing import time_methods
 from validation.settings import estimators as chosen
 
 TASKS = ("mnist1d-noisy40", "digits-noisy40")
-#: the curation methods timed: every registered estimator without per-sample gradients that is a curation method
-METHODS = tuple(n for n in estimator_names(per_sample_gradients=False, sequence_only=False) if n in CURATION_METHODS)
+def methods() -> tuple[str, ...]:
+    """The curation methods timed: every registered estimator without per-sample gradients that is a curation
+    method (read from the registry when called)."""
+    return tuple(n for n in estimator_names(per_sample_gradients=False, sequence_only=False) if n in CURATION_METHODS)
 KEPT = 8
-#: curated step / vanilla step, by the estimator's family (CURATED_OVER_STEP["curated-<family>"])
-BOUNDS = {m: CURATED_OVER_STEP[f"curated-{chosen.family(m)}"] for m in METHODS
-          if f"curated-{chosen.family(m)}" in CURATED_OVER_STEP}
+def bounds() -> dict[str, float]:
+    """Curated step / vanilla step, by the estimator's family (``CURATED_OVER_STEP["curated-<family>"]``)."""
+    return {m: CURATED_OVER_STEP[f"curated-{chosen.family(m)}"] for m in methods()
+            if f"curated-{chosen.family(m)}" in CURATED_OVER_STEP}
 
 
 def tasks_section(task: str, steps: int, tiny: bool = False) -> dict[str, Any]:
-    """Interleaved step timing of vanilla and ``METHODS`` at refresh 1 and ``KEPT`` on ``task`` (seed 0)."""
+    """Interleaved step timing of vanilla and ``methods()`` at refresh 1 and ``KEPT`` on ``task`` (seed 0)."""
     spec = get_task(task)
     if tiny:
         spec = dataclasses.replace(spec, max_train=4 * spec.batch_size)
-    labels = [f"{m}@{k}" for k in (1, KEPT) for m in METHODS]
+    labels = [f"{m}@{k}" for k in (1, KEPT) for m in methods()]
     rows = time_methods(prepare(spec, 0), labels, seed=0, steps=steps, warmup=2 if tiny else 3)
     return {"task": task, "batch_size": spec.batch_size, "n_ref": spec.n_ref, "model": spec.model, "steps": steps,
             "rows": rows}
@@ -41,12 +44,12 @@ def tasks_section(task: str, steps: int, tiny: bool = False) -> dict[str, Any]:
 
 def task_targets(section: dict[str, Any]) -> list[dict[str, Any]]:
     """Target rows (``targets.target``) for every timed influence method."""
-    out = []
+    out, limits = [], bounds()
     for r in section["rows"]:
         method, _, k = r["method"].partition("@")
-        if method in BOUNDS:
+        if method in limits:
             out.append(target(f"curated {method} step (statistics kept {k} step{'s' if k != '1' else ''}) / "
-                              f"vanilla step, {section['task']}", r["time_vs_vanilla"], BOUNDS[method], clock="wall"))
+                              f"vanilla step, {section['task']}", r["time_vs_vanilla"], limits[method], clock="wall"))
     return out
 
 
@@ -64,4 +67,4 @@ def render_tasks(sections: dict[str, dict[str, Any]]) -> list[str]:
     return lines
 
 
-__all__ = ["TASKS", "METHODS", "KEPT", "tasks_section", "task_targets", "render_tasks"]
+__all__ = ["TASKS", "methods", "bounds", "KEPT", "tasks_section", "task_targets", "render_tasks"]

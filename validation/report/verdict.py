@@ -37,7 +37,7 @@ def _rank_lines(s: dict[str, Any]) -> list[str]:
              f"Ghost equals Exact; the bar is {RANK_BAR:g}; paired differences a − b, positive = a ranks closer):"]
     for model in _models(sp):
         est = sp[model]
-        shown = [e for e in (*chosen.influence_estimators(), "loss") if e in est and not chosen.is_exact(e)]
+        shown = [e for e in (*chosen.scored(), "loss") if e in est and e != "exact" and not chosen.is_exact(e)]
         lines.append(f"  - {model}: " + "; ".join(f"{_label(e)} {_e(est[e])}" for e in shown) + ".")
         lai = est.get("lai")
         if lai and lai.get("value") is not None:

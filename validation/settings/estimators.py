@@ -86,9 +86,10 @@ def forward_only() -> list[str]:
 
 
 def influence_estimators(sequence: bool = True) -> list[str]:
-    """The scored names that estimate influence (``scored`` but Exact, the target; loss and counterfactuals are
-    not estimators)."""
-    return [n for n in scored(sequence) if n != "exact"]
+    """The scored names that estimate influence: ``scored`` but Exact (the target) and the registered rankings whose
+    sign means nothing (``Capabilities.influence`` False: el2n, grad-norm); loss and the counterfactuals are not
+    estimators."""
+    return [n for n in scored(sequence) if n != "exact" and (n in RESEARCH or get_estimator(n).caps.influence)]
 
 
 def cheap(sequence: bool = True) -> list[str]:
