@@ -129,10 +129,15 @@ def chunked_materialized(train: Block, ref_grads: Tensor, budget: int) -> Tensor
     return torch.cat([train.rows(slice(i, i + rows)).per_sample() @ ref_grads.T for i in range(0, train.n, rows)])
 
 
+SELF_ROWS = 64  # samples per row chunk of self_products' Gram diagonal (blocks without tokens)
+
+
 def self_products(block: Block, budget: int | None = DEFAULT_BUDGET) -> Tensor:
     """[n]: <G_i, G_i> for every sample of ``block``: materialised per-sample gradients (in row chunks within
-    ``budget``) when one gradient is smaller than the token-pair Gram of one sample and fits the budget, else one
-    Gram per sample (refused by name when even that does not fit)."""
+    ``budget``) when one gradient is smaller than the token-pair Gram of one sample and fits the budget; else, for a
+    block without tokens (one token per segment), the diagonal of the Gram of row chunks of ``SELF_ROWS`` samples
+    (a few einsums per block instead of one per sample); else one Gram per sample (refused by name when even that
+    does not fit)."""
     budget = resolve_budget(budget)
     size, item = block.matrix_size(), _itemsize(block)
     tok = sum(s.tokens for s in block.segments)
@@ -141,6 +146,9 @@ def self_products(block: Block, budget: int | None = DEFAULT_BUDGET) -> Tensor:
     if cheaper and size * item <= budget:
         rows = max(1, int(budget // max(1, size * item)))
         return torch.cat([block.rows(slice(i, i + rows)).per_sample().pow(2).sum(1) for i in range(0, block.n, rows)])
+    if tok == len(block.segments) and SELF_ROWS * gram_row_bytes(block, SELF_ROWS) <= budget:
+        return torch.cat([(b := block.rows(slice(i, i + SELF_ROWS))).gram(b).diagonal()
+                          for i in range(0, block.n, SELF_ROWS)])
     require_fits(gram_row_bytes(block.rows(slice(0, 1)), 1), budget, f"{block.name}: one sample's token-pair Gram")
     return torch.stack([block.rows(slice(i, i + 1)).gram(block.rows(slice(i, i + 1)))[0, 0]
                         for i in range(block.n)])

@@ -62,16 +62,6 @@ class OutputScoreBackend(BaseBackend):
         raise InfluenceError(f"{self.kind} has no per-sample gradient products (self-influence): use grad-norm")
 
 
-def squared_norms(block, budget: int | None, rows: int = 64) -> Tensor:
-    """[n]: <G_i, G_i> of a block. Blocks without tokens (one token per segment): the diagonal of the Gram
-    products of row chunks of ``rows`` samples against themselves (a few einsums per block instead of one per
-    sample); others as ``influence.scoring.self_products``."""
-    if any(seg.tokens != 1 for seg in block.segments):
-        return self_products(block, budget)
-    return torch.cat([(b := block.rows(slice(i, i + rows))).gram(b).diagonal()
-                      for i in range(0, block.n, rows)])
-
-
 class GradNormBackend(BaseBackend):
     """``grad-norm``: -lr * ||grad l_i||^2 from Ghost's factored per-sample gradients; the parameters Ghost cannot
     factor (its plan, or a capture's verification) are added from Exact's per-sample gradients here, so nothing is
@@ -108,7 +98,7 @@ class GradNormBackend(BaseBackend):
             ghost.routed.update(new)
         else:
             raise InfluenceError("grad-norm: the factorisation kept finding new unfactorable parameters; use Exact")
-        parts = [squared_norms(blocks[key], self.budget) for key in blocks]
+        parts = [self_products(blocks[key], self.budget) for key in blocks]
         total = self.lr * sum(parts) if parts else cap.losses.new_zeros(n)
         names = ghost.routed_names()
         if names:
