@@ -119,11 +119,15 @@ class Session:
             self.ref = reference_batches(ref)
         self._rebuild({})
 
+    def _max_tries(self) -> int:
+        """Every rebuild routes at least one more parameter, so this many builds always suffice."""
+        return sum(p.requires_grad for p in self.model.parameters()) + 2
+
     def _rebuild(self, routed: dict) -> None:
         """Build the reference side with ``routed`` parameters routed, adding whatever a backend finds unfactorable
-        until nothing new is found (every rebuild routes at least one more parameter, so the tries are bounded)."""
+        until nothing new is found (``_max_tries`` bounds the builds)."""
         routed = dict(routed)
-        for _ in range(sum(p.requires_grad for p in self.model.parameters()) + 2):
+        for _ in range(self._max_tries()):
             new = self._build(routed)
             if not new:
                 return
@@ -177,7 +181,7 @@ class Session:
         self.calls += 1
         train = without_inference_tensors(train)
         n = check_batch(train, "train")
-        for _ in range(sum(p.requires_grad for p in self.model.parameters()) + 2):
+        for _ in range(self._max_tries()):
             chunks = self._chunks(train, n, keep_graph)
             new = next((c.reroute for c in chunks if c.reroute), None)
             if not new:
