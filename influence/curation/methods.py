@@ -18,11 +18,15 @@ every access, so an estimator registered later is a method too. Baselines:
   to show what the schedule changes);
 * ``loss-threshold``: keeps samples whose loss is at most the mean loss of the reference batch (the same clean
   reference the influence methods use: "keep what the model fits as well as clean held-out data");
-* ``random``: keeps a random subset; ``large-grad``: keeps the largest per-sample gradient norms.
+* ``random``: keeps a random subset; ``large-grad``: keeps the largest per-sample gradient norms;
+* ``loss+lai``, ``loss+lai-last``: the combined rank of the data-selection literature, keeping the top of
+  rank(influence score) + rank(-loss) within the batch (``policies.rank_sum``): samples both useful by the
+  estimator and well fitted.
 
 Rate-matched methods (``rate_matched``: random, small-loss-fixed, large-grad, the top-k and GREATS variants)
 need ``keep_fraction``; the experiment gives them the fraction the matched threshold method (default ``lai``)
-kept at the same seed. ``small-loss`` (its own schedule), ``loss-threshold``, ``oracle`` and the threshold
+kept at the same seed; ``<method>@<matched>`` (``random@lai-last``) matches another method's fraction, so
+every threshold method can have its own rate-matched random control. ``small-loss`` (its own schedule), ``loss-threshold``, ``oracle`` and the threshold
 methods choose their own kept fraction.
 """
 
@@ -36,8 +40,8 @@ from influence.estimators import estimator_names
 
 from .signals import BASELINE_SIGNALS, estimator_entry, signals
 
-POLICIES = ("all", "threshold", "top_k", "bottom_k", "greats", "random", "loss_threshold", "oracle")
-RATE_POLICIES = ("top_k", "bottom_k", "greats", "random")
+POLICIES = ("all", "threshold", "top_k", "bottom_k", "greats", "random", "loss_threshold", "oracle", "rank_sum")
+RATE_POLICIES = ("top_k", "bottom_k", "greats", "random", "rank_sum")
 
 
 @dataclass(frozen=True)
@@ -50,13 +54,15 @@ class Method:
     threshold: float = 0.0
     keep_fraction: float | None = None
     ramp: bool = False  # keep fraction set per epoch by a drop-rate schedule (small-loss), not rate-matched
+    match: str | None = None  # rate-matched to this threshold method's kept fraction (``<name>@<match>``); None:
+    # the experiment's default match
 
     def __post_init__(self) -> None:
         if self.signal not in signals():
             raise InvalidArgumentError(f"{self.name}: unknown signal {self.signal!r}; choose from {signals()}")
         if self.policy not in POLICIES:
             raise InvalidArgumentError(f"{self.name}: unknown policy {self.policy!r}; choose from {POLICIES}")
-        if self.policy in ("threshold", "greats") and estimator_entry(self.signal) is None:
+        if self.policy in ("threshold", "greats", "rank_sum") and estimator_entry(self.signal) is None:
             raise InvalidArgumentError(f"{self.name}: policy {self.policy!r} needs an influence estimator, got {self.signal!r}")
         if self.policy in ("loss_threshold", "oracle") and self.signal != "loss":
             raise InvalidArgumentError(f"{self.name}: policy {self.policy!r} needs the 'loss' signal, got {self.signal!r}")
@@ -96,6 +102,8 @@ VARIANTS = (  # the top-k and GREATS forms of the estimators that have them
     Method("ghost-topk", "ghost", "top_k"),
     Method("lai-greats", "lai", "greats"),
     Method("greats", "ghost", "greats"),
+    Method("loss+lai", "lai", "rank_sum"),
+    Method("loss+lai-last", "lai-last", "rank_sum"),
 )
 BASELINES = (
     Method("random", "random", "random"),
@@ -140,12 +148,26 @@ METHODS: Mapping[str, Method] = _Methods()
 
 
 def get_method(method: str | Method, keep_fraction: float | None = None) -> Method:
-    """A registered method by name (or a Method as is), with ``keep_fraction`` set when given."""
+    """A registered method by name (or a Method as is), with ``keep_fraction`` set when given.
+
+    ``<rate method>@<method>`` (``random@lai-last``) is the rate-matched method ``<rate method>`` keeping the
+    fraction that ``<method>``, a method that chooses its own kept fraction, kept at the same seed."""
     if isinstance(method, str):
         table = method_table()
-        if method not in table:
+        base, _, match = method.partition("@")
+        if base not in table:
             raise InvalidArgumentError(f"unknown method {method!r}; choose from {sorted(table)}")
-        method = table[method]
+        method = table[base]
+        if match:
+            rated = sorted(n for n, m in table.items() if m.rate_matched)
+            own = sorted(n for n, m in table.items() if not m.rate_matched)
+            if not method.rate_matched:
+                raise InvalidArgumentError(f"{method.name!r}: only a rate-matched method ({', '.join(rated)}) "
+                                           "takes '@<method>'")
+            if match not in own:
+                raise InvalidArgumentError(f"{base}@{match}: {match!r} must be a method that chooses its own kept "
+                                           f"fraction, one of {own}")
+            method = replace(method, name=f"{base}@{match}", match=match)
     return method.with_fraction(keep_fraction) if keep_fraction is not None else method
 
 

@@ -66,6 +66,20 @@ def keep_bottom_k(values: Tensor, k: int) -> Tensor:
     return keep_top_k(-values, k)
 
 
+def rank_sum(scores: Tensor, losses: Tensor) -> Tensor:
+    """The combined rank [n] of a batch: the rank of each score (0 = lowest) plus the rank of each loss from the
+    top (0 = highest loss), so a high value means both useful by the influence score and well fitted. Ties are
+    ranked by index (a stable sort); the result is a float tensor on the scores' device."""
+    if scores.shape != losses.shape:
+        raise InvalidArgumentError(f"scores and losses must have the same shape, got {tuple(scores.shape)} and "
+                                   f"{tuple(losses.shape)}")
+    def ranks(v: Tensor) -> Tensor:
+        out = torch.empty(v.shape[0], dtype=torch.float64, device=v.device)
+        out[torch.sort(v, stable=True).indices] = torch.arange(v.shape[0], dtype=torch.float64, device=v.device)
+        return out
+    return ranks(scores) + ranks(-losses.to(scores.device))
+
+
 def keep_random(n: int, k: int, generator: torch.Generator | None = None) -> Tensor:
     """Keep k of n samples chosen uniformly at random (``generator`` seeds it; same seed = same choice)."""
     if not 0 <= k <= n:

@@ -36,7 +36,7 @@ from .cadence import KeptSession, check_refresh_every
 from .distributed import Shards, gather_batch, gather_rows, sum_gradients, unwrap
 from .errors import CurationError, EmptySelectionError
 from .methods import Method, get_method
-from .policies import greats_select, keep_count, keep_random, keep_threshold, keep_top_k
+from .policies import greats_select, keep_count, keep_random, keep_threshold, keep_top_k, rank_sum
 from .reference import ReferencePolicy
 from .signals import global_pairwise, keeps_session, score_batch, trainable_params
 
@@ -113,7 +113,7 @@ def choose(method: Method, values: Tensor | None, n: int, lr: float, pairwise: C
         return keep_random(n, k, generator), None
     if p == "bottom_k":
         return keep_top_k(-values, k), None
-    if p == "top_k":
+    if p in ("top_k", "rank_sum"):  # rank_sum: the values are the combined rank (``curation_step``)
         return keep_top_k(values, k), None
     if p == "greats":
         if pairwise is None:
@@ -212,6 +212,8 @@ def curation_step(model: nn.Module, loss_fn: LossFn, optimizer: torch.optim.Opti
     ref_loss = None
     if m.policy == "loss_threshold":  # mean reference loss (the batch's own when there is no reference batch)
         ref_loss = float(losses.mean()) if ref is None else _mean_loss(net, loss_fn, ref)
+    if m.policy == "rank_sum":
+        values = rank_sum(values, losses)
     mask, fallback = choose(m, values, n_global, lr, pairwise, generator, on_empty, is_noisy=noisy,
                             ref_loss=ref_loss)
     mask = mask.to(losses.device)

@@ -17,7 +17,7 @@ import dataclasses
 import sys
 from typing import Any
 
-from influence.curation.methods import METHODS
+from influence.curation.methods import METHODS, get_method
 from influence.curation.reference import KINDS
 from influence.curation.step import ON_EMPTY
 
@@ -60,7 +60,8 @@ def build_parser(prog: str = "lai curate") -> argparse.ArgumentParser:
                     help="run a scale preset: quick, or full (the paper's curation runs; 'paper' is its old name): "
                          "the tasks, seeds, methods and protocols of validation.settings.profiles.CURATION_PROFILES, seed by "
                          "seed; --seeds/--epochs override it")
-    ap.add_argument("--methods", default=DEFAULT_METHODS, help=f"comma-separated, from {', '.join(METHODS)}")
+    ap.add_argument("--methods", default=DEFAULT_METHODS, help=f"comma-separated, from {', '.join(METHODS)}; <rate method>@<method> (random@lai-last) "
+                    "matches that method's kept fraction")
     ap.add_argument("--epochs", type=int, help="override the task's epochs")
     ap.add_argument("--batch-size", type=int, help="override the task's batch size")
     ap.add_argument("--lr", type=float, help="override the task's learning rate")
@@ -97,8 +98,10 @@ def main(argv: list[str] | None = None, prog: str = "lai curate") -> int:
         print("methods:", ", ".join(METHODS))
         return 0
     try:
-        methods = split_list(args.methods, tuple(METHODS), "method")
-    except argparse.ArgumentTypeError as exc:
+        methods = split_list(args.methods, None, "method")
+        for name in methods:  # a registered method, or <rate method>@<method> (methods.get_method)
+            get_method(name)
+    except (argparse.ArgumentTypeError, ValueError) as exc:
         p.error(str(exc))
     if args.task not in TASKS and not args.profile:
         p.error(f"unknown task {args.task!r}; choose from {', '.join(sorted(TASKS))}")

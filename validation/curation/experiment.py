@@ -239,9 +239,10 @@ def run_comparison(spec: TaskSpec, methods: list[str], seeds: list[int], results
     run = RunDir(Path(results) / SUITE / f"{spec.name}-{spec.protocol}-{config_id(config)}")
     run.init(config)
     run.add_provenance(provenance())
-    rate_methods = [m for m in methods if get_method(m).rate_matched]
-    if rate_methods and keep_fraction is None and match not in methods:
-        methods = [match, *methods]
+    rate_methods = [get_method(m) for m in methods if get_method(m).rate_matched]
+    if keep_fraction is None:  # every matched method runs first (default match, and <name>@<match> targets)
+        targets = dict.fromkeys(m.match or match for m in rate_methods)
+        methods = [*(t for t in targets if t not in methods), *methods]
     order = sorted(methods, key=lambda m: get_method(m).rate_matched)  # matched method first
     for seed in seeds:
         prep = None
@@ -256,7 +257,7 @@ def run_comparison(spec: TaskSpec, methods: list[str], seeds: list[int], results
             m = get_method(name)
             if m.rate_matched:
                 m = m.with_fraction(keep_fraction if keep_fraction is not None
-                                    else _match_fraction(run, spec.name, seed, match))
+                                    else _match_fraction(run, spec.name, seed, m.match or match))
             summary, rows = train_unit(prep, m, seed, on_empty, pretrained_state(run, prep, seed), progress,
                                        refresh_every)
             atomic_write_csv(run.root / "steps" / name / f"seed{seed}.csv", rows, STEP_COLUMNS)

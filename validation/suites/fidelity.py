@@ -4,7 +4,8 @@ and how well it detects the injected noisy samples.
 At one scored step (a :class:`StepContext`), for every estimator e (see ``StepContext.estimators``) and target
 t in {exact, counterfactual, counterfactual_small_lr}, e != t: Spearman, Kendall tau-b, top-k and bottom-k
 overlap (k = ceil(topk_fraction * n)) and sign agreement of e's scores against t's. For every score (targets included): the
-AUROC of detecting the noisy samples with -score (``metrics.noisy_auroc``). The per-sample scores are kept
+AUROC of detecting the noisy samples with -score (``metrics.noisy_auroc``), and of the combined ranks
+``loss+lai`` and ``loss+lai-last`` (:data:`COMBINED`). The per-sample scores are kept
 (table ``scores``) for trajectory and scatter figures. Per layer (table ``layer_terms``): how LAI's term of
 that layer compares with Ghost's (``lai_variants.layer_diagnostics``) and the ``lai-fit`` weight when scored.
 """
@@ -13,12 +14,16 @@ from __future__ import annotations
 
 from typing import Any
 
+from influence.curation.policies import rank_sum
 from validation.suites.lai_variants import last_layer_name, layer_diagnostics
 
 from .context import StepContext
 from .metrics import kendall, noisy_auroc, sign_agreement, spearman, topk_overlap, topk_size
 
 TARGETS = ("exact", "counterfactual", "counterfactual_small_lr")
+#: Estimators whose combined rank with the loss (``loss+<name>``, ``influence.curation.policies.rank_sum``) is
+#: also scored as a noisy-label detector (table ``auroc`` only: it is a ranking, not an influence estimate).
+COMBINED = ("lai", "lai-last")
 
 
 def fidelity_step(ctx: StepContext, topk_fraction: float = 0.1) -> dict[str, list[dict[str, Any]]]:
@@ -38,8 +43,11 @@ def fidelity_step(ctx: StepContext, topk_fraction: float = 0.1) -> dict[str, lis
                         "bottomk_overlap": topk_overlap(a, b, k, largest=False),
                         "sign_agreement": sign_agreement(a, b)})
     noisy = ctx.is_noisy.cpu()
-    auroc = [{**key, "estimator": e, "auroc": noisy_auroc(noisy, scores[e]), "n": n, "n_noisy": int(noisy.sum())}
-             for e in names]
+    detectors = {e: scores[e] for e in names}
+    if "loss" in scores:  # the combined rank (rank of the score + rank of -loss), as curation's loss+<e> keeps it
+        detectors.update({f"loss+{e}": rank_sum(scores[e], scores["loss"]) for e in COMBINED if e in scores})
+    auroc = [{**key, "estimator": e, "auroc": noisy_auroc(noisy, s), "n": n, "n_noisy": int(noisy.sum())}
+             for e, s in detectors.items()]
     ids = ctx.ids.cpu().tolist()
     flags = [int(v) for v in noisy.tolist()]
     per_sample = [{**key, "sample": i, "is_noisy": f, "estimator": e, "score": float(s)}
@@ -52,4 +60,4 @@ def fidelity_step(ctx: StepContext, topk_fraction: float = 0.1) -> dict[str, lis
     return {"fidelity": fid, "auroc": auroc, "scores": per_sample, "layer_terms": layers}
 
 
-__all__ = ["fidelity_step", "TARGETS"]
+__all__ = ["fidelity_step", "TARGETS", "COMBINED"]
