@@ -21,11 +21,11 @@ every access, so an estimator registered later is a method too. Baselines:
 * ``random``: keeps a random subset; ``large-grad``: keeps the largest per-sample gradient norms;
 * ``loss+lai``, ``loss+lai-last``: the combined rank of the data-selection literature, keeping the top of
   rank(influence score) + rank(-loss) within the batch (``policies.rank_sum``): samples both useful by the
-  estimator and well fitted.
+  estimator and well fitted; rate-matched to that estimator's own threshold method (``lai``, ``lai-last``).
 
 Rate-matched methods (``rate_matched``: random, small-loss-fixed, large-grad, the top-k and GREATS variants)
 need ``keep_fraction``; the experiment gives them the fraction the matched threshold method (default ``lai``)
-kept at the same seed; ``<method>@<matched>`` (``random@lai-last``) matches another method's fraction, so
+kept at the same seed; ``<method>-as-<matched>`` (``random-as-lai-last``) matches another method's fraction, so
 every threshold method can have its own rate-matched random control. ``small-loss`` (its own schedule), ``loss-threshold``, ``oracle`` and the threshold
 methods choose their own kept fraction.
 """
@@ -40,6 +40,8 @@ from influence.estimators import estimator_names
 
 from .signals import BASELINE_SIGNALS, estimator_entry, signals
 
+#: ``<rate method>-as-<method>``: a rate-matched method keeping the fraction another method kept (:func:`get_method`).
+MATCH_SEP = "-as-"
 POLICIES = ("all", "threshold", "top_k", "bottom_k", "greats", "random", "loss_threshold", "oracle", "rank_sum")
 RATE_POLICIES = ("top_k", "bottom_k", "greats", "random", "rank_sum")
 
@@ -54,7 +56,7 @@ class Method:
     threshold: float = 0.0
     keep_fraction: float | None = None
     ramp: bool = False  # keep fraction set per epoch by a drop-rate schedule (small-loss), not rate-matched
-    match: str | None = None  # rate-matched to this threshold method's kept fraction (``<name>@<match>``); None:
+    match: str | None = None  # rate-matched to this threshold method's kept fraction (``<name>-as-<match>``); None:
     # the experiment's default match
 
     def __post_init__(self) -> None:
@@ -102,8 +104,8 @@ VARIANTS = (  # the top-k and GREATS forms of the estimators that have them
     Method("ghost-topk", "ghost", "top_k"),
     Method("lai-greats", "lai", "greats"),
     Method("greats", "ghost", "greats"),
-    Method("loss+lai", "lai", "rank_sum"),
-    Method("loss+lai-last", "lai-last", "rank_sum"),
+    Method("loss+lai", "lai", "rank_sum", match="lai"),  # the combined rank keeps what its estimator keeps
+    Method("loss+lai-last", "lai-last", "rank_sum", match="lai-last"),
 )
 BASELINES = (
     Method("random", "random", "random"),
@@ -150,11 +152,11 @@ METHODS: Mapping[str, Method] = _Methods()
 def get_method(method: str | Method, keep_fraction: float | None = None) -> Method:
     """A registered method by name (or a Method as is), with ``keep_fraction`` set when given.
 
-    ``<rate method>@<method>`` (``random@lai-last``) is the rate-matched method ``<rate method>`` keeping the
+    ``<rate method>-as-<method>`` (``random-as-lai-last``) is the rate-matched method ``<rate method>`` keeping the
     fraction that ``<method>``, a method that chooses its own kept fraction, kept at the same seed."""
     if isinstance(method, str):
         table = method_table()
-        base, _, match = method.partition("@")
+        base, _, match = method.partition(MATCH_SEP)
         if base not in table:
             raise InvalidArgumentError(f"unknown method {method!r}; choose from {sorted(table)}")
         method = table[base]
@@ -163,11 +165,11 @@ def get_method(method: str | Method, keep_fraction: float | None = None) -> Meth
             own = sorted(n for n, m in table.items() if not m.rate_matched)
             if not method.rate_matched:
                 raise InvalidArgumentError(f"{method.name!r}: only a rate-matched method ({', '.join(rated)}) "
-                                           "takes '@<method>'")
+                                           "takes '-as-<method>'")
             if match not in own:
-                raise InvalidArgumentError(f"{base}@{match}: {match!r} must be a method that chooses its own kept "
+                raise InvalidArgumentError(f"{base}{MATCH_SEP}{match}: {match!r} must be a method that chooses its own kept "
                                            f"fraction, one of {own}")
-            method = replace(method, name=f"{base}@{match}", match=match)
+            method = replace(method, name=f"{base}{MATCH_SEP}{match}", match=match)
     return method.with_fraction(keep_fraction) if keep_fraction is not None else method
 
 

@@ -60,7 +60,7 @@ def build_parser(prog: str = "lai curate") -> argparse.ArgumentParser:
                     help="run a scale preset: quick, or full (the paper's curation runs; 'paper' is its old name): "
                          "the tasks, seeds, methods and protocols of validation.settings.profiles.CURATION_PROFILES, seed by "
                          "seed; --seeds/--epochs override it")
-    ap.add_argument("--methods", default=DEFAULT_METHODS, help=f"comma-separated, from {', '.join(METHODS)}; <rate method>@<method> (random@lai-last) "
+    ap.add_argument("--methods", default=DEFAULT_METHODS, help=f"comma-separated, from {', '.join(METHODS)}; <rate method>-as-<method> (random-as-lai-last) "
                     "matches that method's kept fraction")
     ap.add_argument("--epochs", type=int, help="override the task's epochs")
     ap.add_argument("--batch-size", type=int, help="override the task's batch size")
@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None, prog: str = "lai curate") -> int:
         return 0
     try:
         methods = split_list(args.methods, None, "method")
-        for name in methods:  # a registered method, or <rate method>@<method> (methods.get_method)
+        for name in methods:  # a registered method, or <rate method>-as-<method> (methods.get_method)
             get_method(name)
     except (argparse.ArgumentTypeError, ValueError) as exc:
         p.error(str(exc))

@@ -240,7 +240,7 @@ def run_comparison(spec: TaskSpec, methods: list[str], seeds: list[int], results
     run.init(config)
     run.add_provenance(provenance())
     rate_methods = [get_method(m) for m in methods if get_method(m).rate_matched]
-    if keep_fraction is None:  # every matched method runs first (default match, and <name>@<match> targets)
+    if keep_fraction is None:  # every matched method runs first (default match, and <name>-as-<match> targets)
         targets = dict.fromkeys(m.match or match for m in rate_methods)
         methods = [*(t for t in targets if t not in methods), *methods]
     order = sorted(methods, key=lambda m: get_method(m).rate_matched)  # matched method first
