@@ -52,6 +52,27 @@ def test_rate_method_without_its_match_runs_the_match_first(tmp_path, capsys):
     assert "| lai-last |" in out and "| random |" in out
 
 
+def test_each_rate_matched_control_keeps_its_own_methods_fraction(tmp_path, capsys):
+    """random-as-<m> keeps the fraction <m> kept (its target runs first, even when not listed), beside plain
+    random matched to --match; the combined rank keeps what its own estimator kept."""
+    out = _run(tmp_path, capsys, "random-as-lai-last,random,loss+lai-last")
+    assert out.index("lai-last seed0") < out.index("random-as-lai-last seed0")
+    (run,) = (tmp_path / SUITE).iterdir()
+    unit = lambda m: read_json(run / "units" / SUITE / "digits-noisy40" / "seed0" / f"{m}.json")  # noqa: E731
+    assert unit("random-as-lai-last")["keep_fraction"] == pytest.approx(unit("lai-last")["kept_fraction"])
+    assert unit("random")["keep_fraction"] == pytest.approx(unit("lai")["kept_fraction"])
+    assert unit("loss+lai-last")["keep_fraction"] == pytest.approx(unit("lai-last")["kept_fraction"])
+    assert unit("lai")["kept_fraction"] != pytest.approx(unit("lai-last")["kept_fraction"])  # the test can tell
+
+
+def test_a_match_must_choose_its_own_fraction_and_only_rate_methods_take_one(capsys):
+    for bad, words in (("random-as-random", "chooses its own kept fraction"), ("lai-as-lai-last", "only a rate"),
+                       ("random-as-nope", "chooses its own kept fraction")):
+        with pytest.raises(SystemExit):
+            cli.main(["--task", "digits-noisy40", "--methods", bad])
+        assert words in capsys.readouterr().err
+
+
 def test_lm_task_prepares_noisy_documents_and_reports_perplexity(tmp_path, capsys):
     prep = prepare(get_task("lm-pretrain"), 0)
     assert 0 < prep.is_noisy.float().mean() < 0.6 and prep.metric == "perplexity"

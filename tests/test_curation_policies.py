@@ -96,3 +96,23 @@ def test_method_validation():
     with pytest.raises(ValueError):
         get_method("nope")
     assert get_method("random", 0.5).keep_fraction == 0.5
+
+
+def test_rank_sum_is_the_sum_of_the_two_ranks_and_keeps_useful_well_fitted_samples():
+    from influence.curation.policies import rank_sum
+
+    scores = torch.tensor([0.3, -1.0, 2.0, 0.1])  # ranks (0 = lowest): 2, 0, 3, 1
+    losses = torch.tensor([0.5, 3.0, 0.2, 0.1])  # ranks of -loss: 1, 0, 2, 3
+    assert rank_sum(scores, losses).tolist() == [3.0, 0.0, 5.0, 4.0]
+    m = get_method("loss+lai-last", 0.5)
+    assert m.policy == "rank_sum" and m.match == "lai-last"
+    mask, _ = choose(m, rank_sum(scores, losses), 4, 0.1, None, None, "error")
+    assert mask.tolist() == [False, False, True, True]  # not the top-2 of the score alone ([0, 2])
+    with pytest.raises(ValueError, match="same shape"):
+        rank_sum(scores, losses[:3])
+
+
+def test_rate_matched_names_parse_to_their_base_method():
+    m = get_method("random-as-exact-top2", 0.4)
+    assert (m.name, m.policy, m.match, m.keep_fraction) == ("random-as-exact-top2", "random", "exact-top2", 0.4)
+    assert get_method("random").match is None
