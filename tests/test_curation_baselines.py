@@ -157,8 +157,11 @@ def test_curation_profiles():
     from validation.settings.profiles import get_curation_profile
 
     paper, quick = get_curation_profile("paper"), get_curation_profile("quick")
-    assert paper["seeds"] == list(range(10)) and set(paper["methods"]) == {"ours", "original"}
-    assert set(paper["tasks"]) == {"mnist1d-noisy40", "mnist1d-cnn-noisy40", "digits-noisy40"}
+    assert paper["seeds"] == list(range(10)) and set(paper["methods"]) == {"ours"}
+    assert set(paper["tasks"]) == {"mnist1d-noisy40", "mnist1d-cnn-noisy40", "digits-noisy40",
+                                   "mnist-real-noisy40-instdep"}
+    for m in paper["methods"]["ours"]:  # every name is a method (rate-matched controls included)
+        get_method(m)
     # quick means fewer seeds, tasks and methods, never fewer epochs than the task's own
     assert quick["epochs"] is None and quick["seeds"] == [0, 1, 2] and set(quick["methods"]) == {"ours", "original"}
-    assert all(get_task(t).epochs == 30 for t in paper["tasks"] + quick["tasks"])
+    assert all(get_task(t).epochs >= 40 for t in paper["tasks"] + quick["tasks"])
