@@ -6,17 +6,16 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from realworld import (
+
+from validation.data.cifar import (
     load_cifar10,
     load_cifar100,
     load_cifar_n,
-    load_hf_lm,
-    load_hf_text,
     read_cifar_batch,
-    read_local_text,
     read_pickle_arrays,
     torch_load_numpy,
 )
+from validation.data.hf_text import load_hf_lm, load_hf_text, read_local_text
 
 N_PER_BATCH = 3
 
