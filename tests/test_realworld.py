@@ -400,3 +400,35 @@ def test_hf_datasets_path(jsonl, tmp_path, monkeypatch):
     got = load_hf_text(jsonl, use_datasets=True, cache_dir=str(tmp_path / "hf_cache"))
     assert got == DOCS
     assert load_hf_text(jsonl, use_datasets=True, max_docs=3, cache_dir=str(tmp_path / "hf_cache")) == DOCS[:3]
+
+
+def test_cifar10n_curation_task_on_a_stand_in(fake_cifar10n, tmp_path, monkeypatch):
+    """The cifar10n-worst task trains on the human labels with their own noise mask, a clean reference pool, and
+    the realised noise rate as small-loss's oracle rate; without the images it names the missing files."""
+    import dataclasses
+
+    from influence.curation import get_method
+    from validation.curation.experiment import train_unit
+    from validation.curation.seeds import generator
+    from validation.curation.tasks import get_task, prepare
+    from validation.data.cifar import DataFilesNotFoundError
+
+    root, _, labels = fake_cifar10n
+    n, n_val = 5 * N_PER_BATCH, 5
+    spec = dataclasses.replace(get_task("cifar10n-worst"), data_kw={"root": str(root), "label": "worse_label"},
+                               val_size=n_val, epochs=1, batch_size=4)
+    prep = prepare(spec, seed=0)
+    perm = torch.randperm(n, generator=generator(0, "split"))  # the task's split of the training rows
+    val, tr = perm[:n_val].sort().values, perm[n_val:].sort().values
+    clean, worse = torch.as_tensor(labels["clean_label"]), torch.as_tensor(labels["worse_label"])
+    assert prep.train[0].shape == (n - n_val, 3, 32, 32)
+    assert torch.equal(prep.train[1], worse[tr])  # the human labels, no noise added on top
+    assert torch.equal(prep.is_noisy, worse[tr] != clean[tr])  # the mask is against the clean labels
+    assert torch.equal(prep.ref_pool[1], clean[val])  # the reference pool is clean
+    assert prep.noise["real_labels"]["noise_rate"] == pytest.approx(float(prep.is_noisy.float().mean()))
+    summary, _ = train_unit(prep, get_method("small-loss"), 0, "best", None, False, 1)
+    assert summary["drop_rate_tau"] == pytest.approx(prep.noise["real_labels"]["noise_rate"])  # the oracle rate
+    (tmp_path / "empty").mkdir()
+    monkeypatch.chdir(tmp_path / "empty")  # the task's default root, data/cifar10, is not there
+    with pytest.raises(DataFilesNotFoundError, match="cifar-10-batches-py"):
+        prepare(get_task("cifar10n-worst"), seed=0)

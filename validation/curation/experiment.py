@@ -138,7 +138,9 @@ def train_unit(prep: Prepared, method: Method, seed: int, on_empty: str, init: d
     # training losses after each of the last ESTIMATE_EPOCHS epochs of the warm-up (the Curator's warm-up, at
     # least ESTIMATE_AFTER epochs; one epoch's estimate alone swings by 0.2 on the real digits)
     estimate_after = max(ESTIMATE_AFTER, math.ceil(warmup / per_epoch)) if estimated else None
-    tau, estimate, estimates = (None if estimated else spec.noise.rate), None, []
+    # the oracle rate: the injected rate, or the realised share of wrong labels for real noisy labels (CIFAR-N)
+    oracle_rate = prep.noise["real_labels"]["noise_rate"] if "real_labels" in prep.noise else spec.noise.rate
+    tau, estimate, estimates = (None if estimated else oracle_rate), None, []
     start, cpu0 = time.perf_counter(), time.process_time()
     bar = tqdm(total=spec.epochs * len(y), desc=f"{spec.name} {method.name} seed{seed}", leave=False,
                disable=not progress, unit="sample", unit_scale=True)  # the rate reads in samples/s
