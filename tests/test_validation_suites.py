@@ -226,3 +226,24 @@ def fid_spearman(ctx, a, b):
     from validation.suites.metrics import spearman
 
     return spearman(ctx.scores(a), ctx.scores(b))
+
+
+def test_combined_rank_detector_keeps_small_losses_and_high_scores():
+    """loss+<e> ranks like curation's combined rank: a sample with a small loss and a high score ranks high, so
+    -rank detects the noisy labels where the loss does (the ``loss`` estimator scores -l_i)."""
+    from sklearn.metrics import roc_auc_score
+
+    from validation.suites.fidelity import combined_ranks
+    from validation.suites.metrics import noisy_auroc
+
+    g = torch.Generator().manual_seed(0)
+    noisy = torch.zeros(40, dtype=torch.bool)
+    noisy[:10] = True
+    losses = torch.rand(40, generator=g, dtype=torch.float64) + 2.0 * noisy  # noisy samples have large losses
+    scores = {"loss": -losses, "lai-last": torch.randn(40, generator=g, dtype=torch.float64), "lai": -losses}
+    combined = combined_ranks(scores)
+    assert set(combined) == {"loss+lai", "loss+lai-last"}
+    assert noisy_auroc(noisy, combined["loss+lai"]) == pytest.approx(1.0)  # both halves rank the noisy low
+    auc = noisy_auroc(noisy, combined["loss+lai-last"])
+    assert auc == pytest.approx(roc_auc_score(noisy.numpy(), -combined["loss+lai-last"].numpy())) and auc > 0.7
+    assert combined_ranks({"lai": scores["lai"]}) == {}

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from torch import Tensor
+
 from influence.curation.policies import rank_sum
 from validation.suites.lai_variants import last_layer_name, layer_diagnostics
 
@@ -24,6 +26,15 @@ TARGETS = ("exact", "counterfactual", "counterfactual_small_lr")
 #: Estimators whose combined rank with the loss (``loss+<name>``, ``influence.curation.policies.rank_sum``) is
 #: also scored as a noisy-label detector (table ``auroc`` only: it is a ranking, not an influence estimate).
 COMBINED = ("lai", "lai-last")
+
+
+def combined_ranks(scores: dict[str, Tensor]) -> dict[str, Tensor]:
+    """``loss+<e>`` [n] for e in :data:`COMBINED` scored beside ``loss``: rank of e's score + rank of -loss, as
+    curation's ``loss+<e>`` keeps samples (``influence.curation.policies.rank_sum``; the ``loss`` estimator
+    scores -l_i, ``rank_sum`` takes the losses l_i themselves). Empty without ``loss``."""
+    if "loss" not in scores:
+        return {}
+    return {f"loss+{e}": rank_sum(scores[e], -scores["loss"]) for e in COMBINED if e in scores}
 
 
 def fidelity_step(ctx: StepContext, topk_fraction: float = 0.1) -> dict[str, list[dict[str, Any]]]:
@@ -43,9 +54,7 @@ def fidelity_step(ctx: StepContext, topk_fraction: float = 0.1) -> dict[str, lis
                         "bottomk_overlap": topk_overlap(a, b, k, largest=False),
                         "sign_agreement": sign_agreement(a, b)})
     noisy = ctx.is_noisy.cpu()
-    detectors = {e: scores[e] for e in names}
-    if "loss" in scores:  # the combined rank (rank of the score + rank of -loss), as curation's loss+<e> keeps it
-        detectors.update({f"loss+{e}": rank_sum(scores[e], scores["loss"]) for e in COMBINED if e in scores})
+    detectors = {**scores, **combined_ranks(scores)}
     auroc = [{**key, "estimator": e, "auroc": noisy_auroc(noisy, s), "n": n, "n_noisy": int(noisy.sum())}
              for e, s in detectors.items()]
     ids = ctx.ids.cpu().tolist()
@@ -60,4 +69,4 @@ def fidelity_step(ctx: StepContext, topk_fraction: float = 0.1) -> dict[str, lis
     return {"fidelity": fid, "auroc": auroc, "scores": per_sample, "layer_terms": layers}
 
 
-__all__ = ["fidelity_step", "TARGETS", "COMBINED"]
+__all__ = ["fidelity_step", "combined_ranks", "TARGETS", "COMBINED"]
