@@ -23,7 +23,8 @@
   ``kendall_vs_exact``, ``topk_overlap_vs_exact``, ``sign_agreement_vs_exact``: {model: {estimator: median}};
 * ``noisy_auroc``, ``noisy_auroc_final`` (last scored step): {model: {estimator: median AUROC}};
 * ``evidence``: {"spearman": {model: {estimator: interval}}, "spearman_diff": {model: {"a-vs-b": interval}},
-  "auroc": {model: {score: interval with n_positive}}, "positives": {model: [noisy samples per seed]}}, every
+  "auroc": {model: {score: interval with n_positive}}, "positives": {model: [noisy samples per seed]},
+  "auroc_combined": {model: AUROC(loss+lai-last) - AUROC(loss), the combined rank against the loss alone}}, every
   interval a ``validation.report.stats`` dict (value, low, high, n, confidence, method);
 * ``layers``: {model: per-layer comparison of LAI's and Ghost's terms} (``report_evidence.layer_evidence``);
 * ``cost_ratio_to_train_step``, ``cost_peak_ratio_to_train_step``: {model: {estimator: ratio}} at
@@ -65,6 +66,7 @@ from validation.report.evidence import (
     auroc_evidence,
     bound_evidence,
     canon,
+    combined_auroc_difference,
     first_order_evidence,
     layer_evidence,
     rank_evidence,
@@ -193,6 +195,8 @@ def summarize(rd: RunDir, curate: str | Path | None = None) -> dict[str, Any]:
             "auroc": {m: {e: v.to_dict() for e, v in r["auroc"].items()} for m, r in aur.items()},
             "positives": {m: r["positives"] for m, r in aur.items()},
             "auroc_diff": {m: {k: v.to_dict() for k, v in r.items()} for m, r in aur_diff.items()},
+            "auroc_combined": {m: v.to_dict() for m, v in (combined_auroc_difference(scores) if scores
+                                                           else {}).items()},
         },
         "first_order": {m: {t: v.to_dict() for t, v in r.items()} for m, r in first_order_evidence(fid).items()},
         "layers": layer_evidence(rd.table_rows("layer_terms")),
