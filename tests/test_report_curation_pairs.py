@@ -209,3 +209,18 @@ def test_combined_rank_detection_against_the_loss():
     assert e.value == pytest.approx(np.mean(per_seed)) and e.low > 0  # adding LAI helps here
     worse = combined_auroc_difference(_scores(rng, lai_sep=0.0, loss_sep=4.0))["mlp"]
     assert worse.high < 0  # an uninformative score only dilutes a loss that already separates
+
+
+def test_the_stored_report_renders_the_new_curation_lines(folder, tmp_path):
+    from validation.report.curation import STORED
+    from validation.report.summary import write_stored_report
+
+    s = write_stored_report(STORED.parent / "validation", curate=folder, out=tmp_path / "out")
+    bottom = "\n".join(s["verdict"][: s["verdict"].index(next(x for x in s["verdict"] if x.startswith("- **Ranking")))])
+    assert "Curation, the layer-aware sum: does all-layer LAI beat last-layer LAI" in bottom
+    assert "exact-top2: beats vanilla: yes (" in bottom and "Detection:" in bottom and "Cost:" in bottom
+    # the stored run's scores hold lai-last and the loss: the combined rank is compared on every model
+    assert "AUROC loss+lai-last − loss)? cnn1d " in bottom
+    assert not any(c["name"].startswith("mlp: LAI flags noisy labels better than the loss+") for c in s["checks"])
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "- Convergence: vanilla's plateau rule" in md and "random (rate of lai-last)" in md

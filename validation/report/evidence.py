@@ -191,8 +191,9 @@ def combined_auroc_difference(score_rows: list[dict[str, Any]], estimator: str =
     baseline's score, -loss, where it takes the loss, which flips the loss half of the rank.)"""
     combo = f"loss+{estimator}"
     cells: dict = defaultdict(dict)
+    names = {n: canon(n) for n in {r["estimator"] for r in score_rows}}  # canon per distinct name, not per row
     for r in score_rows:
-        e = canon(r["estimator"])
+        e = names[r["estimator"]]
         if e in (estimator, "loss"):
             cells[(r["model"], r["seed"], r["step"])].setdefault(e, {})[int(r["sample"])] = r
     rows = []

@@ -12,7 +12,7 @@
   when it covers 0; "ranks like Exact" passes only when the mean Spearman and the interval's lower end are at
   least ``RANK_BAR`` (0.9), fails when the mean is below it. Claims (the README's cost ranges) pass only inside
   the stated range;
-* ``comparisons``: [{"question" (fidelity | detection | curation), "where" (model, or task/protocol), "a", "b",
+* ``comparisons``: [{"question" (fidelity | detection | detection-combined | curation), "where" (model, or task/protocol), "a", "b",
   "value" (a - b), "low", "high", "n", "method", "finding" (a | b | none: which is better by the interval; none =
   the interval covers 0), "metric"}] (see :func:`comparisons`);
 * ``first_order``: {model: {"counterfactual" | "counterfactual_small_lr": interval}}: Spearman of Exact vs the
@@ -31,7 +31,9 @@
   ``cost_headline`` ({model: {"width", "batch", "forward_ms"}}: the largest width and batch, and the wall time
   of one forward pass there);
 * ``training``: {model: {"step", "final_ref_loss", "final_ref_accuracy"}};
-* ``curation``: rows of the curated-training paired table (method - vanilla per task and protocol), or null;
+* ``curation``: rows of the curated-training paired table (method - vanilla per task and protocol, with the
+  further pairs of ``validation.report.curation_pairs``: - the best layer-aware member, both at the best-validation
+  epoch, - the method's rate-matched random, vanilla's plateau), or null;
   ``curation_vs_lai``: the same with LAI as the control (method - LAI), or null;
 * ``units``: {suite: finished units}; ``config_id``, ``profile``.
 
