@@ -224,3 +224,24 @@ def test_the_stored_report_renders_the_new_curation_lines(folder, tmp_path):
     assert not any(c["name"].startswith("mlp: LAI flags noisy labels better than the loss+") for c in s["checks"])
     md = (tmp_path / "out" / "report.md").read_text()
     assert "- Convergence: vanilla's plateau rule" in md and "random (rate of lai-last)" in md
+
+
+def test_unknown_methods_only_do_not_crash(tmp_path):
+    run = tmp_path / "curate" / "t-noisy20-ours-x"
+    run.mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"task": {"name": "t-noisy20", "dataset": "d", "model": "m",
+                                                          "noise": {"kind": "symmetric", "rate": 0.2}}}))
+    for seed in (0, 1, 2):
+        d = run / "units" / "curate" / "t-noisy20" / f"seed{seed}"
+        d.mkdir(parents=True)
+        for m, v in (("vanilla", 0.5), ("later-est", 0.6), ("random-as-later-est", 0.5)):
+            (d / f"{m}.json").write_text(json.dumps({"method": m, "seed": seed, "metric": "accuracy",
+                                                     "final": v + 0.01 * seed * (m != "vanilla"), "curve": [v]}))
+    rows = paired(load_curation(tmp_path).final).rows
+    by = {r["method"]: r for r in rows}
+    assert by["later-est"]["best_layer_aware"] == "" and by["later-est"]["random_control"] == "random-as-later-est"
+    assert by["later-est"]["vs_random_diff"] == pytest.approx(10.0)  # (0.6 + 0.01 s) - (0.5 + 0.01 s), in pp
+    s = {"curation": rows, "curation_vs_lai": None}
+    text = "\n".join(curation_bottoms(s))
+    assert "no layer-aware method was run" in text and "not measured (no run of both)" in text
+    assert "random (rate of later-est)" in "\n".join(task_lines(rows)[("t-noisy20", "ours")])
