@@ -103,7 +103,8 @@ def convergence_text(r: dict[str, Any]) -> str:
     k, n = kn
     gain = r.get("vanilla_plateau_gain")
     g = f", largest gain over the window {gain:+.1f}{_unit(r)}" if gain is not None else ""
-    return (f"vanilla's plateau rule (clean-validation best of the last epochs gains < 1 pp) "
+    tol = "1 pp" if r.get("metric") == "accuracy" else "its tolerance"
+    return (f"vanilla's plateau rule (the best clean-validation value of the last epochs gains < {tol}) "
             f"{'held on every seed' if k == n else 'did NOT hold on every seed'} ({k} of {n}; "
             f"{r.get('epochs') or '?'} epochs{g})")
 
