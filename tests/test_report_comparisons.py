@@ -219,7 +219,7 @@ def test_curation_compares_each_method_with_lai_and_vanilla_by_the_paired_interv
         ("lai", "vanilla"), ("lai-last", "lai"), ("ghost", "lai"), ("vanilla", "lai")}
     assert not any(c["a"] == "oracle" for c in cs)
     line = next(x for x in s["verdict"] if x.startswith("  - t1 (ours protocol"))
-    assert "Beat LAI: lai-last +2.0 pp [+0.5, +3.5], small-loss +5.0 pp [+3.0, +7.0]." in line
+    assert "Beat LAI: lai-last +2.0 pp [+0.5, +3.5], small-loss (oracle rate) +5.0 pp [+3.0, +7.0]." in line
     assert "ghost" not in line.split("Beat LAI")[1]
     by = {x["name"]: x for x in s["checks"]}
     assert by["t1 (ours): LAI curation beats vanilla"]["status"] == "pass"

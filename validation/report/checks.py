@@ -76,7 +76,7 @@ def comparisons(s: dict[str, Any]) -> list[dict[str, Any]]:
 
     * fidelity (Spearman vs Exact, paired per seed; per seed and step with fewer than three seeds): last-layer
       LAI - LAI, the best cheap estimator - LAI (``best`` True), each top-layers member - LAI, loss - LAI;
-    * detection (noisy-label AUROC): loss - LAI;
+    * detection (noisy-label AUROC): loss - LAI; detection-combined: the combined rank loss+lai-last - loss;
     * curation (final test metric, paired over seeds): each method - LAI and each method - vanilla (``control``).
     """
     out: list[dict[str, Any] | None] = []
@@ -91,6 +91,9 @@ def comparisons(s: dict[str, Any]) -> list[dict[str, Any]]:
             out.append(c)
     for model in sorted(ev.get("auroc_diff", {})):
         out.append(_comparison("detection", model, "loss", "lai", ev["auroc_diff"][model].get("loss-vs-lai"),
+                               "noisy-label AUROC"))
+    for model in sorted(ev.get("auroc_combined", {})):  # does adding the influence score to the loss help?
+        out.append(_comparison("detection-combined", model, "loss+lai-last", "loss", ev["auroc_combined"][model],
                                "noisy-label AUROC"))
     for control, rows in (("lai", s.get("curation_vs_lai") or []), ("vanilla", s.get("curation") or [])):
         for r in rows:
@@ -168,8 +171,8 @@ def checks(s: dict[str, Any]) -> list[dict[str, Any]]:
     for c in s.get("comparisons", []):
         if c["question"] == "curation" and not (c["a"] == "lai" or (c["control"] == "lai" and c["a"] == "lai-last")):
             continue  # the checks hold LAI vs vanilla and LAI vs last-layer LAI; every other row is in the verdict
-        if c["question"] == "fidelity" and c["a"] == "loss":
-            continue
+        if (c["question"] == "fidelity" and c["a"] == "loss") or c["question"] == "detection-combined":
+            continue  # in the verdict, not a check on LAI
         a, b = label(c["a"]), label(c["b"])
         if c["question"] == "fidelity":
             name = f"{c['where']}: LAI ranks closer to Exact than {a}" + (" (the best cheap estimator)"

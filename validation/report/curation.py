@@ -63,20 +63,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from validation.report.curation_pairs import PAIR_COLUMNS, add_pairs, matched_to, method_label, split_rate
 from validation.report.tables import Table, read_table
 
 FINAL_COLUMNS = ["task", "family", "dataset", "model", "noise", "rate", "protocol", "method", "seed", "metric",
                  "final", "kept_fraction", "noise_recall", "drop_precision", "epochs", "wall_s", "cpu_s", "code",
-                 "folder"]
+                 "folder", "best_val_test", "best_val_epoch", "plateau_held", "plateau_gain"]
+#: FINAL_COLUMNS a stored folder written before they existed may lack (read as empty)
+LATER_COLUMNS = ("best_val_test", "best_val_epoch", "plateau_held", "plateau_gain")
 CURVE_COLUMNS = ["task", "family", "rate", "protocol", "method", "seed", "metric", "epoch", "value"]
 PAIRED_COLUMNS = ["task", "family", "dataset", "model", "noise", "rate", "protocol", "method", "metric", "n",
                   "vanilla_mean", "method_mean", "diff", "sd", "se", "low", "high", "p", "wins", "ties", "losses",
-                  "kept_fraction", "noise_recall", "drop_precision", "rate_matched_to", "seeds"]
+                  "kept_fraction", "noise_recall", "drop_precision", "rate_matched_to", "seeds", *PAIR_COLUMNS]
 STORED = Path(__file__).resolve().parents[2] / "paper_figs" / "data" / "curation"  # the stored results the figures draw
 CONTROL = "vanilla"
 #: display order of methods (tables and figure 6)
-METHOD_ORDER = ("lai", "lai-last", "ghost", "exact", "tracin", "lai-topk", "ghost-topk", "lai-greats", "greats",
-                "loss-threshold", "small-loss", "small-loss-fixed", "large-grad", "random", "oracle", "vanilla")
+METHOD_ORDER = ("lai", "lai-last", "exact-top2", "ghost", "exact", "tracin", "lai-topk", "ghost-topk", "lai-greats",
+                "greats", "loss+lai", "loss+lai-last", "loss-threshold", "small-loss", "small-loss-est",
+                "small-loss-fixed", "large-grad", "random", "oracle", "vanilla")
 #: methods whose kept fraction is the matched method's (influence.curation.methods.Method.rate_matched)
 RATE_MATCHED = ("random", "small-loss-fixed", "large-grad", "lai-topk", "ghost-topk", "lai-greats", "greats")
 
@@ -160,7 +164,9 @@ def _load_stored(root: Path) -> CurationResults:
                 r["seed"] = int(r["seed"])
                 r["task"], r["method"], r["protocol"] = str(r["task"]), str(r["method"]), str(r["protocol"])
                 r["code"] = "" if r.get("code") is None else str(r["code"])
-    final.require(*[c for c in FINAL_COLUMNS if c != "folder"])
+                for c in LATER_COLUMNS:
+                    r.setdefault(c, None)
+    final.require(*[c for c in FINAL_COLUMNS if c != "folder" and c not in LATER_COLUMNS])
     return CurationResults(final, curves or Table([], CURVE_COLUMNS, str(root / "curves.csv")), [root], [], [],
                            stored=True)
 
@@ -191,7 +197,9 @@ def load_curation(root: str | os.PathLike) -> CurationResults:
                        "final": float(u["final"]), "kept_fraction": u.get("kept_fraction"),
                        "noise_recall": u.get("noise_recall"), "drop_precision": u.get("drop_precision"),
                        "epochs": len(u.get("curve") or []), "wall_s": u.get("wall_s"), "cpu_s": u.get("cpu_s"),
-                       "code": code or "", "folder": str(folder)}
+                       "code": code or "", "folder": str(folder), "best_val_test": u.get("best_val_test"),
+                       "best_val_epoch": u.get("best_val_epoch"), "plateau_held": u.get("plateau_held"),
+                       "plateau_gain": u.get("plateau_gain")}
             except (KeyError, TypeError, ValueError, AttributeError) as exc:
                 notes.append(f"skipped {path}: {type(exc).__name__}: {exc}")
                 continue
@@ -243,12 +251,14 @@ def paired(final: Table, control: str = CONTROL, match: str = "lai") -> Table:
                 "se": pd.se, "low": pd.low, "high": pd.high, "p": pd.p, "wins": pd.wins, "ties": pd.ties,
                 "losses": pd.losses, "kept_fraction": _mean(mt.values("kept_fraction")),
                 "noise_recall": _mean(mt.values("noise_recall")), "drop_precision": _mean(mt.values("drop_precision")),
-                "rate_matched_to": match if method in RATE_MATCHED else "",
+                "rate_matched_to": matched_to(method, match, RATE_MATCHED),
                 "seeds": " ".join(str(s) for s in seeds)})
     rank = {m: k for k, m in enumerate(METHOD_ORDER)}
     tasks = {t: k for k, t in enumerate(task_order(final.unique("task")))}
     rows.sort(key=lambda r: (tasks[r["task"]], r["protocol"] != "ours", r["protocol"],
-                             rank.get(r["method"], len(rank)), r["method"]))
+                             rank.get((split_rate(r["method"]) or (r["method"],))[0], len(rank)), r["method"]))
+    if control == CONTROL:
+        add_pairs(rows, final, control)
     return Table(rows, PAIRED_COLUMNS, "paired differences")
 
 
@@ -256,17 +266,33 @@ def _num(v: Any, fmt: str) -> str:
     return "-" if v is None or (isinstance(v, float) and not math.isfinite(v)) else format(v, fmt)
 
 
+def _ci(r: dict[str, Any], prefix: str) -> str:
+    d = r.get(f"{prefix}_diff")
+    if d is None:
+        return "-"
+    return f"{_num(d, '+.2f')} [{_num(r.get(f'{prefix}_low'), '+.2f')}, {_num(r.get(f'{prefix}_high'), '+.2f')}]"
+
+
 def format_paired(table: Table) -> str:
-    """Markdown: one row per (task, protocol, method): diff [95 % CI], p, wins/seeds, kept fraction."""
+    """Markdown: one row per (task, protocol, method): diff [95 % CI], p, wins/seeds, kept fraction, then the
+    further pairs (curation_pairs): − the best layer-aware member, both at the test metric of the best-validation
+    epoch, − the method's rate-matched random, and the vanilla plateau (held/seeds, epochs)."""
     lines = ["| task | protocol | method | vanilla | method − vanilla [95 % CI] | p | wins/seeds | kept | "
-             "noise recall | rate matched to |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "noise recall | rate matched to | best layer-aware | method − best layer-aware [95 % CI] | "
+             "best-val epoch: method − vanilla | best-val epoch: method − best layer-aware | "
+             "method − rate-matched random [95 % CI] | vanilla plateau held (epochs) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in table:
         unit = " pp" if r["metric"] == "accuracy" else ""
+        rc = r.get("random_control")
         lines.append(
             f"| {r['task']} | {r['protocol']} | {r['method']} | {_num(r['vanilla_mean'], '.1f')} | "
             f"{_num(r['diff'], '+.2f')} [{_num(r['low'], '+.2f')}, {_num(r['high'], '+.2f')}]{unit} | "
             f"{_num(r['p'], '.2g')} | {r['wins']}/{r['n']} | {_num(r['kept_fraction'], '.2f')} | "
-            f"{_num(r['noise_recall'], '.2f')} | {r['rate_matched_to'] or '-'} |")
+            f"{_num(r['noise_recall'], '.2f')} | {r['rate_matched_to'] or '-'} | {r.get('best_layer_aware') or '-'} | "
+            f"{_ci(r, 'vs_best')} | {_ci(r, 'bv')} | {_ci(r, 'bv_best')} | "
+            f"{(_ci(r, 'vs_random') + ' vs ' + method_label(rc)) if rc else '-'} | "
+            f"{r.get('vanilla_plateau') or '-'} ({r.get('epochs') or '-'}) |")
     return "\n".join(lines) + "\n"
 
 

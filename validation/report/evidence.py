@@ -181,6 +181,36 @@ def auroc_difference(score_rows: list[dict[str, Any]], pairs: Iterable[tuple[str
     return out
 
 
+def combined_auroc_difference(score_rows: list[dict[str, Any]], estimator: str = "lai-last") -> dict[str, Estimate]:
+    """{model: Estimate of AUROC(loss+<estimator>) - AUROC(loss)} (:func:`auroc_difference`: each seed's AUROC
+    averaged over its scored steps, paired t over three or more seeds, else a paired bootstrap): does adding the
+    influence score to the loss find the noisy labels better than the loss alone? The combined rank is formed
+    here from the ``scores`` table as curation's ``loss+<estimator>`` keeps it: rank(score) + rank(loss from the
+    top) (influence.curation.policies.rank_sum with the per-sample losses), so a low value flags a sample. (The
+    ``auroc`` table's own ``loss+`` rows are not read: validation/suites/fidelity.py hands rank_sum the loss
+    baseline's score, -loss, where it takes the loss, which flips the loss half of the rank.)"""
+    combo = f"loss+{estimator}"
+    cells: dict = defaultdict(dict)
+    names = {n: canon(n) for n in {r["estimator"] for r in score_rows}}  # canon per distinct name, not per row
+    for r in score_rows:
+        e = names[r["estimator"]]
+        if e in (estimator, "loss"):
+            cells[(r["model"], r["seed"], r["step"])].setdefault(e, {})[int(r["sample"])] = r
+    rows = []
+    rank = lambda v: np.argsort(np.argsort(np.asarray(v), kind="stable"), kind="stable")  # noqa: E731
+    for by in cells.values():
+        if estimator not in by or "loss" not in by:
+            continue
+        ids = sorted(set(by[estimator]) & set(by["loss"]))
+        # the loss baseline's score is -loss: its rank (0 = lowest) is the rank of the loss from the top
+        total = (rank([float(by[estimator][i]["score"]) for i in ids])
+                 + rank([float(by["loss"][i]["score"]) for i in ids]))
+        rows += [by["loss"][i] for i in ids]
+        rows += [{**by[estimator][i], "estimator": combo, "score": float(t)} for i, t in zip(ids, total)]
+    diff = auroc_difference(rows, pairs=((combo, "loss"),))
+    return {m: d[f"{combo}-vs-loss"] for m, d in diff.items() if f"{combo}-vs-loss" in d}
+
+
 def first_order_evidence(fidelity_rows: list[dict[str, Any]], estimator: str = "exact",
                          targets: tuple[str, ...] = ("counterfactual", "counterfactual_small_lr")
                          ) -> dict[str, dict[str, Estimate]]:
@@ -325,4 +355,4 @@ def layer_evidence(layer_rows: list[dict[str, Any]]) -> dict[str, list[dict[str,
     return out
 
 
-__all__ = ["rank_evidence", "auroc_evidence", "auroc_difference", "first_order_evidence", "bound_evidence", "layer_evidence", "canon"]
+__all__ = ["rank_evidence", "auroc_evidence", "auroc_difference", "combined_auroc_difference", "first_order_evidence", "bound_evidence", "layer_evidence", "canon"]

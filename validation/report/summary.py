@@ -12,7 +12,7 @@
   when it covers 0; "ranks like Exact" passes only when the mean Spearman and the interval's lower end are at
   least ``RANK_BAR`` (0.9), fails when the mean is below it. Claims (the README's cost ranges) pass only inside
   the stated range;
-* ``comparisons``: [{"question" (fidelity | detection | curation), "where" (model, or task/protocol), "a", "b",
+* ``comparisons``: [{"question" (fidelity | detection | detection-combined | curation), "where" (model, or task/protocol), "a", "b",
   "value" (a - b), "low", "high", "n", "method", "finding" (a | b | none: which is better by the interval; none =
   the interval covers 0), "metric"}] (see :func:`comparisons`);
 * ``first_order``: {model: {"counterfactual" | "counterfactual_small_lr": interval}}: Spearman of Exact vs the
@@ -23,14 +23,17 @@
   ``kendall_vs_exact``, ``topk_overlap_vs_exact``, ``sign_agreement_vs_exact``: {model: {estimator: median}};
 * ``noisy_auroc``, ``noisy_auroc_final`` (last scored step): {model: {estimator: median AUROC}};
 * ``evidence``: {"spearman": {model: {estimator: interval}}, "spearman_diff": {model: {"a-vs-b": interval}},
-  "auroc": {model: {score: interval with n_positive}}, "positives": {model: [noisy samples per seed]}}, every
+  "auroc": {model: {score: interval with n_positive}}, "positives": {model: [noisy samples per seed]},
+  "auroc_combined": {model: AUROC(loss+lai-last) - AUROC(loss), the combined rank against the loss alone}}, every
   interval a ``validation.report.stats`` dict (value, low, high, n, confidence, method);
 * ``layers``: {model: per-layer comparison of LAI's and Ghost's terms} (``report_evidence.layer_evidence``);
 * ``cost_ratio_to_train_step``, ``cost_peak_ratio_to_train_step``: {model: {estimator: ratio}} at
   ``cost_headline`` ({model: {"width", "batch", "forward_ms"}}: the largest width and batch, and the wall time
   of one forward pass there);
 * ``training``: {model: {"step", "final_ref_loss", "final_ref_accuracy"}};
-* ``curation``: rows of the curated-training paired table (method - vanilla per task and protocol), or null;
+* ``curation``: rows of the curated-training paired table (method - vanilla per task and protocol, with the
+  further pairs of ``validation.report.curation_pairs``: - the best layer-aware member, both at the best-validation
+  epoch, - the method's rate-matched random, vanilla's plateau), or null;
   ``curation_vs_lai``: the same with LAI as the control (method - LAI), or null;
 * ``units``: {suite: finished units}; ``config_id``, ``profile``.
 
@@ -65,6 +68,7 @@ from validation.report.evidence import (
     auroc_evidence,
     bound_evidence,
     canon,
+    combined_auroc_difference,
     first_order_evidence,
     layer_evidence,
     rank_evidence,
@@ -193,6 +197,8 @@ def summarize(rd: RunDir, curate: str | Path | None = None) -> dict[str, Any]:
             "auroc": {m: {e: v.to_dict() for e, v in r["auroc"].items()} for m, r in aur.items()},
             "positives": {m: r["positives"] for m, r in aur.items()},
             "auroc_diff": {m: {k: v.to_dict() for k, v in r.items()} for m, r in aur_diff.items()},
+            "auroc_combined": {m: v.to_dict() for m, v in (combined_auroc_difference(scores) if scores
+                                                           else {}).items()},
         },
         "first_order": {m: {t: v.to_dict() for t, v in r.items()} for m, r in first_order_evidence(fid).items()},
         "layers": layer_evidence(rd.table_rows("layer_terms")),

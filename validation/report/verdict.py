@@ -11,6 +11,8 @@ from typing import Any
 from validation.settings import estimators as chosen
 
 from .checks import RANK_BAR, README_COST, cost_claims
+from .curation_pairs import method_label
+from .curation_words import combined_detection, curation_bottoms, task_lines
 from .wording import (
     _above,
     _bar_words,
@@ -149,22 +151,24 @@ def _curation_lines(s: dict[str, Any]) -> list[str]:
     lines = ["- **Curated training** (final test metric minus vanilla, paired over seeds; 95 % t interval; "
              "* = interval excludes 0; \"Beat LAI\" and \"worse than LAI\": paired method − LAI interval "
              "excluding 0):"]
+    extra = task_lines(rows)
     for (task, proto), rs in _group(rows).items():
         txt = []
         for r in rs:
             if r.get("diff") is None:
                 continue
             sig = r.get("low") is not None and (r["low"] > 0 or r["high"] < 0)
-            txt.append(f"{r['method']} {_pp(r)}{' *' if sig else ''}")
+            txt.append(f"{method_label(r['method'])} {_pp(r)}{' *' if sig else ''}")
         where = f"{task} ({proto})"
         vs = [c for c in _cmp(s, "curation", where, control="lai")]
         good = "b" if any(c.get("lower_is_better") for c in vs) else "a"
-        better = [f"{c['a']} {_pp({'diff': c['value'], 'low': c['low'], 'high': c['high'], 'metric': rs[0].get('metric')})}"
+        better = [f"{method_label(c['a'])} {_pp({'diff': c['value'], 'low': c['low'], 'high': c['high'], 'metric': rs[0].get('metric')})}"
                   for c in vs if c["finding"] == good]
-        worse = [c["a"] for c in vs if c["finding"] not in (good, "none") and c["a"] != "vanilla"]
+        worse = [method_label(c["a"]) for c in vs if c["finding"] not in (good, "none") and c["a"] != "vanilla"]
         lines.append(f"  - {task} ({proto} protocol, {rs[0].get('n')} seeds): " + "; ".join(txt) + "."
                      + (f" Beat LAI: {', '.join(better)}." if better else (" Beat LAI: none." if vs else ""))
                      + (f" Worse than LAI: {', '.join(worse)}." if worse else ""))
+        lines += extra.get((task, proto), [])
     return lines
 
 def _first_order_lines(s: dict[str, Any]) -> list[str]:
@@ -223,7 +227,7 @@ def _detection_bottom(s: dict[str, Any]) -> str:
     none = [c["where"] for c in cs if c["finding"] == "none"]
     return (f"Detection: the training loss alone finds the noisy labels better than LAI on {len(loss)} of {len(cs)} "
             f"models (AUROC loss − LAI: {_list(loss)}); LAI better on {_list(lai)}; no difference shown on "
-            f"{_list(none)}.")
+            f"{_list(none)}{combined_detection(s)}.")
 
 def _curation_bottom(s: dict[str, Any]) -> str:
     vv = _cmp(s, "curation", a="lai", control="vanilla")
@@ -253,8 +257,8 @@ def _curation_bottom(s: dict[str, Any]) -> str:
             cs = [c for c in vl if c["a"] == m and good(c, side)]
             if cs:
                 lo, hi = min(c["value"] for c in cs), max(c["value"] for c in cs)
-                out.append(f"{m} on {len(cs)} of {n} ({lo:+.1f} to {hi:+.1f})" if len(cs) > 1
-                           else f"{m} on {cs[0]['where']} ({_d(cs[0], 1)})")
+                out.append(f"{method_label(m)} on {len(cs)} of {n} ({lo:+.1f} to {hi:+.1f})" if len(cs) > 1
+                           else f"{method_label(m)} on {cs[0]['where']} ({_d(cs[0], 1)})")
         return out
 
     unit = " pp" if any(c["metric"].endswith("(pp)") for c in vl) else ""
@@ -288,8 +292,9 @@ def _first_order_bottom(s: dict[str, Any]) -> str:
 
 def bottom_lines(s: dict[str, Any]) -> list[str]:
     """One sentence per question: fidelity, detection, curation, cost, the first-order caveat."""
-    return ["- **Bottom lines**:", *(f"  - {f(s)}" for f in (_fidelity_bottom, _detection_bottom, _curation_bottom,
-                                                             _cost_bottom, _first_order_bottom))]
+    return ["- **Bottom lines**:", *(f"  - {f(s)}" for f in (_fidelity_bottom, _detection_bottom, _curation_bottom)),
+            *(f"  - {line}" for line in curation_bottoms(s)),
+            *(f"  - {f(s)}" for f in (_cost_bottom, _first_order_bottom))]
 
 def verdict(s: dict[str, Any]) -> list[str]:
     """The plain-words conclusions of a summary, as markdown lines: the bottom lines first, then the evidence per
