@@ -158,8 +158,8 @@ def test_curation_profiles():
 
     paper, quick = get_curation_profile("paper"), get_curation_profile("quick")
     assert paper["seeds"] == list(range(10)) and set(paper["methods"]) == {"ours"}
-    assert set(paper["tasks"]) == {"mnist1d-noisy40", "mnist1d-cnn-noisy40", "digits-noisy40",
-                                   "mnist-real-noisy40-instdep"}
+    assert set(paper["tasks"]) == {"mnist1d-noisy40", "digits-noisy40", "mnist-real-noisy40-instdep",
+                                   "mnist-real-noisy40-pairflip"}
     for m in paper["methods"]["ours"]:  # every name is a method (rate-matched controls included)
         get_method(m)
     # quick means fewer seeds, tasks and methods, never fewer epochs than the task's own

@@ -199,18 +199,21 @@ def field_names() -> list[str]:
 #: methods, not fewer epochs: at 4 epochs every method is at ~30 % accuracy and curation reads as harmful);
 #: ~2.5 minutes of CPU.
 #: paper (issue 25's study): four tasks, 10 seeds, the ``ours`` protocol, each task trained to its plateau
-#: (``validation.curation.tasks.EPOCHS``): MNIST-1D on the MLP and on the 1-D CNN, the 8x8 digits on the 2-D CNN,
-#: and real MNIST digits with instance-dependent noise on the small CNN. Methods: the layer-aware family's
+#: (``validation.curation.tasks.EPOCHS``): MNIST-1D on the MLP, the 8x8 digits on the 2-D CNN, and real MNIST
+#: digits on the small CNN with instance-dependent and with pair-flip noise. Methods: the layer-aware family's
 #: members that curation can afford (all-layer LAI, last-layer LAI, exact-top2: exact terms of the top two
 #: layers), each with a random control dropping the same fraction (``random`` is matched to lai), the combined
 #: rank loss+lai-last, small-loss with the true noise rate (oracle rate) and with the rate estimated from the
-#: data, and the oracle as the upper bound. ``seeds`` is a list, as in the suites' profiles.
+#: data. The 1-D CNN task (``mnist1d-cnn-noisy40``) is left out of the profile: its vanilla run plateaus only
+#: after 105 epochs, which did not fit the study's CPU time (run it alone: ``lai curate --task mnist1d-cnn-noisy40
+#: --seeds 0-9 --methods <these>``). ``seeds`` is a list, as in the suites' profiles.
 PAPER_CURATION_METHODS = ["vanilla", "lai", "lai-last", "exact-top2", "random", "random-as-lai-last",
-                          "random-as-exact-top2", "loss+lai-last", "small-loss", "small-loss-est", "oracle"]
+                          "random-as-exact-top2", "loss+lai-last", "small-loss", "small-loss-est"]
 CURATION_PROFILES: dict[str, dict[str, Any]] = {
     "quick": {"tasks": ["mnist1d-noisy40"], "seeds": [0, 1, 2], "epochs": None, "threads": 1,
               "methods": {"ours": ["vanilla", "lai", "small-loss", "random", "oracle"], "original": ["lai"]}},
-    "paper": {"tasks": ["mnist1d-noisy40", "digits-noisy40", "mnist-real-noisy40-instdep", "mnist1d-cnn-noisy40"],
+    "paper": {"tasks": ["mnist1d-noisy40", "digits-noisy40", "mnist-real-noisy40-instdep",
+                        "mnist-real-noisy40-pairflip"],
               "seeds": list(range(10)), "epochs": None, "threads": 1, "methods": {"ours": PAPER_CURATION_METHODS}},
 }
 
