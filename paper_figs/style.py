@@ -67,7 +67,7 @@ OKABE_ITO = {
 }
 GREY = "#8C8C8C"
 CYCLE = [OKABE_ITO[k] for k in ("blue", "vermillion", "green", "orange", "purple", "sky", "black", "yellow")]
-MARKERS = ["o", "s", "^", "D", "v", "P", "X", "<", ">"]
+MARKERS = ["o", "s", "^", "D", "v", "P", "X", "<", ">", "h", "p", "*", "d", "8", "H"]
 
 NOISY_COLOR = OKABE_ITO["vermillion"]
 CLEAN_COLOR = OKABE_ITO["blue"]
@@ -81,7 +81,7 @@ FAMILIES: dict[str, tuple[str, str]] = {
 }
 #: Colours of the other entries, in order: each entry gets one no other entry has, far from the family colours.
 SHADES = [OKABE_ITO["orange"], OKABE_ITO["purple"], "#882255", "#44AA99", OKABE_ITO["sky"], "#999933", "#332288",
-          "#AA4499", "#661100", "#6699CC"]
+          "#661100", "#6699CC", "#AA4499"]
 #: Scores drawn that are not estimators: label, colour, marker.
 NOT_ESTIMATORS: dict[str, tuple[str, str, str]] = {
     "loss": ("Loss only", GREY, ">"),
