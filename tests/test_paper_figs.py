@@ -15,7 +15,7 @@ from scipy.stats import rankdata, spearmanr
 
 from paper_figs import fig1_dynamics, fig2_fidelity, fig3_bound, fig4_scatter, fig5_cost, fig6_curation, fig7_layers
 from paper_figs.cli import main, newest_run
-from paper_figs.style import CLEAN_COLOR, DOUBLE, NOISY_COLOR, SMALL_PT
+from paper_figs.style import CLEAN_COLOR, DOUBLE, GREY, NOISY_COLOR, SMALL_PT
 from validation.report.curation import family_of, load_curation
 from validation.report.results import TABLES, atomic_write_csv, atomic_write_json
 from validation.report.tables import Table
@@ -89,7 +89,8 @@ def _cost_rows(rng: np.random.Generator, models: tuple[str, ...] = MODELS) -> li
                     rows.append({"model": model, "seed": 0, "width": w, "batch": b, "n_ref": 10, "n_params": 100,
                                  "estimator": est, "median_s": r * 0.01, "peak_mb": r, "ratio_to_forward": r,
                                  "ratio_to_forward_backward": r, "ratio_to_train_step": r,
-                                 "peak_ratio_to_train_step": float(rng.uniform(0.5, 20.0)), "times_s": [r * 0.01]})
+                                 "peak_ratio_to_train_step": float(rng.uniform(0.5, 20.0)),
+                                 "times_s": [r * 0.01 * f for f in (0.8, 0.95, 1.0, 1.1, 1.4)]})
     return rows
 
 
@@ -415,7 +416,22 @@ def test_fig5_sweeps(run):
                 np.testing.assert_array_equal(ln.get_xdata(), [r[sweep] for r in rows])
                 np.testing.assert_allclose(ln.get_ydata(), [r[column] for r in rows], rtol=1e-12)
             assert not [ln for ln in ax.lines if "train_step" in (ln.get_gid() or "")]  # the baseline is the line at 1
-            assert [ln.get_ydata()[0] for ln in ax.lines if ln.get_label() == "training step"] == [1.0]
+            assert [ln.get_ydata()[0] for ln in ax.lines if ln.get_label() == "1× training step"] == [1.0]
+            for ref, label in (("forward", "1× forward pass"), ("forward_backward", "1× forward+backward")):
+                (ln,) = [ln for ln in ax.lines if ln.get_gid() == f"{value}:{sweep}:{ref}"]
+                assert ln.get_label() == label and to_hex(ln.get_color()) == to_hex(GREY)
+            bars = [c for c in ax.collections if (c.get_gid() or "").startswith("spread:")]
+            if value == "memory_ratio":  # one measurement: no bar
+                assert not bars
+                continue
+            for est in ("lai", "exact"):  # the bar: 25th-75th percentile of the repeats over the step's median
+                (bar,) = [c for c in ax.collections if c.get_gid() == f"spread:{sweep}:{est}"]
+                rows = sorted((r for r in src if r["model"] == model and r["estimator"] == est
+                               and r[fixed[0]] == fixed[1]), key=lambda r: r[sweep])
+                for seg, r in zip(bar.get_segments(), rows):
+                    q = np.percentile(r["times_s"], [25, 75]) * r["ratio_to_train_step"] / r["median_s"]
+                    assert seg[0, 0] == r[sweep] and (seg[0, 1], seg[1, 1]) == pytest.approx(tuple(q), rel=1e-9)
+                    assert seg[0, 1] < r["ratio_to_train_step"] < seg[1, 1]
             assert ax.get_yscale() == "log"
             lo, hi = ax.get_ylim()
             shown = [t for t in ax.get_yticks() if lo <= t <= hi]
@@ -425,7 +441,7 @@ def test_fig5_sweeps(run):
                                        else f"width ({ {'mlp': 'hidden units', 'cnn1d': 'channels', 'transformer': 'd_model'}[model]})")
     assert "time / training step" in axes[0, 0].get_ylabel() and "peak memory" in axes[0, 2].get_ylabel()
     labels = [t.get_text() for t in fig.legends[0].get_texts()]
-    assert {"LAI", "Ghost", "Exact", "training step"} <= set(labels)
+    assert {"LAI", "Ghost", "Exact", "1× training step", "1× forward pass", "1× forward+backward"} <= set(labels)
     check_style(fig)
 
 
