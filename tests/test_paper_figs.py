@@ -493,7 +493,7 @@ def test_fig6_from_curation_units(tmp_path):
     assert family_of("mnist1d-noisy40-classdep") == "mnist1d-classdep"
     pd = fig6_curation.data(res.final, res.curves)
     fig = fig6_curation.draw(pd)
-    diff = pd.table().where(panel="diff", task="mnist1d-noisy40", method="lai")
+    diff = pd.table().where(panel="vanilla", task="mnist1d-noisy40", method="lai")
     expect = np.mean([100 * (_finals(0.4)[("lai", s)] - _finals(0.4)[("vanilla", s)]) for s in range(3)])
     assert diff.rows[0]["mean"] == pytest.approx(expect, rel=1e-12)
     check_style(fig)
