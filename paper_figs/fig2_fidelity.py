@@ -147,9 +147,10 @@ def draw(pd: PlotData) -> Figure:
                 else:
                     ax.axvline(0.0, color=GREY, lw=0.8, zorder=0)
                     lim = pd.meta["limits"][model]
-                    if pd.meta["reference"] in ests:
-                        ax.text(0.0, ests.index(pd.meta["reference"]), " reference", va="center", ha="left",
-                                fontsize=SMALL_PT, color=GREY)
+                    if pd.meta["reference"] in ests:  # written on the side of 0 with more room
+                        right = lim[1] < 0.3 * (lim[1] - lim[0])  # 0 sits in the right 30 % of the axis
+                        ax.text(0.0, ests.index(pd.meta["reference"]), "reference " if right else " reference",
+                                va="center", ha="right" if right else "left", fontsize=SMALL_PT, color=GREY)
                 ax.set_xlim(*lim)
                 for r in sub:
                     label, colour, marker = styles[r["estimator"]]
