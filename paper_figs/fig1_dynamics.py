@@ -1,15 +1,19 @@
-"""Figure 1 — influence is dynamic: per-sample score trajectories over training, and how far each sample's
-rank moves between an early and a late scored step.
+"""Figure 1 — influence is dynamic: how the scores of clean- and noisy-label samples move over training, per model.
 
 Input: ``scores.csv`` of a validation run (fidelity suite): model, seed, step, sample, is_noisy, estimator,
-score — the same fixed scored batch at every scored step. One model (default: the first of mlp, cnn1d,
-cnn2d, transformer present), one seed (default: the smallest), one estimator (default: exact).
+score — the same fixed scored batch at every scored step of a seed. One estimator (default: exact), every model
+(default; ``model=`` picks one) and every seed (default; ``seed=`` picks one), seeds pooled.
 
-(a) score vs training step, one line per tracked sample, noisy-label samples in vermillion;
-(b) rank at the first scored step vs rank at the last (1 = most helpful), identity line, Spearman in the title.
+Columns: models. (top row) the score at each scored step: median over the clean-label samples (blue) and over the
+noisy-label samples (vermillion) of every seed, with the band from the 25th to the 75th percentile (symlog axis:
+scores span decades over training); (bottom row) the same for the sample's rank within its seed's scored batch
+at that step, as a percentile (100 = the most helpful sample, 50 = the middle, dotted). The bottom title gives
+how far ranks move: Spearman correlation between the ranks at the first and at the last scored step, mean over
+seeds with its 95 % t interval (one seed: the value alone).
 
-Plotted data (CSV): model, seed, estimator, sample, is_noisy, step, score, rank (rank among the tracked
-samples at that step; 1 = largest score).
+Plotted data (CSV): panel (score | rank | stability), model, estimator, group (clean | noisy; ``all`` for
+stability), step, median, q25, q75 (over the pooled samples of the group), n (samples x seeds pooled; seeds for
+stability), early, late (first and last scored step), mean, low, high (stability: the Spearman mean and interval).
 """
 
 from __future__ import annotations
@@ -19,18 +23,18 @@ from typing import Any, Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
-from matplotlib.ticker import FixedLocator, MaxNLocator, NullLocator
+from matplotlib.ticker import FixedLocator, MaxNLocator, MultipleLocator, NullLocator
 
+from validation.report.stats import mean_ci
 from validation.report.tables import Table
 
 from .plotdata import MissingResults, PlotData, panel_label, ranks_desc, spearman
 from .style import (
     CLEAN_COLOR,
-    CLEAN_MARKER,
     DOUBLE,
     GREY,
     NOISY_COLOR,
-    NOISY_MARKER,
+    SMALL_PT,
     estimator_style,
     model_style,
     new_figure,
@@ -40,7 +44,9 @@ from .style import (
 NAME = "dynamics"
 MODEL_PREFERENCE = ("mlp", "cnn1d", "cnn2d", "transformer")
 ESTIMATOR_PREFERENCE = ("exact", "ghost", "lai")
-COLUMNS = ["model", "seed", "estimator", "sample", "is_noisy", "step", "score", "rank"]
+COLUMNS = ["panel", "model", "estimator", "group", "step", "median", "q25", "q75", "n", "early", "late", "mean",
+           "low", "high"]
+GROUPS = (("clean", 0, CLEAN_COLOR, "clean label"), ("noisy", 1, NOISY_COLOR, "noisy label"))
 
 
 def _pick(available: Sequence[Any], wanted: Any, preference: Sequence[Any], what: str) -> Any:
@@ -56,89 +62,135 @@ def _pick(available: Sequence[Any], wanted: Any, preference: Sequence[Any], what
     return available[0]
 
 
-def data(scores: Table, model: str | None = None, estimator: str | None = None,
-         seed: int | None = None) -> PlotData:
-    """Trajectories of the tracked samples' scores of one (model, seed, estimator), with per-step ranks."""
-    scores.require("model", "seed", "step", "sample", "is_noisy", "estimator", "score")
-    model = _pick(scores.unique("model"), model, MODEL_PREFERENCE, "model")
-    t = scores.where(model=model)
-    estimator = _pick(t.unique("estimator"), estimator, ESTIMATOR_PREFERENCE, "estimator")
-    t = t.where(estimator=estimator)
-    seed = _pick(t.unique("seed", sort=True), seed, (), "seed")
-    t = t.where(seed=seed)
-    steps = t.unique("step", sort=True)
+def percentile_ranks(scores: Sequence[float]) -> np.ndarray:
+    """Rank of each score as a percentile of its batch: 100 = largest (most helpful), 0 = smallest."""
+    r = ranks_desc(scores)
+    n = len(r)
+    return 100.0 * (n - r) / (n - 1) if n > 1 else np.full(n, 50.0)
+
+
+def _model_rows(t: Table, model: str, estimator: str) -> list[dict[str, Any]]:
+    seed, step = t.array("seed"), t.array("step")
+    sample, score = t.array("sample"), t.array("score")
+    noisy = np.array([int(v or 0) for v in t.values("is_noisy")])
+    steps = sorted(set(step.tolist()))
     if len(steps) < 2:
         raise MissingResults(f"{model}: scores at {len(steps)} scored step(s); the trajectory needs 2 or more")
+    pct = np.full(len(score), np.nan)
+    first: dict[Any, dict[Any, float]] = {}
+    last: dict[Any, dict[Any, float]] = {}
+    for s in sorted(set(seed.tolist())):
+        seed_steps = sorted(set(step[seed == s].tolist()))
+        for st in seed_steps:
+            at = np.flatnonzero((seed == s) & (step == st))
+            pct[at] = percentile_ranks(score[at])
+            if st in (seed_steps[0], seed_steps[-1]) and len(seed_steps) > 1:
+                (first if st == seed_steps[0] else last)[s] = dict(zip(sample[at].tolist(), pct[at].tolist()))
     rows = []
-    for step in steps:
-        at = t.where(step=step)
-        r = ranks_desc(at.array("score"))
-        for row, rank in zip(at.rows, r):
-            rows.append({"model": model, "seed": seed, "estimator": estimator, "sample": row["sample"],
-                         "is_noisy": int(row["is_noisy"] or 0), "step": step, "score": row["score"],
-                         "rank": float(rank)})
-    rows.sort(key=lambda r: (r["sample"], r["step"]))
-    return PlotData(COLUMNS, rows, {"model": model, "seed": seed, "estimator": estimator,
-                                    "early": steps[0], "late": steps[-1], "n": len(t.where(step=steps[0]))})
+    for st in steps:
+        for group, flag, _, _ in GROUPS:
+            m = (step == st) & (noisy == flag)
+            for panel, v in (("score", score[m]), ("rank", pct[m])):
+                v = v[np.isfinite(v)]
+                if not v.size:
+                    continue
+                q25, med, q75 = np.percentile(v, [25, 50, 75])
+                rows.append({"panel": panel, "model": model, "estimator": estimator, "group": group, "step": st,
+                             "median": float(med), "q25": float(q25), "q75": float(q75), "n": int(v.size)})
+    rhos = []
+    for s in first:
+        common = sorted(set(first[s]) & set(last.get(s, {})))
+        rhos.append(spearman([first[s][k] for k in common], [last[s][k] for k in common]))
+    e = mean_ci(rhos)
+    rows.append({"panel": "stability", "model": model, "estimator": estimator, "group": "all", "n": e.n,
+                 "early": _int(steps[0]), "late": _int(steps[-1]), "mean": e.value, "low": e.low, "high": e.high})
+    return rows
+
+
+def data(scores: Table, model: str | Sequence[str] | None = None, estimator: str | None = None,
+         seed: int | None = None) -> PlotData:
+    """Median and quartiles of clean and noisy samples' scores and rank percentiles per (model, step)."""
+    scores.require("model", "seed", "step", "sample", "is_noisy", "estimator", "score")
+    have = scores.unique("model")
+    if model is None:
+        models = [m for m in MODEL_PREFERENCE if m in have] + [m for m in have if m not in MODEL_PREFERENCE]
+    else:
+        models = [_pick(have, m, (), "model") for m in ([model] if isinstance(model, str) else model)]
+    t = scores.where(model=models)
+    estimator = _pick(t.unique("estimator"), estimator, ESTIMATOR_PREFERENCE, "estimator")
+    t = t.where(estimator=estimator)
+    if seed is not None:
+        _pick(t.unique("seed", sort=True), seed, (), "seed")
+        t = t.where(seed=seed)
+    rows: list[dict[str, Any]] = []
+    models = [m for m in models if len(t.where(model=m))]
+    for m in models:
+        rows += _model_rows(t.where(model=m), m, estimator)
+    seeds = t.unique("seed", sort=True)
+    stab = [r for r in rows if r["panel"] == "stability"]
+    return PlotData(COLUMNS, rows, {
+        "models": models, "model": ", ".join(models), "estimator": estimator, "seeds": seeds,
+        "seed": f"{seeds[0]}" if len(seeds) == 1 else f"{seeds[0]}–{seeds[-1]}",
+        "early": min(r["early"] for r in stab), "late": max(r["late"] for r in stab)})
 
 
 def draw(pd: PlotData) -> Figure:
     t = pd.table()
     m = pd.meta
+    models = m["models"]
     est_label = estimator_style(m["estimator"])[0]
-    model_label = model_style(m["model"])[0]
     with style():
-        fig = new_figure(DOUBLE, 2.5)
-        ax_t, ax_r = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1.6, 1.0]})
-        # (a) trajectories; clean first so the noisy lines are drawn on top
-        samples = t.unique("sample")
-        order = sorted(samples, key=lambda s: t.where(sample=s).rows[0]["is_noisy"])
-        for s in order:
-            ts = t.where(sample=s)
-            noisy = bool(ts.rows[0]["is_noisy"])
-            ax_t.plot(ts.array("step"), ts.array("score"), color=NOISY_COLOR if noisy else CLEAN_COLOR,
-                      alpha=0.85 if noisy else 0.45, lw=0.8, marker=".", ms=2.5,
-                      label="noisy label" if noisy else "clean label", gid=f"sample:{s}")
-        ax_t.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax_t.axhline(0.0, color=GREY, lw=0.6, ls=":", zorder=0)
-        ax_t.set_xlabel("training step (SGD steps)")
-        ax_t.set_ylabel(f"{est_label} influence\n(ref.-loss decrease, nats)")
-        lt = _linthresh(t.array("score"))
-        ax_t.set_yscale("symlog", linthresh=lt)
-        ax_t.yaxis.set_major_locator(FixedLocator(symlog_ticks(t.array("score"), lt)))
-        ax_t.yaxis.set_minor_locator(NullLocator())
-        ax_t.set_title(f"{model_label}, seed {m['seed']}: {m['n']} tracked samples", loc="right")
-        panel_label(ax_t, 0)
-        # (b) rank early vs late
-        early, late = t.where(step=m["early"]), t.where(step=m["late"])
-        rank_late = {r["sample"]: r["rank"] for r in late.rows}
-        x = np.array([r["rank"] for r in early.rows])
-        y = np.array([rank_late[r["sample"]] for r in early.rows])
-        noisy = np.array([bool(r["is_noisy"]) for r in early.rows], dtype=bool)
-        n = len(x)
-        ax_r.plot([1, n], [1, n], color=GREY, lw=0.8, ls="--", label="unchanged rank")
-        if (~noisy).any():
-            ax_r.scatter(x[~noisy], y[~noisy], s=9, color=CLEAN_COLOR, marker=CLEAN_MARKER, alpha=0.7,
-                         label="clean label", linewidths=0)
-        if noisy.any():
-            ax_r.scatter(x[noisy], y[noisy], s=14, color=NOISY_COLOR, marker=NOISY_MARKER, label="noisy label",
-                         linewidths=0.9)
-        rho = spearman(x, y)
-        ax_r.set_xlabel(f"rank at step {m['early']} (1 = most helpful)")
-        ax_r.set_ylabel(f"rank at step {m['late']}")
-        ax_r.set_title(f"Spearman ρ = {rho:.2f}", loc="right")
-        ax_r.set_xlim(0, n + 1)
-        ax_r.set_ylim(0, n + 1)
-        ax_r.set_aspect("equal", adjustable="box")
-        ax_r.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax_r.yaxis.set_major_locator(MaxNLocator(integer=True))
-        panel_label(ax_r, 1)
+        fig = new_figure(DOUBLE, 3.7)
+        axes = fig.subplots(2, len(models), squeeze=False)
+        for j, model in enumerate(models):
+            for i, panel in enumerate(("score", "rank")):
+                ax = axes[i, j]
+                sub = t.where(panel=panel, model=model)
+                for group, _, colour, label in GROUPS:
+                    g = sub.where(group=group)
+                    if not len(g):
+                        continue
+                    x = g.array("step")
+                    ax.fill_between(x, g.array("q25"), g.array("q75"), color=colour, alpha=0.2, lw=0,
+                                    gid=f"band:{panel}:{group}")
+                    ax.plot(x, g.array("median"), color=colour, marker="o" if group == "clean" else "X", ms=3,
+                            label=f"{label}: median, 25th–75th percentile", gid=f"median:{panel}:{group}")
+                ax.xaxis.set_major_locator(MaxNLocator(nbins=4, integer=True))
+                if panel == "score":
+                    vals = np.concatenate([sub.array(c) for c in ("median", "q25", "q75")])
+                    lt = _linthresh(vals)
+                    ax.axhline(0.0, color=GREY, lw=0.6, ls=":", zorder=0)
+                    ax.set_yscale("symlog", linthresh=lt)
+                    ax.yaxis.set_major_locator(FixedLocator(symlog_ticks(vals, lt)))
+                    ax.yaxis.set_minor_locator(NullLocator())
+                    ax.set_title(model_style(model)[0])
+                    if j == 0:
+                        ax.set_ylabel(f"{est_label} influence\n(ref.-loss decrease, nats)")
+                else:
+                    ax.axhline(50.0, color=GREY, lw=0.6, ls=":", zorder=0)
+                    ax.set_ylim(0, 100)
+                    ax.yaxis.set_major_locator(MultipleLocator(25))
+                    ax.set_xlabel("training step (SGD steps)")
+                    st = t.where(panel="stability", model=model).rows[0]
+                    ci = (f" [{st['low']:.2f}, {st['high']:.2f}]" if st["low"] is not None and
+                          math.isfinite(st["low"]) else "")
+                    ax.set_title(f"first vs last step: ρ\n{st['mean']:.2f}{ci}", loc="right", fontsize=SMALL_PT)
+                    if j == 0:
+                        ax.set_ylabel("rank percentile in batch\n(100 = most helpful)")
+                panel_label(ax, i * len(models) + j)
         handles: dict[str, Any] = {}
-        for ax in (ax_r, ax_t):  # markers of (b) stand for both panels' colours
+        for ax in axes.flat:
             for h, lab in zip(*ax.get_legend_handles_labels()):
                 handles.setdefault(lab, h)
-        fig.legend(list(handles.values()), list(handles), loc="outside upper center", ncol=len(handles))
+        fig.legend(list(handles.values()), list(handles), loc="outside upper center", ncol=len(handles),
+                   title=f"{est_label} scores of the scored batch, seeds {m['seed']} pooled. Bottom titles: Spearman ρ "
+                         "of each sample's rank at the first\nvs the last scored step (steps "
+                         f"{_int(m['early'])}…{_int(m['late'])}), mean over seeds with its 95 % t interval")
     return fig
+
+
+def _int(v: Any) -> Any:
+    return int(v) if isinstance(v, float) and v.is_integer() else v
 
 
 def symlog_ticks(values: np.ndarray, linthresh: float, max_per_side: int = 3) -> list[float]:
@@ -161,7 +213,7 @@ def symlog_ticks(values: np.ndarray, linthresh: float, max_per_side: int = 3) ->
 
 
 def _linthresh(values: np.ndarray) -> float:
-    """Linear range of the symlog axis: the 10th percentile of |score| (scores span decades over training)."""
+    """Linear range of the symlog axis: the 10th percentile of |value| (scores span decades over training)."""
     a = np.abs(values[np.isfinite(values)])
     a = a[a > 0]
     return float(np.percentile(a, 10)) if a.size else 1.0
@@ -172,4 +224,4 @@ def figure(scores: Table, **kw: Any) -> Figure:
     return draw(data(scores, **kw))
 
 
-__all__ = ["data", "draw", "figure", "NAME", "COLUMNS"]
+__all__ = ["data", "draw", "figure", "NAME", "COLUMNS", "percentile_ranks"]

@@ -67,7 +67,8 @@ OKABE_ITO = {
 }
 GREY = "#8C8C8C"
 CYCLE = [OKABE_ITO[k] for k in ("blue", "vermillion", "green", "orange", "purple", "sky", "black", "yellow")]
-MARKERS = ["o", "s", "^", "D", "v", "P", "X", "<", ">"]
+MARKERS: list[Any] = ["o", "s", "^", "D", "v", "P", "X", "<", ">", "h", "p", "*", "d", "8", "H", (4, 1, 0),
+                      (6, 1, 0), (5, 1, 0)]  # the tuples: 4-, 6- and 5-pointed stars
 
 NOISY_COLOR = OKABE_ITO["vermillion"]
 CLEAN_COLOR = OKABE_ITO["blue"]
@@ -81,10 +82,10 @@ FAMILIES: dict[str, tuple[str, str]] = {
 }
 #: Colours of the other entries, in order: each entry gets one no other entry has, far from the family colours.
 SHADES = [OKABE_ITO["orange"], OKABE_ITO["purple"], "#882255", "#44AA99", OKABE_ITO["sky"], "#999933", "#332288",
-          "#AA4499", "#661100", "#6699CC"]
+          "#661100", "#6699CC", "#AA4499"]
 #: Scores drawn that are not estimators: label, colour, marker.
 NOT_ESTIMATORS: dict[str, tuple[str, str, str]] = {
-    "loss": ("Loss only", GREY, ">"),
+    "loss": ("Loss only", GREY, "$\\ell$"),
     "counterfactual": ("Counterfactual", OKABE_ITO["purple"], "*"),
     "forward": ("Forward pass", GREY, "."),
     "forward_backward": ("Forward+backward", GREY, "1"),
@@ -97,7 +98,7 @@ def estimator_styles() -> dict[str, tuple[str, str, str]]:
     ``validation.settings.estimators.scored``) and of the scores that are not estimators. Labels are the
     registry's; the first entry of a family wears the family's colour and marker (:data:`FAMILIES`), every other
     entry the next colour of :data:`SHADES` no entry has yet (the non-sequence entries first, so the panels
-    of every model show distinct colours), with its own marker."""
+    of every model show distinct colours), with a marker no entry and no score of :data:`NOT_ESTIMATORS` has."""
     names = chosen.scored(sequence=False)
     names += [n for n in chosen.scored() if n not in names]
     out: dict[str, tuple[str, str, str]] = {}
@@ -108,7 +109,8 @@ def estimator_styles() -> dict[str, tuple[str, str, str]]:
             colour, marker = fam
         else:
             colour = next((c for c in SHADES + CYCLE if c not in used), CYCLE[i % len(CYCLE)])
-            marker = next((m for m in MARKERS if m not in {v[2] for v in out.values()}), MARKERS[i % len(MARKERS)])
+            taken = {v[2] for v in out.values()} | {v[2] for v in NOT_ESTIMATORS.values()}
+            marker = next((m for m in MARKERS if m not in taken), MARKERS[i % len(MARKERS)])
         used.add(colour)
         out[name] = (chosen.label(name), colour, marker)
     return {**out, **NOT_ESTIMATORS}

@@ -106,7 +106,7 @@ def test_export_round_trip_and_figure_fallback(results, tmp_path, monkeypatch):
     # no results of its own: figure 6 comes from the stored tables
     monkeypatch.setattr(figures, "STORED", stored)
     pd = figures._load6(figures.Sources(None, tmp_path / "empty" / "curate"))
-    assert len(pd.table().where(panel="diff")) == len(pb)
+    assert len(pd.table().where(panel=["vanilla", "oracle"])) == len(pb)
     monkeypatch.setattr(figures, "STORED", tmp_path / "none")
     with pytest.raises(figures.MissingResults, match="no curated-training results"):
         figures._load6(figures.Sources(None, tmp_path / "empty" / "curate"))
@@ -117,20 +117,39 @@ def test_fig6_draws_each_difference_with_its_ci(results):
     pd = fig6_curation.data(res.final, res.curves)
     fig = fig6_curation.draw(pd)
     pt = paired(res.final)
-    assert pd.meta["protocols"] == ["ours", "original"] and pd.meta["methods"] == ["lai", "random", "oracle"]
-    diff_axes = [ax for ax in fig.axes if any(c for c in ax.containers)]
-    assert len(diff_axes) == 2
-    for ax, task in zip(diff_axes, pd.meta["tasks"]):
+    # oracle is off the axes (its difference is written in the title); methods sorted by mean difference
+    assert pd.meta["protocols"] == ["ours", "original"] and pd.meta["methods"] == ["lai", "random"]
+    assert pd.meta["best"] == {task: "lai" for task in TASKS}  # the only layer-aware member
+    axes = np.array(fig.axes).reshape(2, len(TASKS))
+    for j, task in enumerate(pd.meta["tasks"]):
+        ax = axes[0, j]
         for r in pt.where(task=task):
-            (cont,) = [c for c in ax.containers if c.lines[0].get_gid() == f"diff:{r['protocol']}:{r['method']}"]
+            conts = [c for c in ax.containers if c.lines[0].get_gid() == f"vanilla:{r['protocol']}:{r['method']}"]
+            if r["method"] == "oracle":
+                assert not conts and f"oracle {r['diff']:+.1f}".replace("-", "−") in ax.get_title()
+                continue
+            (cont,) = conts
             assert cont.lines[0].get_xdata()[0] == pytest.approx(r["diff"], rel=1e-12)
             (seg,) = cont.lines[2][0].get_segments()
             assert (seg[0, 0], seg[1, 0]) == pytest.approx((r["low"], r["high"]), rel=1e-9)
             filled = cont.lines[0].get_markerfacecolor()
             assert (filled == "white") == (r["protocol"] == "original")
-        assert "vanilla" in ax.get_title(loc="right") and "pp" in ax.get_xlabel()
-    curve_axes = [ax for ax in fig.axes if any(ln.get_gid() == "curve:lai" for ln in ax.lines)]
-    assert len(curve_axes) == 2
+        assert "vanilla" in ax.get_title() and "pp" in ax.get_xlabel()
+        # bottom row: paired difference to the best member (lai under "ours") at the same seed, by hand
+        for protocol, method in (("ours", "random"), ("original", "random"), ("original", "lai")):
+            m = [100 * final_of(task, protocol, method, s) for s in SEEDS]
+            ref = [100 * final_of(task, "ours", "lai", s) for s in SEEDS]
+            ci = stats.ttest_rel(m, ref).confidence_interval(0.95)
+            (cont,) = [c for c in axes[1, j].containers if c.lines[0].get_gid() == f"best:{protocol}:{method}"]
+            assert cont.lines[0].get_xdata()[0] == pytest.approx(np.mean(np.subtract(m, ref)), rel=1e-12)
+            (seg,) = cont.lines[2][0].get_segments()
+            assert (seg[0, 0], seg[1, 0]) == pytest.approx((ci.low, ci.high), rel=1e-9)
+        assert not [c for c in axes[1, j].containers if c.lines[0].get_gid() == "best:ours:lai"]  # the reference
+        assert "best layer-aware" in axes[1, j].get_xlabel() and "LAI" in axes[1, j].get_xlabel()
+        # the axes are fitted to the data, not a fixed +-20 pp
+        lo, hi = ax.get_xlim()
+        ends = [v for r in pt.where(task=task) if r["method"] != "oracle" for v in (r["low"], r["high"])]
+        assert lo <= min(ends) and hi >= max(ends) and hi - lo < 1.2 * (max(ends) - min(0, *ends))
     w, _ = fig.get_size_inches()
     assert w == DOUBLE
     sizes = [t.get_fontsize() for t in fig.findobj(lambda o: hasattr(o, "get_fontsize") and hasattr(o, "get_text"))

@@ -15,7 +15,7 @@ from scipy.stats import rankdata, spearmanr
 
 from paper_figs import fig1_dynamics, fig2_fidelity, fig3_bound, fig4_scatter, fig5_cost, fig6_curation, fig7_layers
 from paper_figs.cli import main, newest_run
-from paper_figs.style import CLEAN_COLOR, DOUBLE, NOISY_COLOR, SMALL_PT
+from paper_figs.style import CLEAN_COLOR, DOUBLE, GREY, NOISY_COLOR, SMALL_PT
 from validation.report.curation import family_of, load_curation
 from validation.report.results import TABLES, atomic_write_csv, atomic_write_json
 from validation.report.tables import Table
@@ -89,7 +89,8 @@ def _cost_rows(rng: np.random.Generator, models: tuple[str, ...] = MODELS) -> li
                     rows.append({"model": model, "seed": 0, "width": w, "batch": b, "n_ref": 10, "n_params": 100,
                                  "estimator": est, "median_s": r * 0.01, "peak_mb": r, "ratio_to_forward": r,
                                  "ratio_to_forward_backward": r, "ratio_to_train_step": r,
-                                 "peak_ratio_to_train_step": float(rng.uniform(0.5, 20.0)), "times_s": [r * 0.01]})
+                                 "peak_ratio_to_train_step": float(rng.uniform(0.5, 20.0)),
+                                 "times_s": [r * 0.01 * f for f in (0.8, 0.95, 1.0, 1.1, 1.4)]})
     return rows
 
 
@@ -184,46 +185,62 @@ def test_table_types_and_text_columns(tmp_path):
 
 # ------------------------------------------------------------------------------------------- figure 1
 
-def test_fig1_trajectories_and_ranks(run):
+def test_fig1_medians_quartiles_and_rank_stability(run):
+    from scipy import stats as st
+
     scores = table(run, "scores")
     pd = fig1_dynamics.data(scores)
-    assert (pd.meta["model"], pd.meta["estimator"], pd.meta["seed"]) == ("mlp", "exact", 0)
+    assert (pd.meta["models"], pd.meta["estimator"], pd.meta["seeds"]) == (list(MODELS), "exact", [0, 1])
     fig = fig1_dynamics.draw(pd)
-    ax_t, ax_r = fig.axes[:2]
-    src = [r for r in run[1]["scores"] if (r["model"], r["seed"], r["estimator"]) == ("mlp", 0, "exact")]
-    sample_lines = {ln.get_gid(): ln for ln in ax_t.lines if (ln.get_gid() or "").startswith("sample:")}
-    assert len(sample_lines) == len(SAMPLES)
-    for s in SAMPLES:
-        ln = sample_lines[f"sample:{s}"]
-        expect = sorted((r["step"], r["score"]) for r in src if r["sample"] == s)
-        np.testing.assert_array_equal(ln.get_xdata(), [e[0] for e in expect])
-        np.testing.assert_allclose(ln.get_ydata(), [e[1] for e in expect], rtol=0, atol=0)
-        assert to_hex(ln.get_color()) == to_hex(NOISY_COLOR if s in NOISY else CLEAN_COLOR)
-    # ranks: 1 = largest score, computed independently from the file
-    def rank_at(step):
-        rows = sorted((r for r in src if r["step"] == step), key=lambda r: r["sample"])
-        return dict(zip([r["sample"] for r in rows], rankdata([-r["score"] for r in rows])))
-    early, late = rank_at(STEPS[0]), rank_at(STEPS[-1])
-    pts = np.concatenate([c.get_offsets() for c in ax_r.collections])
-    expect = sorted((early[s], late[s]) for s in SAMPLES)
-    assert sorted(map(tuple, pts.tolist())) == expect
-    noisy_pts = [c for c in ax_r.collections if c.get_label() == "noisy label"][0].get_offsets()
-    assert sorted(map(tuple, noisy_pts.tolist())) == sorted((early[s], late[s]) for s in NOISY)
-    rho = spearmanr([early[s] for s in SAMPLES], [late[s] for s in SAMPLES]).statistic
-    assert ax_r.get_title(loc="right") == f"Spearman ρ = {rho:.2f}"
-    assert "nats" in ax_t.get_ylabel() and "step" in ax_t.get_xlabel()
-    assert f"step {STEPS[0]}" in ax_r.get_xlabel() and f"step {STEPS[-1]}" in ax_r.get_ylabel()
-    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["unchanged rank", "clean label", "noisy label"]
+    axes = np.array(fig.axes).reshape(2, len(MODELS))
+    for j, model in enumerate(MODELS):
+        src = [r for r in run[1]["scores"] if (r["model"], r["estimator"]) == (model, "exact")]
+        # percentile ranks within each (seed, step), computed independently: 100 = largest score
+        pct = {}
+        for seed in (0, 1):
+            for step in STEPS:
+                rows = [r for r in src if (r["seed"], r["step"]) == (seed, step)]
+                rk = rankdata([-r["score"] for r in rows])
+                for r, k in zip(rows, rk):
+                    pct[(seed, step, r["sample"])] = 100 * (len(rows) - k) / (len(rows) - 1)
+        for i, panel in enumerate(("score", "rank")):
+            ax = axes[i, j]
+            for group, colour in (("clean", CLEAN_COLOR), ("noisy", NOISY_COLOR)):
+                pooled = [[(r["score"] if panel == "score" else pct[(r["seed"], step, r["sample"])])
+                           for r in src if r["step"] == step and (r["sample"] in NOISY) == (group == "noisy")]
+                          for step in STEPS]
+                (ln,) = [ln for ln in ax.lines if ln.get_gid() == f"median:{panel}:{group}"]
+                np.testing.assert_array_equal(ln.get_xdata(), STEPS)
+                np.testing.assert_allclose(ln.get_ydata(), [np.median(v) for v in pooled], rtol=1e-12)
+                assert to_hex(ln.get_color()) == to_hex(colour)
+                (band,) = [c for c in ax.collections if c.get_gid() == f"band:{panel}:{group}"]
+                ys = band.get_paths()[0].vertices[:, 1]
+                assert np.isclose(ys.max(), max(np.percentile(v, 75) for v in pooled))
+                assert np.isclose(ys.min(), min(np.percentile(v, 25) for v in pooled))
+        # first vs last scored step: Spearman of the ranks per seed, mean and t interval over the seeds
+        rhos = [spearmanr([pct[(s, STEPS[0], k)] for k in SAMPLES], [pct[(s, STEPS[-1], k)] for k in SAMPLES]).statistic
+                for s in (0, 1)]
+        (row,) = [r for r in pd.rows if (r["panel"], r["model"]) == ("stability", model)]
+        ci = st.ttest_1samp(rhos, 0).confidence_interval(0.95)
+        assert row["mean"] == pytest.approx(np.mean(rhos), rel=1e-12)
+        assert (row["low"], row["high"]) == pytest.approx((ci.low, ci.high), rel=1e-9)
+        assert f"{np.mean(rhos):.2f}" in axes[1, j].get_title(loc="right")
+        assert axes[1, j].get_ylim() == (0, 100) and axes[0, j].get_title() == \
+            {"mlp": "MLP", "cnn1d": "CNN-1D", "transformer": "Transformer"}[model]
+    assert "nats" in axes[0, 0].get_ylabel() and "percentile" in axes[1, 0].get_ylabel()
+    assert axes[1, 0].get_xlabel() == "training step (SGD steps)"
+    assert [t.get_text().split(":")[0] for t in fig.legends[0].get_texts()] == ["clean label", "noisy label"]
     # symlog ticks: 0 and whole decades at least 3x the linear threshold, so no label sits in the band around 0
-    lt = ax_t.yaxis.get_transform().linthresh
-    ticks = ax_t.get_yticks()
+    lt = axes[0, 0].yaxis.get_transform().linthresh
+    ticks = axes[0, 0].get_yticks()
     assert 0.0 in ticks and all(t == 0 or (abs(t) >= 3 * lt and math.log10(abs(t)).is_integer()) for t in ticks)
     check_style(fig)
 
 
 def test_fig1_choices_and_missing(run):
     pd = fig1_dynamics.data(table(run, "scores"), model="transformer", estimator="lai", seed=1)
-    assert {r["model"] for r in pd.rows} == {"transformer"} and {r["seed"] for r in pd.rows} == {1}
+    assert {r["model"] for r in pd.rows} == {"transformer"} and pd.meta["seeds"] == [1]
+    assert {r["n"] for r in pd.rows if r["panel"] == "score"} == {len(SAMPLES) - len(NOISY), len(NOISY)}
     with pytest.raises(LookupError, match="no model 'cnn2d'"):
         fig1_dynamics.data(table(run, "scores"), model="cnn2d")
     one_step = table(run, "scores").where(step=STEPS[0])
@@ -233,39 +250,72 @@ def test_fig1_choices_and_missing(run):
 
 # ------------------------------------------------------------------------------------------- figure 2
 
-def test_fig2_means_bands_and_labels(run):
-    fig = fig2_fidelity.figure(table(run, "fidelity"))
+def _paired_by_hand(rows, model, est, ref="lai"):
+    """Per seed: mean over steps of Spearman vs Exact; then est - ref per seed, mean and 95 % t interval."""
+    from scipy import stats as st
+
+    def per_seed(e):
+        return {s: np.mean([r["spearman"] for r in rows if (r["model"], r["estimator"], r["target"], r["seed"])
+                            == (model, e, "exact", s)]) for s in (0, 1, 2)}
+    a, b = per_seed(est), per_seed(ref)
+    d = [a[s] - b[s] for s in (0, 1, 2)]
+    ci = st.ttest_1samp(d, 0).confidence_interval(0.95)
+    ca = st.ttest_1samp(list(a.values()), 0).confidence_interval(0.95)
+    return (np.mean(d), ci.low, ci.high), (np.mean(list(a.values())), ca.low, ca.high)
+
+
+def test_fig2_paired_differences_to_lai_and_absolute(run):
+    pd = fig2_fidelity.data(table(run, "fidelity"))
+    fig = fig2_fidelity.draw(pd)
     rows = run[1]["fidelity"]
     axes = np.array(fig.axes).reshape(2, len(MODELS))
-    for i, target in enumerate(("exact", "counterfactual")):
-        for j, model in enumerate(MODELS):
-            ax = axes[i, j]
-            lines = {ln.get_gid(): ln for ln in ax.lines if (ln.get_gid() or "").startswith("mean:")}
-            assert set(lines) == {f"mean:{e}" for e in ("lai", "lai-last", "ghost", "tracin")}  # no lai-fit rows
-            for est in ("lai", "tracin"):
-                vals = np.array([[r["spearman"] for r in rows if (r["model"], r["target"], r["estimator"], r["step"])
-                                  == (model, target, est, s)] for s in STEPS])
-                np.testing.assert_array_equal(lines[f"mean:{est}"].get_xdata(), STEPS)
-                np.testing.assert_allclose(lines[f"mean:{est}"].get_ydata(), vals.mean(1), rtol=1e-12)
-                band = [c for c in ax.collections if c.get_gid() == f"band:{est}"][0]
-                ys = band.get_paths()[0].vertices[:, 1]
-                sd = vals.std(1, ddof=1)
-                assert np.isclose(ys.max(), (vals.mean(1) + sd).max()) and np.isclose(ys.min(), (vals.mean(1) - sd).min())
-            if i == 0:
-                assert ax.get_title() == {"mlp": "MLP", "cnn1d": "CNN-1D", "transformer": "Transformer"}[model]
-    assert axes[0, 0].get_ylabel() == "Spearman ρ vs\nExact" and "counterfactual" in axes[1, 0].get_ylabel()
-    assert axes[1, 0].get_xlabel() == "training step (SGD steps)"
+    ests = ["ghost", "lai", "lai-last", "tracin", "loss"]  # registry order, then loss; no lai-fit rows
+    assert pd.meta["estimators"] == ests
+    for j, model in enumerate(MODELS):
+        for est in ests:
+            diff, absolute = _paired_by_hand(rows, model, est)
+            (ra,) = [r for r in pd.rows if (r["panel"], r["model"], r["estimator"]) == ("abs", model, est)]
+            assert (ra["mean"], ra["low"], ra["high"]) == pytest.approx(absolute, rel=1e-9)
+            if est == "lai":
+                assert not [r for r in pd.rows if (r["panel"], r["model"], r["estimator"]) == ("diff", model, est)]
+                continue
+            (rd,) = [r for r in pd.rows if (r["panel"], r["model"], r["estimator"]) == ("diff", model, est)]
+            assert (rd["mean"], rd["low"], rd["high"]) == pytest.approx(diff, rel=1e-9)
+            for i, r in ((0, ra), (1, rd)):  # each drawn mark: at its value, interval as its bar, own row
+                ax = axes[i, j]
+                conts = [c for c in ax.containers if c.lines[0].get_gid() == f"{r['panel']}:{est}"]
+                if r["clipped"]:
+                    assert not conts and [t for t in ax.texts if t.get_gid() == f"clipped:{est}"]
+                    continue
+                (cont,) = conts
+                assert cont.lines[0].get_xdata()[0] == pytest.approx(r["mean"], rel=1e-12)
+                assert cont.lines[0].get_ydata()[0] == ests.index(est)
+                (seg,) = cont.lines[2][0].get_segments()
+                assert (seg[0, 0], seg[1, 0]) == pytest.approx((r["low"], r["high"]), rel=1e-9)
+        # the bar and the zero line; zoomed difference axis: the approximate estimators' intervals fit inside
+        assert [ln.get_xdata()[0] for ln in axes[0, j].lines if ln.get_linestyle() == "--"] == [fig2_fidelity.BAR]
+        lo, hi = axes[1, j].get_xlim()
+        for r in pd.rows:
+            if r["panel"] == "diff" and r["model"] == model and fig2_fidelity.zoomed(r["estimator"]):
+                assert lo <= r["low"] and r["high"] <= hi and not r["clipped"]
+        assert lo < 0 < hi
+        assert axes[0, j].get_title() == {"mlp": "MLP", "cnn1d": "CNN-1D", "transformer": "Transformer"}[model]
+    assert "vs Exact" in axes[0, 0].get_xlabel() and "LAI" in axes[1, 0].get_xlabel()
     legend = fig.legends[0]
-    assert [t.get_text() for t in legend.get_texts()] == ["Ghost", "LAI", "LAI (last layer)", "TracIn"]  # the registry's
-    assert "mean over 3 seeds, band ± one standard deviation" == legend.get_title().get_text()
+    labels = [t.get_text() for t in legend.get_texts()]
+    assert labels[1:] == ["Ghost", "LAI", "LAI (last layer)", "TracIn", "Loss only"]  # the registry's labels
+    marks = {c.lines[0].get_gid(): (to_hex(c.lines[0].get_color()), c.lines[0].get_marker())
+             for ax in axes[0] for c in ax.containers}
+    assert len(marks) == len(ests)  # every estimator its own colour and its own marker
+    assert len({v[0] for v in marks.values()}) == len(ests) and len({v[1] for v in marks.values()}) == len(ests)
+    assert "95 % t interval" in legend.get_title().get_text()
     check_style(fig)
 
 
-def test_fig2_one_seed_has_no_band_and_no_plus_minus(run):
+def test_fig2_one_seed_has_no_interval(run):
     fig = fig2_fidelity.figure(table(run, "fidelity").where(seed=0))
-    assert not [c for ax in fig.axes for c in ax.collections if (c.get_gid() or "").startswith("band:")]
     title = fig.legends[0].get_title().get_text()
-    assert "one seed" in title and "±" not in title
+    assert "one seed" in title and "95 %" not in title
 
 
 # ------------------------------------------------------------------------------------------- figure 3
@@ -366,7 +416,22 @@ def test_fig5_sweeps(run):
                 np.testing.assert_array_equal(ln.get_xdata(), [r[sweep] for r in rows])
                 np.testing.assert_allclose(ln.get_ydata(), [r[column] for r in rows], rtol=1e-12)
             assert not [ln for ln in ax.lines if "train_step" in (ln.get_gid() or "")]  # the baseline is the line at 1
-            assert [ln.get_ydata()[0] for ln in ax.lines if ln.get_label() == "training step"] == [1.0]
+            assert [ln.get_ydata()[0] for ln in ax.lines if ln.get_label() == "1× training step"] == [1.0]
+            for ref, label in (("forward", "1× forward pass"), ("forward_backward", "1× forward+backward")):
+                (ln,) = [ln for ln in ax.lines if ln.get_gid() == f"{value}:{sweep}:{ref}"]
+                assert ln.get_label() == label and to_hex(ln.get_color()) == to_hex(GREY)
+            bars = [c for c in ax.collections if (c.get_gid() or "").startswith("spread:")]
+            if value == "memory_ratio":  # one measurement: no bar
+                assert not bars
+                continue
+            for est in ("lai", "exact"):  # the bar: 25th-75th percentile of the repeats over the step's median
+                (bar,) = [c for c in ax.collections if c.get_gid() == f"spread:{sweep}:{est}"]
+                rows = sorted((r for r in src if r["model"] == model and r["estimator"] == est
+                               and r[fixed[0]] == fixed[1]), key=lambda r: r[sweep])
+                for seg, r in zip(bar.get_segments(), rows):
+                    q = np.percentile(r["times_s"], [25, 75]) * r["ratio_to_train_step"] / r["median_s"]
+                    assert seg[0, 0] == r[sweep] and (seg[0, 1], seg[1, 1]) == pytest.approx(tuple(q), rel=1e-9)
+                    assert seg[0, 1] < r["ratio_to_train_step"] < seg[1, 1]
             assert ax.get_yscale() == "log"
             lo, hi = ax.get_ylim()
             shown = [t for t in ax.get_yticks() if lo <= t <= hi]
@@ -376,7 +441,7 @@ def test_fig5_sweeps(run):
                                        else f"width ({ {'mlp': 'hidden units', 'cnn1d': 'channels', 'transformer': 'd_model'}[model]})")
     assert "time / training step" in axes[0, 0].get_ylabel() and "peak memory" in axes[0, 2].get_ylabel()
     labels = [t.get_text() for t in fig.legends[0].get_texts()]
-    assert {"LAI", "Ghost", "Exact", "training step"} <= set(labels)
+    assert {"LAI", "Ghost", "Exact", "1× training step", "1× forward pass", "1× forward+backward"} <= set(labels)
     check_style(fig)
 
 
@@ -428,7 +493,7 @@ def test_fig6_from_curation_units(tmp_path):
     assert family_of("mnist1d-noisy40-classdep") == "mnist1d-classdep"
     pd = fig6_curation.data(res.final, res.curves)
     fig = fig6_curation.draw(pd)
-    diff = pd.table().where(panel="diff", task="mnist1d-noisy40", method="lai")
+    diff = pd.table().where(panel="vanilla", task="mnist1d-noisy40", method="lai")
     expect = np.mean([100 * (_finals(0.4)[("lai", s)] - _finals(0.4)[("vanilla", s)]) for s in range(3)])
     assert diff.rows[0]["mean"] == pytest.approx(expect, rel=1e-12)
     check_style(fig)
