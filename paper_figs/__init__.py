@@ -3,7 +3,7 @@
 | figure | module | reads |
 |---|---|---|
 | 1 influence is dynamic | fig1_dynamics | scores.csv |
-| 2 ranking fidelity over training | fig2_fidelity | fidelity.csv |
+| 2 ranking like Exact (paired to LAI) | fig2_fidelity | fidelity.csv |
 | 3 the bound, per-layer error share | fig3_bound | bound.csv, bound_layers.csv |
 | 4 LAI vs Ghost scatter | fig4_scatter | scores.csv |
 | 5 cost relative to a training step | fig5_cost | cost.csv (+ config.json for width units) |

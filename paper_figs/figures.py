@@ -156,9 +156,9 @@ class FigureSpec:
 
 
 FIGURES: list[FigureSpec] = [
-    FigureSpec(1, fig1_dynamics.NAME, "influence is dynamic (score trajectories, early vs late rank)",
+    FigureSpec(1, fig1_dynamics.NAME, "influence is dynamic (median and quartiles of clean vs noisy scores and ranks over training)",
                "scores.csv", _load1, fig1_dynamics.draw),
-    FigureSpec(2, fig2_fidelity.NAME, "ranking fidelity over training vs Exact and counterfactual",
+    FigureSpec(2, fig2_fidelity.NAME, "ranking like Exact: Spearman per estimator and its paired difference to LAI",
                "fidelity.csv", _load2, fig2_fidelity.draw),
     FigureSpec(3, fig3_bound.NAME, "|Ghost - LAI| vs the data-dependent and a-priori bounds; per-layer share",
                "bound.csv, bound_layers.csv", _load3, fig3_bound.draw),
@@ -166,7 +166,7 @@ FIGURES: list[FigureSpec] = [
                "scores.csv", _load4, fig4_scatter.draw),
     FigureSpec(5, fig5_cost.NAME, "time and peak memory relative to a training step over batch and width",
                "cost.csv, config.json", _load5, fig5_cost.draw),
-    FigureSpec(6, fig6_curation.NAME, "curated training: test metric per method and noise level; curves",
+    FigureSpec(6, fig6_curation.NAME, "curated training: paired differences to vanilla and to the best layer-aware member",
                "curate/<task>-<id>/units/curate/**.json", _load6, fig6_curation.draw, validation=False),
     FigureSpec(7, fig7_layers.NAME, "layer-aware question: all-layer vs last-layer LAI vs LAI-fit; which layers hurt",
                "scores.csv, layer_terms.csv", _load7, fig7_layers.draw),
