@@ -95,4 +95,4 @@ def test_the_report_checks_the_cost_claims_the_readme_makes():
 
     readme = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
     for est, (_, words, (lo, hi)) in README_COST.items():
-        assert f"{lo:g}–{hi:g} × {words}" in readme, est
+        assert f"{lo:.1f}–{hi:.1f} × {words}" in readme, est
