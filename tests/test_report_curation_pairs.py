@@ -149,12 +149,27 @@ def test_export_adds_columns_and_the_stored_folder_reads_back(folder, tmp_path):
     assert again["lai"]["vanilla_plateau"] == "9/10"
 
 
-def test_stored_folder_without_the_new_fields_still_pairs():
+def test_stored_folder_without_the_new_fields_still_pairs(tmp_path):
+    """A stored folder written before the convergence fields existed (units.csv without best_val_test,
+    best_val_epoch, plateau_held, plateau_gain) still pairs; made here from the committed one."""
+    import csv
+    import shutil
+
     from validation.report.curation import STORED
 
-    rows = paired(load_curation(STORED).final)
+    old = tmp_path / "old"
+    shutil.copytree(STORED, old)
+    with open(old / "units.csv", newline="") as f:
+        units = list(csv.DictReader(f))
+    new_fields = ("best_val_test", "best_val_epoch", "plateau_held", "plateau_gain")
+    keep = [k for k in units[0] if k not in new_fields]
+    with open(old / "units.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, keep, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(units)
+    rows = paired(load_curation(old).final)
     assert len(rows) and all(r["bv_diff"] is None and r["vanilla_plateau"] is None for r in rows)
-    assert all(r["best_layer_aware"] in ("lai", "lai-last") for r in rows)
+    assert all(r["best_layer_aware"] in ("lai", "lai-last", "exact-top2") for r in rows)
 
 
 def test_bottom_lines_say_win_loss_and_tie(folder):
