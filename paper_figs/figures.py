@@ -62,8 +62,9 @@ class Sources:
 
 #: Curated-training commands behind figure 6: ``--run quick`` and ``--run full`` execute these (with
 #: ``--out <results root>`` appended): the curation profiles of ``validation.settings.profiles.CURATION_PROFILES``
-#: (quick: MNIST-1D MLP at its full 30 epochs, 3 seeds, a few methods, both protocols, ~2 min of CPU; paper:
-#: three tasks, 10 seeds, every baseline, both protocols, hours). Without results of its own, figure 6 is
+#: (quick: MNIST-1D MLP at its full 40 epochs, 3 seeds, a few methods, both protocols, a few minutes of CPU;
+#: paper: four tasks, 10 seeds, the layer-aware members with their rate-matched random controls and the
+#: baselines, hours). Without results of its own, figure 6 is
 #: drawn from the stored paper-scale tables (``paper_figs/data/curation``).
 CURATION_COMMANDS: dict[str, list[list[str]]] = {
     "quick": [["--profile", "quick", "--no-progress"]],
