@@ -52,10 +52,10 @@ MEMBER_POLICIES = ("threshold", "top_k", "greats")  # how a member selects by it
 OFF_AXIS = ("oracle",)
 METRIC_UNITS = {"accuracy": "pp", "perplexity": ""}
 NOISE_LABELS = {"symmetric": "symmetric", "class_dependent": "class-dependent", "documents": "corrupted docs",
-                "instance_dependent": "instance-dependent", "pairflip": "pair-flip"}
+                "instance_dependent": "instance-dep.", "pairflip": "pair-flip", "pair_flip": "pair-flip"}
 
 #: styles of the baselines added with the paired tables (the others come from ``style.METHODS``)
-STYLES = {"small-loss": ("Small loss (ramped)", OKABE_ITO["purple"], "h"),
+STYLES = {"small-loss": ("Small loss (ramped, oracle rate)", OKABE_ITO["purple"], "h"),
           "small-loss-est": ("Small loss (est. rate)", "#882255", "8"),
           "small-loss-fixed": ("Small loss (fixed rate)", OKABE_ITO["purple"], "H"),
           "loss-threshold": ("Loss threshold", OKABE_ITO["green"], "X"),
@@ -214,8 +214,13 @@ def draw(pd: PlotData) -> Figure:
     off = {p: (k - (len(protocols) - 1) / 2) * 0.42 for k, p in enumerate(protocols)}
     with style():
         row = 0.15 + 0.08 * (len(protocols) - 1)  # inches per method: a sub-row per protocol
-        fig = new_figure(DOUBLE, len(panels) * (0.75 + row * len(methods)) + 0.6)
-        axes = fig.subplots(len(panels), len(tasks), squeeze=False, sharey=True)
+        # up to 3 tasks side by side (a row per comparison); more tasks: a row per task, a column per comparison
+        wide = len(tasks) <= 3
+        height = (len(panels) if wide else len(tasks)) * ((0.75 if wide else 0.55) + row * len(methods)) + 0.6
+        fig = new_figure(DOUBLE, height)
+        grid = fig.subplots(len(panels), len(tasks), squeeze=False, sharey=True) if wide else \
+            fig.subplots(len(tasks), len(panels), squeeze=False, sharey=True).T
+        axes = grid  # axes[i, j]: comparison i, task j in both layouts
         for i, panel in enumerate(panels):
             for j, task in enumerate(tasks):
                 ax = axes[i, j]
@@ -258,9 +263,11 @@ def draw(pd: PlotData) -> Figure:
                 ax.set_axisbelow(True)
                 unit = METRIC_UNITS.get(metric, "")
                 best_label = method_style(pd.meta["best"].get(task) or "", 0)[0]
-                ax.set_xlabel(("test " if panel == "vanilla" else "")
-                              + f"{metric} − " + ("vanilla" if panel == "vanilla" else "best layer-aware")
-                              + (f", {unit}" if unit else "") + ("" if panel == "vanilla" else f"\n(here: {best_label})"))
+                if wide or j == len(tasks) - 1:
+                    ax.set_xlabel(("test " if panel == "vanilla" else "")
+                                  + f"{metric} − " + ("vanilla" if panel == "vanilla" else "best layer-aware")
+                                  + (f", {unit}" if unit else "")
+                                  + ("" if panel == "vanilla" or not wide else f"\n(here: {best_label})"))
                 if panel == "vanilla":
                     head = pd.meta["titles"].get(task, task)
                     van = [r["reference_mean"] for r in dt if _finite(r["reference_mean"])]
@@ -272,17 +279,24 @@ def draw(pd: PlotData) -> Figure:
                         vtxt += f"\noracle {_fmt(o['mean'])}{ci} {unit}"
                     else:
                         vtxt += "\n"
-                    ax.set_title(f"$\\bf{{({chr(ord('a') + j)})}}$ {head}\n{vtxt}")
+                    label = f"$\\bf{{({chr(ord('a') + (j if wide else 2 * j))})}}$"
+                    ax.set_title(f"{label} {head}\n{vtxt}" if wide else f"{label} {head}\n{vtxt.strip()}".replace(
+                        "\n", "; ").replace("; ", "\n", 1), loc="center" if wide else "left")
                 else:
+                    if not wide:
+                        ax.set_title(f"$\\bf{{({chr(ord('a') + 2 * j + 1)})}}$ vs the best layer-aware member\n"
+                                     f"(here: {best_label})", loc="left")
                     best = pd.meta["best"].get(task)
                     if best in methods:
                         right = lim[1] - 0.0 < 0.3 * (lim[1] - lim[0])
                         ax.text(0.0, methods.index(best) + off[protocols[0]], "reference " if right else " reference",
                                 va="center",
                                 ha="right" if right else "left", fontsize=SMALL_PT, color=GREY)
-                    panel_label(ax, i * len(tasks) + j)
-            for lab, m in zip(axes[i, 0].get_yticklabels(), methods):
-                lab.set_color(method_style(m, methods.index(m))[1])
+                    if wide:
+                        panel_label(ax, i * len(tasks) + j)
+            for ax in (axes[i, :] if not wide else axes[i, :1]):
+                for lab, m in zip(ax.get_yticklabels(), methods):
+                    lab.set_color(method_style(m, methods.index(m))[1])
         handles = [Line2D([], [], color="0.25", marker="o", lw=0, mfc="0.25" if p == protocols[0] else "white",
                           mec="0.25", label=PROTOCOL_LABELS.get(p, p)) for p in protocols]
         n_seeds = sorted({int(v) for v in t.values("n_seeds") if v is not None})

@@ -121,6 +121,7 @@ MODELS: dict[str, tuple[str, str, str]] = {
     "cnn1d": ("CNN-1D", OKABE_ITO["green"], "s"),
     "cnn2d": ("CNN-2D", OKABE_ITO["orange"], "^"),
     "transformer": ("Transformer", OKABE_ITO["purple"], "D"),
+    "small-cnn": ("small CNN", OKABE_ITO["vermillion"], "v"),
 }
 
 #: What a model's "width" counts (the profile's ``width_key``), for axis labels.
@@ -163,7 +164,8 @@ METHODS: dict[str, tuple[str, str, str]] = {
 }
 #: Baselines (and top-k variants) are dashed so that methods sharing a colour stay apart.
 METHOD_DASHED = frozenset({"random", "small-loss", "large-grad", "lai-topk", "ghost-topk", "greats"})
-DATASETS = {"mnist1d": "MNIST-1D", "digits": "digits 8×8", "pydoc": "pydoc text"}
+DATASETS = {"mnist1d": "MNIST-1D", "digits": "digits 8×8", "pydoc": "pydoc text", "mnist-real": "real MNIST",
+            "cifar10n": "CIFAR-10N"}
 
 
 def method_style(name: str, index: int = 0) -> tuple[str, str, str]:
