@@ -9,7 +9,7 @@ import torch
 import influence
 from validation.settings.profiles import get_profile, model_settings
 from validation.suites import StepContext, bound_step, cost_point, fidelity_step
-from validation.suites.fidelity import TARGETS
+from validation.suites.fidelity import COMBINED, TARGETS
 from validation.suites.runner import bound_context
 from validation.training.task import build_task, cast_batch, scoring_copy, train
 
@@ -73,7 +73,8 @@ def test_fidelity_rows(mlp_ctx):
     assert g["k"] == math.ceil(0.25 * mlp_ctx.n)
     # TracIn over the checkpoints so far: its last checkpoint is the current model, so it is Exact plus earlier terms
     assert not torch.allclose(mlp_ctx.scores("tracin"), mlp_ctx.scores("exact"))
-    assert len(out["auroc"]) == len(names)
+    combined = [f"loss+{e}" for e in COMBINED if e in names and "loss" in names]  # the combined-rank detectors
+    assert len(combined) == 2 and len(out["auroc"]) == len(names) + len(combined)
     assert {r["n_noisy"] for r in out["auroc"]} == {int(mlp_ctx.is_noisy.sum())}
     assert len(out["scores"]) == len(names) * mlp_ctx.n
     lai_rows = [r for r in out["scores"] if r["estimator"] == "lai"]
