@@ -6,8 +6,8 @@ training (method − vanilla at the same seed; percentage points of accuracy, or
 with its 95 % t interval over seeds (``validation.report.paired``), one mark per protocol (filled: the first of
 ``PROTOCOL_ORDER`` present, open: the other), and the seeds it beat vanilla on ("wins/seeds") at the right.
 Bottom row: the paired difference of every method to the best layer-aware member of that task (:func:`best_member`:
-the highest mean under the first protocol among the methods that threshold, rank or select by a layer-aware
-estimator — registry family in ``LAYER_AWARE``; combined ranks with the loss are not members), same intervals.
+the highest mean under the first protocol among the layer-aware estimators' own methods, as the report's tables
+name it: ``validation.report.curation_pairs``; combined ranks with the loss are not members), same intervals.
 
 Methods (read from the data) are sorted by their mean difference to vanilla over the tasks, best at the top.
 The oracle (training on the clean samples only) is not drawn on the axes (it would squeeze the rest): its
@@ -33,7 +33,9 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from influence.curation.methods import MATCH_SEP
 from validation.report.curation import paired
+from validation.report.curation_pairs import best_layer_aware, is_layer_aware
 from validation.report.stats import paired_difference
 from validation.report.tables import Table
 
@@ -47,8 +49,6 @@ COLUMNS = ["panel", "task", "family", "metric", "protocol", "method", "reference
 PROTOCOL_ORDER = ("ours", "original")
 PROTOCOL_LABELS = {"ours": "ours: curation from step 0, fixed reference batch",
                    "original": "original: warm-up of ⅓ of the epochs, fresh reference subset each step"}
-LAYER_AWARE = ("lai", "top-layers")  # registry families of the layer-aware estimators
-MEMBER_POLICIES = ("threshold", "top_k", "greats")  # how a member selects by its estimator (not rank_sum)
 OFF_AXIS = ("oracle",)
 METRIC_UNITS = {"accuracy": "pp", "perplexity": ""}
 NOISE_LABELS = {"symmetric": "symmetric", "class_dependent": "class-dependent", "documents": "corrupted docs",
@@ -68,7 +68,7 @@ STYLES = {"small-loss": ("Small loss (ramped, oracle rate)", OKABE_ITO["purple"]
 def method_style(name: str, index: int = 0) -> tuple[str, str, str]:
     """(label, colour, marker) of a curation method; ``<rate>-as-<method>`` (random keeping the fraction that
     ``<method>`` kept) is drawn in the rate method's colour, labelled with the matched method."""
-    base, sep, match = name.partition("-as-")
+    base, sep, match = name.partition(MATCH_SEP)
     if sep:
         label, colour, marker = method_style(base, index)
         matched = method_style(match, index)[0].replace(" (", ", ").replace(")", "")
@@ -77,15 +77,9 @@ def method_style(name: str, index: int = 0) -> tuple[str, str, str]:
 
 
 def is_member(method: str) -> bool:
-    """Whether ``method`` selects by a layer-aware estimator (registry family in :data:`LAYER_AWARE`)."""
-    from influence.curation.methods import get_method
-    from validation.settings import estimators as chosen
-
-    try:
-        m = get_method(method)
-    except Exception:  # noqa: BLE001 - a method of an older code revision: not a member
-        return False
-    return m.policy in MEMBER_POLICIES and chosen.family(m.signal) in LAYER_AWARE
+    """Whether ``method`` is a layer-aware member: the report's definition
+    (``validation.report.curation_pairs.is_layer_aware``), so the figure and the tables name the same member."""
+    return is_layer_aware(method)
 
 
 def _scale(metric: str) -> float:
@@ -113,14 +107,12 @@ def _values(final: Table, task: str, protocol: str, method: str) -> dict[Any, fl
 
 
 def best_member(final: Table, task: str, protocol: str) -> str | None:
-    """The layer-aware member (:func:`is_member`) with the best mean final metric of ``task`` under ``protocol``."""
+    """The layer-aware member with the best mean final metric of ``task`` under ``protocol``: the one the report's
+    tables name (``validation.report.curation_pairs.best_layer_aware``)."""
     t = final.where(task=task, protocol=protocol)
     if not len(t):
         return None
-    sign = -1.0 if t.rows[0]["metric"] == "perplexity" else 1.0
-    means = {m: sign * float(np.mean(list(_values(final, task, protocol, m).values())))
-             for m in t.unique("method") if is_member(m)}
-    return max(means, key=lambda m: means[m]) if means else None
+    return best_layer_aware(t, higher_is_better=t.rows[0]["metric"] != "perplexity")[0]
 
 
 def _fit(means: list[float], floor: float = 1.0) -> float:
@@ -313,4 +305,4 @@ def figure(final: Table, curves: Table | None = None, **kw: Any) -> Figure:
     return draw(data(final, curves, **kw))
 
 
-__all__ = ["data", "draw", "figure", "NAME", "COLUMNS", "task_title", "best_member", "is_member", "LAYER_AWARE"]
+__all__ = ["data", "draw", "figure", "NAME", "COLUMNS", "task_title", "best_member", "is_member"]
