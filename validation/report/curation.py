@@ -81,8 +81,6 @@ CONTROL = "vanilla"
 METHOD_ORDER = ("lai", "lai-last", "exact-top2", "ghost", "exact", "tracin", "lai-topk", "ghost-topk", "lai-greats",
                 "greats", "loss+lai", "loss+lai-last", "loss-threshold", "small-loss", "small-loss-est",
                 "small-loss-fixed", "large-grad", "random", "oracle", "vanilla")
-#: methods whose kept fraction is the matched method's (influence.curation.methods.Method.rate_matched)
-RATE_MATCHED = ("random", "small-loss-fixed", "large-grad", "lai-topk", "ghost-topk", "lai-greats", "greats")
 
 
 @dataclass
@@ -251,7 +249,7 @@ def paired(final: Table, control: str = CONTROL, match: str = "lai") -> Table:
                 "se": pd.se, "low": pd.low, "high": pd.high, "p": pd.p, "wins": pd.wins, "ties": pd.ties,
                 "losses": pd.losses, "kept_fraction": _mean(mt.values("kept_fraction")),
                 "noise_recall": _mean(mt.values("noise_recall")), "drop_precision": _mean(mt.values("drop_precision")),
-                "rate_matched_to": matched_to(method, match, RATE_MATCHED),
+                "rate_matched_to": matched_to(method, match),
                 "seeds": " ".join(str(s) for s in seeds)})
     rank = {m: k for k, m in enumerate(METHOD_ORDER)}
     tasks = {t: k for k, t in enumerate(task_order(final.unique("task")))}

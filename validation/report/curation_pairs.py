@@ -22,11 +22,12 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from influence.curation.methods import MATCH_SEP, get_method
 from validation.report.tables import Table
 
 #: registry families whose members are layer-aware (exact-top2 is ``top-layers``, LAI's variants ``lai``)
 LAYER_AWARE_FAMILIES = ("lai", "top-layers")
-RATE_SEP = "-as-"  # <rate method>-as-<method>: keeps the kept fraction of <method> (validation/curation)
+RATE_SEP = MATCH_SEP  # <rate method>-as-<method>: keeps the kept fraction of <method> (influence.curation.methods)
 COMBINED_PREFIX = "loss+"  # loss+<estimator>: the combined rank, rate-matched to <estimator>
 #: plain names of the rate-matched controls: ``random`` keeps LAI's fraction
 PLAIN_MATCH = {"random": "lai"}
@@ -46,14 +47,17 @@ def split_rate(method: str) -> tuple[str, str] | None:
     return (method, PLAIN_MATCH[method]) if method in PLAIN_MATCH else None
 
 
-def matched_to(method: str, match: str, rate_matched: tuple[str, ...]) -> str:
-    """The method whose kept fraction ``method`` used: X for ``<rate>-as-X`` and ``loss+X``, ``match`` for the plain
-    rate-matched methods (``rate_matched``), "" otherwise."""
-    if RATE_SEP in method:
-        return (split_rate(method) or ("", ""))[1]
-    if method.startswith(COMBINED_PREFIX):  # the combined rank keeps what its estimator keeps
-        return method[len(COMBINED_PREFIX):]
-    return match if method in rate_matched else ""
+def matched_to(method: str, match: str) -> str:
+    """The method whose kept fraction ``method`` used, as the method table says (``Method.match``: X for
+    ``<rate>-as-X`` and ``loss+X``; ``match`` for the other rate-matched methods; "" for the rest). A name the table
+    does not know (a method of another code revision) is read by its spelling: X for ``<rate>-as-X`` and ``loss+X``."""
+    try:
+        m = get_method(method)
+    except ValueError:
+        if RATE_SEP in method:
+            return (split_rate(method) or ("", ""))[1]
+        return method[len(COMBINED_PREFIX):] if method.startswith(COMBINED_PREFIX) else ""
+    return m.match or (match if m.rate_matched else "")
 
 
 def method_label(method: str) -> str:
