@@ -241,7 +241,7 @@ def run_comparison(spec: TaskSpec, methods: list[str], seeds: list[int], results
     run = RunDir(Path(results) / SUITE / f"{spec.name}-{spec.protocol}-{config_id(config)}")
     run.init(config)
     run.add_provenance(provenance())
-    rate_methods = [get_method(m) for m in methods if get_method(m).rate_matched]
+    rate_methods = [m for m in map(get_method, methods) if m.rate_matched]
     if keep_fraction is None:  # every matched method runs first (default match, and <name>-as-<match> targets)
         targets = dict.fromkeys(m.match or match for m in rate_methods)
         methods = [*(t for t in targets if t not in methods), *methods]
