@@ -61,7 +61,7 @@ def test_bench_tiny_transformer_and_cnn_run(tmp_path):
     report = bench.run(["--workload", "all", "--tiny", "--repeats", "1", "--no-curated", "--estimators",
                          "ghost,lai", "--tasks", "none", "--out", str(tmp_path)])
     assert "tasks" not in report
-    assert set(report["workloads"]) == {"mlp", "transformer", "cnn"}
+    assert set(report["workloads"]) == {"mlp", "transformer", "cnn", "cnn1d"}
     for sec in report["workloads"].values():
         rows = [r["estimator"] for r in sec["costs"]["rows"]]
         assert [r for r in rows if not r.endswith("-floor")][3:] == ["ghost", "lai"]

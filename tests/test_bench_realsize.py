@@ -91,8 +91,8 @@ def test_real_vocabulary_lm_builders():
 
 
 def test_workload_names_keep_all_to_the_toy_workloads():
-    assert bench.workload_names("all") == ["mlp", "transformer", "cnn"]
-    assert bench.workload_names("gpt2-small,all") == ["gpt2-small", "mlp", "transformer", "cnn"]
+    assert bench.workload_names("all") == ["mlp", "transformer", "cnn", "cnn1d"]
+    assert bench.workload_names("gpt2-small,all") == ["gpt2-small", "mlp", "transformer", "cnn", "cnn1d"]
     with pytest.raises(Exception, match="unknown workload"):
         bench.workload_names("gpt3")
 

@@ -161,7 +161,7 @@ def test_stored_folder_without_the_new_fields_still_pairs(tmp_path):
     shutil.copytree(STORED, old)
     with open(old / "units.csv", newline="") as f:
         units = list(csv.DictReader(f))
-    new_fields = ("best_val_test", "best_val_epoch", "plateau_held", "plateau_gain")
+    new_fields = ("best_val_test", "best_val_epoch", "plateau_held", "plateau_gain", "matched_to")
     keep = [k for k in units[0] if k not in new_fields]
     with open(old / "units.csv", "w", newline="") as f:
         w = csv.DictWriter(f, keep, extrasaction="ignore")
@@ -170,6 +170,27 @@ def test_stored_folder_without_the_new_fields_still_pairs(tmp_path):
     rows = paired(load_curation(old).final)
     assert len(rows) and all(r["bv_diff"] is None and r["vanilla_plateau"] is None for r in rows)
     assert all(r["best_layer_aware"] in ("lai", "lai-last", "exact-top2") for r in rows)
+
+
+def test_plain_random_pairs_with_the_method_its_run_matched(folder, tmp_path):
+    """``lai curate --match lai-last``: plain ``random`` kept lai-last's fraction, so it is lai-last's control (and
+    LAI has none), as the run folder's config records; the stored folder keeps that (``matched_to``). With
+    ``--keep-fraction`` nothing is matched and no method has a random control."""
+    cfg = folder / f"{TASK}-ours-abc" / "config.json"
+    for m in [m for m in _methods() if m.startswith("random-as-")]:  # only plain random left
+        for seed in SEEDS:
+            (folder / f"{TASK}-ours-abc" / "units" / "curate" / TASK / f"seed{seed}" / f"{m}.json").unlink()
+    cfg.write_text(json.dumps({**json.loads(cfg.read_text()), "match": "lai-last", "keep_fraction": None}))
+    rows = _rows(folder)
+    assert rows["random"]["rate_matched_to"] == "lai-last"
+    assert rows["lai-last"]["random_control"] == "random" and rows["lai"]["random_control"] == ""
+    mean, lo, hi = _ci("lai-last", "random")
+    assert (rows["lai-last"]["vs_random_diff"], rows["lai-last"]["vs_random_low"]) == pytest.approx((mean, lo))
+    stored = {r["method"]: r for r in paired(load_curation(export(folder, tmp_path / "stored")).final)}
+    assert stored["lai-last"]["random_control"] == "random" and stored["random"]["rate_matched_to"] == "lai-last"
+    cfg.write_text(json.dumps({**json.loads(cfg.read_text()), "keep_fraction": 0.6}))
+    rows = _rows(folder)
+    assert rows["random"]["rate_matched_to"] == "" and not any(r["random_control"] for r in rows.values())
 
 
 def test_bottom_lines_say_win_loss_and_tie(folder):

@@ -314,7 +314,7 @@ def test_float32_outside_use_is_caught_by_the_sum_check():
     assert [pl.names[k] for k in verify.sum_check(blocks, cap, pl)] == ["b.weight"]
 
 
-@pytest.mark.parametrize("name", ["mlp", "transformer", "cnn"])
+@pytest.mark.parametrize("name", ["mlp", "transformer", "cnn", "cnn1d"])
 def test_float32_models_pass_the_sum_check(name):
     """No false alarm from rounding in float32: every block passes the projection (none needs the full
     comparison) and is kept for reuse; Ghost routes nothing."""

@@ -4,7 +4,9 @@ Synthetic inputs from a fixed seed (the cost of these models does not depend on 
 
 * ``mlp``: MLP 40-512-512-10, 256 train / 128 reference samples;
 * ``transformer``: ``CausalTransformer()`` defaults, 32 train / 16 reference sequences of 128 tokens;
-* ``cnn``: ``CNN2d()`` on 8x8 images, 256 train / 128 reference samples.
+* ``cnn``: ``CNN2d()`` on 8x8 images, 256 train / 128 reference samples;
+* ``cnn1d``: ``CNN1d(channels=32)`` (the fidelity suite's paper width) on MNIST-1D-shaped inputs of length 40,
+  256 train / 128 reference samples.
 
 ``tiny=True`` shrinks models and batches to seconds (tests). ``WorkloadSpec`` holds a workload's settings in the
 vocabulary of ``validation.settings.config``; ``Workload`` is the built model, loss and batch maker.
@@ -24,7 +26,7 @@ from influence.batch import Batch, LossFn
 from influence.estimators import get_estimator
 from validation.training.models import build_model
 
-WORKLOADS = ("mlp", "transformer", "cnn")
+WORKLOADS = ("mlp", "transformer", "cnn", "cnn1d")
 CURATED = ("curated-lai", "curated-ghost")  # a curated SGD step (keep score >= 0) with LAI / Ghost scores
 
 
@@ -83,6 +85,10 @@ def workload_spec(name: str, tiny: bool = False) -> WorkloadSpec:
         return WorkloadSpec(name, "cnn2d", {"channels": 4 if tiny else 16}, {"shape": (1, 8, 8), "num_classes": 10},
                             *((16, 8) if tiny else (256, 128)),
                             (8, 16, 32, 64) if tiny else (256, 512, 1024, 2048, 4096), 1024)
+    if name == "cnn1d":
+        return WorkloadSpec(name, "cnn1d", {"channels": 4 if tiny else 32}, {"shape": (1, 40), "num_classes": 10},
+                            *((16, 8) if tiny else (256, 128)),
+                            (8, 16, 32, 64) if tiny else (256, 512, 1024, 2048, 4096), 1024)
     raise ValueError(f"unknown workload {name!r}; choose from {', '.join(WORKLOADS)}")
 
 
@@ -109,7 +115,7 @@ def _describe(spec: WorkloadSpec) -> dict[str, Any]:
     elif spec.model == "transformer":
         text = f"CausalTransformer({kw or 'defaults'})"
     else:
-        text = f"CNN2d({', '.join(f'{k}={v}' for k, v in kw.items())})"
+        text = f"{'CNN1d' if spec.model == 'cnn1d' else 'CNN2d'}({', '.join(f'{k}={v}' for k, v in kw.items())})"
     extra = {"seq_len": spec.data_kw["seq_len"]} if "seq_len" in spec.data_kw else {}
     return {"model": text, **extra, "spec": spec.to_dict()}
 

@@ -68,9 +68,9 @@ from validation.report.tables import Table, read_table
 
 FINAL_COLUMNS = ["task", "family", "dataset", "model", "noise", "rate", "protocol", "method", "seed", "metric",
                  "final", "kept_fraction", "noise_recall", "drop_precision", "epochs", "wall_s", "cpu_s", "code",
-                 "folder", "best_val_test", "best_val_epoch", "plateau_held", "plateau_gain"]
+                 "folder", "best_val_test", "best_val_epoch", "plateau_held", "plateau_gain", "matched_to"]
 #: FINAL_COLUMNS a stored folder written before they existed may lack (read as empty)
-LATER_COLUMNS = ("best_val_test", "best_val_epoch", "plateau_held", "plateau_gain")
+LATER_COLUMNS = ("best_val_test", "best_val_epoch", "plateau_held", "plateau_gain", "matched_to")
 CURVE_COLUMNS = ["task", "family", "rate", "protocol", "method", "seed", "metric", "epoch", "value"]
 PAIRED_COLUMNS = ["task", "family", "dataset", "model", "noise", "rate", "protocol", "method", "metric", "n",
                   "vanilla_mean", "method_mean", "diff", "sd", "se", "low", "high", "p", "wins", "ties", "losses",
@@ -197,7 +197,9 @@ def load_curation(root: str | os.PathLike) -> CurationResults:
                        "epochs": len(u.get("curve") or []), "wall_s": u.get("wall_s"), "cpu_s": u.get("cpu_s"),
                        "code": code or "", "folder": str(folder), "best_val_test": u.get("best_val_test"),
                        "best_val_epoch": u.get("best_val_epoch"), "plateau_held": u.get("plateau_held"),
-                       "plateau_gain": u.get("plateau_gain")}
+                       "plateau_gain": u.get("plateau_gain"),
+                       "matched_to": "" if cfg.get("keep_fraction") is not None
+                       else matched_to(u["method"], cfg.get("match") or "lai")}
             except (KeyError, TypeError, ValueError, AttributeError) as exc:
                 notes.append(f"skipped {path}: {type(exc).__name__}: {exc}")
                 continue
@@ -223,8 +225,17 @@ def _mean(values: Sequence[Any]) -> float | None:
     return sum(v) / len(v) if v else None
 
 
+def _recorded_match(units: Table) -> str | None:
+    """The method whose kept fraction these units (one method) matched, as their run folder's config recorded it
+    (``matched_to``: "" for none); None when the units predate the column."""
+    seen = {str(v) for v in units.values("matched_to") if v is not None and not (isinstance(v, float) and math.isnan(v))}
+    return ", ".join(sorted(seen)) if seen else None
+
+
 def paired(final: Table, control: str = CONTROL, match: str = "lai") -> Table:
-    """Paired differences to ``control`` per (task, protocol, method) (see module docstring, PAIRED_COLUMNS)."""
+    """Paired differences to ``control`` per (task, protocol, method) (see module docstring, PAIRED_COLUMNS).
+    ``rate_matched_to`` is the units' recorded ``matched_to``; for units without it, ``match`` is taken as the run's
+    matched method."""
     from validation.report.stats import paired_table
 
     rows = []
@@ -249,7 +260,8 @@ def paired(final: Table, control: str = CONTROL, match: str = "lai") -> Table:
                 "se": pd.se, "low": pd.low, "high": pd.high, "p": pd.p, "wins": pd.wins, "ties": pd.ties,
                 "losses": pd.losses, "kept_fraction": _mean(mt.values("kept_fraction")),
                 "noise_recall": _mean(mt.values("noise_recall")), "drop_precision": _mean(mt.values("drop_precision")),
-                "rate_matched_to": matched_to(method, match),
+                "rate_matched_to": _recorded_match(mt) if _recorded_match(mt) is not None
+                else matched_to(method, match),
                 "seeds": " ".join(str(s) for s in seeds)})
     rank = {m: k for k, m in enumerate(METHOD_ORDER)}
     tasks = {t: k for k, t in enumerate(task_order(final.unique("task")))}

@@ -60,13 +60,17 @@ def matched_to(method: str, match: str) -> str:
     return m.match or (match if m.rate_matched else "")
 
 
-def method_label(method: str) -> str:
+def method_label(method: str, matched: str | None = None) -> str:
     """How a curation method reads in the report: ``random-as-X`` -> "random (rate of X)", small-loss ->
-    "small-loss (oracle rate)", small-loss-est -> "small-loss (estimated rate)", anything else its name."""
+    "small-loss (oracle rate)", small-loss-est -> "small-loss (estimated rate)", anything else its name.
+    ``matched``: the method whose kept fraction it matched as its units recorded it (``rate_matched_to``; "" for
+    none), which overrides the spelling (plain ``random`` is LAI's only under the default match)."""
     if method in SPECIAL_LABELS:
         return SPECIAL_LABELS[method]
     sp = split_rate(method)
-    return f"{sp[0]} (rate of {sp[1]})" if sp else method
+    if sp and matched is not None:
+        sp = (sp[0], matched)
+    return (f"{sp[0]} (rate of {sp[1]})" if sp[1] else sp[0]) if sp else method
 
 
 def is_layer_aware(method: str) -> bool:
@@ -81,8 +85,14 @@ def is_layer_aware(method: str) -> bool:
         return False
 
 
-def rate_control(method: str, methods: set[str] | list[str]) -> str | None:
-    """The rate-matched random of ``method`` among ``methods``: ``random-as-<method>``, or ``random`` for LAI."""
+def rate_control(method: str, methods: set[str] | list[str], recorded: dict[str, str] | None = None) -> str | None:
+    """The rate-matched random of ``method`` among ``methods``. ``recorded``: method -> the method whose kept
+    fraction it matched, as its units recorded it (``matched_to``); without a record, ``random-as-<method>``, or plain
+    ``random`` for LAI (the experiment's default match)."""
+    randoms = [m for m in methods if (split_rate(m) or ("",))[0] == "random"]
+    if recorded and any(m in recorded for m in randoms):  # the units say what each random matched: use only that
+        hits = [m for m in randoms if recorded.get(m) == method]
+        return min(hits, key=lambda m: (m != f"random{RATE_SEP}{method}", m), default=None)
     if f"random{RATE_SEP}{method}" in methods:
         return f"random{RATE_SEP}{method}"
     return next((m for m, target in PLAIN_MATCH.items() if target == method and m in methods), None)
@@ -142,6 +152,17 @@ def plateau_summary(t: Table, method: str) -> tuple[str | None, float | None]:
     return (f"{sum(held)}/{len(held)}" if held else None), (max(gains) if gains else None)
 
 
+def _recorded(t: Table) -> dict[str, str]:
+    """method -> the method whose kept fraction its units matched (``matched_to``; one value per method, else
+    left out); empty for units without the column."""
+    seen: dict[str, set[str]] = {}
+    for r in t:
+        v = r.get("matched_to")
+        if v is not None and not (isinstance(v, float) and math.isnan(v)):
+            seen.setdefault(r["method"], set()).add(str(v))
+    return {m: next(iter(v)) for m, v in seen.items() if len(v) == 1}
+
+
 def add_pairs(rows: list[dict[str, Any]], final: Table, control: str = "vanilla") -> list[dict[str, Any]]:
     """``rows`` (the paired table, method − ``control`` per task and protocol) with PAIR_COLUMNS filled in."""
     groups = final.group("task", "protocol")
@@ -170,7 +191,7 @@ def add_pairs(rows: list[dict[str, Any]], final: Table, control: str = "vanilla"
         r.update(bv_vanilla_mean=_mean({s: bv_v[s] for s in set(bv_m) & set(bv_v)}),
                  bv_method_mean=_mean({s: bv_m[s] for s in set(bv_m) & set(bv_v)}),
                  bv_diff=p["diff"], bv_low=p["low"], bv_high=p["high"], bv_n=p["n"])
-        rc = rate_control(method, set(t.unique("method")))
+        rc = rate_control(method, set(t.unique("method")), _recorded(t))
         r["random_control"] = rc or ""
         if rc:
             p = _pair(fin(method), fin(rc))

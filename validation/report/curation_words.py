@@ -70,18 +70,18 @@ def task_lines(rows: list[dict[str, Any]]) -> dict[tuple[str, str], list[str]]:
         if best:
             mean = next((r.get("best_layer_aware_mean") for r in rs if r.get("best_layer_aware_mean") is not None),
                         None)
-            vs = [f"{method_label(r['method'])} {diff_text(r['vs_best_diff'], r.get('vs_best_low'), r.get('vs_best_high'))}"
+            vs = [f"{method_label(r['method'], r.get('rate_matched_to'))} {diff_text(r['vs_best_diff'], r.get('vs_best_low'), r.get('vs_best_high'))}"
                   for r in rs if r.get("vs_best_diff") is not None]
             lines.append(f"    - Best layer-aware member: {best}" + (f" (mean {mean:.1f}{unit.strip() and ' %'})"
                                                                        if mean is not None else "")
                          + f". Method − {best}{unit and ' (pp)'}: " + ("; ".join(vs) or "no other method") + ".")
-        bv = [f"{method_label(r['method'])} {diff_text(r['bv_diff'], r.get('bv_low'), r.get('bv_high'))}"
+        bv = [f"{method_label(r['method'], r.get('rate_matched_to'))} {diff_text(r['bv_diff'], r.get('bv_low'), r.get('bv_high'))}"
               + (f" (− {best}: {diff_text(r['bv_best_diff'], r.get('bv_best_low'), r.get('bv_best_high'))})"
                  if r.get("bv_best_diff") is not None else "") for r in rs if r.get("bv_diff") is not None]
         if bv:
             lines.append("    - At the best-validation epoch (test metric there; method − vanilla, and − "
                          f"{best or 'the best layer-aware member'}): " + "; ".join(bv) + ".")
-        rnd = [f"{method_label(r['method'])} − {method_label(r['random_control'])} "
+        rnd = [f"{method_label(r['method'], r.get('rate_matched_to'))} − {method_label(r['random_control'], r['method'])} "
                f"{diff_text(r['vs_random_diff'], r.get('vs_random_low'), r.get('vs_random_high'), unit)}: "
                + finding(r["vs_random_diff"], r.get("vs_random_low"), r.get("vs_random_high"), _lower(r))
                for r in rs if r.get("random_control") and r.get("vs_random_diff") is not None]
@@ -142,8 +142,8 @@ def curation_bottoms(s: dict[str, Any]) -> list[str]:
         best = next((r["best_layer_aware"] for r in rs if r.get("best_layer_aware")), None)
         b = next((r for r in rs if r["method"] == best), None)
         if b is not None:
-            rnd = (f"beats {method_label(b['random_control'])}: "
-                   + _yes_no(b, "vs_random_", best, method_label(b["random_control"]))
+            rnd = (f"beats {method_label(b['random_control'], best)}: "
+                   + _yes_no(b, "vs_random_", best, method_label(b["random_control"], best))
                    if b.get("random_control") else "no rate-matched random was run")
             member.append(f"{where}, {best}: beats vanilla: {_yes_no(b, '', best, 'vanilla')}; {rnd}")
         cands = [r for r in rs if r["method"] not in NOT_BEST and r.get("method_mean") is not None]
@@ -153,10 +153,11 @@ def curation_bottoms(s: dict[str, Any]) -> list[str]:
             if top["method"] == best:
                 best_all.append(f"{where}: the best layer-aware member {best} itself")
             else:
-                best_all.append(f"{where}: {method_label(top['method'])}, "
+                best_all.append(f"{where}: {method_label(top['method'], top.get('rate_matched_to'))}, "
                                 f"{diff_text(top.get('vs_best_diff'), top.get('vs_best_low'), top.get('vs_best_high'), _unit(top))}"
                                 f" over {best} ({finding(top.get('vs_best_diff'), top.get('vs_best_low'), top.get('vs_best_high'), _lower(top))})"
-                                if top.get("vs_best_diff") is not None else f"{where}: {method_label(top['method'])}")
+                                if top.get("vs_best_diff") is not None
+                                else f"{where}: {method_label(top['method'], top.get('rate_matched_to'))}")
         kn = _held(rs[0])
         if kn is not None:
             conv.append((where, kn[0] == kn[1], rs[0]))

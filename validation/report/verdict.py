@@ -158,13 +158,14 @@ def _curation_lines(s: dict[str, Any]) -> list[str]:
             if r.get("diff") is None:
                 continue
             sig = r.get("low") is not None and (r["low"] > 0 or r["high"] < 0)
-            txt.append(f"{method_label(r['method'])} {_pp(r)}{' *' if sig else ''}")
+            txt.append(f"{method_label(r['method'], r.get('rate_matched_to'))} {_pp(r)}{' *' if sig else ''}")
         where = f"{task} ({proto})"
         vs = [c for c in _cmp(s, "curation", where, control="lai")]
         good = "b" if any(c.get("lower_is_better") for c in vs) else "a"
-        better = [f"{method_label(c['a'])} {_pp({'diff': c['value'], 'low': c['low'], 'high': c['high'], 'metric': rs[0].get('metric')})}"
+        matched = {r["method"]: r.get("rate_matched_to") for r in rs}
+        better = [f"{method_label(c['a'], matched.get(c['a']))} {_pp({'diff': c['value'], 'low': c['low'], 'high': c['high'], 'metric': rs[0].get('metric')})}"
                   for c in vs if c["finding"] == good]
-        worse = [method_label(c["a"]) for c in vs if c["finding"] not in (good, "none") and c["a"] != "vanilla"]
+        worse = [method_label(c["a"], matched.get(c["a"])) for c in vs if c["finding"] not in (good, "none") and c["a"] != "vanilla"]
         lines.append(f"  - {task} ({proto} protocol, {rs[0].get('n')} seeds): " + "; ".join(txt) + "."
                      + (f" Beat LAI: {', '.join(better)}." if better else (" Beat LAI: none." if vs else ""))
                      + (f" Worse than LAI: {', '.join(worse)}." if worse else ""))
@@ -229,6 +230,13 @@ def _detection_bottom(s: dict[str, Any]) -> str:
             f"models (AUROC loss − LAI: {_list(loss)}); LAI better on {_list(lai)}; no difference shown on "
             f"{_list(none)}{combined_detection(s)}.")
 
+def _matched(s: dict[str, Any], method: str) -> str | None:
+    """The method whose kept fraction ``method`` matched on every task of the curation rows (None when they
+    disagree or do not say)."""
+    seen = {r.get("rate_matched_to") for r in s.get("curation") or [] if r.get("method") == method}
+    return next(iter(seen)) if len(seen) == 1 else None
+
+
 def _curation_bottom(s: dict[str, Any]) -> str:
     vv = _cmp(s, "curation", a="lai", control="vanilla")
     if not vv:
@@ -257,8 +265,9 @@ def _curation_bottom(s: dict[str, Any]) -> str:
             cs = [c for c in vl if c["a"] == m and good(c, side)]
             if cs:
                 lo, hi = min(c["value"] for c in cs), max(c["value"] for c in cs)
-                out.append(f"{method_label(m)} on {len(cs)} of {n} ({lo:+.1f} to {hi:+.1f})" if len(cs) > 1
-                           else f"{method_label(m)} on {cs[0]['where']} ({_d(cs[0], 1)})")
+                label = method_label(m, _matched(s, m))
+                out.append(f"{label} on {len(cs)} of {n} ({lo:+.1f} to {hi:+.1f})" if len(cs) > 1
+                           else f"{label} on {cs[0]['where']} ({_d(cs[0], 1)})")
         return out
 
     unit = " pp" if any(c["metric"].endswith("(pp)") for c in vl) else ""
