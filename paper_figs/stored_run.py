@@ -12,6 +12,12 @@ written atomically. A table over ``--gzip-mb`` is stored gzip-compressed as ``<n
 no file name or time in the header), which ``validation.report.tables.read_table`` reads in its place; a stored file
 still over ``--max-mb`` is refused (the stored data must stay small). Tables only figures plot (``ROUNDED``:
 ``scores.csv``) keep 8 significant digits of their value column.
+
+``--suite fidelity`` replaces only the tables that suite's units hold (``validation.report.results.TABLES``) in an
+existing stored folder and keeps its other tables (say, a bound suite computed under earlier code), its
+``config.json`` and its invocations, to which the run's are appended; every export is listed under ``exports``.
+``summary.json`` and ``report.md`` are then rewritten from the stored tables
+(``python -m validation.report.summary <out> --stored``).
 """
 
 from __future__ import annotations
@@ -67,15 +73,34 @@ def _store(src: Path, out: Path, gzip_mb: float) -> Path:
     return dest
 
 
+def suite_tables(suites: Sequence[str]) -> list[str]:
+    """The tables (file names) whose rows come from any of ``suites``' units."""
+    from validation.report.results import TABLES
+
+    unknown = sorted(set(suites) - {x for owners, _ in TABLES.values() for x in owners})
+    if unknown:
+        raise ValueError(f"unknown suite(s) {', '.join(unknown)}")
+    return [f"{t}.csv" for t, (owners, _) in TABLES.items() if set(owners) & set(suites)]
+
+
 def export(run: str | Path, out: str | Path = STORED_RUN, note: str = "", max_mb: float = 5.0,
-           gzip_mb: float = 1.0) -> list[Path]:
+           gzip_mb: float = 1.0, suites: Sequence[str] | None = None) -> list[Path]:
     """Copy the compact tables of run folder ``run`` into ``out`` (see module docstring); returns the written
-    paths. Raises ``FileNotFoundError`` when ``run`` is not a run folder, ``ValueError`` for a file still over
-    ``max_mb`` once stored (then nothing is written)."""
+    paths. ``suites``: replace only those suites' tables in the stored folder ``out`` and keep the rest. Raises
+    ``FileNotFoundError`` when ``run`` is not a run folder (or, with ``suites``, ``out`` is not a stored one),
+    ``ValueError`` for a file still over ``max_mb`` once stored (then nothing is written)."""
     run, out = Path(run), Path(out)
     if not (run / "config.json").is_file() or not (run / "summary.json").is_file():
         raise FileNotFoundError(f"{run} is not a finished run folder (config.json and summary.json expected)")
-    files = sorted(run.glob("*.csv")) + [run / k for k in KEEP if (run / k).is_file()]
+    if suites is None:
+        files = sorted(run.glob("*.csv")) + [run / k for k in KEEP if (run / k).is_file()]
+    else:
+        if not (out / "config.json").is_file():
+            raise FileNotFoundError(f"{out} is not a stored run folder (config.json expected) to replace tables in")
+        names = suite_tables(suites)
+        files = [run / n for n in names if (run / n).is_file()]
+        if not files:
+            raise FileNotFoundError(f"{run} has none of the tables of suite(s) {', '.join(suites)}: {', '.join(names)}")
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out) as staging:  # every file sized before any is replaced
         plain = Path(staging) / "plain"
@@ -97,8 +122,16 @@ def export(run: str | Path, out: str | Path = STORED_RUN, note: str = "", max_mb
             f.with_name(f.name + ".gz").unlink(missing_ok=True)
     prov_path = run / "provenance.json"
     prov = read_json(prov_path) if prov_path.is_file() else {"invocations": []}
-    prov["export"] = {"source": str(run), "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                      "exported_by": code_revision(), "note": note}
+    entry = {"source": str(run), "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+             "exported_by": code_revision(), "note": note}
+    if suites is None:
+        prov["export"] = entry
+    else:  # the stored folder's history stays; this run's invocations and export are added to it
+        old = read_json(out / "provenance.json") if (out / "provenance.json").is_file() else {"invocations": []}
+        exports = old.pop("exports", None) or ([old.pop("export")] if "export" in old else [])
+        old["invocations"] = [*old.get("invocations", []), *prov.get("invocations", [])]
+        old["exports"] = [*exports, {**entry, "suites": list(suites), "tables": [f.name for f in written]}]
+        prov = old
     atomic_write_json(out / "provenance.json", prov)
     written.append(out / "provenance.json")
     return written
@@ -114,8 +147,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     exp.add_argument("--max-mb", type=float, default=5.0, help="largest stored file allowed (default: %(default)s)")
     exp.add_argument("--gzip-mb", type=float, default=1.0,
                      help="tables larger than this are stored gzip-compressed (default: %(default)s)")
+    exp.add_argument("--suite", default=None,
+                     help="comma-separated: replace only these suites' tables in the stored folder, keep the rest")
     args = ap.parse_args(argv)
-    for path in export(args.run, args.out, args.note, args.max_mb, args.gzip_mb):
+    suites = [x for x in args.suite.split(",") if x] if args.suite else None
+    for path in export(args.run, args.out, args.note, args.max_mb, args.gzip_mb, suites):
         print(path)
     return 0
 

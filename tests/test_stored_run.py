@@ -30,6 +30,35 @@ def test_export_keeps_tables_and_provenance(tmp_path):
     assert (out / "fidelity.csv").read_bytes() == (run / "fidelity.csv").read_bytes()
 
 
+def test_export_of_one_suite_replaces_its_tables_and_keeps_the_rest(tmp_path):
+    """``--suite fidelity``: the fidelity suite's tables (fidelity, auroc, scores, layer_terms, training) come from
+    the new run; bound and cost, config.json and the earlier invocations stay; both exports are listed."""
+    old, new, out = tmp_path / "old", tmp_path / "new", tmp_path / "stored"
+    write_run(old, models=("mlp",))
+    (old / "provenance.json").write_text(json.dumps({"invocations": [{"argv": ["lai", "run", "old"]}]}))
+    stored_run.export(old, out, note="bound and cost")
+    write_run(new, models=("mlp",))
+    lines = (new / "fidelity.csv").read_text().splitlines()
+    (new / "fidelity.csv").write_text("\n".join(lines[:2]) + "\n")  # a different table: one row
+    (new / "bound.csv").write_text("model\nchanged\n")  # not the fidelity suite's: must not be stored
+    (new / "provenance.json").write_text(json.dumps({"invocations": [{"argv": ["lai", "run", "new"]}]}))
+    before = {n: (out / n).read_bytes() for n in ("bound.csv", "cost.csv", "config.json")}
+    written = stored_run.export(new, out, note="fidelity again", suites=["fidelity"])
+    assert (out / "fidelity.csv").read_bytes() == (new / "fidelity.csv").read_bytes()
+    assert {n: (out / n).read_bytes() for n in before} == before
+    assert "bound.csv" not in {p.name for p in written}
+    prov = json.loads((out / "provenance.json").read_text())
+    assert [i["argv"][-1] for i in prov["invocations"]] == ["old", "new"] and "export" not in prov
+    assert [e["note"] for e in prov["exports"]] == ["bound and cost", "fidelity again"]
+    assert prov["exports"][1]["suites"] == ["fidelity"] and "fidelity.csv" in prov["exports"][1]["tables"]
+    assert stored_run.suite_tables(["fidelity"]) == ["fidelity.csv", "auroc.csv", "scores.csv", "layer_terms.csv",
+                                                     "training.csv"]
+    with pytest.raises(ValueError, match="unknown suite"):
+        stored_run.export(new, out, suites=["fidelty"])
+    with pytest.raises(FileNotFoundError, match="not a stored run folder"):
+        stored_run.export(new, tmp_path / "nowhere", suites=["fidelity"])
+
+
 def test_export_refuses_unfinished_runs_and_big_files(tmp_path):
     with pytest.raises(FileNotFoundError, match="not a finished run folder"):
         stored_run.export(tmp_path, tmp_path / "out")
