@@ -117,7 +117,12 @@ def _fmt_est(e: dict[str, Any], digits: int = 2) -> str:
     return f"{v:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
 
 def _fmt_diff(c: dict[str, Any], digits: int = 2) -> str:
+    """"+0.06 [+0.02, +0.10]"; an interval that excludes 0 but would print as [+0.00, ...] gets the digits (up to
+    6) that show its end nearest 0, so a difference called real never reads as zero."""
     lo, hi = c.get("low"), c.get("high")
+    if lo is not None and hi is not None and (lo > 0 or hi < 0):
+        while digits < 6 and min(abs(lo), abs(hi)) < 0.5 * 10.0 ** -digits:
+            digits += 1
     ci = f" [{lo:+.{digits}f}, {hi:+.{digits}f}]" if lo is not None and hi is not None else " (no interval)"
     return f"{c['value']:+.{digits}f}{ci}"
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from validation.settings import estimators as chosen
 
-from .checks import RANK_BAR
+from .checks import RANK_BAR, _fmt_diff
 
 MARK = {"pass": "PASS", "fail": "**FAIL**", "not run": "not run", "no guarantee": "no guarantee",
         "inconclusive": "inconclusive"}
@@ -40,9 +40,7 @@ def _cmp(s: dict[str, Any], question: str, where: str | None = None, **match: An
             and (where is None or c["where"] == where) and all(c.get(k) == v for k, v in match.items())]
 
 def _d(c: dict[str, Any], digits: int = 2) -> str:
-    lo, hi = c.get("low"), c.get("high")
-    ci = f" [{lo:+.{digits}f}, {hi:+.{digits}f}]" if lo is not None and hi is not None else " (no interval)"
-    return f"{c['value']:+.{digits}f}{ci}"
+    return _fmt_diff(c, digits)
 
 def _said(c: dict[str, Any], better: str = "ranks closer to Exact") -> str:
     """One comparison in words: "Last-layer LAI − LAI +0.06 [+0.02, +0.10]: last-layer LAI ranks closer"."""
