@@ -4,7 +4,9 @@
     lai figures --results results/quick-1a2b3c4d5e
     lai figures --run quick                      # first run the quick validation and curated training
     lai figures --only 2,3 --formats png
-    lai figures --paper                          # the stored paper-scale results (paper_figs/data), ~1 min of CPU
+    lai figures --paper                          # the stored paper-scale results (paper_figs/data), ~1 min of CPU:
+                                                 # every figure, and the report and the curation study's paired
+                                                 # tables recomputed from the stored data
 
 Figures go to ``<run folder>/figures/figN_<name>.png|.pdf|.csv`` (the CSV is the exact data plotted), each
 written atomically. A figure whose results are missing is skipped with the command that produces them (run
@@ -211,11 +213,21 @@ def main(argv: Sequence[str] | None = None, prog: str = "lai figures") -> int:
     specs = [s for s in FIGURES if only is None or s.number in only]
     outcomes = [render(s, src, out_dir, formats, args.dpi) for s in specs]
     print(report(outcomes, out_dir))
+    tables_ok = True
+    if args.paper:  # the derived tables too, so one command regenerates every table and figure of the paper
+        from .stored_run import regenerate
+
+        try:
+            tables = regenerate(out_dir, src.run, src.curate)
+            print("tables recomputed from the stored data: " + ", ".join(str(t.relative_to(out_dir)) for t in tables))
+        except Exception as exc:  # noqa: BLE001 - reported, the figures are drawn
+            tables_ok = False
+            problems.append(f"recomputing the tables from the stored data: {type(exc).__name__}: {exc}")
     for problem in problems:
         print(f"problem while producing results: {problem}")
     required = [o for o in outcomes if o.spec.validation]
     run_failed = any(problem.startswith("`lai run") for problem in problems)  # curation failures: reported only
-    ok = all(o.status == "drawn" for o in required) and not run_failed
+    ok = all(o.status == "drawn" for o in required) and not run_failed and tables_ok
     drawn = sum(o.status == "drawn" for o in outcomes)
     print(f"{drawn} of {len(outcomes)} figures drawn; "
           + ("all validation figures drawn" if ok else "some validation figures are missing or their runs "

@@ -137,6 +137,27 @@ def export(run: str | Path, out: str | Path = STORED_RUN, note: str = "", max_mb
     return written
 
 
+def regenerate(out: str | Path, run: str | Path | None = None, curate: str | Path | None = None) -> list[Path]:
+    """Recompute every derived table from the stored data into ``out`` (``lai figures --paper`` calls it): the
+    validation report and summary (``report.md``, ``summary.json``) from the stored run's CSV tables and the stored
+    curation units, and the curation study's paired tables (``curation/paired.csv``, ``curation/paired.md``) from its
+    ``units.csv``. Byte-identical to the committed ones when those are current. Returns the written paths."""
+    from validation.report.curation import _write_csv, format_paired, load_curation, paired
+    from validation.report.results import atomic_write_text
+    from validation.report.summary import write_stored_report
+
+    run, curate, out = Path(run or STORED_RUN), Path(curate or STORED_CURATION), Path(out)
+    write_stored_report(run, curate, out)
+    written = [out / "summary.json", out / "report.md"]
+    if (curate / "units.csv").is_file():
+        (out / "curation").mkdir(parents=True, exist_ok=True)
+        pt = paired(load_curation(curate).final)
+        _write_csv(out / "curation" / "paired.csv", pt)
+        atomic_write_text(out / "curation" / "paired.md", format_paired(pt))
+        written += [out / "curation" / "paired.csv", out / "curation" / "paired.md"]
+    return written
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m paper_figs.stored_run", description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)

@@ -161,3 +161,19 @@ def test_the_report_is_recomputed_from_a_stored_folder(tmp_path):
     assert md.index("Bottom lines") < md.index("Software checks") and not (stored / "units").exists()
     assert summary_main([str(stored), "--stored", "--out", str(tmp_path / "cli")]) == 0
     assert (tmp_path / "cli" / "summary.json").is_file()
+
+
+def test_figures_paper_recomputes_the_committed_tables(tmp_path, monkeypatch, capsys):
+    """``lai figures --paper`` is the one command for the paper: besides the figures it recomputes the report,
+    its summary and the curation study's paired tables from the stored data, byte-identical to the committed ones
+    (a stored report left stale after its tables changed fails here)."""
+    from validation.report.curation import STORED
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["--paper", "--formats", "png", "--dpi", "20", "--only", "6"]) == 0
+    out = tmp_path / "results" / "paper-figures"
+    assert "tables recomputed from the stored data" in capsys.readouterr().out
+    for name in ("report.md", "summary.json"):
+        assert (out / name).read_bytes() == (stored_run.STORED_RUN / name).read_bytes(), name
+    for name in ("paired.csv", "paired.md"):
+        assert (out / "curation" / name).read_bytes() == (STORED / name).read_bytes(), name

@@ -120,6 +120,16 @@ def find_curation(rd: RunDir) -> Path | None:
             return p
     return None
 
+def _shown(folder: Path) -> str:
+    """``folder`` as the report names it: relative to the repository root when inside it (so a report recomputed
+    from the stored data reads the same from any working directory), else as given."""
+    root = Path(__file__).resolve().parents[2]
+    try:
+        return str(Path(folder).resolve().relative_to(root))
+    except ValueError:
+        return str(folder)
+
+
 def curation_rows(folder: Path | None) -> tuple[list[dict[str, Any]] | None, str]:
     """(paired rows method - vanilla, note) from ``validation.report.curation`` (the curation tables' home);
     (None, why) when there are none or they cannot be read."""
@@ -134,7 +144,7 @@ def curation_rows(folder: Path | None) -> tuple[list[dict[str, Any]] | None, str
         if not len(res.final):
             return None, f"no finished curated-training units under {folder}"
         clean = lambda v: None if isinstance(v, float) and not math.isfinite(v) else v  # noqa: E731
-        return [{k: clean(v) for k, v in r.items()} for r in paired(res.final).rows], f"from {folder}"
+        return [{k: clean(v) for k, v in r.items()} for r in paired(res.final).rows], f"from {_shown(folder)}"
     except Exception as exc:  # a malformed results folder: say so instead of failing the whole report
         return None, f"curation results under {folder} could not be read: {type(exc).__name__}: {exc}"
 
