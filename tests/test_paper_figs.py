@@ -182,6 +182,60 @@ def test_table_types_and_text_columns(tmp_path):
     with pytest.raises(KeyError, match="missing_col"):
         t.require("missing_col")
 
+def _typed_reference(text: str) -> list[dict]:
+    """The module doc's typing rule, cell by cell over csv.DictReader rows (the slow, obvious reading)."""
+    import csv
+    import io
+
+    from validation.report.tables import TEXT_COLUMNS
+
+    reader = csv.DictReader(io.StringIO(text))
+    raw, columns = list(reader), reader.fieldnames or []
+
+    def number(v):
+        for kind in (int, float):
+            try:
+                return kind(v)
+            except ValueError:
+                pass
+        return None
+
+    out = [{} for _ in raw]
+    for c in columns:
+        cells = [r.get(c) or None for r in raw]
+        parsed = [number(v) for v in cells if v is not None]
+        if c in TEXT_COLUMNS or any(p is None for p in parsed):
+            typed = cells
+        elif all(isinstance(p, int) for p in parsed):
+            typed = [None if v is None else int(v) for v in cells]
+        else:
+            typed = [None if v is None else float(v) for v in cells]
+        for row, v in zip(out, typed):
+            row[c] = v
+    return out
+
+
+def test_table_typing_matches_the_cell_by_cell_rule_on_messy_csv():
+    text = ("model,a,b,c,d,layer\n"
+            "mlp,1,2.5,x,,7\n"
+            "\n"
+            "cnn,-3,1e3,4, 5 ,8\n"
+            "short,2\n"
+            "long,4,nan,y,inf,9,extra\n"
+            "t,,inf,,,\n")
+    got = Table.parse(text).rows
+    want = _typed_reference(text)
+    assert len(got) == len(want) == 5
+    for g, w in zip(got, want):
+        assert g.keys() == w.keys()
+        for k in g:
+            assert type(g[k]) is type(w[k]), (k, g[k], w[k])
+            assert g[k] == w[k] or (isinstance(g[k], float) and math.isnan(g[k]) and math.isnan(w[k]))
+    assert [r["a"] for r in got] == [1, -3, 2, 4, None]  # int column, empty cells None
+    assert isinstance(got[0]["b"], float) and got[0]["c"] == "x" and got[3]["d"] == float("inf")
+    assert got[1]["d"] == 5.0 and isinstance(got[1]["d"], float)  # " 5 " is a number; "inf" makes the column float
+
+
 
 # ------------------------------------------------------------------------------------------- figure 1
 

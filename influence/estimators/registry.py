@@ -106,6 +106,8 @@ def estimator_names(**caps: bool) -> list[str]:
     if unknown:
         raise InvalidArgumentError(f"unknown capabilities {sorted(unknown)}; known: "
                                    f"{sorted(Capabilities.__dataclass_fields__)}")
+    if not caps:
+        return list(_REGISTRY)
     return [n for n, e in _REGISTRY.items() if all(getattr(e.caps, k) == v for k, v in caps.items())]
 
 

@@ -23,33 +23,25 @@ TEXT_COLUMNS = frozenset({"model", "estimator", "target", "layer", "method", "ta
                           "split", "metric", "fallback", "times_s", "kind", "series", "panel"})
 
 
-def _number(text: str) -> int | float | None:
-    try:
-        return int(text)
-    except ValueError:
-        pass
-    try:
-        return float(text)
-    except ValueError:
-        return None
+def _typed_column(name: str, cells: Sequence[str | None]) -> list[Any]:
+    """One column's cells typed (see the module doc): ``int`` when every non-empty cell is an integer, ``float``
+    when every one is a number, ``str`` otherwise or for :data:`TEXT_COLUMNS`; empty cells None. Each parse is
+    tried over the whole column and given up at its first failing cell."""
+    if name not in TEXT_COLUMNS:
+        for kind in (int, float):
+            try:
+                return [kind(v) if v else None for v in cells]
+            except ValueError:
+                pass
+    return [v if v else None for v in cells]
 
 
-def _typed_columns(raw: list[dict[str, str]], columns: Sequence[str]) -> list[dict[str, Any]]:
-    kinds: dict[str, Callable[[str], Any]] = {}
-    for c in columns:
-        cells = [r.get(c) for r in raw]
-        cells = [v for v in cells if v not in (None, "")]
-        if c in TEXT_COLUMNS or not cells:
-            kinds[c] = str
-            continue
-        parsed = [_number(v) for v in cells]
-        if any(p is None for p in parsed):
-            kinds[c] = str
-        elif all(isinstance(p, int) for p in parsed):
-            kinds[c] = int
-        else:
-            kinds[c] = float
-    return [{c: (kinds[c](r[c]) if r.get(c) not in (None, "") else None) for c in columns} for r in raw]
+def _typed_rows(body: list[list[str]], columns: Sequence[str]) -> list[dict[str, Any]]:
+    """CSV body rows (lists of cells; a short row padded with empty cells, a long one cut) as typed dicts."""
+    n = len(columns)
+    body = [r if len(r) == n else (r + [""] * n)[:n] for r in body]
+    typed = [_typed_column(c, cells) for c, cells in zip(columns, zip(*body))] if body else []
+    return [dict(zip(columns, values)) for values in zip(*typed)]
 
 
 class Table:
@@ -78,10 +70,11 @@ class Table:
 
     @classmethod
     def parse(cls, text: str, source: str | None = None) -> "Table":
-        reader = csv.DictReader(io.StringIO(text))
-        raw = list(reader)
-        columns = list(reader.fieldnames or [])
-        return cls(_typed_columns(raw, columns), columns, source)
+        reader = csv.reader(io.StringIO(text))
+        columns = next(reader, [])
+        table = cls([], columns, source)
+        table.rows = _typed_rows([r for r in reader if r], columns)  # blank lines skipped, as csv.DictReader does
+        return table
 
     # access
     def __len__(self) -> int:

@@ -10,6 +10,7 @@ estimators the cost rows time), it is the registry minus a named exclusion check
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -109,11 +110,18 @@ def is_exact(name: str) -> bool:
     return name not in RESEARCH and name not in BASELINES and get_estimator(name).caps.exact
 
 
+@functools.lru_cache(maxsize=8)
+def _known(registry: tuple[str, ...]) -> frozenset[str]:
+    """Every name a result file may spell, for one state of the registry (``registry``: its names, the cache key;
+    a result table calls :func:`canonical` once per row)."""
+    return frozenset(scored()) | frozenset(BASELINES)
+
+
 def canonical(name: object) -> str:
     """``name`` as registered: old result files spell estimators with underscores (``lai_last``); names that are
     neither (``counterfactual_small_lr``) are kept."""
     text = str(name)
-    known = set(scored()) | set(BASELINES)
+    known = _known(tuple(estimator_names()))
     alt = text.replace("_", "-")
     return alt if text not in known and alt in known else text
 
