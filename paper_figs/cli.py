@@ -1,10 +1,10 @@
-"""``lai figures`` (also ``python -m paper_figs``): every paper figure from stored results (about 80 s of CPU).
+"""``lai figures`` (also ``python -m paper_figs``): every paper figure from stored results (about a minute of CPU).
 
     lai figures                                  # newest run folder under results/ (+ results/curate)
     lai figures --results results/quick-1a2b3c4d5e
     lai figures --run quick                      # first run the quick validation and curated training
     lai figures --only 2,3 --formats png
-    lai figures --paper                          # the stored paper-scale results (paper_figs/data), ~80 s of CPU:
+    lai figures --paper                          # the stored paper-scale results (paper_figs/data), ~1 min of CPU:
                                                  # every figure, and the report and the curation study's paired
                                                  # tables recomputed from the stored data
 
