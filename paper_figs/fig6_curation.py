@@ -35,7 +35,7 @@ from matplotlib.lines import Line2D
 
 from influence.curation.methods import MATCH_SEP
 from validation.report.curation import paired
-from validation.report.curation_pairs import best_layer_aware, is_layer_aware
+from validation.report.curation_pairs import best_layer_aware, is_layer_aware, recorded_matches, split_rate
 from validation.report.stats import paired_difference
 from validation.report.tables import Table
 
@@ -74,6 +74,16 @@ def method_style(name: str, index: int = 0) -> tuple[str, str, str]:
         matched = method_style(match, index)[0].replace(" (", ", ").replace(")", "")
         return f"{label.split(' (')[0]}, rate of {matched}", colour, marker
     return STYLES.get(name) or _base_style(name, index)
+
+
+def row_label(name: str, matched: dict[str, str], index: int = 0) -> str:
+    """The label of a method's row: a rate-matched method whose units recorded the method they matched
+    (``matched``: ``validation.report.curation_pairs.recorded_matches``) says so, e.g. plain ``random`` run with
+    ``--match lai`` reads "Random drop, rate of LAI", as the report's "random (rate of lai)"."""
+    target = matched.get(name)
+    if target and MATCH_SEP not in name and split_rate(name) is not None:
+        return method_style(f"{name}{MATCH_SEP}{target}", index)[0]
+    return method_style(name, index)[0]
 
 
 def is_member(method: str) -> bool:
@@ -187,7 +197,7 @@ def data(final: Table, curves: Table | None = None, methods: Sequence[str] | Non
             pad = 0.06 * ((hi - lo) or 1.0)
             limits[(task, panel)] = (lo - pad, hi + pad)
     return PlotData(COLUMNS, rows, {"tasks": tasks, "titles": titles, "methods": order, "protocols": protocols,
-                                    "best": best, "limits": limits,
+                                    "best": best, "limits": limits, "matched": recorded_matches(final),
                                     "noise": noises.pop() if len(noises) == 1 else ""})
 
 
@@ -249,7 +259,7 @@ def draw(pd: PlotData) -> Figure:
                                         fontsize=SMALL_PT, color=method_style(method, k)[1], annotation_clip=False)
                 ax.set_ylim(len(methods) - 0.5, -0.5)
                 ax.set_yticks(range(len(methods)))
-                ax.set_yticklabels([method_style(m, k)[0] for k, m in enumerate(methods)])
+                ax.set_yticklabels([row_label(m, pd.meta.get("matched") or {}, k) for k, m in enumerate(methods)])
                 ax.tick_params(axis="y", length=0)
                 ax.grid(axis="y", color="0.92", lw=0.5)
                 ax.set_axisbelow(True)

@@ -133,3 +133,29 @@ def test_fig6_new_method_names_best_member_and_zoom(new_names):
     assert "Random drop, rate of LAI, last layer" in labels and len(set(labels)) == len(labels)
     assert "Exact top 2" in ax_b.get_xlabel()
     assert len(fig.legends[0].legend_handles) == 1  # one protocol
+
+
+@pytest.mark.parametrize("match, label", [(None, "Random drop, rate of LAI"),
+                                          ("lai-last", "Random drop, rate of LAI, last layer")])
+def test_fig6_names_the_rate_a_plain_random_matched(tmp_path, match, label):
+    """Plain ``random`` keeps the fraction of the run's ``--match`` method (LAI by default); its row says which,
+    as the report's "random (rate of X)" does, instead of a bare "Random drop"."""
+    folder = tmp_path / "curate" / f"{TASK}-ours-abc"
+    cfg = {"task": {"name": TASK, "dataset": "mnist", "model": "mlp", "noise": "symmetric", "rate": 0.4,
+                    "epochs": 2, "protocol": "ours"}, "threads": 1}
+    if match:
+        cfg["match"] = match
+    atomic_write_json(folder / "config.json", cfg)
+    atomic_write_json(folder / "provenance.json", {"invocations": []})
+    for method in ("vanilla", "lai", "lai-last", "random"):
+        for seed in SEEDS:
+            f = 0.6 + {"vanilla": 0.0, "lai": 0.02, "lai-last": 0.03, "random": 0.005}[method] + 0.003 * seed * len(method)
+            atomic_write_json(folder / "units" / "curate" / TASK / f"seed{seed}" / f"{method}.json", {
+                "task": TASK, "method": method, "seed": seed, "metric": "accuracy", "final": f, "curve": [f / 2, f],
+                "kept_fraction": 0.6, "noise_recall": 0.5, "drop_precision": 0.4, "protocol": "ours",
+                "noise": {"rate": 0.4}, "wall_s": 1.0, "cpu_s": 1.0, "code": {"commit": "abc", "dirty": False}})
+    res = load_curation(tmp_path / "curate")
+    fig = fig6_curation.draw(fig6_curation.data(res.final, res.curves))
+    labels = [t.get_text() for t in fig.axes[0].get_yticklabels()]
+    assert label in labels and "Random drop" not in labels
+    assert {"LAI", "LAI (last layer)"} <= set(labels)  # the other rows keep their names

@@ -152,7 +152,7 @@ def plateau_summary(t: Table, method: str) -> tuple[str | None, float | None]:
     return (f"{sum(held)}/{len(held)}" if held else None), (max(gains) if gains else None)
 
 
-def _recorded(t: Table) -> dict[str, str]:
+def recorded_matches(t: Table) -> dict[str, str]:
     """method -> the method whose kept fraction its units matched (``matched_to``; one value per method, else
     left out); empty for units without the column."""
     seen: dict[str, set[str]] = {}
@@ -191,7 +191,7 @@ def add_pairs(rows: list[dict[str, Any]], final: Table, control: str = "vanilla"
         r.update(bv_vanilla_mean=_mean({s: bv_v[s] for s in set(bv_m) & set(bv_v)}),
                  bv_method_mean=_mean({s: bv_m[s] for s in set(bv_m) & set(bv_v)}),
                  bv_diff=p["diff"], bv_low=p["low"], bv_high=p["high"], bv_n=p["n"])
-        rc = rate_control(method, set(t.unique("method")), _recorded(t))
+        rc = rate_control(method, set(t.unique("method")), recorded_matches(t))
         r["random_control"] = rc or ""
         if rc:
             p = _pair(fin(method), fin(rc))
@@ -206,4 +206,4 @@ def add_pairs(rows: list[dict[str, Any]], final: Table, control: str = "vanilla"
 
 
 __all__ = ["LAYER_AWARE_FAMILIES", "PAIR_COLUMNS", "split_rate", "method_label", "is_layer_aware", "rate_control", "matched_to",
-           "best_layer_aware", "plateau_summary", "add_pairs"]
+           "recorded_matches", "best_layer_aware", "plateau_summary", "add_pairs"]
