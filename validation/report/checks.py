@@ -9,16 +9,12 @@ from validation.settings import estimators as chosen
 
 # the README's cost column: estimator -> (the pass it is compared with, in words, (low, high) ratio on 1 thread);
 # tests/test_readme.py checks that the README says the same
-
-# the README's cost column: estimator -> (the pass it is compared with, in words, (low, high) ratio on 1 thread);
-# tests/test_readme.py checks that the README says the same
 README_COST = {"lai": ("forward", "a forward pass", (1.3, 2.3)),
                "ghost": ("forward_backward", "a forward+backward", (1.1, 1.5))}
 
 EXACT_TOL = 1e-8  # float64: Ghost vs Exact and the decomposition identity are equal up to rounding
 
 RANK_BAR = 0.9  # the project's bar for "ranks like Exact": mean Spearman vs Exact at least this
-#: paired Spearman differences the layer-aware section shows besides the comparisons with LAI
 
 #: paired Spearman differences the layer-aware section shows besides the comparisons with LAI
 LAYER_PAIRS = (("lai-last", "lai"), ("lai-fit", "lai"), ("lai-fit", "lai-last"))
