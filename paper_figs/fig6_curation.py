@@ -35,7 +35,7 @@ from matplotlib.lines import Line2D
 
 from influence.curation.methods import MATCH_SEP
 from validation.report.curation import paired
-from validation.report.curation_pairs import best_layer_aware, is_layer_aware, recorded_matches, split_rate
+from validation.report.curation_pairs import best_layer_aware, common_match, is_layer_aware, split_rate
 from validation.report.stats import paired_difference
 from validation.report.tables import Table
 
@@ -77,9 +77,9 @@ def method_style(name: str, index: int = 0) -> tuple[str, str, str]:
 
 
 def row_label(name: str, matched: dict[str, str], index: int = 0) -> str:
-    """The label of a method's row: a rate-matched method whose units recorded the method they matched
-    (``matched``: ``validation.report.curation_pairs.recorded_matches``) says so, e.g. plain ``random`` run with
-    ``--match lai`` reads "Random drop, rate of LAI", as the report's "random (rate of lai)"."""
+    """The label of a method's row: a rate-matched method says which method's kept fraction it matched
+    (``matched``: method -> the paired table's ``rate_matched_to``, one over every task), e.g. plain ``random`` run
+    with ``--match lai`` reads "Random drop, rate of LAI", as the report's "random (rate of lai)"."""
     target = matched.get(name)
     if target and MATCH_SEP not in name and split_rate(name) is not None:
         return method_style(f"{name}{MATCH_SEP}{target}", index)[0]
@@ -197,7 +197,7 @@ def data(final: Table, curves: Table | None = None, methods: Sequence[str] | Non
             pad = 0.06 * ((hi - lo) or 1.0)
             limits[(task, panel)] = (lo - pad, hi + pad)
     return PlotData(COLUMNS, rows, {"tasks": tasks, "titles": titles, "methods": order, "protocols": protocols,
-                                    "best": best, "limits": limits, "matched": recorded_matches(final),
+                                    "best": best, "limits": limits, "matched": {m: common_match(pt.rows, m) for m in order},
                                     "noise": noises.pop() if len(noises) == 1 else ""})
 
 

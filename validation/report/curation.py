@@ -252,6 +252,7 @@ def paired(final: Table, control: str = CONTROL, match: str = "lai") -> Table:
             seeds = sorted(set(values[method]) & set(values[control]))
             mt = t.where(method=method, seed=seeds)
             first = t.rows[0]
+            recorded = _recorded_match(mt)
             rows.append({
                 "task": task, "family": first["family"], "dataset": first["dataset"], "model": first["model"],
                 "noise": first["noise"], "rate": first["rate"], "protocol": protocol, "method": method,
@@ -260,8 +261,7 @@ def paired(final: Table, control: str = CONTROL, match: str = "lai") -> Table:
                 "se": pd.se, "low": pd.low, "high": pd.high, "p": pd.p, "wins": pd.wins, "ties": pd.ties,
                 "losses": pd.losses, "kept_fraction": _mean(mt.values("kept_fraction")),
                 "noise_recall": _mean(mt.values("noise_recall")), "drop_precision": _mean(mt.values("drop_precision")),
-                "rate_matched_to": _recorded_match(mt) if _recorded_match(mt) is not None
-                else matched_to(method, match),
+                "rate_matched_to": recorded if recorded is not None else matched_to(method, match),
                 "seeds": " ".join(str(s) for s in seeds)})
     rank = {m: k for k, m in enumerate(METHOD_ORDER)}
     tasks = {t: k for k, t in enumerate(task_order(final.unique("task")))}

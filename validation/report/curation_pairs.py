@@ -20,7 +20,7 @@ entry, ``<rate>-as-<method>`` variants) are handled by name: they are never laye
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Iterable
 
 from influence.curation.methods import MATCH_SEP, get_method
 from validation.report.tables import Table
@@ -152,7 +152,7 @@ def plateau_summary(t: Table, method: str) -> tuple[str | None, float | None]:
     return (f"{sum(held)}/{len(held)}" if held else None), (max(gains) if gains else None)
 
 
-def recorded_matches(t: Table) -> dict[str, str]:
+def _recorded(t: Table) -> dict[str, str]:
     """method -> the method whose kept fraction its units matched (``matched_to``; one value per method, else
     left out); empty for units without the column."""
     seen: dict[str, set[str]] = {}
@@ -161,6 +161,13 @@ def recorded_matches(t: Table) -> dict[str, str]:
         if v is not None and not (isinstance(v, float) and math.isnan(v)):
             seen.setdefault(r["method"], set()).add(str(v))
     return {m: next(iter(v)) for m, v in seen.items() if len(v) == 1}
+
+
+def common_match(rows: Iterable[dict[str, Any]], method: str) -> str | None:
+    """The ``rate_matched_to`` that every paired row of ``method`` gives (one per task and protocol), so a label over
+    all tasks can name it; None when the rows disagree or there are none."""
+    seen = {r.get("rate_matched_to") for r in rows if r.get("method") == method}
+    return next(iter(seen)) if len(seen) == 1 else None
 
 
 def add_pairs(rows: list[dict[str, Any]], final: Table, control: str = "vanilla") -> list[dict[str, Any]]:
@@ -191,7 +198,7 @@ def add_pairs(rows: list[dict[str, Any]], final: Table, control: str = "vanilla"
         r.update(bv_vanilla_mean=_mean({s: bv_v[s] for s in set(bv_m) & set(bv_v)}),
                  bv_method_mean=_mean({s: bv_m[s] for s in set(bv_m) & set(bv_v)}),
                  bv_diff=p["diff"], bv_low=p["low"], bv_high=p["high"], bv_n=p["n"])
-        rc = rate_control(method, set(t.unique("method")), recorded_matches(t))
+        rc = rate_control(method, set(t.unique("method")), _recorded(t))
         r["random_control"] = rc or ""
         if rc:
             p = _pair(fin(method), fin(rc))
@@ -206,4 +213,4 @@ def add_pairs(rows: list[dict[str, Any]], final: Table, control: str = "vanilla"
 
 
 __all__ = ["LAYER_AWARE_FAMILIES", "PAIR_COLUMNS", "split_rate", "method_label", "is_layer_aware", "rate_control", "matched_to",
-           "recorded_matches", "best_layer_aware", "plateau_summary", "add_pairs"]
+           "common_match", "best_layer_aware", "plateau_summary", "add_pairs"]

@@ -11,7 +11,7 @@ from typing import Any
 from validation.settings import estimators as chosen
 
 from .checks import RANK_BAR, README_COST, cost_claims
-from .curation_pairs import method_label
+from .curation_pairs import common_match, method_label
 from .curation_words import combined_detection, curation_bottoms, task_lines
 from .wording import (
     _above,
@@ -230,13 +230,6 @@ def _detection_bottom(s: dict[str, Any]) -> str:
             f"models (AUROC loss − LAI: {_list(loss)}); LAI better on {_list(lai)}; no difference shown on "
             f"{_list(none)}{combined_detection(s)}.")
 
-def _matched(s: dict[str, Any], method: str) -> str | None:
-    """The method whose kept fraction ``method`` matched on every task of the curation rows (None when they
-    disagree or do not say)."""
-    seen = {r.get("rate_matched_to") for r in s.get("curation") or [] if r.get("method") == method}
-    return next(iter(seen)) if len(seen) == 1 else None
-
-
 def _curation_bottom(s: dict[str, Any]) -> str:
     vv = _cmp(s, "curation", a="lai", control="vanilla")
     if not vv:
@@ -265,7 +258,7 @@ def _curation_bottom(s: dict[str, Any]) -> str:
             cs = [c for c in vl if c["a"] == m and good(c, side)]
             if cs:
                 lo, hi = min(c["value"] for c in cs), max(c["value"] for c in cs)
-                label = method_label(m, _matched(s, m))
+                label = method_label(m, common_match(s.get("curation") or [], m))
                 out.append(f"{label} on {len(cs)} of {n} ({lo:+.1f} to {hi:+.1f})" if len(cs) > 1
                            else f"{label} on {cs[0]['where']} ({_d(cs[0], 1)})")
         return out
